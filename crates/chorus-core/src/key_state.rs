@@ -1,0 +1,237 @@
+//! The state of one key: a dotted version vector set.
+//!
+//! A [`KeyState`] holds the live versions of a key (siblings), each named by its dot,
+//! and the key's causal context: every dot of this key the replica has seen, whether
+//! still live or superseded.
+//!
+//! Invariants (checked by [`KeyState::from_parts`] and asserted after every change):
+//! - every live version's dot is covered by the context;
+//! - versions are sorted by dot and no dot appears twice.
+//!
+//! Applying an op removes exactly the live versions the op's context covers and adds
+//! the op's version unless the key's context already covers its dot (then the op was
+//! seen before, or superseded: applying it again changes nothing). Merging two states
+//! keeps a version when both have it, or when one has it and the other has never seen
+//! its dot. Both are commutative, associative and idempotent (see the property tests).
+
+use crate::{Dot, Hlc, Op, VersionVector};
+
+/// One live version of a key. `value == None` is a tombstone (a delete).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Version {
+    pub dot: Dot,
+    pub hlc: Hlc,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Version {
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct KeyState {
+    context: VersionVector,
+    versions: Vec<Version>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidKeyState {
+    #[error("version {0} is not covered by the key's context")]
+    VersionOutsideContext(Dot),
+    #[error("versions are not sorted by dot or repeat a dot")]
+    VersionsUnsorted,
+}
+
+impl KeyState {
+    pub fn new() -> KeyState {
+        KeyState::default()
+    }
+
+    /// Rebuilds a state from stored parts, refusing parts that break the invariants.
+    pub fn from_parts(
+        context: VersionVector,
+        versions: Vec<Version>,
+    ) -> Result<KeyState, InvalidKeyState> {
+        if versions.windows(2).any(|w| w[0].dot >= w[1].dot) {
+            return Err(InvalidKeyState::VersionsUnsorted);
+        }
+        if let Some(v) = versions.iter().find(|v| !context.covers(v.dot)) {
+            return Err(InvalidKeyState::VersionOutsideContext(v.dot));
+        }
+        Ok(KeyState { context, versions })
+    }
+
+    pub fn context(&self) -> &VersionVector {
+        &self.context
+    }
+
+    /// Live versions, sorted by dot.
+    pub fn versions(&self) -> &[Version] {
+        &self.versions
+    }
+
+    /// True when no live version holds a document (never written, or deleted).
+    pub fn is_absent(&self) -> bool {
+        self.versions.iter().all(Version::is_tombstone)
+    }
+
+    /// Applies one op. Returns false, changing nothing, when the key's context already
+    /// covers the op's dot.
+    pub fn apply(&mut self, op: &Op) -> bool {
+        if self.context.covers(op.dot) {
+            return false;
+        }
+        self.versions.retain(|v| !op.context.covers(v.dot));
+        let at = self.versions.partition_point(|v| v.dot < op.dot);
+        self.versions.insert(
+            at,
+            Version {
+                dot: op.dot,
+                hlc: op.hlc,
+                value: op.value.clone(),
+            },
+        );
+        self.context.join(&op.context);
+        self.context.add(op.dot);
+        self.assert_invariants();
+        true
+    }
+
+    /// Joins another replica's state of the same key into this one.
+    pub fn merge(&mut self, other: &KeyState) {
+        let mut merged = Vec::with_capacity(self.versions.len() + other.versions.len());
+        let (mut mine, mut theirs) = (
+            self.versions.iter().peekable(),
+            other.versions.iter().peekable(),
+        );
+        loop {
+            let next = match (mine.peek(), theirs.peek()) {
+                (None, None) => break,
+                (Some(a), Some(b)) if a.dot == b.dot => {
+                    theirs.next();
+                    mine.next()
+                }
+                (Some(a), Some(b)) if a.dot < b.dot => {
+                    mine.next().filter(|v| !other.context.covers(v.dot))
+                }
+                (Some(_), None) => mine.next().filter(|v| !other.context.covers(v.dot)),
+                (_, Some(_)) => theirs.next().filter(|v| !self.context.covers(v.dot)),
+            };
+            merged.extend(next.cloned());
+        }
+        self.versions = merged;
+        self.context.join(&other.context);
+        self.assert_invariants();
+    }
+
+    /// Keeps only the versions `keep` accepts; their dots stay in the context, so a
+    /// late copy of a dropped version is recognised as old.
+    pub fn retain_versions(&mut self, keep: impl FnMut(&Version) -> bool) {
+        self.versions.retain(keep);
+    }
+
+    fn assert_invariants(&self) {
+        debug_assert!(self.versions.windows(2).all(|w| w[0].dot < w[1].dot));
+        debug_assert!(self.versions.iter().all(|v| self.context.covers(v.dot)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeId;
+
+    pub(crate) fn op(node: u64, counter: u64, context: &[(u64, u64)], value: Option<&str>) -> Op {
+        Op {
+            dot: Dot::new(NodeId(node), counter),
+            hlc: Hlc::from_parts(counter * 10 + node, 0),
+            collection: "c".into(),
+            key: "k".into(),
+            context: VersionVector::from_entries(context.iter().map(|&(n, c)| (NodeId(n), c))),
+            value: value.map(|v| v.as_bytes().to_vec()),
+        }
+    }
+
+    fn values(state: &KeyState) -> Vec<Option<String>> {
+        state
+            .versions()
+            .iter()
+            .map(|v| {
+                v.value
+                    .as_ref()
+                    .map(|b| String::from_utf8(b.clone()).unwrap())
+            })
+            .collect()
+    }
+
+    /// Two blind writes leave two siblings; a write with the read's context replaces
+    /// exactly those.
+    #[test]
+    fn blind_writes_are_siblings_and_context_writes_supersede() {
+        let mut s = KeyState::new();
+        assert!(s.apply(&op(1, 1, &[], Some("a"))));
+        assert!(s.apply(&op(2, 1, &[], Some("b"))));
+        assert_eq!(values(&s), [Some("a".into()), Some("b".into())]);
+        let ctx: Vec<_> = s.context().iter().map(|(n, c)| (n.0, c)).collect();
+        assert!(s.apply(&op(1, 2, &ctx, Some("c"))));
+        assert_eq!(values(&s), [Some("c".into())]);
+    }
+
+    /// A write whose context saw only one sibling leaves the other in place.
+    #[test]
+    fn partial_context_keeps_unseen_sibling() {
+        let mut s = KeyState::new();
+        s.apply(&op(1, 1, &[], Some("a")));
+        s.apply(&op(2, 1, &[], Some("b")));
+        s.apply(&op(3, 1, &[(1, 1)], Some("c")));
+        assert_eq!(values(&s), [Some("b".into()), Some("c".into())]);
+    }
+
+    /// A delete is a tombstone version; the key is absent but its context remains.
+    #[test]
+    fn delete_is_a_tombstone() {
+        let mut s = KeyState::new();
+        s.apply(&op(1, 1, &[], Some("a")));
+        s.apply(&op(1, 2, &[(1, 1)], None));
+        assert!(s.is_absent());
+        assert_eq!(s.versions().len(), 1);
+        assert!(s.context().covers(Dot::new(NodeId(1), 1)));
+    }
+
+    /// Applying an op twice, or after it was superseded, changes nothing.
+    #[test]
+    fn reapplying_is_a_no_op() {
+        let mut s = KeyState::new();
+        let first = op(1, 1, &[], Some("a"));
+        s.apply(&first);
+        s.apply(&op(1, 2, &[(1, 1)], Some("b")));
+        let before = s.clone();
+        assert!(!s.apply(&first));
+        assert_eq!(s, before);
+    }
+
+    /// Stored parts that break the invariants are refused rather than trusted.
+    #[test]
+    fn from_parts_checks_invariants() {
+        let v = |n, c| Version {
+            dot: Dot::new(NodeId(n), c),
+            hlc: Hlc(0),
+            value: None,
+        };
+        let ctx = VersionVector::from_entries([(NodeId(1), 2)]);
+        assert!(KeyState::from_parts(ctx.clone(), vec![v(1, 1), v(1, 2)]).is_ok());
+        assert_eq!(
+            KeyState::from_parts(ctx.clone(), vec![v(1, 2), v(1, 1)]),
+            Err(InvalidKeyState::VersionsUnsorted)
+        );
+        assert_eq!(
+            KeyState::from_parts(ctx, vec![v(2, 1)]),
+            Err(InvalidKeyState::VersionOutsideContext(Dot::new(
+                NodeId(2),
+                1
+            )))
+        );
+    }
+}
