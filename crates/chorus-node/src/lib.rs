@@ -1,1 +1,31 @@
+//! The Chorus node runtime: one replica's store, its write path and its read path.
+//!
+//! ```text
+//!  put/delete ──▶ bounded queue ──▶ committer thread ──▶ one redb txn + fsync per batch
+//!  (any thread)    (WRITE_QUEUE_MAX)   (sole writer)         │
+//!                                                            ├──▶ replies (acks)
+//!  get/list/changes ◀── redb read txn (snapshot)             └──▶ committed-seq watch
+//! ```
+//!
+//! The same [`Node`] is what `chorus serve` runs behind its HTTP API and what an
+//! application embeds with [`open`].
+//!
+//! **Architecture Invariant:** the committer thread is the only writer. It applies a
+//! batch of writes in one transaction, commits it durably, and only then answers any
+//! of them: an acknowledged write has been fsynced.
+//!
+//! **Architecture Invariant:** after a failed commit the node refuses every later
+//! write ([`WriteError::StoreFailed`]) until it is reopened, because redb's state
+//! after an I/O error is not trusted (the same rule redb follows).
 
+mod collections;
+mod committer;
+mod document;
+pub mod limits;
+mod node;
+
+pub use chorus_core::{ConflictId, ConflictRecord, Hlc, NodeId, Outcome, Policy};
+pub use chorus_store::OpenError;
+pub use collections::CollectionConfig;
+pub use document::{Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage};
+pub use node::{Node, NodeConfig, NodeStatus, ReadError, Write, WriteAck, WriteError, open};

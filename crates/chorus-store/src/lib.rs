@@ -1,1 +1,70 @@
+//! Durable tables of one Chorus node, on redb.
+//!
+//! ```text
+//!   meta       "format" -> u32 LE          "node" -> NodeMeta
+//!   keys       collection 0x00 key -> KeyState      (ground truth of reads)
+//!   oplog      seq u64 -> Op                         (the changes feed, in local order)
+//!   conflicts  id [16] -> ConflictRecord             (grow-only)
+//! ```
+//!
+//! **Architecture Invariant:** a write batch ([`Store::write`]) is one redb
+//! transaction: the ops it logs, the key states they produced, the conflicts they
+//! found and the node's counters commit together or not at all, and a commit returns
+//! only after fsync (redb's `Durability::Immediate`).
+//!
+//! **Architecture Invariant:** every value is encoded as one format byte followed by
+//! postcard ([`codec`]); bytes that do not decode are [`StoreError::Corrupted`], never
+//! a panic. A store written by a newer format is refused at open.
 
+pub mod codec;
+mod tables;
+
+pub use codec::NodeMeta;
+pub use redb::{StorageBackend, backends};
+pub use tables::{Batch, Snapshot, Store};
+
+/// The store format this build writes and reads.
+pub const STORE_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the store at {path}: {source}")]
+    Database {
+        path: String,
+        source: redb::DatabaseError,
+    },
+    #[error(
+        "the store at {path} has format {found}, newer than this build supports ({supported}); run a newer chorus"
+    )]
+    NewerFormat {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failure: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("corrupted data in table {table}: {reason}")]
+    Corrupted { table: &'static str, reason: String },
+}
+
+macro_rules! storage_error_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> StoreError {
+                StoreError::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_error_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

@@ -1,0 +1,118 @@
+//! Collection settings, stored as documents of the reserved collection `_collections`.
+//!
+//! A collection's settings are the JSON document `_collections/{name}` resolved with
+//! last-write-wins, so they replicate exactly like documents and concurrent changes
+//! resolve the same way everywhere. A collection without such a document uses the
+//! defaults (`siblings`).
+
+use chorus_core::{KeyState, Policy};
+use serde_json::{Map, Value};
+
+/// The reserved collection holding every collection's settings.
+pub const SETTINGS_COLLECTION: &str = "_collections";
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CollectionConfig {
+    pub policy: Policy,
+}
+
+impl CollectionConfig {
+    /// Parses settings given by a user; unknown fields are an error, not ignored.
+    pub fn from_json(bytes: &[u8]) -> Result<CollectionConfig, String> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| format!("settings are not valid JSON: {e}"))?;
+        let Value::Object(fields) = value else {
+            return Err("settings must be a JSON object such as {\"policy\": \"lww\"}".into());
+        };
+        let mut config = CollectionConfig::default();
+        for (name, value) in fields {
+            match (name.as_str(), value) {
+                ("policy", Value::String(p)) => {
+                    config.policy = Policy::from_name(&p).ok_or_else(|| {
+                        format!("unknown policy {p:?}; use \"siblings\" or \"lww\"")
+                    })?;
+                }
+                ("policy", _) => return Err("policy must be a string".into()),
+                (other, _) => return Err(format!("unknown setting {other:?}; known: policy")),
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut fields = Map::new();
+        fields.insert("policy".into(), Value::String(self.policy.name().into()));
+        serde_json::to_vec(&Value::Object(fields)).expect("a map serialises")
+    }
+
+    /// The settings a stored `_collections` key state stands for.
+    pub fn from_state(state: &KeyState) -> CollectionConfig {
+        Policy::Lww
+            .winner(state.versions())
+            .and_then(|v| v.value.as_deref())
+            // Settings were validated before they were written; a value that no longer
+            // parses (written by a newer version) falls back to the defaults.
+            .and_then(|bytes| CollectionConfig::from_json(bytes).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether `name` may be used as a collection name by clients.
+pub fn check_collection_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > crate::limits::COLLECTION_NAME_BYTES_MAX {
+        return Err(format!(
+            "collection name must be 1 to {} bytes",
+            crate::limits::COLLECTION_NAME_BYTES_MAX
+        ));
+    }
+    if name.starts_with('_') {
+        return Err("collection names starting with '_' are reserved".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+    {
+        return Err("collection name may contain only letters, digits, '_', '-' and '.'".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings parse strictly and round-trip.
+    #[test]
+    fn settings_parse_strictly() {
+        let lww = CollectionConfig::from_json(br#"{"policy":"lww"}"#).unwrap();
+        assert_eq!(lww.policy, Policy::Lww);
+        assert_eq!(CollectionConfig::from_json(&lww.to_json()).unwrap(), lww);
+        assert_eq!(
+            CollectionConfig::from_json(b"{}").unwrap(),
+            CollectionConfig::default()
+        );
+        assert!(
+            CollectionConfig::from_json(br#"{"policy":"max"}"#)
+                .unwrap_err()
+                .contains("unknown policy")
+        );
+        assert!(
+            CollectionConfig::from_json(br#"{"polcy":"lww"}"#)
+                .unwrap_err()
+                .contains("unknown setting")
+        );
+        assert!(CollectionConfig::from_json(b"[1]").is_err());
+        assert!(CollectionConfig::from_json(b"{").is_err());
+    }
+
+    /// Collection names are checked for length, reserved prefix and characters.
+    #[test]
+    fn collection_names() {
+        assert!(check_collection_name("users.v2-x_y").is_ok());
+        assert!(check_collection_name("").is_err());
+        assert!(check_collection_name("_collections").is_err());
+        assert!(check_collection_name("a/b").is_err());
+        assert!(check_collection_name("a\0b").is_err());
+        assert!(check_collection_name(&"x".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! What reads return: documents with their versions, pages of keys, changes and
+//! conflicts.
+
+use chorus_core::{
+    ConflictId, ConflictRecord, ContextToken, Dot, Hlc, KeyState, NodeId, Op, Policy, TokenError,
+    VersionVector,
+};
+
+/// The causal context of a read: which versions of one key it saw. Give it back with
+/// a write to replace exactly those versions.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Context(pub(crate) VersionVector);
+
+impl Context {
+    /// The opaque token form, bound to one document.
+    pub fn to_token(&self, collection: &str, key: &str) -> Vec<u8> {
+        ContextToken::encode(&self.0, collection, key)
+    }
+
+    /// Decodes a token; a corrupt token, or one issued for another document, fails.
+    pub fn from_token(token: &[u8], collection: &str, key: &str) -> Result<Context, TokenError> {
+        ContextToken::decode(token, collection, key).map(Context)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// One live version of a document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocVersion {
+    /// The JSON document, or `None` for a delete that is concurrent with other versions.
+    pub value: Option<Vec<u8>>,
+    pub origin: NodeId,
+    pub hlc: Hlc,
+    pub dot: Dot,
+}
+
+/// A read of one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Document {
+    pub collection: String,
+    pub key: String,
+    pub context: Context,
+    pub policy: Policy,
+    /// The versions a read shows: every sibling under `siblings`, the winner under
+    /// `lww`. Sorted by dot.
+    pub versions: Vec<DocVersion>,
+}
+
+impl Document {
+    pub(crate) fn from_state(
+        collection: &str,
+        key: &str,
+        policy: Policy,
+        state: &KeyState,
+    ) -> Document {
+        let shown: Vec<_> = match policy {
+            Policy::Siblings => state.versions().iter().collect(),
+            Policy::Lww => policy.winner(state.versions()).into_iter().collect(),
+        };
+        Document {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            context: Context(state.context().clone()),
+            policy,
+            versions: shown
+                .into_iter()
+                .map(|v| DocVersion {
+                    value: v.value.clone(),
+                    origin: v.dot.node,
+                    hlc: v.hlc,
+                    dot: v.dot,
+                })
+                .collect(),
+        }
+    }
+
+    /// True when the document was never written or is deleted.
+    pub fn is_absent(&self) -> bool {
+        self.versions.iter().all(|v| v.value.is_none())
+    }
+
+    /// True when the read shows more than one version.
+    pub fn conflict(&self) -> bool {
+        self.versions.len() > 1
+    }
+
+    /// The one value of the document, when its policy yields one and it is not deleted.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self.versions.as_slice() {
+            [only] => only.value.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// A page of keys of one collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeysPage {
+    pub keys: Vec<String>,
+    /// Pass as `after` for the next page; `None` when the listing is complete.
+    pub next: Option<String>,
+}
+
+/// One entry of the change feed: an op as this node logged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Position in this node's op log; feeds resume after it.
+    pub seq: u64,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangesPage {
+    pub changes: Vec<Change>,
+    /// The cursor to resume from: the last `seq` returned, or the cursor given.
+    pub next: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictsPage {
+    pub conflicts: Vec<ConflictRecord>,
+    pub next: Option<ConflictId>,
+}

@@ -1,0 +1,510 @@
+//! [`Node`]: open a store, write through the committer, read from snapshots.
+
+use crate::collections::{CollectionConfig, SETTINGS_COLLECTION, check_collection_name};
+use crate::committer::{Committer, Request};
+use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
+use crate::limits::{
+    CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, LIST_SCAN_MAX, PAGE_ITEMS_MAX,
+    WRITE_QUEUE_MAX,
+};
+use chorus_core::{ConflictId, Dot, Hlc, HlcClock, NodeId, PhysicalClock, Policy, SystemClock};
+use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// How to open a node.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// A human name for this replica, shown as the origin of its writes.
+    pub name: String,
+    pub clock: Arc<dyn PhysicalClock>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            name: "local".into(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// Opens (creating if needed) the node stored in the file at `path`, with defaults.
+pub fn open(path: impl AsRef<Path>) -> Result<Node, OpenError> {
+    Node::open(path.as_ref(), NodeConfig::default())
+}
+
+/// One write or delete, before the node gives it a dot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub collection: String,
+    /// `None` asks the node to generate a key unique across all leaders.
+    pub key: Option<String>,
+    /// The JSON document, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+    /// The context of the read this write is based on; `None` for a blind write.
+    pub context: Option<Context>,
+}
+
+/// The answer to a durable write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteAck {
+    pub key: String,
+    /// The key's context after the write: use it for the next write to this key.
+    pub context: Context,
+    pub dot: Dot,
+    pub hlc: Hlc,
+    /// The write's position in this node's change feed.
+    pub seq: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("document is {bytes} bytes; at most {max} are accepted")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("the store failed to commit; restart the node to recover")]
+    StoreFailed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupted(String),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("read failed: {0}")]
+pub struct ReadError(#[from] StoreError);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub name: String,
+    pub node_id: NodeId,
+    /// Sequence number of the newest entry in the op log (0 when empty).
+    pub last_seq: u64,
+    pub hlc: Hlc,
+    /// True after a failed commit: the node refuses writes until reopened.
+    pub store_failed: bool,
+}
+
+/// A handle to one replica. Cheap to clone; the node closes when the last handle
+/// is dropped. The blocking methods must not be called from async code: use the
+/// `_async` ones there.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    node_id: NodeId,
+    name: String,
+    queue: Option<mpsc::Sender<Request>>,
+    committed_seq: watch::Receiver<u64>,
+    failed: Arc<AtomicBool>,
+    committer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue stops the committer once it has answered every write.
+        self.queue.take();
+        if let Some(thread) = self.committer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Node {
+    pub fn open(path: &Path, config: NodeConfig) -> Result<Node, OpenError> {
+        let store = Store::open(path, || new_meta(&config.name))?;
+        Ok(Node::start(store, config))
+    }
+
+    /// Opens a node on any redb backend: an in-memory disk for the simulator, or a
+    /// failing one in tests.
+    pub fn open_backend(
+        backend: impl StorageBackend,
+        config: NodeConfig,
+    ) -> Result<Node, OpenError> {
+        let store = Store::open_backend(backend, &config.name, || new_meta(&config.name))?;
+        Ok(Node::start(store, config))
+    }
+
+    fn start(store: Store, config: NodeConfig) -> Node {
+        let meta = store.meta_at_open().clone();
+        let node_id = NodeId(meta.node_id);
+        let store = Arc::new(store);
+        let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_MAX);
+        let (seq_tx, seq_rx) = watch::channel(meta.next_seq - 1);
+        let failed = Arc::new(AtomicBool::new(false));
+        let committer = Committer {
+            store: Arc::clone(&store),
+            node_id,
+            clock: HlcClock::new(Hlc(meta.hlc), CLOCK_DRIFT_MS_MAX),
+            meta: meta.clone(),
+            physical: config.clock,
+            policies: HashMap::new(),
+            committed_seq: seq_tx,
+            failed: Arc::clone(&failed),
+        };
+        let thread = std::thread::Builder::new()
+            .name("chorus-committer".into())
+            .spawn(move || committer.run(queue_rx))
+            .expect("spawning the committer thread");
+        tracing::info!(node = meta.name, node_id = %node_id, last_seq = meta.next_seq - 1, "node open");
+        Node {
+            inner: Arc::new(Inner {
+                store,
+                node_id,
+                name: meta.name,
+                queue: Some(queue_tx),
+                committed_seq: seq_rx,
+                failed,
+                committer: Some(thread),
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// How a version's origin is shown: this node's name, or the id of another node.
+    pub fn origin_name(&self, origin: NodeId) -> String {
+        if origin == self.inner.node_id {
+            self.inner.name.clone()
+        } else {
+            origin.to_string()
+        }
+    }
+
+    // ---- writes -------------------------------------------------------------------
+
+    /// Writes durably and waits for the commit. Blocking.
+    pub fn write(&self, write: Write) -> Result<WriteAck, WriteError> {
+        let (request, reply) = self.request(write, false)?;
+        self.queue()?
+            .blocking_send(request)
+            .map_err(|_| WriteError::ShuttingDown)?;
+        reply
+            .blocking_recv()
+            .map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Writes durably and waits for the commit.
+    pub async fn write_async(&self, write: Write) -> Result<WriteAck, WriteError> {
+        let (request, reply) = self.request(write, false)?;
+        self.queue()?
+            .send(request)
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        reply.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    /// Puts a JSON document. Blocking.
+    pub fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        json: &[u8],
+        context: Option<&Context>,
+    ) -> Result<WriteAck, WriteError> {
+        self.write(Write {
+            collection: collection.into(),
+            key: Some(key.into()),
+            value: Some(json.to_vec()),
+            context: context.cloned(),
+        })
+    }
+
+    /// Deletes a document (writes a tombstone). Blocking.
+    pub fn delete(
+        &self,
+        collection: &str,
+        key: &str,
+        context: Option<&Context>,
+    ) -> Result<WriteAck, WriteError> {
+        self.write(Write {
+            collection: collection.into(),
+            key: Some(key.into()),
+            value: None,
+            context: context.cloned(),
+        })
+    }
+
+    /// Creates or changes a collection's settings. Blocking.
+    pub fn set_collection(
+        &self,
+        collection: &str,
+        config: &CollectionConfig,
+    ) -> Result<WriteAck, WriteError> {
+        let (request, reply) = self.settings_request(collection, config)?;
+        self.queue()?
+            .blocking_send(request)
+            .map_err(|_| WriteError::ShuttingDown)?;
+        reply
+            .blocking_recv()
+            .map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    pub async fn set_collection_async(
+        &self,
+        collection: &str,
+        config: &CollectionConfig,
+    ) -> Result<WriteAck, WriteError> {
+        let (request, reply) = self.settings_request(collection, config)?;
+        self.queue()?
+            .send(request)
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        reply.await.map_err(|_| WriteError::ShuttingDown)?
+    }
+
+    fn queue(&self) -> Result<&mpsc::Sender<Request>, WriteError> {
+        if self.inner.failed.load(Ordering::Acquire) {
+            return Err(WriteError::StoreFailed);
+        }
+        self.inner.queue.as_ref().ok_or(WriteError::ShuttingDown)
+    }
+
+    fn settings_request(
+        &self,
+        collection: &str,
+        config: &CollectionConfig,
+    ) -> Result<PendingRequest, WriteError> {
+        check_collection_name(collection).map_err(WriteError::Invalid)?;
+        let write = Write {
+            collection: SETTINGS_COLLECTION.into(),
+            key: Some(collection.into()),
+            value: Some(config.to_json()),
+            context: None,
+        };
+        Ok(pending(write, true))
+    }
+
+    fn request(&self, write: Write, supersede_current: bool) -> Result<PendingRequest, WriteError> {
+        check_collection_name(&write.collection).map_err(WriteError::Invalid)?;
+        if let Some(key) = &write.key {
+            check_key(key).map_err(WriteError::Invalid)?;
+        }
+        if let Some(value) = &write.value {
+            if value.len() > DOCUMENT_BYTES_MAX {
+                return Err(WriteError::TooLarge {
+                    bytes: value.len(),
+                    max: DOCUMENT_BYTES_MAX,
+                });
+            }
+            serde_json::from_slice::<serde::de::IgnoredAny>(value)
+                .map_err(|e| WriteError::Invalid(format!("document is not valid JSON: {e}")))?;
+        }
+        Ok(pending(write, supersede_current))
+    }
+
+    // ---- reads --------------------------------------------------------------------
+
+    fn snapshot(&self) -> Result<Snapshot, ReadError> {
+        Ok(self.inner.store.read()?)
+    }
+
+    /// Reads a document: every live version and the context to write against.
+    /// An absent or deleted document is returned too (see [`Document::is_absent`]).
+    pub fn get(&self, collection: &str, key: &str) -> Result<Document, ReadError> {
+        metrics::counter!("chorus_reads_total").increment(1);
+        let snapshot = self.snapshot()?;
+        let policy = collection_config(&snapshot, collection)?.0.policy;
+        Ok(Document::from_state(
+            collection,
+            key,
+            policy,
+            &snapshot.key_state(collection, key)?,
+        ))
+    }
+
+    /// A collection's settings, and whether they were set explicitly.
+    pub fn collection(&self, collection: &str) -> Result<(CollectionConfig, bool), ReadError> {
+        collection_config(&self.snapshot()?, collection)
+    }
+
+    /// Keys of present documents in order, starting after `after`, limited to those
+    /// starting with `prefix`.
+    pub fn list(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeysPage, ReadError> {
+        let limit = limit.clamp(1, PAGE_ITEMS_MAX);
+        let snapshot = self.snapshot()?;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut keys = Vec::new();
+        for (scanned, entry) in snapshot.keys_from(collection, start)?.enumerate() {
+            let (key, state) = entry?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if !state.is_absent() {
+                keys.push(key.clone());
+            }
+            if keys.len() == limit || scanned + 1 == LIST_SCAN_MAX {
+                return Ok(KeysPage {
+                    keys,
+                    next: Some(key),
+                });
+            }
+        }
+        Ok(KeysPage { keys, next: None })
+    }
+
+    /// Changes after cursor `since` (0: from the beginning), at most `limit`.
+    pub fn changes(&self, since: u64, limit: usize) -> Result<ChangesPage, ReadError> {
+        let limit = limit.clamp(1, PAGE_ITEMS_MAX);
+        let snapshot = self.snapshot()?;
+        let changes = snapshot
+            .ops_from(since.saturating_add(1))?
+            .take(limit)
+            .map(|entry| entry.map(|(seq, op)| Change { seq, op }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = changes.last().map_or(since, |c| c.seq);
+        Ok(ChangesPage { changes, next })
+    }
+
+    /// Waits until the change feed has an entry after `since`.
+    pub async fn wait_for_changes(&self, since: u64) {
+        let mut seq = self.inner.committed_seq.clone();
+        // The sender lives as long as the committer; if it is gone, return at once.
+        let _ = seq.wait_for(|&last| last > since).await;
+    }
+
+    /// Conflict records in id order, after `after`.
+    pub fn conflicts(
+        &self,
+        after: Option<ConflictId>,
+        limit: usize,
+    ) -> Result<ConflictsPage, ReadError> {
+        let limit = limit.clamp(1, PAGE_ITEMS_MAX);
+        let snapshot = self.snapshot()?;
+        let conflicts = snapshot
+            .conflicts_after(after)?
+            .take(limit)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (conflicts.len() == limit)
+            .then(|| conflicts.last().map(|c| c.id))
+            .flatten();
+        Ok(ConflictsPage { conflicts, next })
+    }
+
+    /// A hash of everything reads can observe: every present document with the
+    /// versions a read shows (collection settings included, as documents of
+    /// `_collections`), and the ids of the conflict log. Deleted documents are left
+    /// out, so collecting a tombstone never changes the digest.
+    pub fn digest(&self) -> Result<[u8; 32], ReadError> {
+        let snapshot = self.snapshot()?;
+        let mut hasher = Sha256::new();
+        let mut policies: HashMap<String, Policy> = HashMap::new();
+        for entry in snapshot.all_keys()? {
+            let (collection, key, state) = entry?;
+            let policy = match policies.get(&collection) {
+                Some(p) => *p,
+                None => {
+                    let p = collection_config(&snapshot, &collection)?.0.policy;
+                    policies.insert(collection.clone(), p);
+                    p
+                }
+            };
+            let document = Document::from_state(&collection, &key, policy, &state);
+            if document.is_absent() {
+                continue;
+            }
+            for part in [collection.as_bytes(), key.as_bytes()] {
+                hasher.update((part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+            hasher.update((document.versions.len() as u64).to_le_bytes());
+            for version in &document.versions {
+                hasher.update(version.dot.node.0.to_le_bytes());
+                hasher.update(version.dot.counter.to_le_bytes());
+                hasher.update(version.hlc.0.to_le_bytes());
+                match &version.value {
+                    Some(value) => {
+                        hasher.update([1]);
+                        hasher.update((value.len() as u64).to_le_bytes());
+                        hasher.update(value);
+                    }
+                    None => hasher.update([0]),
+                }
+            }
+        }
+        hasher.update(b"conflicts");
+        for record in snapshot.conflicts_after(None)? {
+            hasher.update(record?.id.0);
+        }
+        Ok(hasher.finalize().into())
+    }
+
+    pub fn status(&self) -> Result<NodeStatus, ReadError> {
+        let meta = self.snapshot()?.meta()?;
+        Ok(NodeStatus {
+            name: meta.name,
+            node_id: NodeId(meta.node_id),
+            last_seq: meta.next_seq - 1,
+            hlc: Hlc(meta.hlc),
+            store_failed: self.inner.failed.load(Ordering::Acquire),
+        })
+    }
+}
+
+type PendingRequest = (Request, oneshot::Receiver<Result<WriteAck, WriteError>>);
+
+fn pending(write: Write, supersede_current: bool) -> PendingRequest {
+    let (reply, rx) = oneshot::channel();
+    (
+        Request {
+            write,
+            supersede_current,
+            reply,
+        },
+        rx,
+    )
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(format!("key must be 1 to {KEY_BYTES_MAX} bytes"));
+    }
+    Ok(())
+}
+
+fn collection_config(
+    snapshot: &Snapshot,
+    collection: &str,
+) -> Result<(CollectionConfig, bool), ReadError> {
+    let state = snapshot.key_state(SETTINGS_COLLECTION, collection)?;
+    Ok((CollectionConfig::from_state(&state), !state.is_absent()))
+}
+
+fn new_meta(name: &str) -> NodeMeta {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).expect("the operating system's random source");
+    NodeMeta {
+        node_id: u64::from_le_bytes(id),
+        name: name.to_owned(),
+        counter: 0,
+        hlc: 0,
+        next_seq: 1,
+    }
+}

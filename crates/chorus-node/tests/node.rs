@@ -1,0 +1,298 @@
+//! Black-box tests of an embedded node through its library API: write semantics,
+//! policies, durability across reopen, the change feed, listings, bad input, and the
+//! refusal of writes after a storage failure.
+
+use chorus_node::{CollectionConfig, Context, Node, NodeConfig, Policy, Write, WriteError, open};
+use chorus_store::StorageBackend;
+use chorus_store::backends::InMemoryBackend;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn temp_node() -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(dir.path().join("node.redb")).unwrap();
+    (dir, node)
+}
+
+fn values(node: &Node, collection: &str, key: &str) -> Vec<Option<String>> {
+    node.get(collection, key)
+        .unwrap()
+        .versions
+        .into_iter()
+        .map(|v| v.value.map(|b| String::from_utf8(b).unwrap()))
+        .collect()
+}
+
+/// Two blind writes are siblings; a write with the read's context replaces both.
+#[test]
+fn blind_writes_conflict_and_context_write_resolves() {
+    let (_dir, node) = temp_node();
+    node.put("docs", "k", br#"{"v":1}"#, None).unwrap();
+    node.put("docs", "k", br#"{"v":2}"#, None).unwrap();
+    let doc = node.get("docs", "k").unwrap();
+    assert!(doc.conflict());
+    assert_eq!(doc.value(), None);
+    assert_eq!(
+        values(&node, "docs", "k"),
+        [Some(r#"{"v":1}"#.into()), Some(r#"{"v":2}"#.into())]
+    );
+    let conflicts = node.conflicts(None, 10).unwrap().conflicts;
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].policy, Policy::Siblings);
+
+    node.put("docs", "k", br#"{"v":3}"#, Some(&doc.context))
+        .unwrap();
+    let doc = node.get("docs", "k").unwrap();
+    assert!(!doc.conflict());
+    assert_eq!(doc.value(), Some(&br#"{"v":3}"#[..]));
+}
+
+/// A delete with context leaves an absent document whose context still supersedes.
+#[test]
+fn delete_leaves_tombstone_with_context() {
+    let (_dir, node) = temp_node();
+    let ack = node.put("docs", "k", b"1", None).unwrap();
+    let del = node.delete("docs", "k", Some(&ack.context)).unwrap();
+    let doc = node.get("docs", "k").unwrap();
+    assert!(doc.is_absent());
+    assert_eq!(doc.context, del.context);
+    node.put("docs", "k", b"2", Some(&doc.context)).unwrap();
+    assert_eq!(values(&node, "docs", "k"), [Some("2".into())]);
+}
+
+/// Under lww the newest write wins and the overwritten concurrent value is kept in
+/// the conflict log with its origin.
+#[test]
+fn lww_keeps_loser_in_conflict_log() {
+    let (_dir, node) = temp_node();
+    node.set_collection(
+        "prefs",
+        &CollectionConfig {
+            policy: Policy::Lww,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        node.collection("prefs").unwrap(),
+        (
+            CollectionConfig {
+                policy: Policy::Lww
+            },
+            true
+        )
+    );
+    node.put("prefs", "k", br#""old""#, None).unwrap();
+    node.put("prefs", "k", br#""new""#, None).unwrap();
+    let doc = node.get("prefs", "k").unwrap();
+    assert!(!doc.conflict());
+    assert_eq!(doc.value(), Some(&br#""new""#[..]));
+    let conflicts = node.conflicts(None, 10).unwrap().conflicts;
+    assert_eq!(conflicts.len(), 1);
+    let loser = conflicts[0]
+        .versions
+        .iter()
+        .find(|v| v.value.as_deref() == Some(&br#""old""#[..]));
+    assert_eq!(loser.unwrap().dot.node, node.node_id());
+}
+
+/// Everything acknowledged is there after reopening, and the dot counter and HLC
+/// continue rather than restart.
+#[test]
+fn reopen_keeps_data_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let (first, id) = {
+        let node = open(&path).unwrap();
+        (node.put("docs", "a", b"1", None).unwrap(), node.node_id())
+    };
+    let node = open(&path).unwrap();
+    assert_eq!(node.node_id(), id);
+    assert_eq!(values(&node, "docs", "a"), [Some("1".into())]);
+    let second = node.put("docs", "b", b"2", None).unwrap();
+    assert!(second.dot.counter > first.dot.counter);
+    assert!(second.hlc > first.hlc);
+    assert_eq!(second.seq, first.seq + 1);
+}
+
+/// Many threads writing at once are all acknowledged, each with its own dot and
+/// feed position, and every write is readable.
+#[test]
+fn concurrent_writers_share_commits() {
+    let (_dir, node) = temp_node();
+    let acks: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|t| {
+                let node = node.clone();
+                s.spawn(move || {
+                    (0..25)
+                        .map(|i| node.put("docs", &format!("{t}-{i}"), b"{}", None).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+    assert_eq!(node.list("docs", "", None, 1000).unwrap().keys.len(), 400);
+}
+
+/// Generated keys are unique and increase in creation order.
+#[test]
+fn generated_keys_are_unique_and_ordered() {
+    let (_dir, node) = temp_node();
+    let keys: Vec<String> = (0..20)
+        .map(|_| {
+            node.write(Write {
+                collection: "ids".into(),
+                key: None,
+                value: Some(b"{}".to_vec()),
+                context: None,
+            })
+            .unwrap()
+            .key
+        })
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, keys);
+}
+
+/// The change feed pages through the op log and resumes from its cursor.
+#[test]
+fn change_feed_resumes_from_cursor() {
+    let (_dir, node) = temp_node();
+    for i in 0..5 {
+        node.put("docs", &format!("k{i}"), b"{}", None).unwrap();
+    }
+    let first = node.changes(0, 3).unwrap();
+    assert_eq!(
+        first.changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let second = node.changes(first.next, 10).unwrap();
+    assert_eq!(
+        second
+            .changes
+            .iter()
+            .map(|c| c.op.key.as_str())
+            .collect::<Vec<_>>(),
+        ["k3", "k4"]
+    );
+    let empty = node.changes(second.next, 10).unwrap();
+    assert!(empty.changes.is_empty());
+    assert_eq!(empty.next, second.next);
+}
+
+/// Listing honours prefix, cursor and limit and skips deleted documents.
+#[test]
+fn listing_pages_by_prefix() {
+    let (_dir, node) = temp_node();
+    for key in ["a1", "b1", "b2", "b3", "c1"] {
+        node.put("docs", key, b"{}", None).unwrap();
+    }
+    let ctx = node.get("docs", "b2").unwrap().context;
+    node.delete("docs", "b2", Some(&ctx)).unwrap();
+    let page = node.list("docs", "b", None, 1).unwrap();
+    assert_eq!(page.keys, ["b1"]);
+    let page = node.list("docs", "b", page.next.as_deref(), 10).unwrap();
+    assert_eq!(page.keys, ["b3"]);
+    assert_eq!(page.next, None);
+    assert_eq!(node.list("docs", "", Some("b3"), 10).unwrap().keys, ["c1"]);
+}
+
+/// Bad input is refused with a reason and changes nothing.
+#[test]
+fn bad_input_changes_nothing() {
+    let (_dir, node) = temp_node();
+    node.put("docs", "k", b"{}", None).unwrap();
+    let before = node.digest().unwrap();
+    let invalid = |r: Result<_, WriteError>| matches!(r, Err(WriteError::Invalid(_)));
+    assert!(invalid(node.put("docs", "k", b"{not json", None)));
+    assert!(invalid(node.put("docs", "", b"{}", None)));
+    assert!(invalid(node.put("docs", &"k".repeat(1025), b"{}", None)));
+    assert!(invalid(node.put("_collections", "docs", b"{}", None)));
+    assert!(invalid(node.put("bad/name", "k", b"{}", None)));
+    let huge = vec![b' '; chorus_node::limits::DOCUMENT_BYTES_MAX + 1];
+    assert!(matches!(
+        node.put("docs", "k", &huge, None),
+        Err(WriteError::TooLarge { .. })
+    ));
+    // A context naming writes this node never made would make it drop its own
+    // future writes to the key; it is refused.
+    let mut forged = chorus_core::VersionVector::new();
+    forged.add(chorus_core::Dot::new(node.node_id(), 1_000_000));
+    let token = chorus_core::ContextToken::encode(&forged, "docs", "k");
+    let forged = Context::from_token(&token, "docs", "k").unwrap();
+    assert!(invalid(node.put("docs", "k", b"{}", Some(&forged))));
+    assert_eq!(node.digest().unwrap(), before);
+    assert_eq!(node.status().unwrap().last_seq, 1);
+}
+
+/// A redb backend in memory that starts failing every write when told to.
+#[derive(Debug)]
+struct FailingBackend {
+    inner: InMemoryBackend,
+    failing: Arc<AtomicBool>,
+}
+
+impl FailingBackend {
+    fn check(&self) -> std::io::Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected I/O failure"));
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for FailingBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
+/// After a failed commit the write is not acknowledged, later writes are refused,
+/// and reads still serve what was committed before.
+#[test]
+fn storage_failure_refuses_writes() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let backend = FailingBackend {
+        inner: InMemoryBackend::new(),
+        failing: Arc::clone(&failing),
+    };
+    let node = Node::open_backend(backend, NodeConfig::default()).unwrap();
+    node.put("docs", "kept", b"1", None).unwrap();
+    failing.store(true, Ordering::SeqCst);
+    assert_eq!(
+        node.put("docs", "lost", b"2", None),
+        Err(WriteError::StoreFailed)
+    );
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(
+        node.put("docs", "later", b"3", None),
+        Err(WriteError::StoreFailed)
+    );
+    assert!(node.status().unwrap().store_failed);
+    assert_eq!(values(&node, "docs", "kept"), [Some("1".into())]);
+    assert!(node.get("docs", "lost").unwrap().is_absent());
+}

@@ -1,0 +1,323 @@
+//! The [`Store`] and its two views: a [`Batch`] (one write transaction) and a
+//! [`Snapshot`] (one read transaction).
+
+use crate::codec::{self, NodeMeta};
+use crate::{OpenError, STORE_FORMAT, StoreError};
+use chorus_core::{ConflictId, ConflictRecord, KeyState, Op};
+use redb::{
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageBackend, Table,
+    TableDefinition,
+};
+use std::ops::Bound;
+use std::path::Path;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
+const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
+const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
+
+const META_FORMAT: &str = "format";
+const META_NODE: &str = "node";
+
+/// The storage key of a document: the collection name, a 0 byte, then the key.
+/// Collection names never contain 0, so this orders documents by collection, then key.
+fn storage_key(collection: &str, key: &str) -> Vec<u8> {
+    debug_assert!(!collection.as_bytes().contains(&0));
+    let mut out = Vec::with_capacity(collection.len() + 1 + key.len());
+    out.extend_from_slice(collection.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn split_storage_key(bytes: &[u8]) -> Result<(String, String), StoreError> {
+    let corrupted = |reason: &str| StoreError::Corrupted {
+        table: "keys",
+        reason: reason.into(),
+    };
+    let at = bytes
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| corrupted("key without separator"))?;
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupted("key is not UTF-8"));
+    Ok((text(&bytes[..at])?, text(&bytes[at + 1..])?))
+}
+
+pub struct Store {
+    db: Database,
+    meta: NodeMeta,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it (with the meta `init` returns) when the
+    /// file does not exist yet.
+    pub fn open(path: &Path, init: impl FnOnce() -> NodeMeta) -> Result<Store, OpenError> {
+        let shown = path.display().to_string();
+        let db = Database::create(path).map_err(|source| OpenError::Database {
+            path: shown.clone(),
+            source,
+        })?;
+        Store::init(db, shown, init)
+    }
+
+    /// Opens a store on any redb backend: an in-memory disk for the simulator, or a
+    /// failing one for tests. `name` stands for the path in error messages.
+    pub fn open_backend(
+        backend: impl StorageBackend,
+        name: &str,
+        init: impl FnOnce() -> NodeMeta,
+    ) -> Result<Store, OpenError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|source| OpenError::Database {
+                path: name.to_owned(),
+                source,
+            })?;
+        Store::init(db, name.to_owned(), init)
+    }
+
+    fn init(
+        db: Database,
+        shown: String,
+        init: impl FnOnce() -> NodeMeta,
+    ) -> Result<Store, OpenError> {
+        let txn = db.begin_write().map_err(StoreError::from)?;
+        let meta = {
+            let mut meta_table = txn.open_table(META).map_err(StoreError::from)?;
+            let format = meta_table
+                .get(META_FORMAT)
+                .map_err(StoreError::from)?
+                .map(|v| v.value().to_vec());
+            match format {
+                Some(bytes) => {
+                    let found = u32::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
+                        StoreError::Corrupted {
+                            table: "meta",
+                            reason: "format is not 4 bytes".into(),
+                        }
+                    })?);
+                    if found > STORE_FORMAT {
+                        return Err(OpenError::NewerFormat {
+                            path: shown,
+                            found,
+                            supported: STORE_FORMAT,
+                        });
+                    }
+                    let node = meta_table.get(META_NODE).map_err(StoreError::from)?.ok_or(
+                        StoreError::Corrupted {
+                            table: "meta",
+                            reason: "node record missing".into(),
+                        },
+                    )?;
+                    codec::decode_meta(node.value())?
+                }
+                None => {
+                    let meta = init();
+                    meta_table
+                        .insert(META_FORMAT, STORE_FORMAT.to_le_bytes().as_slice())
+                        .map_err(StoreError::from)?;
+                    meta_table
+                        .insert(META_NODE, codec::encode_meta(&meta).as_slice())
+                        .map_err(StoreError::from)?;
+                    meta
+                }
+            }
+        };
+        for table in [KEYS, CONFLICTS] {
+            txn.open_table(table).map_err(StoreError::from)?;
+        }
+        txn.open_table(OPLOG).map_err(StoreError::from)?;
+        txn.commit().map_err(StoreError::from)?;
+        Ok(Store { db, meta })
+    }
+
+    /// The node meta as it was when the store was opened.
+    pub fn meta_at_open(&self) -> &NodeMeta {
+        &self.meta
+    }
+
+    /// Runs `f` in one write transaction and commits it durably (fsync) when `f`
+    /// returns `Ok`. Nothing `f` did is kept when it fails.
+    pub fn write<R>(
+        &self,
+        f: impl FnOnce(&mut Batch<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut batch = Batch {
+                meta: txn.open_table(META)?,
+                keys: txn.open_table(KEYS)?,
+                oplog: txn.open_table(OPLOG)?,
+                conflicts: txn.open_table(CONFLICTS)?,
+            };
+            f(&mut batch)?
+        };
+        txn.commit()?;
+        Ok(result)
+    }
+
+    pub fn read(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(Snapshot {
+            meta: txn.open_table(META)?,
+            keys: txn.open_table(KEYS)?,
+            oplog: txn.open_table(OPLOG)?,
+            conflicts: txn.open_table(CONFLICTS)?,
+        })
+    }
+}
+
+/// The tables of one write transaction.
+pub struct Batch<'txn> {
+    meta: Table<'txn, &'static str, &'static [u8]>,
+    keys: Table<'txn, &'static [u8], &'static [u8]>,
+    oplog: Table<'txn, u64, &'static [u8]>,
+    conflicts: Table<'txn, &'static [u8], &'static [u8]>,
+}
+
+impl Batch<'_> {
+    pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
+        match self.keys.get(storage_key(collection, key).as_slice())? {
+            Some(bytes) => codec::decode_key_state(bytes.value()),
+            None => Ok(KeyState::new()),
+        }
+    }
+
+    pub fn put_key_state(
+        &mut self,
+        collection: &str,
+        key: &str,
+        state: &KeyState,
+    ) -> Result<(), StoreError> {
+        self.keys.insert(
+            storage_key(collection, key).as_slice(),
+            codec::encode_key_state(state).as_slice(),
+        )?;
+        Ok(())
+    }
+
+    pub fn append_op(&mut self, seq: u64, op: &Op) -> Result<(), StoreError> {
+        let previous = self.oplog.insert(seq, codec::encode_op(op).as_slice())?;
+        assert!(previous.is_none(), "op log sequence {seq} reused");
+        Ok(())
+    }
+
+    /// Records a conflict; returns false when a record with its id already existed.
+    pub fn put_conflict(&mut self, record: &ConflictRecord) -> Result<bool, StoreError> {
+        if self.conflicts.get(record.id.0.as_slice())?.is_some() {
+            return Ok(false);
+        }
+        self.conflicts.insert(
+            record.id.0.as_slice(),
+            codec::encode_conflict(record).as_slice(),
+        )?;
+        Ok(true)
+    }
+
+    pub fn set_meta(&mut self, meta: &NodeMeta) -> Result<(), StoreError> {
+        self.meta
+            .insert(META_NODE, codec::encode_meta(meta).as_slice())?;
+        Ok(())
+    }
+}
+
+/// The tables of one read transaction: a consistent point-in-time view.
+pub struct Snapshot {
+    meta: ReadOnlyTable<&'static str, &'static [u8]>,
+    keys: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    oplog: ReadOnlyTable<u64, &'static [u8]>,
+    conflicts: ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl Snapshot {
+    pub fn meta(&self) -> Result<NodeMeta, StoreError> {
+        let bytes = self.meta.get(META_NODE)?.ok_or(StoreError::Corrupted {
+            table: "meta",
+            reason: "node record missing".into(),
+        })?;
+        codec::decode_meta(bytes.value())
+    }
+
+    pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
+        match self.keys.get(storage_key(collection, key).as_slice())? {
+            Some(bytes) => codec::decode_key_state(bytes.value()),
+            None => Ok(KeyState::new()),
+        }
+    }
+
+    /// Key states of `collection` in key order, from `start` on.
+    pub fn keys_from(
+        &self,
+        collection: &str,
+        start: Bound<&str>,
+    ) -> Result<impl Iterator<Item = Result<(String, KeyState), StoreError>> + '_, StoreError> {
+        let start = match start {
+            Bound::Included(key) => storage_key(collection, key),
+            // The smallest storage key greater than `key` is `key` plus a 0 byte.
+            Bound::Excluded(key) => {
+                let mut k = storage_key(collection, key);
+                k.push(0);
+                k
+            }
+            Bound::Unbounded => storage_key(collection, ""),
+        };
+        let mut end = collection.as_bytes().to_vec();
+        end.push(1);
+        let range = self.keys.range(start.as_slice()..end.as_slice())?;
+        Ok(range.map(|entry| {
+            let (k, v) = entry?;
+            let (_, key) = split_storage_key(k.value())?;
+            Ok((key, codec::decode_key_state(v.value())?))
+        }))
+    }
+
+    /// Every document of every collection, in storage order.
+    pub fn all_keys(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<(String, String, KeyState), StoreError>> + '_, StoreError>
+    {
+        Ok(self.keys.iter()?.map(|entry| {
+            let (k, v) = entry?;
+            let (collection, key) = split_storage_key(k.value())?;
+            Ok((collection, key, codec::decode_key_state(v.value())?))
+        }))
+    }
+
+    /// Op-log entries with sequence number `from` or later, in order.
+    pub fn ops_from(
+        &self,
+        from: u64,
+    ) -> Result<impl Iterator<Item = Result<(u64, Op), StoreError>> + '_, StoreError> {
+        Ok(self.oplog.range(from..)?.map(|entry| {
+            let (seq, v) = entry?;
+            Ok((seq.value(), codec::decode_op(v.value())?))
+        }))
+    }
+
+    /// Conflict records in id order, starting after `after` (exclusive).
+    pub fn conflicts_after(
+        &self,
+        after: Option<ConflictId>,
+    ) -> Result<impl Iterator<Item = Result<ConflictRecord, StoreError>> + '_, StoreError> {
+        let start = after.map(|id| {
+            let mut k = id.0.to_vec();
+            k.push(0);
+            k
+        });
+        let range = match &start {
+            Some(start) => self.conflicts.range(start.as_slice()..)?,
+            None => self.conflicts.iter()?,
+        };
+        Ok(range.map(|entry| {
+            let (id, v) = entry?;
+            let record = codec::decode_conflict(v.value())?;
+            if !codec::conflict_id_matches(id.value(), &record) {
+                return Err(StoreError::Corrupted {
+                    table: "conflicts",
+                    reason: "id does not match content".into(),
+                });
+            }
+            Ok(record)
+        }))
+    }
+}

@@ -1,0 +1,140 @@
+//! Black-box tests of the store: durability across reopen, atomic batches, format
+//! checks, and agreement with a `BTreeMap` reference model.
+
+use chorus_core::{Dot, Hlc, KeyState, NodeId, Op, VersionVector};
+use chorus_store::{NodeMeta, OpenError, Store, StoreError};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+fn meta() -> NodeMeta {
+    NodeMeta {
+        node_id: 7,
+        name: "a".into(),
+        counter: 0,
+        hlc: 0,
+        next_seq: 1,
+    }
+}
+
+fn op(counter: u64, key: &str, value: &str) -> Op {
+    Op {
+        dot: Dot::new(NodeId(7), counter),
+        hlc: Hlc(counter),
+        collection: "docs".into(),
+        key: key.into(),
+        context: VersionVector::new(),
+        value: Some(value.as_bytes().to_vec()),
+    }
+}
+
+/// A committed batch is there after reopening; the meta written at creation is kept.
+#[test]
+fn committed_batch_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    {
+        let store = Store::open(&path, meta).unwrap();
+        store
+            .write(|batch| {
+                let op = op(1, "k", "{}");
+                let mut state = batch.key_state("docs", "k")?;
+                state.apply(&op);
+                batch.put_key_state("docs", "k", &state)?;
+                batch.append_op(1, &op)?;
+                batch.set_meta(&NodeMeta {
+                    counter: 1,
+                    next_seq: 2,
+                    ..meta()
+                })
+            })
+            .unwrap();
+    }
+    let store = Store::open(&path, || panic!("must not re-initialise")).unwrap();
+    assert_eq!(store.meta_at_open().counter, 1);
+    let snapshot = store.read().unwrap();
+    assert_eq!(snapshot.key_state("docs", "k").unwrap().versions().len(), 1);
+    let ops: Vec<_> = snapshot.ops_from(1).unwrap().map(Result::unwrap).collect();
+    assert_eq!(ops, vec![(1, op(1, "k", "{}"))]);
+}
+
+/// A batch whose closure fails leaves no trace.
+#[test]
+fn failed_batch_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.redb"), meta).unwrap();
+    let result: Result<(), StoreError> = store.write(|batch| {
+        batch.append_op(1, &op(1, "k", "{}"))?;
+        Err(StoreError::Corrupted {
+            table: "test",
+            reason: "abort".into(),
+        })
+    });
+    assert!(result.is_err());
+    assert_eq!(store.read().unwrap().ops_from(0).unwrap().count(), 0);
+}
+
+/// A store whose format is newer than this build is refused with a clear message.
+#[test]
+fn newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    drop(Store::open(&path, meta).unwrap());
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            table
+                .insert("format", 99u32.to_le_bytes().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path, meta).err().unwrap();
+    assert!(matches!(
+        err,
+        OpenError::NewerFormat {
+            found: 99,
+            supported: 1,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("newer chorus"), "{err}");
+}
+
+proptest! {
+    /// Listing keys after any cursor agrees with a BTreeMap of the same writes, and
+    /// never strays into a neighbouring collection.
+    #[test]
+    fn keys_after_matches_reference(
+        keys in prop::collection::btree_set("[a-c\u{0}]{0,4}", 0..20),
+        after in prop::option::of("[a-c]{0,3}"),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), meta).unwrap();
+        let mut reference = BTreeMap::new();
+        store.write(|batch| {
+            for (i, key) in keys.iter().enumerate() {
+                let mut state = KeyState::new();
+                state.apply(&op(i as u64 + 1, key, "{}"));
+                batch.put_key_state("docs", key, &state)?;
+                batch.put_key_state("docs2", key, &state)?;
+                reference.insert(key.clone(), ());
+            }
+            Ok(())
+        }).unwrap();
+        let snapshot = store.read().unwrap();
+        let listed: Vec<String> = snapshot
+            .keys_from("docs", after.as_deref().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded))
+            .unwrap()
+            .map(|r| r.unwrap().0)
+            .collect();
+        let expected: Vec<String> = match &after {
+            Some(a) => reference.range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)).map(|(k, _)| k.clone()).collect(),
+            None => reference.keys().cloned().collect(),
+        };
+        prop_assert_eq!(listed, expected);
+    }
+}
