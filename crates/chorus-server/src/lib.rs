@@ -1,1 +1,70 @@
+//! The HTTP/JSON API of one Chorus node (`docs/api.md` is the user's reference).
+//!
+//! ```text
+//!  request ─▶ axum router ─▶ handler ─▶ chorus_node::Node ─▶ render (JSON) ─▶ response
+//! ```
+//!
+//! **API Boundary:** this crate is where JSON meets the node. Context tokens become
+//! base64url strings here, HLCs become `{"wall_ms", "logical"}`, and every error
+//! becomes `{"error": CODE, "message": TEXT}` with a 4xx/5xx status ([`error`]).
+//!
+//! **Architecture Invariant:** a request that is refused (bad path, malformed JSON,
+//! bad token, oversize body) is refused before anything is written.
 
+mod changes;
+mod error;
+mod metrics;
+mod render;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::router;
+
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Settings of the HTTP server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub body_bytes_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            body_bytes_max: chorus_node::limits::DOCUMENT_BYTES_MAX,
+        }
+    }
+}
+
+/// How long open connections (live change streams, long polls) may take to finish
+/// once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves the API on `listener` until `shutdown` completes, then lets open requests
+/// finish for at most [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    listener: TcpListener,
+    node: chorus_node::Node,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
+    let server = axum::serve(listener, router(node, config)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = began_tx.send(());
+    });
+    tokio::select! {
+        result = server.into_future() => result,
+        // Live streams never end by themselves; past the grace period, stop anyway.
+        _ = async {
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => Ok(()),
+    }
+}

@@ -1,1 +1,104 @@
-fn main() {}
+//! `chorus`: run a node, or talk to one.
+//!
+//! Every subcommand has `--help`. Exit code 0 on success; otherwise a one-line
+//! reason on stderr and a non-zero code.
+
+mod client;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "chorus",
+    version,
+    about = "Chorus: a multi-leader replicated JSON document database"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: its store, its HTTP API.
+    Serve(serve::ServeArgs),
+    /// Read a document (prints the JSON answer, including its context token).
+    Get {
+        collection: String,
+        key: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Write a document. The document is the JSON argument, or stdin when it is `-`.
+    Put {
+        collection: String,
+        key: String,
+        /// The JSON document, or `-` to read it from stdin.
+        document: String,
+        /// The context token of the read this write replaces; omit for a blind write.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Delete a document (a tombstone that replicates).
+    Delete {
+        collection: String,
+        key: String,
+        /// The context token of the read this delete replaces; omit to delete blindly.
+        #[arg(long)]
+        context: Option<String>,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Show a node's status: its name, peers and their lag.
+    Status {
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// List the conflict log.
+    Conflicts {
+        /// Show at most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        target: client::Target,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Get {
+            collection,
+            key,
+            target,
+        } => client::get(&target, &collection, &key),
+        Command::Put {
+            collection,
+            key,
+            document,
+            context,
+            target,
+        } => client::put(&target, &collection, &key, &document, context.as_deref()),
+        Command::Delete {
+            collection,
+            key,
+            context,
+            target,
+        } => client::delete(&target, &collection, &key, context.as_deref()),
+        Command::Status { target } => client::status(&target),
+        Command::Conflicts { limit, target } => client::conflicts(&target, limit),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let reason = format!("{error:#}").replace('\n', " ");
+            eprintln!("chorus: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}

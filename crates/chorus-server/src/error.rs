@@ -1,0 +1,69 @@
+//! API errors: `{"error": CODE, "message": TEXT}` with a matching status.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chorus_node::{ReadError, WriteError};
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra fields merged into the body (the 404 of a deleted document carries its
+    /// context).
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.extra.unwrap_or_default();
+        body.insert("error".into(), json!(self.code));
+        body.insert("message".into(), json!(self.message));
+        (self.status, Json(serde_json::Value::Object(body))).into_response()
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> ApiError {
+        let (status, code) = match &e {
+            WriteError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            WriteError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            WriteError::StoreFailed => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
+            WriteError::Corrupted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupted"),
+            WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> ApiError {
+        tracing::error!(error = %e, "read failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "read_failed",
+            e.to_string(),
+        )
+    }
+}

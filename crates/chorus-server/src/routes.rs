@@ -1,0 +1,304 @@
+//! The routes of the API and their handlers.
+
+use crate::changes;
+use crate::error::ApiError;
+use crate::render;
+use crate::{ServerConfig, metrics};
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chorus_node::{CollectionConfig, ConflictId, Context, Node, Write};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The header carrying a context token with a write.
+pub const CONTEXT_HEADER: &str = "chorus-context";
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+pub fn router(node: Node, config: ServerConfig) -> Router {
+    // Install the metrics recorder before the first request records anything.
+    metrics::handle();
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/digest", get(digest))
+        .route(
+            "/v1/collections/{collection}",
+            get(get_collection).put(put_collection),
+        )
+        .route("/v1/docs/{collection}", get(list_docs).post(insert_doc))
+        .route(
+            "/v1/docs/{collection}/{key}",
+            get(get_doc).put(put_doc).delete(delete_doc),
+        )
+        .route("/v1/changes", get(changes::changes))
+        .route("/v1/conflicts", get(conflicts))
+        .route("/metrics", get(prometheus))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this path",
+            )
+        })
+        .layer(DefaultBodyLimit::max(config.body_bytes_max))
+        .with_state(node)
+}
+
+// ---- extraction helpers ------------------------------------------------------------
+
+pub(crate) fn path<T>(extracted: Result<Path<T>, PathRejection>) -> ApiResult<T> {
+    extracted
+        .map(|Path(p)| p)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+}
+
+pub(crate) fn query<T>(extracted: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
+    extracted
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
+}
+
+fn body(extracted: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    extracted.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(
+            status,
+            code,
+            format!("cannot read the request body: {}", e.body_text()),
+        )
+    })
+}
+
+fn check_collection(collection: &str) -> ApiResult<()> {
+    chorus_node::check_collection_name(collection).map_err(ApiError::bad_request)
+}
+
+fn context(headers: &HeaderMap, collection: &str, key: &str) -> ApiResult<Option<Context>> {
+    let Some(value) = headers.get(CONTEXT_HEADER) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Chorus-Context header is not ASCII"))?;
+    render::parse_token(text, collection, key).map(Some)
+}
+
+fn json_document(bytes: &[u8]) -> ApiResult<Vec<u8>> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("body is not valid JSON: {e}"),
+        )
+    })?;
+    Ok(bytes.to_vec())
+}
+
+// ---- handlers ----------------------------------------------------------------------
+
+async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    let status = node.status()?;
+    Ok(Json(json!({
+        "node": status.name,
+        "node_id": status.node_id.to_string(),
+        "peers": [],
+        "last_seq": status.last_seq,
+        "hlc": render::hlc(status.hlc),
+        "store_failed": status.store_failed,
+    })))
+}
+
+async fn digest(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    let digest = node.digest()?;
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Json(json!({ "digest": hex })))
+}
+
+async fn prometheus() -> Response {
+    match metrics::handle() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => {
+            ApiError::not_found("metrics are exported by the embedding application").into_response()
+        }
+    }
+}
+
+fn collection_json(name: &str, config: &CollectionConfig, explicit: bool) -> Value {
+    json!({ "name": name, "policy": config.policy.name(), "explicit": explicit })
+}
+
+async fn get_collection(
+    State(node): State<Node>,
+    collection: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let collection = path(collection)?;
+    check_collection(&collection)?;
+    let (config, explicit) = node.collection(&collection)?;
+    Ok(Json(collection_json(&collection, &config, explicit)))
+}
+
+async fn put_collection(
+    State(node): State<Node>,
+    collection: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let collection = path(collection)?;
+    check_collection(&collection)?;
+    let bytes = body(bytes)?;
+    let config = CollectionConfig::from_json(&bytes).map_err(ApiError::bad_request)?;
+    node.set_collection_async(&collection, &config).await?;
+    Ok(Json(collection_json(&collection, &config, true)))
+}
+
+async fn get_doc(
+    State(node): State<Node>,
+    params: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (collection, key) = path(params)?;
+    check_collection(&collection)?;
+    let doc = node.get(&collection, &key)?;
+    if doc.is_absent() {
+        let mut error = ApiError::not_found(format!(
+            "document {collection}/{key} does not exist or was deleted"
+        ));
+        let mut extra = serde_json::Map::new();
+        extra.insert("key".into(), json!(key));
+        extra.insert(
+            "context".into(),
+            json!(render::token(&doc.context, &collection, &key)),
+        );
+        error.extra = Some(extra);
+        return Err(error);
+    }
+    Ok(Json(render::document(&node, &doc)).into_response())
+}
+
+async fn write(node: &Node, write: Write) -> ApiResult<Value> {
+    let collection = write.collection.clone();
+    let ack = node.write_async(write).await?;
+    Ok(json!({
+        "key": ack.key,
+        "context": render::token(&ack.context, &collection, &ack.key),
+    }))
+}
+
+async fn put_doc(
+    State(node): State<Node>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let (collection, key) = path(params)?;
+    check_collection(&collection)?;
+    let value = json_document(&body(bytes)?)?;
+    let context = context(&headers, &collection, &key)?;
+    let w = Write {
+        collection,
+        key: Some(key),
+        value: Some(value),
+        context,
+    };
+    Ok(Json(write(&node, w).await?))
+}
+
+async fn delete_doc(
+    State(node): State<Node>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let (collection, key) = path(params)?;
+    check_collection(&collection)?;
+    let context = context(&headers, &collection, &key)?;
+    let w = Write {
+        collection,
+        key: Some(key),
+        value: None,
+        context,
+    };
+    Ok(Json(write(&node, w).await?))
+}
+
+async fn insert_doc(
+    State(node): State<Node>,
+    collection: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let collection = path(collection)?;
+    check_collection(&collection)?;
+    let value = json_document(&body(bytes)?)?;
+    let w = Write {
+        collection,
+        key: None,
+        value: Some(value),
+        context: None,
+    };
+    Ok((StatusCode::CREATED, Json(write(&node, w).await?)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_docs(
+    State(node): State<Node>,
+    collection: Result<Path<String>, PathRejection>,
+    params: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let collection = path(collection)?;
+    check_collection(&collection)?;
+    let q = query(params)?;
+    let page = node.list(
+        &collection,
+        &q.prefix,
+        q.after.as_deref(),
+        q.limit.unwrap_or(100),
+    )?;
+    Ok(Json(json!({ "keys": page.keys, "next": page.next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConflictsQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn conflicts(
+    State(node): State<Node>,
+    params: Result<Query<ConflictsQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let q = query(params)?;
+    let after =
+        match q.after.as_deref() {
+            Some(text) => Some(ConflictId::from_hex(text).ok_or_else(|| {
+                ApiError::bad_request("after must be a conflict id (32 hex digits)")
+            })?),
+            None => None,
+        };
+    let page = node.conflicts(after, q.limit.unwrap_or(100))?;
+    Ok(Json(json!({
+        "conflicts": page.conflicts.iter().map(|c| render::conflict(&node, c)).collect::<Vec<_>>(),
+        "next": page.next.map(|id| id.to_hex()),
+    })))
+}

@@ -1,0 +1,78 @@
+//! `chorus serve`: open the store, serve the API, stop cleanly on Ctrl-C or SIGTERM.
+
+use anyhow::Context as _;
+use chorus_node::{Node, NodeConfig};
+use chorus_server::ServerConfig;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Folder of the node's store; created if missing.
+    #[arg(long, default_value = "chorus-data")]
+    data: PathBuf,
+    /// Address of the HTTP API (port 0 picks a free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    http: String,
+    /// This node's name, shown as the origin of its writes (kept from the first start).
+    #[arg(long, default_value = "local")]
+    name: String,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, default_value_t = chorus_node::limits::DOCUMENT_BYTES_MAX)]
+    body_bytes_max: usize,
+}
+
+/// File name of the store inside the data folder.
+const STORE_FILE: &str = "chorus.redb";
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create the data folder {}", args.data.display()))?;
+    let node = Node::open(
+        &args.data.join(STORE_FILE),
+        NodeConfig {
+            name: args.name,
+            ..NodeConfig::default()
+        },
+    )?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.http)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}; is another node using it? (use --http)",
+                    args.http
+                )
+            })?;
+        let address = listener.local_addr()?;
+        println!(
+            "chorus: node {} serving http://{address} (data in {})",
+            node.name(),
+            args.data.display()
+        );
+        std::io::stdout().flush()?;
+        let config = ServerConfig {
+            body_bytes_max: args.body_bytes_max,
+        };
+        chorus_server::serve(listener, node, config, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,471 @@
+//! The HTTP API over real HTTP against a real `chorus serve` process: every
+//! endpoint, every error path and the limits. Each refused request must leave the
+//! node's digest unchanged.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use support::*;
+
+fn node() -> (tempfile::TempDir, NodeProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(
+        &dir.path().join("data"),
+        &["--body-bytes-max", "4096", "--name", "alpha"],
+    );
+    (dir, node)
+}
+
+/// Writes, reads, sibling conflicts, context writes and deletes behave as the
+/// contract says, including the 404 of a deleted document carrying its context.
+#[test]
+fn document_lifecycle() {
+    let (_dir, node) = node();
+    let url = format!("{}/v1/docs/people/ada", node.url);
+    let absent = get(&url);
+    assert_eq!(absent.status, 404);
+    assert_eq!(absent.body["error"], "not_found");
+
+    let first = put(&url, r#"{"name":"Ada"}"#);
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(first.body["context"].is_string());
+    let read = get(&url);
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body["key"], "ada");
+    assert_eq!(read.body["value"], json!({"name": "Ada"}));
+    assert_eq!(read.body["conflict"], false);
+    assert_eq!(read.body["versions"][0]["origin"], "alpha");
+    assert!(read.body["versions"][0]["hlc"]["wall_ms"].as_u64().unwrap() > 0);
+
+    // A blind write is concurrent with the existing version: two siblings.
+    put(&url, r#"{"name":"Ada L."}"#);
+    let conflicted = get(&url);
+    assert_eq!(conflicted.body["conflict"], true);
+    assert!(conflicted.body.get("value").is_none());
+    assert_eq!(conflicted.body["versions"].as_array().unwrap().len(), 2);
+
+    // A write with the read's context replaces exactly those versions.
+    let context = conflicted.body["context"].as_str().unwrap();
+    assert_eq!(
+        put_with_context(&url, r#"{"name":"Ada Lovelace"}"#, context).status,
+        200
+    );
+    let resolved = get(&url);
+    assert_eq!(resolved.body["conflict"], false);
+    assert_eq!(resolved.body["value"]["name"], "Ada Lovelace");
+
+    // Delete with context; the 404 still carries a context that supersedes the tombstone.
+    let context = resolved.body["context"].as_str().unwrap();
+    let deleted = call("DELETE", &url, None, &[("Chorus-Context", context)]);
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+    let gone = get(&url);
+    assert_eq!(gone.status, 404);
+    let tombstone_context = gone.body["context"].as_str().unwrap();
+    put_with_context(&url, r#"{"name":"again"}"#, tombstone_context);
+    let back = get(&url);
+    assert_eq!(back.body["conflict"], false, "{}", back.text);
+    assert_eq!(back.body["value"]["name"], "again");
+
+    let conflicts = get(&format!("{}/v1/conflicts", node.url));
+    assert_eq!(conflicts.body["conflicts"].as_array().unwrap().len(), 1);
+    assert_eq!(conflicts.body["conflicts"][0]["outcome"], "siblings");
+}
+
+/// Generated keys come back with 201 and are readable; listing pages by prefix.
+#[test]
+fn generated_keys_and_listing() {
+    let (_dir, node) = node();
+    let created = call(
+        "POST",
+        &format!("{}/v1/docs/events", node.url),
+        Some(b"{\"n\":1}"),
+        &[],
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    let key = created.body["key"].as_str().unwrap();
+    assert_eq!(
+        get(&format!("{}/v1/docs/events/{key}", node.url)).body["value"]["n"],
+        1
+    );
+
+    for key in ["a1", "b1", "b2", "b3", "c1"] {
+        put(&format!("{}/v1/docs/list/{key}", node.url), "{}");
+    }
+    let page = get(&format!("{}/v1/docs/list?prefix=b&limit=2", node.url));
+    assert_eq!(page.body["keys"], json!(["b1", "b2"]));
+    let next = page.body["next"].as_str().unwrap();
+    let page = get(&format!("{}/v1/docs/list?prefix=b&after={next}", node.url));
+    assert_eq!(page.body["keys"], json!(["b3"]));
+    assert_eq!(page.body["next"], Value::Null);
+
+    // Keys may hold any character when percent-encoded.
+    let odd = format!("{}/v1/docs/list/a%2Fb%20c", node.url);
+    assert_eq!(put(&odd, "1").status, 200);
+    assert_eq!(get(&odd).body["key"], "a/b c");
+}
+
+/// Collection settings: lww keeps the newest write and logs the loser, with who
+/// wrote it and when.
+#[test]
+fn lww_collection_and_conflict_log() {
+    let (_dir, node) = node();
+    let settings = format!("{}/v1/collections/prefs", node.url);
+    assert_eq!(
+        get(&settings).body,
+        json!({"name": "prefs", "policy": "siblings", "explicit": false})
+    );
+    let set = put(&settings, r#"{"policy":"lww"}"#);
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert_eq!(
+        get(&settings).body,
+        json!({"name": "prefs", "policy": "lww", "explicit": true})
+    );
+
+    let url = format!("{}/v1/docs/prefs/theme", node.url);
+    put(&url, r#""dark""#);
+    put(&url, r#""light""#);
+    let read = get(&url);
+    assert_eq!(read.body["value"], "light");
+    assert_eq!(read.body["conflict"], false);
+    let log = get(&format!("{}/v1/conflicts", node.url)).body;
+    let record = &log["conflicts"][0];
+    assert_eq!(record["policy"], "lww");
+    assert_eq!(record["outcome"], "winner");
+    let loser = record["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["value"] == "dark")
+        .unwrap();
+    assert_eq!(loser["origin"], "alpha");
+    assert!(loser["hlc"]["wall_ms"].is_u64());
+}
+
+/// The change feed pages with a resumable cursor, long-polls until a write arrives,
+/// and streams live as server-sent events.
+#[test]
+fn change_feed() {
+    let (_dir, node) = node();
+    for i in 0..3 {
+        put(&format!("{}/v1/docs/feed/k{i}", node.url), &i.to_string());
+    }
+    let page = get(&format!("{}/v1/changes?limit=2", node.url)).body;
+    assert_eq!(page["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(page["changes"][0]["key"], "k0");
+    let next = page["next"].as_str().unwrap().to_owned();
+    let rest = get(&format!("{}/v1/changes?since={next}", node.url)).body;
+    assert_eq!(rest["changes"][0]["key"], "k2");
+    assert_eq!(rest["changes"][0]["value"], 2);
+    let tail = rest["next"].as_str().unwrap().to_owned();
+
+    // A long poll from the tail returns the next write, whenever it lands.
+    let poll_url = format!(
+        "{}/v1/changes?since={tail}&feed=longpoll&timeout_ms=20000",
+        node.url
+    );
+    let poller = std::thread::spawn(move || get(&poll_url).body);
+    put(&format!("{}/v1/docs/feed/late", node.url), "\"late\"");
+    let polled = poller.join().unwrap();
+    assert_eq!(polled["changes"][0]["key"], "late");
+
+    // The live stream starts with the history after the cursor.
+    let mut builder = ureq::http::Request::builder()
+        .uri(format!("{}/v1/changes?since={tail}", node.url))
+        .header("Accept", "text/event-stream");
+    builder = builder.method("GET");
+    let response = ureq::Agent::new_with_defaults()
+        .run(builder.body(()).unwrap())
+        .unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut lines = BufReader::new(response.into_body().into_reader()).lines();
+    let data = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("data:"))
+        .unwrap();
+    let event: Value = serde_json::from_str(data.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(event["key"], "late");
+}
+
+/// Every bad request gets a clear 4xx in the error format and changes nothing.
+#[test]
+fn bad_requests_change_nothing() {
+    let (_dir, node) = node();
+    let base = node.url.clone();
+    put(&format!("{base}/v1/docs/c/k"), "{}");
+    let context = get(&format!("{base}/v1/docs/c/k")).body["context"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = digest(&base);
+    let last_seq = get(&format!("{base}/v1/status")).body["last_seq"].clone();
+
+    let long_key = "k".repeat(1025);
+    let too_big = format!("\"{}\"", "x".repeat(5000));
+    let mut corrupt = context.clone().into_bytes();
+    corrupt[3] = if corrupt[3] == b'A' { b'B' } else { b'A' };
+    let corrupt = String::from_utf8(corrupt).unwrap();
+    let cases: Vec<(&str, String, Option<&str>, Vec<(&str, &str)>, u16, &str)> = vec![
+        (
+            "PUT",
+            format!("{base}/v1/docs/c/k"),
+            Some("{not json"),
+            vec![],
+            400,
+            "invalid_json",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/c/k"),
+            Some(""),
+            vec![],
+            400,
+            "invalid_json",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/c/k"),
+            Some(&too_big),
+            vec![],
+            413,
+            "payload_too_large",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/c/{long_key}"),
+            Some("{}"),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/_collections/c"),
+            Some("{}"),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/c/k"),
+            Some("{}"),
+            vec![("Chorus-Context", "%%%")],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/c/k"),
+            Some("{}"),
+            vec![("Chorus-Context", &corrupt)],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/c/other"),
+            Some("{}"),
+            vec![("Chorus-Context", &context)],
+            400,
+            "bad_request",
+        ),
+        (
+            "DELETE",
+            format!("{base}/v1/docs/c/k"),
+            None,
+            vec![("Chorus-Context", "AAAA")],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/collections/c"),
+            Some(r#"{"policy":"nope"}"#),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/collections/c"),
+            Some(r#"{"policy":"lww","x":1}"#),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/collections/bad%20name"),
+            Some(r#"{"policy":"lww"}"#),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            format!("{base}/v1/docs/c"),
+            Some("[1,"),
+            vec![],
+            400,
+            "invalid_json",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/changes?since=abc"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/changes?feed=weird"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/docs/c?limit=-1"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/docs/c?bogus=1"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/conflicts?after=xyz"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/nothing"),
+            None,
+            vec![],
+            404,
+            "not_found",
+        ),
+        (
+            "PATCH",
+            format!("{base}/v1/docs/c/k"),
+            Some("{}"),
+            vec![],
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, url, body, headers, status, code) in cases {
+        let reply = call(method, &url, body.map(str::as_bytes), &headers);
+        assert_eq!(reply.status, status, "{method} {url}: {}", reply.text);
+        assert_eq!(reply.body["error"], code, "{method} {url}: {}", reply.text);
+        assert!(
+            reply.body["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    assert_eq!(digest(&base), before);
+    assert_eq!(get(&format!("{base}/v1/status")).body["last_seq"], last_seq);
+}
+
+/// Status, digest and metrics answer; the digest moves with a write; the metrics
+/// count writes, reads, conflicts, commits (fsyncs) and their latency.
+#[test]
+fn status_digest_and_metrics() {
+    let (_dir, node) = node();
+    let status = get(&format!("{}/v1/status", node.url)).body;
+    assert_eq!(status["node"], "alpha");
+    assert_eq!(status["peers"], json!([]));
+    let empty = digest(&node.url);
+    put(&format!("{}/v1/docs/m/k", node.url), "1");
+    put(&format!("{}/v1/docs/m/k", node.url), "2");
+    get(&format!("{}/v1/docs/m/k", node.url));
+    assert_ne!(digest(&node.url), empty);
+    let metrics = get(&format!("{}/metrics", node.url)).text;
+    for name in [
+        "chorus_writes_total 2",
+        "chorus_reads_total",
+        "chorus_conflicts_total{policy=\"siblings\"} 1",
+        "chorus_fsyncs_total",
+        "chorus_commit_latency_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+}
+
+/// The CLI client commands work against a node, print JSON, and fail with one line
+/// on stderr and a non-zero exit code.
+#[test]
+fn cli_client() {
+    let (_dir, node) = node();
+    let chorus = |args: &[&str]| {
+        std::process::Command::new(CHORUS)
+            .args(args)
+            .args(["--url", &node.url])
+            .output()
+            .unwrap()
+    };
+    let out = chorus(&["put", "cli", "k", r#"{"a":1}"#]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = chorus(&["get", "cli", "k"]);
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(read["value"], json!({"a": 1}));
+    let context = read["context"].as_str().unwrap();
+    assert!(
+        chorus(&["put", "cli", "k", "2", "--context", context])
+            .status
+            .success()
+    );
+    assert!(chorus(&["status"]).status.success());
+    assert!(chorus(&["conflicts"]).status.success());
+    let ctx =
+        serde_json::from_slice::<Value>(&chorus(&["get", "cli", "k"]).stdout).unwrap()["context"]
+            .clone();
+    assert!(
+        chorus(&["delete", "cli", "k", "--context", ctx.as_str().unwrap()])
+            .status
+            .success()
+    );
+
+    let missing = chorus(&["get", "cli", "k"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8(missing.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+    let bad = chorus(&["put", "cli", "k", "{oops"]);
+    assert!(!bad.status.success());
+
+    for sub in ["serve", "get", "put", "delete", "status", "conflicts"] {
+        let help = std::process::Command::new(CHORUS)
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            help.status.success() && !help.stdout.is_empty(),
+            "{sub} --help"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! Shared helpers of the multi-process tests: start real `chorus serve` processes,
+//! talk HTTP to them, and wait on conditions with deadlines (never fixed sleeps).
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CHORUS: &str = env!("CARGO_BIN_EXE_chorus");
+
+/// A running `chorus serve` process. Killed (SIGKILL) when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub url: String,
+    pub data: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a node on a free port with its store in `data`, and waits until it
+    /// has printed the address it serves.
+    pub fn start(data: &Path, extra_args: &[&str]) -> NodeProcess {
+        let mut child = Command::new(CHORUS)
+            .args(["serve", "--http", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra_args)
+            .env("CHORUS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning chorus serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading the serve banner");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in banner {line:?}"))
+            .to_owned();
+        NodeProcess {
+            child,
+            url,
+            data: data.to_owned(),
+        }
+    }
+
+    /// Kills the process with SIGKILL: no clean shutdown, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Sends one request; `headers` are extra `(name, value)` pairs.
+pub fn request(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Result<Reply, ureq::Error> {
+    let mut builder = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(body.unwrap_or_default().to_vec()).unwrap();
+    let mut response = agent().run(request)?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(Reply { status, body, text })
+}
+
+pub fn call(method: &str, url: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Reply {
+    request(method, url, body, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+pub fn get(url: &str) -> Reply {
+    call("GET", url, None, &[])
+}
+
+pub fn put(url: &str, body: &str) -> Reply {
+    call("PUT", url, Some(body.as_bytes()), &[])
+}
+
+pub fn put_with_context(url: &str, body: &str, context: &str) -> Reply {
+    call(
+        "PUT",
+        url,
+        Some(body.as_bytes()),
+        &[("Chorus-Context", context)],
+    )
+}
+
+pub fn digest(base: &str) -> String {
+    get(&format!("{base}/v1/digest")).body["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits until `condition` holds, checking every 20 ms, or panics after `deadline`
+/// naming `what`.
+pub fn wait_until(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A small deterministic generator, so a failing run can be replayed from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeds from `env_var` when set, else from the clock; prints the seed.
+    pub fn from_env(env_var: &str) -> Rng {
+        let seed = std::env::var(env_var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("seed: {seed} (replay with {env_var}={seed})");
+        Rng(seed | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
