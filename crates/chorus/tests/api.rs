@@ -211,7 +211,16 @@ fn bad_requests_change_nothing() {
     let mut corrupt = context.clone().into_bytes();
     corrupt[3] = if corrupt[3] == b'A' { b'B' } else { b'A' };
     let corrupt = String::from_utf8(corrupt).unwrap();
-    let cases: Vec<(&str, String, Option<&str>, Vec<(&str, &str)>, u16, &str)> = vec![
+    // (method, url, body, headers, expected status, expected error code)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "PUT",
             format!("{base}/v1/docs/c/k"),
