@@ -1,0 +1,140 @@
+//! `chorus-bench`: durable single-document writes, measured against baselines in the
+//! same run (this machine is noisy, so only ratios within one run mean much).
+//!
+//! ```text
+//! cargo run --release -p chorus-bench -- [--seconds 10] [--clients 64]
+//! ```
+//!
+//! Every contender does the same closed loop: `clients` threads, each writing a
+//! ~256-byte JSON document to a random key out of `keys`, waiting for the durable
+//! acknowledgement, and writing again.
+//! - `chorus http`: PUT /v1/docs over loopback HTTP to a node in this process.
+//! - `chorus embedded`: the same node through its library API, no HTTP.
+//! - `redb direct`: the same records into a bare redb table with the same durability
+//!   (fsync per commit) and the same group commit (one writer thread batching).
+//! - `postgres`: upserts into a jsonb table with `synchronous_commit = on`, driven by
+//!   pgbench with the same client count, over loopback TCP (skipped with a note when
+//!   PostgreSQL is not installed).
+
+mod load;
+mod postgres;
+mod redb_direct;
+
+use anyhow::Context as _;
+use clap::Parser;
+use load::{Stats, run_closed_loop};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "Durable write throughput and latency of Chorus against baselines")]
+struct Args {
+    /// Seconds each contender runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Distinct keys written (uniformly at random).
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Skip the PostgreSQL comparison.
+    #[arg(long)]
+    skip_postgres: bool,
+}
+
+/// A document of about 256 bytes, the same for every contender.
+pub fn document(key: u64, i: u64) -> String {
+    format!(
+        "{{\"id\":\"key-{key}\",\"name\":\"benchmark document\",\"n\":{i},\"tags\":[\"a\",\"b\"],\"pad\":\"{}\"}}",
+        "x".repeat(160)
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let duration = Duration::from_secs(args.seconds);
+    println!(
+        "durable single-document writes: {} clients, {} s each, {} keys, ~{} B documents",
+        args.clients,
+        args.seconds,
+        args.keys,
+        document(0, 0).len()
+    );
+    let mut results: Vec<(&str, Stats)> = Vec::new();
+
+    let dir = tempfile::tempdir()?;
+    let node = chorus_node::open(dir.path().join("http.redb"))?;
+    results.push(("chorus http", chorus_http(node, &args, duration)?));
+    print_row(results.last().unwrap());
+
+    let node = chorus_node::open(dir.path().join("embedded.redb"))?;
+    let stats = run_closed_loop(args.clients, duration, args.keys, |key, i| {
+        node.put("bench", &format!("key-{key}"), document(key, i).as_bytes(), None)?;
+        Ok(())
+    });
+    results.push(("chorus embedded", stats));
+    print_row(results.last().unwrap());
+
+    results.push(("redb direct", redb_direct::run(&dir.path().join("direct.redb"), &args, duration)?));
+    print_row(results.last().unwrap());
+
+    if args.skip_postgres {
+        println!("postgres: skipped (--skip-postgres)");
+    } else {
+        match postgres::run(&args, duration) {
+            Ok(stats) => {
+                results.push(("postgres", stats));
+                print_row(results.last().unwrap());
+            }
+            Err(e) => println!("postgres: not measured: {e:#}"),
+        }
+    }
+
+    let http = results[0].1.clone();
+    println!("\n| contender | writes/s | p50 ms | p99 ms | chorus http ÷ this (throughput) |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, stats) in &results {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            stats.ops_per_s(),
+            stats.p50_ms,
+            stats.p99_ms,
+            http.ops_per_s() / stats.ops_per_s()
+        );
+    }
+    Ok(())
+}
+
+fn print_row((name, stats): &(&str, Stats)) {
+    println!(
+        "{name:>16}: {:>8.0} writes/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} writes)",
+        stats.ops_per_s(),
+        stats.p50_ms,
+        stats.p99_ms,
+        stats.ops
+    );
+}
+
+fn chorus_http(node: chorus_node::Node, args: &Args, duration: Duration) -> anyhow::Result<Stats> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = runtime.spawn(chorus_server::serve(listener, node, Default::default(), async {
+        let _ = stop_rx.await;
+    }));
+    let agent: ureq::Agent = ureq::Agent::config_builder().max_idle_connections_per_host(args.clients).build().into();
+    let stats = run_closed_loop(args.clients, duration, args.keys, |key, i| {
+        let body = document(key, i);
+        let response = agent
+            .put(&format!("{url}/v1/docs/bench/key-{key}"))
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())
+            .context("PUT")?;
+        anyhow::ensure!(response.status() == 200, "HTTP {}", response.status());
+        Ok(())
+    });
+    let _ = stop_tx.send(());
+    runtime.block_on(server)??;
+    Ok(stats)
+}
