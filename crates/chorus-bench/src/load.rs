@@ -27,7 +27,12 @@ impl Stats {
             let at = ((latencies_us.len() as f64 * q) as usize).min(latencies_us.len() - 1);
             latencies_us[at] as f64 / 1000.0
         };
-        Stats { ops: latencies_us.len() as u64, elapsed, p50_ms: quantile(0.50), p99_ms: quantile(0.99) }
+        Stats {
+            ops: latencies_us.len() as u64,
+            elapsed,
+            p50_ms: quantile(0.50),
+            p99_ms: quantile(0.99),
+        }
     }
 }
 
@@ -64,7 +69,10 @@ pub fn run_closed_loop(
             .collect();
         std::thread::sleep(duration);
         stop.store(true, Ordering::Relaxed);
-        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
     });
     Stats::from_latencies_us(latencies.concat(), started.elapsed())
 }

@@ -69,13 +69,21 @@ fn main() -> anyhow::Result<()> {
 
     let node = chorus_node::open(dir.path().join("embedded.redb"))?;
     let stats = run_closed_loop(args.clients, duration, args.keys, |key, i| {
-        node.put("bench", &format!("key-{key}"), document(key, i).as_bytes(), None)?;
+        node.put(
+            "bench",
+            &format!("key-{key}"),
+            document(key, i).as_bytes(),
+            None,
+        )?;
         Ok(())
     });
     results.push(("chorus embedded", stats));
     print_row(results.last().unwrap());
 
-    results.push(("redb direct", redb_direct::run(&dir.path().join("direct.redb"), &args, duration)?));
+    results.push((
+        "redb direct",
+        redb_direct::run(&dir.path().join("direct.redb"), &args, duration)?,
+    ));
     print_row(results.last().unwrap());
 
     if args.skip_postgres {
@@ -120,10 +128,18 @@ fn chorus_http(node: chorus_node::Node, args: &Args, duration: Duration) -> anyh
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(chorus_server::serve(listener, node, Default::default(), async {
-        let _ = stop_rx.await;
-    }));
-    let agent: ureq::Agent = ureq::Agent::config_builder().max_idle_connections_per_host(args.clients).build().into();
+    let server = runtime.spawn(chorus_server::serve(
+        listener,
+        node,
+        Default::default(),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_idle_connections_per_host(args.clients)
+        .build()
+        .into();
     let stats = run_closed_loop(args.clients, duration, args.keys, |key, i| {
         let body = document(key, i);
         let response = agent

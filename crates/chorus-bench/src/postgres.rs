@@ -17,12 +17,17 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         .filter(|p| p.join("pgbench").exists())
         .collect();
     versions.sort();
-    versions.pop().context("no PostgreSQL version with pgbench under /usr/lib/postgresql")
+    versions
+        .pop()
+        .context("no PostgreSQL version with pgbench under /usr/lib/postgresql")
 }
 
 /// Runs `program` as the `postgres` user when we are root (PostgreSQL refuses root).
 fn as_postgres(program: &Path) -> Command {
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
     if is_root {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
@@ -33,9 +38,14 @@ fn as_postgres(program: &Path) -> Command {
 }
 
 fn check(command: &mut Command, what: &str) -> anyhow::Result<String> {
-    let output = command.output().with_context(|| format!("running {what}"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
     if !output.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -47,7 +57,11 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = as_postgres(&self.bin.join("pg_ctl")).arg("-D").arg(&self.data).args(["-m", "fast", "stop"]).output();
+        let _ = as_postgres(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "stop"])
+            .output();
         let _ = std::fs::remove_dir_all(self.data.parent().unwrap_or(&self.data));
     }
 }
@@ -55,29 +69,54 @@ impl Drop for Server {
 pub fn run(args: &Args, duration: Duration) -> anyhow::Result<Stats> {
     let bin = bin_dir()?;
     // A port free right now; PostgreSQL binds it a moment later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port()
+        .to_string();
     let port = port.as_str();
     let root = std::env::temp_dir().join(format!("chorus-bench-pg-{}", std::process::id()));
     let data = root.join("data");
     std::fs::create_dir_all(&root)?;
-    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&root).output();
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&root)
+        .output();
     check(
-        as_postgres(&bin.join("initdb")).args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data),
+        as_postgres(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data),
         "initdb",
     )?;
-    let server = Server { bin: bin.clone(), data: data.clone() };
+    let server = Server {
+        bin: bin.clone(),
+        data: data.clone(),
+    };
     let options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections={}",
         root.display(),
         args.clients + 10
     );
     check(
-        as_postgres(&bin.join("pg_ctl")).arg("-D").arg(&data).args(["-o", &options, "-w", "-l"]).arg(root.join("log")).arg("start"),
+        as_postgres(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-w", "-l"])
+            .arg(root.join("log"))
+            .arg("start"),
         "pg_ctl start",
     )?;
     let psql = |sql: &str| {
         check(
-            Command::new(bin.join("psql")).args(["-h", "127.0.0.1", "-p", port, "-U", "postgres", "-qc", sql]),
+            Command::new(bin.join("psql")).args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-qc",
+                sql,
+            ]),
             "psql",
         )
     };
@@ -92,12 +131,27 @@ pub fn run(args: &Args, duration: Duration) -> anyhow::Result<Stats> {
             document(0, 0)
         ),
     )?;
-    let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&root).output();
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(args.clients);
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&root)
+        .output();
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(args.clients);
     check(
         as_postgres(&bin.join("pgbench"))
             .current_dir(&root)
-            .args(["-h", "127.0.0.1", "-p", port, "-U", "postgres", "-n", "-l", "--log-prefix"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-U",
+                "postgres",
+                "-n",
+                "-l",
+                "--log-prefix",
+            ])
             .arg(root.join("pgbench_log"))
             .args(["-c", &args.clients.to_string(), "-j", &threads.to_string()])
             .args(["-T", &duration.as_secs().to_string(), "-f"])
@@ -109,7 +163,10 @@ pub fn run(args: &Args, duration: Duration) -> anyhow::Result<Stats> {
     let mut latencies = Vec::new();
     for entry in std::fs::read_dir(&root)? {
         let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pgbench_log")) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("pgbench_log"))
+        {
             for line in std::fs::read_to_string(&path)?.lines() {
                 if let Some(us) = line.split_whitespace().nth(2).and_then(|f| f.parse().ok()) {
                     latencies.push(us);

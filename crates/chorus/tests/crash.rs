@@ -35,8 +35,15 @@ fn acknowledged_writes_survive_sigkill() {
                         }
                         let key = format!("r{round}-w{w}-{i}");
                         let value = format!("{{\"round\":{round},\"writer\":{w},\"i\":{i}}}");
-                        match request("PUT", &format!("{url}/v1/docs/crash/{key}"), Some(value.as_bytes()), &[]) {
-                            Ok(reply) if reply.status == 200 => acked.lock().unwrap().push((key, value)),
+                        match request(
+                            "PUT",
+                            &format!("{url}/v1/docs/crash/{key}"),
+                            Some(value.as_bytes()),
+                            &[],
+                        ) {
+                            Ok(reply) if reply.status == 200 => {
+                                acked.lock().unwrap().push((key, value))
+                            }
                             // The node died mid-request: this write was never acknowledged.
                             _ => break,
                         }
@@ -52,7 +59,10 @@ fn acknowledged_writes_survive_sigkill() {
         for writer in writers {
             writer.join().unwrap();
         }
-        eprintln!("round {round}: killed after {} acknowledged writes", acked.lock().unwrap().len() - before);
+        eprintln!(
+            "round {round}: killed after {} acknowledged writes",
+            acked.lock().unwrap().len() - before
+        );
     }
     let node = NodeProcess::start(&data, &[]);
     check_all_present(&node.url, &acked.lock().unwrap());
@@ -63,6 +73,9 @@ fn check_all_present(url: &str, acked: &[(String, String)]) {
         let reply = get(&format!("{url}/v1/docs/crash/{key}"));
         assert_eq!(reply.status, 200, "acknowledged write {key} lost");
         let expected: serde_json::Value = serde_json::from_str(value).unwrap();
-        assert_eq!(reply.body["value"], expected, "acknowledged write {key} changed");
+        assert_eq!(
+            reply.body["value"], expected,
+            "acknowledged write {key} changed"
+        );
     }
 }
