@@ -1,7 +1,7 @@
 //! Conflict records: what the conflict log holds.
 //!
-//! A record's id is derived from the collection, the key and the dots of the versions
-//! involved, and its content is a function of those versions, so two replicas that
+//! A record's id is derived from the collection, the key, the policy and the dots of
+//! the versions involved, and its content is a function of those versions, so two replicas that
 //! detect the same conflict produce byte-identical records, and a set of records
 //! replicates as a grow-only set.
 
@@ -16,11 +16,12 @@ impl ConflictId {
     pub fn derive<'a>(
         collection: &str,
         key: &str,
+        policy: Policy,
         dots: impl IntoIterator<Item = &'a Dot>,
     ) -> ConflictId {
         let mut hasher = Sha256::new();
         hasher.update(b"chorus-conflict-v1\0");
-        for part in [collection, key] {
+        for part in [collection, key, policy.name()] {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
         }
@@ -90,7 +91,7 @@ impl ConflictRecord {
             "versions sorted by dot"
         );
         ConflictRecord {
-            id: ConflictId::derive(collection, key, versions.iter().map(|v| &v.dot)),
+            id: ConflictId::derive(collection, key, policy, versions.iter().map(|v| &v.dot)),
             collection: collection.to_owned(),
             key: key.to_owned(),
             policy,
@@ -111,18 +112,18 @@ mod tests {
         let a = Dot::new(NodeId(1), 1);
         let b = Dot::new(NodeId(2), 5);
         assert_eq!(
-            ConflictId::derive("c", "k", [&a, &b]),
-            ConflictId::derive("c", "k", [&b, &a])
+            ConflictId::derive("c", "k", Policy::Lww, [&a, &b]),
+            ConflictId::derive("c", "k", Policy::Lww, [&b, &a])
         );
         assert_ne!(
-            ConflictId::derive("c", "k", [&a, &b]),
-            ConflictId::derive("c", "k2", [&a, &b])
+            ConflictId::derive("c", "k", Policy::Lww, [&a, &b]),
+            ConflictId::derive("c", "k2", Policy::Lww, [&a, &b])
         );
         assert_ne!(
-            ConflictId::derive("c", "k", [&a, &b]),
-            ConflictId::derive("ck", "", [&a, &b])
+            ConflictId::derive("c", "k", Policy::Lww, [&a, &b]),
+            ConflictId::derive("ck", "", Policy::Lww, [&a, &b])
         );
-        let id = ConflictId::derive("c", "k", [&a]);
+        let id = ConflictId::derive("c", "k", Policy::Lww, [&a]);
         assert_eq!(ConflictId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(ConflictId::from_hex("zz"), None);
     }

@@ -30,6 +30,6 @@ pub use context_token::{ContextToken, TokenError};
 pub use dot::{Dot, NodeId};
 pub use hlc::{Hlc, HlcClock, PhysicalClock, SystemClock};
 pub use key_state::{KeyState, Version};
-pub use op::Op;
+pub use op::{Entry, EntryBody, Op};
 pub use policy::{Policy, Settlement};
 pub use version_vector::VersionVector;

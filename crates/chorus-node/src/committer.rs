@@ -1,18 +1,26 @@
 //! The committer: the node's only writer, and its group commit.
 //!
-//! It takes every write waiting in the queue (up to `BATCH_WRITES_MAX`), applies them
-//! in order in one redb transaction, commits once (one fsync for the whole batch),
-//! then answers each writer. Concurrent writers therefore share fsyncs, and a writer
-//! is answered only once its write is durable.
+//! It takes every request waiting in the queue (up to `BATCH_WRITES_MAX`), applies
+//! them in order in one redb transaction, commits once (one fsync for the whole
+//! batch), then answers each. Concurrent writers and replication streams therefore
+//! share fsyncs, and nobody is answered before their write is durable.
 //!
-//! The committer owns the node's counters (dot counter, HLC, op-log sequence). They
-//! advance in memory while a batch is applied and are rolled back if its commit fails.
+//! Requests are local writes (which get a new dot), batches of entries received from
+//! peers (applied in causal order: an entry waits until [`Entry::is_ready`]), and
+//! peer cursors to persist.
+//!
+//! The committer owns the node's counters (version vector, HLC, op-log sequence).
+//! They advance in memory while a batch is applied and are rolled back if its commit
+//! fails.
 
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION};
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, SIBLINGS_WARN};
-use crate::node::{Write, WriteAck, WriteError};
-use chorus_core::{Dot, HlcClock, NodeId, Op, PhysicalClock, Policy};
+use crate::node::{RemoteOutcome, Write, WriteAck, WriteError};
+use chorus_core::{
+    ConflictRecord, Dot, Entry, EntryBody, HlcClock, KeyState, NodeId, Op, PhysicalClock, Policy,
+    VersionVector,
+};
 use chorus_store::{Batch, NodeMeta, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,18 +28,49 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
+
+/// One queued request: what to do, and who waits for the answer.
 pub(crate) struct Request {
-    pub write: Write,
-    /// Supersede whatever versions exist when the write is applied (used for
-    /// collection settings, whose writer means "replace the settings").
-    pub supersede_current: bool,
-    pub reply: oneshot::Sender<Result<WriteAck, WriteError>>,
+    pub job: Job,
+    pub reply: ReplyTo,
+}
+
+pub(crate) enum Job {
+    Local {
+        write: Write,
+        /// Supersede whatever versions exist when the write is applied (used for
+        /// collection settings, whose writer means "replace the settings").
+        supersede_current: bool,
+    },
+    Remote {
+        entries: Vec<Entry>,
+    },
+    PeerCursor {
+        peer: String,
+        seq: u64,
+    },
+}
+
+pub(crate) enum ReplyTo {
+    Local(Reply<WriteAck>),
+    Remote(Reply<RemoteOutcome>),
+    Nobody,
+}
+
+/// What a job produced inside a batch; sent only once the batch is durable.
+enum Produced {
+    Local(Result<WriteAck, WriteError>),
+    Remote(RemoteOutcome),
+    Nothing,
 }
 
 pub(crate) struct Committer {
     pub store: Arc<Store>,
     pub node_id: NodeId,
     pub meta: NodeMeta,
+    /// Every entry applied, per origin; persisted as `meta.applied` with each batch.
+    pub applied: VersionVector,
     pub clock: HlcClock,
     pub physical: Arc<dyn PhysicalClock>,
     /// Policies of collections, read from `_collections` on first use.
@@ -55,57 +94,78 @@ impl Committer {
     }
 
     fn commit_batch(&mut self, batch: Vec<Request>) {
+        let (jobs, replies): (Vec<Job>, Vec<ReplyTo>) =
+            batch.into_iter().map(|r| (r.job, r.reply)).unzip();
         if self.failed.load(Ordering::Acquire) {
-            for request in batch {
-                let _ = request.reply.send(Err(WriteError::StoreFailed));
-            }
+            replies.into_iter().for_each(refuse);
             return;
         }
-        let (meta_before, clock_before) = (self.meta.clone(), self.clock.clone());
+        let before = (self.meta.clone(), self.applied.clone(), self.clock.clone());
         let started = Instant::now();
         let store = Arc::clone(&self.store);
         let result = store.write(|b| {
-            let outcomes = batch
-                .iter()
-                .map(|request| self.apply_local(b, request))
-                .collect::<Result<Vec<_>, StoreError>>()?;
+            let produced = jobs
+                .into_iter()
+                .map(|job| self.apply_job(b, job))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.meta.applied = self.applied.iter().map(|(n, c)| (n.0, c)).collect();
             b.set_meta(&self.meta)?;
-            Ok(outcomes)
+            Ok(produced)
         });
         match result {
-            Ok(outcomes) => {
+            Ok(produced) => {
                 metrics::histogram!("chorus_commit_latency_seconds")
                     .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("chorus_commit_batch_writes").record(batch.len() as f64);
+                metrics::histogram!("chorus_commit_batch_writes").record(replies.len() as f64);
                 metrics::counter!("chorus_fsyncs_total").increment(1);
-                metrics::counter!("chorus_writes_total")
-                    .increment(outcomes.iter().filter(|o| o.is_ok()).count() as u64);
                 self.committed_seq.send_replace(self.meta.next_seq - 1);
-                for (request, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = request.reply.send(outcome);
+                for (reply, outcome) in replies.into_iter().zip(produced) {
+                    match (reply, outcome) {
+                        (ReplyTo::Local(reply), Produced::Local(result)) => {
+                            if result.is_ok() {
+                                metrics::counter!("chorus_writes_total").increment(1);
+                            }
+                            let _ = reply.send(result);
+                        }
+                        (ReplyTo::Remote(reply), Produced::Remote(outcome)) => {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                        _ => {}
+                    }
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "commit failed; refusing writes until the node is reopened");
-                self.meta = meta_before;
-                self.clock = clock_before;
+                (self.meta, self.applied, self.clock) = before;
                 self.policies.clear();
                 self.failed.store(true, Ordering::Release);
-                for request in batch {
-                    let _ = request.reply.send(Err(WriteError::StoreFailed));
-                }
+                replies.into_iter().for_each(refuse);
             }
         }
     }
 
-    /// Applies one local write inside the batch. The outer error aborts the batch (a
-    /// storage failure); the inner one refuses only this write.
+    /// Applies one job inside the batch. An error aborts the batch (a storage
+    /// failure); a refused write is an `Ok` carrying its error.
+    fn apply_job(&mut self, b: &mut Batch<'_>, job: Job) -> Result<Produced, StoreError> {
+        Ok(match job {
+            Job::Local {
+                write,
+                supersede_current,
+            } => Produced::Local(self.apply_local(b, &write, supersede_current)?),
+            Job::Remote { entries } => Produced::Remote(self.apply_remote(b, entries)?),
+            Job::PeerCursor { peer, seq } => {
+                b.set_peer_cursor(&peer, seq)?;
+                Produced::Nothing
+            }
+        })
+    }
+
     fn apply_local(
         &mut self,
         b: &mut Batch<'_>,
-        request: &Request,
+        write: &Write,
+        supersede_current: bool,
     ) -> Result<Result<WriteAck, WriteError>, StoreError> {
-        let write = &request.write;
         let hlc = self.clock.tick(self.physical.now_ms());
         let key = match &write.key {
             Some(key) => key.clone(),
@@ -119,20 +179,19 @@ impl Committer {
             }
             Err(e) => return Err(e),
         };
-        let context = if request.supersede_current {
+        let context = if supersede_current {
             state.context().clone()
         } else {
             write.context.clone().map(|c| c.0).unwrap_or_default()
         };
-        if context.get(self.node_id) > self.meta.counter {
+        if context.get(self.node_id) > self.applied.get(self.node_id) {
             return Ok(Err(WriteError::Invalid(
                 "the context names writes of this node that it never made; read the document again"
                     .into(),
             )));
         }
-        self.meta.counter += 1;
         let op = Op {
-            dot: Dot::new(self.node_id, self.meta.counter),
+            dot: self.next_dot(),
             hlc,
             collection: write.collection.clone(),
             key,
@@ -143,12 +202,104 @@ impl Committer {
             state.apply(&op),
             "a fresh local dot is never covered by a key's context"
         );
-        let policy = self.policy(b, &op.collection)?;
-        if let Some(record) = policy.settle(&op.collection, &op.key, &mut state).conflict
-            && b.put_conflict(&record)?
-        {
-            metrics::counter!("chorus_conflicts_total", "policy" => policy.name()).increment(1);
+        let conflict = self.settle(b, &op, &mut state)?;
+        b.put_key_state(&op.collection, &op.key, &state)?;
+        let deps = self.applied.clone();
+        self.log(
+            b,
+            Entry {
+                deps,
+                body: EntryBody::Write(op.clone()),
+            },
+        )?;
+        if let Some(record) = conflict {
+            self.note_conflict(b, record)?;
         }
+        let context = Context(state.context().clone());
+        Ok(Ok(WriteAck {
+            key: op.key,
+            context,
+            dot: op.dot,
+            hlc,
+            seq: self.meta.next_seq - 1,
+        }))
+    }
+
+    /// Applies entries from a peer in causal order. An entry whose dependencies are
+    /// missing waits; it is tried again after each entry applied, and what is still
+    /// waiting at the end is handed back.
+    fn apply_remote(
+        &mut self,
+        b: &mut Batch<'_>,
+        entries: Vec<Entry>,
+    ) -> Result<RemoteOutcome, StoreError> {
+        let mut waiting = entries;
+        let mut applied_count = 0;
+        loop {
+            let before = waiting.len();
+            let mut still = Vec::new();
+            for entry in waiting {
+                if self.applied.covers(entry.dot()) {
+                    continue; // Already here, through another path or an earlier delivery.
+                }
+                if !entry.is_ready(&self.applied) {
+                    still.push(entry);
+                    continue;
+                }
+                self.apply_entry(b, entry)?;
+                applied_count += 1;
+            }
+            waiting = still;
+            if waiting.is_empty() || waiting.len() == before {
+                break;
+            }
+        }
+        metrics::counter!("chorus_replication_entries_applied_total").increment(applied_count);
+        Ok(RemoteOutcome {
+            applied: self.applied.clone(),
+            waiting,
+        })
+    }
+
+    fn apply_entry(&mut self, b: &mut Batch<'_>, entry: Entry) -> Result<(), StoreError> {
+        if let Err(refused) = self.clock.observe(entry.hlc(), self.physical.now_ms()) {
+            // The entry is applied all the same (data is never dropped); only our
+            // clock refuses to follow a peer that runs too far ahead.
+            metrics::counter!("chorus_hlc_drift_refused_total").increment(1);
+            tracing::warn!(%refused, dot = %entry.dot(), "clock drift");
+        }
+        let mut conflict = None;
+        match &entry.body {
+            EntryBody::Write(op) => {
+                let mut state = b.key_state(&op.collection, &op.key)?;
+                if state.apply(op) {
+                    conflict = self.settle(b, op, &mut state)?;
+                    b.put_key_state(&op.collection, &op.key, &state)?;
+                }
+            }
+            EntryBody::Conflict { record, .. } => {
+                if b.put_conflict(record)? {
+                    metrics::counter!("chorus_conflicts_total", "policy" => record.policy.name())
+                        .increment(1);
+                }
+            }
+        }
+        self.log(b, entry)?;
+        if let Some(record) = conflict {
+            self.note_conflict(b, record)?;
+        }
+        Ok(())
+    }
+
+    /// Settles a key after an op changed it; returns the conflict it found, if any.
+    fn settle(
+        &mut self,
+        b: &Batch<'_>,
+        op: &Op,
+        state: &mut KeyState,
+    ) -> Result<Option<ConflictRecord>, StoreError> {
+        let policy = self.policy(b, &op.collection)?;
+        let settlement = policy.settle(&op.collection, &op.key, state);
         if state.versions().len() > SIBLINGS_WARN {
             metrics::counter!("chorus_sibling_warnings_total").increment(1);
             tracing::warn!(
@@ -158,21 +309,47 @@ impl Committer {
                 "many siblings: write with the context of a read to resolve them"
             );
         }
-        b.put_key_state(&op.collection, &op.key, &state)?;
-        let seq = self.meta.next_seq;
-        self.meta.next_seq += 1;
-        self.meta.hlc = hlc.0;
-        b.append_op(seq, &op)?;
         if op.collection == SETTINGS_COLLECTION {
             self.policies.remove(&op.key);
         }
-        Ok(Ok(WriteAck {
-            key: op.key,
-            context: Context(state.context().clone()),
-            dot: op.dot,
-            hlc,
-            seq,
-        }))
+        Ok(settlement.conflict)
+    }
+
+    /// Records a conflict this node detected; a record new here is also logged as an
+    /// entry, so that it replicates to replicas that never see the conflict.
+    fn note_conflict(
+        &mut self,
+        b: &mut Batch<'_>,
+        record: ConflictRecord,
+    ) -> Result<(), StoreError> {
+        if !b.put_conflict(&record)? {
+            return Ok(());
+        }
+        metrics::counter!("chorus_conflicts_total", "policy" => record.policy.name()).increment(1);
+        let hlc = self.clock.tick(self.physical.now_ms());
+        let deps = self.applied.clone();
+        let dot = self.next_dot();
+        self.log(
+            b,
+            Entry {
+                deps,
+                body: EntryBody::Conflict { dot, hlc, record },
+            },
+        )
+    }
+
+    fn next_dot(&self) -> Dot {
+        Dot::new(self.node_id, self.applied.get(self.node_id) + 1)
+    }
+
+    /// Appends an entry to the op log and counts it as applied.
+    fn log(&mut self, b: &mut Batch<'_>, entry: Entry) -> Result<(), StoreError> {
+        let seq = self.meta.next_seq;
+        b.append_entry(seq, &entry)?;
+        self.meta.next_seq += 1;
+        self.meta.hlc = self.clock.last().0;
+        self.applied.add(entry.dot());
+        Ok(())
     }
 
     fn policy(&mut self, b: &Batch<'_>, collection: &str) -> Result<Policy, StoreError> {
@@ -186,5 +363,17 @@ impl Committer {
             CollectionConfig::from_state(&b.key_state(SETTINGS_COLLECTION, collection)?).policy;
         self.policies.insert(collection.to_owned(), policy);
         Ok(policy)
+    }
+}
+
+fn refuse(reply: ReplyTo) {
+    match reply {
+        ReplyTo::Local(reply) => {
+            let _ = reply.send(Err(WriteError::StoreFailed));
+        }
+        ReplyTo::Remote(reply) => {
+            let _ = reply.send(Err(WriteError::StoreFailed));
+        }
+        ReplyTo::Nobody => {}
     }
 }

@@ -24,8 +24,13 @@ mod document;
 pub mod limits;
 mod node;
 
-pub use chorus_core::{ConflictId, ConflictRecord, Dot, Hlc, NodeId, Op, Outcome, Policy};
+pub use chorus_core::{
+    ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, NodeId, Op, Outcome, Policy,
+    VersionVector,
+};
 pub use chorus_store::OpenError;
 pub use collections::{CollectionConfig, check_collection_name};
 pub use document::{Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage};
-pub use node::{Node, NodeConfig, NodeStatus, ReadError, Write, WriteAck, WriteError, open};
+pub use node::{
+    Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, Write, WriteAck, WriteError, open,
+};

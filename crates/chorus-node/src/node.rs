@@ -1,20 +1,23 @@
 //! [`Node`]: open a store, write through the committer, read from snapshots.
 
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION, check_collection_name};
-use crate::committer::{Committer, Request};
+use crate::committer::{Committer, Job, ReplyTo, Request};
 use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
 use crate::limits::{
     CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, LIST_SCAN_MAX, PAGE_ITEMS_MAX,
     WRITE_QUEUE_MAX,
 };
-use chorus_core::{ConflictId, Dot, Hlc, HlcClock, NodeId, PhysicalClock, Policy, SystemClock};
+use chorus_core::{
+    ConflictId, Dot, Entry, EntryBody, Hlc, HlcClock, NodeId, PhysicalClock, Policy, SystemClock,
+    VersionVector,
+};
 use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -109,6 +112,8 @@ struct Inner {
     committed_seq: watch::Receiver<u64>,
     failed: Arc<AtomicBool>,
     committer: Option<JoinHandle<()>>,
+    /// Names of replicas this node has heard of (from handshakes), for display.
+    names: RwLock<HashMap<NodeId, String>>,
 }
 
 impl Drop for Inner {
@@ -144,9 +149,12 @@ impl Node {
         let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let (seq_tx, seq_rx) = watch::channel(meta.next_seq - 1);
         let failed = Arc::new(AtomicBool::new(false));
+        let applied =
+            VersionVector::from_entries(meta.applied.iter().map(|&(n, c)| (NodeId(n), c)));
         let committer = Committer {
             store: Arc::clone(&store),
             node_id,
+            applied,
             clock: HlcClock::new(Hlc(meta.hlc), CLOCK_DRIFT_MS_MAX),
             meta: meta.clone(),
             physical: config.clock,
@@ -163,11 +171,12 @@ impl Node {
             inner: Arc::new(Inner {
                 store,
                 node_id,
-                name: meta.name,
+                name: meta.name.clone(),
                 queue: Some(queue_tx),
                 committed_seq: seq_rx,
                 failed,
                 committer: Some(thread),
+                names: RwLock::new(HashMap::from([(node_id, meta.name.clone())])),
             }),
         }
     }
@@ -180,13 +189,25 @@ impl Node {
         self.inner.node_id
     }
 
-    /// How a version's origin is shown: this node's name, or the id of another node.
+    /// How a version's origin is shown: the replica's name when known, else its id.
     pub fn origin_name(&self, origin: NodeId) -> String {
-        if origin == self.inner.node_id {
-            self.inner.name.clone()
-        } else {
-            origin.to_string()
-        }
+        let names = self.inner.names.read().unwrap_or_else(|e| e.into_inner());
+        names
+            .get(&origin)
+            .cloned()
+            .unwrap_or_else(|| origin.to_string())
+    }
+
+    /// Remembers the name of a replica (learned from a peer's handshake).
+    pub fn learn_name(&self, id: NodeId, name: &str) {
+        let mut names = self.inner.names.write().unwrap_or_else(|e| e.into_inner());
+        names.insert(id, name.to_owned());
+    }
+
+    /// Every replica name this node knows.
+    pub fn known_names(&self) -> Vec<(NodeId, String)> {
+        let names = self.inner.names.read().unwrap_or_else(|e| e.into_inner());
+        names.iter().map(|(id, name)| (*id, name.clone())).collect()
     }
 
     // ---- writes -------------------------------------------------------------------
@@ -196,10 +217,8 @@ impl Node {
         let (request, reply) = self.request(write, false)?;
         self.queue()?
             .blocking_send(request)
-            .map_err(|_| WriteError::ShuttingDown)?;
-        reply
-            .blocking_recv()
-            .map_err(|_| WriteError::ShuttingDown)?
+            .map_err(|_| self.dropped())?;
+        reply.blocking_recv().map_err(|_| self.dropped())?
     }
 
     /// Writes durably and waits for the commit.
@@ -208,8 +227,8 @@ impl Node {
         self.queue()?
             .send(request)
             .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        reply.await.map_err(|_| WriteError::ShuttingDown)?
+            .map_err(|_| self.dropped())?;
+        reply.await.map_err(|_| self.dropped())?
     }
 
     /// Puts a JSON document. Blocking.
@@ -252,10 +271,8 @@ impl Node {
         let (request, reply) = self.settings_request(collection, config)?;
         self.queue()?
             .blocking_send(request)
-            .map_err(|_| WriteError::ShuttingDown)?;
-        reply
-            .blocking_recv()
-            .map_err(|_| WriteError::ShuttingDown)?
+            .map_err(|_| self.dropped())?;
+        reply.blocking_recv().map_err(|_| self.dropped())?
     }
 
     pub async fn set_collection_async(
@@ -267,8 +284,8 @@ impl Node {
         self.queue()?
             .send(request)
             .await
-            .map_err(|_| WriteError::ShuttingDown)?;
-        reply.await.map_err(|_| WriteError::ShuttingDown)?
+            .map_err(|_| self.dropped())?;
+        reply.await.map_err(|_| self.dropped())?
     }
 
     fn queue(&self) -> Result<&mpsc::Sender<Request>, WriteError> {
@@ -374,13 +391,85 @@ impl Node {
     pub fn changes(&self, since: u64, limit: usize) -> Result<ChangesPage, ReadError> {
         let limit = limit.clamp(1, PAGE_ITEMS_MAX);
         let snapshot = self.snapshot()?;
-        let changes = snapshot
-            .ops_from(since.saturating_add(1))?
-            .take(limit)
-            .map(|entry| entry.map(|(seq, op)| Change { seq, op }))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = changes.last().map_or(since, |c| c.seq);
+        let mut changes = Vec::new();
+        let mut next = since;
+        // Conflict entries are replication records, not document changes: skipped,
+        // but the cursor moves past them.
+        for entry in snapshot.entries_from(since.saturating_add(1))?.take(limit) {
+            let (seq, entry) = entry?;
+            next = seq;
+            if let EntryBody::Write(op) = entry.body {
+                changes.push(Change { seq, op });
+            }
+        }
         Ok(ChangesPage { changes, next })
+    }
+
+    // ---- replication --------------------------------------------------------------
+
+    /// Applies entries received from a peer, durably and in causal order.
+    pub async fn apply_remote(&self, entries: Vec<Entry>) -> Result<RemoteOutcome, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            job: Job::Remote { entries },
+            reply: ReplyTo::Remote(reply),
+        };
+        self.queue()?
+            .send(request)
+            .await
+            .map_err(|_| self.dropped())?;
+        rx.await.map_err(|_| self.dropped())?
+    }
+
+    /// Records, with the next commit, that `peer` has every entry of ours up to `seq`.
+    pub async fn save_peer_cursor(&self, peer: &str, seq: u64) -> Result<(), WriteError> {
+        let job = Job::PeerCursor {
+            peer: peer.to_owned(),
+            seq,
+        };
+        let request = Request {
+            job,
+            reply: ReplyTo::Nobody,
+        };
+        self.queue()?
+            .send(request)
+            .await
+            .map_err(|_| self.dropped())
+    }
+
+    /// The cursor `peer` last acknowledged (0 if never).
+    pub fn peer_cursor(&self, peer: &str) -> Result<u64, ReadError> {
+        Ok(self.snapshot()?.peer_cursor(peer)?)
+    }
+
+    /// Op-log entries after `after_seq`, at most `max`, in log order.
+    pub fn read_log(&self, after_seq: u64, max: usize) -> Result<Vec<(u64, Entry)>, ReadError> {
+        let snapshot = self.snapshot()?;
+        let entries = snapshot
+            .entries_from(after_seq.saturating_add(1))?
+            .take(max);
+        Ok(entries.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Everything this node has durably applied, and the newest op-log sequence.
+    pub fn applied(&self) -> Result<(VersionVector, u64), ReadError> {
+        let meta = self.snapshot()?.meta()?;
+        let vv = VersionVector::from_entries(meta.applied.iter().map(|&(n, c)| (NodeId(n), c)));
+        Ok((vv, meta.next_seq - 1))
+    }
+
+    /// A watch of the newest committed op-log sequence.
+    pub fn committed_seq(&self) -> watch::Receiver<u64> {
+        self.inner.committed_seq.clone()
+    }
+
+    /// Why a request got no answer: the store failed, or the node is closing.
+    fn dropped(&self) -> WriteError {
+        if self.inner.failed.load(Ordering::Acquire) {
+            WriteError::StoreFailed
+        } else {
+            WriteError::ShuttingDown
+        }
     }
 
     /// Waits until the change feed has an entry after `since`.
@@ -470,13 +559,25 @@ impl Node {
 
 type PendingRequest = (Request, oneshot::Receiver<Result<WriteAck, WriteError>>);
 
+/// The result of applying a batch of entries from a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteOutcome {
+    /// Everything this node has applied, durably, after the batch.
+    pub applied: VersionVector,
+    /// Entries of the batch still waiting for an entry they depend on, in order.
+    pub waiting: Vec<Entry>,
+}
+
 fn pending(write: Write, supersede_current: bool) -> PendingRequest {
     let (reply, rx) = oneshot::channel();
+    let job = Job::Local {
+        write,
+        supersede_current,
+    };
     (
         Request {
-            write,
-            supersede_current,
-            reply,
+            job,
+            reply: ReplyTo::Local(reply),
         },
         rx,
     )
@@ -503,8 +604,8 @@ fn new_meta(name: &str) -> NodeMeta {
     NodeMeta {
         node_id: u64::from_le_bytes(id),
         name: name.to_owned(),
-        counter: 0,
         hlc: 0,
         next_seq: 1,
+        applied: Vec::new(),
     }
 }

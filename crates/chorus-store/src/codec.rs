@@ -6,8 +6,8 @@
 
 use crate::StoreError;
 use chorus_core::{
-    ConflictId, ConflictRecord, Dot, Hlc, KeyState, NodeId, Op, Outcome, Policy, Version,
-    VersionVector,
+    ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, Outcome, Policy,
+    Version, VersionVector,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -18,12 +18,13 @@ const RECORD_FORMAT: u8 = 1;
 pub struct NodeMeta {
     pub node_id: u64,
     pub name: String,
-    /// Counter of the last dot this node issued.
-    pub counter: u64,
     /// The last HLC this node issued or observed.
     pub hlc: u64,
     /// Sequence number the next op-log entry gets.
     pub next_seq: u64,
+    /// The node's version vector: for each origin, the counter of the last entry of
+    /// it this node applied (entries are applied in counter order per origin).
+    pub applied: Vec<(u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -50,6 +51,22 @@ struct OpV1 {
     key: String,
     context: Vec<(u64, u64)>,
     value: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum EntryBodyV1 {
+    Write(OpV1),
+    Conflict {
+        dot: DotV1,
+        hlc: u64,
+        record: ConflictV1,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryV1 {
+    deps: Vec<(u64, u64)>,
+    body: EntryBodyV1,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -151,19 +168,18 @@ pub fn decode_key_state(bytes: &[u8]) -> Result<KeyState, StoreError> {
     })
 }
 
-pub fn encode_op(op: &Op) -> Vec<u8> {
-    encode(&OpV1 {
+fn op_v1(op: &Op) -> OpV1 {
+    OpV1 {
         dot: dot_v1(op.dot),
         hlc: op.hlc.0,
         collection: op.collection.clone(),
         key: op.key.clone(),
         context: vv_v1(&op.context),
         value: op.value.clone(),
-    })
+    }
 }
 
-pub fn decode_op(bytes: &[u8]) -> Result<Op, StoreError> {
-    let raw: OpV1 = decode("oplog", bytes)?;
+fn op_from(raw: OpV1) -> Result<Op, StoreError> {
     Ok(Op {
         dot: dot_from("oplog", &raw.dot)?,
         hlc: Hlc(raw.hlc),
@@ -174,8 +190,8 @@ pub fn decode_op(bytes: &[u8]) -> Result<Op, StoreError> {
     })
 }
 
-pub fn encode_conflict(record: &ConflictRecord) -> Vec<u8> {
-    encode(&ConflictV1 {
+fn conflict_v1(record: &ConflictRecord) -> ConflictV1 {
+    ConflictV1 {
         collection: record.collection.clone(),
         key: record.key.clone(),
         policy: record.policy.name().to_owned(),
@@ -184,22 +200,18 @@ pub fn encode_conflict(record: &ConflictRecord) -> Vec<u8> {
             Outcome::Siblings => None,
             Outcome::Winner(dot) => Some(dot_v1(dot)),
         },
-    })
+    }
 }
 
-pub fn decode_conflict(bytes: &[u8]) -> Result<ConflictRecord, StoreError> {
-    let corrupted = |reason: String| StoreError::Corrupted {
-        table: "conflicts",
-        reason,
-    };
-    let raw: ConflictV1 = decode("conflicts", bytes)?;
+fn conflict_from(table: &'static str, raw: ConflictV1) -> Result<ConflictRecord, StoreError> {
+    let corrupted = |reason: String| StoreError::Corrupted { table, reason };
     let policy = Policy::from_name(&raw.policy)
         .ok_or_else(|| corrupted(format!("unknown policy {}", raw.policy)))?;
     let outcome = match &raw.winner {
         None => Outcome::Siblings,
-        Some(dot) => Outcome::Winner(dot_from("conflicts", dot)?),
+        Some(dot) => Outcome::Winner(dot_from(table, dot)?),
     };
-    let versions = versions_from("conflicts", raw.versions)?;
+    let versions = versions_from(table, raw.versions)?;
     if versions.windows(2).any(|w| w[0].dot >= w[1].dot) {
         return Err(corrupted("versions not sorted".into()));
     }
@@ -212,11 +224,53 @@ pub fn decode_conflict(bytes: &[u8]) -> Result<ConflictRecord, StoreError> {
     ))
 }
 
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let body = match &entry.body {
+        EntryBody::Write(op) => EntryBodyV1::Write(op_v1(op)),
+        EntryBody::Conflict { dot, hlc, record } => EntryBodyV1::Conflict {
+            dot: dot_v1(*dot),
+            hlc: hlc.0,
+            record: conflict_v1(record),
+        },
+    };
+    encode(&EntryV1 {
+        deps: vv_v1(&entry.deps),
+        body,
+    })
+}
+
+/// Decodes an op-log entry (`table` names where the bytes came from, for errors:
+/// the op log, or a peer's frame).
+pub fn decode_entry(table: &'static str, bytes: &[u8]) -> Result<Entry, StoreError> {
+    let raw: EntryV1 = decode(table, bytes)?;
+    let body = match raw.body {
+        EntryBodyV1::Write(op) => EntryBody::Write(op_from(op)?),
+        EntryBodyV1::Conflict { dot, hlc, record } => EntryBody::Conflict {
+            dot: dot_from(table, &dot)?,
+            hlc: Hlc(hlc),
+            record: conflict_from(table, record)?,
+        },
+    };
+    Ok(Entry {
+        deps: vv_from(&raw.deps),
+        body,
+    })
+}
+
+pub fn encode_conflict(record: &ConflictRecord) -> Vec<u8> {
+    encode(&conflict_v1(record))
+}
+
+pub fn decode_conflict(bytes: &[u8]) -> Result<ConflictRecord, StoreError> {
+    conflict_from("conflicts", decode("conflicts", bytes)?)
+}
+
 /// Checks that a stored conflict sits under the id its content derives.
 pub fn conflict_id_matches(id: &[u8], record: &ConflictRecord) -> bool {
     id == ConflictId::derive(
         &record.collection,
         &record.key,
+        record.policy,
         record.versions.iter().map(|v| &v.dot),
     )
     .0
@@ -238,7 +292,11 @@ mod tests {
             context: VersionVector::from_entries([(NodeId(1), 2)]),
             value: Some(b"{}".to_vec()),
         };
-        assert_eq!(decode_op(&encode_op(&op)).unwrap(), op);
+        let entry = Entry {
+            deps: VersionVector::from_entries([(NodeId(3), 8)]),
+            body: EntryBody::Write(op.clone()),
+        };
+        assert_eq!(decode_entry("oplog", &encode_entry(&entry)).unwrap(), entry);
         let mut state = KeyState::new();
         state.apply(&op);
         assert_eq!(decode_key_state(&encode_key_state(&state)).unwrap(), state);
@@ -250,11 +308,23 @@ mod tests {
             Outcome::Winner(op.dot),
         );
         assert_eq!(decode_conflict(&encode_conflict(&record)).unwrap(), record);
+        let noted = Entry {
+            deps: VersionVector::new(),
+            body: EntryBody::Conflict {
+                dot: op.dot,
+                hlc: op.hlc,
+                record: record.clone(),
+            },
+        };
+        assert_eq!(decode_entry("oplog", &encode_entry(&noted)).unwrap(), noted);
         assert!(conflict_id_matches(&record.id.0, &record));
 
-        let mut bad = encode_op(&op);
+        let mut bad = encode_entry(&entry);
         bad[0] = 2;
-        assert!(matches!(decode_op(&bad), Err(StoreError::Corrupted { .. })));
+        assert!(matches!(
+            decode_entry("oplog", &bad),
+            Err(StoreError::Corrupted { .. })
+        ));
         assert!(matches!(
             decode_key_state(&[1, 0xff, 0xff]),
             Err(StoreError::Corrupted { .. })

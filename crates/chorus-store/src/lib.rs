@@ -3,12 +3,14 @@
 //! ```text
 //!   meta       "format" -> u32 LE          "node" -> NodeMeta
 //!   keys       collection 0x00 key -> KeyState      (ground truth of reads)
-//!   oplog      seq u64 -> Op                         (the changes feed, in local order)
+//!   oplog      seq u64 -> Entry (write or conflict)  (changes feed and replication
+//!                                                     source, in local apply order)
 //!   conflicts  id [16] -> ConflictRecord             (grow-only)
+//!   peers      peer name -> u64 cursor               (our last seq each peer acked)
 //! ```
 //!
 //! **Architecture Invariant:** a write batch ([`Store::write`]) is one redb
-//! transaction: the ops it logs, the key states they produced, the conflicts they
+//! transaction: the entries it logs, the key states they produced, the conflicts they
 //! found and the node's counters commit together or not at all, and a commit returns
 //! only after fsync (redb's `Durability::Immediate`).
 //!

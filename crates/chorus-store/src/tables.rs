@@ -3,7 +3,7 @@
 
 use crate::codec::{self, NodeMeta};
 use crate::{OpenError, STORE_FORMAT, StoreError};
-use chorus_core::{ConflictId, ConflictRecord, KeyState, Op};
+use chorus_core::{ConflictId, ConflictRecord, Entry, KeyState};
 use redb::{
     Database, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageBackend, Table,
     TableDefinition,
@@ -15,6 +15,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
+const PEERS: TableDefinition<&str, u64> = TableDefinition::new("peers");
 
 const META_FORMAT: &str = "format";
 const META_NODE: &str = "node";
@@ -127,6 +128,7 @@ impl Store {
             txn.open_table(table).map_err(StoreError::from)?;
         }
         txn.open_table(OPLOG).map_err(StoreError::from)?;
+        txn.open_table(PEERS).map_err(StoreError::from)?;
         txn.commit().map_err(StoreError::from)?;
         Ok(Store { db, meta })
     }
@@ -149,6 +151,7 @@ impl Store {
                 keys: txn.open_table(KEYS)?,
                 oplog: txn.open_table(OPLOG)?,
                 conflicts: txn.open_table(CONFLICTS)?,
+                peers: txn.open_table(PEERS)?,
             };
             f(&mut batch)?
         };
@@ -163,6 +166,7 @@ impl Store {
             keys: txn.open_table(KEYS)?,
             oplog: txn.open_table(OPLOG)?,
             conflicts: txn.open_table(CONFLICTS)?,
+            peers: txn.open_table(PEERS)?,
         })
     }
 }
@@ -173,6 +177,7 @@ pub struct Batch<'txn> {
     keys: Table<'txn, &'static [u8], &'static [u8]>,
     oplog: Table<'txn, u64, &'static [u8]>,
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
+    peers: Table<'txn, &'static str, u64>,
 }
 
 impl Batch<'_> {
@@ -196,8 +201,10 @@ impl Batch<'_> {
         Ok(())
     }
 
-    pub fn append_op(&mut self, seq: u64, op: &Op) -> Result<(), StoreError> {
-        let previous = self.oplog.insert(seq, codec::encode_op(op).as_slice())?;
+    pub fn append_entry(&mut self, seq: u64, entry: &Entry) -> Result<(), StoreError> {
+        let previous = self
+            .oplog
+            .insert(seq, codec::encode_entry(entry).as_slice())?;
         assert!(previous.is_none(), "op log sequence {seq} reused");
         Ok(())
     }
@@ -214,6 +221,11 @@ impl Batch<'_> {
         Ok(true)
     }
 
+    pub fn set_peer_cursor(&mut self, peer: &str, seq: u64) -> Result<(), StoreError> {
+        self.peers.insert(peer, seq)?;
+        Ok(())
+    }
+
     pub fn set_meta(&mut self, meta: &NodeMeta) -> Result<(), StoreError> {
         self.meta
             .insert(META_NODE, codec::encode_meta(meta).as_slice())?;
@@ -227,6 +239,7 @@ pub struct Snapshot {
     keys: ReadOnlyTable<&'static [u8], &'static [u8]>,
     oplog: ReadOnlyTable<u64, &'static [u8]>,
     conflicts: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    peers: ReadOnlyTable<&'static str, u64>,
 }
 
 impl Snapshot {
@@ -284,14 +297,19 @@ impl Snapshot {
     }
 
     /// Op-log entries with sequence number `from` or later, in order.
-    pub fn ops_from(
+    pub fn entries_from(
         &self,
         from: u64,
-    ) -> Result<impl Iterator<Item = Result<(u64, Op), StoreError>> + '_, StoreError> {
+    ) -> Result<impl Iterator<Item = Result<(u64, Entry), StoreError>> + '_, StoreError> {
         Ok(self.oplog.range(from..)?.map(|entry| {
             let (seq, v) = entry?;
-            Ok((seq.value(), codec::decode_op(v.value())?))
+            Ok((seq.value(), codec::decode_entry("oplog", v.value())?))
         }))
+    }
+
+    /// The cursor a peer acknowledged: every entry of ours up to it, it has.
+    pub fn peer_cursor(&self, peer: &str) -> Result<u64, StoreError> {
+        Ok(self.peers.get(peer)?.map_or(0, |v| v.value()))
     }
 
     /// Conflict records in id order, starting after `after` (exclusive).

@@ -1,7 +1,7 @@
 //! Black-box tests of the store: durability across reopen, atomic batches, format
 //! checks, and agreement with a `BTreeMap` reference model.
 
-use chorus_core::{Dot, Hlc, KeyState, NodeId, Op, VersionVector};
+use chorus_core::{Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, VersionVector};
 use chorus_store::{NodeMeta, OpenError, Store, StoreError};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -10,9 +10,9 @@ fn meta() -> NodeMeta {
     NodeMeta {
         node_id: 7,
         name: "a".into(),
-        counter: 0,
         hlc: 0,
         next_seq: 1,
+        applied: vec![],
     }
 }
 
@@ -24,6 +24,13 @@ fn op(counter: u64, key: &str, value: &str) -> Op {
         key: key.into(),
         context: VersionVector::new(),
         value: Some(value.as_bytes().to_vec()),
+    }
+}
+
+fn entry(op: Op) -> Entry {
+    Entry {
+        deps: VersionVector::new(),
+        body: EntryBody::Write(op),
     }
 }
 
@@ -40,21 +47,28 @@ fn committed_batch_survives_reopen() {
                 let mut state = batch.key_state("docs", "k")?;
                 state.apply(&op);
                 batch.put_key_state("docs", "k", &state)?;
-                batch.append_op(1, &op)?;
+                batch.append_entry(1, &entry(op.clone()))?;
+                batch.set_peer_cursor("b", 1)?;
                 batch.set_meta(&NodeMeta {
-                    counter: 1,
                     next_seq: 2,
+                    applied: vec![(7, 1)],
                     ..meta()
                 })
             })
             .unwrap();
     }
     let store = Store::open(&path, || panic!("must not re-initialise")).unwrap();
-    assert_eq!(store.meta_at_open().counter, 1);
+    assert_eq!(store.meta_at_open().applied, vec![(7, 1)]);
     let snapshot = store.read().unwrap();
     assert_eq!(snapshot.key_state("docs", "k").unwrap().versions().len(), 1);
-    let ops: Vec<_> = snapshot.ops_from(1).unwrap().map(Result::unwrap).collect();
-    assert_eq!(ops, vec![(1, op(1, "k", "{}"))]);
+    assert_eq!(snapshot.peer_cursor("b").unwrap(), 1);
+    assert_eq!(snapshot.peer_cursor("c").unwrap(), 0);
+    let entries: Vec<_> = snapshot
+        .entries_from(1)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(entries, vec![(1, entry(op(1, "k", "{}")))]);
 }
 
 /// A batch whose closure fails leaves no trace.
@@ -63,14 +77,14 @@ fn failed_batch_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("s.redb"), meta).unwrap();
     let result: Result<(), StoreError> = store.write(|batch| {
-        batch.append_op(1, &op(1, "k", "{}"))?;
+        batch.append_entry(1, &entry(op(1, "k", "{}")))?;
         Err(StoreError::Corrupted {
             table: "test",
             reason: "abort".into(),
         })
     });
     assert!(result.is_err());
-    assert_eq!(store.read().unwrap().ops_from(0).unwrap().count(), 0);
+    assert_eq!(store.read().unwrap().entries_from(0).unwrap().count(), 0);
 }
 
 /// A store whose format is newer than this build is refused with a clear message.

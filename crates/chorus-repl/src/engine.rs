@@ -1,0 +1,755 @@
+//! The replication engine: the state of every peer link, driven by events, answering
+//! with commands. No I/O, no clock, no randomness: tests assert exact commands.
+//!
+//! Sending to a peer (per session, i.e. per connection):
+//!
+//! ```text
+//!  Connected(hello, acked_seq) ─▶ read_seq = acked_seq ─▶ ReadLog(after read_seq)
+//!  LogRead(entries, through) ─▶ Send Entries(those the peer lacks, through); in flight
+//!  Ack(applied, through)      ─▶ acked_seq = through, SaveCursor; read more
+//! ```
+//! At most `window_frames` `Entries` frames are unacknowledged at once: a slow peer
+//! slows its sender instead of filling memory (backpressure).
+//!
+//! Receiving from a peer: entries queue up and are handed to the node in order
+//! (`Apply`, one batch at a time per peer). The node applies an entry only once its
+//! dependencies are applied; the rest comes back as waiting (`Applied`) and is tried
+//! again after progress. The `Ack` never covers a waiting entry, so a crash loses
+//! nothing: the sender resends from the acknowledged cursor.
+
+use crate::frame::{Frame, Hello};
+use chorus_core::{Dot, Entry, VersionVector};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Bounds of the engine, each limiting memory or work per peer.
+#[derive(Clone, Debug)]
+pub struct EngineLimits {
+    /// Entries read from the log for one `Entries` frame.
+    pub batch_entries_max: usize,
+    /// Unacknowledged `Entries` frames per peer.
+    pub window_frames: usize,
+    /// Entries from one peer waiting for their dependencies before the link is reset
+    /// (the peer then resends from the acknowledged cursor).
+    pub waiting_entries_max: usize,
+    /// Received entries queued per peer before they are handed to the node.
+    pub apply_batch_max: usize,
+    /// Idle time after which a `Ping` is sent.
+    pub keepalive_ms: u64,
+    /// Silence after which a peer is considered gone.
+    pub peer_timeout_ms: u64,
+}
+
+impl Default for EngineLimits {
+    fn default() -> EngineLimits {
+        EngineLimits {
+            batch_entries_max: 256,
+            window_frames: 4,
+            waiting_entries_max: 10_000,
+            apply_batch_max: 1024,
+            keepalive_ms: 1_000,
+            peer_timeout_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A session with `peer` began; `acked_seq` is the cursor it acknowledged before.
+    Connected {
+        peer: String,
+        hello: Hello,
+        acked_seq: u64,
+    },
+    Disconnected {
+        peer: String,
+    },
+    Received {
+        peer: String,
+        frame: Frame,
+    },
+    /// The answer to `ReadLog`: entries after `after_seq`, and how far the log was read.
+    LogRead {
+        peer: String,
+        session: u64,
+        entries: Vec<(u64, Entry)>,
+        through_seq: u64,
+    },
+    /// The answer to `Apply`: what the node has applied now, and which entries wait.
+    Applied {
+        peer: String,
+        session: u64,
+        applied: VersionVector,
+        waiting: Vec<Dot>,
+    },
+    /// The local op log grew (local writes or relayed entries).
+    Committed {
+        last_seq: u64,
+        applied: VersionVector,
+    },
+    Tick {
+        now_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Send {
+        peer: String,
+        frame: Frame,
+    },
+    ReadLog {
+        peer: String,
+        session: u64,
+        after_seq: u64,
+        max_entries: usize,
+    },
+    Apply {
+        peer: String,
+        session: u64,
+        entries: Vec<Entry>,
+    },
+    SaveCursor {
+        peer: String,
+        seq: u64,
+    },
+    Disconnect {
+        peer: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub name: String,
+    pub connected: bool,
+    /// Entries of our log the peer has not acknowledged.
+    pub lag_ops: u64,
+    /// How long the peer has been behind (0 when caught up).
+    pub lag_ms: u64,
+    pub acked_seq: u64,
+    pub entries_sent: u64,
+    pub entries_received: u64,
+}
+
+#[derive(Default)]
+struct Peer {
+    connected: bool,
+    session: u64,
+    /// What the peer reported as durably applied.
+    applied: VersionVector,
+    acked_seq: u64,
+    /// Our log has been considered for this peer through here (this session).
+    read_seq: u64,
+    reading: bool,
+    /// `through_seq` of each unacknowledged `Entries` frame.
+    in_flight: VecDeque<u64>,
+    /// Received entries not yet handed to the node.
+    received: VecDeque<(u64, Entry)>,
+    received_through: u64,
+    /// The batch handed to the node, and the cursor it completes.
+    applying: Option<(Vec<(u64, Entry)>, u64)>,
+    /// Entries that wait for dependencies.
+    waiting: Vec<(u64, Entry)>,
+    acked_to_peer: u64,
+    last_heard_ms: u64,
+    last_sent_ms: u64,
+    behind_since_ms: Option<u64>,
+    entries_sent: u64,
+    entries_received: u64,
+}
+
+pub struct Engine {
+    limits: EngineLimits,
+    peers: BTreeMap<String, Peer>,
+    last_seq: u64,
+    applied: VersionVector,
+    now_ms: u64,
+    next_session: u64,
+}
+
+impl Engine {
+    /// An engine for a node whose log ends at `last_seq`, having applied `applied`,
+    /// with the planned neighbours `peers` (others may connect later).
+    pub fn new(
+        peers: &[String],
+        last_seq: u64,
+        applied: VersionVector,
+        now_ms: u64,
+        limits: EngineLimits,
+    ) -> Engine {
+        let peers = peers.iter().map(|p| (p.clone(), Peer::default())).collect();
+        Engine {
+            limits,
+            peers,
+            last_seq,
+            applied,
+            now_ms,
+            next_session: 1,
+        }
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|(name, p)| PeerStatus {
+                name: name.clone(),
+                connected: p.connected,
+                lag_ops: self.last_seq.saturating_sub(p.acked_seq),
+                lag_ms: p
+                    .behind_since_ms
+                    .map_or(0, |t| self.now_ms.saturating_sub(t)),
+                acked_seq: p.acked_seq,
+                entries_sent: p.entries_sent,
+                entries_received: p.entries_received,
+            })
+            .collect()
+    }
+
+    pub fn handle(&mut self, event: Event) -> Vec<Command> {
+        let mut out = Vec::new();
+        match event {
+            Event::Connected {
+                peer,
+                hello,
+                acked_seq,
+            } => {
+                let session = self.next_session;
+                self.next_session += 1;
+                let p = self.peers.entry(peer.clone()).or_default();
+                *p = Peer {
+                    connected: true,
+                    session,
+                    applied: hello.applied,
+                    acked_seq,
+                    read_seq: acked_seq,
+                    last_heard_ms: self.now_ms,
+                    last_sent_ms: self.now_ms,
+                    entries_sent: p.entries_sent,
+                    entries_received: p.entries_received,
+                    ..Peer::default()
+                };
+                self.track_lag(&peer);
+                self.maybe_read(&peer, &mut out);
+            }
+            Event::Disconnected { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.connected = false;
+                }
+            }
+            Event::Received { peer, frame } => self.received(&peer, frame, &mut out),
+            Event::LogRead {
+                peer,
+                session,
+                entries,
+                through_seq,
+            } => {
+                let Some(p) = self.session(&peer, session) else {
+                    return out;
+                };
+                p.reading = false;
+                if through_seq <= p.read_seq {
+                    return out; // Nothing new in the log; the next commit reads again.
+                }
+                {
+                    let lacking: Vec<(u64, Entry)> = entries
+                        .into_iter()
+                        .filter(|(_, e)| !p.applied.covers(e.dot()))
+                        .collect();
+                    p.entries_sent += lacking.len() as u64;
+                    p.read_seq = through_seq;
+                    p.in_flight.push_back(through_seq);
+                    self.send(
+                        &peer,
+                        Frame::Entries {
+                            entries: lacking,
+                            through_seq,
+                        },
+                        &mut out,
+                    );
+                }
+                self.maybe_read(&peer, &mut out);
+            }
+            Event::Applied {
+                peer,
+                session,
+                applied,
+                waiting,
+            } => {
+                let progress = !self.applied.dominates(&applied);
+                self.applied.join(&applied);
+                let (waiting_max, applied_now) =
+                    (self.limits.waiting_entries_max, self.applied.clone());
+                if let Some(p) = self.session(&peer, session) {
+                    let (batch, through) = p.applying.take().expect("Applied answers an Apply");
+                    p.waiting = batch
+                        .into_iter()
+                        .filter(|(_, e)| waiting.contains(&e.dot()))
+                        .collect();
+                    if p.waiting.len() > waiting_max {
+                        p.connected = false;
+                        let reason =
+                            format!("{} entries wait for missing dependencies", p.waiting.len());
+                        out.push(Command::Disconnect {
+                            peer: peer.clone(),
+                            reason,
+                        });
+                        return out;
+                    }
+                    let ack_through = p.waiting.first().map_or(through, |(seq, _)| seq - 1);
+                    let ack = (ack_through > p.acked_to_peer || progress).then(|| {
+                        p.acked_to_peer = p.acked_to_peer.max(ack_through);
+                        Frame::Ack {
+                            applied: applied_now,
+                            through_seq: p.acked_to_peer,
+                        }
+                    });
+                    if let Some(frame) = ack {
+                        self.send(&peer, frame, &mut out);
+                    }
+                    self.try_apply(&peer, false, &mut out);
+                }
+                if progress {
+                    let others: Vec<String> = self
+                        .peers
+                        .iter()
+                        .filter(|(n, p)| **n != peer && !p.waiting.is_empty())
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for other in others {
+                        self.try_apply(&other, true, &mut out);
+                    }
+                }
+            }
+            Event::Committed { last_seq, applied } => {
+                self.last_seq = self.last_seq.max(last_seq);
+                self.applied.join(&applied);
+                let names: Vec<String> = self.peers.keys().cloned().collect();
+                for name in names {
+                    self.track_lag(&name);
+                    self.maybe_read(&name, &mut out);
+                }
+            }
+            Event::Tick { now_ms } => {
+                self.now_ms = self.now_ms.max(now_ms);
+                let names: Vec<String> = self.peers.keys().cloned().collect();
+                for name in names {
+                    let p = &self.peers[&name];
+                    if !p.connected {
+                        continue;
+                    }
+                    if self.now_ms.saturating_sub(p.last_heard_ms) >= self.limits.peer_timeout_ms {
+                        self.peers.get_mut(&name).expect("listed").connected = false;
+                        out.push(Command::Disconnect {
+                            peer: name,
+                            reason: format!("silent for {} ms", self.limits.peer_timeout_ms),
+                        });
+                    } else if self.now_ms.saturating_sub(p.last_sent_ms) >= self.limits.keepalive_ms
+                    {
+                        self.send(&name, Frame::Ping, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn session(&mut self, peer: &str, session: u64) -> Option<&mut Peer> {
+        self.peers
+            .get_mut(peer)
+            .filter(|p| p.connected && p.session == session)
+    }
+
+    fn received(&mut self, peer: &str, frame: Frame, out: &mut Vec<Command>) {
+        let now = self.now_ms;
+        let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
+            return;
+        };
+        p.last_heard_ms = now;
+        match frame {
+            Frame::Entries {
+                entries,
+                through_seq,
+            } => {
+                p.entries_received += entries.len() as u64;
+                // The peer sends only what it has applied: a truthful, free report of
+                // its state, which keeps us from echoing these entries back to it.
+                for (_, entry) in &entries {
+                    p.applied.add(entry.dot());
+                    p.applied.join(&entry.deps);
+                }
+                p.received.extend(entries);
+                p.received_through = p.received_through.max(through_seq);
+                self.try_apply(peer, false, out);
+            }
+            Frame::Ack {
+                applied,
+                through_seq,
+            } => {
+                p.applied.join(&applied);
+                while p.in_flight.front().is_some_and(|&t| t <= through_seq) {
+                    p.in_flight.pop_front();
+                }
+                if through_seq > p.acked_seq {
+                    p.acked_seq = through_seq;
+                    out.push(Command::SaveCursor {
+                        peer: peer.to_owned(),
+                        seq: through_seq,
+                    });
+                }
+                self.track_lag(peer);
+                self.maybe_read(peer, out);
+            }
+            Frame::Ping => self.send(peer, Frame::Pong, out),
+            Frame::Pong => {}
+            Frame::Hello(_) | Frame::Refused { .. } => {
+                p.connected = false;
+                out.push(Command::Disconnect {
+                    peer: peer.to_owned(),
+                    reason: "handshake frame in an established session".into(),
+                });
+            }
+        }
+    }
+
+    /// Hands the next batch of received entries to the node, unless one is being
+    /// applied. Entries that wait for dependencies go first, so order is kept; they
+    /// alone are retried only after progress elsewhere (`retry_waiting`).
+    fn try_apply(&mut self, peer: &str, retry_waiting: bool, out: &mut Vec<Command>) {
+        let limit = self.limits.apply_batch_max;
+        let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
+            return;
+        };
+        if p.applying.is_some()
+            || (p.received.is_empty() && !(retry_waiting && !p.waiting.is_empty()))
+        {
+            return;
+        }
+        let mut batch: Vec<(u64, Entry)> = std::mem::take(&mut p.waiting);
+        let take = p.received.len().min(limit);
+        batch.extend(p.received.drain(..take));
+        let through = match (p.received.front(), batch.last()) {
+            (Some(_), Some((seq, _))) => *seq,
+            _ => p.received_through,
+        };
+        let entries = batch.iter().map(|(_, e)| e.clone()).collect();
+        p.applying = Some((batch, through));
+        out.push(Command::Apply {
+            peer: peer.to_owned(),
+            session: p.session,
+            entries,
+        });
+    }
+
+    fn maybe_read(&mut self, peer: &str, out: &mut Vec<Command>) {
+        let (window, max_entries) = (self.limits.window_frames, self.limits.batch_entries_max);
+        let last_seq = self.last_seq;
+        let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
+            return;
+        };
+        if !p.reading && p.in_flight.len() < window && p.read_seq < last_seq {
+            p.reading = true;
+            out.push(Command::ReadLog {
+                peer: peer.to_owned(),
+                session: p.session,
+                after_seq: p.read_seq,
+                max_entries,
+            });
+        }
+    }
+
+    fn send(&mut self, peer: &str, frame: Frame, out: &mut Vec<Command>) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.last_sent_ms = self.now_ms;
+        }
+        out.push(Command::Send {
+            peer: peer.to_owned(),
+            frame,
+        });
+    }
+
+    fn track_lag(&mut self, peer: &str) {
+        let (now, last_seq) = (self.now_ms, self.last_seq);
+        if let Some(p) = self.peers.get_mut(peer) {
+            if p.acked_seq >= last_seq {
+                p.behind_since_ms = None;
+            } else if p.behind_since_ms.is_none() {
+                p.behind_since_ms = Some(now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::PROTOCOL_VERSION;
+    use chorus_core::{EntryBody, Hlc, NodeId, Op};
+
+    fn entry(node: u64, counter: u64, deps: &[(u64, u64)]) -> Entry {
+        Entry {
+            deps: VersionVector::from_entries(deps.iter().map(|&(n, c)| (NodeId(n), c))),
+            body: EntryBody::Write(Op {
+                dot: Dot::new(NodeId(node), counter),
+                hlc: Hlc(counter),
+                collection: "c".into(),
+                key: format!("k{counter}"),
+                context: VersionVector::new(),
+                value: Some(b"1".to_vec()),
+            }),
+        }
+    }
+
+    fn hello(applied: &[(u64, u64)]) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: "t".into(),
+            name: "b".into(),
+            node_id: NodeId(2),
+            applied: VersionVector::from_entries(applied.iter().map(|&(n, c)| (NodeId(n), c))),
+            names: vec![],
+        }
+    }
+
+    fn engine(last_seq: u64) -> Engine {
+        let limits = EngineLimits {
+            window_frames: 2,
+            batch_entries_max: 2,
+            ..EngineLimits::default()
+        };
+        Engine::new(&["b".into()], last_seq, VersionVector::new(), 0, limits)
+    }
+
+    fn connect(e: &mut Engine, applied: &[(u64, u64)], acked_seq: u64) -> Vec<Command> {
+        e.handle(Event::Connected {
+            peer: "b".into(),
+            hello: hello(applied),
+            acked_seq,
+        })
+    }
+
+    /// On connect the engine reads the log from the peer's cursor, sends only what
+    /// the peer lacks, and stops at the window until acknowledgements come.
+    #[test]
+    fn streams_what_the_peer_lacks_within_the_window() {
+        let mut e = engine(6);
+        let cmds = connect(&mut e, &[(1, 1)], 0);
+        assert_eq!(
+            cmds,
+            [Command::ReadLog {
+                peer: "b".into(),
+                session: 1,
+                after_seq: 0,
+                max_entries: 2
+            }]
+        );
+        let cmds = e.handle(Event::LogRead {
+            peer: "b".into(),
+            session: 1,
+            entries: vec![(1, entry(1, 1, &[])), (2, entry(1, 2, &[(1, 1)]))],
+            through_seq: 2,
+        });
+        assert_eq!(
+            cmds,
+            [
+                Command::Send {
+                    peer: "b".into(),
+                    frame: Frame::Entries {
+                        entries: vec![(2, entry(1, 2, &[(1, 1)]))],
+                        through_seq: 2
+                    }
+                },
+                Command::ReadLog {
+                    peer: "b".into(),
+                    session: 1,
+                    after_seq: 2,
+                    max_entries: 2
+                },
+            ]
+        );
+        let cmds = e.handle(Event::LogRead {
+            peer: "b".into(),
+            session: 1,
+            entries: vec![(3, entry(1, 3, &[])), (4, entry(1, 4, &[]))],
+            through_seq: 4,
+        });
+        assert_eq!(
+            cmds.len(),
+            1,
+            "window of 2 frames is full: no further read: {cmds:?}"
+        );
+        let cmds = e.handle(Event::Received {
+            peer: "b".into(),
+            frame: Frame::Ack {
+                applied: VersionVector::new(),
+                through_seq: 2,
+            },
+        });
+        assert_eq!(
+            cmds,
+            [
+                Command::SaveCursor {
+                    peer: "b".into(),
+                    seq: 2
+                },
+                Command::ReadLog {
+                    peer: "b".into(),
+                    session: 1,
+                    after_seq: 4,
+                    max_entries: 2
+                },
+            ]
+        );
+        let status = &e.peers()[0];
+        assert_eq!(
+            (status.lag_ops, status.acked_seq, status.entries_sent),
+            (4, 2, 3)
+        );
+    }
+
+    /// Received entries go to the node in order; an entry waiting for a dependency is
+    /// not acknowledged, and is retried once another peer's entries make progress.
+    #[test]
+    fn waiting_entries_are_not_acknowledged() {
+        let mut e = Engine::new(
+            &["b".into(), "c".into()],
+            0,
+            VersionVector::new(),
+            0,
+            EngineLimits::default(),
+        );
+        connect(&mut e, &[], 0);
+        e.handle(Event::Connected {
+            peer: "c".into(),
+            hello: hello(&[]),
+            acked_seq: 0,
+        });
+        // b sends y (from node 3, depends on x = 1:1) before anyone sent x.
+        let y = entry(3, 1, &[(1, 1)]);
+        let cmds = e.handle(Event::Received {
+            peer: "b".into(),
+            frame: Frame::Entries {
+                entries: vec![(10, y.clone())],
+                through_seq: 10,
+            },
+        });
+        assert_eq!(
+            cmds,
+            [Command::Apply {
+                peer: "b".into(),
+                session: 1,
+                entries: vec![y.clone()]
+            }]
+        );
+        let cmds = e.handle(Event::Applied {
+            peer: "b".into(),
+            session: 1,
+            applied: VersionVector::new(),
+            waiting: vec![y.dot()],
+        });
+        // The acknowledgement stops short of the waiting entry (sequence 10).
+        let empty = VersionVector::new();
+        assert_eq!(
+            cmds,
+            [Command::Send {
+                peer: "b".into(),
+                frame: Frame::Ack {
+                    applied: empty,
+                    through_seq: 9
+                }
+            }]
+        );
+        // c delivers x; once applied, b's waiting y is retried and b gets its ack.
+        let x = entry(1, 1, &[]);
+        e.handle(Event::Received {
+            peer: "c".into(),
+            frame: Frame::Entries {
+                entries: vec![(5, x)],
+                through_seq: 5,
+            },
+        });
+        let after_x = VersionVector::from_entries([(NodeId(1), 1)]);
+        let cmds = e.handle(Event::Applied {
+            peer: "c".into(),
+            session: 2,
+            applied: after_x.clone(),
+            waiting: vec![],
+        });
+        assert_eq!(
+            cmds,
+            [
+                Command::Send {
+                    peer: "c".into(),
+                    frame: Frame::Ack {
+                        applied: after_x,
+                        through_seq: 5
+                    }
+                },
+                Command::Apply {
+                    peer: "b".into(),
+                    session: 1,
+                    entries: vec![y.clone()]
+                },
+            ]
+        );
+        let both = VersionVector::from_entries([(NodeId(1), 1), (NodeId(3), 1)]);
+        let cmds = e.handle(Event::Applied {
+            peer: "b".into(),
+            session: 1,
+            applied: both.clone(),
+            waiting: vec![],
+        });
+        assert_eq!(
+            cmds,
+            [Command::Send {
+                peer: "b".into(),
+                frame: Frame::Ack {
+                    applied: both,
+                    through_seq: 10
+                }
+            }]
+        );
+    }
+
+    /// Idle links get pings; a silent peer is disconnected.
+    #[test]
+    fn keepalive_and_timeout() {
+        let mut e = engine(0);
+        connect(&mut e, &[], 0);
+        assert_eq!(
+            e.handle(Event::Tick { now_ms: 1_000 }),
+            [Command::Send {
+                peer: "b".into(),
+                frame: Frame::Ping
+            }]
+        );
+        assert!(e.handle(Event::Tick { now_ms: 1_500 }).is_empty());
+        let cmds = e.handle(Event::Tick { now_ms: 5_000 });
+        assert!(matches!(&cmds[..], [Command::Disconnect { peer, .. }] if peer == "b"));
+        assert!(!e.peers()[0].connected);
+    }
+
+    /// Answers from an earlier session are ignored after a reconnect.
+    #[test]
+    fn stale_session_answers_are_ignored() {
+        let mut e = engine(2);
+        connect(&mut e, &[], 0);
+        e.handle(Event::Disconnected { peer: "b".into() });
+        let cmds = connect(&mut e, &[], 0);
+        assert_eq!(
+            cmds,
+            [Command::ReadLog {
+                peer: "b".into(),
+                session: 2,
+                after_seq: 0,
+                max_entries: 2
+            }]
+        );
+        let stale = e.handle(Event::LogRead {
+            peer: "b".into(),
+            session: 1,
+            entries: vec![],
+            through_seq: 2,
+        });
+        assert!(stale.is_empty());
+    }
+}

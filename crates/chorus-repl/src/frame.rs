@@ -1,0 +1,254 @@
+//! Frames of the peer protocol, and their bytes.
+//!
+//! On the wire each frame is `[length: u32 BE] [format byte 0x01] [postcard body]`;
+//! the runtime does the length prefix, this module the rest. Entries travel in the
+//! op-log record encoding of `chorus-store` (one format for disk and wire).
+//!
+//! A session: the dialer sends `Hello`, the listener answers `Hello` or `Refused`.
+//! Then both sides stream `Entries` and answer them with `Ack`; `Ping`/`Pong` keep an
+//! idle link alive.
+
+use chorus_core::{Entry, NodeId, VersionVector};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version; a peer speaking another is refused at the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame accepted, in bytes: one largest document plus room. A longer length
+/// prefix is a corrupt or hostile stream and ends the connection.
+pub const FRAME_BYTES_MAX: usize = 20 * 1024 * 1024;
+
+const FRAME_FORMAT: u8 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol: u32,
+    pub cluster: String,
+    pub name: String,
+    pub node_id: NodeId,
+    /// Everything the sender has durably applied.
+    pub applied: VersionVector,
+    /// Names of replicas the sender knows, so origins display by name everywhere.
+    pub names: Vec<(NodeId, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    /// The handshake was refused, and why.
+    Refused {
+        reason: String,
+    },
+    /// Entries of the sender's op log, each with its sequence number, in log order;
+    /// the sender has considered its log through `through_seq`.
+    Entries {
+        entries: Vec<(u64, Entry)>,
+        through_seq: u64,
+    },
+    /// The receiver has durably applied what `applied` says, and every entry of the
+    /// sender's log through `through_seq` that it needs.
+    Ack {
+        applied: VersionVector,
+        through_seq: u64,
+    },
+    Ping,
+    Pong,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is empty")]
+    Empty,
+    #[error("frame has unknown format {0}")]
+    UnknownFormat(u8),
+    #[error("corrupt frame: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Serialize, Deserialize)]
+enum FrameV1 {
+    Hello {
+        protocol: u32,
+        cluster: String,
+        name: String,
+        node_id: u64,
+        applied: Vec<(u64, u64)>,
+        names: Vec<(u64, String)>,
+    },
+    Refused {
+        reason: String,
+    },
+    Entries {
+        entries: Vec<(u64, Vec<u8>)>,
+        through_seq: u64,
+    },
+    Ack {
+        applied: Vec<(u64, u64)>,
+        through_seq: u64,
+    },
+    Ping,
+    Pong,
+}
+
+fn vv_v1(vv: &VersionVector) -> Vec<(u64, u64)> {
+    vv.iter().map(|(n, c)| (n.0, c)).collect()
+}
+
+fn vv_from(entries: &[(u64, u64)]) -> VersionVector {
+    VersionVector::from_entries(entries.iter().map(|&(n, c)| (NodeId(n), c)))
+}
+
+impl Frame {
+    pub fn encode(&self) -> Vec<u8> {
+        let v1 = match self {
+            Frame::Hello(h) => FrameV1::Hello {
+                protocol: h.protocol,
+                cluster: h.cluster.clone(),
+                name: h.name.clone(),
+                node_id: h.node_id.0,
+                applied: vv_v1(&h.applied),
+                names: h.names.iter().map(|(id, n)| (id.0, n.clone())).collect(),
+            },
+            Frame::Refused { reason } => FrameV1::Refused {
+                reason: reason.clone(),
+            },
+            Frame::Entries {
+                entries,
+                through_seq,
+            } => FrameV1::Entries {
+                entries: entries
+                    .iter()
+                    .map(|(seq, e)| (*seq, chorus_store::codec::encode_entry(e)))
+                    .collect(),
+                through_seq: *through_seq,
+            },
+            Frame::Ack {
+                applied,
+                through_seq,
+            } => FrameV1::Ack {
+                applied: vv_v1(applied),
+                through_seq: *through_seq,
+            },
+            Frame::Ping => FrameV1::Ping,
+            Frame::Pong => FrameV1::Pong,
+        };
+        let mut out = vec![FRAME_FORMAT];
+        out.extend(postcard::to_stdvec(&v1).expect("encoding into a Vec cannot fail"));
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Frame, FrameError> {
+        let body = match bytes.split_first() {
+            None => return Err(FrameError::Empty),
+            Some((&FRAME_FORMAT, body)) => body,
+            Some((&other, _)) => return Err(FrameError::UnknownFormat(other)),
+        };
+        let v1: FrameV1 =
+            postcard::from_bytes(body).map_err(|e| FrameError::Corrupt(e.to_string()))?;
+        Ok(match v1 {
+            FrameV1::Hello {
+                protocol,
+                cluster,
+                name,
+                node_id,
+                applied,
+                names,
+            } => Frame::Hello(Hello {
+                protocol,
+                cluster,
+                name,
+                node_id: NodeId(node_id),
+                applied: vv_from(&applied),
+                names: names.into_iter().map(|(id, n)| (NodeId(id), n)).collect(),
+            }),
+            FrameV1::Refused { reason } => Frame::Refused { reason },
+            FrameV1::Entries {
+                entries,
+                through_seq,
+            } => Frame::Entries {
+                entries: entries
+                    .into_iter()
+                    .map(|(seq, bytes)| {
+                        chorus_store::codec::decode_entry("frame", &bytes)
+                            .map(|e| (seq, e))
+                            .map_err(|e| FrameError::Corrupt(e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?,
+                through_seq,
+            },
+            FrameV1::Ack {
+                applied,
+                through_seq,
+            } => Frame::Ack {
+                applied: vv_from(&applied),
+                through_seq,
+            },
+            FrameV1::Ping => Frame::Ping,
+            FrameV1::Pong => Frame::Pong,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_core::{Dot, EntryBody, Hlc, Op};
+
+    /// Every frame survives encoding; truncated, foreign or garbage bytes are errors.
+    #[test]
+    fn round_trip_and_corruption() {
+        let entry = Entry {
+            deps: VersionVector::from_entries([(NodeId(1), 1)]),
+            body: EntryBody::Write(Op {
+                dot: Dot::new(NodeId(1), 2),
+                hlc: Hlc(5),
+                collection: "c".into(),
+                key: "k".into(),
+                context: VersionVector::new(),
+                value: Some(b"{}".to_vec()),
+            }),
+        };
+        let frames = [
+            Frame::Hello(Hello {
+                protocol: PROTOCOL_VERSION,
+                cluster: "x".into(),
+                name: "a".into(),
+                node_id: NodeId(9),
+                applied: VersionVector::from_entries([(NodeId(9), 3)]),
+                names: vec![(NodeId(9), "a".into())],
+            }),
+            Frame::Refused {
+                reason: "no".into(),
+            },
+            Frame::Entries {
+                entries: vec![(7, entry)],
+                through_seq: 8,
+            },
+            Frame::Ack {
+                applied: VersionVector::new(),
+                through_seq: 8,
+            },
+            Frame::Ping,
+            Frame::Pong,
+        ];
+        for frame in frames {
+            let bytes = frame.encode();
+            assert_eq!(Frame::decode(&bytes).unwrap(), frame);
+            if bytes.len() > 2 {
+                assert!(
+                    Frame::decode(&bytes[..bytes.len() - 1]).is_err(),
+                    "{frame:?} truncated"
+                );
+            }
+        }
+        assert!(matches!(Frame::decode(&[]), Err(FrameError::Empty)));
+        assert!(matches!(
+            Frame::decode(&[2, 0]),
+            Err(FrameError::UnknownFormat(2))
+        ));
+        assert!(matches!(
+            Frame::decode(&[1, 200, 200, 200]),
+            Err(FrameError::Corrupt(_))
+        ));
+    }
+}
