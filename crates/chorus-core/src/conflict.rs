@@ -61,10 +61,11 @@ impl fmt::Display for ConflictId {
 /// How the policy ended a conflict.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Outcome {
-    /// All versions kept for the user to resolve.
+    /// All versions (the record's) kept for the user to resolve.
     Siblings,
-    /// This version won; the others were dropped from the key state.
-    Winner(Dot),
+    /// The record's one version lost to a concurrent write with a greater
+    /// `(hlc, node)` and was dropped from the key state; its value lives on here.
+    Lost,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -73,7 +74,8 @@ pub struct ConflictRecord {
     pub collection: String,
     pub key: String,
     pub policy: Policy,
-    /// The concurrent versions, sorted by dot.
+    /// The concurrent versions (siblings), or the one version that lost (lww), sorted
+    /// by dot.
     pub versions: Vec<Version>,
     pub outcome: Outcome,
 }

@@ -1,8 +1,9 @@
 //! Resolution policies: deterministic functions of a key state.
 //!
 //! After every op that changes a key, the node calls [`Policy::settle`]. It detects a
-//! conflict (two or more live versions), records it unless all are tombstones, and
-//! for `lww` keeps only the winner. The winner is the version with the greatest
+//! conflict (two or more live versions) and records it; for `lww` it keeps only the
+//! winner and records each loser on its own, so the record of a lost write has the
+//! same id and content wherever it is detected. The winner is the version with the greatest
 //! `(hlc, origin node)`, which is unique because one node's timestamps strictly
 //! increase. The losers' dots stay in the key's context, so a late copy of a loser is
 //! recognised as old; their values stay in the [`ConflictRecord`].
@@ -46,30 +47,57 @@ impl Policy {
         }
     }
 
-    /// Resolves `state` in place and returns the conflict it held, if any.
+    /// Resolves `state` in place and returns the conflicts it found: under
+    /// `siblings` one record of all live versions; under `lww` one record per version
+    /// that lost (a delete losing to a delete loses nothing and is not recorded).
     pub fn settle(self, collection: &str, key: &str, state: &mut KeyState) -> Settlement {
         let versions = state.versions();
         if versions.len() < 2 {
-            return Settlement { conflict: None };
+            return Settlement {
+                conflicts: Vec::new(),
+            };
         }
-        let outcome = match self {
-            Policy::Siblings => Outcome::Siblings,
-            Policy::Lww => Outcome::Winner(self.winner(versions).expect("two versions").dot),
-        };
-        // Concurrent deletes alone lose nothing, so they are settled but not logged.
-        let conflict = (!versions.iter().all(Version::is_tombstone))
-            .then(|| ConflictRecord::new(collection, key, self, versions.to_vec(), outcome));
-        if let Outcome::Winner(winner) = outcome {
-            state.retain_versions(|v| v.dot == winner);
+        match self {
+            Policy::Siblings => {
+                let conflicts = if versions.iter().all(Version::is_tombstone) {
+                    Vec::new()
+                } else {
+                    vec![ConflictRecord::new(
+                        collection,
+                        key,
+                        self,
+                        versions.to_vec(),
+                        Outcome::Siblings,
+                    )]
+                };
+                Settlement { conflicts }
+            }
+            Policy::Lww => {
+                let winner = self.winner(versions).expect("two versions").clone();
+                let conflicts = versions
+                    .iter()
+                    .filter(|v| v.dot != winner.dot && !(v.is_tombstone() && winner.is_tombstone()))
+                    .map(|loser| {
+                        ConflictRecord::new(
+                            collection,
+                            key,
+                            self,
+                            vec![loser.clone()],
+                            Outcome::Lost,
+                        )
+                    })
+                    .collect();
+                state.retain_versions(|v| v.dot == winner.dot);
+                Settlement { conflicts }
+            }
         }
-        Settlement { conflict }
     }
 }
 
 /// What settling a key found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Settlement {
-    pub conflict: Option<ConflictRecord>,
+    pub conflicts: Vec<ConflictRecord>,
 }
 
 #[cfg(test)]
@@ -95,12 +123,13 @@ mod tests {
         let mut s = KeyState::new();
         write(&mut s, 1, 1, 200, "late");
         write(&mut s, 2, 1, 100, "early");
-        let record = Policy::Lww.settle("c", "k", &mut s).conflict.unwrap();
+        let records = Policy::Lww.settle("c", "k", &mut s).conflicts;
         assert_eq!(s.versions().len(), 1);
         assert_eq!(s.versions()[0].value.as_deref(), Some(&b"late"[..]));
         assert!(s.context().covers(Dot::new(NodeId(2), 1)));
-        assert_eq!(record.outcome, Outcome::Winner(Dot::new(NodeId(1), 1)));
-        assert_eq!(record.versions.len(), 2);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].outcome, Outcome::Lost);
+        assert_eq!(records[0].versions[0].value.as_deref(), Some(&b"early"[..]));
     }
 
     /// Equal timestamps break ties by node id, the same way everywhere.
@@ -118,10 +147,17 @@ mod tests {
     fn siblings_are_kept() {
         let mut s = KeyState::new();
         write(&mut s, 1, 1, 100, "a");
-        assert_eq!(Policy::Siblings.settle("c", "k", &mut s).conflict, None);
+        assert!(
+            Policy::Siblings
+                .settle("c", "k", &mut s)
+                .conflicts
+                .is_empty()
+        );
         write(&mut s, 2, 1, 100, "b");
-        let record = Policy::Siblings.settle("c", "k", &mut s).conflict.unwrap();
-        assert_eq!(record.outcome, Outcome::Siblings);
+        let records = Policy::Siblings.settle("c", "k", &mut s).conflicts;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].outcome, Outcome::Siblings);
+        assert_eq!(records[0].versions.len(), 2);
         assert_eq!(s.versions().len(), 2);
         assert_eq!(Policy::Siblings.winner(s.versions()), None);
     }

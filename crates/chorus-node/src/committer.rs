@@ -202,7 +202,7 @@ impl Committer {
             state.apply(&op),
             "a fresh local dot is never covered by a key's context"
         );
-        let conflict = self.settle(b, &op, &mut state)?;
+        let conflicts = self.settle(b, &op, &mut state)?;
         b.put_key_state(&op.collection, &op.key, &state)?;
         let deps = self.applied.clone();
         self.log(
@@ -212,7 +212,7 @@ impl Committer {
                 body: EntryBody::Write(op.clone()),
             },
         )?;
-        if let Some(record) = conflict {
+        for record in conflicts {
             self.note_conflict(b, record)?;
         }
         let context = Context(state.context().clone());
@@ -268,12 +268,12 @@ impl Committer {
             metrics::counter!("chorus_hlc_drift_refused_total").increment(1);
             tracing::warn!(%refused, dot = %entry.dot(), "clock drift");
         }
-        let mut conflict = None;
+        let mut conflicts = Vec::new();
         match &entry.body {
             EntryBody::Write(op) => {
                 let mut state = b.key_state(&op.collection, &op.key)?;
                 if state.apply(op) {
-                    conflict = self.settle(b, op, &mut state)?;
+                    conflicts = self.settle(b, op, &mut state)?;
                     b.put_key_state(&op.collection, &op.key, &state)?;
                 }
             }
@@ -285,19 +285,19 @@ impl Committer {
             }
         }
         self.log(b, entry)?;
-        if let Some(record) = conflict {
+        for record in conflicts {
             self.note_conflict(b, record)?;
         }
         Ok(())
     }
 
-    /// Settles a key after an op changed it; returns the conflict it found, if any.
+    /// Settles a key after an op changed it; returns the conflicts it found.
     fn settle(
         &mut self,
         b: &Batch<'_>,
         op: &Op,
         state: &mut KeyState,
-    ) -> Result<Option<ConflictRecord>, StoreError> {
+    ) -> Result<Vec<ConflictRecord>, StoreError> {
         let policy = self.policy(b, &op.collection)?;
         let settlement = policy.settle(&op.collection, &op.key, state);
         if state.versions().len() > SIBLINGS_WARN {
@@ -312,7 +312,7 @@ impl Committer {
         if op.collection == SETTINGS_COLLECTION {
             self.policies.remove(&op.key);
         }
-        Ok(settlement.conflict)
+        Ok(settlement.conflicts)
     }
 
     /// Records a conflict this node detected; a record new here is also logged as an

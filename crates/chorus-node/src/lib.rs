@@ -18,16 +18,19 @@
 //! write ([`WriteError::StoreFailed`]) until it is reopened, because redb's state
 //! after an I/O error is not trusted (the same rule redb follows).
 
+pub mod cluster;
 mod collections;
 mod committer;
 mod document;
 pub mod limits;
 mod node;
+pub mod replication;
 
 pub use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, NodeId, Op, Outcome, Policy,
     VersionVector,
 };
+pub use chorus_repl::PeerStatus;
 pub use chorus_store::OpenError;
 pub use collections::{CollectionConfig, check_collection_name};
 pub use document::{Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage};

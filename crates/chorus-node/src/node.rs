@@ -11,6 +11,7 @@ use chorus_core::{
     ConflictId, Dot, Entry, EntryBody, Hlc, HlcClock, NodeId, PhysicalClock, Policy, SystemClock,
     VersionVector,
 };
+use chorus_repl::PeerStatus;
 use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -114,6 +115,7 @@ struct Inner {
     committer: Option<JoinHandle<()>>,
     /// Names of replicas this node has heard of (from handshakes), for display.
     names: RwLock<HashMap<NodeId, String>>,
+    peers: RwLock<Vec<PeerStatus>>,
 }
 
 impl Drop for Inner {
@@ -177,6 +179,7 @@ impl Node {
                 failed,
                 committer: Some(thread),
                 names: RwLock::new(HashMap::from([(node_id, meta.name.clone())])),
+                peers: RwLock::new(Vec::new()),
             }),
         }
     }
@@ -442,13 +445,55 @@ impl Node {
         Ok(self.snapshot()?.peer_cursor(peer)?)
     }
 
-    /// Op-log entries after `after_seq`, at most `max`, in log order.
-    pub fn read_log(&self, after_seq: u64, max: usize) -> Result<Vec<(u64, Entry)>, ReadError> {
+    /// Op-log entries after `after_seq` in log order: at most `max_entries`, and no
+    /// more once `max_bytes` of documents are read (but always at least one).
+    pub fn read_log(
+        &self,
+        after_seq: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Entry)>, ReadError> {
         let snapshot = self.snapshot()?;
-        let entries = snapshot
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in snapshot
             .entries_from(after_seq.saturating_add(1))?
-            .take(max);
-        Ok(entries.collect::<Result<Vec<_>, _>>()?)
+            .take(max_entries)
+        {
+            let (seq, entry) = entry?;
+            if let EntryBody::Write(op) = &entry.body {
+                bytes += op.value.as_ref().map_or(0, Vec::len) + op.key.len();
+            }
+            out.push((seq, entry));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The replication state of each peer, as the replication runtime last published.
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_peer_status(&self, peers: Vec<PeerStatus>) {
+        for p in &peers {
+            let peer = p.name.clone();
+            metrics::gauge!("chorus_peer_connected", "peer" => peer.clone())
+                .set(u8::from(p.connected));
+            metrics::gauge!("chorus_peer_lag_ops", "peer" => peer.clone()).set(p.lag_ops as f64);
+            metrics::gauge!("chorus_peer_lag_ms", "peer" => peer.clone()).set(p.lag_ms as f64);
+            metrics::counter!("chorus_replication_entries_sent_total", "peer" => peer.clone())
+                .absolute(p.entries_sent);
+            metrics::counter!("chorus_replication_entries_received_total", "peer" => peer)
+                .absolute(p.entries_received);
+        }
+        *self.inner.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
     }
 
     /// Everything this node has durably applied, and the newest op-log sequence.

@@ -295,7 +295,13 @@ impl Engine {
                         });
                         return out;
                     }
-                    let ack_through = p.waiting.first().map_or(through, |(seq, _)| seq - 1);
+                    // Everything received is applied unless some of it waits, or more
+                    // arrived meanwhile (then this batch's cursor is the bound).
+                    let ack_through = match (p.waiting.first(), p.received.is_empty()) {
+                        (Some((seq, _)), _) => seq - 1,
+                        (None, true) => p.received_through,
+                        (None, false) => through,
+                    };
                     let ack = (ack_through > p.acked_to_peer || progress).then(|| {
                         p.acked_to_peer = p.acked_to_peer.max(ack_through);
                         Frame::Ack {
@@ -379,6 +385,16 @@ impl Engine {
                 }
                 p.received.extend(entries);
                 p.received_through = p.received_through.max(through_seq);
+                let idle = p.received.is_empty() && p.applying.is_none() && p.waiting.is_empty();
+                if idle && p.received_through > p.acked_to_peer {
+                    // Nothing to apply (the peer skipped what we have): acknowledge at once.
+                    p.acked_to_peer = p.received_through;
+                    let frame = Frame::Ack {
+                        applied: self.applied.clone(),
+                        through_seq: p.acked_to_peer,
+                    };
+                    self.send(peer, frame, out);
+                }
                 self.try_apply(peer, false, out);
             }
             Frame::Ack {
@@ -419,14 +435,14 @@ impl Engine {
         let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
             return;
         };
-        if p.applying.is_some()
-            || (p.received.is_empty() && !(retry_waiting && !p.waiting.is_empty()))
-        {
+        let retry = retry_waiting && !p.waiting.is_empty();
+        if p.applying.is_some() || (p.received.is_empty() && !retry) {
             return;
         }
         let mut batch: Vec<(u64, Entry)> = std::mem::take(&mut p.waiting);
         let take = p.received.len().min(limit);
         batch.extend(p.received.drain(..take));
+        // The cursor this batch completes: its last entry when more is queued.
         let through = match (p.received.front(), batch.last()) {
             (Some(_), Some((seq, _))) => *seq,
             _ => p.received_through,
@@ -706,6 +722,31 @@ mod tests {
                     applied: both,
                     through_seq: 10
                 }
+            }]
+        );
+    }
+
+    /// An `Entries` frame with nothing we lack is acknowledged at once.
+    #[test]
+    fn empty_entries_frame_is_acknowledged() {
+        let mut e = engine(0);
+        connect(&mut e, &[], 0);
+        let cmds = e.handle(Event::Received {
+            peer: "b".into(),
+            frame: Frame::Entries {
+                entries: vec![],
+                through_seq: 7,
+            },
+        });
+        let ack = Frame::Ack {
+            applied: VersionVector::new(),
+            through_seq: 7,
+        };
+        assert_eq!(
+            cmds,
+            [Command::Send {
+                peer: "b".into(),
+                frame: ack
             }]
         );
     }

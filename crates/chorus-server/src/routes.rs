@@ -113,7 +113,15 @@ async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({
         "node": status.name,
         "node_id": status.node_id.to_string(),
-        "peers": [],
+        "peers": node.peer_status().iter().map(|p| json!({
+            "name": p.name,
+            "connected": p.connected,
+            "lag_ops": p.lag_ops,
+            "lag_ms": p.lag_ms,
+            "acked_seq": p.acked_seq,
+            "entries_sent": p.entries_sent,
+            "entries_received": p.entries_received,
+        })).collect::<Vec<_>>(),
         "last_seq": status.last_seq,
         "hlc": render::hlc(status.hlc),
         "store_failed": status.store_failed,

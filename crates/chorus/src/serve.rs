@@ -1,6 +1,8 @@
 //! `chorus serve`: open the store, serve the API, stop cleanly on Ctrl-C or SIGTERM.
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
+use chorus_node::cluster::ClusterConfig;
+use chorus_node::replication;
 use chorus_node::{Node, NodeConfig};
 use chorus_server::ServerConfig;
 use std::io::Write as _;
@@ -11,12 +13,19 @@ pub struct ServeArgs {
     /// Folder of the node's store; created if missing.
     #[arg(long, default_value = "chorus-data")]
     data: PathBuf,
-    /// Address of the HTTP API (port 0 picks a free port, printed at start).
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    http: String,
+    /// Address of the HTTP API (port 0 picks a free port, printed at start). Default:
+    /// the node's `http` in the cluster file, else 127.0.0.1:7070.
+    #[arg(long)]
+    http: Option<String>,
     /// This node's name, shown as the origin of its writes (kept from the first start).
-    #[arg(long, default_value = "local")]
+    #[arg(long, default_value = "local", conflicts_with = "node")]
     name: String,
+    /// The cluster file (TOML) naming the nodes, their addresses and links.
+    #[arg(long, requires = "node")]
+    cluster: Option<PathBuf>,
+    /// This node's name in the cluster file.
+    #[arg(long, requires = "cluster")]
+    node: Option<String>,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = chorus_node::limits::DOCUMENT_BYTES_MAX)]
     body_bytes_max: usize,
@@ -33,25 +42,55 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let cluster = match (&args.cluster, &args.node) {
+        (Some(path), Some(name)) => {
+            let cluster = ClusterConfig::load(path).map_err(anyhow::Error::msg)?;
+            if cluster.node(name).is_none() {
+                bail!(
+                    "node {name:?} is not in the cluster file {}",
+                    path.display()
+                );
+            }
+            Some((cluster, name.clone()))
+        }
+        _ => None,
+    };
+    let name = cluster
+        .as_ref()
+        .map_or(args.name.clone(), |(_, me)| me.clone());
+    let http = match (&args.http, &cluster) {
+        (Some(http), _) => http.clone(),
+        (None, Some((cluster, me))) => cluster.node(me).expect("checked").http.clone(),
+        (None, None) => "127.0.0.1:7070".into(),
+    };
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data folder {}", args.data.display()))?;
     let node = Node::open(
         &args.data.join(STORE_FILE),
         NodeConfig {
-            name: args.name,
+            name: name.clone(),
             ..NodeConfig::default()
         },
     )?;
+    if node.name() != name {
+        bail!(
+            "the data folder {} belongs to node {:?}, not {name:?}; use its own folder",
+            args.data.display(),
+            node.name()
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.http)
+        let listener = tokio::net::TcpListener::bind(&http)
             .await
             .with_context(|| {
-                format!(
-                    "cannot listen on {}; is another node using it? (use --http)",
-                    args.http
-                )
+                format!("cannot listen on {http}; is another node using it? (use --http)")
             })?;
+        // Replication runs beside the API for as long as the server does.
+        let _replication = match cluster {
+            Some((cluster, me)) => Some(replication::start(node.clone(), cluster, &me).await?),
+            None => None,
+        };
         let address = listener.local_addr()?;
         println!(
             "chorus: node {} serving http://{address} (data in {})",

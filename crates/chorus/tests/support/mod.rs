@@ -165,3 +165,92 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// A cluster of real `chorus serve` processes on loopback.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub file: PathBuf,
+    pub names: Vec<String>,
+    pub nodes: Vec<NodeProcess>,
+}
+
+/// A port that is free now (the node binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Starts `count` nodes named n0, n1, … with the given topology lines
+    /// (e.g. `topology = "ring"`).
+    pub fn start(count: usize, topology: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
+        let mut text = format!("{topology}\n");
+        for name in &names {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{name}\"\nhttp = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
+                free_port(),
+                free_port()
+            ));
+        }
+        let file = dir.path().join("cluster.toml");
+        std::fs::write(&file, text).unwrap();
+        let mut cluster = Cluster {
+            dir,
+            file,
+            names,
+            nodes: Vec::new(),
+        };
+        for i in 0..count {
+            let node = cluster.spawn(i);
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> NodeProcess {
+        let data = self.dir.path().join(&self.names[i]);
+        let file = self.file.to_str().unwrap();
+        NodeProcess::start(&data, &["--cluster", file, "--node", &self.names[i]])
+    }
+
+    /// Restarts node `i` on its data folder (after a kill).
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].kill();
+        self.nodes[i] = self.spawn(i);
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url.clone()
+    }
+
+    /// Waits until every node has the same digest and no node lags behind a peer.
+    pub fn wait_converged(&self, deadline: Duration) {
+        wait_until("the cluster to converge", deadline, || {
+            let digests: Vec<String> = self.nodes.iter().map(|n| digest(&n.url)).collect();
+            let caught_up = self.nodes.iter().all(|n| {
+                let status = get(&format!("{}/v1/status", n.url)).body;
+                status["peers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["lag_ops"] == 0 && p["connected"] == true)
+            });
+            caught_up && digests.iter().all(|d| *d == digests[0])
+        });
+    }
+}
+
+/// Sends a signal to a process with the `kill` command.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} failed");
+}

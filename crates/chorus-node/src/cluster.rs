@@ -1,0 +1,197 @@
+//! The cluster file (TOML): the nodes, their addresses, and the planned links.
+//!
+//! ```toml
+//! cluster = "prod"          # optional; nodes of different clusters refuse each other
+//! topology = "ring"         # mesh | ring | star | custom
+//! # hub = "a"               # star only
+//! # links = [["a","b"]]     # custom only (undirected)
+//! [[nodes]]
+//! name = "a"
+//! http = "127.0.0.1:7001"
+//! peer = "127.0.0.1:7101"
+//! ```
+//! Ring order is the order of `[[nodes]]`. Unknown keys are an error.
+
+use chorus_repl::Topology;
+use serde::Deserialize;
+use std::path::Path;
+
+/// The cluster name when the file gives none.
+pub const DEFAULT_CLUSTER: &str = "chorus";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterFile {
+    cluster: Option<String>,
+    topology: String,
+    hub: Option<String>,
+    links: Option<Vec<[String; 2]>>,
+    nodes: Vec<NodeEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    name: String,
+    http: String,
+    peer: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub name: String,
+    pub http: String,
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub topology: Topology,
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<ClusterConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read cluster file {}: {e}", path.display()))?;
+        ClusterConfig::from_toml(&text).map_err(|e| format!("cluster file {}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<ClusterConfig, String> {
+        let file: ClusterFile =
+            toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+        let topology = match (file.topology.as_str(), file.hub, file.links) {
+            ("mesh", None, None) => Topology::Mesh,
+            ("ring", None, None) => Topology::Ring,
+            ("star", Some(hub), None) => Topology::Star { hub },
+            ("star", None, _) => return Err("topology \"star\" needs hub = \"NAME\"".into()),
+            ("custom", None, Some(links)) => Topology::Custom {
+                links: links.into_iter().map(|[a, b]| (a, b)).collect(),
+            },
+            ("custom", _, None) => {
+                return Err("topology \"custom\" needs links = [[\"a\", \"b\"], ...]".into());
+            }
+            ("mesh" | "ring" | "star" | "custom", _, _) => {
+                return Err("hub is for star only, links for custom only".into());
+            }
+            (other, _, _) => {
+                return Err(format!(
+                    "unknown topology {other:?}; use mesh, ring, star or custom"
+                ));
+            }
+        };
+        if file.nodes.is_empty() {
+            return Err("the cluster has no [[nodes]]".into());
+        }
+        let config = ClusterConfig {
+            name: file.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.into()),
+            topology,
+            nodes: file
+                .nodes
+                .into_iter()
+                .map(|n| ClusterNode {
+                    name: n.name,
+                    http: n.http,
+                    peer: n.peer,
+                })
+                .collect(),
+        };
+        config
+            .topology
+            .links(&config.names())
+            .map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The planned neighbours of `name`.
+    pub fn neighbours(&self, name: &str) -> Vec<String> {
+        self.topology
+            .neighbours(&self.names(), name)
+            .expect("checked when loaded")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODES: &str = r#"
+[[nodes]]
+name = "a"
+http = "127.0.0.1:7001"
+peer = "127.0.0.1:7101"
+[[nodes]]
+name = "b"
+http = "127.0.0.1:7002"
+peer = "127.0.0.1:7102"
+[[nodes]]
+name = "c"
+http = "127.0.0.1:7003"
+peer = "127.0.0.1:7103"
+"#;
+
+    /// The contract's example parses; every topology finds its neighbours.
+    #[test]
+    fn parses_topologies() {
+        let mesh = ClusterConfig::from_toml(&format!("topology = \"mesh\"\n{NODES}")).unwrap();
+        assert_eq!(mesh.name, DEFAULT_CLUSTER);
+        assert_eq!(mesh.neighbours("a"), ["b", "c"]);
+        assert_eq!(mesh.node("b").unwrap().peer, "127.0.0.1:7102");
+        let star = ClusterConfig::from_toml(&format!("topology = \"star\"\nhub = \"b\"\n{NODES}"))
+            .unwrap();
+        assert_eq!(star.neighbours("a"), ["b"]);
+        let custom = ClusterConfig::from_toml(&format!(
+            "cluster = \"x\"\ntopology = \"custom\"\nlinks = [[\"a\",\"b\"],[\"b\",\"c\"]]\n{NODES}"
+        ))
+        .unwrap();
+        assert_eq!(custom.name, "x");
+        assert_eq!(custom.neighbours("c"), ["b"]);
+    }
+
+    /// Unknown keys, unknown topologies, misplaced options and broken graphs are errors
+    /// that say what is wrong.
+    #[test]
+    fn refuses_bad_files() {
+        let bad = |text: String, needle: &str| {
+            let err = ClusterConfig::from_toml(&text).unwrap_err();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        };
+        bad(
+            format!("topology = \"mesh\"\ncolour = \"red\"\n{NODES}"),
+            "colour",
+        );
+        bad(
+            format!("topology = \"hypercube\"\n{NODES}"),
+            "unknown topology",
+        );
+        bad(format!("topology = \"star\"\n{NODES}"), "needs hub");
+        bad(
+            format!("topology = \"mesh\"\nhub = \"a\"\n{NODES}"),
+            "star only",
+        );
+        bad(
+            format!("topology = \"custom\"\nlinks = [[\"a\",\"b\"]]\n{NODES}"),
+            "cannot reach",
+        );
+        bad(
+            format!("topology = \"star\"\nhub = \"z\"\n{NODES}"),
+            "not a node",
+        );
+        bad("topology = \"mesh\"\nnodes = []".into(), "no [[nodes]]");
+        bad(
+            format!(
+                "topology = \"mesh\"\n{NODES}[[nodes]]\nname = \"a\"\nhttp = \"x\"\npeer = \"y\"\n"
+            ),
+            "twice",
+        );
+    }
+}
