@@ -34,7 +34,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// Sends one request and returns the JSON answer, or the API's error message.
-fn call(
+pub fn call(
     method: &str,
     url: &str,
     body: Option<&[u8]>,
@@ -72,7 +72,7 @@ fn print(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn doc_url(target: &Target, collection: &str, key: &str) -> String {
+pub fn doc_url(target: &Target, collection: &str, key: &str) -> String {
     format!(
         "{}/v1/docs/{}/{}",
         target.url.trim_end_matches('/'),

@@ -4,6 +4,7 @@
 //! reason on stderr and a non-zero code.
 
 mod client;
+mod demo;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -22,8 +23,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node: its store, its HTTP API.
+    /// Run a node: its store, its HTTP API, and replication when given a cluster file.
     Serve(serve::ServeArgs),
+    /// Start a local 3-leader cluster, walk through a conflict and its resolution,
+    /// and keep the cluster running until Ctrl-C.
+    Demo,
     /// Read a document (prints the JSON answer, including its context token).
     Get {
         collection: String,
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Demo => demo::run(),
         Command::Get {
             collection,
             key,
