@@ -2,10 +2,13 @@
 //! same run (this machine is noisy, so only ratios within one run mean much).
 //!
 //! ```text
-//! cargo run --release -p chorus-bench -- [--seconds 10] [--clients 64]
+//! cargo run --release -p chorus-bench -- writes [--seconds 10] [--clients 64]
+//! cargo run --release -p chorus-bench -- replication [--entries 50000] [--rate 1000]
 //! ```
 //!
-//! Every contender does the same closed loop: `clients` threads, each writing a
+//! `writes`:
+//!
+//! every contender does the same closed loop: `clients` threads, each writing a
 //! ~256-byte JSON document to a random key out of `keys`, waiting for the durable
 //! acknowledgement, and writing again.
 //! - `chorus http`: PUT /v1/docs over loopback HTTP to a node in this process.
@@ -15,10 +18,13 @@
 //! - `postgres`: upserts into a jsonb table with `synchronous_commit = on`, driven by
 //!   pgbench with the same client count, over loopback TCP (skipped with a note when
 //!   PostgreSQL is not installed).
+//!
+//! `replication`: see [`replication`].
 
 mod load;
 mod postgres;
 mod redb_direct;
+mod replication;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -26,7 +32,15 @@ use load::{Stats, run_closed_loop};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(about = "Durable write throughput and latency of Chorus against baselines")]
+#[command(about = "Benchmarks of Chorus against baselines measured in the same run")]
+enum Bench {
+    /// Durable single-document writes: Chorus (HTTP, embedded) against redb and PostgreSQL.
+    Writes(Args),
+    /// Replication between two leaders: catch-up throughput, lag under steady load.
+    Replication(replication::ReplicationArgs),
+}
+
+#[derive(clap::Args)]
 struct Args {
     /// Seconds each contender runs.
     #[arg(long, default_value_t = 10)]
@@ -34,8 +48,11 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Distinct keys written (uniformly at random).
-    #[arg(long, default_value_t = 100_000)]
+    /// Distinct keys written (uniformly at random). Large by default so that nearly
+    /// every write creates a document: a blind write to an existing key in Chorus is
+    /// concurrent with it (a sibling and a conflict record), which is more work than
+    /// the overwrite an upsert does, and not the same operation.
+    #[arg(long, default_value_t = 10_000_000)]
     keys: u64,
     /// Skip the PostgreSQL comparison.
     #[arg(long)]
@@ -51,7 +68,13 @@ pub fn document(key: u64, i: u64) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    match Bench::parse() {
+        Bench::Writes(args) => writes(&args),
+        Bench::Replication(args) => replication::run(&args),
+    }
+}
+
+fn writes(args: &Args) -> anyhow::Result<()> {
     let duration = Duration::from_secs(args.seconds);
     println!(
         "durable single-document writes: {} clients, {} s each, {} keys, ~{} B documents",
@@ -64,7 +87,7 @@ fn main() -> anyhow::Result<()> {
 
     let dir = tempfile::tempdir()?;
     let node = chorus_node::open(dir.path().join("http.redb"))?;
-    results.push(("chorus http", chorus_http(node, &args, duration)?));
+    results.push(("chorus http", chorus_http(node, args, duration)?));
     print_row(results.last().unwrap());
 
     let node = chorus_node::open(dir.path().join("embedded.redb"))?;
@@ -82,14 +105,14 @@ fn main() -> anyhow::Result<()> {
 
     results.push((
         "redb direct",
-        redb_direct::run(&dir.path().join("direct.redb"), &args, duration)?,
+        redb_direct::run(&dir.path().join("direct.redb"), args, duration)?,
     ));
     print_row(results.last().unwrap());
 
     if args.skip_postgres {
         println!("postgres: skipped (--skip-postgres)");
     } else {
-        match postgres::run(&args, duration) {
+        match postgres::run(args, duration) {
             Ok(stats) => {
                 results.push(("postgres", stats));
                 print_row(results.last().unwrap());
