@@ -76,3 +76,22 @@ pub fn run_closed_loop(
     });
     Stats::from_latencies_us(latencies.concat(), started.elapsed())
 }
+
+/// The closed loop of `Node::put` calls every write benchmark uses: random keys of
+/// `0..keys`, the standard document.
+pub fn embedded_writes(
+    node: &chorus_node::Node,
+    clients: usize,
+    duration: Duration,
+    keys: u64,
+) -> Stats {
+    run_closed_loop(clients, duration, keys, |key, i| {
+        node.put(
+            "bench",
+            &format!("key-{key}"),
+            crate::document(key, i).as_bytes(),
+            None,
+        )?;
+        Ok(())
+    })
+}

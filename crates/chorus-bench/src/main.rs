@@ -28,7 +28,7 @@ mod replication;
 
 use anyhow::Context as _;
 use clap::Parser;
-use load::{Stats, run_closed_loop};
+use load::{Stats, embedded_writes, run_closed_loop};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -91,15 +91,7 @@ fn writes(args: &Args) -> anyhow::Result<()> {
     print_row(results.last().unwrap());
 
     let node = chorus_node::open(dir.path().join("embedded.redb"))?;
-    let stats = run_closed_loop(args.clients, duration, args.keys, |key, i| {
-        node.put(
-            "bench",
-            &format!("key-{key}"),
-            document(key, i).as_bytes(),
-            None,
-        )?;
-        Ok(())
-    });
+    let stats = embedded_writes(&node, args.clients, duration, args.keys);
     results.push(("chorus embedded", stats));
     print_row(results.last().unwrap());
 

@@ -105,18 +105,12 @@ pub fn run(args: &Args, duration: Duration) -> anyhow::Result<Stats> {
             .arg("start"),
         "pg_ctl start",
     )?;
+    let connection = ["-h", "127.0.0.1", "-p", port, "-U", "postgres"];
     let psql = |sql: &str| {
         check(
-            Command::new(bin.join("psql")).args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                port,
-                "-U",
-                "postgres",
-                "-qc",
-                sql,
-            ]),
+            Command::new(bin.join("psql"))
+                .args(connection)
+                .args(["-qc", sql]),
             "psql",
         )
     };
@@ -141,17 +135,8 @@ pub fn run(args: &Args, duration: Duration) -> anyhow::Result<Stats> {
     check(
         as_postgres(&bin.join("pgbench"))
             .current_dir(&root)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                port,
-                "-U",
-                "postgres",
-                "-n",
-                "-l",
-                "--log-prefix",
-            ])
+            .args(connection)
+            .args(["-n", "-l", "--log-prefix"])
             .arg(root.join("pgbench_log"))
             .args(["-c", &args.clients.to_string(), "-j", &threads.to_string()])
             .args(["-T", &duration.as_secs().to_string(), "-f"])

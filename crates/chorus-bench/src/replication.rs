@@ -9,7 +9,7 @@
 //!   `a` while it replicates to `b`.
 
 use crate::document;
-use crate::load::{Stats, run_closed_loop};
+use crate::load::{Stats, embedded_writes};
 use chorus_node::cluster::ClusterConfig;
 use chorus_node::{Node, NodeConfig, replication};
 use std::collections::HashMap;
@@ -32,6 +32,9 @@ pub struct ReplicationArgs {
     #[arg(long, default_value_t = 64)]
     clients: usize,
 }
+
+/// Key space of the closed-loop runs (large: nearly every write creates a document).
+const KEYS: u64 = 10_000_000;
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -76,15 +79,7 @@ pub fn run(args: &ReplicationArgs) -> anyhow::Result<()> {
     println!("replication between two leaders on loopback, durable apply on both");
 
     let lone = open(dir.path(), "lone")?;
-    let lone_stats = run_closed_loop(args.clients, duration, 100_000, |key, i| {
-        lone.put(
-            "bench",
-            &format!("key-{key}"),
-            document(key, i).as_bytes(),
-            None,
-        )?;
-        Ok(())
-    });
+    let lone_stats = embedded_writes(&lone, args.clients, duration, KEYS);
     print_closed("lone node writes", &lone_stats);
 
     let cluster = cluster()?;
@@ -179,15 +174,7 @@ pub fn run(args: &ReplicationArgs) -> anyhow::Result<()> {
         "lag a → b (ack → visible)", lag.p50_ms, lag.p99_ms, lag.ops, args.rate
     );
 
-    let replicated = run_closed_loop(args.clients, duration, 100_000, |key, i| {
-        a.put(
-            "bench",
-            &format!("key-{key}"),
-            document(key, i).as_bytes(),
-            None,
-        )?;
-        Ok(())
-    });
+    let replicated = embedded_writes(&a, args.clients, duration, KEYS);
     print_closed("a writes while replicating", &replicated);
     println!(
         "\nreplicating leader ÷ lone node (write throughput): {:.2}",

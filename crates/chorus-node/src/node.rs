@@ -218,20 +218,13 @@ impl Node {
     /// Writes durably and waits for the commit. Blocking.
     pub fn write(&self, write: Write) -> Result<WriteAck, WriteError> {
         let (request, reply) = self.request(write, false)?;
-        self.queue()?
-            .blocking_send(request)
-            .map_err(|_| self.dropped())?;
-        reply.blocking_recv().map_err(|_| self.dropped())?
+        self.submit_blocking(request, reply)
     }
 
     /// Writes durably and waits for the commit.
     pub async fn write_async(&self, write: Write) -> Result<WriteAck, WriteError> {
         let (request, reply) = self.request(write, false)?;
-        self.queue()?
-            .send(request)
-            .await
-            .map_err(|_| self.dropped())?;
-        reply.await.map_err(|_| self.dropped())?
+        self.submit(request, reply).await
     }
 
     /// Puts a JSON document. Blocking.
@@ -272,10 +265,7 @@ impl Node {
         config: &CollectionConfig,
     ) -> Result<WriteAck, WriteError> {
         let (request, reply) = self.settings_request(collection, config)?;
-        self.queue()?
-            .blocking_send(request)
-            .map_err(|_| self.dropped())?;
-        reply.blocking_recv().map_err(|_| self.dropped())?
+        self.submit_blocking(request, reply)
     }
 
     pub async fn set_collection_async(
@@ -284,6 +274,27 @@ impl Node {
         config: &CollectionConfig,
     ) -> Result<WriteAck, WriteError> {
         let (request, reply) = self.settings_request(collection, config)?;
+        self.submit(request, reply).await
+    }
+
+    /// Queues a request for the committer and waits for its answer. Blocking.
+    fn submit_blocking<T>(
+        &self,
+        request: Request,
+        reply: oneshot::Receiver<Result<T, WriteError>>,
+    ) -> Result<T, WriteError> {
+        self.queue()?
+            .blocking_send(request)
+            .map_err(|_| self.dropped())?;
+        reply.blocking_recv().map_err(|_| self.dropped())?
+    }
+
+    /// Queues a request for the committer and waits for its answer.
+    async fn submit<T>(
+        &self,
+        request: Request,
+        reply: oneshot::Receiver<Result<T, WriteError>>,
+    ) -> Result<T, WriteError> {
         self.queue()?
             .send(request)
             .await
@@ -417,11 +428,7 @@ impl Node {
             job: Job::Remote { entries },
             reply: ReplyTo::Remote(reply),
         };
-        self.queue()?
-            .send(request)
-            .await
-            .map_err(|_| self.dropped())?;
-        rx.await.map_err(|_| self.dropped())?
+        self.submit(request, rx).await
     }
 
     /// Records, with the next commit, that `peer` has every entry of ours up to `seq`.

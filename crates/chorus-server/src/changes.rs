@@ -117,7 +117,10 @@ fn stream(
                 return Some((Ok(event), s));
             }
             match s.node.changes(s.cursor, STREAM_READ_ITEMS) {
-                Ok(page) if page.changes.is_empty() => s.node.wait_for_changes(s.cursor).await,
+                // Nothing after the cursor: wait for the next commit.
+                Ok(page) if page.next == s.cursor => s.node.wait_for_changes(s.cursor).await,
+                // The page may hold no changes (only conflict records), but the
+                // cursor moves past what it read either way.
                 Ok(page) => {
                     s.cursor = page.next;
                     s.buffered.extend(page.changes);

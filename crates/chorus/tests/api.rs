@@ -184,13 +184,18 @@ fn change_feed() {
             .starts_with("text/event-stream")
     );
     let mut lines = BufReader::new(response.into_body().into_reader()).lines();
-    let data = lines
-        .by_ref()
-        .map(Result::unwrap)
-        .find(|l| l.starts_with("data:"))
-        .unwrap();
-    let event: Value = serde_json::from_str(data.trim_start_matches("data:").trim()).unwrap();
-    assert_eq!(event["key"], "late");
+    let mut next_event = || {
+        let data = lines.by_ref().map(Result::unwrap).find(|l| l.starts_with("data:")).unwrap();
+        serde_json::from_str::<Value>(data.trim_start_matches("data:").trim()).unwrap()
+    };
+    assert_eq!(next_event()["key"], "late");
+
+    // Live: a conflict (two blind writes; the log also records the conflict) and a
+    // later write all stream through.
+    put(&format!("{}/v1/docs/feed/late", node.url), "\"again\"");
+    put(&format!("{}/v1/docs/feed/after", node.url), "1");
+    assert_eq!(next_event()["value"], "again");
+    assert_eq!(next_event()["key"], "after");
 }
 
 /// Every bad request gets a clear 4xx in the error format and changes nothing.
