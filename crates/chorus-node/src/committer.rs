@@ -47,7 +47,7 @@ pub(crate) enum Job {
         entries: Vec<Entry>,
     },
     PeerCursor {
-        peer: String,
+        peer: NodeId,
         seq: u64,
     },
 }
@@ -154,7 +154,7 @@ impl Committer {
             } => Produced::Local(self.apply_local(b, &write, supersede_current)?),
             Job::Remote { entries } => Produced::Remote(self.apply_remote(b, entries)?),
             Job::PeerCursor { peer, seq } => {
-                b.set_peer_cursor(&peer, seq)?;
+                b.set_peer_cursor(peer.0, seq)?;
                 Produced::Nothing
             }
         })

@@ -431,12 +431,11 @@ impl Node {
         self.submit(request, rx).await
     }
 
-    /// Records, with the next commit, that `peer` has every entry of ours up to `seq`.
-    pub async fn save_peer_cursor(&self, peer: &str, seq: u64) -> Result<(), WriteError> {
-        let job = Job::PeerCursor {
-            peer: peer.to_owned(),
-            seq,
-        };
+    /// Records, with the next commit, that replica `peer` has every entry of ours up
+    /// to `seq`. Cursors are kept per node id: a peer that lost its disk comes back
+    /// with a new id and starts from the beginning.
+    pub async fn save_peer_cursor(&self, peer: NodeId, seq: u64) -> Result<(), WriteError> {
+        let job = Job::PeerCursor { peer, seq };
         let request = Request {
             job,
             reply: ReplyTo::Nobody,
@@ -447,9 +446,9 @@ impl Node {
             .map_err(|_| self.dropped())
     }
 
-    /// The cursor `peer` last acknowledged (0 if never).
-    pub fn peer_cursor(&self, peer: &str) -> Result<u64, ReadError> {
-        Ok(self.snapshot()?.peer_cursor(peer)?)
+    /// The cursor replica `peer` last acknowledged (0 if never).
+    pub fn peer_cursor(&self, peer: NodeId) -> Result<u64, ReadError> {
+        Ok(self.snapshot()?.peer_cursor(peer.0)?)
     }
 
     /// Op-log entries after `after_seq` in log order: at most `max_entries`, and no

@@ -18,8 +18,8 @@
 //! does not decode ends the connection too; the peer resends from the acknowledged
 //! cursor on the next session, so nothing is lost.
 
-use crate::Node;
 use crate::cluster::ClusterConfig;
+use crate::{Node, NodeId};
 use chorus_repl::frame::FRAME_BYTES_MAX;
 use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, Hello, PROTOCOL_VERSION};
 use std::collections::{HashMap, VecDeque};
@@ -65,6 +65,8 @@ enum Msg {
 
 struct Link {
     conn: u64,
+    /// The peer's node id in this session (its cursor is stored under it).
+    node_id: NodeId,
     writer: mpsc::Sender<Frame>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -201,7 +203,8 @@ async fn run_actor(shared: Shared, mut engine: Engine, mut inbox: mpsc::Receiver
                 conn,
                 tasks,
             } => {
-                let acked_seq = shared.node.peer_cursor(&peer).unwrap_or_else(|error| {
+                let node_id = hello.node_id;
+                let acked_seq = shared.node.peer_cursor(node_id).unwrap_or_else(|error| {
                     tracing::error!(%error, peer, "cannot read the peer's cursor; resending from the start");
                     0
                 });
@@ -210,6 +213,7 @@ async fn run_actor(shared: Shared, mut engine: Engine, mut inbox: mpsc::Receiver
                     peer.clone(),
                     Link {
                         conn,
+                        node_id,
                         writer,
                         tasks,
                     },
@@ -304,9 +308,12 @@ fn execute(
             });
         }
         Command::SaveCursor { peer, seq } => {
+            let Some(node_id) = links.get(&peer).map(|l| l.node_id) else {
+                return;
+            };
             let node = shared.node.clone();
             tokio::spawn(async move {
-                if let Err(error) = node.save_peer_cursor(&peer, seq).await {
+                if let Err(error) = node.save_peer_cursor(node_id, seq).await {
                     tracing::warn!(%error, peer, "cannot save the peer's cursor");
                 }
             });

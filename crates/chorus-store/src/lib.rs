@@ -6,7 +6,7 @@
 //!   oplog      seq u64 -> Entry (write or conflict)  (changes feed and replication
 //!                                                     source, in local apply order)
 //!   conflicts  id [16] -> ConflictRecord             (grow-only)
-//!   peers      peer name -> u64 cursor               (our last seq each peer acked)
+//!   peers      peer node id -> u64 cursor            (our last seq each peer acked)
 //! ```
 //!
 //! **Architecture Invariant:** a write batch ([`Store::write`]) is one redb

@@ -15,7 +15,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
-const PEERS: TableDefinition<&str, u64> = TableDefinition::new("peers");
+const PEERS: TableDefinition<u64, u64> = TableDefinition::new("peers");
 
 const META_FORMAT: &str = "format";
 const META_NODE: &str = "node";
@@ -177,7 +177,7 @@ pub struct Batch<'txn> {
     keys: Table<'txn, &'static [u8], &'static [u8]>,
     oplog: Table<'txn, u64, &'static [u8]>,
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
-    peers: Table<'txn, &'static str, u64>,
+    peers: Table<'txn, u64, u64>,
 }
 
 impl Batch<'_> {
@@ -221,7 +221,7 @@ impl Batch<'_> {
         Ok(true)
     }
 
-    pub fn set_peer_cursor(&mut self, peer: &str, seq: u64) -> Result<(), StoreError> {
+    pub fn set_peer_cursor(&mut self, peer: u64, seq: u64) -> Result<(), StoreError> {
         self.peers.insert(peer, seq)?;
         Ok(())
     }
@@ -239,7 +239,7 @@ pub struct Snapshot {
     keys: ReadOnlyTable<&'static [u8], &'static [u8]>,
     oplog: ReadOnlyTable<u64, &'static [u8]>,
     conflicts: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    peers: ReadOnlyTable<&'static str, u64>,
+    peers: ReadOnlyTable<u64, u64>,
 }
 
 impl Snapshot {
@@ -307,8 +307,9 @@ impl Snapshot {
         }))
     }
 
-    /// The cursor a peer acknowledged: every entry of ours up to it, it has.
-    pub fn peer_cursor(&self, peer: &str) -> Result<u64, StoreError> {
+    /// The cursor the replica with node id `peer` acknowledged: every entry of ours
+    /// up to it, it has.
+    pub fn peer_cursor(&self, peer: u64) -> Result<u64, StoreError> {
         Ok(self.peers.get(peer)?.map_or(0, |v| v.value()))
     }
 

@@ -48,7 +48,7 @@ fn committed_batch_survives_reopen() {
                 state.apply(&op);
                 batch.put_key_state("docs", "k", &state)?;
                 batch.append_entry(1, &entry(op.clone()))?;
-                batch.set_peer_cursor("b", 1)?;
+                batch.set_peer_cursor(9, 1)?;
                 batch.set_meta(&NodeMeta {
                     next_seq: 2,
                     applied: vec![(7, 1)],
@@ -61,8 +61,8 @@ fn committed_batch_survives_reopen() {
     assert_eq!(store.meta_at_open().applied, vec![(7, 1)]);
     let snapshot = store.read().unwrap();
     assert_eq!(snapshot.key_state("docs", "k").unwrap().versions().len(), 1);
-    assert_eq!(snapshot.peer_cursor("b").unwrap(), 1);
-    assert_eq!(snapshot.peer_cursor("c").unwrap(), 0);
+    assert_eq!(snapshot.peer_cursor(9).unwrap(), 1);
+    assert_eq!(snapshot.peer_cursor(10).unwrap(), 0);
     let entries: Vec<_> = snapshot
         .entries_from(1)
         .unwrap()

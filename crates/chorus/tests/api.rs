@@ -185,7 +185,11 @@ fn change_feed() {
     );
     let mut lines = BufReader::new(response.into_body().into_reader()).lines();
     let mut next_event = || {
-        let data = lines.by_ref().map(Result::unwrap).find(|l| l.starts_with("data:")).unwrap();
+        let data = lines
+            .by_ref()
+            .map(Result::unwrap)
+            .find(|l| l.starts_with("data:"))
+            .unwrap();
         serde_json::from_str::<Value>(data.trim_start_matches("data:").trim()).unwrap()
     };
     assert_eq!(next_event()["key"], "late");

@@ -256,3 +256,34 @@ fn ring_and_star_of_five_converge() {
         assert_eq!(doc["versions"][0]["origin"], "n0", "{topology}");
     }
 }
+
+/// A node that lost its disk comes back under the same name with a new identity and
+/// receives everything again (cursors are kept per node id, not per name).
+#[test]
+fn node_with_a_wiped_disk_is_refilled() {
+    let mut cluster = Cluster::start(3, "topology = \"mesh\"");
+    for i in 0..3 {
+        for n in 0..30 {
+            put(
+                &format!("{}/v1/docs/load/n{i}-{n}", cluster.url(i)),
+                &format!("{{\"n\":{n}}}"),
+            );
+        }
+    }
+    cluster.wait_converged(CONVERGE);
+    let old_id = get(&format!("{}/v1/status", cluster.url(2))).body["node_id"].clone();
+    cluster.nodes[2].kill();
+    std::fs::remove_dir_all(&cluster.nodes[2].data).unwrap();
+    put(
+        &format!("{}/v1/docs/load/after", cluster.url(0)),
+        "{\"n\":0}",
+    );
+    cluster.restart(2);
+    assert_ne!(
+        get(&format!("{}/v1/status", cluster.url(2))).body["node_id"],
+        old_id
+    );
+    cluster.wait_converged(CONVERGE);
+    let keys = get(&format!("{}/v1/docs/load?limit=1000", cluster.url(2))).body["keys"].clone();
+    assert_eq!(keys.as_array().unwrap().len(), 91, "{keys}");
+}
