@@ -146,6 +146,8 @@ struct Peer {
     /// Received entries not yet handed to the node.
     received: VecDeque<(u64, Entry)>,
     received_through: u64,
+    /// The `from_seq` the next `Entries` frame must have (none yet this session).
+    expect_from: Option<u64>,
     /// The batch handed to the node, and the cursor it completes.
     applying: Option<(Vec<(u64, Entry)>, u64)>,
     /// Entries that wait for dependencies.
@@ -256,16 +258,14 @@ impl Engine {
                         .filter(|(_, e)| !p.applied.covers(e.dot()))
                         .collect();
                     p.entries_sent += lacking.len() as u64;
-                    p.read_seq = through_seq;
+                    let from_seq = std::mem::replace(&mut p.read_seq, through_seq);
                     p.in_flight.push_back(through_seq);
-                    self.send(
-                        &peer,
-                        Frame::Entries {
-                            entries: lacking,
-                            through_seq,
-                        },
-                        &mut out,
-                    );
+                    let frame = Frame::Entries {
+                        entries: lacking,
+                        from_seq,
+                        through_seq,
+                    };
+                    self.send(&peer, frame, &mut out);
                 }
                 self.maybe_read(&peer, &mut out);
             }
@@ -374,8 +374,22 @@ impl Engine {
         match frame {
             Frame::Entries {
                 entries,
+                from_seq,
                 through_seq,
             } => {
+                match p.expect_from {
+                    // A frame seen before (a duplicate): nothing new in it.
+                    Some(expected) if through_seq <= expected => return,
+                    Some(expected) if from_seq != expected => {
+                        p.connected = false;
+                        out.push(Command::Disconnect {
+                            peer: peer.to_owned(),
+                            reason: format!("entries out of order: expected from {expected}, got from {from_seq}"),
+                        });
+                        return;
+                    }
+                    _ => p.expect_from = Some(through_seq),
+                }
                 p.entries_received += entries.len() as u64;
                 // The peer sends only what it has applied: a truthful, free report of
                 // its state, which keeps us from echoing these entries back to it.
@@ -571,6 +585,7 @@ mod tests {
                     peer: "b".into(),
                     frame: Frame::Entries {
                         entries: vec![(2, entry(1, 2, &[(1, 1)]))],
+                        from_seq: 0,
                         through_seq: 2
                     }
                 },
@@ -645,6 +660,7 @@ mod tests {
             peer: "b".into(),
             frame: Frame::Entries {
                 entries: vec![(10, y.clone())],
+                from_seq: 9,
                 through_seq: 10,
             },
         });
@@ -680,6 +696,7 @@ mod tests {
             peer: "c".into(),
             frame: Frame::Entries {
                 entries: vec![(5, x)],
+                from_seq: 4,
                 through_seq: 5,
             },
         });
@@ -735,6 +752,7 @@ mod tests {
             peer: "b".into(),
             frame: Frame::Entries {
                 entries: vec![],
+                from_seq: 0,
                 through_seq: 7,
             },
         });
@@ -748,6 +766,28 @@ mod tests {
                 peer: "b".into(),
                 frame: ack
             }]
+        );
+    }
+
+    /// Within a session, a repeated `Entries` frame is ignored and a gap (a lost or
+    /// reordered frame) drops the link, to resume from the acknowledged cursor.
+    #[test]
+    fn duplicate_and_out_of_order_frames() {
+        let mut e = engine(0);
+        connect(&mut e, &[], 0);
+        let frame = |from_seq, through_seq| Event::Received {
+            peer: "b".into(),
+            frame: Frame::Entries {
+                entries: vec![],
+                from_seq,
+                through_seq,
+            },
+        };
+        assert_eq!(e.handle(frame(0, 3)).len(), 1, "first frame acknowledged");
+        assert!(e.handle(frame(0, 3)).is_empty(), "duplicate ignored");
+        let cmds = e.handle(frame(5, 8));
+        assert!(
+            matches!(&cmds[..], [Command::Disconnect { reason, .. }] if reason.contains("out of order"))
         );
     }
 

@@ -39,10 +39,13 @@ pub enum Frame {
     Refused {
         reason: String,
     },
-    /// Entries of the sender's op log, each with its sequence number, in log order;
-    /// the sender has considered its log through `through_seq`.
+    /// Entries of the sender's op log, each with its sequence number, in log order:
+    /// those the receiver lacks among the entries after `from_seq` through
+    /// `through_seq`. Frames of a session chain (`from_seq` is the previous frame's
+    /// `through_seq`), so a lost, repeated or reordered frame is detected.
     Entries {
         entries: Vec<(u64, Entry)>,
+        from_seq: u64,
         through_seq: u64,
     },
     /// The receiver has durably applied what `applied` says, and every entry of the
@@ -80,6 +83,7 @@ enum FrameV1 {
     },
     Entries {
         entries: Vec<(u64, Vec<u8>)>,
+        from_seq: u64,
         through_seq: u64,
     },
     Ack {
@@ -114,12 +118,14 @@ impl Frame {
             },
             Frame::Entries {
                 entries,
+                from_seq,
                 through_seq,
             } => FrameV1::Entries {
                 entries: entries
                     .iter()
                     .map(|(seq, e)| (*seq, chorus_store::codec::encode_entry(e)))
                     .collect(),
+                from_seq: *from_seq,
                 through_seq: *through_seq,
             },
             Frame::Ack {
@@ -164,6 +170,7 @@ impl Frame {
             FrameV1::Refused { reason } => Frame::Refused { reason },
             FrameV1::Entries {
                 entries,
+                from_seq,
                 through_seq,
             } => Frame::Entries {
                 entries: entries
@@ -174,6 +181,7 @@ impl Frame {
                             .map_err(|e| FrameError::Corrupt(e.to_string()))
                     })
                     .collect::<Result<_, _>>()?,
+                from_seq,
                 through_seq,
             },
             FrameV1::Ack {
@@ -222,6 +230,7 @@ mod tests {
             },
             Frame::Entries {
                 entries: vec![(7, entry)],
+                from_seq: 6,
                 through_seq: 8,
             },
             Frame::Ack {
