@@ -61,11 +61,11 @@ impl fmt::Display for ConflictId {
 /// How the policy ended a conflict.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Outcome {
-    /// All versions (the record's) kept for the user to resolve.
+    /// All versions kept for the user to resolve.
     Siblings,
-    /// The record's one version lost to a concurrent write with a greater
-    /// `(hlc, node)` and was dropped from the key state; its value lives on here.
-    Lost,
+    /// This version is the value (lww); the others lost, and their values live on in
+    /// the record.
+    Winner(Dot),
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -74,8 +74,7 @@ pub struct ConflictRecord {
     pub collection: String,
     pub key: String,
     pub policy: Policy,
-    /// The concurrent versions (siblings), or the one version that lost (lww), sorted
-    /// by dot.
+    /// The concurrent versions, sorted by dot.
     pub versions: Vec<Version>,
     pub outcome: Outcome,
 }

@@ -126,12 +126,6 @@ impl KeyState {
         self.assert_invariants();
     }
 
-    /// Keeps only the versions `keep` accepts; their dots stay in the context, so a
-    /// late copy of a dropped version is recognised as old.
-    pub fn retain_versions(&mut self, keep: impl FnMut(&Version) -> bool) {
-        self.versions.retain(keep);
-    }
-
     fn assert_invariants(&self) {
         debug_assert!(self.versions.windows(2).all(|w| w[0].dot < w[1].dot));
         debug_assert!(self.versions.iter().all(|v| self.context.covers(v.dot)));

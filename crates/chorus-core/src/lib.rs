@@ -6,8 +6,9 @@
 //! ```text
 //!   Op (dot, hlc, context, value) ──apply──▶ KeyState (siblings + causal context)
 //!                                                 │
-//!                                  Policy::settle ▼
-//!                            Settlement (kept versions, ConflictRecord?)
+//!                  Policy::winner / Policy::conflict
+//!                                                 ▼
+//!                        what a read shows, ConflictRecord?
 //! ```
 //!
 //! **Architecture Invariant:** this crate never reads a clock, a random source or a
@@ -31,5 +32,5 @@ pub use dot::{Dot, NodeId};
 pub use hlc::{Hlc, HlcClock, PhysicalClock, SystemClock};
 pub use key_state::{KeyState, Version};
 pub use op::{Entry, EntryBody, Op};
-pub use policy::{Policy, Settlement};
+pub use policy::Policy;
 pub use version_vector::VersionVector;

@@ -1,15 +1,21 @@
 //! Resolution policies: deterministic functions of a key state.
 //!
-//! After every op that changes a key, the node calls [`Policy::settle`]. It detects a
-//! conflict (two or more live versions) and records it; for `lww` it keeps only the
-//! winner and records each loser on its own, so the record of a lost write has the
-//! same id and content wherever it is detected. The winner is the version with the greatest
-//! `(hlc, origin node)`, which is unique because one node's timestamps strictly
-//! increase. The losers' dots stay in the key's context, so a late copy of a loser is
-//! recognised as old; their values stay in the [`ConflictRecord`].
+//! A key state keeps every concurrent version under every policy; a policy decides
+//! what a read shows ([`Policy::winner`]) and how a conflict is recorded
+//! ([`Policy::conflict`]). Because both depend only on the key state, every replica
+//! holding the same state answers the same, and none has to write anything to agree.
 //!
-//! Because settling depends only on the key state, every replica settles the same way
-//! and none has to write anything to agree.
+//! Why `lww` does not drop losers from the state: a loser `y` of `x` can come back
+//! into play when a later write supersedes `x` without having seen `y`, and (with
+//! skewed clocks) has a smaller timestamp than `y`. A replica that had dropped `y`
+//! would then show the new write while one that had not would show `y`. Keeping the
+//! concurrent versions and choosing at read time gives one answer everywhere. The
+//! state stays small because a write without a context in an `lww` collection
+//! supersedes every version its node holds (the node records them as overwritten),
+//! so only writes concurrent across nodes remain side by side, until the next write.
+//!
+//! The `lww` winner is the version with the greatest `(hlc, origin node)`, unique
+//! because one node's timestamps strictly increase.
 
 use crate::{ConflictRecord, KeyState, Outcome, Version};
 
@@ -47,57 +53,26 @@ impl Policy {
         }
     }
 
-    /// Resolves `state` in place and returns the conflicts it found: under
-    /// `siblings` one record of all live versions; under `lww` one record per version
-    /// that lost (a delete losing to a delete loses nothing and is not recorded).
-    pub fn settle(self, collection: &str, key: &str, state: &mut KeyState) -> Settlement {
+    /// The conflict `state` holds, if any: two or more live versions, not all
+    /// tombstones (concurrent deletes lose nothing). The record lists them all; under
+    /// `lww` it names the winner.
+    pub fn conflict(self, collection: &str, key: &str, state: &KeyState) -> Option<ConflictRecord> {
         let versions = state.versions();
-        if versions.len() < 2 {
-            return Settlement {
-                conflicts: Vec::new(),
-            };
+        if versions.len() < 2 || versions.iter().all(Version::is_tombstone) {
+            return None;
         }
-        match self {
-            Policy::Siblings => {
-                let conflicts = if versions.iter().all(Version::is_tombstone) {
-                    Vec::new()
-                } else {
-                    vec![ConflictRecord::new(
-                        collection,
-                        key,
-                        self,
-                        versions.to_vec(),
-                        Outcome::Siblings,
-                    )]
-                };
-                Settlement { conflicts }
-            }
-            Policy::Lww => {
-                let winner = self.winner(versions).expect("two versions").clone();
-                let conflicts = versions
-                    .iter()
-                    .filter(|v| v.dot != winner.dot && !(v.is_tombstone() && winner.is_tombstone()))
-                    .map(|loser| {
-                        ConflictRecord::new(
-                            collection,
-                            key,
-                            self,
-                            vec![loser.clone()],
-                            Outcome::Lost,
-                        )
-                    })
-                    .collect();
-                state.retain_versions(|v| v.dot == winner.dot);
-                Settlement { conflicts }
-            }
-        }
+        let outcome = match self {
+            Policy::Siblings => Outcome::Siblings,
+            Policy::Lww => Outcome::Winner(self.winner(versions).expect("two versions").dot),
+        };
+        Some(ConflictRecord::new(
+            collection,
+            key,
+            self,
+            versions.to_vec(),
+            outcome,
+        ))
     }
-}
-
-/// What settling a key found.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Settlement {
-    pub conflicts: Vec<ConflictRecord>,
 }
 
 #[cfg(test)]
@@ -116,20 +91,19 @@ mod tests {
         });
     }
 
-    /// LWW keeps the highest HLC, records the loser with its value, and keeps the
-    /// loser's dot in the context.
+    /// LWW shows the highest HLC, keeps every concurrent version in the state, and
+    /// records the conflict naming the winner.
     #[test]
-    fn lww_keeps_winner_and_logs_loser() {
+    fn lww_shows_winner_and_records_conflict() {
         let mut s = KeyState::new();
         write(&mut s, 1, 1, 200, "late");
         write(&mut s, 2, 1, 100, "early");
-        let records = Policy::Lww.settle("c", "k", &mut s).conflicts;
-        assert_eq!(s.versions().len(), 1);
-        assert_eq!(s.versions()[0].value.as_deref(), Some(&b"late"[..]));
-        assert!(s.context().covers(Dot::new(NodeId(2), 1)));
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].outcome, Outcome::Lost);
-        assert_eq!(records[0].versions[0].value.as_deref(), Some(&b"early"[..]));
+        let record = Policy::Lww.conflict("c", "k", &s).unwrap();
+        assert_eq!(s.versions().len(), 2);
+        let winner = Policy::Lww.winner(s.versions()).unwrap();
+        assert_eq!(winner.value.as_deref(), Some(&b"late"[..]));
+        assert_eq!(record.outcome, Outcome::Winner(Dot::new(NodeId(1), 1)));
+        assert_eq!(record.versions.len(), 2);
     }
 
     /// Equal timestamps break ties by node id, the same way everywhere.
@@ -138,27 +112,23 @@ mod tests {
         let mut s = KeyState::new();
         write(&mut s, 1, 1, 100, "one");
         write(&mut s, 2, 1, 100, "two");
-        Policy::Lww.settle("c", "k", &mut s);
-        assert_eq!(s.versions()[0].dot.node, NodeId(2));
+        assert_eq!(
+            Policy::Lww.winner(s.versions()).unwrap().dot.node,
+            NodeId(2)
+        );
     }
 
-    /// Siblings stay, and the conflict is recorded; a single version is no conflict.
+    /// Siblings are all shown and the conflict recorded; a single version, or only
+    /// concurrent deletes, is no conflict.
     #[test]
     fn siblings_are_kept() {
         let mut s = KeyState::new();
         write(&mut s, 1, 1, 100, "a");
-        assert!(
-            Policy::Siblings
-                .settle("c", "k", &mut s)
-                .conflicts
-                .is_empty()
-        );
+        assert_eq!(Policy::Siblings.conflict("c", "k", &s), None);
         write(&mut s, 2, 1, 100, "b");
-        let records = Policy::Siblings.settle("c", "k", &mut s).conflicts;
-        assert_eq!(records.len(), 1);
-        assert_eq!(records[0].outcome, Outcome::Siblings);
-        assert_eq!(records[0].versions.len(), 2);
-        assert_eq!(s.versions().len(), 2);
+        let record = Policy::Siblings.conflict("c", "k", &s).unwrap();
+        assert_eq!(record.outcome, Outcome::Siblings);
+        assert_eq!(record.versions.len(), 2);
         assert_eq!(Policy::Siblings.winner(s.versions()), None);
     }
 }

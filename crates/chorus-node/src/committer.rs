@@ -18,8 +18,8 @@ use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, SIBLINGS_WARN};
 use crate::node::{RemoteOutcome, Write, WriteAck, WriteError};
 use chorus_core::{
-    ConflictRecord, Dot, Entry, EntryBody, HlcClock, KeyState, NodeId, Op, PhysicalClock, Policy,
-    VersionVector,
+    ConflictRecord, Dot, Entry, EntryBody, HlcClock, KeyState, NodeId, Op, Outcome, PhysicalClock,
+    Policy, Version, VersionVector,
 };
 use chorus_store::{Batch, NodeMeta, Store, StoreError};
 use std::collections::HashMap;
@@ -55,14 +55,15 @@ pub(crate) enum Job {
 pub(crate) enum ReplyTo {
     Local(Reply<WriteAck>),
     Remote(Reply<RemoteOutcome>),
-    Nobody,
+    /// Told when the job is committed (a dropped receiver is fine: nobody waits).
+    Done(Reply<()>),
 }
 
 /// What a job produced inside a batch; sent only once the batch is durable.
 enum Produced {
     Local(Result<WriteAck, WriteError>),
     Remote(RemoteOutcome),
-    Nothing,
+    Done,
 }
 
 pub(crate) struct Committer {
@@ -130,7 +131,10 @@ impl Committer {
                         (ReplyTo::Remote(reply), Produced::Remote(outcome)) => {
                             let _ = reply.send(Ok(outcome));
                         }
-                        _ => {}
+                        (ReplyTo::Done(reply), Produced::Done) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        _ => unreachable!("each job produces its own kind of answer"),
                     }
                 }
             }
@@ -155,7 +159,7 @@ impl Committer {
             Job::Remote { entries } => Produced::Remote(self.apply_remote(b, entries)?),
             Job::PeerCursor { peer, seq } => {
                 b.set_peer_cursor(peer.0, seq)?;
-                Produced::Nothing
+                Produced::Done
             }
         })
     }
@@ -179,7 +183,12 @@ impl Committer {
             }
             Err(e) => return Err(e),
         };
-        let context = if supersede_current {
+        let policy = self.policy(b, &write.collection)?;
+        // Under lww a write without a context is the last write: it replaces every
+        // version this node holds, and those it overwrote unseen go to the conflict
+        // log (versions concurrent elsewhere stay side by side until the next write).
+        let overwrites = policy == Policy::Lww && write.context.is_none();
+        let context = if supersede_current || overwrites {
             state.context().clone()
         } else {
             write.context.clone().map(|c| c.0).unwrap_or_default()
@@ -198,11 +207,30 @@ impl Committer {
             context,
             value: write.value.clone(),
         };
+        let overwritten = state.versions().to_vec();
         assert!(
             state.apply(&op),
             "a fresh local dot is never covered by a key's context"
         );
-        let conflicts = self.settle(b, &op, &mut state)?;
+        let mut conflicts = self.settle(b, &op, &state)?;
+        if overwrites && overwritten.iter().any(|v| !v.is_tombstone()) {
+            let version = Version {
+                dot: op.dot,
+                hlc,
+                value: op.value.clone(),
+            };
+            let mut versions = overwritten;
+            versions.push(version);
+            versions.sort_by_key(|v| v.dot);
+            let outcome = Outcome::Winner(op.dot);
+            conflicts.push(ConflictRecord::new(
+                &op.collection,
+                &op.key,
+                policy,
+                versions,
+                outcome,
+            ));
+        }
         b.put_key_state(&op.collection, &op.key, &state)?;
         let deps = self.applied.clone();
         self.log(
@@ -273,7 +301,7 @@ impl Committer {
             EntryBody::Write(op) => {
                 let mut state = b.key_state(&op.collection, &op.key)?;
                 if state.apply(op) {
-                    conflicts = self.settle(b, op, &mut state)?;
+                    conflicts = self.settle(b, op, &state)?;
                     b.put_key_state(&op.collection, &op.key, &state)?;
                 }
             }
@@ -291,15 +319,15 @@ impl Committer {
         Ok(())
     }
 
-    /// Settles a key after an op changed it; returns the conflicts it found.
+    /// Looks at a key after an op changed it; returns the conflict it holds, if any.
     fn settle(
         &mut self,
         b: &Batch<'_>,
         op: &Op,
-        state: &mut KeyState,
+        state: &KeyState,
     ) -> Result<Vec<ConflictRecord>, StoreError> {
         let policy = self.policy(b, &op.collection)?;
-        let settlement = policy.settle(&op.collection, &op.key, state);
+        let conflict = policy.conflict(&op.collection, &op.key, state);
         if state.versions().len() > SIBLINGS_WARN {
             metrics::counter!("chorus_sibling_warnings_total").increment(1);
             tracing::warn!(
@@ -312,7 +340,7 @@ impl Committer {
         if op.collection == SETTINGS_COLLECTION {
             self.policies.remove(&op.key);
         }
-        Ok(settlement.conflicts)
+        Ok(conflict.into_iter().collect())
     }
 
     /// Records a conflict this node detected; a record new here is also logged as an
@@ -374,6 +402,8 @@ fn refuse(reply: ReplyTo) {
         ReplyTo::Remote(reply) => {
             let _ = reply.send(Err(WriteError::StoreFailed));
         }
-        ReplyTo::Nobody => {}
+        ReplyTo::Done(reply) => {
+            let _ = reply.send(Err(WriteError::StoreFailed));
+        }
     }
 }

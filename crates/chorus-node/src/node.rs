@@ -28,6 +28,9 @@ pub struct NodeConfig {
     /// A human name for this replica, shown as the origin of its writes.
     pub name: String,
     pub clock: Arc<dyn PhysicalClock>,
+    /// The id a new store gets; random when `None` (the normal case). The simulator
+    /// fixes it so a seed replays exactly.
+    pub node_id: Option<NodeId>,
 }
 
 impl Default for NodeConfig {
@@ -35,6 +38,7 @@ impl Default for NodeConfig {
         NodeConfig {
             name: "local".into(),
             clock: Arc::new(SystemClock),
+            node_id: None,
         }
     }
 }
@@ -130,7 +134,7 @@ impl Drop for Inner {
 
 impl Node {
     pub fn open(path: &Path, config: NodeConfig) -> Result<Node, OpenError> {
-        let store = Store::open(path, || new_meta(&config.name))?;
+        let store = Store::open(path, || new_meta(&config))?;
         Ok(Node::start(store, config))
     }
 
@@ -140,7 +144,7 @@ impl Node {
         backend: impl StorageBackend,
         config: NodeConfig,
     ) -> Result<Node, OpenError> {
-        let store = Store::open_backend(backend, &config.name, || new_meta(&config.name))?;
+        let store = Store::open_backend(backend, &config.name, || new_meta(&config))?;
         Ok(Node::start(store, config))
     }
 
@@ -421,29 +425,34 @@ impl Node {
 
     // ---- replication --------------------------------------------------------------
 
+    /// Applies entries received from a peer, durably and in causal order. Blocking.
+    pub fn apply_remote_blocking(&self, entries: Vec<Entry>) -> Result<RemoteOutcome, WriteError> {
+        let (request, reply) = remote_request(entries);
+        self.submit_blocking(request, reply)
+    }
+
     /// Applies entries received from a peer, durably and in causal order.
     pub async fn apply_remote(&self, entries: Vec<Entry>) -> Result<RemoteOutcome, WriteError> {
-        let (reply, rx) = oneshot::channel();
-        let request = Request {
-            job: Job::Remote { entries },
-            reply: ReplyTo::Remote(reply),
-        };
-        self.submit(request, rx).await
+        let (request, reply) = remote_request(entries);
+        self.submit(request, reply).await
     }
 
     /// Records, with the next commit, that replica `peer` has every entry of ours up
     /// to `seq`. Cursors are kept per node id: a peer that lost its disk comes back
     /// with a new id and starts from the beginning.
+    /// The cursor is saved with the next commit; this does not wait for it.
     pub async fn save_peer_cursor(&self, peer: NodeId, seq: u64) -> Result<(), WriteError> {
-        let job = Job::PeerCursor { peer, seq };
-        let request = Request {
-            job,
-            reply: ReplyTo::Nobody,
-        };
+        let (request, _unwaited) = cursor_request(peer, seq);
         self.queue()?
             .send(request)
             .await
             .map_err(|_| self.dropped())
+    }
+
+    /// Saves a peer's cursor and waits until it is committed. Blocking.
+    pub fn save_peer_cursor_blocking(&self, peer: NodeId, seq: u64) -> Result<(), WriteError> {
+        let (request, reply) = cursor_request(peer, seq);
+        self.submit_blocking(request, reply)
     }
 
     /// The cursor replica `peer` last acknowledged (0 if never).
@@ -619,6 +628,33 @@ pub struct RemoteOutcome {
     pub waiting: Vec<Entry>,
 }
 
+fn remote_request(
+    entries: Vec<Entry>,
+) -> (
+    Request,
+    oneshot::Receiver<Result<RemoteOutcome, WriteError>>,
+) {
+    let (reply, rx) = oneshot::channel();
+    (
+        Request {
+            job: Job::Remote { entries },
+            reply: ReplyTo::Remote(reply),
+        },
+        rx,
+    )
+}
+
+fn cursor_request(peer: NodeId, seq: u64) -> (Request, oneshot::Receiver<Result<(), WriteError>>) {
+    let (reply, rx) = oneshot::channel();
+    (
+        Request {
+            job: Job::PeerCursor { peer, seq },
+            reply: ReplyTo::Done(reply),
+        },
+        rx,
+    )
+}
+
 fn pending(write: Write, supersede_current: bool) -> PendingRequest {
     let (reply, rx) = oneshot::channel();
     let job = Job::Local {
@@ -649,12 +685,18 @@ fn collection_config(
     Ok((CollectionConfig::from_state(&state), !state.is_absent()))
 }
 
-fn new_meta(name: &str) -> NodeMeta {
-    let mut id = [0u8; 8];
-    getrandom::fill(&mut id).expect("the operating system's random source");
+fn new_meta(config: &NodeConfig) -> NodeMeta {
+    let node_id = config.node_id.map_or_else(
+        || {
+            let mut id = [0u8; 8];
+            getrandom::fill(&mut id).expect("the operating system's random source");
+            u64::from_le_bytes(id)
+        },
+        |id| id.0,
+    );
     NodeMeta {
-        node_id: u64::from_le_bytes(id),
-        name: name.to_owned(),
+        node_id,
+        name: config.name.clone(),
         hlc: 0,
         next_seq: 1,
         applied: Vec::new(),

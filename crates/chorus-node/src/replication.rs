@@ -107,15 +107,7 @@ impl Shared {
     }
 
     fn hello(&self) -> Result<Hello, String> {
-        let (applied, _) = self.node.applied().map_err(|e| e.to_string())?;
-        Ok(Hello {
-            protocol: PROTOCOL_VERSION,
-            cluster: self.cluster.name.clone(),
-            name: self.me.clone(),
-            node_id: self.node.node_id(),
-            applied,
-            names: self.node.known_names(),
-        })
+        hello(&self.node, &self.cluster.name, &self.me).map_err(|e| e.to_string())
     }
 
     /// Why a peer's hello is refused, if it is.
@@ -147,6 +139,19 @@ impl Shared {
             self.node.learn_name(*id, name);
         }
     }
+}
+
+/// The handshake `node` introduces itself with, as member `me` of `cluster`.
+pub fn hello(node: &Node, cluster: &str, me: &str) -> Result<Hello, crate::ReadError> {
+    let (applied, _) = node.applied()?;
+    Ok(Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: cluster.to_owned(),
+        name: me.to_owned(),
+        node_id: node.node_id(),
+        applied,
+        names: node.known_names(),
+    })
 }
 
 /// Starts replicating `node` as cluster member `me`: listens on its peer address,

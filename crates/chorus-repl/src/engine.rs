@@ -148,6 +148,8 @@ struct Peer {
     received_through: u64,
     /// The `from_seq` the next `Entries` frame must have (none yet this session).
     expect_from: Option<u64>,
+    /// Whether this session's first `Entries` frame (the one that `resumes`) is sent.
+    sent_first: bool,
     /// The batch handed to the node, and the cursor it completes.
     applying: Option<(Vec<(u64, Entry)>, u64)>,
     /// Entries that wait for dependencies.
@@ -260,10 +262,12 @@ impl Engine {
                     p.entries_sent += lacking.len() as u64;
                     let from_seq = std::mem::replace(&mut p.read_seq, through_seq);
                     p.in_flight.push_back(through_seq);
+                    let resumes = !std::mem::replace(&mut p.sent_first, true);
                     let frame = Frame::Entries {
                         entries: lacking,
                         from_seq,
                         through_seq,
+                        resumes,
                     };
                     self.send(&peer, frame, &mut out);
                 }
@@ -376,20 +380,28 @@ impl Engine {
                 entries,
                 from_seq,
                 through_seq,
+                resumes,
             } => {
-                match p.expect_from {
+                let out_of_order = match p.expect_from {
                     // A frame seen before (a duplicate): nothing new in it.
                     Some(expected) if through_seq <= expected => return,
-                    Some(expected) if from_seq != expected => {
-                        p.connected = false;
-                        out.push(Command::Disconnect {
-                            peer: peer.to_owned(),
-                            reason: format!("entries out of order: expected from {expected}, got from {from_seq}"),
-                        });
-                        return;
-                    }
-                    _ => p.expect_from = Some(through_seq),
+                    Some(expected) => from_seq != expected,
+                    // The session's first frame says where the sender resumes; any
+                    // other frame first means the first one was lost or overtaken.
+                    None => !resumes,
+                };
+                if out_of_order {
+                    p.connected = false;
+                    out.push(Command::Disconnect {
+                        peer: peer.to_owned(),
+                        reason: format!(
+                            "entries out of order: got from {from_seq}, expected from {:?}",
+                            p.expect_from
+                        ),
+                    });
+                    return;
                 }
+                p.expect_from = Some(through_seq);
                 p.entries_received += entries.len() as u64;
                 // The peer sends only what it has applied: a truthful, free report of
                 // its state, which keeps us from echoing these entries back to it.
@@ -586,7 +598,8 @@ mod tests {
                     frame: Frame::Entries {
                         entries: vec![(2, entry(1, 2, &[(1, 1)]))],
                         from_seq: 0,
-                        through_seq: 2
+                        through_seq: 2,
+                        resumes: true,
                     }
                 },
                 Command::ReadLog {
@@ -662,6 +675,7 @@ mod tests {
                 entries: vec![(10, y.clone())],
                 from_seq: 9,
                 through_seq: 10,
+                resumes: true,
             },
         });
         assert_eq!(
@@ -698,6 +712,7 @@ mod tests {
                 entries: vec![(5, x)],
                 from_seq: 4,
                 through_seq: 5,
+                resumes: true,
             },
         });
         let after_x = VersionVector::from_entries([(NodeId(1), 1)]);
@@ -754,6 +769,7 @@ mod tests {
                 entries: vec![],
                 from_seq: 0,
                 through_seq: 7,
+                resumes: true,
             },
         });
         let ack = Frame::Ack {
@@ -775,17 +791,26 @@ mod tests {
     fn duplicate_and_out_of_order_frames() {
         let mut e = engine(0);
         connect(&mut e, &[], 0);
-        let frame = |from_seq, through_seq| Event::Received {
+        let frame = |from_seq, through_seq, resumes| Event::Received {
             peer: "b".into(),
             frame: Frame::Entries {
                 entries: vec![],
                 from_seq,
                 through_seq,
+                resumes,
             },
         };
-        assert_eq!(e.handle(frame(0, 3)).len(), 1, "first frame acknowledged");
-        assert!(e.handle(frame(0, 3)).is_empty(), "duplicate ignored");
-        let cmds = e.handle(frame(5, 8));
+        let refused = |cmds: Vec<Command>| matches!(&cmds[..], [Command::Disconnect { reason, .. }] if reason.contains("out of order"));
+        // A frame that overtook the session's first one is refused.
+        assert!(refused(e.handle(frame(3, 5, false))));
+        connect(&mut e, &[], 0);
+        assert_eq!(
+            e.handle(frame(0, 3, true)).len(),
+            1,
+            "first frame acknowledged"
+        );
+        assert!(e.handle(frame(0, 3, true)).is_empty(), "duplicate ignored");
+        let cmds = e.handle(frame(5, 8, false));
         assert!(
             matches!(&cmds[..], [Command::Disconnect { reason, .. }] if reason.contains("out of order"))
         );

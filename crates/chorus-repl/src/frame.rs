@@ -42,11 +42,13 @@ pub enum Frame {
     /// Entries of the sender's op log, each with its sequence number, in log order:
     /// those the receiver lacks among the entries after `from_seq` through
     /// `through_seq`. Frames of a session chain (`from_seq` is the previous frame's
-    /// `through_seq`), so a lost, repeated or reordered frame is detected.
+    /// `through_seq`; the first has `resumes` set), so a lost, repeated or reordered
+    /// frame is detected.
     Entries {
         entries: Vec<(u64, Entry)>,
         from_seq: u64,
         through_seq: u64,
+        resumes: bool,
     },
     /// The receiver has durably applied what `applied` says, and every entry of the
     /// sender's log through `through_seq` that it needs.
@@ -85,6 +87,7 @@ enum FrameV1 {
         entries: Vec<(u64, Vec<u8>)>,
         from_seq: u64,
         through_seq: u64,
+        resumes: bool,
     },
     Ack {
         applied: Vec<(u64, u64)>,
@@ -120,6 +123,7 @@ impl Frame {
                 entries,
                 from_seq,
                 through_seq,
+                resumes,
             } => FrameV1::Entries {
                 entries: entries
                     .iter()
@@ -127,6 +131,7 @@ impl Frame {
                     .collect(),
                 from_seq: *from_seq,
                 through_seq: *through_seq,
+                resumes: *resumes,
             },
             Frame::Ack {
                 applied,
@@ -172,6 +177,7 @@ impl Frame {
                 entries,
                 from_seq,
                 through_seq,
+                resumes,
             } => Frame::Entries {
                 entries: entries
                     .into_iter()
@@ -183,6 +189,7 @@ impl Frame {
                     .collect::<Result<_, _>>()?,
                 from_seq,
                 through_seq,
+                resumes,
             },
             FrameV1::Ack {
                 applied,
@@ -232,6 +239,7 @@ mod tests {
                 entries: vec![(7, entry)],
                 from_seq: 6,
                 through_seq: 8,
+                resumes: true,
             },
             Frame::Ack {
                 applied: VersionVector::new(),

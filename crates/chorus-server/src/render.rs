@@ -82,10 +82,13 @@ pub fn conflict(node: &Node, record: &ConflictRecord) -> Value {
         "policy": record.policy.name(),
         "versions": record.versions.iter().map(|v| version(node, v.dot, v.hlc, v.value.as_deref())).collect::<Vec<_>>(),
     });
-    out["outcome"] = json!(match record.outcome {
-        Outcome::Siblings => "siblings",
-        Outcome::Lost => "lost",
-    });
+    match record.outcome {
+        Outcome::Siblings => out["outcome"] = json!("siblings"),
+        Outcome::Winner(dot) => {
+            out["outcome"] = json!("winner");
+            out["winner"] = json!(dot.to_string());
+        }
+    }
     out
 }
 

@@ -75,8 +75,8 @@ struct ConflictV1 {
     key: String,
     policy: String,
     versions: Vec<VersionV1>,
-    /// 0: siblings, 1: lost (lww).
-    outcome: u8,
+    /// The lww winner; `None` for siblings.
+    winner: Option<DotV1>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -197,9 +197,9 @@ fn conflict_v1(record: &ConflictRecord) -> ConflictV1 {
         key: record.key.clone(),
         policy: record.policy.name().to_owned(),
         versions: versions_v1(&record.versions),
-        outcome: match record.outcome {
-            Outcome::Siblings => 0,
-            Outcome::Lost => 1,
+        winner: match record.outcome {
+            Outcome::Siblings => None,
+            Outcome::Winner(dot) => Some(dot_v1(dot)),
         },
     }
 }
@@ -208,10 +208,9 @@ fn conflict_from(table: &'static str, raw: ConflictV1) -> Result<ConflictRecord,
     let corrupted = |reason: String| StoreError::Corrupted { table, reason };
     let policy = Policy::from_name(&raw.policy)
         .ok_or_else(|| corrupted(format!("unknown policy {}", raw.policy)))?;
-    let outcome = match raw.outcome {
-        0 => Outcome::Siblings,
-        1 if raw.versions.len() == 1 => Outcome::Lost,
-        other => return Err(corrupted(format!("bad outcome {other}"))),
+    let outcome = match &raw.winner {
+        None => Outcome::Siblings,
+        Some(dot) => Outcome::Winner(dot_from(table, dot)?),
     };
     let versions = versions_from(table, raw.versions)?;
     if versions.windows(2).any(|w| w[0].dot >= w[1].dot) {
@@ -306,8 +305,8 @@ mod tests {
             "c",
             "k",
             Policy::Lww,
-            state.versions()[..1].to_vec(),
-            Outcome::Lost,
+            state.versions().to_vec(),
+            Outcome::Winner(op.dot),
         );
         assert_eq!(decode_conflict(&encode_conflict(&record)).unwrap(), record);
         let noted = Entry {

@@ -131,7 +131,7 @@ fn lww_collection_and_conflict_log() {
     let log = get(&format!("{}/v1/conflicts", node.url)).body;
     let record = &log["conflicts"][0];
     assert_eq!(record["policy"], "lww");
-    assert_eq!(record["outcome"], "lost");
+    assert_eq!(record["outcome"], "winner");
     let loser = record["versions"]
         .as_array()
         .unwrap()

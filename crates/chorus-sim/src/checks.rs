@@ -1,0 +1,153 @@
+//! The properties every simulated run must end with.
+
+use crate::Sim;
+use chorus_core::{EntryBody, VersionVector};
+use chorus_node::{ConflictRecord, Node};
+
+fn digest(node: &Node) -> [u8; 32] {
+    node.digest().expect("reads work")
+}
+
+pub fn digests_agree(sim: &Sim) -> bool {
+    let first = digest(sim.node(0));
+    (1..sim.node_count()).all(|i| digest(sim.node(i)) == first)
+}
+
+fn conflict_log(node: &Node) -> Vec<ConflictRecord> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = node.conflicts(after, 1000).expect("reads work");
+        all.extend(page.conflicts);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+}
+
+/// Checks a converged run: equal digests and conflict logs, causal apply order on
+/// every node, and every acknowledged write accounted for.
+pub fn check(sim: &Sim) -> Result<(), String> {
+    if !digests_agree(sim) {
+        return Err("replicas did not converge to equal digests".into());
+    }
+    let reference = conflict_log(sim.node(0));
+    for i in 1..sim.node_count() {
+        if conflict_log(sim.node(i)) != reference {
+            return Err(format!(
+                "the conflict log of node {i} differs from node 0's"
+            ));
+        }
+    }
+    for i in 0..sim.node_count() {
+        check_causal_order(sim.node(i))?;
+    }
+    check_no_write_lost(sim, &reference)
+}
+
+/// No node applied an entry before the entries it depends on: replaying its op log
+/// in order, every entry is ready when it comes.
+fn check_causal_order(node: &Node) -> Result<(), String> {
+    let mut applied = VersionVector::new();
+    for (seq, entry) in node
+        .read_log(0, usize::MAX, usize::MAX)
+        .expect("reads work")
+    {
+        if !entry.is_ready(&applied) {
+            return Err(format!(
+                "{} applied {} (seq {seq}) before its dependencies",
+                node.name(),
+                entry.dot()
+            ));
+        }
+        applied.add(entry.dot());
+    }
+    Ok(())
+}
+
+/// Every acknowledged write is live, or superseded by a write whose context saw it,
+/// or kept in the conflict log (a delete may also give way to another delete).
+fn check_no_write_lost(sim: &Sim, conflicts: &[ConflictRecord]) -> Result<(), String> {
+    let node = sim.node(0);
+    let log = node
+        .read_log(0, usize::MAX, usize::MAX)
+        .expect("reads work");
+    let writes: Vec<_> = log
+        .iter()
+        .filter_map(|(_, e)| match &e.body {
+            EntryBody::Write(op) => Some(op),
+            EntryBody::Conflict { .. } => None,
+        })
+        .collect();
+    for acked in &sim.acked {
+        let doc = node.get(&acked.collection, &acked.key).expect("reads work");
+        let live = doc.versions.iter().find(|v| v.dot == acked.dot);
+        if let Some(version) = live {
+            if version.value != acked.value {
+                return Err(format!(
+                    "write {} by {} changed its value",
+                    acked.dot, acked.node
+                ));
+            }
+            continue;
+        }
+        let same_key =
+            |op: &&&chorus_core::Op| op.collection == acked.collection && op.key == acked.key;
+        let superseded = writes
+            .iter()
+            .filter(same_key)
+            .any(|op| op.dot != acked.dot && op.context.covers(acked.dot));
+        let logged = conflicts.iter().any(|c| {
+            c.versions
+                .iter()
+                .any(|v| v.dot == acked.dot && v.value == acked.value)
+        });
+        let merged_delete = acked.value.is_none()
+            && writes
+                .iter()
+                .filter(same_key)
+                .any(|op| op.dot != acked.dot && op.value.is_none());
+        if !(superseded || logged || merged_delete) {
+            return Err(format!(
+                "acknowledged write {} by {} to {}/{} is lost: not live, not superseded, not in the conflict log",
+                acked.dot, acked.node, acked.collection, acked.key
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Names the first document or log that differs between node 0 and another node.
+pub fn describe_divergence(sim: &Sim) -> String {
+    let reference = sim.node(0);
+    for i in 1..sim.node_count() {
+        let other = sim.node(i);
+        for collection in ["s", "l"] {
+            for key in crate::KEYS {
+                let (a, b) = (reference.get(collection, key), other.get(collection, key));
+                let (a, b) = (a.expect("reads work"), b.expect("reads work"));
+                if a.versions != b.versions {
+                    return format!(
+                        "{collection}/{key} differs: {} has {:?}, {} has {:?} (policies {:?} / {:?})",
+                        reference.name(),
+                        a.versions,
+                        other.name(),
+                        b.versions,
+                        a.policy,
+                        b.policy
+                    );
+                }
+            }
+        }
+        let (a, b) = (conflict_log(reference), conflict_log(other));
+        if a != b {
+            return format!(
+                "conflict logs differ: {} records against {}",
+                a.len(),
+                b.len()
+            );
+        }
+    }
+    "no difference found in documents or conflict logs".into()
+}

@@ -1,0 +1,770 @@
+//! Deterministic simulation of a whole Chorus cluster, from a seed.
+//!
+//! Every node is the real thing: a [`chorus_node::Node`] (committer, redb store) on a
+//! simulated disk ([`disk::SimDisk`]) and a real replication [`Engine`]. What is
+//! simulated is everything around them, driven by one seeded [`rng::Rng`] in one
+//! thread, so a seed replays exactly:
+//!
+//! - **time**: a simulated clock; each node's physical clock drifts by an offset;
+//! - **network**: links carry frames with random delays, in order per connection
+//!   (like TCP); faults reset connections (a frame lost), duplicate or reorder a
+//!   frame within a connection, and partition links (frames wait until the link heals
+//!   or an engine times the connection out);
+//! - **crashes**: a node loses everything not fsynced and restarts from its disk;
+//! - **clients**: writes and deletes with and without contexts (fresh and stale), on a
+//!   `siblings` and an `lww` collection.
+//!
+//! After the faults stop, the network heals and every node restarts; the run then
+//! checks ([`checks`]) that all replicas converge (equal digests and conflict logs),
+//! that no acknowledged write is lost, and that no node applied an entry before one it
+//! depends on.
+//!
+//! The committer runs in its own thread, but the simulator waits for each request's
+//! answer before doing anything else, so every batch holds exactly one request and the
+//! run is deterministic.
+
+pub mod checks;
+pub mod disk;
+pub mod rng;
+
+use chorus_core::{Dot, PhysicalClock};
+use chorus_node::replication::hello;
+use chorus_node::{CollectionConfig, Context, Node, NodeConfig, NodeId, Policy, Write};
+use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, Topology};
+use disk::SimDisk;
+use rng::Rng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+const CLUSTER: &str = "sim";
+/// Wall clock at simulated time 0 (milliseconds since the Unix epoch).
+const EPOCH_MS: u64 = 1_800_000_000_000;
+const TICK_MS: u64 = 100;
+const KEYS: [&str; 6] = ["k0", "k1", "k2", "k3", "k4", "k5"];
+/// Simulated time allowed for convergence once faults stop.
+const SETTLE_MS_MAX: u64 = 600_000;
+
+/// What one run did, for the figures.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: usize,
+    pub topology: String,
+    pub writes_acked: u64,
+    pub frames_delivered: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub sim_ms: u64,
+}
+
+/// A node's physical clock: simulated time plus its own drift.
+struct NodeClock {
+    now_ms: Arc<AtomicU64>,
+    offset_ms: AtomicI64,
+}
+
+impl PhysicalClock for NodeClock {
+    fn now_ms(&self) -> u64 {
+        let now = EPOCH_MS + self.now_ms.load(Ordering::Relaxed);
+        now.saturating_add_signed(self.offset_ms.load(Ordering::Relaxed))
+    }
+}
+
+struct SimNode {
+    name: String,
+    id: NodeId,
+    disk: SimDisk,
+    clock: Arc<NodeClock>,
+    /// `None` while crashed.
+    running: Option<(Node, Engine)>,
+}
+
+/// A write a client saw acknowledged.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub node: String,
+    pub dot: Dot,
+    pub collection: String,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+struct Session {
+    id: u64,
+    /// Time of the last frame scheduled in each direction (low → high, high → low),
+    /// so frames of one connection arrive in order.
+    last_at: [u64; 2],
+}
+
+struct InFlight {
+    session: u64,
+    from: usize,
+    to: usize,
+    frame: Frame,
+}
+
+pub struct Sim {
+    rng: Rng,
+    now_ms: Arc<AtomicU64>,
+    nodes: Vec<SimNode>,
+    neighbours: Vec<Vec<usize>>,
+    sessions: BTreeMap<(usize, usize), Session>,
+    partitioned: BTreeSet<(usize, usize)>,
+    queue: BTreeMap<(u64, u64), InFlight>,
+    next_order: u64,
+    next_session: u64,
+    /// Faults armed for the next frame sent.
+    duplicate_next: bool,
+    reorder_next: bool,
+    /// Pending heals and restarts: (time, what).
+    scheduled: Vec<(u64, Scheduled)>,
+    contexts: BTreeMap<(usize, String), Context>,
+    pub acked: Vec<Acked>,
+    pub report: Report,
+    /// Print every event and command (`CHORUS_SIM_TRACE=1`), to study a failing seed.
+    trace: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Scheduled {
+    Heal(usize, usize),
+    Restart(usize),
+}
+
+fn link(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Sim {
+        let mut rng = Rng::new(seed);
+        let count = 3 + rng.below(3) as usize;
+        let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
+        let topology = match rng.below(3) {
+            0 => Topology::Mesh,
+            1 => Topology::Ring,
+            _ => Topology::Star {
+                hub: names[rng.below(count as u64) as usize].clone(),
+            },
+        };
+        let neighbours = names
+            .iter()
+            .map(|n| {
+                let peers = topology.neighbours(&names, n).expect("a valid topology");
+                peers
+                    .iter()
+                    .map(|p| names.iter().position(|x| x == p).expect("a node"))
+                    .collect()
+            })
+            .collect();
+        let now_ms = Arc::new(AtomicU64::new(0));
+        let nodes = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| SimNode {
+                name: name.clone(),
+                id: NodeId(rng.next_u64() | 1 << 63 | i as u64),
+                disk: SimDisk::default(),
+                clock: Arc::new(NodeClock {
+                    now_ms: Arc::clone(&now_ms),
+                    offset_ms: AtomicI64::new(0),
+                }),
+                running: None,
+            })
+            .collect();
+        let report = Report {
+            seed,
+            nodes: count,
+            topology: format!("{topology:?}"),
+            ..Report::default()
+        };
+        let mut sim = Sim {
+            rng,
+            now_ms,
+            nodes,
+            neighbours,
+            sessions: BTreeMap::new(),
+            partitioned: BTreeSet::new(),
+            queue: BTreeMap::new(),
+            next_order: 0,
+            next_session: 1,
+            duplicate_next: false,
+            reorder_next: false,
+            scheduled: Vec::new(),
+            contexts: BTreeMap::new(),
+            acked: Vec::new(),
+            report,
+            trace: std::env::var_os("CHORUS_SIM_TRACE").is_some(),
+        };
+        for i in 0..count {
+            sim.start(i);
+        }
+        sim
+    }
+
+    fn now(&self) -> u64 {
+        self.now_ms.load(Ordering::Relaxed)
+    }
+
+    fn fault(&mut self, kind: &'static str) {
+        *self.report.faults.entry(kind).or_default() += 1;
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i].running.as_ref().expect("node is running").0
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn start(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let config = NodeConfig {
+            name: n.name.clone(),
+            clock: n.clock.clone(),
+            node_id: Some(n.id),
+        };
+        let node = Node::open_backend(n.disk.clone(), config).expect("a simulated disk opens");
+        let (applied, last_seq) = node.applied().expect("reads work");
+        let peers: Vec<String> = self.neighbours[i]
+            .iter()
+            .map(|&j| self.nodes[j].name.clone())
+            .collect();
+        let engine = Engine::new(
+            &peers,
+            last_seq,
+            applied,
+            self.now(),
+            EngineLimits::default(),
+        );
+        self.nodes[i].running = Some((node, engine));
+    }
+
+    fn crash(&mut self, i: usize) {
+        for j in self.neighbours[i].clone() {
+            self.close(i, j);
+        }
+        // Take the disk as power loss leaves it, then let the process go.
+        let n = &mut self.nodes[i];
+        n.disk = n.disk.after_crash();
+        n.running = None;
+    }
+
+    /// Runs `steps` steps of client operations and faults, then heals everything and
+    /// runs until the cluster converges; returns an error describing the first
+    /// violated property.
+    pub fn run(mut self, steps: u64) -> Result<Report, String> {
+        self.client_set_lww();
+        for _ in 0..steps {
+            let pause_ms = 1 + self.rng.below(20);
+            self.advance(pause_ms);
+            if self.rng.chance(45) {
+                self.client_op();
+            }
+            if self.rng.chance(4) {
+                self.inject_fault();
+            }
+        }
+        self.heal_all();
+        self.settle()?;
+        checks::check(&self)?;
+        self.report.writes_acked = self.acked.len() as u64;
+        self.report.sim_ms = self.now();
+        Ok(self.report)
+    }
+
+    // ---- time and the network -------------------------------------------------------
+
+    /// Moves time forward by `ms`, delivering frames, firing timers and scheduled
+    /// events, and linking up whatever can link.
+    fn advance(&mut self, ms: u64) {
+        let target = self.now() + ms;
+        loop {
+            let next_frame = self
+                .queue
+                .keys()
+                .next()
+                .map(|(at, _)| *at)
+                .filter(|at| *at <= target);
+            let next_tick = (self.now() / TICK_MS + 1) * TICK_MS;
+            let next = next_frame.map_or(next_tick, |f| f.min(next_tick));
+            if next > target {
+                break;
+            }
+            self.now_ms.store(next, Ordering::Relaxed);
+            if next_frame == Some(next) {
+                let (key, msg) = self.queue.pop_first().expect("a frame is due");
+                self.deliver(key, msg);
+            } else {
+                self.tick();
+            }
+        }
+        self.now_ms.store(target, Ordering::Relaxed);
+        self.run_scheduled();
+        self.connect_all();
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        for i in 0..self.nodes.len() {
+            self.handle(i, Event::Tick { now_ms: now });
+        }
+    }
+
+    fn run_scheduled(&mut self) {
+        let now = self.now();
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.scheduled.drain(..).partition(|(at, _)| *at <= now);
+        self.scheduled = later;
+        for (_, what) in due {
+            match what {
+                Scheduled::Heal(a, b) => {
+                    self.partitioned.remove(&link(a, b));
+                }
+                Scheduled::Restart(i) if self.nodes[i].running.is_none() => self.start(i),
+                Scheduled::Restart(_) => {}
+            }
+        }
+    }
+
+    fn connect_all(&mut self) {
+        for a in 0..self.nodes.len() {
+            for b in self.neighbours[a].clone() {
+                let key = link(a, b);
+                let up = self.nodes[a].running.is_some() && self.nodes[b].running.is_some();
+                if a < b
+                    && up
+                    && !self.partitioned.contains(&key)
+                    && !self.sessions.contains_key(&key)
+                {
+                    let id = self.next_session;
+                    self.next_session += 1;
+                    self.sessions.insert(
+                        key,
+                        Session {
+                            id,
+                            last_at: [0, 0],
+                        },
+                    );
+                    self.connected(a, b);
+                    self.connected(b, a);
+                }
+            }
+        }
+    }
+
+    /// Tells `i` that its link to `j` is up, with `j`'s handshake.
+    fn connected(&mut self, i: usize, j: usize) {
+        let theirs = hello(self.node(j), CLUSTER, &self.nodes[j].name).expect("reads work");
+        let acked_seq = self
+            .node(i)
+            .peer_cursor(self.nodes[j].id)
+            .expect("reads work");
+        let peer = self.nodes[j].name.clone();
+        self.handle(
+            i,
+            Event::Connected {
+                peer,
+                hello: theirs,
+                acked_seq,
+            },
+        );
+    }
+
+    /// Ends the connection between `a` and `b`; both ends are told if running.
+    fn close(&mut self, a: usize, b: usize) {
+        if self.sessions.remove(&link(a, b)).is_none() {
+            return;
+        }
+        for (i, j) in [(a, b), (b, a)] {
+            if self.nodes[i].running.is_some() {
+                let peer = self.nodes[j].name.clone();
+                self.handle(i, Event::Disconnected { peer });
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, frame: Frame) {
+        let key = link(from, to);
+        let now = self.now();
+        let delay = if self.rng.chance(5) {
+            100 + self.rng.below(1500)
+        } else {
+            1 + self.rng.below(30)
+        };
+        let (reorder, duplicate) = (
+            std::mem::take(&mut self.reorder_next),
+            std::mem::take(&mut self.duplicate_next),
+        );
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let direction = usize::from(from > to);
+        // In order per connection, unless a reorder fault lets this frame overtake.
+        let at = if reorder {
+            now + 1
+        } else {
+            (now + delay).max(session.last_at[direction])
+        };
+        session.last_at[direction] = session.last_at[direction].max(at);
+        let id = session.id;
+        let copies = if duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            let order = self.next_order;
+            self.next_order += 1;
+            self.queue.insert(
+                (at, order),
+                InFlight {
+                    session: id,
+                    from,
+                    to,
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+
+    fn deliver(&mut self, key: (u64, u64), msg: InFlight) {
+        let link_key = link(msg.from, msg.to);
+        if self
+            .sessions
+            .get(&link_key)
+            .is_none_or(|s| s.id != msg.session)
+        {
+            return; // The connection it travelled on is gone.
+        }
+        if self.partitioned.contains(&link_key) {
+            // Held back (as TCP would retransmit) until the link heals or times out.
+            let order = self.next_order;
+            self.next_order += 1;
+            self.queue.insert((key.0 + TICK_MS, order), msg);
+            return;
+        }
+        self.report.frames_delivered += 1;
+        let peer = self.nodes[msg.from].name.clone();
+        self.handle(
+            msg.to,
+            Event::Received {
+                peer,
+                frame: msg.frame,
+            },
+        );
+    }
+
+    /// Feeds an event to node `i`'s engine and executes the commands, including the
+    /// events they produce, until none are left.
+    fn handle(&mut self, i: usize, event: Event) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            if self.trace {
+                eprintln!(
+                    "{:>8} {} <- {}",
+                    self.now(),
+                    self.nodes[i].name,
+                    brief_event(&event)
+                );
+            }
+            let Some((_, engine)) = self.nodes[i].running.as_mut() else {
+                return;
+            };
+            let commands = engine.handle(event);
+            for command in commands {
+                if self.trace {
+                    eprintln!(
+                        "{:>8} {} -> {}",
+                        self.now(),
+                        self.nodes[i].name,
+                        brief_command(&command)
+                    );
+                }
+                self.execute(i, command, &mut events);
+            }
+        }
+    }
+
+    fn peer_index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("a known peer")
+    }
+
+    fn execute(&mut self, i: usize, command: Command, events: &mut VecDeque<Event>) {
+        match command {
+            Command::Send { peer, frame } => {
+                let j = self.peer_index(&peer);
+                self.send(i, j, frame);
+            }
+            Command::ReadLog {
+                peer,
+                session,
+                after_seq,
+                max_entries,
+            } => {
+                let entries = self
+                    .node(i)
+                    .read_log(after_seq, max_entries, 1 << 20)
+                    .expect("reads work");
+                let through_seq = entries.last().map_or(after_seq, |(seq, _)| *seq);
+                events.push_back(Event::LogRead {
+                    peer,
+                    session,
+                    entries,
+                    through_seq,
+                });
+            }
+            Command::Apply {
+                peer,
+                session,
+                entries,
+            } => {
+                let outcome = self
+                    .node(i)
+                    .apply_remote_blocking(entries)
+                    .expect("the simulated disk works");
+                if self.trace && !outcome.waiting.is_empty() {
+                    let first = &outcome.waiting[0];
+                    eprintln!(
+                        "         {} waits: {} deps {:?}; applied {:?}",
+                        self.nodes[i].name,
+                        first.dot(),
+                        first.deps,
+                        outcome.applied
+                    );
+                }
+                let waiting = outcome.waiting.iter().map(|e| e.dot()).collect();
+                events.push_back(Event::Applied {
+                    peer,
+                    session,
+                    applied: outcome.applied,
+                    waiting,
+                });
+                events.push_back(self.committed(i));
+            }
+            Command::SaveCursor { peer, seq } => {
+                let id = self.nodes[self.peer_index(&peer)].id;
+                self.node(i)
+                    .save_peer_cursor_blocking(id, seq)
+                    .expect("the simulated disk works");
+            }
+            Command::Disconnect { peer, .. } => {
+                let j = self.peer_index(&peer);
+                self.close(i, j);
+            }
+        }
+    }
+
+    fn committed(&self, i: usize) -> Event {
+        let (applied, last_seq) = self.node(i).applied().expect("reads work");
+        Event::Committed { last_seq, applied }
+    }
+
+    // ---- clients ----------------------------------------------------------------------
+
+    fn running(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].running.is_some())
+            .collect();
+        (!up.is_empty()).then(|| *self.rng.pick(&up))
+    }
+
+    fn client_set_lww(&mut self) {
+        let config = CollectionConfig {
+            policy: Policy::Lww,
+        };
+        self.node(0)
+            .set_collection("l", &config)
+            .expect("settings write");
+        let event = self.committed(0);
+        self.handle(0, event);
+    }
+
+    fn client_op(&mut self) {
+        let Some(i) = self.running() else { return };
+        let collection = if self.rng.chance(50) { "s" } else { "l" };
+        let key = self.rng.pick(&KEYS).to_string();
+        let serial = self.acked.len() + 1;
+        let value = (!self.rng.chance(15)).then(|| format!("{{\"w\":{serial}}}").into_bytes());
+        let context = match self.rng.below(10) {
+            0..=3 => None,
+            4 => self.contexts.get(&(i, key.clone())).cloned(),
+            _ => Some(
+                self.node(i)
+                    .get(collection, &key)
+                    .expect("reads work")
+                    .context,
+            ),
+        };
+        let write = Write {
+            collection: collection.into(),
+            key: Some(key.clone()),
+            value: value.clone(),
+            context,
+        };
+        let ack = self.node(i).write(write).expect("the simulated disk works");
+        self.contexts.insert((i, key.clone()), ack.context);
+        self.acked.push(Acked {
+            node: self.nodes[i].name.clone(),
+            dot: ack.dot,
+            collection: collection.into(),
+            key,
+            value,
+        });
+        let event = self.committed(i);
+        self.handle(i, event);
+    }
+
+    // ---- faults -------------------------------------------------------------------------
+
+    fn inject_fault(&mut self) {
+        let now = self.now();
+        match self.rng.below(7) {
+            0 => {
+                let Some(i) = self.running() else { return };
+                self.crash(i);
+                self.fault("crash");
+                let back = now + 50 + self.rng.below(8_000);
+                self.scheduled.push((back, Scheduled::Restart(i)));
+            }
+            1 | 2 => {
+                let a = self.rng.below(self.nodes.len() as u64) as usize;
+                let Some(&b) = self.neighbours[a]
+                    .get(self.rng.below(self.neighbours[a].len() as u64) as usize)
+                else {
+                    return;
+                };
+                self.partitioned.insert(link(a, b));
+                self.fault("partition");
+                let heal = now + 100 + self.rng.below(10_000);
+                self.scheduled.push((heal, Scheduled::Heal(a, b)));
+            }
+            3 => {
+                let keys: Vec<(usize, usize)> = self.sessions.keys().copied().collect();
+                if let Some(&(a, b)) = keys.get(self.rng.below(keys.len().max(1) as u64) as usize) {
+                    self.close(a, b);
+                    self.fault("connection reset");
+                }
+            }
+            4 => {
+                self.duplicate_next = true;
+                self.fault("duplicated frame");
+            }
+            5 => {
+                self.reorder_next = true;
+                self.fault("reordered frame");
+            }
+            _ => {
+                let i = self.rng.below(self.nodes.len() as u64) as usize;
+                let offset = self.rng.below(120_001) as i64 - 60_000;
+                self.nodes[i]
+                    .clock
+                    .offset_ms
+                    .fetch_add(offset, Ordering::Relaxed);
+                self.fault("clock jump");
+            }
+        }
+    }
+
+    fn heal_all(&mut self) {
+        self.partitioned.clear();
+        self.scheduled.clear();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].running.is_none() {
+                self.start(i);
+            }
+        }
+        self.connect_all();
+    }
+
+    /// Runs until every link is up, nothing lags and all digests agree.
+    fn settle(&mut self) -> Result<(), String> {
+        let deadline = self.now() + SETTLE_MS_MAX;
+        while self.now() < deadline {
+            self.advance(TICK_MS);
+            if self.quiet() && checks::digests_agree(&self) {
+                return Ok(());
+            }
+        }
+        let lags: Vec<String> = (0..self.nodes.len())
+            .map(|i| {
+                format!(
+                    "{}: {:?}",
+                    self.nodes[i].name,
+                    self.nodes[i].running.as_ref().map(|(_, e)| e.peers())
+                )
+            })
+            .collect();
+        let divergence = if self.quiet() {
+            checks::describe_divergence(self)
+        } else {
+            String::new()
+        };
+        Err(format!(
+            "no convergence within {SETTLE_MS_MAX} ms after healing: {divergence}; peers: {}",
+            lags.join("; ")
+        ))
+    }
+
+    fn quiet(&self) -> bool {
+        self.nodes.iter().all(|n| {
+            n.running.as_ref().is_some_and(|(_, engine)| {
+                engine.peers().iter().all(|p| p.connected && p.lag_ops == 0)
+            })
+        })
+    }
+}
+
+/// Runs one seed with the default number of steps.
+pub fn run_seed(seed: u64) -> Result<Report, String> {
+    Sim::new(seed).run(DEFAULT_STEPS)
+}
+
+/// Steps of client operations and faults per seed.
+pub const DEFAULT_STEPS: u64 = 400;
+
+fn brief_frame(frame: &Frame) -> String {
+    match frame {
+        Frame::Entries {
+            entries,
+            from_seq,
+            through_seq,
+            ..
+        } => {
+            format!(
+                "Entries[{} from {from_seq} through {through_seq}]",
+                entries.len()
+            )
+        }
+        Frame::Ack { through_seq, .. } => format!("Ack[through {through_seq}]"),
+        other => format!("{other:?}").chars().take(40).collect(),
+    }
+}
+
+fn brief_event(event: &Event) -> String {
+    match event {
+        Event::Received { peer, frame } => format!("Received {peer} {}", brief_frame(frame)),
+        Event::LogRead {
+            peer,
+            entries,
+            through_seq,
+            ..
+        } => {
+            format!("LogRead {peer} {} through {through_seq}", entries.len())
+        }
+        Event::Applied { peer, waiting, .. } => format!("Applied {peer} waiting {}", waiting.len()),
+        Event::Committed { last_seq, .. } => format!("Committed {last_seq}"),
+        Event::Connected {
+            peer, acked_seq, ..
+        } => format!("Connected {peer} acked {acked_seq}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn brief_command(command: &Command) -> String {
+    match command {
+        Command::Send { peer, frame } => format!("Send {peer} {}", brief_frame(frame)),
+        Command::Apply { peer, entries, .. } => format!("Apply {peer} {}", entries.len()),
+        other => format!("{other:?}"),
+    }
+}
