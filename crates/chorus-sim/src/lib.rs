@@ -682,7 +682,7 @@ impl Sim {
         let deadline = self.now() + SETTLE_MS_MAX;
         while self.now() < deadline {
             self.advance(TICK_MS);
-            if self.quiet() && checks::digests_agree(&self) {
+            if self.quiet() && checks::digests_agree(self) {
                 return Ok(());
             }
         }
