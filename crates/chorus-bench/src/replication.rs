@@ -11,6 +11,7 @@
 use crate::document;
 use crate::load::{Stats, embedded_writes};
 use chorus_node::cluster::ClusterConfig;
+use chorus_node::replication::EngineLimits;
 use chorus_node::{Node, NodeConfig, replication};
 use std::collections::HashMap;
 use std::path::Path;
@@ -65,8 +66,8 @@ fn open(dir: &Path, name: &str) -> anyhow::Result<Node> {
 
 /// Blocks until `node` has applied every entry `a` has made (its own dot counter).
 fn wait_caught_up(node: &Node, a: &Node) -> anyhow::Result<()> {
-    let target = a.applied()?.0.get(a.node_id());
-    while node.applied()?.0.get(a.node_id()) < target {
+    let target = a.position()?.applied.get(a.node_id());
+    while node.position()?.applied.get(a.node_id()) < target {
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
@@ -105,12 +106,22 @@ pub fn run(args: &ReplicationArgs) -> anyhow::Result<()> {
             .into_iter()
             .try_for_each(|w| w.join().expect("writer thread"))
     })?;
-    let a_link = runtime.block_on(replication::start(a.clone(), cluster.clone(), "a"))?;
+    let a_link = runtime.block_on(replication::start(
+        a.clone(),
+        cluster.clone(),
+        "a",
+        EngineLimits::default(),
+    ))?;
     let started = Instant::now();
-    let b_link = runtime.block_on(replication::start(b.clone(), cluster.clone(), "b"))?;
+    let b_link = runtime.block_on(replication::start(
+        b.clone(),
+        cluster.clone(),
+        "b",
+        EngineLimits::default(),
+    ))?;
     wait_caught_up(&b, &a)?;
     let catch_up = started.elapsed();
-    let applied = b.applied()?.0.get(a.node_id());
+    let applied = b.position()?.applied.get(a.node_id());
     println!(
         "{:>28}: {:>8.0} entries/s  ({applied} entries in {:.2} s)",
         "catch-up a → b",
@@ -124,7 +135,7 @@ pub fn run(args: &ReplicationArgs) -> anyhow::Result<()> {
     let lags_us: Arc<Mutex<Vec<u64>>> = Arc::default();
     let watcher = {
         let (b, acked, lags_us) = (b.clone(), Arc::clone(&acked), Arc::clone(&lags_us));
-        let mut cursor = b.applied()?.1;
+        let mut cursor = b.position()?.last_seq;
         runtime.spawn(async move {
             loop {
                 b.wait_for_changes(cursor).await;

@@ -16,7 +16,7 @@
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION};
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, SIBLINGS_WARN};
-use crate::node::{RemoteOutcome, Write, WriteAck, WriteError};
+use crate::node::{RemoteOutcome, ReplicationStep, Write, WriteAck, WriteError};
 use chorus_core::{
     ConflictRecord, Dot, Entry, EntryBody, HlcClock, KeyState, NodeId, Op, Outcome, PhysicalClock,
     Policy, Version, VersionVector,
@@ -46,10 +46,7 @@ pub(crate) enum Job {
     Remote {
         entries: Vec<Entry>,
     },
-    PeerCursor {
-        peer: NodeId,
-        seq: u64,
-    },
+    Step(ReplicationStep),
 }
 
 pub(crate) enum ReplyTo {
@@ -72,6 +69,8 @@ pub(crate) struct Committer {
     pub meta: NodeMeta,
     /// Every entry applied, per origin; persisted as `meta.applied` with each batch.
     pub applied: VersionVector,
+    /// Applied without entries in the log; persisted as `meta.floor`.
+    pub floor: VersionVector,
     pub clock: HlcClock,
     pub physical: Arc<dyn PhysicalClock>,
     /// Policies of collections, read from `_collections` on first use.
@@ -101,7 +100,12 @@ impl Committer {
             replies.into_iter().for_each(refuse);
             return;
         }
-        let before = (self.meta.clone(), self.applied.clone(), self.clock.clone());
+        let before = (
+            self.meta.clone(),
+            self.applied.clone(),
+            self.floor.clone(),
+            self.clock.clone(),
+        );
         let started = Instant::now();
         let store = Arc::clone(&self.store);
         let result = store.write(|b| {
@@ -110,6 +114,7 @@ impl Committer {
                 .map(|job| self.apply_job(b, job))
                 .collect::<Result<Vec<_>, _>>()?;
             self.meta.applied = self.applied.iter().map(|(n, c)| (n.0, c)).collect();
+            self.meta.floor = self.floor.iter().map(|(n, c)| (n.0, c)).collect();
             b.set_meta(&self.meta)?;
             Ok(produced)
         });
@@ -140,7 +145,7 @@ impl Committer {
             }
             Err(error) => {
                 tracing::error!(%error, "commit failed; refusing writes until the node is reopened");
-                (self.meta, self.applied, self.clock) = before;
+                (self.meta, self.applied, self.floor, self.clock) = before;
                 self.policies.clear();
                 self.failed.store(true, Ordering::Release);
                 replies.into_iter().for_each(refuse);
@@ -157,11 +162,85 @@ impl Committer {
                 supersede_current,
             } => Produced::Local(self.apply_local(b, &write, supersede_current)?),
             Job::Remote { entries } => Produced::Remote(self.apply_remote(b, entries)?),
-            Job::PeerCursor { peer, seq } => {
-                b.set_peer_cursor(peer.0, seq)?;
+            Job::Step(step) => {
+                self.apply_step(b, step)?;
                 Produced::Done
             }
         })
+    }
+
+    fn apply_step(&mut self, b: &mut Batch<'_>, step: ReplicationStep) -> Result<(), StoreError> {
+        match step {
+            ReplicationStep::SaveCursor { peer, seq } => b.set_peer_cursor(peer.0, seq),
+            ReplicationStep::MergeState { keys, conflicts } => {
+                for (collection, key, incoming) in keys {
+                    self.merge_key_state(b, &collection, &key, &incoming)?;
+                }
+                for record in &conflicts {
+                    if b.put_conflict(record)? {
+                        metrics::counter!("chorus_conflicts_total", "policy" => record.policy.name())
+                            .increment(1);
+                    }
+                }
+                Ok(())
+            }
+            ReplicationStep::AdoptState { applied } => {
+                // What was merged has no entries in our log: it joins the floor, so a
+                // neighbour lacking it gets it by transfer from us in turn.
+                self.applied.join(&applied);
+                self.floor.join(&applied);
+                Ok(())
+            }
+            ReplicationStep::TruncateLog { before_seq } => {
+                self.truncate(b, before_seq.min(self.meta.next_seq))
+            }
+        }
+    }
+
+    /// Merges a key state from a peer's transfer. A version whose dot this node has
+    /// applied but whose key state lacks it was superseded or collected here: it is
+    /// never revived.
+    fn merge_key_state(
+        &mut self,
+        b: &mut Batch<'_>,
+        collection: &str,
+        key: &str,
+        incoming: &KeyState,
+    ) -> Result<(), StoreError> {
+        let mut state = b.key_state(collection, key)?;
+        let known = |dot: Dot| state.versions().iter().any(|v| v.dot == dot);
+        let fresh: Vec<Version> = incoming
+            .versions()
+            .iter()
+            .filter(|v| known(v.dot) || !self.applied.covers(v.dot))
+            .cloned()
+            .collect();
+        let incoming = KeyState::from_parts(incoming.context().clone(), fresh)
+            .expect("a subset of valid versions");
+        let before = state.clone();
+        state.merge(&incoming);
+        if state == before {
+            return Ok(());
+        }
+        let policy = self.policy(b, collection)?;
+        b.put_key_state(collection, key, &state)?;
+        if collection == SETTINGS_COLLECTION {
+            self.policies.remove(key);
+        }
+        if let Some(record) = policy.conflict(collection, key, &state) {
+            self.note_conflict(b, record)?;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, b: &mut Batch<'_>, before_seq: u64) -> Result<(), StoreError> {
+        if before_seq > self.meta.log_start {
+            for dot in b.truncate_log(before_seq)? {
+                self.floor.add(dot);
+            }
+            self.meta.log_start = before_seq;
+        }
+        Ok(())
     }
 
     fn apply_local(
@@ -240,6 +319,8 @@ impl Committer {
                 body: EntryBody::Write(op.clone()),
             },
         )?;
+        // The write's own place in the log (conflict entries may follow it).
+        let seq = self.meta.next_seq - 1;
         for record in conflicts {
             self.note_conflict(b, record)?;
         }
@@ -249,7 +330,7 @@ impl Committer {
             context,
             dot: op.dot,
             hlc,
-            seq: self.meta.next_seq - 1,
+            seq,
         }))
     }
 

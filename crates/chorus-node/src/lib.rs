@@ -27,13 +27,14 @@ mod node;
 pub mod replication;
 
 pub use chorus_core::{
-    ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, NodeId, Op, Outcome, Policy,
+    ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, Outcome, Policy,
     VersionVector,
 };
-pub use chorus_repl::PeerStatus;
+pub use chorus_repl::{LogPosition, PeerStatus};
 pub use chorus_store::OpenError;
 pub use collections::{CollectionConfig, check_collection_name};
 pub use document::{Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage};
 pub use node::{
-    Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, Write, WriteAck, WriteError, open,
+    Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, ReplicationStep, StateChunk, Write,
+    WriteAck, WriteError, open,
 };

@@ -8,10 +8,10 @@ use crate::limits::{
     WRITE_QUEUE_MAX,
 };
 use chorus_core::{
-    ConflictId, Dot, Entry, EntryBody, Hlc, HlcClock, NodeId, PhysicalClock, Policy, SystemClock,
-    VersionVector,
+    ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, HlcClock, KeyState, NodeId,
+    PhysicalClock, Policy, SystemClock, VersionVector,
 };
-use chorus_repl::PeerStatus;
+use chorus_repl::{LogPosition, PeerStatus};
 use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -155,12 +155,11 @@ impl Node {
         let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let (seq_tx, seq_rx) = watch::channel(meta.next_seq - 1);
         let failed = Arc::new(AtomicBool::new(false));
-        let applied =
-            VersionVector::from_entries(meta.applied.iter().map(|&(n, c)| (NodeId(n), c)));
         let committer = Committer {
             store: Arc::clone(&store),
             node_id,
-            applied,
+            applied: vector(&meta.applied),
+            floor: vector(&meta.floor),
             clock: HlcClock::new(Hlc(meta.hlc), CLOCK_DRIFT_MS_MAX),
             meta: meta.clone(),
             physical: config.clock,
@@ -437,21 +436,15 @@ impl Node {
         self.submit(request, reply).await
     }
 
-    /// Records, with the next commit, that replica `peer` has every entry of ours up
-    /// to `seq`. Cursors are kept per node id: a peer that lost its disk comes back
-    /// with a new id and starts from the beginning.
-    /// The cursor is saved with the next commit; this does not wait for it.
-    pub async fn save_peer_cursor(&self, peer: NodeId, seq: u64) -> Result<(), WriteError> {
-        let (request, _unwaited) = cursor_request(peer, seq);
-        self.queue()?
-            .send(request)
-            .await
-            .map_err(|_| self.dropped())
+    /// Commits a replication step and waits for it.
+    pub async fn replicate(&self, step: ReplicationStep) -> Result<(), WriteError> {
+        let (request, reply) = step_request(step);
+        self.submit(request, reply).await
     }
 
-    /// Saves a peer's cursor and waits until it is committed. Blocking.
-    pub fn save_peer_cursor_blocking(&self, peer: NodeId, seq: u64) -> Result<(), WriteError> {
-        let (request, reply) = cursor_request(peer, seq);
+    /// Commits a replication step and waits for it. Blocking.
+    pub fn replicate_blocking(&self, step: ReplicationStep) -> Result<(), WriteError> {
+        let (request, reply) = step_request(step);
         self.submit_blocking(request, reply)
     }
 
@@ -511,11 +504,52 @@ impl Node {
         *self.inner.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
     }
 
-    /// Everything this node has durably applied, and the newest op-log sequence.
-    pub fn applied(&self) -> Result<(VersionVector, u64), ReadError> {
+    /// Where this node's op log stands, durably.
+    pub fn position(&self) -> Result<LogPosition, ReadError> {
         let meta = self.snapshot()?.meta()?;
-        let vv = VersionVector::from_entries(meta.applied.iter().map(|&(n, c)| (NodeId(n), c)));
-        Ok((vv, meta.next_seq - 1))
+        Ok(LogPosition {
+            applied: vector(&meta.applied),
+            last_seq: meta.next_seq - 1,
+            log_start: meta.log_start,
+            floor: vector(&meta.floor),
+        })
+    }
+
+    /// Key states for a transfer to a peer, after `after` in storage order; with
+    /// the last part, the whole conflict log; with the first, what the states reflect.
+    pub fn read_state(
+        &self,
+        after: Option<(String, String)>,
+        max_keys: usize,
+    ) -> Result<StateChunk, ReadError> {
+        let snapshot = self.snapshot()?;
+        let start = after.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+        let mut keys = snapshot
+            .all_keys_after(start)?
+            .take(max_keys.max(1) + 1)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (keys.len() > max_keys.max(1)).then(|| {
+            keys.pop();
+            let (c, k, _) = keys.last().expect("at least one key");
+            (c.clone(), k.clone())
+        });
+        let conflicts = match next {
+            Some(_) => Vec::new(),
+            None => snapshot.conflicts_after(None)?.collect::<Result<_, _>>()?,
+        };
+        let snapshot_position = match after {
+            Some(_) => None,
+            None => {
+                let meta = snapshot.meta()?;
+                Some((vector(&meta.applied), meta.next_seq - 1))
+            }
+        };
+        Ok(StateChunk {
+            keys,
+            next,
+            conflicts,
+            snapshot: snapshot_position,
+        })
     }
 
     /// A watch of the newest committed op-log sequence.
@@ -619,6 +653,34 @@ impl Node {
 
 type PendingRequest = (Request, oneshot::Receiver<Result<WriteAck, WriteError>>);
 
+/// Part of a state transfer (see [`Node::read_state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateChunk {
+    pub keys: Vec<(String, String, KeyState)>,
+    /// Where the next part starts; `None` when this was the last.
+    pub next: Option<(String, String)>,
+    pub conflicts: Vec<ConflictRecord>,
+    /// With the first part: the applied vector and log sequence the states reflect.
+    pub snapshot: Option<(VersionVector, u64)>,
+}
+
+/// What replication asks a node to commit besides entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicationStep {
+    /// Peer `peer` has every entry of ours up to `seq`. Cursors are kept per node id:
+    /// a peer that lost its disk comes back with a new id and starts from the beginning.
+    SaveCursor { peer: NodeId, seq: u64 },
+    /// Merge key states and conflict records from a peer's transfer.
+    MergeState {
+        keys: Vec<(String, String, KeyState)>,
+        conflicts: Vec<ConflictRecord>,
+    },
+    /// A transfer is complete: count `applied` as applied, and restart the op log.
+    AdoptState { applied: VersionVector },
+    /// Collect op-log entries before `before_seq`.
+    TruncateLog { before_seq: u64 },
+}
+
 /// The result of applying a batch of entries from a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteOutcome {
@@ -644,11 +706,15 @@ fn remote_request(
     )
 }
 
-fn cursor_request(peer: NodeId, seq: u64) -> (Request, oneshot::Receiver<Result<(), WriteError>>) {
+fn vector(entries: &[(u64, u64)]) -> VersionVector {
+    VersionVector::from_entries(entries.iter().map(|&(n, c)| (NodeId(n), c)))
+}
+
+fn step_request(step: ReplicationStep) -> (Request, oneshot::Receiver<Result<(), WriteError>>) {
     let (reply, rx) = oneshot::channel();
     (
         Request {
-            job: Job::PeerCursor { peer, seq },
+            job: Job::Step(step),
             reply: ReplyTo::Done(reply),
         },
         rx,
@@ -699,6 +765,8 @@ fn new_meta(config: &NodeConfig) -> NodeMeta {
         name: config.name.clone(),
         hlc: 0,
         next_seq: 1,
+        log_start: 1,
+        floor: Vec::new(),
         applied: Vec::new(),
     }
 }

@@ -19,9 +19,10 @@
 //! cursor on the next session, so nothing is lost.
 
 use crate::cluster::ClusterConfig;
-use crate::{Node, NodeId};
+use crate::{Node, NodeId, ReplicationStep};
+pub use chorus_repl::EngineLimits;
 use chorus_repl::frame::FRAME_BYTES_MAX;
-use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, Hello, PROTOCOL_VERSION};
+use chorus_repl::{Command, Engine, Event, Frame, Hello, PROTOCOL_VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,7 +144,7 @@ impl Shared {
 
 /// The handshake `node` introduces itself with, as member `me` of `cluster`.
 pub fn hello(node: &Node, cluster: &str, me: &str) -> Result<Hello, crate::ReadError> {
-    let (applied, _) = node.applied()?;
+    let applied = node.position()?.applied;
     Ok(Hello {
         protocol: PROTOCOL_VERSION,
         cluster: cluster.to_owned(),
@@ -156,7 +157,12 @@ pub fn hello(node: &Node, cluster: &str, me: &str) -> Result<Hello, crate::ReadE
 
 /// Starts replicating `node` as cluster member `me`: listens on its peer address,
 /// dials the neighbours it should dial, and streams entries both ways.
-pub async fn start(node: Node, cluster: ClusterConfig, me: &str) -> std::io::Result<Replication> {
+pub async fn start(
+    node: Node,
+    cluster: ClusterConfig,
+    me: &str,
+    limits: EngineLimits,
+) -> std::io::Result<Replication> {
     let address = cluster
         .node(me)
         .ok_or_else(|| std::io::Error::other(format!("{me:?} is not a node of the cluster file")))?
@@ -174,14 +180,8 @@ pub async fn start(node: Node, cluster: ClusterConfig, me: &str) -> std::io::Res
         started: Instant::now(),
     };
     let neighbours = shared.cluster.neighbours(me);
-    let (applied, last_seq) = shared.node.applied().map_err(std::io::Error::other)?;
-    let engine = Engine::new(
-        &neighbours,
-        last_seq,
-        applied,
-        shared.now_ms(),
-        EngineLimits::default(),
-    );
+    let position = shared.node.position().map_err(std::io::Error::other)?;
+    let engine = Engine::new(&neighbours, position, shared.now_ms(), limits);
     let mut tasks = vec![
         tokio::spawn(run_actor(shared.clone(), engine, actor_rx)),
         tokio::spawn(accept(shared.clone(), listener)),
@@ -318,8 +318,64 @@ fn execute(
             };
             let node = shared.node.clone();
             tokio::spawn(async move {
-                if let Err(error) = node.save_peer_cursor(node_id, seq).await {
+                let step = ReplicationStep::SaveCursor { peer: node_id, seq };
+                if let Err(error) = node.replicate(step).await {
                     tracing::warn!(%error, peer, "cannot save the peer's cursor");
+                }
+            });
+        }
+        Command::ReadState {
+            peer,
+            session,
+            after,
+            max_keys,
+        } => match shared.node.read_state(after, max_keys) {
+            Ok(chunk) => events.push_back(Event::StateRead {
+                peer,
+                session,
+                keys: chunk.keys,
+                conflicts: chunk.conflicts,
+                next: chunk.next,
+                snapshot: chunk.snapshot,
+            }),
+            Err(error) => tracing::error!(%error, peer, "cannot read key states for a transfer"),
+        },
+        Command::MergeState {
+            peer,
+            session,
+            keys,
+            conflicts,
+        } => {
+            let step = ReplicationStep::MergeState { keys, conflicts };
+            replicate_then(shared, peer.clone(), step, move |_| Event::StateMerged {
+                peer,
+                session,
+            });
+        }
+        Command::AdoptState {
+            peer,
+            session,
+            applied,
+        } => {
+            tracing::info!(peer, "state transfer complete");
+            let step = ReplicationStep::AdoptState { applied };
+            replicate_then(shared, peer.clone(), step, move |node| {
+                let applied = node.position().map(|p| p.applied).unwrap_or_default();
+                Event::StateAdopted {
+                    peer,
+                    session,
+                    applied,
+                }
+            });
+        }
+        Command::TruncateLog { before_seq } => {
+            let node = shared.node.clone();
+            tokio::spawn(async move {
+                if let Err(error) = node
+                    .replicate(ReplicationStep::TruncateLog { before_seq })
+                    .await
+                {
+                    tracing::warn!(%error, "cannot collect the op log");
                 }
             });
         }
@@ -327,6 +383,27 @@ fn execute(
             events.extend(engine_disconnect(links, peer, &reason))
         }
     }
+}
+
+/// Commits `step`, then tells the engine `then(node)`; a failure drops the link (the
+/// peer starts over next session).
+fn replicate_then(
+    shared: &Shared,
+    peer: String,
+    step: ReplicationStep,
+    then: impl FnOnce(&Node) -> Event + Send + 'static,
+) {
+    let (node, actor) = (shared.node.clone(), shared.actor.clone());
+    tokio::spawn(async move {
+        let msg = match node.replicate(step).await {
+            Ok(()) => Msg::Event(then(&node)),
+            Err(error) => Msg::Drop {
+                peer,
+                reason: format!("cannot commit a state transfer: {error}"),
+            },
+        };
+        let _ = actor.send(msg).await;
+    });
 }
 
 /// Drops the link to `peer`; returns the event that tells the engine, if it was up.
@@ -359,15 +436,11 @@ async fn tick(shared: Shared) {
 async fn watch_commits(shared: Shared) {
     let mut committed = shared.node.committed_seq();
     while committed.changed().await.is_ok() {
-        let Ok((applied, last_seq)) = shared.node.applied() else {
+        let Ok(position) = shared.node.position() else {
             continue;
         };
-        if shared
-            .actor
-            .send(Msg::Event(Event::Committed { last_seq, applied }))
-            .await
-            .is_err()
-        {
+        let event = Event::Committed { position };
+        if shared.actor.send(Msg::Event(event)).await.is_err() {
             return;
         }
     }

@@ -18,7 +18,7 @@
 //! nothing: the sender resends from the acknowledged cursor.
 
 use crate::frame::{Frame, Hello};
-use chorus_core::{Dot, Entry, VersionVector};
+use chorus_core::{ConflictRecord, Dot, Entry, KeyState, VersionVector};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Bounds of the engine, each limiting memory or work per peer.
@@ -37,6 +37,11 @@ pub struct EngineLimits {
     pub keepalive_ms: u64,
     /// Silence after which a peer is considered gone.
     pub peer_timeout_ms: u64,
+    /// Op-log entries kept for a peer that has not acknowledged them; beyond this the
+    /// oldest are collected and that peer gets a state transfer when it returns.
+    pub retention_entries: u64,
+    /// Key states per `State` frame.
+    pub state_keys_per_frame: usize,
 }
 
 impl Default for EngineLimits {
@@ -48,6 +53,8 @@ impl Default for EngineLimits {
             apply_batch_max: 1024,
             keepalive_ms: 1_000,
             peer_timeout_ms: 5_000,
+            retention_entries: 1_000_000,
+            state_keys_per_frame: 256,
         }
     }
 }
@@ -81,9 +88,31 @@ pub enum Event {
         applied: VersionVector,
         waiting: Vec<Dot>,
     },
-    /// The local op log grew (local writes or relayed entries).
+    /// The local op log changed: it grew (local writes, relayed entries), its start
+    /// moved (collected entries), or a transfer was adopted.
     Committed {
-        last_seq: u64,
+        position: LogPosition,
+    },
+    /// The answer to `ReadState`: key states after the cursor, the cursor for the next
+    /// read (`None`: that was the last), the conflict log with the last part, and, for
+    /// the first read, what the states reflect (`applied`, through `seq`).
+    StateRead {
+        peer: String,
+        session: u64,
+        keys: Vec<(String, String, KeyState)>,
+        conflicts: Vec<ConflictRecord>,
+        next: Option<(String, String)>,
+        snapshot: Option<(VersionVector, u64)>,
+    },
+    /// The answer to `MergeState`.
+    StateMerged {
+        peer: String,
+        session: u64,
+    },
+    /// The answer to `AdoptState`: what the node has applied now.
+    StateAdopted {
+        peer: String,
+        session: u64,
         applied: VersionVector,
     },
     Tick {
@@ -116,6 +145,31 @@ pub enum Command {
         peer: String,
         reason: String,
     },
+    /// Read key states for a transfer, after `after` (from the start when `None`).
+    ReadState {
+        peer: String,
+        session: u64,
+        after: Option<(String, String)>,
+        max_keys: usize,
+    },
+    /// Merge key states and conflict records received in a transfer.
+    MergeState {
+        peer: String,
+        session: u64,
+        keys: Vec<(String, String, KeyState)>,
+        conflicts: Vec<ConflictRecord>,
+    },
+    /// The transfer is complete: take `applied` as applied, and restart the local op
+    /// log after a gap (its neighbours then get the new state by transfer too).
+    AdoptState {
+        peer: String,
+        session: u64,
+        applied: VersionVector,
+    },
+    /// Collect op-log entries before `before_seq`.
+    TruncateLog {
+        before_seq: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,10 +183,59 @@ pub struct PeerStatus {
     pub acked_seq: u64,
     pub entries_sent: u64,
     pub entries_received: u64,
+    /// A state transfer to the peer is in progress (it was behind our log's start).
+    pub syncing: bool,
+}
+
+/// Where a node's op log stands.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct LogPosition {
+    /// Everything the node has applied, per origin.
+    pub applied: VersionVector,
+    /// The newest sequence in the op log (0 when nothing was ever logged).
+    pub last_seq: u64,
+    /// The first sequence still in the op log.
+    pub log_start: u64,
+    /// Everything applied whose entries are not all in the op log: collected
+    /// entries, and states adopted from transfers. A peer that lacks any of it can
+    /// only catch up by a state transfer.
+    pub floor: VersionVector,
+}
+
+/// The state of one document in a transfer: collection, key, key state.
+pub type KeyStateOf = (String, String, KeyState);
+
+/// A state transfer to a peer, in progress.
+#[derive(Default)]
+struct OutgoingState {
+    /// Where the next read starts; `None` at the start.
+    after: Option<(String, String)>,
+    /// What the transferred states reflect (from the first read).
+    snapshot: Option<(VersionVector, u64)>,
+    reading: bool,
+    /// `State` frames not yet acknowledged.
+    unacked: usize,
+}
+
+/// A state transfer from a peer, in progress.
+#[derive(Default)]
+struct IncomingState {
+    chunks: VecDeque<(Vec<KeyStateOf>, Vec<ConflictRecord>)>,
+    merging: bool,
+    end: Option<(VersionVector, u64)>,
+    adopting: bool,
+}
+
+impl IncomingState {
+    fn active(&self) -> bool {
+        !self.chunks.is_empty() || self.merging || self.end.is_some() || self.adopting
+    }
 }
 
 #[derive(Default)]
 struct Peer {
+    outgoing_state: Option<OutgoingState>,
+    incoming_state: IncomingState,
     connected: bool,
     session: u64,
     /// What the peer reported as durably applied.
@@ -165,28 +268,20 @@ struct Peer {
 pub struct Engine {
     limits: EngineLimits,
     peers: BTreeMap<String, Peer>,
-    last_seq: u64,
-    applied: VersionVector,
+    log: LogPosition,
     now_ms: u64,
     next_session: u64,
 }
 
 impl Engine {
-    /// An engine for a node whose log ends at `last_seq`, having applied `applied`,
-    /// with the planned neighbours `peers` (others may connect later).
-    pub fn new(
-        peers: &[String],
-        last_seq: u64,
-        applied: VersionVector,
-        now_ms: u64,
-        limits: EngineLimits,
-    ) -> Engine {
+    /// An engine for a node whose op log stands at `log`, with the planned
+    /// neighbours `peers` (others may connect later).
+    pub fn new(peers: &[String], log: LogPosition, now_ms: u64, limits: EngineLimits) -> Engine {
         let peers = peers.iter().map(|p| (p.clone(), Peer::default())).collect();
         Engine {
             limits,
             peers,
-            last_seq,
-            applied,
+            log,
             now_ms,
             next_session: 1,
         }
@@ -198,13 +293,14 @@ impl Engine {
             .map(|(name, p)| PeerStatus {
                 name: name.clone(),
                 connected: p.connected,
-                lag_ops: self.last_seq.saturating_sub(p.acked_seq),
+                lag_ops: self.log.last_seq.saturating_sub(p.acked_seq),
                 lag_ms: p
                     .behind_since_ms
                     .map_or(0, |t| self.now_ms.saturating_sub(t)),
                 acked_seq: p.acked_seq,
                 entries_sent: p.entries_sent,
                 entries_received: p.entries_received,
+                syncing: p.outgoing_state.is_some(),
             })
             .collect()
     }
@@ -254,23 +350,7 @@ impl Engine {
                 if through_seq <= p.read_seq {
                     return out; // Nothing new in the log; the next commit reads again.
                 }
-                {
-                    let lacking: Vec<(u64, Entry)> = entries
-                        .into_iter()
-                        .filter(|(_, e)| !p.applied.covers(e.dot()))
-                        .collect();
-                    p.entries_sent += lacking.len() as u64;
-                    let from_seq = std::mem::replace(&mut p.read_seq, through_seq);
-                    p.in_flight.push_back(through_seq);
-                    let resumes = !std::mem::replace(&mut p.sent_first, true);
-                    let frame = Frame::Entries {
-                        entries: lacking,
-                        from_seq,
-                        through_seq,
-                        resumes,
-                    };
-                    self.send(&peer, frame, &mut out);
-                }
+                self.send_entries(&peer, entries, through_seq, &mut out);
                 self.maybe_read(&peer, &mut out);
             }
             Event::Applied {
@@ -279,10 +359,10 @@ impl Engine {
                 applied,
                 waiting,
             } => {
-                let progress = !self.applied.dominates(&applied);
-                self.applied.join(&applied);
+                let progress = !self.log.applied.dominates(&applied);
+                self.log.applied.join(&applied);
                 let (waiting_max, applied_now) =
-                    (self.limits.waiting_entries_max, self.applied.clone());
+                    (self.limits.waiting_entries_max, self.log.applied.clone());
                 if let Some(p) = self.session(&peer, session) {
                     let (batch, through) = p.applying.take().expect("Applied answers an Apply");
                     p.waiting = batch
@@ -330,17 +410,96 @@ impl Engine {
                     }
                 }
             }
-            Event::Committed { last_seq, applied } => {
-                self.last_seq = self.last_seq.max(last_seq);
-                self.applied.join(&applied);
+            Event::Committed { position } => {
+                self.log.last_seq = self.log.last_seq.max(position.last_seq);
+                self.log.log_start = self.log.log_start.max(position.log_start);
+                self.log.applied.join(&position.applied);
+                self.log.floor.join(&position.floor);
                 let names: Vec<String> = self.peers.keys().cloned().collect();
                 for name in names {
                     self.track_lag(&name);
                     self.maybe_read(&name, &mut out);
                 }
             }
+            Event::StateRead {
+                peer,
+                session,
+                keys,
+                conflicts,
+                next,
+                snapshot,
+            } => {
+                let Some(p) = self.session(&peer, session) else {
+                    return out;
+                };
+                let Some(transfer) = p.outgoing_state.as_mut() else {
+                    return out;
+                };
+                transfer.reading = false;
+                transfer.snapshot = transfer.snapshot.take().or(snapshot);
+                transfer.unacked += 1;
+                let finished = next.is_none();
+                transfer.after = next;
+                self.send(&peer, Frame::State { keys, conflicts }, &mut out);
+                if finished {
+                    let p = self.peers.get_mut(&peer).expect("in session");
+                    let transfer = p.outgoing_state.take().expect("in a transfer");
+                    let (applied, through_seq) =
+                        transfer.snapshot.expect("the first read has the snapshot");
+                    // Streaming resumes after what the states reflect; within this
+                    // session the peer counts as having it (a failed adoption ends
+                    // the session, and the next handshake tells the truth).
+                    p.read_seq = through_seq;
+                    p.sent_first = true;
+                    p.in_flight.push_back(through_seq);
+                    p.applied.join(&applied);
+                    self.send(
+                        &peer,
+                        Frame::StateEnd {
+                            applied,
+                            through_seq,
+                        },
+                        &mut out,
+                    );
+                }
+                self.maybe_read(&peer, &mut out);
+            }
+            Event::StateMerged { peer, session } => {
+                let Some(p) = self.session(&peer, session) else {
+                    return out;
+                };
+                p.incoming_state.merging = false;
+                self.send(&peer, Frame::StateAck, &mut out);
+                self.try_merge(&peer, &mut out);
+            }
+            Event::StateAdopted {
+                peer,
+                session,
+                applied,
+            } => {
+                self.log.applied.join(&applied);
+                let applied_now = self.log.applied.clone();
+                let Some(p) = self.session(&peer, session) else {
+                    return out;
+                };
+                p.incoming_state.adopting = false;
+                let (_, through_seq) = p
+                    .incoming_state
+                    .end
+                    .take()
+                    .expect("adopted an ended transfer");
+                p.received_through = p.received_through.max(through_seq);
+                p.acked_to_peer = p.acked_to_peer.max(through_seq);
+                let frame = Frame::Ack {
+                    applied: applied_now,
+                    through_seq: p.acked_to_peer,
+                };
+                self.send(&peer, frame, &mut out);
+                self.try_apply(&peer, true, &mut out);
+            }
             Event::Tick { now_ms } => {
                 self.now_ms = self.now_ms.max(now_ms);
+                self.collect_log(&mut out);
                 let names: Vec<String> = self.peers.keys().cloned().collect();
                 for name in names {
                     let p = &self.peers[&name];
@@ -416,7 +575,7 @@ impl Engine {
                     // Nothing to apply (the peer skipped what we have): acknowledge at once.
                     p.acked_to_peer = p.received_through;
                     let frame = Frame::Ack {
-                        applied: self.applied.clone(),
+                        applied: self.log.applied.clone(),
                         through_seq: p.acked_to_peer,
                     };
                     self.send(peer, frame, out);
@@ -441,6 +600,25 @@ impl Engine {
                 self.track_lag(peer);
                 self.maybe_read(peer, out);
             }
+            Frame::State { keys, conflicts } => {
+                p.incoming_state.chunks.push_back((keys, conflicts));
+                self.try_merge(peer, out);
+            }
+            Frame::StateAck => {
+                if let Some(transfer) = p.outgoing_state.as_mut() {
+                    transfer.unacked = transfer.unacked.saturating_sub(1);
+                }
+                self.maybe_read(peer, out);
+            }
+            Frame::StateEnd {
+                applied,
+                through_seq,
+            } => {
+                // Entries that follow continue from where the states end.
+                p.expect_from = Some(through_seq);
+                p.incoming_state.end = Some((applied, through_seq));
+                self.try_merge(peer, out);
+            }
             Frame::Ping => self.send(peer, Frame::Pong, out),
             Frame::Pong => {}
             Frame::Hello(_) | Frame::Refused { .. } => {
@@ -462,7 +640,7 @@ impl Engine {
             return;
         };
         let retry = retry_waiting && !p.waiting.is_empty();
-        if p.applying.is_some() || (p.received.is_empty() && !retry) {
+        if p.applying.is_some() || p.incoming_state.active() || (p.received.is_empty() && !retry) {
             return;
         }
         let mut batch: Vec<(u64, Entry)> = std::mem::take(&mut p.waiting);
@@ -482,13 +660,44 @@ impl Engine {
         });
     }
 
+    /// Reads what the peer needs next: op-log entries, or, when it lacks something
+    /// only our state has (collected or adopted), key states for a transfer.
     fn maybe_read(&mut self, peer: &str, out: &mut Vec<Command>) {
         let (window, max_entries) = (self.limits.window_frames, self.limits.batch_entries_max);
-        let last_seq = self.last_seq;
+        let max_keys = self.limits.state_keys_per_frame;
+        let (last_seq, log_start) = (self.log.last_seq, self.log.log_start);
         let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
             return;
         };
-        if !p.reading && p.in_flight.len() < window && p.read_seq < last_seq {
+        if p.outgoing_state.is_none() && !p.applied.dominates(&self.log.floor) {
+            // Once what is in flight is acknowledged, send the state instead.
+            if !p.in_flight.is_empty() {
+                return;
+            }
+            p.outgoing_state = Some(OutgoingState::default());
+        }
+        if let Some(transfer) = p.outgoing_state.as_mut() {
+            if !transfer.reading && transfer.unacked < window {
+                transfer.reading = true;
+                let after = transfer.after.clone();
+                out.push(Command::ReadState {
+                    peer: peer.to_owned(),
+                    session: p.session,
+                    after,
+                    max_keys,
+                });
+            }
+            return;
+        }
+        if p.reading {
+            return;
+        }
+        if p.read_seq + 1 < log_start && p.in_flight.len() < window {
+            // The peer has every collected entry (it has the floor): skip them.
+            self.send_entries(peer, Vec::new(), log_start - 1, out);
+            return self.maybe_read(peer, out);
+        }
+        if p.in_flight.len() < window && p.read_seq < last_seq {
             p.reading = true;
             out.push(Command::ReadLog {
                 peer: peer.to_owned(),
@@ -496,6 +705,79 @@ impl Engine {
                 after_seq: p.read_seq,
                 max_entries,
             });
+        }
+    }
+
+    /// Sends the peer the entries it lacks among those of our log after its read
+    /// position through `through_seq`.
+    fn send_entries(
+        &mut self,
+        peer: &str,
+        entries: Vec<(u64, Entry)>,
+        through_seq: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let lacking: Vec<(u64, Entry)> = entries
+            .into_iter()
+            .filter(|(_, e)| !p.applied.covers(e.dot()))
+            .collect();
+        p.entries_sent += lacking.len() as u64;
+        let from_seq = std::mem::replace(&mut p.read_seq, through_seq);
+        p.in_flight.push_back(through_seq);
+        let resumes = !std::mem::replace(&mut p.sent_first, true);
+        let frame = Frame::Entries {
+            entries: lacking,
+            from_seq,
+            through_seq,
+            resumes,
+        };
+        self.send(peer, frame, out);
+    }
+
+    /// Hands the next part of an incoming transfer to the node: merge the chunks in
+    /// order, then adopt the end.
+    fn try_merge(&mut self, peer: &str, out: &mut Vec<Command>) {
+        let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
+            return;
+        };
+        let incoming = &mut p.incoming_state;
+        if incoming.merging || incoming.adopting {
+            return;
+        }
+        if let Some((keys, conflicts)) = incoming.chunks.pop_front() {
+            incoming.merging = true;
+            out.push(Command::MergeState {
+                peer: peer.to_owned(),
+                session: p.session,
+                keys,
+                conflicts,
+            });
+        } else if let Some((applied, _)) = &incoming.end {
+            incoming.adopting = true;
+            out.push(Command::AdoptState {
+                peer: peer.to_owned(),
+                session: p.session,
+                applied: applied.clone(),
+            });
+        }
+    }
+
+    /// Collects op-log entries every known peer has acknowledged, and, past the
+    /// retention bound, entries some peer still lacks (it will get a transfer).
+    fn collect_log(&mut self, out: &mut Vec<Command>) {
+        // With no peer at all, only the retention bound applies.
+        let acked = self.peers.values().map(|p| p.acked_seq).min().unwrap_or(0);
+        let bound = self
+            .log
+            .last_seq
+            .saturating_sub(self.limits.retention_entries);
+        let before_seq = acked.max(bound) + 1;
+        if before_seq > self.log.log_start {
+            self.log.log_start = before_seq;
+            out.push(Command::TruncateLog { before_seq });
         }
     }
 
@@ -510,7 +792,7 @@ impl Engine {
     }
 
     fn track_lag(&mut self, peer: &str) {
-        let (now, last_seq) = (self.now_ms, self.last_seq);
+        let (now, last_seq) = (self.now_ms, self.log.last_seq);
         if let Some(p) = self.peers.get_mut(peer) {
             if p.acked_seq >= last_seq {
                 p.behind_since_ms = None;
@@ -558,7 +840,12 @@ mod tests {
             batch_entries_max: 2,
             ..EngineLimits::default()
         };
-        Engine::new(&["b".into()], last_seq, VersionVector::new(), 0, limits)
+        let log = LogPosition {
+            last_seq,
+            log_start: 1,
+            ..LogPosition::default()
+        };
+        Engine::new(&["b".into()], log, 0, limits)
     }
 
     fn connect(e: &mut Engine, applied: &[(u64, u64)], acked_seq: u64) -> Vec<Command> {
@@ -654,13 +941,11 @@ mod tests {
     /// not acknowledged, and is retried once another peer's entries make progress.
     #[test]
     fn waiting_entries_are_not_acknowledged() {
-        let mut e = Engine::new(
-            &["b".into(), "c".into()],
-            0,
-            VersionVector::new(),
-            0,
-            EngineLimits::default(),
-        );
+        let log = LogPosition {
+            log_start: 1,
+            ..LogPosition::default()
+        };
+        let mut e = Engine::new(&["b".into(), "c".into()], log, 0, EngineLimits::default());
         connect(&mut e, &[], 0);
         e.handle(Event::Connected {
             peer: "c".into(),

@@ -8,7 +8,8 @@
 //! Then both sides stream `Entries` and answer them with `Ack`; `Ping`/`Pong` keep an
 //! idle link alive.
 
-use chorus_core::{Entry, NodeId, VersionVector};
+use chorus_core::{ConflictRecord, Entry, KeyState, NodeId, VersionVector};
+use chorus_store::codec;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; a peer speaking another is refused at the handshake.
@@ -56,6 +57,21 @@ pub enum Frame {
         applied: VersionVector,
         through_seq: u64,
     },
+    /// Part of a state transfer to a peer that is behind the start of the sender's
+    /// op log: whole key states (to merge) and conflict records.
+    State {
+        keys: Vec<(String, String, KeyState)>,
+        conflicts: Vec<ConflictRecord>,
+    },
+    /// The receiver merged one `State` frame (flow control for the transfer).
+    StateAck,
+    /// The end of a state transfer: the states sent reflect every entry `applied`
+    /// covers, which the sender's log holds through `through_seq`; streaming resumes
+    /// after it.
+    StateEnd {
+        applied: VersionVector,
+        through_seq: u64,
+    },
     Ping,
     Pong,
 }
@@ -90,6 +106,15 @@ enum FrameV1 {
         resumes: bool,
     },
     Ack {
+        applied: Vec<(u64, u64)>,
+        through_seq: u64,
+    },
+    State {
+        keys: Vec<(String, String, Vec<u8>)>,
+        conflicts: Vec<Vec<u8>>,
+    },
+    StateAck,
+    StateEnd {
         applied: Vec<(u64, u64)>,
         through_seq: u64,
     },
@@ -137,6 +162,21 @@ impl Frame {
                 applied,
                 through_seq,
             } => FrameV1::Ack {
+                applied: vv_v1(applied),
+                through_seq: *through_seq,
+            },
+            Frame::State { keys, conflicts } => FrameV1::State {
+                keys: keys
+                    .iter()
+                    .map(|(c, k, s)| (c.clone(), k.clone(), codec::encode_key_state(s)))
+                    .collect(),
+                conflicts: conflicts.iter().map(codec::encode_conflict).collect(),
+            },
+            Frame::StateAck => FrameV1::StateAck,
+            Frame::StateEnd {
+                applied,
+                through_seq,
+            } => FrameV1::StateEnd {
                 applied: vv_v1(applied),
                 through_seq: *through_seq,
             },
@@ -198,6 +238,26 @@ impl Frame {
                 applied: vv_from(&applied),
                 through_seq,
             },
+            FrameV1::State { keys, conflicts } => Frame::State {
+                keys: keys
+                    .into_iter()
+                    .map(|(c, k, bytes)| codec::decode_key_state(&bytes).map(|s| (c, k, s)))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| FrameError::Corrupt(e.to_string()))?,
+                conflicts: conflicts
+                    .iter()
+                    .map(|bytes| codec::decode_conflict(bytes))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| FrameError::Corrupt(e.to_string()))?,
+            },
+            FrameV1::StateAck => Frame::StateAck,
+            FrameV1::StateEnd {
+                applied,
+                through_seq,
+            } => Frame::StateEnd {
+                applied: vv_from(&applied),
+                through_seq,
+            },
             FrameV1::Ping => Frame::Ping,
             FrameV1::Pong => Frame::Pong,
         })
@@ -244,6 +304,15 @@ mod tests {
             Frame::Ack {
                 applied: VersionVector::new(),
                 through_seq: 8,
+            },
+            Frame::State {
+                keys: vec![("c".into(), "k".into(), KeyState::new())],
+                conflicts: vec![],
+            },
+            Frame::StateAck,
+            Frame::StateEnd {
+                applied: VersionVector::from_entries([(NodeId(1), 2)]),
+                through_seq: 9,
             },
             Frame::Ping,
             Frame::Pong,

@@ -27,9 +27,11 @@ pub mod checks;
 pub mod disk;
 pub mod rng;
 
-use chorus_core::{Dot, PhysicalClock};
+use chorus_core::{Dot, EntryBody, PhysicalClock, VersionVector};
 use chorus_node::replication::hello;
-use chorus_node::{CollectionConfig, Context, Node, NodeConfig, NodeId, Policy, Write};
+use chorus_node::{
+    CollectionConfig, Context, Node, NodeConfig, NodeId, Policy, ReplicationStep, Write,
+};
 use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, Topology};
 use disk::SimDisk;
 use rng::Rng;
@@ -53,6 +55,9 @@ pub struct Report {
     pub topology: String,
     pub writes_acked: u64,
     pub frames_delivered: u64,
+    /// State transfers completed (a peer behind a collected op log).
+    pub state_transfers: u64,
+    pub state_transfer_keys: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub sim_ms: u64,
 }
@@ -87,6 +92,9 @@ pub struct Acked {
     pub collection: String,
     pub key: String,
     pub value: Option<Vec<u8>>,
+    /// The versions the write superseded (its op's context), kept here because op
+    /// logs get collected.
+    pub superseded: VersionVector,
 }
 
 struct Session {
@@ -123,6 +131,7 @@ pub struct Sim {
     pub report: Report,
     /// Print every event and command (`CHORUS_SIM_TRACE=1`), to study a failing seed.
     trace: bool,
+    limits: EngineLimits,
 }
 
 #[derive(Clone, Copy)]
@@ -172,6 +181,17 @@ impl Sim {
                 running: None,
             })
             .collect();
+        // A short retention bound in half of the runs, so that op logs are collected
+        // and peers that fall behind get state transfers.
+        let retention_entries = if rng.chance(50) {
+            20 + rng.below(100)
+        } else {
+            1_000_000
+        };
+        let limits = EngineLimits {
+            retention_entries,
+            ..EngineLimits::default()
+        };
         let report = Report {
             seed,
             nodes: count,
@@ -195,6 +215,7 @@ impl Sim {
             acked: Vec::new(),
             report,
             trace: std::env::var_os("CHORUS_SIM_TRACE").is_some(),
+            limits,
         };
         for i in 0..count {
             sim.start(i);
@@ -226,18 +247,12 @@ impl Sim {
             node_id: Some(n.id),
         };
         let node = Node::open_backend(n.disk.clone(), config).expect("a simulated disk opens");
-        let (applied, last_seq) = node.applied().expect("reads work");
+        let position = node.position().expect("reads work");
         let peers: Vec<String> = self.neighbours[i]
             .iter()
             .map(|&j| self.nodes[j].name.clone())
             .collect();
-        let engine = Engine::new(
-            &peers,
-            last_seq,
-            applied,
-            self.now(),
-            EngineLimits::default(),
-        );
+        let engine = Engine::new(&peers, position, self.now(), self.limits.clone());
         self.nodes[i].running = Some((node, engine));
     }
 
@@ -544,9 +559,55 @@ impl Sim {
             }
             Command::SaveCursor { peer, seq } => {
                 let id = self.nodes[self.peer_index(&peer)].id;
-                self.node(i)
-                    .save_peer_cursor_blocking(id, seq)
-                    .expect("the simulated disk works");
+                self.replicate(i, ReplicationStep::SaveCursor { peer: id, seq });
+            }
+            Command::ReadState {
+                peer,
+                session,
+                after,
+                max_keys,
+            } => {
+                let chunk = self
+                    .node(i)
+                    .read_state(after, max_keys)
+                    .expect("reads work");
+                self.report.state_transfer_keys += chunk.keys.len() as u64;
+                events.push_back(Event::StateRead {
+                    peer,
+                    session,
+                    keys: chunk.keys,
+                    conflicts: chunk.conflicts,
+                    next: chunk.next,
+                    snapshot: chunk.snapshot,
+                });
+            }
+            Command::MergeState {
+                peer,
+                session,
+                keys,
+                conflicts,
+            } => {
+                self.replicate(i, ReplicationStep::MergeState { keys, conflicts });
+                events.push_back(Event::StateMerged { peer, session });
+            }
+            Command::AdoptState {
+                peer,
+                session,
+                applied,
+            } => {
+                self.report.state_transfers += 1;
+                self.replicate(i, ReplicationStep::AdoptState { applied });
+                let applied = self.node(i).position().expect("reads work").applied;
+                events.push_back(Event::StateAdopted {
+                    peer,
+                    session,
+                    applied,
+                });
+                events.push_back(self.committed(i));
+            }
+            Command::TruncateLog { before_seq } => {
+                self.replicate(i, ReplicationStep::TruncateLog { before_seq });
+                events.push_back(self.committed(i));
             }
             Command::Disconnect { peer, .. } => {
                 let j = self.peer_index(&peer);
@@ -556,8 +617,15 @@ impl Sim {
     }
 
     fn committed(&self, i: usize) -> Event {
-        let (applied, last_seq) = self.node(i).applied().expect("reads work");
-        Event::Committed { last_seq, applied }
+        Event::Committed {
+            position: self.node(i).position().expect("reads work"),
+        }
+    }
+
+    fn replicate(&self, i: usize, step: ReplicationStep) {
+        self.node(i)
+            .replicate_blocking(step)
+            .expect("the simulated disk works");
     }
 
     // ---- clients ----------------------------------------------------------------------
@@ -603,6 +671,14 @@ impl Sim {
             context,
         };
         let ack = self.node(i).write(write).expect("the simulated disk works");
+        let logged = self
+            .node(i)
+            .read_log(ack.seq - 1, 1, usize::MAX)
+            .expect("reads work");
+        let superseded = match logged.first().map(|(_, e)| &e.body) {
+            Some(EntryBody::Write(op)) if op.dot == ack.dot => op.context.clone(),
+            _ => unreachable!("a write's entry is in the log right after it is acknowledged"),
+        };
         self.contexts.insert((i, key.clone()), ack.context);
         self.acked.push(Acked {
             node: self.nodes[i].name.clone(),
@@ -610,6 +686,7 @@ impl Sim {
             collection: collection.into(),
             key,
             value,
+            superseded,
         });
         let event = self.committed(i);
         self.handle(i, event);
@@ -753,7 +830,7 @@ fn brief_event(event: &Event) -> String {
             format!("LogRead {peer} {} through {through_seq}", entries.len())
         }
         Event::Applied { peer, waiting, .. } => format!("Applied {peer} waiting {}", waiting.len()),
-        Event::Committed { last_seq, .. } => format!("Committed {last_seq}"),
+        Event::Committed { position } => format!("Committed {}", position.last_seq),
         Event::Connected {
             peer, acked_seq, ..
         } => format!("Connected {peer} acked {acked_seq}"),

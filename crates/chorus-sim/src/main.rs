@@ -32,13 +32,14 @@ fn main() -> ExitCode {
         None => args.from..args.from + args.seeds,
     };
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut runs, mut writes, mut frames) = (0u64, 0u64, 0u64);
+    let (mut runs, mut writes, mut frames, mut transfers) = (0u64, 0u64, 0u64, 0u64);
     for seed in seeds {
         match chorus_sim::Sim::new(seed).run(args.steps) {
             Ok(report) => {
                 runs += 1;
                 writes += report.writes_acked;
                 frames += report.frames_delivered;
+                transfers += report.state_transfers;
                 for (kind, n) in report.faults {
                     *faults.entry(kind).or_default() += n;
                 }
@@ -53,7 +54,9 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!("{runs} seeds passed: {writes} acknowledged writes, {frames} frames delivered");
+    println!(
+        "{runs} seeds passed: {writes} acknowledged writes, {frames} frames delivered, {transfers} state transfers"
+    );
     for (kind, n) in faults {
         println!("  {kind}: {n}");
     }

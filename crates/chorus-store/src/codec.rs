@@ -22,6 +22,12 @@ pub struct NodeMeta {
     pub hlc: u64,
     /// Sequence number the next op-log entry gets.
     pub next_seq: u64,
+    /// The first sequence number still in the op log: entries before it were
+    /// collected (every neighbour had them, or the retention bound passed).
+    pub log_start: u64,
+    /// What the node has applied without the entries in its log (collected entries,
+    /// adopted transfers), as `(node, counter)`.
+    pub floor: Vec<(u64, u64)>,
     /// The node's version vector: for each origin, the counter of the last entry of
     /// it this node applied (entries are applied in counter order per origin).
     pub applied: Vec<(u64, u64)>,

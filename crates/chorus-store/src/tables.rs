@@ -3,7 +3,7 @@
 
 use crate::codec::{self, NodeMeta};
 use crate::{OpenError, STORE_FORMAT, StoreError};
-use chorus_core::{ConflictId, ConflictRecord, Entry, KeyState};
+use chorus_core::{ConflictId, ConflictRecord, Dot, Entry, KeyState};
 use redb::{
     Database, ReadOnlyTable, ReadableDatabase, ReadableTable, StorageBackend, Table,
     TableDefinition,
@@ -221,6 +221,17 @@ impl Batch<'_> {
         Ok(true)
     }
 
+    /// Removes every op-log entry before `before_seq`; returns their dots.
+    pub fn truncate_log(&mut self, before_seq: u64) -> Result<Vec<Dot>, StoreError> {
+        let mut dots = Vec::new();
+        for entry in self.oplog.range(..before_seq)? {
+            let (_, bytes) = entry?;
+            dots.push(codec::decode_entry("oplog", bytes.value())?.dot());
+        }
+        self.oplog.retain_in(..before_seq, |_, _| false)?;
+        Ok(dots)
+    }
+
     pub fn set_peer_cursor(&mut self, peer: u64, seq: u64) -> Result<(), StoreError> {
         self.peers.insert(peer, seq)?;
         Ok(())
@@ -289,7 +300,25 @@ impl Snapshot {
         &self,
     ) -> Result<impl Iterator<Item = Result<(String, String, KeyState), StoreError>> + '_, StoreError>
     {
-        Ok(self.keys.iter()?.map(|entry| {
+        self.all_keys_after(None)
+    }
+
+    /// Every document after `(collection, key)` (exclusive), in storage order.
+    pub fn all_keys_after(
+        &self,
+        after: Option<(&str, &str)>,
+    ) -> Result<impl Iterator<Item = Result<(String, String, KeyState), StoreError>> + '_, StoreError>
+    {
+        let start = after.map(|(collection, key)| {
+            let mut k = storage_key(collection, key);
+            k.push(0);
+            k
+        });
+        let range = match &start {
+            Some(start) => self.keys.range(start.as_slice()..)?,
+            None => self.keys.iter()?,
+        };
+        Ok(range.map(|entry| {
             let (k, v) = entry?;
             let (collection, key) = split_storage_key(k.value())?;
             Ok((collection, key, codec::decode_key_state(v.value())?))

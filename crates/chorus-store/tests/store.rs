@@ -12,6 +12,8 @@ fn meta() -> NodeMeta {
         name: "a".into(),
         hlc: 0,
         next_seq: 1,
+        log_start: 1,
+        floor: vec![],
         applied: vec![],
     }
 }

@@ -206,6 +206,14 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
+    // Listen for Ctrl-C before saying so, or an early one would kill the process
+    // before the nodes are stopped.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut interrupt = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    })?;
     println!("\nThe cluster keeps running. Try, for example:");
     println!(
         "  chorus put docs greeting '{{\"text\":\"yours\"}}' --url {}",
@@ -215,10 +223,7 @@ pub fn run() -> anyhow::Result<()> {
     println!("  chorus status --url {}", urls[1]);
     println!("Press Ctrl-C to stop.");
     std::io::stdout().flush()?;
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(tokio::signal::ctrl_c())?;
+    runtime.block_on(interrupt.recv());
     // Stdout may be gone by now (a closed pipe); stopping must not fail on it.
     let _ = writeln!(std::io::stdout(), "\nStopping.");
     drop(nodes);

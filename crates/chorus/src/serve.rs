@@ -3,6 +3,7 @@
 use anyhow::{Context as _, bail};
 use chorus_node::cluster::ClusterConfig;
 use chorus_node::replication;
+use chorus_node::replication::EngineLimits;
 use chorus_node::{Node, NodeConfig};
 use chorus_server::ServerConfig;
 use std::io::Write as _;
@@ -26,6 +27,11 @@ pub struct ServeArgs {
     /// This node's name in the cluster file.
     #[arg(long, requires = "cluster")]
     node: Option<String>,
+    /// Op-log entries kept for a peer that has not acknowledged them (a peer that is
+    /// down); past this the oldest are collected and that peer gets a state transfer
+    /// when it returns.
+    #[arg(long, default_value_t = EngineLimits::default().retention_entries)]
+    log_retention_entries: u64,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = chorus_node::limits::DOCUMENT_BYTES_MAX)]
     body_bytes_max: usize,
@@ -86,9 +92,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("cannot listen on {http}; is another node using it? (use --http)")
             })?;
+        let limits = EngineLimits {
+            retention_entries: args.log_retention_entries,
+            ..EngineLimits::default()
+        };
         // Replication runs beside the API for as long as the server does.
         let _replication = match cluster {
-            Some((cluster, me)) => Some(replication::start(node.clone(), cluster, &me).await?),
+            Some((cluster, me)) => {
+                Some(replication::start(node.clone(), cluster, &me, limits).await?)
+            }
             None => None,
         };
         let address = listener.local_addr()?;
