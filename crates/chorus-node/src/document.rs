@@ -117,6 +117,10 @@ pub struct ChangesPage {
     pub changes: Vec<Change>,
     /// The cursor to resume from: the last `seq` returned, or the cursor given.
     pub next: u64,
+    /// Set when changes after the cursor given were collected (every replica had
+    /// them): the feed resumes at this sequence, and a reader that needs every
+    /// change re-reads the documents.
+    pub collected_before: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -97,6 +97,8 @@ pub struct NodeStatus {
     /// Sequence number of the newest entry in the op log (0 when empty).
     pub last_seq: u64,
     pub hlc: Hlc,
+    /// The first sequence still in the op log (older entries were collected).
+    pub log_start: u64,
     /// True after a failed commit: the node refuses writes until reopened.
     pub store_failed: bool,
 }
@@ -408,6 +410,8 @@ impl Node {
     pub fn changes(&self, since: u64, limit: usize) -> Result<ChangesPage, ReadError> {
         let limit = limit.clamp(1, PAGE_ITEMS_MAX);
         let snapshot = self.snapshot()?;
+        let log_start = snapshot.meta()?.log_start;
+        let collected_before = (since + 1 < log_start).then_some(log_start);
         let mut changes = Vec::new();
         let mut next = since;
         // Conflict entries are replication records, not document changes: skipped,
@@ -419,7 +423,11 @@ impl Node {
                 changes.push(Change { seq, op });
             }
         }
-        Ok(ChangesPage { changes, next })
+        Ok(ChangesPage {
+            changes,
+            next,
+            collected_before,
+        })
     }
 
     // ---- replication --------------------------------------------------------------
@@ -646,6 +654,7 @@ impl Node {
             node_id: NodeId(meta.node_id),
             last_seq: meta.next_seq - 1,
             hlc: Hlc(meta.hlc),
+            log_start: meta.log_start,
             store_failed: self.inner.failed.load(Ordering::Acquire),
         })
     }

@@ -358,6 +358,7 @@ fn execute(
             applied,
         } => {
             tracing::info!(peer, "state transfer complete");
+            metrics::counter!("chorus_state_transfers_total").increment(1);
             let step = ReplicationStep::AdoptState { applied };
             replicate_then(shared, peer.clone(), step, move |node| {
                 let applied = node.position().map(|p| p.applied).unwrap_or_default();

@@ -1101,6 +1101,189 @@ mod tests {
         );
     }
 
+    /// A peer lacking what only our state holds (the floor) gets a transfer: key
+    /// states in chunks within the window, the conflict log with the last, then
+    /// `StateEnd`, after which streaming resumes from the snapshot's sequence.
+    #[test]
+    fn a_peer_behind_the_floor_gets_a_state_transfer() {
+        let floor = VersionVector::from_entries([(NodeId(1), 5)]);
+        let log = LogPosition {
+            last_seq: 9,
+            log_start: 6,
+            applied: floor.clone(),
+            floor: floor.clone(),
+        };
+        let mut e = Engine::new(
+            &["b".into()],
+            log,
+            0,
+            EngineLimits {
+                window_frames: 2,
+                ..EngineLimits::default()
+            },
+        );
+        let read = |after| Command::ReadState {
+            peer: "b".into(),
+            session: 1,
+            after,
+            max_keys: 256,
+        };
+        assert_eq!(connect(&mut e, &[(1, 2)], 2), [read(None)]);
+        let key = ("c".to_string(), "k".to_string());
+        let chunk = |next: Option<(String, String)>, snapshot| Event::StateRead {
+            peer: "b".into(),
+            session: 1,
+            keys: vec![],
+            conflicts: vec![],
+            next,
+            snapshot,
+        };
+        let state = Command::Send {
+            peer: "b".into(),
+            frame: Frame::State {
+                keys: vec![],
+                conflicts: vec![],
+            },
+        };
+        let cmds = e.handle(chunk(Some(key.clone()), Some((floor.clone(), 9))));
+        assert_eq!(cmds, [state.clone(), read(Some(key.clone()))]);
+        let cmds = e.handle(chunk(None, None));
+        let end = Command::Send {
+            peer: "b".into(),
+            frame: Frame::StateEnd {
+                applied: floor.clone(),
+                through_seq: 9,
+            },
+        };
+        assert_eq!(cmds, [state, end]);
+        assert!(e.peers()[0].lag_ops > 0, "not acknowledged yet");
+        let ack = Frame::Ack {
+            applied: floor.clone(),
+            through_seq: 9,
+        };
+        let cmds = e.handle(Event::Received {
+            peer: "b".into(),
+            frame: ack,
+        });
+        assert_eq!(
+            cmds,
+            [Command::SaveCursor {
+                peer: "b".into(),
+                seq: 9
+            }]
+        );
+        assert_eq!(e.peers()[0].lag_ops, 0);
+    }
+
+    /// The receiving side merges chunks one at a time, adopts at the end, and then
+    /// acknowledges the sender's sequence.
+    #[test]
+    fn a_state_transfer_is_merged_then_adopted() {
+        let mut e = engine(0);
+        connect(&mut e, &[], 0);
+        let received = |frame| Event::Received {
+            peer: "b".into(),
+            frame,
+        };
+        let state = Frame::State {
+            keys: vec![],
+            conflicts: vec![],
+        };
+        let merge = Command::MergeState {
+            peer: "b".into(),
+            session: 1,
+            keys: vec![],
+            conflicts: vec![],
+        };
+        assert_eq!(e.handle(received(state.clone())), [merge.clone()]);
+        assert!(e.handle(received(state)).is_empty(), "one merge at a time");
+        let applied = VersionVector::from_entries([(NodeId(1), 5)]);
+        assert!(
+            e.handle(received(Frame::StateEnd {
+                applied: applied.clone(),
+                through_seq: 9
+            }))
+            .is_empty()
+        );
+        let merged = Event::StateMerged {
+            peer: "b".into(),
+            session: 1,
+        };
+        let state_ack = Command::Send {
+            peer: "b".into(),
+            frame: Frame::StateAck,
+        };
+        assert_eq!(e.handle(merged.clone()), [state_ack.clone(), merge]);
+        let adopt = Command::AdoptState {
+            peer: "b".into(),
+            session: 1,
+            applied: applied.clone(),
+        };
+        assert_eq!(e.handle(merged), [state_ack, adopt]);
+        let cmds = e.handle(Event::StateAdopted {
+            peer: "b".into(),
+            session: 1,
+            applied: applied.clone(),
+        });
+        assert_eq!(
+            cmds,
+            [Command::Send {
+                peer: "b".into(),
+                frame: Frame::Ack {
+                    applied,
+                    through_seq: 9
+                }
+            }]
+        );
+    }
+
+    /// A peer that has everything collected skips to the log's start with an empty
+    /// frame; entries every peer acknowledged are collected on the next tick.
+    #[test]
+    fn collected_entries_are_skipped_and_collection_follows_acks() {
+        let log = LogPosition {
+            last_seq: 8,
+            log_start: 5,
+            ..LogPosition::default()
+        };
+        let mut e = Engine::new(&["b".into()], log, 0, EngineLimits::default());
+        let cmds = connect(&mut e, &[], 2);
+        let skip = Frame::Entries {
+            entries: vec![],
+            from_seq: 2,
+            through_seq: 4,
+            resumes: true,
+        };
+        assert_eq!(
+            cmds,
+            [
+                Command::Send {
+                    peer: "b".into(),
+                    frame: skip
+                },
+                Command::ReadLog {
+                    peer: "b".into(),
+                    session: 1,
+                    after_seq: 4,
+                    max_entries: 256
+                },
+            ]
+        );
+        e.handle(Event::Received {
+            peer: "b".into(),
+            frame: Frame::Ack {
+                applied: VersionVector::new(),
+                through_seq: 7,
+            },
+        });
+        let cmds = e.handle(Event::Tick { now_ms: 10 });
+        assert_eq!(cmds, [Command::TruncateLog { before_seq: 8 }]);
+        assert!(
+            e.handle(Event::Tick { now_ms: 20 }).is_empty(),
+            "collected once"
+        );
+    }
+
     /// Idle links get pings; a silent peer is disconnected.
     #[test]
     fn keepalive_and_timeout() {

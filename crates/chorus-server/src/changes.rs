@@ -84,11 +84,14 @@ pub async fn changes(
             )));
         }
     }
-    Ok(Json(json!({
+    let mut body = json!({
         "changes": page.changes.iter().map(|c| render::change(&node, c)).collect::<Vec<_>>(),
         "next": page.next.to_string(),
-    }))
-    .into_response())
+    });
+    if let Some(seq) = page.collected_before {
+        body["collected_before"] = json!(seq.to_string());
+    }
+    Ok(Json(body).into_response())
 }
 
 struct StreamState {

@@ -121,9 +121,11 @@ async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
             "acked_seq": p.acked_seq,
             "entries_sent": p.entries_sent,
             "entries_received": p.entries_received,
+            "syncing": p.syncing,
         })).collect::<Vec<_>>(),
         "last_seq": status.last_seq,
         "hlc": render::hlc(status.hlc),
+        "log_start": status.log_start,
         "store_failed": status.store_failed,
     })))
 }

@@ -172,6 +172,8 @@ pub struct Cluster {
     pub file: PathBuf,
     pub names: Vec<String>,
     pub nodes: Vec<NodeProcess>,
+    /// Extra `chorus serve` arguments for every node.
+    pub args: Vec<String>,
 }
 
 /// A port that is free now (the node binds it a moment later).
@@ -187,6 +189,11 @@ impl Cluster {
     /// Starts `count` nodes named n0, n1, … with the given topology lines
     /// (e.g. `topology = "ring"`).
     pub fn start(count: usize, topology: &str) -> Cluster {
+        Cluster::start_with(count, topology, &[])
+    }
+
+    /// Like `start`, with extra `chorus serve` arguments for every node.
+    pub fn start_with(count: usize, topology: &str, args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
         let mut text = format!("{topology}\n");
@@ -199,11 +206,13 @@ impl Cluster {
         }
         let file = dir.path().join("cluster.toml");
         std::fs::write(&file, text).unwrap();
+        let args = args.iter().map(|a| a.to_string()).collect();
         let mut cluster = Cluster {
             dir,
             file,
             names,
             nodes: Vec::new(),
+            args,
         };
         for i in 0..count {
             let node = cluster.spawn(i);
@@ -215,7 +224,9 @@ impl Cluster {
     fn spawn(&self, i: usize) -> NodeProcess {
         let data = self.dir.path().join(&self.names[i]);
         let file = self.file.to_str().unwrap();
-        NodeProcess::start(&data, &["--cluster", file, "--node", &self.names[i]])
+        let mut args = vec!["--cluster", file, "--node", &self.names[i]];
+        args.extend(self.args.iter().map(String::as_str));
+        NodeProcess::start(&data, &args)
     }
 
     /// Restarts node `i` on its data folder (after a kill).
