@@ -1195,7 +1195,10 @@ mod tests {
             keys: vec![],
             conflicts: vec![],
         };
-        assert_eq!(e.handle(received(state.clone())), [merge.clone()]);
+        assert_eq!(
+            e.handle(received(state.clone())),
+            std::slice::from_ref(&merge)
+        );
         assert!(e.handle(received(state)).is_empty(), "one merge at a time");
         let applied = VersionVector::from_entries([(NodeId(1), 5)]);
         assert!(

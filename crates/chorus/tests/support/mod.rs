@@ -176,13 +176,20 @@ pub struct Cluster {
     pub args: Vec<String>,
 }
 
-/// A port that is free now (the node binds it a moment later).
+/// A port that is free now, for a node to bind a moment later (and again after a
+/// restart). Taken below the kernel's ephemeral range (32768 and up here), so that
+/// no outgoing connection of a test can take it meanwhile; each test process starts
+/// at its own offset.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 7919) % 10_000;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000 + 20_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 impl Cluster {
