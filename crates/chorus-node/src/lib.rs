@@ -35,6 +35,6 @@ pub use chorus_store::OpenError;
 pub use collections::{CollectionConfig, check_collection_name};
 pub use document::{Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage};
 pub use node::{
-    Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, ReplicationStep, StateChunk, Write,
-    WriteAck, WriteError, open,
+    BucketHashes, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, ReplicationStep,
+    STATE_BUCKETS, StateChunk, Write, WriteAck, WriteError, bucket_of, open,
 };

@@ -12,6 +12,7 @@ use chorus_core::{
     PhysicalClock, Policy, SystemClock, VersionVector,
 };
 use chorus_repl::{LogPosition, PeerStatus};
+use chorus_store::codec;
 use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -523,40 +524,80 @@ impl Node {
         })
     }
 
-    /// Key states for a transfer to a peer, after `after` in storage order; with
-    /// the last part, the whole conflict log; with the first, what the states reflect.
+    /// Hashes of this node's key states in each bucket of the key space (see
+    /// [`bucket_of`]), with what they reflect: the start of a state transfer.
+    pub fn bucket_hashes(&self) -> Result<BucketHashes, ReadError> {
+        let snapshot = self.snapshot()?;
+        let mut hashers: Vec<Sha256> = (0..STATE_BUCKETS).map(|_| Sha256::new()).collect();
+        for entry in snapshot.all_keys()? {
+            let (collection, key, state) = entry?;
+            let hasher = &mut hashers[bucket_of(&collection, &key) as usize];
+            for part in [
+                collection.as_bytes(),
+                key.as_bytes(),
+                &codec::encode_key_state(&state),
+            ] {
+                hasher.update((part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+        }
+        let hashes = hashers
+            .into_iter()
+            .map(|h| u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes")))
+            .collect();
+        let meta = snapshot.meta()?;
+        Ok(BucketHashes {
+            hashes,
+            applied: vector(&meta.applied),
+            through_seq: meta.next_seq - 1,
+        })
+    }
+
+    /// The buckets whose hashes differ between a peer's offer and this node.
+    pub fn wanted_buckets(&self, theirs: &[u64]) -> Result<Vec<u8>, ReadError> {
+        let ours = self.bucket_hashes()?.hashes;
+        Ok((0..STATE_BUCKETS)
+            .filter(|&b| theirs.get(b) != Some(&ours[b]))
+            .map(|b| b as u8)
+            .collect())
+    }
+
+    /// Key states of `buckets` for a transfer to a peer, after `after` in storage
+    /// order: at most `max_keys`, examining at most `LIST_SCAN_MAX` keys; with the
+    /// last part, the whole conflict log.
     pub fn read_state(
         &self,
         after: Option<(String, String)>,
         max_keys: usize,
+        buckets: &[u8],
     ) -> Result<StateChunk, ReadError> {
         let snapshot = self.snapshot()?;
         let start = after.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
-        let mut keys = snapshot
-            .all_keys_after(start)?
-            .take(max_keys.max(1) + 1)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = (keys.len() > max_keys.max(1)).then(|| {
-            keys.pop();
-            let (c, k, _) = keys.last().expect("at least one key");
-            (c.clone(), k.clone())
-        });
+        let mut keys = Vec::new();
+        let (mut next, mut last_scanned) = (None, None);
+        let scan =
+            snapshot
+                .all_keys_after(start)?
+                .take(if buckets.is_empty() { 0 } else { usize::MAX });
+        for (scanned, entry) in scan.enumerate() {
+            if keys.len() == max_keys.max(1) || scanned == LIST_SCAN_MAX {
+                next = last_scanned;
+                break;
+            }
+            let (collection, key, state) = entry?;
+            last_scanned = Some((collection.clone(), key.clone()));
+            if buckets.contains(&bucket_of(&collection, &key)) {
+                keys.push((collection, key, state));
+            }
+        }
         let conflicts = match next {
             Some(_) => Vec::new(),
             None => snapshot.conflicts_after(None)?.collect::<Result<_, _>>()?,
-        };
-        let snapshot_position = match after {
-            Some(_) => None,
-            None => {
-                let meta = snapshot.meta()?;
-                Some((vector(&meta.applied), meta.next_seq - 1))
-            }
         };
         Ok(StateChunk {
             keys,
             next,
             conflicts,
-            snapshot: snapshot_position,
         })
     }
 
@@ -669,8 +710,27 @@ pub struct StateChunk {
     /// Where the next part starts; `None` when this was the last.
     pub next: Option<(String, String)>,
     pub conflicts: Vec<ConflictRecord>,
-    /// With the first part: the applied vector and log sequence the states reflect.
-    pub snapshot: Option<(VersionVector, u64)>,
+}
+
+/// Buckets a state transfer splits the key space into.
+pub const STATE_BUCKETS: usize = 256;
+
+/// The bucket of a document in state transfers: the first byte of a hash of its
+/// collection and key, so that buckets split any key space evenly.
+pub fn bucket_of(collection: &str, key: &str) -> u8 {
+    let mut hasher = Sha256::new();
+    hasher.update((collection.len() as u64).to_le_bytes());
+    hasher.update(collection.as_bytes());
+    hasher.update(key.as_bytes());
+    hasher.finalize()[0]
+}
+
+/// A node's bucket hashes and what they reflect (see [`Node::bucket_hashes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketHashes {
+    pub hashes: Vec<u64>,
+    pub applied: VersionVector,
+    pub through_seq: u64,
 }
 
 /// What replication asks a node to commit besides entries.

@@ -324,19 +324,41 @@ fn execute(
                 }
             });
         }
+        Command::ReadBuckets { peer, session } => match shared.node.bucket_hashes() {
+            Ok(b) => events.push_back(Event::BucketsRead {
+                peer,
+                session,
+                hashes: b.hashes,
+                applied: b.applied,
+                through_seq: b.through_seq,
+            }),
+            Err(error) => tracing::error!(%error, peer, "cannot hash key states for a transfer"),
+        },
+        Command::CompareBuckets {
+            peer,
+            session,
+            hashes,
+        } => match shared.node.wanted_buckets(&hashes) {
+            Ok(wanted) => events.push_back(Event::BucketsCompared {
+                peer,
+                session,
+                wanted,
+            }),
+            Err(error) => tracing::error!(%error, peer, "cannot compare key states for a transfer"),
+        },
         Command::ReadState {
             peer,
             session,
             after,
             max_keys,
-        } => match shared.node.read_state(after, max_keys) {
+            buckets,
+        } => match shared.node.read_state(after, max_keys, &buckets) {
             Ok(chunk) => events.push_back(Event::StateRead {
                 peer,
                 session,
                 keys: chunk.keys,
                 conflicts: chunk.conflicts,
                 next: chunk.next,
-                snapshot: chunk.snapshot,
             }),
             Err(error) => tracing::error!(%error, peer, "cannot read key states for a transfer"),
         },

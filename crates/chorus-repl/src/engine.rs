@@ -93,16 +93,30 @@ pub enum Event {
     Committed {
         position: LogPosition,
     },
-    /// The answer to `ReadState`: key states after the cursor, the cursor for the next
-    /// read (`None`: that was the last), the conflict log with the last part, and, for
-    /// the first read, what the states reflect (`applied`, through `seq`).
+    /// The answer to `ReadBuckets`: a hash of the key states in each bucket, and
+    /// what they reflect (`applied`, our log through `through_seq`).
+    BucketsRead {
+        peer: String,
+        session: u64,
+        hashes: Vec<u64>,
+        applied: VersionVector,
+        through_seq: u64,
+    },
+    /// The answer to `CompareBuckets`: the buckets whose hashes differ from ours.
+    BucketsCompared {
+        peer: String,
+        session: u64,
+        wanted: Vec<u8>,
+    },
+    /// The answer to `ReadState`: key states of the wanted buckets after the cursor,
+    /// the cursor for the next read (`None`: that was the last), and with the last
+    /// part the conflict log.
     StateRead {
         peer: String,
         session: u64,
         keys: Vec<(String, String, KeyState)>,
         conflicts: Vec<ConflictRecord>,
         next: Option<(String, String)>,
-        snapshot: Option<(VersionVector, u64)>,
     },
     /// The answer to `MergeState`.
     StateMerged {
@@ -145,12 +159,25 @@ pub enum Command {
         peer: String,
         reason: String,
     },
-    /// Read key states for a transfer, after `after` (from the start when `None`).
+    /// Hash our key states by bucket, to offer a transfer.
+    ReadBuckets {
+        peer: String,
+        session: u64,
+    },
+    /// Compare a peer's bucket hashes with ours, to ask for the buckets that differ.
+    CompareBuckets {
+        peer: String,
+        session: u64,
+        hashes: Vec<u64>,
+    },
+    /// Read key states of `buckets` for a transfer, after `after` (from the start
+    /// when `None`).
     ReadState {
         peer: String,
         session: u64,
         after: Option<(String, String)>,
         max_keys: usize,
+        buckets: Vec<u8>,
     },
     /// Merge key states and conflict records received in a transfer.
     MergeState {
@@ -208,9 +235,13 @@ pub type KeyStateOf = (String, String, KeyState);
 /// A state transfer to a peer, in progress.
 #[derive(Default)]
 struct OutgoingState {
+    /// The bucket hashes were asked for (the offer is read or sent).
+    offered: bool,
+    /// The buckets the peer wants, once it answered the offer.
+    wanted: Option<Vec<u8>>,
     /// Where the next read starts; `None` at the start.
     after: Option<(String, String)>,
-    /// What the transferred states reflect (from the first read).
+    /// What the transferred states reflect (read with the bucket hashes).
     snapshot: Option<(VersionVector, u64)>,
     reading: bool,
     /// `State` frames not yet acknowledged.
@@ -421,13 +452,37 @@ impl Engine {
                     self.maybe_read(&name, &mut out);
                 }
             }
+            Event::BucketsRead {
+                peer,
+                session,
+                hashes,
+                applied,
+                through_seq,
+            } => {
+                let Some(p) = self.session(&peer, session) else {
+                    return out;
+                };
+                let Some(transfer) = p.outgoing_state.as_mut() else {
+                    return out;
+                };
+                transfer.snapshot = Some((applied, through_seq));
+                self.send(&peer, Frame::StateOffer { hashes }, &mut out);
+            }
+            Event::BucketsCompared {
+                peer,
+                session,
+                wanted,
+            } => {
+                if self.session(&peer, session).is_some() {
+                    self.send(&peer, Frame::StateWanted { buckets: wanted }, &mut out);
+                }
+            }
             Event::StateRead {
                 peer,
                 session,
                 keys,
                 conflicts,
                 next,
-                snapshot,
             } => {
                 let Some(p) = self.session(&peer, session) else {
                     return out;
@@ -436,31 +491,12 @@ impl Engine {
                     return out;
                 };
                 transfer.reading = false;
-                transfer.snapshot = transfer.snapshot.take().or(snapshot);
                 transfer.unacked += 1;
                 let finished = next.is_none();
                 transfer.after = next;
                 self.send(&peer, Frame::State { keys, conflicts }, &mut out);
                 if finished {
-                    let p = self.peers.get_mut(&peer).expect("in session");
-                    let transfer = p.outgoing_state.take().expect("in a transfer");
-                    let (applied, through_seq) =
-                        transfer.snapshot.expect("the first read has the snapshot");
-                    // Streaming resumes after what the states reflect; within this
-                    // session the peer counts as having it (a failed adoption ends
-                    // the session, and the next handshake tells the truth).
-                    p.read_seq = through_seq;
-                    p.sent_first = true;
-                    p.in_flight.push_back(through_seq);
-                    p.applied.join(&applied);
-                    self.send(
-                        &peer,
-                        Frame::StateEnd {
-                            applied,
-                            through_seq,
-                        },
-                        &mut out,
-                    );
+                    self.finish_transfer(&peer, &mut out);
                 }
                 self.maybe_read(&peer, &mut out);
             }
@@ -604,6 +640,22 @@ impl Engine {
                 p.incoming_state.chunks.push_back((keys, conflicts));
                 self.try_merge(peer, out);
             }
+            Frame::StateOffer { hashes } => {
+                out.push(Command::CompareBuckets {
+                    peer: peer.to_owned(),
+                    session: p.session,
+                    hashes,
+                });
+            }
+            Frame::StateWanted { buckets } => {
+                let Some(transfer) = p.outgoing_state.as_mut() else {
+                    return;
+                };
+                // Even with no bucket wanted, one read follows: it carries the
+                // conflict log, which the bucket hashes do not cover.
+                transfer.wanted = Some(buckets);
+                self.maybe_read(peer, out);
+            }
             Frame::StateAck => {
                 if let Some(transfer) = p.outgoing_state.as_mut() {
                     transfer.unacked = transfer.unacked.saturating_sub(1);
@@ -677,14 +729,24 @@ impl Engine {
             p.outgoing_state = Some(OutgoingState::default());
         }
         if let Some(transfer) = p.outgoing_state.as_mut() {
-            if !transfer.reading && transfer.unacked < window {
+            if !transfer.offered {
+                transfer.offered = true;
+                out.push(Command::ReadBuckets {
+                    peer: peer.to_owned(),
+                    session: p.session,
+                });
+            } else if let Some(buckets) = &transfer.wanted
+                && !transfer.reading
+                && transfer.unacked < window
+            {
                 transfer.reading = true;
-                let after = transfer.after.clone();
+                let (after, buckets) = (transfer.after.clone(), buckets.clone());
                 out.push(Command::ReadState {
                     peer: peer.to_owned(),
                     session: p.session,
                     after,
                     max_keys,
+                    buckets,
                 });
             }
             return;
@@ -735,6 +797,31 @@ impl Engine {
             resumes,
         };
         self.send(peer, frame, out);
+    }
+
+    /// Ends a transfer to `peer`: `StateEnd`, then streaming resumes after what the
+    /// states reflect. Within this session the peer counts as having it (a failed
+    /// adoption ends the session, and the next handshake tells the truth).
+    fn finish_transfer(&mut self, peer: &str, out: &mut Vec<Command>) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let Some(transfer) = p.outgoing_state.take() else {
+            return;
+        };
+        let (applied, through_seq) = transfer.snapshot.expect("the offer reads the snapshot");
+        p.read_seq = through_seq;
+        p.sent_first = true;
+        p.in_flight.push_back(through_seq);
+        p.applied.join(&applied);
+        self.send(
+            peer,
+            Frame::StateEnd {
+                applied,
+                through_seq,
+            },
+            out,
+        );
     }
 
     /// Hands the next part of an incoming transfer to the node: merge the chunks in
@@ -1101,9 +1188,10 @@ mod tests {
         );
     }
 
-    /// A peer lacking what only our state holds (the floor) gets a transfer: key
-    /// states in chunks within the window, the conflict log with the last, then
-    /// `StateEnd`, after which streaming resumes from the snapshot's sequence.
+    /// A peer lacking what only our state holds (the floor) gets a transfer: bucket
+    /// hashes first, then the key states of the buckets it wants in chunks within the
+    /// window, the conflict log with the last, then `StateEnd`, after which streaming
+    /// resumes from the snapshot's sequence.
     #[test]
     fn a_peer_behind_the_floor_gets_a_state_transfer() {
         let floor = VersionVector::from_entries([(NodeId(1), 5)]);
@@ -1122,40 +1210,59 @@ mod tests {
                 ..EngineLimits::default()
             },
         );
+        let send = |frame| Command::Send {
+            peer: "b".into(),
+            frame,
+        };
+        assert_eq!(
+            connect(&mut e, &[(1, 2)], 2),
+            [Command::ReadBuckets {
+                peer: "b".into(),
+                session: 1
+            }]
+        );
+        let hashes = vec![7; 256];
+        let cmds = e.handle(Event::BucketsRead {
+            peer: "b".into(),
+            session: 1,
+            hashes: hashes.clone(),
+            applied: floor.clone(),
+            through_seq: 9,
+        });
+        assert_eq!(cmds, [send(Frame::StateOffer { hashes })]);
         let read = |after| Command::ReadState {
             peer: "b".into(),
             session: 1,
             after,
             max_keys: 256,
+            buckets: vec![3],
         };
-        assert_eq!(connect(&mut e, &[(1, 2)], 2), [read(None)]);
+        let cmds = e.handle(Event::Received {
+            peer: "b".into(),
+            frame: Frame::StateWanted { buckets: vec![3] },
+        });
+        assert_eq!(cmds, [read(None)]);
         let key = ("c".to_string(), "k".to_string());
-        let chunk = |next: Option<(String, String)>, snapshot| Event::StateRead {
+        let chunk = |next: Option<(String, String)>| Event::StateRead {
             peer: "b".into(),
             session: 1,
             keys: vec![],
             conflicts: vec![],
             next,
-            snapshot,
         };
-        let state = Command::Send {
-            peer: "b".into(),
-            frame: Frame::State {
-                keys: vec![],
-                conflicts: vec![],
-            },
-        };
-        let cmds = e.handle(chunk(Some(key.clone()), Some((floor.clone(), 9))));
-        assert_eq!(cmds, [state.clone(), read(Some(key.clone()))]);
-        let cmds = e.handle(chunk(None, None));
-        let end = Command::Send {
-            peer: "b".into(),
-            frame: Frame::StateEnd {
-                applied: floor.clone(),
-                through_seq: 9,
-            },
-        };
-        assert_eq!(cmds, [state, end]);
+        let state = send(Frame::State {
+            keys: vec![],
+            conflicts: vec![],
+        });
+        assert_eq!(
+            e.handle(chunk(Some(key.clone()))),
+            [state.clone(), read(Some(key))]
+        );
+        let end = send(Frame::StateEnd {
+            applied: floor.clone(),
+            through_seq: 9,
+        });
+        assert_eq!(e.handle(chunk(None)), [state, end]);
         assert!(e.peers()[0].lag_ops > 0, "not acknowledged yet");
         let ack = Frame::Ack {
             applied: floor.clone(),
@@ -1173,6 +1280,90 @@ mod tests {
             }]
         );
         assert_eq!(e.peers()[0].lag_ops, 0);
+    }
+
+    /// When no bucket differs, only the conflict log is read and sent before the
+    /// transfer ends; the receiving side compares the offer and names the buckets it
+    /// wants.
+    #[test]
+    fn equal_buckets_send_only_the_conflict_log() {
+        let floor = VersionVector::from_entries([(NodeId(1), 5)]);
+        let log = LogPosition {
+            last_seq: 9,
+            log_start: 6,
+            applied: floor.clone(),
+            floor: floor.clone(),
+        };
+        let mut e = Engine::new(&["b".into()], log, 0, EngineLimits::default());
+        connect(&mut e, &[], 2);
+        let read = Event::BucketsRead {
+            peer: "b".into(),
+            session: 1,
+            hashes: vec![],
+            applied: floor.clone(),
+            through_seq: 9,
+        };
+        e.handle(read);
+        let cmds = e.handle(Event::Received {
+            peer: "b".into(),
+            frame: Frame::StateWanted { buckets: vec![] },
+        });
+        let read = Command::ReadState {
+            peer: "b".into(),
+            session: 1,
+            after: None,
+            max_keys: 256,
+            buckets: vec![],
+        };
+        assert_eq!(cmds, [read]);
+        let cmds = e.handle(Event::StateRead {
+            peer: "b".into(),
+            session: 1,
+            keys: vec![],
+            conflicts: vec![],
+            next: None,
+        });
+        let end = Frame::StateEnd {
+            applied: floor,
+            through_seq: 9,
+        };
+        let state = Frame::State {
+            keys: vec![],
+            conflicts: vec![],
+        };
+        let send = |frame| Command::Send {
+            peer: "b".into(),
+            frame,
+        };
+        assert_eq!(cmds, [send(state), send(end)]);
+
+        let mut receiver = engine(0);
+        connect(&mut receiver, &[], 0);
+        let offer = Frame::StateOffer { hashes: vec![1, 2] };
+        let cmds = receiver.handle(Event::Received {
+            peer: "b".into(),
+            frame: offer,
+        });
+        assert_eq!(
+            cmds,
+            [Command::CompareBuckets {
+                peer: "b".into(),
+                session: 1,
+                hashes: vec![1, 2]
+            }]
+        );
+        let cmds = receiver.handle(Event::BucketsCompared {
+            peer: "b".into(),
+            session: 1,
+            wanted: vec![1],
+        });
+        assert_eq!(
+            cmds,
+            [Command::Send {
+                peer: "b".into(),
+                frame: Frame::StateWanted { buckets: vec![1] }
+            }]
+        );
     }
 
     /// The receiving side merges chunks one at a time, adopts at the end, and then

@@ -57,8 +57,17 @@ pub enum Frame {
         applied: VersionVector,
         through_seq: u64,
     },
-    /// Part of a state transfer to a peer that is behind the start of the sender's
-    /// op log: whole key states (to merge) and conflict records.
+    /// A state transfer begins: a hash of the sender's key states in each of 256
+    /// buckets of the key space, for the receiver to compare with its own.
+    StateOffer {
+        hashes: Vec<u64>,
+    },
+    /// The buckets whose hashes differ: only their key states are sent.
+    StateWanted {
+        buckets: Vec<u8>,
+    },
+    /// Part of a state transfer to a peer that lacks what only the sender's state
+    /// holds: whole key states (to merge) and conflict records.
     State {
         keys: Vec<(String, String, KeyState)>,
         conflicts: Vec<ConflictRecord>,
@@ -108,6 +117,12 @@ enum FrameV1 {
     Ack {
         applied: Vec<(u64, u64)>,
         through_seq: u64,
+    },
+    StateOffer {
+        hashes: Vec<u64>,
+    },
+    StateWanted {
+        buckets: Vec<u8>,
     },
     State {
         keys: Vec<(String, String, Vec<u8>)>,
@@ -171,6 +186,12 @@ impl Frame {
                     .map(|(c, k, s)| (c.clone(), k.clone(), codec::encode_key_state(s)))
                     .collect(),
                 conflicts: conflicts.iter().map(codec::encode_conflict).collect(),
+            },
+            Frame::StateOffer { hashes } => FrameV1::StateOffer {
+                hashes: hashes.clone(),
+            },
+            Frame::StateWanted { buckets } => FrameV1::StateWanted {
+                buckets: buckets.clone(),
             },
             Frame::StateAck => FrameV1::StateAck,
             Frame::StateEnd {
@@ -250,6 +271,8 @@ impl Frame {
                     .collect::<Result<_, _>>()
                     .map_err(|e| FrameError::Corrupt(e.to_string()))?,
             },
+            FrameV1::StateOffer { hashes } => Frame::StateOffer { hashes },
+            FrameV1::StateWanted { buckets } => Frame::StateWanted { buckets },
             FrameV1::StateAck => Frame::StateAck,
             FrameV1::StateEnd {
                 applied,
@@ -308,6 +331,12 @@ mod tests {
             Frame::State {
                 keys: vec![("c".into(), "k".into(), KeyState::new())],
                 conflicts: vec![],
+            },
+            Frame::StateOffer {
+                hashes: vec![1, 2, 3],
+            },
+            Frame::StateWanted {
+                buckets: vec![0, 255],
             },
             Frame::StateAck,
             Frame::StateEnd {

@@ -58,6 +58,8 @@ pub struct Report {
     /// State transfers completed (a peer behind a collected op log).
     pub state_transfers: u64,
     pub state_transfer_keys: u64,
+    /// Buckets that differed (of 256 per transfer), so were sent.
+    pub state_buckets_wanted: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub sim_ms: u64,
 }
@@ -561,24 +563,49 @@ impl Sim {
                 let id = self.nodes[self.peer_index(&peer)].id;
                 self.replicate(i, ReplicationStep::SaveCursor { peer: id, seq });
             }
+            Command::ReadBuckets { peer, session } => {
+                let b = self.node(i).bucket_hashes().expect("reads work");
+                let (hashes, applied, through_seq) = (b.hashes, b.applied, b.through_seq);
+                events.push_back(Event::BucketsRead {
+                    peer,
+                    session,
+                    hashes,
+                    applied,
+                    through_seq,
+                });
+            }
+            Command::CompareBuckets {
+                peer,
+                session,
+                hashes,
+            } => {
+                let wanted = self.node(i).wanted_buckets(&hashes).expect("reads work");
+                self.report.state_buckets_wanted += wanted.len() as u64;
+                events.push_back(Event::BucketsCompared {
+                    peer,
+                    session,
+                    wanted,
+                });
+            }
             Command::ReadState {
                 peer,
                 session,
                 after,
                 max_keys,
+                buckets,
             } => {
                 let chunk = self
                     .node(i)
-                    .read_state(after, max_keys)
+                    .read_state(after, max_keys, &buckets)
                     .expect("reads work");
                 self.report.state_transfer_keys += chunk.keys.len() as u64;
+                let (keys, conflicts, next) = (chunk.keys, chunk.conflicts, chunk.next);
                 events.push_back(Event::StateRead {
                     peer,
                     session,
-                    keys: chunk.keys,
-                    conflicts: chunk.conflicts,
-                    next: chunk.next,
-                    snapshot: chunk.snapshot,
+                    keys,
+                    conflicts,
+                    next,
                 });
             }
             Command::MergeState {

@@ -32,7 +32,8 @@ fn main() -> ExitCode {
         None => args.from..args.from + args.seeds,
     };
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut runs, mut writes, mut frames, mut transfers) = (0u64, 0u64, 0u64, 0u64);
+    let (mut runs, mut writes, mut frames, mut transfers, mut keys, mut buckets) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for seed in seeds {
         match chorus_sim::Sim::new(seed).run(args.steps) {
             Ok(report) => {
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
                 writes += report.writes_acked;
                 frames += report.frames_delivered;
                 transfers += report.state_transfers;
+                keys += report.state_transfer_keys;
+                buckets += report.state_buckets_wanted;
                 for (kind, n) in report.faults {
                     *faults.entry(kind).or_default() += n;
                 }
@@ -56,6 +59,10 @@ fn main() -> ExitCode {
     }
     println!(
         "{runs} seeds passed: {writes} acknowledged writes, {frames} frames delivered, {transfers} state transfers"
+    );
+    println!(
+        "  state transfers sent {keys} key states; {buckets} of {} buckets differed",
+        transfers * 256
     );
     for (kind, n) in faults {
         println!("  {kind}: {n}");
