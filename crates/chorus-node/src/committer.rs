@@ -194,13 +194,6 @@ impl Committer {
             ReplicationStep::TruncateLog { before_seq } => {
                 self.truncate(b, before_seq.min(self.meta.next_seq))
             }
-            ReplicationStep::CollectTombstones { stable } => {
-                let collected = b.remove_key_states(|state| {
-                    state.is_absent() && state.versions().iter().all(|v| stable.covers(v.dot))
-                })?;
-                metrics::counter!("chorus_tombstones_collected_total").increment(collected);
-                Ok(())
-            }
         }
     }
 

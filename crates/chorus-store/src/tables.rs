@@ -221,21 +221,6 @@ impl Batch<'_> {
         Ok(true)
     }
 
-    /// Removes the key states `collect` accepts; returns how many. A state that does
-    /// not decode is kept (and reported when read).
-    pub fn remove_key_states(
-        &mut self,
-        mut collect: impl FnMut(&KeyState) -> bool,
-    ) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        self.keys.retain(|_, bytes| {
-            let remove = codec::decode_key_state(bytes).is_ok_and(|state| collect(&state));
-            removed += u64::from(remove);
-            !remove
-        })?;
-        Ok(removed)
-    }
-
     /// Removes every op-log entry before `before_seq`; returns their dots.
     pub fn truncate_log(&mut self, before_seq: u64) -> Result<Vec<Dot>, StoreError> {
         let mut dots = Vec::new();
