@@ -42,7 +42,32 @@ pub fn check(sim: &Sim) -> Result<(), String> {
     for i in 0..sim.node_count() {
         check_causal_order(sim.node(i))?;
     }
-    check_no_write_lost(sim, &reference)
+    check_no_write_lost(sim, &reference)?;
+    check_nothing_revived(sim)
+}
+
+/// No version that a later write superseded is live again (after state transfers,
+/// collected op logs and crashes).
+fn check_nothing_revived(sim: &Sim) -> Result<(), String> {
+    let node = sim.node(0);
+    for acked in &sim.acked {
+        let doc = node.get(&acked.collection, &acked.key).expect("reads work");
+        let revived = doc.versions.iter().find(|v| {
+            sim.acked.iter().any(|w| {
+                w.collection == acked.collection
+                    && w.key == acked.key
+                    && w.dot != v.dot
+                    && w.superseded.covers(v.dot)
+            })
+        });
+        if let Some(version) = revived {
+            return Err(format!(
+                "{}/{}: superseded version {} is live again",
+                acked.collection, acked.key, version.dot
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// No node applied an entry before the entries it depends on: replaying its op log
