@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p chorus-bench -- writes [--seconds 10] [--clients 64]
 //! cargo run --release -p chorus-bench -- replication [--entries 50000] [--rate 1000]
+//! cargo run --release -p chorus-bench -- retention [--writes 100000]
 //! ```
 //!
 //! `writes`:
@@ -25,6 +26,7 @@ mod load;
 mod postgres;
 mod redb_direct;
 mod replication;
+mod retention;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -38,6 +40,8 @@ enum Bench {
     Writes(Args),
     /// Replication between two leaders: catch-up throughput, lag under steady load.
     Replication(replication::ReplicationArgs),
+    /// Disk use while a peer is down, with and without the retention bound.
+    Retention(retention::RetentionArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +75,7 @@ fn main() -> anyhow::Result<()> {
     match Bench::parse() {
         Bench::Writes(args) => writes(&args),
         Bench::Replication(args) => replication::run(&args),
+        Bench::Retention(args) => retention::run(&args),
     }
 }
 

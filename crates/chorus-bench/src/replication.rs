@@ -37,13 +37,13 @@ pub struct ReplicationArgs {
 /// Key space of the closed-loop runs (large: nearly every write creates a document).
 const KEYS: u64 = 10_000_000;
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
-fn cluster() -> anyhow::Result<ClusterConfig> {
+pub fn cluster() -> anyhow::Result<ClusterConfig> {
     let mut text = String::from("cluster = \"bench\"\ntopology = \"mesh\"\n");
     for name in ["a", "b"] {
         text.push_str(&format!(
@@ -54,7 +54,7 @@ fn cluster() -> anyhow::Result<ClusterConfig> {
     ClusterConfig::from_toml(&text).map_err(anyhow::Error::msg)
 }
 
-fn open(dir: &Path, name: &str) -> anyhow::Result<Node> {
+pub fn open(dir: &Path, name: &str) -> anyhow::Result<Node> {
     Ok(Node::open(
         &dir.join(format!("{name}.redb")),
         NodeConfig {
@@ -65,7 +65,7 @@ fn open(dir: &Path, name: &str) -> anyhow::Result<Node> {
 }
 
 /// Blocks until `node` has applied every entry `a` has made (its own dot counter).
-fn wait_caught_up(node: &Node, a: &Node) -> anyhow::Result<()> {
+pub fn wait_caught_up(node: &Node, a: &Node) -> anyhow::Result<()> {
     let target = a.position()?.applied.get(a.node_id());
     while node.position()?.applied.get(a.node_id()) < target {
         std::thread::sleep(Duration::from_millis(1));
