@@ -48,12 +48,30 @@ fn run_one(args: &RetentionArgs, bound: Option<u64>) -> anyhow::Result<()> {
     let label = bound.map_or("unbounded".to_string(), |b| format!("{b} entries"));
     let runtime = tokio::runtime::Runtime::new()?;
     let dir = tempfile::tempdir()?;
-    let limits = EngineLimits { retention_entries: bound.unwrap_or(u64::MAX), ..EngineLimits::default() };
+    let limits = EngineLimits {
+        retention_entries: bound.unwrap_or(u64::MAX),
+        ..EngineLimits::default()
+    };
     let cluster = cluster()?;
     let (a, b) = (open(dir.path(), "a")?, open(dir.path(), "b")?);
-    let a_link = runtime.block_on(replication::start(a.clone(), cluster.clone(), "a", limits.clone()))?;
-    let b_link = runtime.block_on(replication::start(b.clone(), cluster.clone(), "b", limits.clone()))?;
-    a.set_collection("bench", &CollectionConfig { policy: Policy::Lww })?;
+    let a_link = runtime.block_on(replication::start(
+        a.clone(),
+        cluster.clone(),
+        "a",
+        limits.clone(),
+    ))?;
+    let b_link = runtime.block_on(replication::start(
+        b.clone(),
+        cluster.clone(),
+        "b",
+        limits.clone(),
+    ))?;
+    a.set_collection(
+        "bench",
+        &CollectionConfig {
+            policy: Policy::Lww,
+        },
+    )?;
     write(&a, 0, args.keys, args.keys)?;
     wait_caught_up(&b, &a)?;
     drop(b_link); // b goes away (its store stays as it was).
@@ -88,7 +106,7 @@ fn run_one(args: &RetentionArgs, bound: Option<u64>) -> anyhow::Result<()> {
 fn write(node: &Node, from: u64, to: u64, keys: u64) -> anyhow::Result<()> {
     for i in from..to {
         let key = format!("key-{}", i % keys);
-        if i >= keys && (i % keys) % 10 == 0 {
+        if i >= keys && (i % keys).is_multiple_of(10) {
             node.delete("bench", &key, None)?;
         } else {
             node.put("bench", &key, document(i, i).as_bytes(), None)?;

@@ -126,6 +126,16 @@ impl KeyState {
         self.assert_invariants();
     }
 
+    /// This state without the versions `drop` selects; the context still covers
+    /// them, so a late copy of one is recognised as old.
+    pub fn without_versions(&self, drop: impl Fn(&Version) -> bool) -> KeyState {
+        let versions = self.versions.iter().filter(|v| !drop(v)).cloned().collect();
+        KeyState {
+            context: self.context.clone(),
+            versions,
+        }
+    }
+
     fn assert_invariants(&self) {
         debug_assert!(self.versions.windows(2).all(|w| w[0].dot < w[1].dot));
         debug_assert!(self.versions.iter().all(|v| self.context.covers(v.dot)));

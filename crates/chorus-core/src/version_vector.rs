@@ -56,6 +56,15 @@ impl VersionVector {
         }
     }
 
+    /// The dots both vectors cover: the pointwise minimum.
+    pub fn meet(&self, other: &VersionVector) -> VersionVector {
+        VersionVector::from_entries(
+            self.entries
+                .iter()
+                .map(|(&node, &counter)| (node, counter.min(other.get(node)))),
+        )
+    }
+
     /// True when every dot `other` covers is covered by `self`.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         other
@@ -97,6 +106,10 @@ mod tests {
         a.join(&vv(&[(1, 2), (3, 5)]));
         assert_eq!(a, vv(&[(1, 3), (2, 1), (3, 5)]));
         assert!(a.dominates(&vv(&[(3, 4)])));
+        assert_eq!(
+            a.meet(&vv(&[(1, 1), (3, 9), (4, 2)])),
+            vv(&[(1, 1), (3, 5)])
+        );
         assert!(!vv(&[(3, 4)]).dominates(&a));
     }
 

@@ -194,6 +194,23 @@ impl Committer {
             ReplicationStep::TruncateLog { before_seq } => {
                 self.truncate(b, before_seq.min(self.meta.next_seq))
             }
+            ReplicationStep::CollectTombstones { stable } => {
+                // Every stable tombstone goes, also beside live versions: each node
+                // removes it once stable there, so all end the same whatever
+                // arrived in between (a write concurrent with the delete stands
+                // alone everywhere in the end). The node's vector still covers it.
+                let collectable = |v: &Version| v.is_tombstone() && stable.covers(v.dot);
+                let collected = b.rewrite_key_states(|state| {
+                    if !state.versions().iter().any(collectable) {
+                        return None;
+                    }
+                    let rest = state.without_versions(collectable);
+                    Some((!rest.versions().is_empty()).then_some(rest))
+                })?;
+                metrics::counter!("chorus_tombstones_collected_total").increment(collected);
+                self.policies.clear();
+                Ok(())
+            }
         }
     }
 

@@ -748,6 +748,10 @@ pub enum ReplicationStep {
     AdoptState { applied: VersionVector },
     /// Collect op-log entries before `before_seq`.
     TruncateLog { before_seq: u64 },
+    /// Collect deleted documents whose every version `stable` covers (every member
+    /// has applied them). The node's version vector still covers their dots, so an
+    /// old copy arriving later is recognised and not revived.
+    CollectTombstones { stable: VersionVector },
 }
 
 /// The result of applying a batch of entries from a peer.

@@ -22,7 +22,7 @@ use crate::cluster::ClusterConfig;
 use crate::{Node, NodeId, ReplicationStep};
 pub use chorus_repl::EngineLimits;
 use chorus_repl::frame::FRAME_BYTES_MAX;
-use chorus_repl::{Command, Engine, Event, Frame, Hello, PROTOCOL_VERSION};
+use chorus_repl::{Command, Engine, Event, Frame, Hello, Membership, PROTOCOL_VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -181,7 +181,12 @@ pub async fn start(
     };
     let neighbours = shared.cluster.neighbours(me);
     let position = shared.node.position().map_err(std::io::Error::other)?;
-    let engine = Engine::new(&neighbours, position, shared.now_ms(), limits);
+    let membership = Membership {
+        me: me.to_owned(),
+        neighbours: neighbours.clone(),
+        members: shared.cluster.names(),
+    };
+    let engine = Engine::new(membership, position, shared.now_ms(), limits);
     let mut tasks = vec![
         tokio::spawn(run_actor(shared.clone(), engine, actor_rx)),
         tokio::spawn(accept(shared.clone(), listener)),
@@ -388,6 +393,17 @@ fn execute(
                     peer,
                     session,
                     applied,
+                }
+            });
+        }
+        Command::CollectTombstones { stable } => {
+            let node = shared.node.clone();
+            tokio::spawn(async move {
+                if let Err(error) = node
+                    .replicate(ReplicationStep::CollectTombstones { stable })
+                    .await
+                {
+                    tracing::warn!(%error, "cannot collect tombstones");
                 }
             });
         }

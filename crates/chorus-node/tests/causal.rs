@@ -80,3 +80,54 @@ async fn duplicates_and_reversed_batches_apply_once() {
     assert_eq!(b.changes(0, 100).unwrap().changes.len(), 5);
     assert_eq!(a.digest().unwrap(), b.digest().unwrap());
 }
+
+/// A collected tombstone leaves no key state, and neither an old entry nor an old
+/// key state arriving later brings the deleted document back: the node's version
+/// vector still covers the superseded write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collected_tombstones_are_never_revived() {
+    use chorus_node::{ReplicationStep, STATE_BUCKETS};
+    let (_a_dir, a) = temp_node();
+    let (_b_dir, b) = temp_node();
+    let all_buckets: Vec<u8> = (0..STATE_BUCKETS).map(|i| i as u8).collect();
+    // b receives the write (and keeps its state, as a lagging peer would); a then
+    // deletes it.
+    tokio::task::block_in_place(|| a.put("docs", "gone", b"1", None).unwrap());
+    let write = log(&a);
+    b.apply_remote(write.clone()).await.unwrap();
+    let old_state = b.read_state(None, 100, &all_buckets).unwrap().keys;
+    tokio::task::block_in_place(|| {
+        let context = a.get("docs", "gone").unwrap().context;
+        a.delete("docs", "gone", Some(&context)).unwrap();
+    });
+    let deleted = a.digest().unwrap();
+    let stable = a.position().unwrap().applied;
+    a.replicate(ReplicationStep::CollectTombstones { stable })
+        .await
+        .unwrap();
+    assert!(
+        a.read_state(None, 100, &all_buckets)
+            .unwrap()
+            .keys
+            .is_empty(),
+        "the tombstone was collected"
+    );
+    let collected = a.digest().unwrap();
+    assert_eq!(
+        collected, deleted,
+        "collecting a tombstone does not change the digest"
+    );
+
+    a.apply_remote(write).await.unwrap();
+    a.replicate(ReplicationStep::MergeState {
+        keys: old_state,
+        conflicts: vec![],
+    })
+    .await
+    .unwrap();
+    assert!(
+        a.get("docs", "gone").unwrap().is_absent(),
+        "a deleted document came back"
+    );
+    assert_eq!(a.digest().unwrap(), collected);
+}

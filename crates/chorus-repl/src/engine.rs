@@ -42,6 +42,8 @@ pub struct EngineLimits {
     pub retention_entries: u64,
     /// Key states per `State` frame.
     pub state_keys_per_frame: usize,
+    /// How often stable tombstones are collected (each collection scans the store).
+    pub tombstone_collection_ms: u64,
 }
 
 impl Default for EngineLimits {
@@ -55,6 +57,7 @@ impl Default for EngineLimits {
             peer_timeout_ms: 5_000,
             retention_entries: 1_000_000,
             state_keys_per_frame: 256,
+            tombstone_collection_ms: 60_000,
         }
     }
 }
@@ -197,6 +200,11 @@ pub enum Command {
     TruncateLog {
         before_seq: u64,
     },
+    /// Collect deleted documents whose every version `stable` covers: every member
+    /// has applied them, so no member can send an older version of them again.
+    CollectTombstones {
+        stable: VersionVector,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,10 +304,27 @@ struct Peer {
     entries_received: u64,
 }
 
+/// Who takes part: this node, its planned neighbours, and every member of the
+/// cluster (whose applied vectors decide what is causally stable).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Membership {
+    pub me: String,
+    pub neighbours: Vec<String>,
+    pub members: Vec<String>,
+}
+
 pub struct Engine {
     limits: EngineLimits,
+    me: String,
     peers: BTreeMap<String, Peer>,
     log: LogPosition,
+    /// The newest applied vector known for each member (ours included), learned
+    /// from `Known` frames; their meet is what every member has applied.
+    known: BTreeMap<String, VersionVector>,
+    /// The stable vector last handed to the node for tombstone collection, and when.
+    stable_collected: VersionVector,
+    last_collection_ms: u64,
+    last_gossip_ms: u64,
     now_ms: u64,
     next_session: u64,
 }
@@ -307,15 +332,50 @@ pub struct Engine {
 impl Engine {
     /// An engine for a node whose op log stands at `log`, with the planned
     /// neighbours `peers` (others may connect later).
-    pub fn new(peers: &[String], log: LogPosition, now_ms: u64, limits: EngineLimits) -> Engine {
-        let peers = peers.iter().map(|p| (p.clone(), Peer::default())).collect();
+    pub fn new(
+        membership: Membership,
+        log: LogPosition,
+        now_ms: u64,
+        limits: EngineLimits,
+    ) -> Engine {
+        let peers = membership
+            .neighbours
+            .iter()
+            .map(|p| (p.clone(), Peer::default()))
+            .collect();
+        let known = membership
+            .members
+            .iter()
+            .map(|m| (m.clone(), VersionVector::new()))
+            .collect();
         Engine {
             limits,
+            me: membership.me,
             peers,
             log,
+            known,
+            stable_collected: VersionVector::new(),
+            last_collection_ms: now_ms,
+            last_gossip_ms: now_ms,
             now_ms,
             next_session: 1,
         }
+    }
+
+    /// What every member has applied, as far as this node knows (their meet); empty
+    /// while any member has not been heard of.
+    pub fn stable(&self) -> VersionVector {
+        let mut vectors = self.known.iter().map(|(name, vv)| {
+            if *name == self.me {
+                &self.log.applied
+            } else {
+                vv
+            }
+        });
+        let Some(first) = vectors.next() else {
+            return VersionVector::new();
+        };
+        vectors.fold(first.clone(), |acc, vv| acc.meet(vv))
     }
 
     pub fn peers(&self) -> Vec<PeerStatus> {
@@ -553,6 +613,7 @@ impl Engine {
                         self.send(&name, Frame::Ping, &mut out);
                     }
                 }
+                self.gossip(&mut out);
             }
         }
         out
@@ -670,6 +731,13 @@ impl Engine {
                 p.expect_from = Some(through_seq);
                 p.incoming_state.end = Some((applied, through_seq));
                 self.try_merge(peer, out);
+            }
+            Frame::Known { table } => {
+                for (name, vv) in table {
+                    if let Some(known) = self.known.get_mut(&name) {
+                        known.join(&vv);
+                    }
+                }
             }
             Frame::Ping => self.send(peer, Frame::Pong, out),
             Frame::Pong => {}
@@ -854,6 +922,46 @@ impl Engine {
 
     /// Collects op-log entries every known peer has acknowledged, and, past the
     /// retention bound, entries some peer still lacks (it will get a transfer).
+    /// Every keepalive period: tell connected peers the applied vectors we know, and
+    /// let the node collect tombstones that became causally stable.
+    fn gossip(&mut self, out: &mut Vec<Command>) {
+        if self.now_ms.saturating_sub(self.last_gossip_ms) < self.limits.keepalive_ms {
+            return;
+        }
+        self.last_gossip_ms = self.now_ms;
+        if let Some(mine) = self.known.get_mut(&self.me) {
+            mine.join(&self.log.applied);
+        }
+        let table: Vec<(String, VersionVector)> = self
+            .known
+            .iter()
+            .map(|(n, vv)| (n.clone(), vv.clone()))
+            .collect();
+        let connected: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for peer in connected {
+            self.send(
+                &peer,
+                Frame::Known {
+                    table: table.clone(),
+                },
+                out,
+            );
+        }
+        let stable = self.stable();
+        let due = self.now_ms.saturating_sub(self.last_collection_ms)
+            >= self.limits.tombstone_collection_ms;
+        if due && !stable.is_empty() && stable != self.stable_collected {
+            self.stable_collected = stable.clone();
+            self.last_collection_ms = self.now_ms;
+            out.push(Command::CollectTombstones { stable });
+        }
+    }
+
     fn collect_log(&mut self, out: &mut Vec<Command>) {
         // With no peer at all, only the retention bound applies.
         let acked = self.peers.values().map(|p| p.acked_seq).min().unwrap_or(0);
@@ -921,6 +1029,18 @@ mod tests {
         }
     }
 
+    /// Node "a" with neighbours `peers`; the cluster is "a" and them.
+    fn members(peers: &[&str]) -> Membership {
+        let neighbours: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        let mut members = neighbours.clone();
+        members.push("a".into());
+        Membership {
+            me: "a".into(),
+            neighbours,
+            members,
+        }
+    }
+
     fn engine(last_seq: u64) -> Engine {
         let limits = EngineLimits {
             window_frames: 2,
@@ -932,7 +1052,7 @@ mod tests {
             log_start: 1,
             ..LogPosition::default()
         };
-        Engine::new(&["b".into()], log, 0, limits)
+        Engine::new(members(&["b"]), log, 0, limits)
     }
 
     fn connect(e: &mut Engine, applied: &[(u64, u64)], acked_seq: u64) -> Vec<Command> {
@@ -1032,7 +1152,7 @@ mod tests {
             log_start: 1,
             ..LogPosition::default()
         };
-        let mut e = Engine::new(&["b".into(), "c".into()], log, 0, EngineLimits::default());
+        let mut e = Engine::new(members(&["b", "c"]), log, 0, EngineLimits::default());
         connect(&mut e, &[], 0);
         e.handle(Event::Connected {
             peer: "c".into(),
@@ -1202,7 +1322,7 @@ mod tests {
             floor: floor.clone(),
         };
         let mut e = Engine::new(
-            &["b".into()],
+            members(&["b"]),
             log,
             0,
             EngineLimits {
@@ -1294,7 +1414,7 @@ mod tests {
             applied: floor.clone(),
             floor: floor.clone(),
         };
-        let mut e = Engine::new(&["b".into()], log, 0, EngineLimits::default());
+        let mut e = Engine::new(members(&["b"]), log, 0, EngineLimits::default());
         connect(&mut e, &[], 2);
         let read = Event::BucketsRead {
             peer: "b".into(),
@@ -1440,7 +1560,7 @@ mod tests {
             log_start: 5,
             ..LogPosition::default()
         };
-        let mut e = Engine::new(&["b".into()], log, 0, EngineLimits::default());
+        let mut e = Engine::new(members(&["b"]), log, 0, EngineLimits::default());
         let cmds = connect(&mut e, &[], 2);
         let skip = Frame::Entries {
             entries: vec![],
@@ -1481,19 +1601,90 @@ mod tests {
     /// Idle links get pings; a silent peer is disconnected.
     #[test]
     fn keepalive_and_timeout() {
-        let mut e = engine(0);
+        let limits = EngineLimits {
+            keepalive_ms: 1_000,
+            ..EngineLimits::default()
+        };
+        let log = LogPosition {
+            log_start: 1,
+            ..LogPosition::default()
+        };
+        let mut e = Engine::new(members(&["b"]), log, 0, limits);
         connect(&mut e, &[], 0);
-        assert_eq!(
-            e.handle(Event::Tick { now_ms: 1_000 }),
-            [Command::Send {
-                peer: "b".into(),
-                frame: Frame::Ping
-            }]
+        // Every keepalive period: a ping on an idle link, and the gossip of vectors.
+        let cmds = e.handle(Event::Tick { now_ms: 1_000 });
+        assert!(
+            matches!(
+                &cmds[..],
+                [
+                    Command::Send {
+                        frame: Frame::Ping,
+                        ..
+                    },
+                    Command::Send {
+                        frame: Frame::Known { .. },
+                        ..
+                    }
+                ]
+            ),
+            "{cmds:?}"
         );
         assert!(e.handle(Event::Tick { now_ms: 1_500 }).is_empty());
         let cmds = e.handle(Event::Tick { now_ms: 5_000 });
         assert!(matches!(&cmds[..], [Command::Disconnect { peer, .. }] if peer == "b"));
         assert!(!e.peers()[0].connected);
+    }
+
+    /// Tombstones are collected up to what every member has applied: nothing while a
+    /// member is unheard of, then the meet of the vectors gossiped.
+    #[test]
+    fn stability_is_the_meet_of_every_members_vector() {
+        let applied = VersionVector::from_entries([(NodeId(1), 9), (NodeId(2), 4)]);
+        let log = LogPosition {
+            applied,
+            log_start: 1,
+            ..LogPosition::default()
+        };
+        let limits = EngineLimits {
+            tombstone_collection_ms: 1_000,
+            ..EngineLimits::default()
+        };
+        let mut e = Engine::new(members(&["b", "c"]), log, 0, limits);
+        connect(&mut e, &[], 0);
+        let known = |table: Vec<(&str, &[(u64, u64)])>| Event::Received {
+            peer: "b".into(),
+            frame: Frame::Known {
+                table: table
+                    .into_iter()
+                    .map(|(n, vv)| {
+                        (
+                            n.to_string(),
+                            VersionVector::from_entries(vv.iter().map(|&(i, c)| (NodeId(i), c))),
+                        )
+                    })
+                    .collect(),
+            },
+        };
+        e.handle(known(vec![("b", &[(1, 5), (2, 4)])]));
+        let collects = |cmds: &[Command]| {
+            cmds.iter()
+                .any(|c| matches!(c, Command::CollectTombstones { .. }))
+        };
+        assert!(
+            !collects(&e.handle(Event::Tick { now_ms: 1_000 })),
+            "c unheard of: nothing is stable"
+        );
+        e.handle(known(vec![("c", &[(1, 7), (2, 1)]), ("x", &[(1, 1)])]));
+        let cmds = e.handle(Event::Tick { now_ms: 2_000 });
+        let stable = VersionVector::from_entries([(NodeId(1), 5), (NodeId(2), 1)]);
+        assert!(
+            cmds.contains(&Command::CollectTombstones { stable }),
+            "{cmds:?}"
+        );
+        assert!(
+            !collects(&e.handle(Event::Tick { now_ms: 3_000 })),
+            "nothing new is stable"
+        );
     }
 
     /// Answers from an earlier session are ignored after a reconnect.

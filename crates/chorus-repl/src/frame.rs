@@ -81,6 +81,11 @@ pub enum Frame {
         applied: VersionVector,
         through_seq: u64,
     },
+    /// The newest applied vector the sender knows for each cluster member (gossip
+    /// for causal stability).
+    Known {
+        table: Vec<(String, VersionVector)>,
+    },
     Ping,
     Pong,
 }
@@ -132,6 +137,9 @@ enum FrameV1 {
     StateEnd {
         applied: Vec<(u64, u64)>,
         through_seq: u64,
+    },
+    Known {
+        table: Vec<(String, Vec<(u64, u64)>)>,
     },
     Ping,
     Pong,
@@ -200,6 +208,9 @@ impl Frame {
             } => FrameV1::StateEnd {
                 applied: vv_v1(applied),
                 through_seq: *through_seq,
+            },
+            Frame::Known { table } => FrameV1::Known {
+                table: table.iter().map(|(n, vv)| (n.clone(), vv_v1(vv))).collect(),
             },
             Frame::Ping => FrameV1::Ping,
             Frame::Pong => FrameV1::Pong,
@@ -281,6 +292,9 @@ impl Frame {
                 applied: vv_from(&applied),
                 through_seq,
             },
+            FrameV1::Known { table } => Frame::Known {
+                table: table.into_iter().map(|(n, vv)| (n, vv_from(&vv))).collect(),
+            },
             FrameV1::Ping => Frame::Ping,
             FrameV1::Pong => Frame::Pong,
         })
@@ -337,6 +351,9 @@ mod tests {
             },
             Frame::StateWanted {
                 buckets: vec![0, 255],
+            },
+            Frame::Known {
+                table: vec![("a".into(), VersionVector::from_entries([(NodeId(1), 4)]))],
             },
             Frame::StateAck,
             Frame::StateEnd {

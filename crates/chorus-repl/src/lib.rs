@@ -26,6 +26,6 @@ pub mod engine;
 pub mod frame;
 pub mod topology;
 
-pub use engine::{Command, Engine, EngineLimits, Event, LogPosition, PeerStatus};
+pub use engine::{Command, Engine, EngineLimits, Event, LogPosition, Membership, PeerStatus};
 pub use frame::{Frame, FrameError, Hello, PROTOCOL_VERSION};
 pub use topology::{Topology, TopologyError};

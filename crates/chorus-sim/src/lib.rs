@@ -32,7 +32,7 @@ use chorus_node::replication::hello;
 use chorus_node::{
     CollectionConfig, Context, Node, NodeConfig, NodeId, Policy, ReplicationStep, Write,
 };
-use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, Topology};
+use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, Membership, Topology};
 use disk::SimDisk;
 use rng::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -60,8 +60,26 @@ pub struct Report {
     pub state_transfer_keys: u64,
     /// Buckets that differed (of 256 per transfer), so were sent.
     pub state_buckets_wanted: u64,
+    /// Times a node collected causally stable tombstones.
+    pub tombstone_collections: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub sim_ms: u64,
+}
+
+impl Report {
+    /// Adds another run's counts to these (for totals over many seeds).
+    pub fn absorb(&mut self, other: &Report) {
+        self.writes_acked += other.writes_acked;
+        self.frames_delivered += other.frames_delivered;
+        self.state_transfers += other.state_transfers;
+        self.state_transfer_keys += other.state_transfer_keys;
+        self.state_buckets_wanted += other.state_buckets_wanted;
+        self.tombstone_collections += other.tombstone_collections;
+        self.sim_ms += other.sim_ms;
+        for (kind, n) in &other.faults {
+            *self.faults.entry(kind).or_default() += n;
+        }
+    }
 }
 
 /// A node's physical clock: simulated time plus its own drift.
@@ -192,6 +210,7 @@ impl Sim {
         };
         let limits = EngineLimits {
             retention_entries,
+            tombstone_collection_ms: 1_000,
             ..EngineLimits::default()
         };
         let report = Report {
@@ -254,7 +273,13 @@ impl Sim {
             .iter()
             .map(|&j| self.nodes[j].name.clone())
             .collect();
-        let engine = Engine::new(&peers, position, self.now(), self.limits.clone());
+        let members = self.nodes.iter().map(|n| n.name.clone()).collect();
+        let membership = Membership {
+            me: self.nodes[i].name.clone(),
+            neighbours: peers,
+            members,
+        };
+        let engine = Engine::new(membership, position, self.now(), self.limits.clone());
         self.nodes[i].running = Some((node, engine));
     }
 
@@ -631,6 +656,10 @@ impl Sim {
                     applied,
                 });
                 events.push_back(self.committed(i));
+            }
+            Command::CollectTombstones { stable } => {
+                self.report.tombstone_collections += 1;
+                self.replicate(i, ReplicationStep::CollectTombstones { stable });
             }
             Command::TruncateLog { before_seq } => {
                 self.replicate(i, ReplicationStep::TruncateLog { before_seq });

@@ -6,7 +6,6 @@
 //! ```
 
 use clap::Parser;
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -31,21 +30,13 @@ fn main() -> ExitCode {
         Some(seed) => seed..seed + 1,
         None => args.from..args.from + args.seeds,
     };
-    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut runs, mut writes, mut frames, mut transfers, mut keys, mut buckets) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut totals = chorus_sim::Report::default();
+    let mut runs = 0u64;
     for seed in seeds {
         match chorus_sim::Sim::new(seed).run(args.steps) {
             Ok(report) => {
                 runs += 1;
-                writes += report.writes_acked;
-                frames += report.frames_delivered;
-                transfers += report.state_transfers;
-                keys += report.state_transfer_keys;
-                buckets += report.state_buckets_wanted;
-                for (kind, n) in report.faults {
-                    *faults.entry(kind).or_default() += n;
-                }
+                totals.absorb(&report);
             }
             Err(failure) => {
                 eprintln!("seed {seed} failed: {failure}");
@@ -58,13 +49,21 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{runs} seeds passed: {writes} acknowledged writes, {frames} frames delivered, {transfers} state transfers"
+        "{runs} seeds passed: {} acknowledged writes, {} frames delivered, {} s simulated",
+        totals.writes_acked,
+        totals.frames_delivered,
+        totals.sim_ms / 1000
     );
     println!(
-        "  state transfers sent {keys} key states; {buckets} of {} buckets differed",
-        transfers * 256
+        "state transfers: {} ({} key states sent; {} of {} buckets differed); tombstone collections: {}",
+        totals.state_transfers,
+        totals.state_transfer_keys,
+        totals.state_buckets_wanted,
+        totals.state_transfers * chorus_node::STATE_BUCKETS as u64,
+        totals.tombstone_collections
     );
-    for (kind, n) in faults {
+    println!("faults injected:");
+    for (kind, n) in &totals.faults {
         println!("  {kind}: {n}");
     }
     ExitCode::SUCCESS

@@ -10,10 +10,9 @@ use chorus_sim::{DEFAULT_STEPS, Sim};
 /// - 5: lww dropped losers from the key state, so a later write that superseded the
 ///   winner but not a loser (with a skewed clock) showed differently on two replicas
 ///   (fixed by resolving lww at read time).
-/// - 1051: collecting a causally stable tombstone diverged when a blind write made
-///   before its origin applied the delete arrived later: the write stood beside the
-///   tombstone where it was kept, alone where it was collected (tombstone collection
-///   withdrawn; see docs/design/replication.md).
+/// - 1051: collecting only fully deleted documents diverged when a write concurrent
+///   with the delete arrived after the collection on one node and before it on
+///   another (fixed: stable tombstones are collected beside live versions too).
 const REGRESSIONS: [u64; 3] = [2, 5, 1051];
 
 fn run(seed: u64) {

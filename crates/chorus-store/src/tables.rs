@@ -221,6 +221,37 @@ impl Batch<'_> {
         Ok(true)
     }
 
+    /// Rewrites key states: `change` returns `None` to keep one as it is,
+    /// `Some(None)` to remove it, `Some(Some(state))` to replace it. Returns how many
+    /// changed. A state that does not decode is kept (and reported when read).
+    pub fn rewrite_key_states(
+        &mut self,
+        mut change: impl FnMut(&KeyState) -> Option<Option<KeyState>>,
+    ) -> Result<u64, StoreError> {
+        let mut changes = Vec::new();
+        for entry in self.keys.iter()? {
+            let (key, bytes) = entry?;
+            let Ok(state) = codec::decode_key_state(bytes.value()) else {
+                continue;
+            };
+            if let Some(new) = change(&state) {
+                changes.push((key.value().to_vec(), new));
+            }
+        }
+        for (key, new) in &changes {
+            match new {
+                None => {
+                    self.keys.remove(key.as_slice())?;
+                }
+                Some(state) => {
+                    self.keys
+                        .insert(key.as_slice(), codec::encode_key_state(state).as_slice())?;
+                }
+            }
+        }
+        Ok(changes.len() as u64)
+    }
+
     /// Removes every op-log entry before `before_seq`; returns their dots.
     pub fn truncate_log(&mut self, before_seq: u64) -> Result<Vec<Dot>, StoreError> {
         let mut dots = Vec::new();

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// when it returns.
     #[arg(long, default_value_t = EngineLimits::default().retention_entries)]
     log_retention_entries: u64,
+    /// How often deleted documents every cluster member has applied are collected
+    /// (each collection scans the store).
+    #[arg(long, default_value_t = EngineLimits::default().tombstone_collection_ms)]
+    tombstone_collection_ms: u64,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = chorus_node::limits::DOCUMENT_BYTES_MAX)]
     body_bytes_max: usize,
@@ -94,6 +98,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })?;
         let limits = EngineLimits {
             retention_entries: args.log_retention_entries,
+            tombstone_collection_ms: args.tombstone_collection_ms,
             ..EngineLimits::default()
         };
         // Replication runs beside the API for as long as the server does.

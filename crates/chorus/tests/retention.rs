@@ -1,7 +1,8 @@
 //! Bounded retention with real processes: a node stays down while the others write
 //! and delete past the op-log retention bound, so the entries it needs are collected;
 //! when it returns it is brought up to date by state transfer, with every deleted
-//! document still deleted (nothing revived) and every write present.
+//! document still deleted (nothing revived) and every write present; then the
+//! tombstones every member has are collected.
 
 mod support;
 
@@ -12,8 +13,16 @@ const CONVERGE: Duration = Duration::from_secs(60);
 
 #[test]
 fn node_away_past_retention_returns_by_state_transfer() {
-    let mut cluster =
-        Cluster::start_with(3, "topology = \"mesh\"", &["--log-retention-entries", "40"]);
+    let mut cluster = Cluster::start_with(
+        3,
+        "topology = \"mesh\"",
+        &[
+            "--log-retention-entries",
+            "40",
+            "--tombstone-collection-ms",
+            "500",
+        ],
+    );
     let (a, b) = (cluster.url(0), cluster.url(1));
     for n in 0..30 {
         put(&format!("{a}/v1/docs/r/d{n}"), &format!("{{\"n\":{n}}}"));
@@ -90,6 +99,13 @@ fn node_away_past_retention_returns_by_state_transfer() {
         metrics.contains("chorus_state_transfers_total"),
         "n2 caught up without a transfer?\n{metrics}"
     );
+    // Once every member has applied the deletes, their tombstones are collected.
+    wait_until("tombstones to be collected", CONVERGE, || {
+        get(&format!("{a}/metrics"))
+            .text
+            .lines()
+            .any(|l| l.starts_with("chorus_tombstones_collected_total ") && !l.ends_with(" 0"))
+    });
     // The feed of a node whose log was collected says so.
     let feed = get(&format!("{a}/v1/changes?since=0&limit=1")).body;
     assert!(feed["collected_before"].as_str().is_some(), "{feed}");
