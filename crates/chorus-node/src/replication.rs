@@ -19,7 +19,7 @@
 //! cursor on the next session, so nothing is lost.
 
 use crate::cluster::ClusterConfig;
-use crate::{Node, NodeId, ReplicationStep};
+use crate::{Node, NodeId, ReadError, ReplicationStep};
 pub use chorus_repl::EngineLimits;
 use chorus_repl::frame::FRAME_BYTES_MAX;
 use chorus_repl::{Command, Engine, Event, Frame, Hello, Membership, PROTOCOL_VERSION};
@@ -255,6 +255,73 @@ async fn run_actor(shared: Shared, mut engine: Engine, mut inbox: mpsc::Receiver
     }
 }
 
+/// What [`answer_read`] did with a command.
+pub enum ReadAnswer {
+    /// It only read the node: here is the event that answers it.
+    Answered(Result<Event, ReadError>),
+    /// It is not a read: execute it.
+    NotARead(Command),
+}
+
+/// Answers a command that only reads the node (op log, bucket hashes, key states)
+/// with its event; hands any other command back. Shared with the simulator.
+pub fn answer_read(node: &Node, command: Command) -> ReadAnswer {
+    ReadAnswer::Answered(match command {
+        Command::ReadLog {
+            peer,
+            session,
+            after_seq,
+            max_entries,
+        } => node
+            .read_log(after_seq, max_entries, BATCH_BYTES_MAX)
+            .map(|entries| {
+                let through_seq = entries.last().map_or(after_seq, |(seq, _)| *seq);
+                Event::LogRead {
+                    peer,
+                    session,
+                    entries,
+                    through_seq,
+                }
+            }),
+        Command::ReadBuckets { peer, session } => {
+            node.bucket_hashes().map(|b| Event::BucketsRead {
+                peer,
+                session,
+                hashes: b.hashes,
+                applied: b.applied,
+                through_seq: b.through_seq,
+            })
+        }
+        Command::CompareBuckets {
+            peer,
+            session,
+            hashes,
+        } => node
+            .wanted_buckets(&hashes)
+            .map(|wanted| Event::BucketsCompared {
+                peer,
+                session,
+                wanted,
+            }),
+        Command::ReadState {
+            peer,
+            session,
+            after,
+            max_keys,
+            buckets,
+        } => node
+            .read_state(after, max_keys, &buckets)
+            .map(|chunk| Event::StateRead {
+                peer,
+                session,
+                keys: chunk.keys,
+                conflicts: chunk.conflicts,
+                next: chunk.next,
+            }),
+        other => return ReadAnswer::NotARead(other),
+    })
+}
+
 fn execute(
     shared: &Shared,
     links: &mut HashMap<String, Link>,
@@ -262,33 +329,18 @@ fn execute(
     events: &mut VecDeque<Event>,
 ) {
     tracing::trace!(?command, "replication command");
+    let command = match answer_read(&shared.node, command) {
+        ReadAnswer::Answered(Ok(event)) => return events.push_back(event),
+        ReadAnswer::Answered(Err(error)) => {
+            return tracing::error!(%error, "cannot read for replication");
+        }
+        ReadAnswer::NotARead(command) => command,
+    };
     match command {
         Command::Send { peer, frame } => {
             let Some(link) = links.get(&peer) else { return };
             if link.writer.try_send(frame).is_err() {
                 events.extend(engine_disconnect(links, peer, "the peer is not reading"));
-            }
-        }
-        Command::ReadLog {
-            peer,
-            session,
-            after_seq,
-            max_entries,
-        } => {
-            match shared
-                .node
-                .read_log(after_seq, max_entries, BATCH_BYTES_MAX)
-            {
-                Ok(entries) => {
-                    let through_seq = entries.last().map_or(after_seq, |(seq, _)| *seq);
-                    events.push_back(Event::LogRead {
-                        peer,
-                        session,
-                        entries,
-                        through_seq,
-                    });
-                }
-                Err(error) => tracing::error!(%error, peer, "cannot read the op log"),
             }
         }
         Command::Apply {
@@ -329,44 +381,6 @@ fn execute(
                 }
             });
         }
-        Command::ReadBuckets { peer, session } => match shared.node.bucket_hashes() {
-            Ok(b) => events.push_back(Event::BucketsRead {
-                peer,
-                session,
-                hashes: b.hashes,
-                applied: b.applied,
-                through_seq: b.through_seq,
-            }),
-            Err(error) => tracing::error!(%error, peer, "cannot hash key states for a transfer"),
-        },
-        Command::CompareBuckets {
-            peer,
-            session,
-            hashes,
-        } => match shared.node.wanted_buckets(&hashes) {
-            Ok(wanted) => events.push_back(Event::BucketsCompared {
-                peer,
-                session,
-                wanted,
-            }),
-            Err(error) => tracing::error!(%error, peer, "cannot compare key states for a transfer"),
-        },
-        Command::ReadState {
-            peer,
-            session,
-            after,
-            max_keys,
-            buckets,
-        } => match shared.node.read_state(after, max_keys, &buckets) {
-            Ok(chunk) => events.push_back(Event::StateRead {
-                peer,
-                session,
-                keys: chunk.keys,
-                conflicts: chunk.conflicts,
-                next: chunk.next,
-            }),
-            Err(error) => tracing::error!(%error, peer, "cannot read key states for a transfer"),
-        },
         Command::MergeState {
             peer,
             session,
@@ -421,6 +435,10 @@ fn execute(
         Command::Disconnect { peer, reason } => {
             events.extend(engine_disconnect(links, peer, &reason))
         }
+        Command::ReadLog { .. }
+        | Command::ReadBuckets { .. }
+        | Command::CompareBuckets { .. }
+        | Command::ReadState { .. } => unreachable!("reads are answered by answer_read"),
     }
 }
 

@@ -519,10 +519,7 @@ impl Engine {
                 applied,
                 through_seq,
             } => {
-                let Some(p) = self.session(&peer, session) else {
-                    return out;
-                };
-                let Some(transfer) = p.outgoing_state.as_mut() else {
+                let Some(transfer) = self.outgoing(&peer, session) else {
                     return out;
                 };
                 transfer.snapshot = Some((applied, through_seq));
@@ -544,10 +541,7 @@ impl Engine {
                 conflicts,
                 next,
             } => {
-                let Some(p) = self.session(&peer, session) else {
-                    return out;
-                };
-                let Some(transfer) = p.outgoing_state.as_mut() else {
+                let Some(transfer) = self.outgoing(&peer, session) else {
                     return out;
                 };
                 transfer.reading = false;
@@ -617,6 +611,11 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// The transfer to `peer` in progress in this session, if any.
+    fn outgoing(&mut self, peer: &str, session: u64) -> Option<&mut OutgoingState> {
+        self.session(peer, session)?.outgoing_state.as_mut()
     }
 
     fn session(&mut self, peer: &str, session: u64) -> Option<&mut Peer> {

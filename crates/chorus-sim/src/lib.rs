@@ -28,7 +28,7 @@ pub mod disk;
 pub mod rng;
 
 use chorus_core::{Dot, EntryBody, PhysicalClock, VersionVector};
-use chorus_node::replication::hello;
+use chorus_node::replication::{ReadAnswer, answer_read, hello};
 use chorus_node::{
     CollectionConfig, Context, Node, NodeConfig, NodeId, Policy, ReplicationStep, Write,
 };
@@ -533,28 +533,26 @@ impl Sim {
     }
 
     fn execute(&mut self, i: usize, command: Command, events: &mut VecDeque<Event>) {
+        let command = match answer_read(self.node(i), command) {
+            ReadAnswer::Answered(answer) => {
+                let event = answer.expect("reads work");
+                match &event {
+                    Event::BucketsCompared { wanted, .. } => {
+                        self.report.state_buckets_wanted += wanted.len() as u64
+                    }
+                    Event::StateRead { keys, .. } => {
+                        self.report.state_transfer_keys += keys.len() as u64
+                    }
+                    _ => {}
+                }
+                return events.push_back(event);
+            }
+            ReadAnswer::NotARead(command) => command,
+        };
         match command {
             Command::Send { peer, frame } => {
                 let j = self.peer_index(&peer);
                 self.send(i, j, frame);
-            }
-            Command::ReadLog {
-                peer,
-                session,
-                after_seq,
-                max_entries,
-            } => {
-                let entries = self
-                    .node(i)
-                    .read_log(after_seq, max_entries, 1 << 20)
-                    .expect("reads work");
-                let through_seq = entries.last().map_or(after_seq, |(seq, _)| *seq);
-                events.push_back(Event::LogRead {
-                    peer,
-                    session,
-                    entries,
-                    through_seq,
-                });
             }
             Command::Apply {
                 peer,
@@ -587,51 +585,6 @@ impl Sim {
             Command::SaveCursor { peer, seq } => {
                 let id = self.nodes[self.peer_index(&peer)].id;
                 self.replicate(i, ReplicationStep::SaveCursor { peer: id, seq });
-            }
-            Command::ReadBuckets { peer, session } => {
-                let b = self.node(i).bucket_hashes().expect("reads work");
-                let (hashes, applied, through_seq) = (b.hashes, b.applied, b.through_seq);
-                events.push_back(Event::BucketsRead {
-                    peer,
-                    session,
-                    hashes,
-                    applied,
-                    through_seq,
-                });
-            }
-            Command::CompareBuckets {
-                peer,
-                session,
-                hashes,
-            } => {
-                let wanted = self.node(i).wanted_buckets(&hashes).expect("reads work");
-                self.report.state_buckets_wanted += wanted.len() as u64;
-                events.push_back(Event::BucketsCompared {
-                    peer,
-                    session,
-                    wanted,
-                });
-            }
-            Command::ReadState {
-                peer,
-                session,
-                after,
-                max_keys,
-                buckets,
-            } => {
-                let chunk = self
-                    .node(i)
-                    .read_state(after, max_keys, &buckets)
-                    .expect("reads work");
-                self.report.state_transfer_keys += chunk.keys.len() as u64;
-                let (keys, conflicts, next) = (chunk.keys, chunk.conflicts, chunk.next);
-                events.push_back(Event::StateRead {
-                    peer,
-                    session,
-                    keys,
-                    conflicts,
-                    next,
-                });
             }
             Command::MergeState {
                 peer,
@@ -669,6 +622,10 @@ impl Sim {
                 let j = self.peer_index(&peer);
                 self.close(i, j);
             }
+            Command::ReadLog { .. }
+            | Command::ReadBuckets { .. }
+            | Command::CompareBuckets { .. }
+            | Command::ReadState { .. } => unreachable!("reads are answered by answer_read"),
         }
     }
 
