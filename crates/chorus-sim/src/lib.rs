@@ -133,6 +133,7 @@ struct InFlight {
 
 pub struct Sim {
     rng: Rng,
+    topology_rng: Rng,
     now_ms: Arc<AtomicU64>,
     nodes: Vec<SimNode>,
     neighbours: Vec<Vec<usize>>,
@@ -221,6 +222,7 @@ impl Sim {
         };
         let mut sim = Sim {
             rng,
+            topology_rng: Rng::new(seed ^ 0x7070_7070_7070_7070),
             now_ms,
             nodes,
             neighbours,
@@ -307,6 +309,7 @@ impl Sim {
             if self.rng.chance(4) {
                 self.inject_fault();
             }
+            self.maybe_add_link();
         }
         self.heal_all();
         self.settle()?;
@@ -753,6 +756,25 @@ impl Sim {
                     .fetch_add(offset, Ordering::Relaxed);
                 self.fault("clock jump");
             }
+        }
+    }
+
+    /// Sometimes the topology changes: a new link between two nodes not linked yet.
+    /// Drawn from a stream of its own, so that adding this fault left the runs of
+    /// older seeds (the regression seeds among them) as they were.
+    fn maybe_add_link(&mut self) {
+        if !self.topology_rng.chance(1) {
+            return;
+        }
+        let n = self.nodes.len() as u64;
+        let (a, b) = (
+            self.topology_rng.below(n) as usize,
+            self.topology_rng.below(n) as usize,
+        );
+        if a != b && !self.neighbours[a].contains(&b) {
+            self.neighbours[a].push(b);
+            self.neighbours[b].push(a);
+            self.fault("link added");
         }
     }
 
