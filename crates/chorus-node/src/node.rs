@@ -524,6 +524,28 @@ impl Node {
         })
     }
 
+    /// The newest op-log sequence that falls outside the retention bounds: beyond
+    /// `bytes_max` of newer entries, or written more than `age_ms_max` before
+    /// `now_ms` (wall clock). 0 when the whole log is within both.
+    pub fn retention_limit(
+        &self,
+        bytes_max: u64,
+        age_ms_max: u64,
+        now_ms: u64,
+    ) -> Result<u64, ReadError> {
+        let snapshot = self.snapshot()?;
+        let oldest_kept_ms = now_ms.saturating_sub(age_ms_max);
+        let mut bytes = 0u64;
+        for entry in snapshot.entries_newest_first()? {
+            let (seq, size, entry) = entry?;
+            bytes += size as u64;
+            if bytes > bytes_max || entry.hlc().wall_ms() < oldest_kept_ms {
+                return Ok(seq);
+            }
+        }
+        Ok(0)
+    }
+
     /// Hashes of this node's key states in each bucket of the key space (see
     /// [`bucket_of`]), with what they reflect: the start of a state transfer.
     pub fn bucket_hashes(&self) -> Result<BucketHashes, ReadError> {

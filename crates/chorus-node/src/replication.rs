@@ -20,6 +20,7 @@
 
 use crate::cluster::ClusterConfig;
 use crate::{Node, NodeId, ReadError, ReplicationStep};
+use chorus_core::PhysicalClock;
 pub use chorus_repl::EngineLimits;
 use chorus_repl::frame::FRAME_BYTES_MAX;
 use chorus_repl::{Command, Engine, Event, Frame, Hello, Membership, PROTOCOL_VERSION};
@@ -41,6 +42,9 @@ const ACTOR_QUEUE_MAX: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Engine timer period.
 const TICK_PERIOD: Duration = Duration::from_millis(200);
+/// How often the op log is measured against the byte and age bounds (a scan of the
+/// entries within them).
+const RETENTION_CHECK_PERIOD: Duration = Duration::from_secs(10);
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -186,11 +190,13 @@ pub async fn start(
         neighbours: neighbours.clone(),
         members: shared.cluster.names(),
     };
+    let limits_for_retention = limits.clone();
     let engine = Engine::new(membership, position, shared.now_ms(), limits);
     let mut tasks = vec![
         tokio::spawn(run_actor(shared.clone(), engine, actor_rx)),
         tokio::spawn(accept(shared.clone(), listener)),
         tokio::spawn(tick(shared.clone())),
+        tokio::spawn(measure_retention(shared.clone(), limits_for_retention)),
         tokio::spawn(watch_commits(shared.clone())),
     ];
     for peer in neighbours.into_iter().filter(|n| n.as_str() > me) {
@@ -471,6 +477,33 @@ fn engine_disconnect(
 ) -> Option<Event> {
     tracing::warn!(peer, reason, "dropping the link");
     links.remove(&peer).map(|_| Event::Disconnected { peer })
+}
+
+/// Every `RETENTION_CHECK_PERIOD`, finds the op-log entries beyond the byte and age
+/// bounds and tells the engine, which collects them.
+async fn measure_retention(shared: Shared, limits: EngineLimits) {
+    let mut interval = tokio::time::interval(RETENTION_CHECK_PERIOD);
+    loop {
+        interval.tick().await;
+        let now_ms = chorus_core::SystemClock.now_ms();
+        match shared
+            .node
+            .retention_limit(limits.retention_bytes, limits.retention_age_ms, now_ms)
+        {
+            Ok(0) => {}
+            Ok(seq) => {
+                if shared
+                    .actor
+                    .send(Msg::Event(Event::RetentionLimit { seq }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot measure the op log"),
+        }
+    }
 }
 
 async fn tick(shared: Shared) {

@@ -296,3 +296,22 @@ fn storage_failure_refuses_writes() {
     assert_eq!(values(&node, "docs", "kept"), [Some("1".into())]);
     assert!(node.get("docs", "lost").unwrap().is_absent());
 }
+
+/// The retention limit is the newest entry beyond the byte bound or the age bound,
+/// and 0 while the whole log is within both.
+#[test]
+fn retention_limit_follows_bytes_and_age() {
+    let (_dir, node) = temp_node();
+    let acks: Vec<_> = (0..10)
+        .map(|i| node.put("docs", &format!("k{i}"), b"{}", None).unwrap())
+        .collect();
+    let now_ms = acks.last().unwrap().hlc.wall_ms();
+    assert_eq!(node.retention_limit(u64::MAX, u64::MAX, now_ms).unwrap(), 0);
+    let by_bytes = node.retention_limit(200, u64::MAX, now_ms).unwrap();
+    assert!(by_bytes > 0 && by_bytes < 10, "{by_bytes}");
+    assert_eq!(
+        node.retention_limit(u64::MAX, 0, now_ms + 1_000).unwrap(),
+        10,
+        "all older than now"
+    );
+}

@@ -40,6 +40,10 @@ pub struct EngineLimits {
     /// Op-log entries kept for a peer that has not acknowledged them; beyond this the
     /// oldest are collected and that peer gets a state transfer when it returns.
     pub retention_entries: u64,
+    /// The same bound in bytes of the op log, and in age of its entries (the runtime
+    /// measures them and reports `Event::RetentionLimit`).
+    pub retention_bytes: u64,
+    pub retention_age_ms: u64,
     /// Key states per `State` frame.
     pub state_keys_per_frame: usize,
     /// How often stable tombstones are collected (each collection scans the store).
@@ -56,6 +60,8 @@ impl Default for EngineLimits {
             keepalive_ms: 1_000,
             peer_timeout_ms: 5_000,
             retention_entries: 1_000_000,
+            retention_bytes: 1 << 30,
+            retention_age_ms: 7 * 24 * 3_600_000,
             state_keys_per_frame: 256,
             tombstone_collection_ms: 60_000,
         }
@@ -120,6 +126,10 @@ pub enum Event {
         keys: Vec<(String, String, KeyState)>,
         conflicts: Vec<ConflictRecord>,
         next: Option<(String, String)>,
+    },
+    /// The op log's entries through `seq` fall outside the byte or age bound.
+    RetentionLimit {
+        seq: u64,
     },
     /// The answer to `MergeState`.
     StateMerged {
@@ -325,6 +335,8 @@ pub struct Engine {
     stable_collected: VersionVector,
     last_collection_ms: u64,
     last_gossip_ms: u64,
+    /// Entries through here are beyond the byte or age bound.
+    retention_limit: u64,
     now_ms: u64,
     next_session: u64,
 }
@@ -357,6 +369,7 @@ impl Engine {
             stable_collected: VersionVector::new(),
             last_collection_ms: now_ms,
             last_gossip_ms: now_ms,
+            retention_limit: 0,
             now_ms,
             next_session: 1,
         }
@@ -511,6 +524,10 @@ impl Engine {
                     self.track_lag(&name);
                     self.maybe_read(&name, &mut out);
                 }
+            }
+            Event::RetentionLimit { seq } => {
+                self.retention_limit = self.retention_limit.max(seq);
+                self.collect_log(&mut out);
             }
             Event::BucketsRead {
                 peer,
@@ -968,7 +985,7 @@ impl Engine {
             .log
             .last_seq
             .saturating_sub(self.limits.retention_entries);
-        let before_seq = acked.max(bound) + 1;
+        let before_seq = acked.max(bound).max(self.retention_limit) + 1;
         if before_seq > self.log.log_start {
             self.log.log_start = before_seq;
             out.push(Command::TruncateLog { before_seq });
@@ -1594,6 +1611,26 @@ mod tests {
         assert!(
             e.handle(Event::Tick { now_ms: 20 }).is_empty(),
             "collected once"
+        );
+    }
+
+    /// Entries the runtime found beyond the byte or age bound are collected even
+    /// though a peer (here never heard from) has not acknowledged them.
+    #[test]
+    fn byte_and_age_bounds_collect_unacknowledged_entries() {
+        let log = LogPosition {
+            last_seq: 10,
+            log_start: 1,
+            ..LogPosition::default()
+        };
+        let mut e = Engine::new(members(&["b"]), log, 0, EngineLimits::default());
+        assert_eq!(
+            e.handle(Event::RetentionLimit { seq: 6 }),
+            [Command::TruncateLog { before_seq: 7 }]
+        );
+        assert!(
+            e.handle(Event::RetentionLimit { seq: 4 }).is_empty(),
+            "never moves back"
         );
     }
 

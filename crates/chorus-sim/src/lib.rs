@@ -209,8 +209,22 @@ impl Sim {
         } else {
             1_000_000
         };
+        // Byte and age bounds from a stream of their own (older seeds run as before).
+        let mut bounds = Rng::new(seed ^ 0x5151_5151_5151_5151);
+        let retention_bytes = if bounds.chance(30) {
+            5_000 + bounds.below(50_000)
+        } else {
+            u64::MAX
+        };
+        let retention_age_ms = if bounds.chance(30) {
+            500 + bounds.below(5_000)
+        } else {
+            u64::MAX
+        };
         let limits = EngineLimits {
             retention_entries,
+            retention_bytes,
+            retention_age_ms,
             tombstone_collection_ms: 1_000,
             ..EngineLimits::default()
         };
@@ -354,6 +368,18 @@ impl Sim {
         let now = self.now();
         for i in 0..self.nodes.len() {
             self.handle(i, Event::Tick { now_ms: now });
+            // Once a simulated second, as the runtime does every ten: measure the log.
+            if now.is_multiple_of(1_000) && self.nodes[i].running.is_some() {
+                let (bytes, age) = (self.limits.retention_bytes, self.limits.retention_age_ms);
+                let wall_ms = self.nodes[i].clock.now_ms();
+                let seq = self
+                    .node(i)
+                    .retention_limit(bytes, age, wall_ms)
+                    .expect("reads work");
+                if seq > 0 {
+                    self.handle(i, Event::RetentionLimit { seq });
+                }
+            }
         }
     }
 

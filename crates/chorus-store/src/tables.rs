@@ -367,6 +367,21 @@ impl Snapshot {
         }))
     }
 
+    /// Op-log entries from the newest back, as `(seq, encoded bytes, entry)`.
+    pub fn entries_newest_first(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<(u64, usize, Entry), StoreError>> + '_, StoreError>
+    {
+        Ok(self.oplog.iter()?.rev().map(|entry| {
+            let (seq, v) = entry?;
+            Ok((
+                seq.value(),
+                v.value().len(),
+                codec::decode_entry("oplog", v.value())?,
+            ))
+        }))
+    }
+
     /// The cursor the replica with node id `peer` acknowledged: every entry of ours
     /// up to it, it has.
     pub fn peer_cursor(&self, peer: u64) -> Result<u64, StoreError> {

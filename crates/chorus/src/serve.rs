@@ -32,6 +32,12 @@ pub struct ServeArgs {
     /// when it returns.
     #[arg(long, default_value_t = EngineLimits::default().retention_entries)]
     log_retention_entries: u64,
+    /// The same bound in bytes of op log.
+    #[arg(long, default_value_t = EngineLimits::default().retention_bytes)]
+    log_retention_bytes: u64,
+    /// The same bound in age: entries older than this many seconds are collected.
+    #[arg(long, default_value_t = EngineLimits::default().retention_age_ms / 1000)]
+    log_retention_age_s: u64,
     /// How often deleted documents every cluster member has applied are collected
     /// (each collection scans the store).
     #[arg(long, default_value_t = EngineLimits::default().tombstone_collection_ms)]
@@ -98,6 +104,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             })?;
         let limits = EngineLimits {
             retention_entries: args.log_retention_entries,
+            retention_bytes: args.log_retention_bytes,
+            retention_age_ms: args.log_retention_age_s.saturating_mul(1000),
             tombstone_collection_ms: args.tombstone_collection_ms,
             ..EngineLimits::default()
         };
