@@ -3,7 +3,7 @@
 //! ```text
 //!  listener ─┐                       ┌─▶ writer task ──▶ TCP (length-prefixed frames)
 //!  dialers ──┼─ handshake ─▶ actor ──┤
-//!  readers ──┘   (Hello)     (engine)└─▶ node: read_log / apply_remote / save_peer_cursor
+//!  readers ──┘   (Hello)     (engine)└─▶ node: read_log / apply_remote / replicate(step)
 //!  ticker, commit watcher ─────▶ actor
 //! ```
 //!
@@ -379,13 +379,7 @@ fn execute(
             let Some(node_id) = links.get(&peer).map(|l| l.node_id) else {
                 return;
             };
-            let node = shared.node.clone();
-            tokio::spawn(async move {
-                let step = ReplicationStep::SaveCursor { peer: node_id, seq };
-                if let Err(error) = node.replicate(step).await {
-                    tracing::warn!(%error, peer, "cannot save the peer's cursor");
-                }
-            });
+            replicate_in_background(shared, ReplicationStep::SaveCursor { peer: node_id, seq });
         }
         Command::MergeState {
             peer,
@@ -417,26 +411,10 @@ fn execute(
             });
         }
         Command::CollectTombstones { stable } => {
-            let node = shared.node.clone();
-            tokio::spawn(async move {
-                if let Err(error) = node
-                    .replicate(ReplicationStep::CollectTombstones { stable })
-                    .await
-                {
-                    tracing::warn!(%error, "cannot collect tombstones");
-                }
-            });
+            replicate_in_background(shared, ReplicationStep::CollectTombstones { stable })
         }
         Command::TruncateLog { before_seq } => {
-            let node = shared.node.clone();
-            tokio::spawn(async move {
-                if let Err(error) = node
-                    .replicate(ReplicationStep::TruncateLog { before_seq })
-                    .await
-                {
-                    tracing::warn!(%error, "cannot collect the op log");
-                }
-            });
+            replicate_in_background(shared, ReplicationStep::TruncateLog { before_seq })
         }
         Command::Disconnect { peer, reason } => {
             events.extend(engine_disconnect(links, peer, &reason))
@@ -446,6 +424,17 @@ fn execute(
         | Command::CompareBuckets { .. }
         | Command::ReadState { .. } => unreachable!("reads are answered by answer_read"),
     }
+}
+
+/// Commits `step` without holding up the actor; nothing waits for it (a failure is
+/// logged, and the engine asks again later: cursors and collections are idempotent).
+fn replicate_in_background(shared: &Shared, step: ReplicationStep) {
+    let node = shared.node.clone();
+    tokio::spawn(async move {
+        if let Err(error) = node.replicate(step.clone()).await {
+            tracing::warn!(%error, ?step, "cannot commit a replication step");
+        }
+    });
 }
 
 /// Commits `step`, then tells the engine `then(node)`; a failure drops the link (the
