@@ -11,7 +11,6 @@
 use crate::document;
 use crate::load::{Stats, embedded_writes};
 use chorus_node::cluster::ClusterConfig;
-use chorus_node::replication::EngineLimits;
 use chorus_node::{Node, NodeConfig, replication};
 use std::collections::HashMap;
 use std::path::Path;
@@ -110,14 +109,14 @@ pub fn run(args: &ReplicationArgs) -> anyhow::Result<()> {
         a.clone(),
         cluster.clone(),
         "a",
-        EngineLimits::default(),
+        replication::Options::default(),
     ))?;
     let started = Instant::now();
     let b_link = runtime.block_on(replication::start(
         b.clone(),
         cluster.clone(),
         "b",
-        EngineLimits::default(),
+        replication::Options::default(),
     ))?;
     wait_caught_up(&b, &a)?;
     let catch_up = started.elapsed();

@@ -48,9 +48,12 @@ fn run_one(args: &RetentionArgs, bound: Option<u64>) -> anyhow::Result<()> {
     let label = bound.map_or("unbounded".to_string(), |b| format!("{b} entries"));
     let runtime = tokio::runtime::Runtime::new()?;
     let dir = tempfile::tempdir()?;
-    let limits = EngineLimits {
-        retention_entries: bound.unwrap_or(u64::MAX),
-        ..EngineLimits::default()
+    let options = replication::Options {
+        limits: EngineLimits {
+            retention_entries: bound.unwrap_or(u64::MAX),
+            ..EngineLimits::default()
+        },
+        ..replication::Options::default()
     };
     let cluster = cluster()?;
     let (a, b) = (open(dir.path(), "a")?, open(dir.path(), "b")?);
@@ -58,13 +61,13 @@ fn run_one(args: &RetentionArgs, bound: Option<u64>) -> anyhow::Result<()> {
         a.clone(),
         cluster.clone(),
         "a",
-        limits.clone(),
+        options.clone(),
     ))?;
     let b_link = runtime.block_on(replication::start(
         b.clone(),
         cluster.clone(),
         "b",
-        limits.clone(),
+        options.clone(),
     ))?;
     a.set_collection(
         "bench",
@@ -90,7 +93,7 @@ fn run_one(args: &RetentionArgs, bound: Option<u64>) -> anyhow::Result<()> {
         println!("| {label} | {done} | {kept} | {:.1} |", file_mib(&path));
     }
     let started = Instant::now();
-    let b_link = runtime.block_on(replication::start(b.clone(), cluster, "b", limits))?;
+    let b_link = runtime.block_on(replication::start(b.clone(), cluster, "b", options))?;
     wait_caught_up(&b, &a)?;
     println!(
         "| {label}: b returns | caught up in {:.2} s | b's file {:.1} MiB | digests equal: {} |",

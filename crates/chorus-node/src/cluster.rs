@@ -5,19 +5,27 @@
 //! topology = "ring"         # mesh | ring | star | custom
 //! # hub = "a"               # star only
 //! # links = [["a","b"]]     # custom only (undirected)
+//! # standby_hub = "b"       # star only: takes over while the hub is unreachable
+//! # heal_after_ms = 5000    # how long a node is unreachable before links go around it
 //! [[nodes]]
 //! name = "a"
 //! http = "127.0.0.1:7001"
 //! peer = "127.0.0.1:7101"
+//! [[emulate]]               # optional link emulation (both directions)
+//! link = ["a", "b"]
+//! delay_ms = 40             # one-way; also jitter_ms, loss, partitioned
 //! ```
 //! Ring order is the order of `[[nodes]]`. Unknown keys are an error.
 
-use chorus_repl::Topology;
+use crate::emulation::LinkEmulation;
+use chorus_repl::{LinkPlan, Topology};
 use serde::Deserialize;
 use std::path::Path;
 
 /// The cluster name when the file gives none.
 pub const DEFAULT_CLUSTER: &str = "chorus";
+/// How long a node stays unreachable before its neighbours link around it.
+pub const HEAL_AFTER_MS: u64 = 5_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,7 +34,25 @@ struct ClusterFile {
     topology: String,
     hub: Option<String>,
     links: Option<Vec<[String; 2]>>,
+    standby_hub: Option<String>,
+    heal_after_ms: Option<u64>,
     nodes: Vec<NodeEntry>,
+    #[serde(default)]
+    emulate: Vec<EmulateEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmulateEntry {
+    link: [String; 2],
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    jitter_ms: u64,
+    #[serde(default)]
+    loss: f64,
+    #[serde(default)]
+    partitioned: bool,
 }
 
 #[derive(Deserialize)]
@@ -44,11 +70,16 @@ pub struct ClusterNode {
     pub peer: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClusterConfig {
     pub name: String,
     pub topology: Topology,
     pub nodes: Vec<ClusterNode>,
+    /// Star only: the node that takes over as hub while the hub is unreachable.
+    pub standby_hub: Option<String>,
+    pub heal_after_ms: u64,
+    /// Emulated conditions per link, as `(a, b, conditions)`.
+    pub emulate: Vec<(String, String, LinkEmulation)>,
 }
 
 impl ClusterConfig {
@@ -87,6 +118,22 @@ impl ClusterConfig {
         let config = ClusterConfig {
             name: file.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.into()),
             topology,
+            standby_hub: file.standby_hub,
+            heal_after_ms: file.heal_after_ms.unwrap_or(HEAL_AFTER_MS),
+            emulate: file
+                .emulate
+                .into_iter()
+                .map(|e| {
+                    let [a, b] = e.link;
+                    let conditions = LinkEmulation {
+                        delay_ms: e.delay_ms,
+                        jitter_ms: e.jitter_ms,
+                        loss: e.loss,
+                        partitioned: e.partitioned,
+                    };
+                    (a, b, conditions)
+                })
+                .collect(),
             nodes: file
                 .nodes
                 .into_iter()
@@ -97,11 +144,35 @@ impl ClusterConfig {
                 })
                 .collect(),
         };
-        config
-            .topology
-            .links(&config.names())
-            .map_err(|e| e.to_string())?;
+        config.link_plan()?;
+        for (a, b, conditions) in &config.emulate {
+            for end in [a, b] {
+                if config.node(end).is_none() {
+                    return Err(format!(
+                        "[[emulate]] names {end:?}, not a node of the cluster"
+                    ));
+                }
+            }
+            conditions.check()?;
+        }
         Ok(config)
+    }
+
+    /// The planned links, ready to be planned around unreachable nodes.
+    pub fn link_plan(&self) -> Result<LinkPlan, String> {
+        LinkPlan::new(&self.topology, &self.names(), self.standby_hub.as_deref())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The emulated conditions of the link between `a` and `b` (the last entry
+    /// naming it wins; none means a plain link).
+    pub fn emulation(&self, a: &str, b: &str) -> LinkEmulation {
+        self.emulate
+            .iter()
+            .rev()
+            .find(|(x, y, _)| (x == a && y == b) || (x == b && y == a))
+            .map(|(_, _, conditions)| conditions.clone())
+            .unwrap_or_default()
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -114,9 +185,11 @@ impl ClusterConfig {
 
     /// The planned neighbours of `name`.
     pub fn neighbours(&self, name: &str) -> Vec<String> {
-        self.topology
-            .neighbours(&self.names(), name)
+        self.link_plan()
             .expect("checked when loaded")
+            .planned(name)
+            .into_iter()
+            .collect()
     }
 }
 
@@ -155,6 +228,17 @@ peer = "127.0.0.1:7103"
         .unwrap();
         assert_eq!(custom.name, "x");
         assert_eq!(custom.neighbours("c"), ["b"]);
+        assert_eq!(custom.heal_after_ms, HEAL_AFTER_MS);
+
+        let healing = ClusterConfig::from_toml(&format!(
+            "topology = \"star\"\nhub = \"a\"\nstandby_hub = \"b\"\nheal_after_ms = 700\n{NODES}\
+             [[emulate]]\nlink = [\"c\", \"a\"]\ndelay_ms = 40\nloss = 0.1\n"
+        ))
+        .unwrap();
+        assert_eq!(healing.standby_hub.as_deref(), Some("b"));
+        assert_eq!(healing.heal_after_ms, 700);
+        assert_eq!(healing.emulation("a", "c").delay_ms, 40);
+        assert!(!healing.emulation("a", "b").is_active());
     }
 
     /// Unknown keys, unknown topologies, misplaced options and broken graphs are errors
@@ -187,6 +271,22 @@ peer = "127.0.0.1:7103"
             "not a node",
         );
         bad("topology = \"mesh\"\nnodes = []".into(), "no [[nodes]]");
+        bad(
+            format!("topology = \"ring\"\nstandby_hub = \"a\"\n{NODES}"),
+            "\"star\" only",
+        );
+        bad(
+            format!("topology = \"mesh\"\n{NODES}[[emulate]]\nlink = [\"a\", \"z\"]\n"),
+            "not a node",
+        );
+        bad(
+            format!("topology = \"mesh\"\n{NODES}[[emulate]]\nlink = [\"a\", \"b\"]\nloss = 3.0\n"),
+            "probability",
+        );
+        bad(
+            format!("topology = \"mesh\"\n{NODES}[[emulate]]\nlink = [\"a\", \"b\"]\nlag = 3\n"),
+            "lag",
+        );
         bad(
             format!(
                 "topology = \"mesh\"\n{NODES}[[nodes]]\nname = \"a\"\nhttp = \"x\"\npeer = \"y\"\n"

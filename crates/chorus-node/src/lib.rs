@@ -22,6 +22,7 @@ pub mod cluster;
 mod collections;
 mod committer;
 mod document;
+pub mod emulation;
 pub mod limits;
 mod node;
 pub mod replication;

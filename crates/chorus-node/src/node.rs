@@ -7,6 +7,7 @@ use crate::limits::{
     CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, LIST_SCAN_MAX, PAGE_ITEMS_MAX,
     WRITE_QUEUE_MAX,
 };
+use crate::replication::LinkStatus;
 use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, HlcClock, KeyState, NodeId,
     PhysicalClock, Policy, SystemClock, VersionVector,
@@ -123,6 +124,7 @@ struct Inner {
     /// Names of replicas this node has heard of (from handshakes), for display.
     names: RwLock<HashMap<NodeId, String>>,
     peers: RwLock<Vec<PeerStatus>>,
+    links: RwLock<Option<LinkStatus>>,
 }
 
 impl Drop for Inner {
@@ -186,6 +188,7 @@ impl Node {
                 committer: Some(thread),
                 names: RwLock::new(HashMap::from([(node_id, meta.name.clone())])),
                 peers: RwLock::new(Vec::new()),
+                links: RwLock::new(None),
             }),
         }
     }
@@ -487,6 +490,19 @@ impl Node {
             }
         }
         Ok(out)
+    }
+
+    /// The links as the replication runtime last planned them (`None` without one).
+    pub fn link_status(&self) -> Option<LinkStatus> {
+        self.inner
+            .links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_link_status(&self, links: LinkStatus) {
+        *self.inner.links.write().unwrap_or_else(|e| e.into_inner()) = Some(links);
     }
 
     /// The replication state of each peer, as the replication runtime last published.

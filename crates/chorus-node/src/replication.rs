@@ -1,17 +1,27 @@
 //! The replication runtime: sockets, tasks and timers around `chorus_repl::Engine`.
 //!
 //! ```text
-//!  listener ─┐                       ┌─▶ writer task ──▶ TCP (length-prefixed frames)
+//!  listener ─┐                       ┌─▶ writer task (link emulation) ──▶ TCP
 //!  dialers ──┼─ handshake ─▶ actor ──┤
 //!  readers ──┘   (Hello)     (engine)└─▶ node: read_log / apply_remote / replicate(step)
-//!  ticker, commit watcher ─────▶ actor
+//!  ticker, commit watcher ─────▶ actor ─▶ LinkPlan: which peers to dial now
 //! ```
 //!
 //! One actor task owns the engine: every event goes through its channel, and it
-//! executes the commands. A link is one TCP connection per pair of neighbours,
-//! dialled by the node whose name sorts first; both directions share it. Dialers
-//! retry with backoff, so a node serves its API at once and links come up as peers
-//! do.
+//! executes the commands. A link is one TCP connection per pair of nodes; both
+//! directions share it. Dialers retry with backoff, so a node serves its API at once
+//! and links come up as peers do.
+//!
+//! Self-healing: the actor dials the peers its [`LinkPlan`] wants: the planned
+//! neighbours, and, once a peer has been unreachable (failed dials, or a wanted link
+//! lost) for the cluster's `heal_after_ms`, the nearest reachable nodes beyond it. It
+//! keeps dialling the unreachable ones (probes); a link coming up makes a peer
+//! reachable again and the plan returns to the planned links.
+//!
+//! **Invariant:** whoever wants a link dials it, and the acceptor keeps what it
+//! accepted from a cluster member; only the dialer closes a link it no longer wants.
+//! When both ends dial at once, both keep the connection dialled by the node whose
+//! name sorts first (or the newer of two from the same dialer), so they agree.
 //!
 //! Framing: `[length: u32 big-endian] [frame bytes]`, a length above
 //! `FRAME_BYTES_MAX` ends the connection (corrupt or hostile stream). A frame that
@@ -19,17 +29,21 @@
 //! cursor on the next session, so nothing is lost.
 
 use crate::cluster::ClusterConfig;
+use crate::emulation::{LinkEmulation, SplitMix};
 use crate::{Node, NodeId, ReadError, ReplicationStep};
 use chorus_core::PhysicalClock;
 pub use chorus_repl::EngineLimits;
 use chorus_repl::frame::FRAME_BYTES_MAX;
-use chorus_repl::{Command, Engine, Event, Frame, Hello, Membership, PROTOCOL_VERSION};
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use chorus_repl::{
+    Command, Engine, Event, Frame, Hello, LinkPlan, Membership, PROTOCOL_VERSION, Plan,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Bytes of entries read from the log for one frame (at least one entry is sent).
@@ -48,6 +62,30 @@ const RETENTION_CHECK_PERIOD: Duration = Duration::from_secs(10);
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Settings of the replication runtime beyond the cluster file.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub limits: EngineLimits,
+    /// Link emulation set on the command line, per peer: this node's frames to it.
+    /// It takes precedence over the cluster file's `[[emulate]]`.
+    pub emulate: BTreeMap<String, LinkEmulation>,
+}
+
+/// The links of a node as the runtime last planned them (for `GET /v1/status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// The planned neighbours (from the cluster file's topology).
+    pub planned: Vec<String>,
+    /// The peers the node links to now: the planned ones, or around unreachable ones.
+    pub wanted: Vec<String>,
+    /// The peers linked now (including links other nodes dialled).
+    pub connected: Vec<String>,
+    /// Peers unreachable for longer than the heal timeout (still dialled when the
+    /// plan works around them).
+    pub unreachable: Vec<String>,
+    pub heal_after_ms: u64,
+}
+
 enum Msg {
     Event(Event),
     Up {
@@ -55,6 +93,7 @@ enum Msg {
         hello: Hello,
         writer: mpsc::Sender<Frame>,
         conn: u64,
+        dialled_by_me: bool,
         tasks: Vec<JoinHandle<()>>,
     },
     Down {
@@ -66,6 +105,14 @@ enum Msg {
         peer: String,
         reason: String,
     },
+    /// A dial to `peer` failed (refused, timed out, partitioned).
+    DialFailed {
+        peer: String,
+    },
+    Reconfigure {
+        config: ClusterConfig,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 struct Link {
@@ -73,6 +120,7 @@ struct Link {
     /// The peer's node id in this session (its cursor is stored under it).
     node_id: NodeId,
     writer: mpsc::Sender<Frame>,
+    dialled_by_me: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -87,6 +135,7 @@ impl Drop for Link {
 /// A running replication runtime; dropping it stops every task.
 pub struct Replication {
     tasks: Vec<JoinHandle<()>>,
+    actor: mpsc::Sender<Msg>,
 }
 
 impl Drop for Replication {
@@ -97,12 +146,31 @@ impl Drop for Replication {
     }
 }
 
+impl Replication {
+    /// Changes the cluster while running: nodes join or leave, links and link
+    /// emulation change. This node's own name, peer address and the cluster name
+    /// cannot change without a restart.
+    pub async fn reconfigure(&self, config: ClusterConfig) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.actor
+            .send(Msg::Reconfigure { config, reply })
+            .await
+            .map_err(|_| "replication has stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "replication has stopped".to_owned())?
+    }
+}
+
 #[derive(Clone)]
 struct Shared {
     node: Node,
-    cluster: Arc<ClusterConfig>,
+    cluster: Arc<RwLock<Arc<ClusterConfig>>>,
+    emulate: Arc<BTreeMap<String, LinkEmulation>>,
     me: String,
     actor: mpsc::Sender<Msg>,
+    /// The peers linked now: a dialer waits while its peer is linked.
+    linked: watch::Receiver<BTreeSet<String>>,
     started: Instant,
 }
 
@@ -111,29 +179,48 @@ impl Shared {
         self.started.elapsed().as_millis() as u64
     }
 
+    fn cluster(&self) -> Arc<ClusterConfig> {
+        self.cluster
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The conditions emulated on this node's frames to `peer`.
+    fn emulation(&self, peer: &str) -> LinkEmulation {
+        match self.emulate.get(peer) {
+            Some(set) => set.clone(),
+            None => self.cluster().emulation(&self.me, peer),
+        }
+    }
+
     fn hello(&self) -> Result<Hello, String> {
-        hello(&self.node, &self.cluster.name, &self.me).map_err(|e| e.to_string())
+        hello(&self.node, &self.cluster().name, &self.me).map_err(|e| e.to_string())
     }
 
     /// Why a peer's hello is refused, if it is.
     fn check(&self, hello: &Hello) -> Result<(), String> {
+        let cluster = self.cluster();
         if hello.protocol != PROTOCOL_VERSION {
             return Err(format!(
                 "speaks protocol {}, this node speaks {PROTOCOL_VERSION}",
                 hello.protocol
             ));
         }
-        if hello.cluster != self.cluster.name {
+        if hello.cluster != cluster.name {
             return Err(format!(
                 "belongs to cluster {:?}, this node to {:?}",
-                hello.cluster, self.cluster.name
+                hello.cluster, cluster.name
             ));
         }
-        if hello.name == self.me || self.cluster.node(&hello.name).is_none() {
+        if hello.name == self.me || cluster.node(&hello.name).is_none() {
             return Err(format!(
-                "{:?} is not another node of cluster {:?}",
-                hello.name, self.cluster.name
+                "{:?} is not another node of cluster {:?} (if it joined, reload the cluster file here)",
+                hello.name, cluster.name
             ));
+        }
+        if self.emulation(&hello.name).partitioned {
+            return Err("the link is partitioned (link emulation)".into());
         }
         Ok(())
     }
@@ -159,105 +246,409 @@ pub fn hello(node: &Node, cluster: &str, me: &str) -> Result<Hello, crate::ReadE
     })
 }
 
+fn membership(cluster: &ClusterConfig, me: &str) -> Membership {
+    Membership {
+        me: me.to_owned(),
+        neighbours: cluster.neighbours(me),
+        members: cluster.names(),
+    }
+}
+
 /// Starts replicating `node` as cluster member `me`: listens on its peer address,
-/// dials the neighbours it should dial, and streams entries both ways.
+/// dials the peers its link plan wants, and streams entries both ways.
 pub async fn start(
     node: Node,
     cluster: ClusterConfig,
     me: &str,
-    limits: EngineLimits,
+    options: Options,
 ) -> std::io::Result<Replication> {
     let address = cluster
         .node(me)
         .ok_or_else(|| std::io::Error::other(format!("{me:?} is not a node of the cluster file")))?
         .peer
         .clone();
+    let plan = cluster.link_plan().map_err(std::io::Error::other)?;
     let listener = TcpListener::bind(&address)
         .await
         .map_err(|e| std::io::Error::other(format!("cannot listen for peers on {address}: {e}")))?;
     let (actor_tx, actor_rx) = mpsc::channel(ACTOR_QUEUE_MAX);
+    let (linked_tx, linked_rx) = watch::channel(BTreeSet::new());
+    let heal_after_ms = cluster.heal_after_ms;
     let shared = Shared {
         node,
-        cluster: Arc::new(cluster),
+        cluster: Arc::new(RwLock::new(Arc::new(cluster))),
+        emulate: Arc::new(options.emulate),
         me: me.to_owned(),
-        actor: actor_tx,
+        actor: actor_tx.clone(),
+        linked: linked_rx,
         started: Instant::now(),
     };
-    let neighbours = shared.cluster.neighbours(me);
     let position = shared.node.position().map_err(std::io::Error::other)?;
-    let membership = Membership {
-        me: me.to_owned(),
-        neighbours: neighbours.clone(),
-        members: shared.cluster.names(),
+    let limits = options.limits;
+    let engine = Engine::new(
+        membership(&shared.cluster(), me),
+        position,
+        shared.now_ms(),
+        limits.clone(),
+    );
+    let actor = Actor {
+        shared: shared.clone(),
+        engine,
+        links: HashMap::new(),
+        plan,
+        heal_after_ms,
+        down_since: BTreeMap::new(),
+        dialers: HashMap::new(),
+        wanted: Plan::default(),
+        linked: linked_tx,
     };
-    let limits_for_retention = limits.clone();
-    let engine = Engine::new(membership, position, shared.now_ms(), limits);
-    let mut tasks = vec![
-        tokio::spawn(run_actor(shared.clone(), engine, actor_rx)),
+    let tasks = vec![
+        tokio::spawn(actor.run(actor_rx)),
         tokio::spawn(accept(shared.clone(), listener)),
         tokio::spawn(tick(shared.clone())),
-        tokio::spawn(measure_retention(shared.clone(), limits_for_retention)),
+        tokio::spawn(measure_retention(shared.clone(), limits)),
         tokio::spawn(watch_commits(shared.clone())),
     ];
-    for peer in neighbours.into_iter().filter(|n| n.as_str() > me) {
-        tasks.push(tokio::spawn(dial(shared.clone(), peer)));
-    }
     tracing::info!(node = me, peer_address = %address, "replication started");
-    Ok(Replication { tasks })
+    Ok(Replication {
+        tasks,
+        actor: actor_tx,
+    })
 }
 
-async fn run_actor(shared: Shared, mut engine: Engine, mut inbox: mpsc::Receiver<Msg>) {
-    let mut links: HashMap<String, Link> = HashMap::new();
-    while let Some(msg) = inbox.recv().await {
-        let mut events = VecDeque::new();
-        match msg {
-            Msg::Event(event) => events.push_back(event),
-            Msg::Up {
-                peer,
-                hello,
-                writer,
-                conn,
-                tasks,
-            } => {
-                let node_id = hello.node_id;
-                let acked_seq = shared.node.peer_cursor(node_id).unwrap_or_else(|error| {
-                    tracing::error!(%error, peer, "cannot read the peer's cursor; resending from the start");
-                    0
-                });
-                tracing::info!(peer, acked_seq, "peer connected");
-                links.insert(
-                    peer.clone(),
-                    Link {
-                        conn,
-                        node_id,
-                        writer,
-                        tasks,
-                    },
-                );
-                events.push_back(Event::Connected {
+/// The task that owns the engine and the links.
+struct Actor {
+    shared: Shared,
+    engine: Engine,
+    links: HashMap<String, Link>,
+    plan: LinkPlan,
+    heal_after_ms: u64,
+    /// Since when each peer has been failing (dials failed, or a wanted link lost);
+    /// cleared when a link to it comes up.
+    down_since: BTreeMap<String, u64>,
+    /// A dialer task per peer the plan wants or probes.
+    dialers: HashMap<String, JoinHandle<()>>,
+    /// The plan last made.
+    wanted: Plan,
+    linked: watch::Sender<BTreeSet<String>>,
+}
+
+impl Drop for Actor {
+    fn drop(&mut self) {
+        for dialer in self.dialers.values() {
+            dialer.abort();
+        }
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Msg>) {
+        while let Some(msg) = inbox.recv().await {
+            let mut events = VecDeque::new();
+            match msg {
+                Msg::Event(event) => events.push_back(event),
+                Msg::Up {
                     peer,
                     hello,
-                    acked_seq,
-                });
-            }
-            Msg::Down { peer, conn } => {
-                if links.get(&peer).is_some_and(|l| l.conn == conn) {
-                    links.remove(&peer);
-                    tracing::info!(peer, "peer disconnected");
-                    events.push_back(Event::Disconnected { peer });
+                    writer,
+                    conn,
+                    dialled_by_me,
+                    tasks,
+                } => {
+                    let link = Link {
+                        conn,
+                        node_id: hello.node_id,
+                        writer,
+                        dialled_by_me,
+                        tasks,
+                    };
+                    events.extend(self.up(peer, hello, link));
+                }
+                Msg::Down { peer, conn } => {
+                    if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
+                        events.extend(self.lose(peer, "the connection closed"));
+                    }
+                }
+                Msg::Drop { peer, reason } => events.extend(self.lose(peer, &reason)),
+                Msg::DialFailed { peer } => {
+                    let now = self.shared.now_ms();
+                    self.down_since.entry(peer).or_insert(now);
+                }
+                Msg::Reconfigure { config, reply } => {
+                    let result = self.reconfigure(config, &mut events);
+                    let _ = reply.send(result);
                 }
             }
-            Msg::Drop { peer, reason } => {
-                events.extend(engine_disconnect(&mut links, peer, &reason));
-            }
+            self.handle(events);
+            let events = self.follow_plan();
+            self.handle(events);
+            self.publish();
         }
+    }
+
+    /// Feeds events to the engine and executes its commands, until none are left.
+    fn handle(&mut self, mut events: VecDeque<Event>) {
         while let Some(event) = events.pop_front() {
             tracing::trace!(?event, "replication event");
-            for command in engine.handle(event) {
-                execute(&shared, &mut links, command, &mut events);
+            for command in self.engine.handle(event) {
+                self.execute(command, &mut events);
             }
         }
-        shared.node.set_peer_status(engine.peers());
+    }
+
+    /// A connection to `peer` is up: it becomes the link unless a preferred one is
+    /// already up (see the module's invariant).
+    fn up(&mut self, peer: String, hello: Hello, link: Link) -> Option<Event> {
+        if let Some(existing) = self.links.get(&peer) {
+            let dialer = |by_me: bool| if by_me { &self.shared.me } else { &peer };
+            if dialer(existing.dialled_by_me) < dialer(link.dialled_by_me) {
+                tracing::debug!(peer, "a second connection; keeping the first");
+                return None;
+            }
+        }
+        let acked_seq = self.shared.node.peer_cursor(hello.node_id).unwrap_or_else(|error| {
+            tracing::error!(%error, peer, "cannot read the peer's cursor; resending from the start");
+            0
+        });
+        tracing::info!(peer, acked_seq, "peer connected");
+        self.down_since.remove(&peer);
+        self.links.insert(peer.clone(), link);
+        Some(Event::Connected {
+            peer,
+            hello,
+            acked_seq,
+        })
+    }
+
+    /// Drops the link to `peer` after a fault; losing a wanted link starts its
+    /// unreachable clock. Returns the event that tells the engine, if it was up.
+    fn lose(&mut self, peer: String, reason: &str) -> Option<Event> {
+        let link = self.links.remove(&peer)?;
+        drop(link);
+        tracing::warn!(peer, reason, "lost the link");
+        if self.wanted.links.contains(&peer) {
+            let now = self.shared.now_ms();
+            self.down_since.entry(peer.clone()).or_insert(now);
+        }
+        Some(Event::Disconnected { peer })
+    }
+
+    /// The peers unreachable for longer than the heal timeout.
+    fn unreachable(&self) -> BTreeSet<String> {
+        let now = self.shared.now_ms();
+        self.down_since
+            .iter()
+            .filter(|(peer, since)| {
+                now >= *since + self.heal_after_ms && !self.links.contains_key(*peer)
+            })
+            .map(|(peer, _)| peer.clone())
+            .collect()
+    }
+
+    /// Plans the links anew and follows the plan: dials what it wants or probes,
+    /// stops dialling the rest, and closes links this node dialled that it no longer
+    /// wants (and any link the cluster no longer allows).
+    fn follow_plan(&mut self) -> VecDeque<Event> {
+        let plan = self.plan.plan(&self.shared.me, &self.unreachable());
+        if plan != self.wanted {
+            tracing::info!(links = ?plan.links, around = ?plan.probes, "link plan");
+        }
+        self.wanted = plan;
+        let dial: BTreeSet<&String> = self.wanted.links.union(&self.wanted.probes).collect();
+        self.dialers.retain(|peer, task| {
+            let keep = dial.contains(peer);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for peer in dial {
+            if !self.dialers.contains_key(peer) {
+                let task = tokio::spawn(dial_loop(self.shared.clone(), peer.clone()));
+                self.dialers.insert(peer.clone(), task);
+            }
+        }
+        let cluster = self.shared.cluster();
+        let retired: Vec<(String, &'static str)> = self
+            .links
+            .iter()
+            .filter_map(|(peer, link)| {
+                if cluster.node(peer).is_none() {
+                    Some((peer.clone(), "it left the cluster"))
+                } else if self.shared.emulation(peer).partitioned {
+                    Some((peer.clone(), "the link is partitioned (link emulation)"))
+                } else if link.dialled_by_me && !self.dialers.contains_key(peer) {
+                    Some((peer.clone(), "the link plan no longer wants it"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        retired
+            .into_iter()
+            .filter_map(|(peer, reason)| {
+                tracing::info!(peer, reason, "closing the link");
+                self.links.remove(&peer)?;
+                Some(Event::Disconnected { peer })
+            })
+            .collect()
+    }
+
+    fn reconfigure(
+        &mut self,
+        config: ClusterConfig,
+        events: &mut VecDeque<Event>,
+    ) -> Result<(), String> {
+        let current = self.shared.cluster();
+        let me = &self.shared.me;
+        match (current.node(me), config.node(me)) {
+            (_, None) => {
+                return Err(format!(
+                    "the new cluster file does not name this node {me:?}"
+                ));
+            }
+            (Some(old), Some(new)) if old.peer != new.peer => {
+                return Err(format!(
+                    "this node's peer address changes ({} to {}); restart it to move",
+                    old.peer, new.peer
+                ));
+            }
+            _ => {}
+        }
+        if config.name != current.name {
+            return Err(format!(
+                "the cluster name changes ({:?} to {:?}); restart every node to rename",
+                current.name, config.name
+            ));
+        }
+        self.plan = config.link_plan()?;
+        self.heal_after_ms = config.heal_after_ms;
+        self.down_since
+            .retain(|peer, _| config.node(peer).is_some());
+        events.push_back(Event::Reconfigured {
+            membership: membership(&config, me),
+        });
+        tracing::info!(nodes = ?config.names(), "cluster reconfigured");
+        *self
+            .shared
+            .cluster
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let node = &self.shared.node;
+        node.set_peer_status(self.engine.peers());
+        let mut connected: Vec<String> = self.links.keys().cloned().collect();
+        connected.sort();
+        let linked: BTreeSet<String> = connected.iter().cloned().collect();
+        self.linked.send_if_modified(|current| {
+            let changed = *current != linked;
+            *current = linked;
+            changed
+        });
+        node.set_link_status(LinkStatus {
+            planned: self.plan.planned(&self.shared.me).into_iter().collect(),
+            wanted: self.wanted.links.iter().cloned().collect(),
+            connected,
+            unreachable: self.unreachable().into_iter().collect(),
+            heal_after_ms: self.heal_after_ms,
+        });
+    }
+
+    fn execute(&mut self, command: Command, events: &mut VecDeque<Event>) {
+        let shared = &self.shared;
+        tracing::trace!(?command, "replication command");
+        let command = match answer_read(&shared.node, command) {
+            ReadAnswer::Answered(Ok(event)) => return events.push_back(event),
+            ReadAnswer::Answered(Err(error)) => {
+                return tracing::error!(%error, "cannot read for replication");
+            }
+            ReadAnswer::NotARead(command) => command,
+        };
+        match command {
+            Command::Send { peer, frame } => {
+                let Some(link) = self.links.get(&peer) else {
+                    return;
+                };
+                if link.writer.try_send(frame).is_err() {
+                    events.extend(self.lose(peer, "the peer is not reading"));
+                }
+            }
+            Command::Apply {
+                peer,
+                session,
+                entries,
+            } => {
+                let (node, actor) = (shared.node.clone(), shared.actor.clone());
+                tokio::spawn(async move {
+                    match node.apply_remote(entries).await {
+                        Ok(outcome) => {
+                            let waiting = outcome.waiting.iter().map(|e| e.dot()).collect();
+                            let event = Event::Applied {
+                                peer,
+                                session,
+                                applied: outcome.applied,
+                                waiting,
+                            };
+                            let _ = actor.send(Msg::Event(event)).await;
+                        }
+                        Err(error) => {
+                            // Not acknowledged: the peer sends these again next session.
+                            let reason = format!("cannot apply its entries: {error}");
+                            let _ = actor.send(Msg::Drop { peer, reason }).await;
+                        }
+                    }
+                });
+            }
+            Command::SaveCursor { peer, seq } => {
+                let Some(node_id) = self.links.get(&peer).map(|l| l.node_id) else {
+                    return;
+                };
+                replicate_in_background(shared, ReplicationStep::SaveCursor { peer: node_id, seq });
+            }
+            Command::MergeState {
+                peer,
+                session,
+                keys,
+                conflicts,
+            } => {
+                let step = ReplicationStep::MergeState { keys, conflicts };
+                replicate_then(shared, peer.clone(), step, move |_| Event::StateMerged {
+                    peer,
+                    session,
+                });
+            }
+            Command::AdoptState {
+                peer,
+                session,
+                applied,
+            } => {
+                tracing::info!(peer, "state transfer complete");
+                metrics::counter!("chorus_state_transfers_total").increment(1);
+                let step = ReplicationStep::AdoptState { applied };
+                replicate_then(shared, peer.clone(), step, move |node| {
+                    let applied = node.position().map(|p| p.applied).unwrap_or_default();
+                    Event::StateAdopted {
+                        peer,
+                        session,
+                        applied,
+                    }
+                });
+            }
+            Command::CollectTombstones { stable } => {
+                replicate_in_background(shared, ReplicationStep::CollectTombstones { stable })
+            }
+            Command::TruncateLog { before_seq } => {
+                replicate_in_background(shared, ReplicationStep::TruncateLog { before_seq })
+            }
+            Command::Disconnect { peer, reason } => events.extend(self.lose(peer, &reason)),
+            Command::ReadLog { .. }
+            | Command::ReadBuckets { .. }
+            | Command::CompareBuckets { .. }
+            | Command::ReadState { .. } => unreachable!("reads are answered by answer_read"),
+        }
     }
 }
 
@@ -328,104 +719,6 @@ pub fn answer_read(node: &Node, command: Command) -> ReadAnswer {
     })
 }
 
-fn execute(
-    shared: &Shared,
-    links: &mut HashMap<String, Link>,
-    command: Command,
-    events: &mut VecDeque<Event>,
-) {
-    tracing::trace!(?command, "replication command");
-    let command = match answer_read(&shared.node, command) {
-        ReadAnswer::Answered(Ok(event)) => return events.push_back(event),
-        ReadAnswer::Answered(Err(error)) => {
-            return tracing::error!(%error, "cannot read for replication");
-        }
-        ReadAnswer::NotARead(command) => command,
-    };
-    match command {
-        Command::Send { peer, frame } => {
-            let Some(link) = links.get(&peer) else { return };
-            if link.writer.try_send(frame).is_err() {
-                events.extend(engine_disconnect(links, peer, "the peer is not reading"));
-            }
-        }
-        Command::Apply {
-            peer,
-            session,
-            entries,
-        } => {
-            let (node, actor) = (shared.node.clone(), shared.actor.clone());
-            tokio::spawn(async move {
-                match node.apply_remote(entries).await {
-                    Ok(outcome) => {
-                        let waiting = outcome.waiting.iter().map(|e| e.dot()).collect();
-                        let event = Event::Applied {
-                            peer,
-                            session,
-                            applied: outcome.applied,
-                            waiting,
-                        };
-                        let _ = actor.send(Msg::Event(event)).await;
-                    }
-                    Err(error) => {
-                        // Not acknowledged: the peer sends these again next session.
-                        let reason = format!("cannot apply its entries: {error}");
-                        let _ = actor.send(Msg::Drop { peer, reason }).await;
-                    }
-                }
-            });
-        }
-        Command::SaveCursor { peer, seq } => {
-            let Some(node_id) = links.get(&peer).map(|l| l.node_id) else {
-                return;
-            };
-            replicate_in_background(shared, ReplicationStep::SaveCursor { peer: node_id, seq });
-        }
-        Command::MergeState {
-            peer,
-            session,
-            keys,
-            conflicts,
-        } => {
-            let step = ReplicationStep::MergeState { keys, conflicts };
-            replicate_then(shared, peer.clone(), step, move |_| Event::StateMerged {
-                peer,
-                session,
-            });
-        }
-        Command::AdoptState {
-            peer,
-            session,
-            applied,
-        } => {
-            tracing::info!(peer, "state transfer complete");
-            metrics::counter!("chorus_state_transfers_total").increment(1);
-            let step = ReplicationStep::AdoptState { applied };
-            replicate_then(shared, peer.clone(), step, move |node| {
-                let applied = node.position().map(|p| p.applied).unwrap_or_default();
-                Event::StateAdopted {
-                    peer,
-                    session,
-                    applied,
-                }
-            });
-        }
-        Command::CollectTombstones { stable } => {
-            replicate_in_background(shared, ReplicationStep::CollectTombstones { stable })
-        }
-        Command::TruncateLog { before_seq } => {
-            replicate_in_background(shared, ReplicationStep::TruncateLog { before_seq })
-        }
-        Command::Disconnect { peer, reason } => {
-            events.extend(engine_disconnect(links, peer, &reason))
-        }
-        Command::ReadLog { .. }
-        | Command::ReadBuckets { .. }
-        | Command::CompareBuckets { .. }
-        | Command::ReadState { .. } => unreachable!("reads are answered by answer_read"),
-    }
-}
-
 /// Commits `step` without holding up the actor; nothing waits for it (a failure is
 /// logged, and the engine asks again later: cursors and collections are idempotent).
 fn replicate_in_background(shared: &Shared, step: ReplicationStep) {
@@ -456,16 +749,6 @@ fn replicate_then(
         };
         let _ = actor.send(msg).await;
     });
-}
-
-/// Drops the link to `peer`; returns the event that tells the engine, if it was up.
-fn engine_disconnect(
-    links: &mut HashMap<String, Link>,
-    peer: String,
-    reason: &str,
-) -> Option<Event> {
-    tracing::warn!(peer, reason, "dropping the link");
-    links.remove(&peer).map(|_| Event::Disconnected { peer })
 }
 
 /// Every `RETENTION_CHECK_PERIOD`, finds the op-log entries beyond the byte and age
@@ -562,39 +845,58 @@ async fn inbound(shared: &Shared, mut stream: TcpStream) -> Result<(), String> {
         return Err(format!("peer {:?}: {reason}", theirs.name));
     }
     write_frame(&mut stream, &Frame::Hello(shared.hello()?)).await?;
-    run_connection(shared, stream, theirs).await;
+    run_connection(shared, stream, theirs, false).await;
     Ok(())
 }
 
-async fn dial(shared: Shared, peer: String) {
-    let address = shared
-        .cluster
-        .node(&peer)
-        .expect("a cluster node")
-        .peer
-        .clone();
+/// Keeps a link to `peer` up while the actor wants it: dials whenever it is not
+/// linked, with backoff, and reports failed dials (they make the peer unreachable).
+async fn dial_loop(shared: Shared, peer: String) {
+    let mut linked = shared.linked.clone();
     let mut backoff = DIAL_BACKOFF_MIN;
     loop {
-        match outbound(&shared, &address).await {
+        if linked.wait_for(|l| !l.contains(&peer)).await.is_err() {
+            return;
+        }
+        let Some(address) = shared.cluster().node(&peer).map(|n| n.peer.clone()) else {
+            return;
+        };
+        let attempt = if shared.emulation(&peer).partitioned {
+            Err("the link is partitioned (link emulation)".to_owned())
+        } else {
+            outbound(&shared, &peer, &address).await
+        };
+        match attempt {
             Ok(ended) => {
                 backoff = DIAL_BACKOFF_MIN;
                 let _ = ended.await;
             }
-            Err(reason) => tracing::debug!(peer, reason, "cannot link to peer yet"),
+            Err(reason) => {
+                tracing::debug!(peer, reason, "cannot link to peer");
+                let failed = Msg::DialFailed { peer: peer.clone() };
+                if shared.actor.send(failed).await.is_err() {
+                    return;
+                }
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
     }
 }
 
-/// Dials, shakes hands, and returns a signal that completes when the link ends.
+/// Dials `peer` at `address`, shakes hands, and returns a signal that completes when
+/// the link ends.
 async fn outbound(
     shared: &Shared,
+    peer: &str,
     address: &str,
-) -> Result<tokio::sync::oneshot::Receiver<()>, String> {
-    let mut stream = TcpStream::connect(address)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<oneshot::Receiver<()>, String> {
+    let connect = TcpStream::connect(address);
+    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("no connection within the handshake timeout".into()),
+    };
     write_frame(&mut stream, &Frame::Hello(shared.hello()?)).await?;
     let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream)).await {
         Ok(Ok(Frame::Hello(hello))) => hello,
@@ -606,11 +908,17 @@ async fn outbound(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("no hello within the handshake timeout".into()),
     };
+    if theirs.name != peer {
+        return Err(format!(
+            "{address} is node {:?}, not {peer:?}; check the cluster file",
+            theirs.name
+        ));
+    }
     if let Err(reason) = shared.check(&theirs) {
         tracing::warn!(address, reason, "refused the peer we dialled");
         return Err(reason);
     }
-    Ok(run_connection(shared, stream, theirs).await)
+    Ok(run_connection(shared, stream, theirs, true).await)
 }
 
 /// Registers an established connection with the actor: spawns its reader and writer.
@@ -619,26 +927,22 @@ async fn run_connection(
     shared: &Shared,
     stream: TcpStream,
     hello: Hello,
-) -> tokio::sync::oneshot::Receiver<()> {
+    dialled_by_me: bool,
+) -> oneshot::Receiver<()> {
     static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     shared.learn(&hello);
     let peer = hello.name.clone();
     let _ = stream.set_nodelay(true);
-    let (mut read_half, mut write_half) = stream.into_split();
-    let (writer_tx, mut writer_rx) = mpsc::channel::<Frame>(WRITER_QUEUE_MAX);
-    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-    let writer_peer = peer.clone();
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = writer_rx.recv().await {
-            let bytes = framed(&frame);
-            metrics::counter!("chorus_replication_bytes_sent_total", "peer" => writer_peer.clone())
-                .increment(bytes.len() as u64);
-            if write_half.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (mut read_half, write_half) = stream.into_split();
+    let (writer_tx, writer_rx) = mpsc::channel::<Frame>(WRITER_QUEUE_MAX);
+    let (ended_tx, ended_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_frames(
+        shared.clone(),
+        peer.clone(),
+        writer_rx,
+        write_half,
+    ));
     let (actor, reader_peer) = (shared.actor.clone(), peer.clone());
     let reader = tokio::spawn(async move {
         loop {
@@ -671,10 +975,47 @@ async fn run_connection(
         hello,
         writer: writer_tx,
         conn,
+        dialled_by_me,
         tasks: vec![writer, reader],
     };
     let _ = shared.actor.send(up).await;
     ended_rx
+}
+
+/// Writes the frames queued for `peer`, each held back as the link's emulated
+/// conditions say (never reordered: a frame leaves no earlier than the one before).
+async fn write_frames(
+    shared: Shared,
+    peer: String,
+    mut queue: mpsc::Receiver<Frame>,
+    mut out: OwnedWriteHalf,
+) {
+    let mut random =
+        SplitMix::new(shared.node.node_id().0 ^ shared.started.elapsed().as_nanos() as u64);
+    let mut held: VecDeque<(tokio::time::Instant, Vec<u8>)> = VecDeque::new();
+    loop {
+        let next_due = held.front().map(|(due, _)| *due);
+        tokio::select! {
+            frame = queue.recv() => {
+                let Some(frame) = frame else { return };
+                let now = tokio::time::Instant::now();
+                let emulation = shared.emulation(&peer);
+                let due = if emulation.is_active() { now + emulation.hold(&mut random) } else { now };
+                let due = held.back().map_or(due, |(last, _)| due.max(*last));
+                held.push_back((due, framed(&frame)));
+            }
+            _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {}
+        }
+        let now = tokio::time::Instant::now();
+        while held.front().is_some_and(|(due, _)| *due <= now) {
+            let (_, bytes) = held.pop_front().expect("checked");
+            metrics::counter!("chorus_replication_bytes_sent_total", "peer" => peer.clone())
+                .increment(bytes.len() as u64);
+            if out.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 async fn read_frame(stream: &mut (impl AsyncReadExt + Unpin)) -> Result<Frame, String> {

@@ -19,7 +19,7 @@
 
 use crate::frame::{Frame, Hello};
 use chorus_core::{ConflictRecord, Dot, Entry, KeyState, VersionVector};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Bounds of the engine, each limiting memory or work per peer.
 #[derive(Clone, Debug)]
@@ -144,6 +144,10 @@ pub enum Event {
     },
     Tick {
         now_ms: u64,
+    },
+    /// The cluster changed (a node joined or left, the planned links moved).
+    Reconfigured {
+        membership: Membership,
     },
 }
 
@@ -326,6 +330,9 @@ pub struct Membership {
 pub struct Engine {
     limits: EngineLimits,
     me: String,
+    /// The planned neighbours: kept (with their cursors) while disconnected.
+    planned: BTreeSet<String>,
+    /// Planned neighbours, and any other node while a link to it is up.
     peers: BTreeMap<String, Peer>,
     log: LogPosition,
     /// The newest applied vector known for each member (ours included), learned
@@ -355,6 +362,7 @@ impl Engine {
             .iter()
             .map(|p| (p.clone(), Peer::default()))
             .collect();
+        let planned = membership.neighbours.iter().cloned().collect();
         let known = membership
             .members
             .iter()
@@ -363,6 +371,7 @@ impl Engine {
         Engine {
             limits,
             me: membership.me,
+            planned,
             peers,
             log,
             known,
@@ -436,9 +445,30 @@ impl Engine {
                 self.maybe_read(&peer, &mut out);
             }
             Event::Disconnected { peer } => {
-                if let Some(p) = self.peers.get_mut(&peer) {
+                if !self.planned.contains(&peer) {
+                    // A link around a failure, or from a node that left: its cursor
+                    // is stored, and it holds back nothing once the link is gone.
+                    self.peers.remove(&peer);
+                } else if let Some(p) = self.peers.get_mut(&peer) {
                     p.connected = false;
                 }
+            }
+            Event::Reconfigured { membership } => {
+                self.planned = membership.neighbours.iter().cloned().collect();
+                for name in &membership.neighbours {
+                    self.peers.entry(name.clone()).or_default();
+                }
+                self.peers
+                    .retain(|name, p| p.connected || self.planned.contains(name));
+                let known = std::mem::take(&mut self.known);
+                self.known = membership
+                    .members
+                    .into_iter()
+                    .map(|m| {
+                        let vv = known.get(&m).cloned().unwrap_or_default();
+                        (m, vv)
+                    })
+                    .collect();
             }
             Event::Received { peer, frame } => self.received(&peer, frame, &mut out),
             Event::LogRead {
@@ -805,7 +835,10 @@ impl Engine {
         let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
             return;
         };
-        if p.outgoing_state.is_none() && !p.applied.dominates(&self.log.floor) {
+        // A peer that lacks something only our state has gets a transfer; so does a
+        // new (or wiped) peer, for whom the state is smaller than its history.
+        let new_peer = p.applied.is_empty() && !self.log.applied.is_empty();
+        if p.outgoing_state.is_none() && (new_peer || !p.applied.dominates(&self.log.floor)) {
             // Once what is in flight is acknowledged, send the state instead.
             if !p.in_flight.is_empty() {
                 return;
@@ -1322,6 +1355,58 @@ mod tests {
         assert!(
             matches!(&cmds[..], [Command::Disconnect { reason, .. }] if reason.contains("out of order"))
         );
+    }
+
+    /// A new (or wiped) peer, one that has applied nothing, gets the state by
+    /// transfer rather than the whole history, even with the full log at hand.
+    #[test]
+    fn a_new_peer_gets_a_state_transfer() {
+        let log = LogPosition {
+            last_seq: 3,
+            log_start: 1,
+            applied: VersionVector::from_entries([(NodeId(1), 3)]),
+            floor: VersionVector::new(),
+        };
+        let mut e = Engine::new(members(&["b"]), log, 0, EngineLimits::default());
+        assert_eq!(
+            connect(&mut e, &[], 0),
+            [Command::ReadBuckets {
+                peer: "b".into(),
+                session: 1
+            }]
+        );
+    }
+
+    /// A link to a node that is not a planned neighbour (a link around a failure) is
+    /// forgotten when it goes down, so it holds back no log collection; planned
+    /// neighbours stay. Reconfiguring changes both, and the members whose vectors
+    /// decide stability.
+    #[test]
+    fn links_beyond_the_plan_are_forgotten_and_membership_changes() {
+        let mut e = engine(4);
+        let hello_of = |name: &str| Hello {
+            name: name.into(),
+            ..hello(&[])
+        };
+        e.handle(Event::Connected {
+            peer: "c".into(),
+            hello: hello_of("c"),
+            acked_seq: 0,
+        });
+        assert_eq!(e.peers().len(), 2);
+        e.handle(Event::Disconnected { peer: "c".into() });
+        e.handle(Event::Disconnected { peer: "b".into() });
+        let names: Vec<String> = e.peers().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["b"]);
+        // Collection waits for the planned neighbour only.
+        assert!(e.handle(Event::Tick { now_ms: 1 }).is_empty());
+
+        e.handle(Event::Reconfigured {
+            membership: members(&["c", "d"]),
+        });
+        let names: Vec<String> = e.peers().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["c", "d"]);
+        assert!(e.stable().is_empty(), "new members not heard of yet");
     }
 
     /// A peer lacking what only our state holds (the floor) gets a transfer: bucket

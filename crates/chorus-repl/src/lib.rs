@@ -24,8 +24,10 @@
 
 pub mod engine;
 pub mod frame;
+pub mod links;
 pub mod topology;
 
 pub use engine::{Command, Engine, EngineLimits, Event, LogPosition, Membership, PeerStatus};
 pub use frame::{Frame, FrameError, Hello, PROTOCOL_VERSION};
+pub use links::{LinkPlan, Plan};
 pub use topology::{Topology, TopologyError};

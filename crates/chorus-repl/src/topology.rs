@@ -24,6 +24,10 @@ pub enum TopologyError {
     SelfLink(String),
     #[error("the nodes are not all connected: {0:?} cannot reach {1:?}")]
     Disconnected(String, String),
+    #[error("standby_hub is for topology \"star\" only")]
+    StandbyWithoutStar,
+    #[error("the standby hub {0:?} is the hub itself")]
+    StandbyIsHub(String),
 }
 
 impl Topology {

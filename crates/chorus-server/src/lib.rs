@@ -21,20 +21,31 @@ pub use error::ApiError;
 pub use routes::router;
 
 use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Re-reads the cluster file and reconfigures replication; answers the member
+/// names, or why the file was refused (nothing changes then).
+pub type ReloadCluster = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send>> + Send + Sync,
+>;
+
 /// Settings of the HTTP server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Largest request body accepted; larger ones get 413.
     pub body_bytes_max: usize,
+    /// `POST /v1/cluster/reload`, for a node of a cluster.
+    pub reload_cluster: Option<ReloadCluster>,
 }
 
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             body_bytes_max: chorus_node::limits::DOCUMENT_BYTES_MAX,
+            reload_cluster: None,
         }
     }
 }

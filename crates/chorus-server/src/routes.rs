@@ -3,7 +3,7 @@
 use crate::changes;
 use crate::error::ApiError;
 use crate::render;
-use crate::{ServerConfig, metrics};
+use crate::{ReloadCluster, ServerConfig, metrics};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -11,7 +11,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chorus_node::{CollectionConfig, ConflictId, Context, Node, Write};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,6 +24,7 @@ type ApiResult<T = Response> = Result<T, ApiError>;
 pub fn router(node: Node, config: ServerConfig) -> Router {
     // Install the metrics recorder before the first request records anything.
     metrics::handle();
+    let body_bytes_max = config.body_bytes_max;
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/digest", get(digest))
@@ -38,6 +39,10 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         )
         .route("/v1/changes", get(changes::changes))
         .route("/v1/conflicts", get(conflicts))
+        .route(
+            "/v1/cluster/reload",
+            post(move || reload_cluster(config.reload_cluster.clone())),
+        )
         .route("/metrics", get(prometheus))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(|| async {
@@ -47,7 +52,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
                 "method not allowed on this path",
             )
         })
-        .layer(DefaultBodyLimit::max(config.body_bytes_max))
+        .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(node)
 }
 
@@ -127,7 +132,32 @@ async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
         "hlc": render::hlc(status.hlc),
         "log_start": status.log_start,
         "store_failed": status.store_failed,
+        "links": node.link_status().map(|l| json!({
+            "planned": l.planned,
+            "wanted": l.wanted,
+            "actual": l.connected,
+            "unreachable": l.unreachable,
+            "heal_after_ms": l.heal_after_ms,
+        })),
     })))
+}
+
+async fn reload_cluster(reload: Option<ReloadCluster>) -> ApiResult<Json<Value>> {
+    let Some(reload) = reload else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_clustered",
+            "this node was not started with --cluster; there is no cluster file to reload",
+        ));
+    };
+    match reload().await {
+        Ok(nodes) => Ok(Json(json!({ "nodes": nodes }))),
+        Err(message) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_cluster_file",
+            format!("{message}; nothing changed"),
+        )),
+    }
 }
 
 async fn digest(State(node): State<Node>) -> ApiResult<Json<Value>> {

@@ -1,70 +1,57 @@
-//! The client subcommands: one HTTP request each, the JSON answer on stdout.
+//! The client subcommands: one request each (through `chorus-client`, which fails
+//! over between the nodes given), the JSON answer on stdout.
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
+use chorus_client::{Client, Error, doc_path};
 use serde_json::Value;
 use std::io::Read;
-use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Target {
-    /// The node's HTTP address.
-    #[arg(long, env = "CHORUS_URL", default_value = "http://127.0.0.1:7070")]
-    pub url: String,
+    /// The node's HTTP address; a comma-separated list moves to the next node when
+    /// one is down.
+    #[arg(
+        long,
+        env = "CHORUS_URL",
+        default_value = "http://127.0.0.1:7070",
+        value_delimiter = ','
+    )]
+    pub url: Vec<String>,
 }
 
-/// Percent-encodes one path segment (keys may hold '/', spaces, anything).
-fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
+impl Target {
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(self.url.iter().cloned())?)
     }
-    out
+
+    /// Sends one request (`path` after the node's URL) and returns the JSON answer.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        context: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        call(&self.client()?, method, path, body, context)
+    }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-/// Sends one request and returns the JSON answer, or the API's error message.
+/// Sends one request through `client`; errors say what to do next.
 pub fn call(
+    client: &Client,
     method: &str,
-    url: &str,
+    path: &str,
     body: Option<&[u8]>,
     context: Option<&str>,
 ) -> anyhow::Result<Value> {
-    let mut request = ureq::http::Request::builder().method(method).uri(url);
-    if let Some(context) = context {
-        request = request.header("Chorus-Context", context);
-    }
-    if body.is_some() {
-        request = request.header("Content-Type", "application/json");
-    }
-    let request = request
-        .body(body.unwrap_or_default().to_vec())
-        .context("building the request")?;
-    let mut response = agent().run(request).with_context(|| {
-        format!("cannot reach {url}; is the node running? (set --url or CHORUS_URL)")
-    })?;
-    let status = response.status();
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024 * 1024)
-        .read_to_string()?;
-    let value: Value = serde_json::from_str(&text).map_err(|_| anyhow!("HTTP {status}: {text}"))?;
-    if !status.is_success() {
-        let message = value["message"].as_str().unwrap_or(&text);
-        bail!("HTTP {}: {message}", status.as_u16());
-    }
-    Ok(value)
+    client
+        .call(method, path, body, context)
+        .map_err(|error| match error {
+            Error::Unreachable { .. } => {
+                anyhow!("{error}; is the node running? (set --url or CHORUS_URL)")
+            }
+            other => anyhow!(other),
+        })
 }
 
 fn print(value: &Value) -> anyhow::Result<()> {
@@ -72,17 +59,8 @@ fn print(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn doc_url(target: &Target, collection: &str, key: &str) -> String {
-    format!(
-        "{}/v1/docs/{}/{}",
-        target.url.trim_end_matches('/'),
-        segment(collection),
-        segment(key)
-    )
-}
-
 pub fn get(target: &Target, collection: &str, key: &str) -> anyhow::Result<()> {
-    print(&call("GET", &doc_url(target, collection, key), None, None)?)
+    print(&target.call("GET", &doc_path(collection, key), None, None)?)
 }
 
 pub fn put(
@@ -101,12 +79,7 @@ pub fn put(
     } else {
         document.as_bytes().to_vec()
     };
-    print(&call(
-        "PUT",
-        &doc_url(target, collection, key),
-        Some(&body),
-        context,
-    )?)
+    print(&target.call("PUT", &doc_path(collection, key), Some(&body), context)?)
 }
 
 pub fn delete(
@@ -115,38 +88,30 @@ pub fn delete(
     key: &str,
     context: Option<&str>,
 ) -> anyhow::Result<()> {
-    print(&call(
-        "DELETE",
-        &doc_url(target, collection, key),
-        None,
-        context,
-    )?)
+    print(&target.call("DELETE", &doc_path(collection, key), None, context)?)
 }
 
 pub fn status(target: &Target) -> anyhow::Result<()> {
-    print(&call(
-        "GET",
-        &format!("{}/v1/status", target.url.trim_end_matches('/')),
-        None,
-        None,
-    )?)
+    print(&target.call("GET", "/v1/status", None, None)?)
 }
 
 pub fn conflicts(target: &Target, limit: usize) -> anyhow::Result<()> {
-    let url = format!(
-        "{}/v1/conflicts?limit={limit}",
-        target.url.trim_end_matches('/')
-    );
-    print(&call("GET", &url, None, None)?)
+    print(&target.call("GET", &format!("/v1/conflicts?limit={limit}"), None, None)?)
 }
 
-#[cfg(test)]
-mod tests {
-    /// Path segments keep unreserved characters and escape everything else.
-    #[test]
-    fn segments_are_percent_encoded() {
-        assert_eq!(super::segment("a-b_c.d~1"), "a-b_c.d~1");
-        assert_eq!(super::segment("a/b c%"), "a%2Fb%20c%25");
-        assert_eq!(super::segment("é"), "%C3%A9");
+/// Asks every node given to re-read its cluster file (not only the first that
+/// answers: each node reloads its own copy).
+pub fn reload(target: &Target) -> anyhow::Result<()> {
+    for url in &target.url {
+        let answer = call(
+            &Client::new([url.as_str()])?,
+            "POST",
+            "/v1/cluster/reload",
+            None,
+            None,
+        )
+        .with_context(|| format!("reloading {url}"))?;
+        println!("{url}: {answer}");
     }
+    Ok(())
 }

@@ -6,8 +6,9 @@
 //! the two siblings visible on every node; a resolution written on the third node;
 //! and convergence (equal digests). Then it keeps the cluster running until Ctrl-C.
 
-use crate::client::{Target, call, doc_url};
+use crate::client;
 use anyhow::{Context as _, bail};
+use chorus_client::{Client, doc_path};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::Path;
@@ -74,33 +75,34 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> anyhow::Result<bool>) -> 
     Ok(())
 }
 
-fn target(url: &str) -> Target {
-    Target {
-        url: url.to_owned(),
-    }
+/// One request to the node at `url` (the demo addresses each node on purpose).
+fn call(
+    url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    context: Option<&str>,
+) -> anyhow::Result<Value> {
+    client::call(&Client::new([url])?, method, path, body, context)
 }
 
 fn read(url: &str) -> anyhow::Result<Value> {
-    call(
-        "GET",
-        &doc_url(&target(url), "docs", "greeting"),
-        None,
-        None,
-    )
+    call(url, "GET", &doc_path("docs", "greeting"), None, None)
 }
 
 fn write(url: &str, document: Value, context: &str) -> anyhow::Result<Value> {
     let body = document.to_string();
     call(
+        url,
         "PUT",
-        &doc_url(&target(url), "docs", "greeting"),
+        &doc_path("docs", "greeting"),
         Some(body.as_bytes()),
         Some(context),
     )
 }
 
 fn digest(url: &str) -> anyhow::Result<String> {
-    let answer = call("GET", &format!("{url}/v1/digest"), None, None)?;
+    let answer = call(url, "GET", "/v1/digest", None, None)?;
     Ok(answer["digest"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -145,7 +147,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     wait_for("every node to link to its peers", || {
         urls.iter().try_fold(true, |all, url| {
-            let status = call("GET", &format!("{url}/v1/status"), None, None)?;
+            let status = call(url, "GET", "/v1/status", None, None)?;
             let linked = status["peers"]
                 .as_array()
                 .is_some_and(|ps| ps.iter().all(|p| p["connected"] == true));
@@ -155,8 +157,9 @@ pub fn run() -> anyhow::Result<()> {
 
     println!("\n1. Write docs/greeting on a; it replicates to every leader.");
     call(
+        &urls[0],
         "PUT",
-        &doc_url(&target(&urls[0]), "docs", "greeting"),
+        &doc_path("docs", "greeting"),
         Some(br#"{"text":"hello"}"#),
         None,
     )?;
@@ -197,7 +200,7 @@ pub fn run() -> anyhow::Result<()> {
     })?;
     for (name, url) in NAMES.iter().zip(&urls) {
         let doc = read(url)?;
-        let conflicts = call("GET", &format!("{url}/v1/conflicts"), None, None)?;
+        let conflicts = call(url, "GET", "/v1/conflicts", None, None)?;
         println!(
             "   {name}: {}  digest {}…  conflict log: {} record(s)",
             values(&doc).join(" | "),

@@ -62,6 +62,12 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Ask nodes to re-read their cluster file (a node joined or left, links or
+    /// link emulation changed); each node given reloads its own copy.
+    Reload {
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// List the conflict log.
     Conflicts {
         /// Show at most this many records.
@@ -96,6 +102,7 @@ fn main() -> ExitCode {
             target,
         } => client::delete(&target, &collection, &key, context.as_deref()),
         Command::Status { target } => client::status(&target),
+        Command::Reload { target } => client::reload(&target),
         Command::Conflicts { limit, target } => client::conflicts(&target, limit),
     };
     match result {

@@ -2,12 +2,13 @@
 
 use anyhow::{Context as _, bail};
 use chorus_node::cluster::ClusterConfig;
-use chorus_node::replication;
-use chorus_node::replication::EngineLimits;
+use chorus_node::emulation::LinkEmulation;
+use chorus_node::replication::{self, EngineLimits, Replication};
 use chorus_node::{Node, NodeConfig};
 use chorus_server::ServerConfig;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -42,6 +43,15 @@ pub struct ServeArgs {
     /// (each collection scans the store).
     #[arg(long, default_value_t = EngineLimits::default().tombstone_collection_ms)]
     tombstone_collection_ms: u64,
+    /// Silence after which a peer link is considered dead (keepalives go every
+    /// third of it); its neighbours link around it after the cluster's heal_after_ms.
+    #[arg(long, default_value_t = EngineLimits::default().peer_timeout_ms)]
+    peer_timeout_ms: u64,
+    /// Emulate wide-area conditions on this node's frames to one peer, e.g.
+    /// `b:delay=40,jitter=5,loss=0.01` or `b:partitioned` (repeatable; overrides the
+    /// cluster file's [[emulate]] for that peer).
+    #[arg(long, value_name = "PEER:CONDITIONS", value_parser = parse_emulate)]
+    emulate: Vec<(String, LinkEmulation)>,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = chorus_node::limits::DOCUMENT_BYTES_MAX)]
     body_bytes_max: usize,
@@ -67,8 +77,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                     path.display()
                 );
             }
+            for (peer, _) in &args.emulate {
+                if cluster.node(peer).is_none() {
+                    bail!("--emulate names {peer:?}, not a node of the cluster file");
+                }
+            }
             Some((cluster, name.clone()))
         }
+        _ if !args.emulate.is_empty() => bail!("--emulate needs --cluster and --node"),
         _ => None,
     };
     let name = cluster
@@ -107,14 +123,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             retention_bytes: args.log_retention_bytes,
             retention_age_ms: args.log_retention_age_s.saturating_mul(1000),
             tombstone_collection_ms: args.tombstone_collection_ms,
+            peer_timeout_ms: args.peer_timeout_ms,
+            keepalive_ms: (args.peer_timeout_ms / 3).clamp(1, 1_000),
             ..EngineLimits::default()
         };
+        let options = replication::Options {
+            limits,
+            emulate: args.emulate.iter().cloned().collect(),
+        };
         // Replication runs beside the API for as long as the server does.
-        let _replication = match cluster {
-            Some((cluster, me)) => {
-                Some(replication::start(node.clone(), cluster, &me, limits).await?)
+        let mut reload_cluster = None;
+        let _replication = match (cluster, &args.cluster) {
+            (Some((cluster, me)), Some(path)) => {
+                let replication =
+                    Arc::new(replication::start(node.clone(), cluster, &me, options).await?);
+                let reload = reload_from(path.clone(), replication.clone());
+                tokio::spawn(reload_on_hangup(reload.clone()));
+                reload_cluster = Some(reload);
+                Some(replication)
             }
-            None => None,
+            _ => None,
         };
         let address = listener.local_addr()?;
         println!(
@@ -125,6 +153,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         let config = ServerConfig {
             body_bytes_max: args.body_bytes_max,
+            reload_cluster,
         };
         chorus_server::serve(listener, node, config, shutdown_signal()).await?;
         tracing::info!("stopped");
@@ -138,5 +167,41 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+    }
+}
+
+fn parse_emulate(spec: &str) -> Result<(String, LinkEmulation), String> {
+    let (peer, conditions) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("{spec:?} is not PEER:CONDITIONS, e.g. b:delay=40,jitter=5"))?;
+    Ok((peer.to_owned(), LinkEmulation::parse(conditions)?))
+}
+
+/// Re-reads the cluster file at `path` and hands it to the running replication.
+fn reload_from(path: PathBuf, replication: Arc<Replication>) -> chorus_server::ReloadCluster {
+    Arc::new(move || {
+        let (path, replication) = (path.clone(), replication.clone());
+        Box::pin(async move { reload(&path, &replication).await })
+    })
+}
+
+async fn reload(path: &Path, replication: &Replication) -> Result<Vec<String>, String> {
+    let cluster = ClusterConfig::load(path)?;
+    let names = cluster.names();
+    replication.reconfigure(cluster).await?;
+    tracing::info!(file = %path.display(), nodes = ?names, "cluster file reloaded");
+    Ok(names)
+}
+
+/// Reloads the cluster file on every SIGHUP, as daemons do.
+async fn reload_on_hangup(reload: chorus_server::ReloadCluster) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return tracing::warn!("cannot install the SIGHUP handler; use POST /v1/cluster/reload");
+    };
+    while hangup.recv().await.is_some() {
+        if let Err(error) = reload().await {
+            tracing::error!(error, "cluster file not reloaded; nothing changed");
+        }
     }
 }
