@@ -5,6 +5,7 @@
 //! cargo run --release -p chorus-bench -- writes [--seconds 10] [--clients 64]
 //! cargo run --release -p chorus-bench -- replication [--entries 50000] [--rate 1000]
 //! cargo run --release -p chorus-bench -- retention [--writes 100000]
+//! cargo run --release -p chorus-bench -- geo [--delays-ms 40,70,90]
 //! ```
 //!
 //! `writes`:
@@ -20,8 +21,9 @@
 //!   pgbench with the same client count, over loopback TCP (skipped with a note when
 //!   PostgreSQL is not installed).
 //!
-//! `replication`: see [`replication`].
+//! `replication`, `retention`, `geo`: see their modules.
 
+mod geo;
 mod load;
 mod postgres;
 mod redb_direct;
@@ -42,6 +44,9 @@ enum Bench {
     Replication(replication::ReplicationArgs),
     /// Disk use while a peer is down, with and without the retention bound.
     Retention(retention::RetentionArgs),
+    /// Three emulated datacenters: multi- against single-leader latency, visibility,
+    /// convergence after a partition, a dead ring node.
+    Geo(geo::GeoArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Writes(args) => writes(&args),
         Bench::Replication(args) => replication::run(&args),
         Bench::Retention(args) => retention::run(&args),
+        Bench::Geo(args) => geo::run(&args),
     }
 }
 

@@ -425,7 +425,7 @@ impl Actor {
     fn lose(&mut self, peer: String, reason: &str) -> Option<Event> {
         let link = self.links.remove(&peer)?;
         drop(link);
-        tracing::warn!(peer, reason, "lost the link");
+        tracing::info!(peer, reason, "lost the link");
         if self.wanted.links.contains(&peer) {
             let now = self.shared.now_ms();
             self.down_since.entry(peer.clone()).or_insert(now);
@@ -523,6 +523,11 @@ impl Actor {
         }
         self.plan = config.link_plan()?;
         self.heal_after_ms = config.heal_after_ms;
+        // Dial at once under the new file (a healed partition, a new node), not
+        // after the backoff of earlier failures.
+        for (_, dialer) in self.dialers.drain() {
+            dialer.abort();
+        }
         self.down_since
             .retain(|peer, _| config.node(peer).is_some());
         events.push_back(Event::Reconfigured {

@@ -54,7 +54,7 @@ impl Default for EngineLimits {
     fn default() -> EngineLimits {
         EngineLimits {
             batch_entries_max: 256,
-            window_frames: 4,
+            window_frames: 16,
             waiting_entries_max: 10_000,
             apply_batch_max: 1024,
             keepalive_ms: 1_000,
@@ -308,8 +308,15 @@ struct Peer {
     sent_first: bool,
     /// The batch handed to the node, and the cursor it completes.
     applying: Option<(Vec<(u64, Entry)>, u64)>,
+    /// The peer connected having applied nothing while we had applied something:
+    /// a new (or wiped) node, for whom our state is smaller than its history. It
+    /// gets a state transfer rather than the whole log.
+    fresh: bool,
     /// Entries that wait for dependencies.
     waiting: Vec<(u64, Entry)>,
+    /// Another peer made progress while a batch was applying: retry what waits
+    /// once it is answered.
+    retry_waiting: bool,
     acked_to_peer: u64,
     last_heard_ms: u64,
     last_sent_ms: u64,
@@ -428,9 +435,11 @@ impl Engine {
             } => {
                 let session = self.next_session;
                 self.next_session += 1;
+                let fresh = hello.applied.is_empty() && !self.log.applied.is_empty();
                 let p = self.peers.entry(peer.clone()).or_default();
                 *p = Peer {
                     connected: true,
+                    fresh,
                     session,
                     applied: hello.applied,
                     acked_seq,
@@ -527,10 +536,13 @@ impl Engine {
                             through_seq: p.acked_to_peer,
                         }
                     });
+                    // Progress from another peer during this apply may have freed
+                    // what waits: retry it now rather than at the next progress.
+                    let retry = std::mem::take(&mut p.retry_waiting);
                     if let Some(frame) = ack {
                         self.send(&peer, frame, &mut out);
                     }
-                    self.try_apply(&peer, false, &mut out);
+                    self.try_apply(&peer, retry, &mut out);
                 }
                 if progress {
                     let others: Vec<String> = self
@@ -806,6 +818,9 @@ impl Engine {
             return;
         };
         let retry = retry_waiting && !p.waiting.is_empty();
+        if retry && p.applying.is_some() {
+            p.retry_waiting = true;
+        }
         if p.applying.is_some() || p.incoming_state.active() || (p.received.is_empty() && !retry) {
             return;
         }
@@ -836,9 +851,9 @@ impl Engine {
             return;
         };
         // A peer that lacks something only our state has gets a transfer; so does a
-        // new (or wiped) peer, for whom the state is smaller than its history.
-        let new_peer = p.applied.is_empty() && !self.log.applied.is_empty();
-        if p.outgoing_state.is_none() && (new_peer || !p.applied.dominates(&self.log.floor)) {
+        // peer that arrived empty (see `fresh`).
+        if p.outgoing_state.is_none() && (p.fresh || !p.applied.dominates(&self.log.floor)) {
+            p.fresh = false;
             // Once what is in flight is acknowledged, send the state instead.
             if !p.in_flight.is_empty() {
                 return;

@@ -170,6 +170,10 @@ impl Rng {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub file: PathBuf,
+    /// The cluster file's lines before `[[nodes]]` (topology and settings).
+    pub header: String,
+    /// The `[[nodes]]` entry of each node, by name.
+    pub entries: Vec<(String, String)>,
     pub names: Vec<String>,
     pub nodes: Vec<NodeProcess>,
     /// Extra `chorus serve` arguments for every node.
@@ -203,29 +207,67 @@ impl Cluster {
     pub fn start_with(count: usize, topology: &str, args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
-        let mut text = format!("{topology}\n");
-        for name in &names {
-            text.push_str(&format!(
-                "[[nodes]]\nname = \"{name}\"\nhttp = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
-                free_port(),
-                free_port()
-            ));
-        }
         let file = dir.path().join("cluster.toml");
-        std::fs::write(&file, text).unwrap();
         let args = args.iter().map(|a| a.to_string()).collect();
         let mut cluster = Cluster {
             dir,
             file,
+            header: format!("{topology}\n"),
+            entries: names.iter().map(|n| (n.clone(), node_entry(n))).collect(),
             names,
             nodes: Vec::new(),
             args,
         };
+        cluster.write_file();
         for i in 0..count {
             let node = cluster.spawn(i);
             cluster.nodes.push(node);
         }
         cluster
+    }
+
+    /// Writes the cluster file from `header` and `entries`.
+    pub fn write_file(&self) {
+        let mut text = self.header.clone();
+        for (_, entry) in &self.entries {
+            text.push_str(entry);
+        }
+        std::fs::write(&self.file, text).unwrap();
+    }
+
+    /// Adds node `name` to the cluster file (on fresh ports) and starts it; the
+    /// running nodes learn of it only when they reload. Returns its index.
+    pub fn join(&mut self, name: &str) -> usize {
+        self.entries.push((name.to_owned(), node_entry(name)));
+        self.names.push(name.to_owned());
+        self.write_file();
+        let node = self.spawn(self.names.len() - 1);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Asks the running node `i` to re-read the cluster file; returns the reply.
+    pub fn reload(&self, i: usize) -> Reply {
+        call(
+            "POST",
+            &format!("{}/v1/cluster/reload", self.url(i)),
+            None,
+            &[],
+        )
+    }
+
+    /// The `links` of node `i`'s status: planned, wanted and actual peer names.
+    pub fn links(&self, i: usize) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let status = get(&format!("{}/v1/status", self.url(i))).body;
+        let names = |field: &str| -> Vec<String> {
+            status["links"][field]
+                .as_array()
+                .unwrap_or_else(|| panic!("no links.{field} in {status}"))
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        };
+        (names("planned"), names("wanted"), names("actual"))
     }
 
     fn spawn(&self, i: usize) -> NodeProcess {
@@ -261,6 +303,15 @@ impl Cluster {
             caught_up && digests.iter().all(|d| *d == digests[0])
         });
     }
+}
+
+/// A `[[nodes]]` entry for `name` on ports free now.
+fn node_entry(name: &str) -> String {
+    format!(
+        "[[nodes]]\nname = \"{name}\"\nhttp = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n",
+        free_port(),
+        free_port()
+    )
 }
 
 /// Sends a signal to a process with the `kill` command.
