@@ -548,7 +548,9 @@ impl Engine {
                     let others: Vec<String> = self
                         .peers
                         .iter()
-                        .filter(|(n, p)| **n != peer && !p.waiting.is_empty())
+                        .filter(|(n, p)| {
+                            **n != peer && (!p.waiting.is_empty() || p.applying.is_some())
+                        })
                         .map(|(n, _)| n.clone())
                         .collect();
                     for other in others {
@@ -817,10 +819,10 @@ impl Engine {
         let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
             return;
         };
-        let retry = retry_waiting && !p.waiting.is_empty();
-        if retry && p.applying.is_some() {
+        if retry_waiting && p.applying.is_some() {
             p.retry_waiting = true;
         }
+        let retry = retry_waiting && !p.waiting.is_empty();
         if p.applying.is_some() || p.incoming_state.active() || (p.received.is_empty() && !retry) {
             return;
         }
@@ -1311,6 +1313,72 @@ mod tests {
                     through_seq: 10
                 }
             }]
+        );
+    }
+
+    /// When the entry another peer's waiting entry needs is applied while that peer
+    /// has a batch applying, the waiting entry is retried as soon as the batch is
+    /// answered, not at some later progress.
+    #[test]
+    fn waiting_entries_are_retried_after_progress_during_an_apply() {
+        let log = LogPosition {
+            log_start: 1,
+            ..LogPosition::default()
+        };
+        let mut e = Engine::new(members(&["b", "c"]), log, 0, EngineLimits::default());
+        connect(&mut e, &[], 0);
+        e.handle(Event::Connected {
+            peer: "c".into(),
+            hello: hello(&[]),
+            acked_seq: 0,
+        });
+        let entries = |entries: Vec<(u64, Entry)>, from_seq, through_seq| Frame::Entries {
+            entries,
+            from_seq,
+            through_seq,
+            resumes: from_seq == 0,
+        };
+        // b's y waits for x; b then sends z, which is applying when x arrives.
+        let (x, y, z) = (entry(1, 1, &[]), entry(3, 1, &[(1, 1)]), entry(3, 2, &[]));
+        e.handle(Event::Received {
+            peer: "b".into(),
+            frame: entries(vec![(1, y.clone())], 0, 1),
+        });
+        e.handle(Event::Applied {
+            peer: "b".into(),
+            session: 1,
+            applied: VersionVector::new(),
+            waiting: vec![y.dot()],
+        });
+        let cmds = e.handle(Event::Received {
+            peer: "b".into(),
+            frame: entries(vec![(2, z.clone())], 1, 2),
+        });
+        assert!(matches!(&cmds[..], [Command::Apply { entries, .. }] if entries.len() == 2));
+        e.handle(Event::Received {
+            peer: "c".into(),
+            frame: entries(vec![(1, x)], 0, 1),
+        });
+        let after_x = VersionVector::from_entries([(NodeId(1), 1)]);
+        e.handle(Event::Applied {
+            peer: "c".into(),
+            session: 2,
+            applied: after_x,
+            waiting: vec![],
+        });
+        // b's batch (y and z) was computed before x: y still waits in its answer.
+        let cmds = e.handle(Event::Applied {
+            peer: "b".into(),
+            session: 1,
+            applied: VersionVector::from_entries([(NodeId(1), 1), (NodeId(3), 0)]),
+            waiting: vec![y.dot()],
+        });
+        assert!(
+            cmds.iter().any(|c| matches!(
+                c,
+                Command::Apply { peer, entries, .. } if peer == "b" && entries == &vec![y.clone()]
+            )),
+            "y is retried at once: {cmds:?}"
         );
     }
 
