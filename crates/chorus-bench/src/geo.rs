@@ -309,12 +309,54 @@ fn partition(
 }
 
 /// A ring of five with 20 ms links: how a write from r1 reaches r3 before r2 dies,
-/// right after, and once the ring healed around it.
+/// right after, and once the ring healed around it; then the same when r4 dies at
+/// the same moment, so no path is left until the ring heals.
 fn dead_ring_node(
     runtime: &tokio::runtime::Runtime,
     dir: &Path,
     args: &GeoArgs,
 ) -> anyhow::Result<()> {
+    println!(
+        "\nring of five, 20 ms links, heal_after_ms {}: a write on r1 reaching r3\n\
+         | situation | p50 ms | p99 ms |\n|---|---:|---:|",
+        args.heal_after_ms
+    );
+    let row = |label: &str, stats: &Stats| {
+        println!("| {label} | {:.1} | {:.1} |", stats.p50_ms, stats.p99_ms)
+    };
+    for (round, dead) in [(0, &[2][..]), (1, &[2, 4][..])] {
+        let ring_dir = dir.join(format!("ring{round}"));
+        std::fs::create_dir_all(&ring_dir)?;
+        let (before, first, healed, heal_time) = ring_losing(runtime, &ring_dir, args, dead)?;
+        if round == 0 {
+            row("all alive (r1 → r2 → r3)", &before);
+            row(
+                "first write after r2 died (the long way: r1 → r0 → r4 → r3)",
+                &first,
+            );
+        } else {
+            row(
+                "first write after r2 and r4 died at once (no path until healed)",
+                &first,
+            );
+        }
+        row("healed (link r1 – r3 around r2)", &healed);
+        println!(
+            "| time from the death to r1 linked with r3 | {:.0} | |",
+            heal_time.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
+}
+
+/// Starts a ring, samples r1 → r3 before, kills `dead`, samples the first write
+/// and, once r1 links with r3, 20 more. Returns the samples and the healing time.
+fn ring_losing(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    args: &GeoArgs,
+    dead: &[usize],
+) -> anyhow::Result<(Stats, Stats, Stats, Duration)> {
     let names = ["r0", "r1", "r2", "r3", "r4"];
     let mut pairs = Vec::new();
     for (i, a) in names.iter().enumerate() {
@@ -346,28 +388,14 @@ fn dead_ring_node(
         Ok(Stats::from_latencies_us(times, started.elapsed()))
     };
     let before = sample(&ring, "before", 20)?;
-    // r2 dies: its replication stops at once (sockets closed, listener gone).
+    // The nodes die: their replication stops at once (sockets closed, listener gone).
     let died = Instant::now();
-    ring.links[2] = None;
+    for &i in dead {
+        ring.links[i] = None;
+    }
     let first = sample(&ring, "first", 1)?;
     ring.wait_linked(1, &["r3"])?;
-    let healed_after = died.elapsed();
-    let after = sample(&ring, "healed", 20)?;
-    println!(
-        "\nring of five, 20 ms links, heal_after_ms {}: a write on r1 reaching r3\n\
-         | situation | p50 ms | p99 ms |\n|---|---:|---:|\n\
-         | r2 alive (r1 → r2 → r3) | {:.1} | {:.1} |\n\
-         | first write after r2 died (long way: r1 → r0 → r4 → r3) | {:.1} | {:.1} |\n\
-         | healed (link r1 – r3 around r2) | {:.1} | {:.1} |\n\
-         ring healed around r2 {:.2} s after it died",
-        args.heal_after_ms,
-        before.p50_ms,
-        before.p99_ms,
-        first.p50_ms,
-        first.p99_ms,
-        after.p50_ms,
-        after.p99_ms,
-        healed_after.as_secs_f64()
-    );
-    Ok(())
+    let heal_time = died.elapsed();
+    let healed = sample(&ring, "healed", 20)?;
+    Ok((before, first, healed, heal_time))
 }
