@@ -343,6 +343,10 @@ impl Drop for Actor {
 
 impl Actor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Msg>) {
+        // Dial the planned neighbours at once.
+        let events = self.follow_plan();
+        self.handle(events);
+        self.publish();
         while let Some(msg) = inbox.recv().await {
             let mut events = VecDeque::new();
             match msg {

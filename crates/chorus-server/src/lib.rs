@@ -50,6 +50,12 @@ impl Default for ServerConfig {
     }
 }
 
+/// Installs this process's Prometheus recorder, if it is not yet. Call it before the
+/// node or replication starts: what is recorded before it is lost.
+pub fn install_metrics() {
+    metrics::handle();
+}
+
 /// How long open connections (live change streams, long polls) may take to finish
 /// once shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);

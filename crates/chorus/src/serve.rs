@@ -95,6 +95,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         (None, Some((cluster, me))) => cluster.node(me).expect("checked").http.clone(),
         (None, None) => "127.0.0.1:7070".into(),
     };
+    // Before anything records a metric (opening the store, replication).
+    chorus_server::install_metrics();
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data folder {}", args.data.display()))?;
     let node = Node::open(

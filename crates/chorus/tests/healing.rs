@@ -224,3 +224,44 @@ fn a_node_joins_and_leaves_a_running_cluster() {
 fn get_text(url: &str) -> String {
     get(url).text
 }
+
+/// Link emulation from the cluster file: a partitioned link is never formed (writes
+/// go around it), a reload lifts the partition and puts a delay on it instead, and the
+/// link comes up. A bad `--emulate` is refused at start with a reason.
+#[test]
+fn emulated_partition_and_delay() {
+    let mut cluster = Cluster::start(
+        3,
+        "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\npartitioned = true",
+    );
+    wait_until("n0 linked with n2 only", DEADLINE, || {
+        cluster.links(0).2 == ["n2"] && cluster.links(1).2 == ["n2"]
+    });
+    write_and_wait(&cluster, 0, "around-the-partition", &[1]);
+
+    cluster.header =
+        "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\ndelay_ms = 50\njitter_ms = 10\n"
+            .into();
+    cluster.write_file();
+    for i in 0..3 {
+        assert_eq!(cluster.reload(i).status, 200);
+    }
+    wait_until(
+        "n0 and n1 linked once the partition is lifted",
+        DEADLINE,
+        || cluster.links(0).2 == ["n1", "n2"],
+    );
+    write_and_wait(&cluster, 1, "over-the-slow-link", &[0, 2]);
+    cluster.wait_converged(DEADLINE);
+
+    let refused = std::process::Command::new(CHORUS)
+        .args(["serve", "--http", "127.0.0.1:0", "--cluster"])
+        .arg(&cluster.file)
+        .args(["--node", "n0", "--emulate", "n1:delay=soon", "--data"])
+        .arg(cluster.dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("milliseconds"), "{stderr}");
+}
