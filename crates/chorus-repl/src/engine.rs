@@ -1210,10 +1210,9 @@ mod tests {
         );
     }
 
-    /// Received entries go to the node in order; an entry waiting for a dependency is
-    /// not acknowledged, and is retried once another peer's entries make progress.
-    #[test]
-    fn waiting_entries_are_not_acknowledged() {
+    /// An engine with an empty log, connected to b (session 1) and c (session 2),
+    /// neither of which has applied anything.
+    fn empty_engine_linked_to_b_and_c() -> Engine {
         let log = LogPosition {
             log_start: 1,
             ..LogPosition::default()
@@ -1225,6 +1224,14 @@ mod tests {
             hello: hello(&[]),
             acked_seq: 0,
         });
+        e
+    }
+
+    /// Received entries go to the node in order; an entry waiting for a dependency is
+    /// not acknowledged, and is retried once another peer's entries make progress.
+    #[test]
+    fn waiting_entries_are_not_acknowledged() {
+        let mut e = empty_engine_linked_to_b_and_c();
         // b sends y (from node 3, depends on x = 1:1) before anyone sent x.
         let y = entry(3, 1, &[(1, 1)]);
         let cmds = e.handle(Event::Received {
@@ -1321,17 +1328,7 @@ mod tests {
     /// answered, not at some later progress.
     #[test]
     fn waiting_entries_are_retried_after_progress_during_an_apply() {
-        let log = LogPosition {
-            log_start: 1,
-            ..LogPosition::default()
-        };
-        let mut e = Engine::new(members(&["b", "c"]), log, 0, EngineLimits::default());
-        connect(&mut e, &[], 0);
-        e.handle(Event::Connected {
-            peer: "c".into(),
-            hello: hello(&[]),
-            acked_seq: 0,
-        });
+        let mut e = empty_engine_linked_to_b_and_c();
         let entries = |entries: Vec<(u64, Entry)>, from_seq, through_seq| Frame::Entries {
             entries,
             from_seq,
