@@ -29,10 +29,42 @@ impl Dot {
         assert!(counter > 0, "dot counters start at 1");
         Dot { node, counter }
     }
+
+    /// Parses the text form `NODE:COUNTER` (16 hex digits, a decimal counter > 0).
+    pub fn parse(text: &str) -> Option<Dot> {
+        let (node, counter) = text.split_once(':')?;
+        if node.len() != 16 {
+            return None;
+        }
+        let node = u64::from_str_radix(node, 16).ok()?;
+        let counter: u64 = counter.parse().ok()?;
+        (counter > 0).then(|| Dot::new(NodeId(node), counter))
+    }
 }
 
 impl fmt::Display for Dot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.node, self.counter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dot's text form parses back; malformed ones do not.
+    #[test]
+    fn dots_parse_their_text_form() {
+        let dot = Dot::new(NodeId(0xab), 7);
+        assert_eq!(Dot::parse(&dot.to_string()), Some(dot));
+        for bad in [
+            "",
+            "ab:7",
+            "00000000000000ab:0",
+            "00000000000000ab:x",
+            "00000000000000ab",
+        ] {
+            assert_eq!(Dot::parse(bad), None, "{bad:?}");
+        }
     }
 }

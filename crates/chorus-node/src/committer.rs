@@ -77,6 +77,24 @@ pub(crate) struct Committer {
     pub policies: HashMap<String, Policy>,
     pub committed_seq: watch::Sender<u64>,
     pub failed: Arc<AtomicBool>,
+    /// Conflicts recorded since the node started, per collection and policy.
+    pub conflict_counts: Arc<ConflictCounts>,
+}
+
+/// Conflicts recorded by this node since it started, per (collection, policy).
+pub type ConflictCounts = std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>;
+
+/// Counts a conflict record this node just added to its log (detected here, or
+/// received), in `/metrics` and in the node's status.
+fn count_conflict(counts: &ConflictCounts, record: &ConflictRecord) {
+    let policy = record.policy.name();
+    metrics::counter!("chorus_conflicts_total", "collection" => record.collection.clone(), "policy" => policy)
+        .increment(1);
+    *counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((record.collection.clone(), policy))
+        .or_default() += 1;
 }
 
 impl Committer {
@@ -178,8 +196,7 @@ impl Committer {
                 }
                 for record in &conflicts {
                     if b.put_conflict(record)? {
-                        metrics::counter!("chorus_conflicts_total", "policy" => record.policy.name())
-                            .increment(1);
+                        count_conflict(&self.conflict_counts, record);
                     }
                 }
                 Ok(())
@@ -193,6 +210,15 @@ impl Committer {
             }
             ReplicationStep::TruncateLog { before_seq } => {
                 self.truncate(b, before_seq.min(self.meta.next_seq))
+            }
+            ReplicationStep::PruneConflicts { before_wall_ms } => {
+                // By the records' own HLCs, so every node keeps the same records.
+                let pruned = b.retain_conflicts(|record| {
+                    let newest = record.versions.iter().map(|v| v.hlc.wall_ms()).max();
+                    newest.unwrap_or(0) >= before_wall_ms
+                })?;
+                metrics::counter!("chorus_conflicts_pruned_total").increment(pruned);
+                Ok(())
             }
             ReplicationStep::CollectTombstones { stable } => {
                 // Every stable tombstone goes, also beside live versions: each node
@@ -405,8 +431,7 @@ impl Committer {
             }
             EntryBody::Conflict { record, .. } => {
                 if b.put_conflict(record)? {
-                    metrics::counter!("chorus_conflicts_total", "policy" => record.policy.name())
-                        .increment(1);
+                    count_conflict(&self.conflict_counts, record);
                 }
             }
         }
@@ -451,7 +476,7 @@ impl Committer {
         if !b.put_conflict(&record)? {
             return Ok(());
         }
-        metrics::counter!("chorus_conflicts_total", "policy" => record.policy.name()).increment(1);
+        count_conflict(&self.conflict_counts, &record);
         let hlc = self.clock.tick(self.physical.now_ms());
         let deps = self.applied.clone();
         let dot = self.next_dot();

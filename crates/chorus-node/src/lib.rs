@@ -37,5 +37,6 @@ pub use collections::{CollectionConfig, check_collection_name};
 pub use document::{Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage};
 pub use node::{
     BucketHashes, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, ReplicationStep,
-    STATE_BUCKETS, StateChunk, Write, WriteAck, WriteError, bucket_of, open,
+    Resolution, ResolveError, STATE_BUCKETS, StateChunk, Write, WriteAck, WriteError, bucket_of,
+    open,
 };

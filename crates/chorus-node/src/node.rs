@@ -1,7 +1,7 @@
 //! [`Node`]: open a store, write through the committer, read from snapshots.
 
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION, check_collection_name};
-use crate::committer::{Committer, Job, ReplyTo, Request};
+use crate::committer::{Committer, ConflictCounts, Job, ReplyTo, Request};
 use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
 use crate::limits::{
     CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, LIST_SCAN_MAX, PAGE_ITEMS_MAX,
@@ -60,6 +60,25 @@ pub struct Write {
     pub value: Option<Vec<u8>>,
     /// The context of the read this write is based on; `None` for a blind write.
     pub context: Option<Context>,
+}
+
+/// How a conflict ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// A new document (for example, the versions merged by hand).
+    Value(Vec<u8>),
+    /// One of the record's versions, by dot (a tombstone picked deletes).
+    Pick(Dot),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no conflict {0} in this node's log (it may not have arrived yet)")]
+    NoSuchConflict(ConflictId),
+    #[error("version {0} is not one of the conflict's versions")]
+    NotInRecord(Dot),
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
 /// The answer to a durable write.
@@ -125,6 +144,7 @@ struct Inner {
     names: RwLock<HashMap<NodeId, String>>,
     peers: RwLock<Vec<PeerStatus>>,
     links: RwLock<Option<LinkStatus>>,
+    conflict_counts: Arc<ConflictCounts>,
 }
 
 impl Drop for Inner {
@@ -160,6 +180,7 @@ impl Node {
         let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let (seq_tx, seq_rx) = watch::channel(meta.next_seq - 1);
         let failed = Arc::new(AtomicBool::new(false));
+        let conflict_counts = Arc::new(ConflictCounts::default());
         let committer = Committer {
             store: Arc::clone(&store),
             node_id,
@@ -171,6 +192,7 @@ impl Node {
             policies: HashMap::new(),
             committed_seq: seq_tx,
             failed: Arc::clone(&failed),
+            conflict_counts: Arc::clone(&conflict_counts),
         };
         let thread = std::thread::Builder::new()
             .name("chorus-committer".into())
@@ -189,6 +211,7 @@ impl Node {
                 names: RwLock::new(HashMap::from([(node_id, meta.name.clone())])),
                 peers: RwLock::new(Vec::new()),
                 links: RwLock::new(None),
+                conflict_counts,
             }),
         }
     }
@@ -678,6 +701,65 @@ impl Node {
         Ok(ConflictsPage { conflicts, next })
     }
 
+    /// Conflicts this node added to its log since it started (detected here or
+    /// received), per collection and policy.
+    pub fn conflict_counts(&self) -> Vec<(String, &'static str, u64)> {
+        self.inner
+            .conflict_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((collection, policy), n)| (collection.clone(), *policy, *n))
+            .collect()
+    }
+
+    /// Removes conflict records whose newest version is older than `before_wall_ms`
+    /// (wall-clock milliseconds of its HLC): the conflict log's retention.
+    pub async fn prune_conflicts(&self, before_wall_ms: u64) -> Result<(), WriteError> {
+        self.replicate(ReplicationStep::PruneConflicts { before_wall_ms })
+            .await
+    }
+
+    /// The conflict record `id`, if this node's log holds it.
+    pub fn conflict(&self, id: ConflictId) -> Result<Option<ConflictRecord>, ReadError> {
+        Ok(self.snapshot()?.conflict(id)?)
+    }
+
+    /// The write that ends conflict `id`: `resolution` (a new value, or one of the
+    /// record's versions picked) replaces exactly the record's versions, as a write
+    /// with their context would. Under `lww`, picking a losing version restores it:
+    /// the new write is the newest, so it wins.
+    pub fn resolution(
+        &self,
+        id: ConflictId,
+        resolution: Resolution,
+    ) -> Result<Write, ResolveError> {
+        let record = self.conflict(id)?.ok_or(ResolveError::NoSuchConflict(id))?;
+        let value = match resolution {
+            Resolution::Value(value) => Some(value),
+            Resolution::Pick(dot) => record
+                .versions
+                .iter()
+                .find(|v| v.dot == dot)
+                .ok_or(ResolveError::NotInRecord(dot))?
+                .value
+                .clone(),
+        };
+        let mut context = VersionVector::new();
+        for version in &record.versions {
+            context.join(&VersionVector::from_entries([(
+                version.dot.node,
+                version.dot.counter,
+            )]));
+        }
+        Ok(Write {
+            collection: record.collection,
+            key: Some(record.key),
+            value,
+            context: Some(Context(context)),
+        })
+    }
+
     /// A hash of everything reads can observe: every present document with the
     /// versions a read shows (collection settings included, as documents of
     /// `_collections`), and the ids of the conflict log. Deleted documents are left
@@ -771,7 +853,7 @@ pub struct BucketHashes {
     pub through_seq: u64,
 }
 
-/// What replication asks a node to commit besides entries.
+/// What replication (and upkeep) asks a node to commit besides entries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplicationStep {
     /// Peer `peer` has every entry of ours up to `seq`. Cursors are kept per node id:
@@ -790,6 +872,9 @@ pub enum ReplicationStep {
     /// has applied them). The node's version vector still covers their dots, so an
     /// old copy arriving later is recognised and not revived.
     CollectTombstones { stable: VersionVector },
+    /// Remove conflict records whose newest version's HLC is before `before_wall_ms`
+    /// (the conflict log's retention; the same records go on every node).
+    PruneConflicts { before_wall_ms: u64 },
 }
 
 /// The result of applying a batch of entries from a peer.

@@ -2,7 +2,10 @@
 //! policies, durability across reopen, the change feed, listings, bad input, and the
 //! refusal of writes after a storage failure.
 
-use chorus_node::{CollectionConfig, Context, Node, NodeConfig, Policy, Write, WriteError, open};
+use chorus_node::{
+    CollectionConfig, Context, Node, NodeConfig, Policy, Resolution, ResolveError, Write,
+    WriteError, open,
+};
 use chorus_store::StorageBackend;
 use chorus_store::backends::InMemoryBackend;
 use std::sync::Arc;
@@ -45,6 +48,53 @@ fn blind_writes_conflict_and_context_write_resolves() {
     let doc = node.get("docs", "k").unwrap();
     assert!(!doc.conflict());
     assert_eq!(doc.value(), Some(&br#"{"v":3}"#[..]));
+}
+
+/// A conflict ends through its record: picking a version keeps exactly its value;
+/// an unknown version or record is refused; the record goes once older than the
+/// retention, and the counts say what was recorded.
+#[test]
+fn conflicts_resolve_through_their_record_and_expire() {
+    let (_dir, node) = temp_node();
+    node.put("docs", "k", br#"{"v":1}"#, None).unwrap();
+    node.put("docs", "k", br#"{"v":2}"#, None).unwrap();
+    let record = node.conflicts(None, 10).unwrap().conflicts.remove(0);
+    assert_eq!(node.conflict(record.id).unwrap(), Some(record.clone()));
+
+    let stranger = chorus_node::Dot::new(chorus_node::NodeId(7), 1);
+    assert!(matches!(
+        node.resolution(record.id, Resolution::Pick(stranger)),
+        Err(ResolveError::NotInRecord(_))
+    ));
+    let first = record.versions[0].dot;
+    let write = node.resolution(record.id, Resolution::Pick(first)).unwrap();
+    node.write(write).unwrap();
+    assert_eq!(values(&node, "docs", "k"), [Some(r#"{"v":1}"#.into())]);
+    assert_eq!(
+        node.conflict_counts(),
+        [("docs".to_string(), "siblings", 1)]
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let newest = record
+        .versions
+        .iter()
+        .map(|v| v.hlc.wall_ms())
+        .max()
+        .unwrap();
+    rt.block_on(node.prune_conflicts(newest)).unwrap();
+    assert!(
+        node.conflict(record.id).unwrap().is_some(),
+        "not older than the bound"
+    );
+    rt.block_on(node.prune_conflicts(newest + 1)).unwrap();
+    assert_eq!(node.conflict(record.id).unwrap(), None);
+    assert!(matches!(
+        node.resolution(record.id, Resolution::Pick(first)),
+        Err(ResolveError::NoSuchConflict(_))
+    ));
 }
 
 /// A delete with context leaves an absent document whose context still supersedes.

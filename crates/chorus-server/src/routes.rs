@@ -12,7 +12,9 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chorus_node::{CollectionConfig, ConflictId, Context, Node, Write};
+use chorus_node::{
+    CollectionConfig, ConflictId, Context, Dot, Node, Resolution, ResolveError, Write,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -39,6 +41,8 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         )
         .route("/v1/changes", get(changes::changes))
         .route("/v1/conflicts", get(conflicts))
+        .route("/v1/conflicts/{id}", get(get_conflict))
+        .route("/v1/conflicts/{id}/resolve", post(resolve_conflict))
         .route(
             "/v1/cluster/reload",
             post(move || reload_cluster(config.reload_cluster.clone())),
@@ -132,6 +136,11 @@ async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
         "hlc": render::hlc(status.hlc),
         "log_start": status.log_start,
         "store_failed": status.store_failed,
+        "conflicts": node.conflict_counts().iter().map(|(collection, policy, count)| json!({
+            "collection": collection,
+            "policy": policy,
+            "count": count,
+        })).collect::<Vec<_>>(),
         "links": node.link_status().map(|l| json!({
             "planned": l.planned,
             "wanted": l.wanted,
@@ -140,6 +149,72 @@ async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
             "heal_after_ms": l.heal_after_ms,
         })),
     })))
+}
+
+fn conflict_id(extracted: Result<Path<String>, PathRejection>) -> ApiResult<ConflictId> {
+    let text = path(extracted)?;
+    ConflictId::from_hex(&text).ok_or_else(|| {
+        ApiError::bad_request("a conflict id is 32 hex digits (from GET /v1/conflicts)")
+    })
+}
+
+/// One conflict record, beside the document as it stands now (so a user can see
+/// whether it is still in conflict and what a resolution would replace).
+async fn get_conflict(
+    State(node): State<Node>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let id = conflict_id(id)?;
+    let record = node
+        .conflict(id)?
+        .ok_or_else(|| ApiError::not_found(format!("no conflict {id} in this node's log")))?;
+    let current = node.get(&record.collection, &record.key)?;
+    let mut out = render::conflict(&node, &record);
+    out["current"] = render::document(&node, &current);
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    value: Option<Box<serde_json::value::RawValue>>,
+    pick: Option<String>,
+}
+
+/// Ends a conflict: `{"value": DOC}` or `{"pick": DOT}` replaces exactly the record's
+/// versions.
+async fn resolve_conflict(
+    State(node): State<Node>,
+    id: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let id = conflict_id(id)?;
+    let body: ResolveBody = serde_json::from_slice(&body(bytes)?).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body must be {{\"value\": DOC}} or {{\"pick\": DOT}}: {e}"),
+        )
+    })?;
+    let resolution = match (body.value, body.pick) {
+        (Some(value), None) => Resolution::Value(value.get().as_bytes().to_vec()),
+        (None, Some(dot)) => Resolution::Pick(Dot::parse(&dot).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{dot:?} is not a dot (NODE:COUNTER, as in the record's versions)"
+            ))
+        })?),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of \"value\" (a new document) or \"pick\" (a version's dot)",
+            ));
+        }
+    };
+    let ending = node.resolution(id, resolution).map_err(|e| match e {
+        ResolveError::NoSuchConflict(_) => ApiError::not_found(e.to_string()),
+        ResolveError::NotInRecord(_) => ApiError::bad_request(e.to_string()),
+        ResolveError::Read(e) => e.into(),
+    })?;
+    Ok(Json(write(&node, ending).await?))
 }
 
 async fn reload_cluster(reload: Option<ReloadCluster>) -> ApiResult<Json<Value>> {

@@ -221,6 +221,21 @@ impl Batch<'_> {
         Ok(true)
     }
 
+    /// Keeps the conflict records `keep` accepts and removes the others; returns how
+    /// many it removed. A record that does not decode is kept (and reported by reads).
+    pub fn retain_conflicts(
+        &mut self,
+        keep: impl Fn(&ConflictRecord) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        self.conflicts.retain(|_, bytes| {
+            let kept = codec::decode_conflict(bytes).map_or(true, |record| keep(&record));
+            removed += u64::from(!kept);
+            kept
+        })?;
+        Ok(removed)
+    }
+
     /// Rewrites key states: `change` returns `None` to keep one as it is,
     /// `Some(None)` to remove it, `Some(Some(state))` to replace it. Returns how many
     /// changed. A state that does not decode is kept (and reported when read).
@@ -386,6 +401,21 @@ impl Snapshot {
     /// up to it, it has.
     pub fn peer_cursor(&self, peer: u64) -> Result<u64, StoreError> {
         Ok(self.peers.get(peer)?.map_or(0, |v| v.value()))
+    }
+
+    /// The conflict record `id`, if the log holds it.
+    pub fn conflict(&self, id: ConflictId) -> Result<Option<ConflictRecord>, StoreError> {
+        let Some(v) = self.conflicts.get(id.0.as_slice())? else {
+            return Ok(None);
+        };
+        let record = codec::decode_conflict(v.value())?;
+        if !codec::conflict_id_matches(&id.0, &record) {
+            return Err(StoreError::Corrupted {
+                table: "conflicts",
+                reason: "id does not match content".into(),
+            });
+        }
+        Ok(Some(record))
     }
 
     /// Conflict records in id order, starting after `after` (exclusive).

@@ -2,7 +2,7 @@
 //! over between the nodes given), the JSON answer on stdout.
 
 use anyhow::{Context as _, anyhow};
-use chorus_client::{Client, Error, doc_path};
+use chorus_client::{Client, Error, doc_path, segment};
 use serde_json::Value;
 use std::io::Read;
 
@@ -63,6 +63,18 @@ pub fn get(target: &Target, collection: &str, key: &str) -> anyhow::Result<()> {
     print(&target.call("GET", &doc_path(collection, key), None, None)?)
 }
 
+/// `document`, or stdin when it is `-`.
+fn document_or_stdin(document: &str) -> anyhow::Result<Vec<u8>> {
+    if document != "-" {
+        return Ok(document.as_bytes().to_vec());
+    }
+    let mut buffer = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buffer)
+        .context("reading the document from stdin")?;
+    Ok(buffer)
+}
+
 pub fn put(
     target: &Target,
     collection: &str,
@@ -70,15 +82,7 @@ pub fn put(
     document: &str,
     context: Option<&str>,
 ) -> anyhow::Result<()> {
-    let body = if document == "-" {
-        let mut buffer = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buffer)
-            .context("reading the document from stdin")?;
-        buffer
-    } else {
-        document.as_bytes().to_vec()
-    };
+    let body = document_or_stdin(document)?;
     print(&target.call("PUT", &doc_path(collection, key), Some(&body), context)?)
 }
 
@@ -97,6 +101,30 @@ pub fn status(target: &Target) -> anyhow::Result<()> {
 
 pub fn conflicts(target: &Target, limit: usize) -> anyhow::Result<()> {
     print(&target.call("GET", &format!("/v1/conflicts?limit={limit}"), None, None)?)
+}
+
+pub fn show_conflict(target: &Target, id: &str) -> anyhow::Result<()> {
+    print(&target.call("GET", &format!("/v1/conflicts/{}", segment(id)), None, None)?)
+}
+
+pub fn resolve_conflict(
+    target: &Target,
+    id: &str,
+    value: Option<&str>,
+    pick: Option<&str>,
+) -> anyhow::Result<()> {
+    let body = match (value, pick) {
+        (Some(document), _) => {
+            let document = document_or_stdin(document)?;
+            let value: Value =
+                serde_json::from_slice(&document).context("--value is not a JSON document")?;
+            serde_json::json!({ "value": value })
+        }
+        (None, Some(dot)) => serde_json::json!({ "pick": dot }),
+        (None, None) => anyhow::bail!("give --value or --pick"),
+    };
+    let path = format!("/v1/conflicts/{}/resolve", segment(id));
+    print(&target.call("POST", &path, Some(body.to_string().as_bytes()), None)?)
 }
 
 /// Asks every node given to re-read its cluster file (not only the first that

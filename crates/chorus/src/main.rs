@@ -68,11 +68,38 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
-    /// List the conflict log.
+    /// List the conflict log; `show` one conflict, `resolve` one.
     Conflicts {
+        #[command(subcommand)]
+        action: Option<ConflictsAction>,
         /// Show at most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        #[command(flatten)]
+        target: client::Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConflictsAction {
+    /// Show one conflict's versions side by side, and the document as it stands now.
+    Show {
+        /// The conflict's id (from `chorus conflicts`).
+        id: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// End a conflict: a new document, or one of its versions, replaces exactly the
+    /// conflict's versions (under lww, picking a loser restores it).
+    Resolve {
+        /// The conflict's id (from `chorus conflicts`).
+        id: String,
+        /// The new document (JSON), or `-` to read it from stdin.
+        #[arg(long, required_unless_present = "pick", conflicts_with = "pick")]
+        value: Option<String>,
+        /// The dot of the version to keep (`NODE:COUNTER`, from `show`).
+        #[arg(long)]
+        pick: Option<String>,
         #[command(flatten)]
         target: client::Target,
     },
@@ -103,7 +130,25 @@ fn main() -> ExitCode {
         } => client::delete(&target, &collection, &key, context.as_deref()),
         Command::Status { target } => client::status(&target),
         Command::Reload { target } => client::reload(&target),
-        Command::Conflicts { limit, target } => client::conflicts(&target, limit),
+        Command::Conflicts {
+            action: None,
+            limit,
+            target,
+        } => client::conflicts(&target, limit),
+        Command::Conflicts {
+            action: Some(ConflictsAction::Show { id, target }),
+            ..
+        } => client::show_conflict(&target, &id),
+        Command::Conflicts {
+            action:
+                Some(ConflictsAction::Resolve {
+                    id,
+                    value,
+                    pick,
+                    target,
+                }),
+            ..
+        } => client::resolve_conflict(&target, &id, value.as_deref(), pick.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ use chorus_server::ServerConfig;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -52,6 +53,10 @@ pub struct ServeArgs {
     /// cluster file's [[emulate]] for that peer).
     #[arg(long, value_name = "PEER:CONDITIONS", value_parser = parse_emulate)]
     emulate: Vec<(String, LinkEmulation)>,
+    /// How long conflict records are kept, in seconds after the newest version they
+    /// involve (by its HLC); the values of lww losers can be restored until then.
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    conflict_retention_s: u64,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = chorus_node::limits::DOCUMENT_BYTES_MAX)]
     body_bytes_max: usize,
@@ -146,6 +151,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             _ => None,
         };
+        tokio::spawn(prune_conflicts(
+            node.clone(),
+            Duration::from_secs(args.conflict_retention_s),
+        ));
         let address = listener.local_addr()?;
         println!(
             "chorus: node {} serving http://{address} (data in {})",
@@ -204,6 +213,24 @@ async fn reload_on_hangup(reload: chorus_server::ReloadCluster) {
     while hangup.recv().await.is_some() {
         if let Err(error) = reload().await {
             tracing::error!(error, "cluster file not reloaded; nothing changed");
+        }
+    }
+}
+
+/// Applies the conflict log's retention: every tenth of it (between 1 s and 10 min),
+/// removes the records older than `retention`.
+async fn prune_conflicts(node: Node, retention: Duration) {
+    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let mut interval = tokio::time::interval(period);
+    loop {
+        interval.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let before = now_ms.saturating_sub(retention.as_millis() as u64);
+        if let Err(error) = node.prune_conflicts(before).await {
+            tracing::warn!(%error, "cannot prune the conflict log");
         }
     }
 }

@@ -1,0 +1,233 @@
+//! The conflict log as a tool, with real `chorus serve` processes: list, inspect side
+//! by side, resolve (a new value, or a version picked), restore an lww loser, the
+//! log's retention, the counts per collection and policy, the CLI, and bad requests
+//! that change nothing.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::*;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Two blind writes of `key` on one node: two concurrent versions, one conflict
+/// record. Returns the record.
+fn conflict_on(url: &str, collection: &str, key: &str) -> Value {
+    for value in [json!({"v": "first"}), json!({"v": "second"})] {
+        let reply = put(
+            &format!("{url}/v1/docs/{collection}/{key}"),
+            &value.to_string(),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let log = get(&format!("{url}/v1/conflicts")).body;
+    log["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|c| c["collection"] == collection && c["key"] == key)
+        .unwrap_or_else(|| panic!("no conflict for {collection}/{key} in {log}"))
+        .clone()
+}
+
+fn resolve(url: &str, id: &str, body: &Value) -> Reply {
+    call(
+        "POST",
+        &format!("{url}/v1/conflicts/{id}/resolve"),
+        Some(body.to_string().as_bytes()),
+        &[],
+    )
+}
+
+fn versions(url: &str, collection: &str, key: &str) -> Vec<Value> {
+    get(&format!("{url}/v1/docs/{collection}/{key}")).body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value"].clone())
+        .collect()
+}
+
+/// Siblings: a record is shown beside the document; picking a version ends the
+/// conflict with exactly that value; a new value does the same. Bad requests are
+/// refused with a reason and change nothing.
+#[test]
+fn siblings_are_inspected_and_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &[]);
+    let url = &node.url;
+    let record = conflict_on(url, "s", "k");
+    let id = record["id"].as_str().unwrap();
+    assert_eq!(record["outcome"], "siblings");
+
+    let shown = get(&format!("{url}/v1/conflicts/{id}")).body;
+    assert_eq!(shown["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(shown["current"]["conflict"], true);
+
+    let before = digest(url);
+    let second_dot = record["versions"][1]["dot"].as_str().unwrap();
+    for (body, status) in [
+        (json!({}), 400),
+        (json!({"value": 1, "pick": second_dot}), 400),
+        (json!({"pick": "nonsense"}), 400),
+        (json!({"pick": "00000000000000ab:1"}), 400),
+        (json!({"colour": "red"}), 400),
+    ] {
+        let reply = resolve(url, id, &body);
+        assert_eq!(reply.status, status, "{body}: {}", reply.text);
+    }
+    let reply = call(
+        "POST",
+        &format!("{url}/v1/conflicts/{id}/resolve"),
+        Some(b"{not json"),
+        &[],
+    );
+    assert_eq!(reply.body["error"], "invalid_json");
+    assert_eq!(
+        resolve(url, &"0".repeat(32), &json!({"value": 1})).status,
+        404
+    );
+    assert_eq!(get(&format!("{url}/v1/conflicts/xyz")).status, 400);
+    assert_eq!(digest(url), before, "refused requests changed nothing");
+
+    let picked = record["versions"][1]["value"].clone();
+    let reply = resolve(url, id, &json!({"pick": second_dot}));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(reply.body["context"].is_string());
+    assert_eq!(versions(url, "s", "k"), [picked]);
+
+    let record = conflict_on(url, "s", "k2");
+    let id = record["id"].as_str().unwrap();
+    let reply = resolve(url, id, &json!({"value": {"v": "merged by hand"}}));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(versions(url, "s", "k2"), [json!({"v": "merged by hand"})]);
+
+    let status = get(&format!("{url}/v1/status")).body;
+    assert_eq!(
+        status["conflicts"],
+        json!([{"collection": "s", "policy": "siblings", "count": 2}])
+    );
+    let metrics = get(&format!("{url}/metrics")).text;
+    assert!(
+        metrics.contains("chorus_conflicts_total{collection=\"s\",policy=\"siblings\"} 2"),
+        "{metrics}"
+    );
+}
+
+/// Under lww the record names the winner and keeps the loser, with who wrote it and
+/// when; picking the loser restores it. The CLI does the same.
+#[test]
+fn an_lww_loser_is_restored_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &[]);
+    let url = &node.url;
+    let reply = call(
+        "PUT",
+        &format!("{url}/v1/collections/l"),
+        Some(br#"{"policy": "lww"}"#),
+        &[],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let record = conflict_on(url, "l", "k");
+    assert_eq!(record["outcome"], "winner");
+    let loser = record["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["dot"] != record["winner"])
+        .unwrap()
+        .clone();
+    assert_eq!(loser["value"], json!({"v": "first"}));
+    assert!(loser["origin"].is_string() && loser["hlc"]["wall_ms"].is_u64());
+    assert_eq!(
+        get(&format!("{url}/v1/docs/l/k")).body["value"],
+        json!({"v": "second"})
+    );
+
+    let id = record["id"].as_str().unwrap();
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(CHORUS)
+            .args(args)
+            .args(["--url", url])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    assert_eq!(cli(&["conflicts", "show", id])["id"], id);
+    cli(&[
+        "conflicts",
+        "resolve",
+        id,
+        "--pick",
+        loser["dot"].as_str().unwrap(),
+    ]);
+    assert_eq!(
+        get(&format!("{url}/v1/docs/l/k")).body["value"],
+        json!({"v": "first"}),
+        "the lost value is back"
+    );
+}
+
+/// Records older than the retention are removed from the log.
+#[test]
+fn conflict_records_go_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &["--conflict-retention-s", "1"]);
+    let url = &node.url;
+    conflict_on(url, "s", "k");
+    wait_until("the record to be pruned", DEADLINE, || {
+        get(&format!("{url}/v1/conflicts")).body["conflicts"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    // The document itself is untouched: both versions stay until resolved.
+    assert_eq!(versions(url, "s", "k").len(), 2);
+}
+
+/// A conflict made by concurrent writes on two leaders (partitioned from each other
+/// while they write) has one record with one id on both; resolving it on either ends
+/// it everywhere.
+#[test]
+fn a_resolution_replicates() {
+    let mut cluster = Cluster::start(
+        2,
+        "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\npartitioned = true",
+    );
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    for (url, v) in [(&a, "from a"), (&b, "from b")] {
+        let reply = put(&format!("{url}/v1/docs/r/k"), &json!({"v": v}).to_string());
+        assert_eq!(reply.status, 200);
+    }
+    cluster.header = "topology = \"mesh\"\n".into();
+    cluster.write_file();
+    for i in 0..2 {
+        assert_eq!(cluster.reload(i).status, 200);
+    }
+    cluster.wait_converged(DEADLINE);
+    let ids = |url: &str| -> Vec<Value> {
+        get(&format!("{url}/v1/conflicts")).body["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].clone())
+            .collect()
+    };
+    let on_a = ids(&a);
+    assert_eq!(on_a.len(), 1, "one record");
+    assert_eq!(on_a, ids(&b), "the same record on both");
+    let id = on_a[0].as_str().unwrap();
+    let reply = resolve(&b, id, &json!({"value": {"v": "agreed"}}));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    cluster.wait_converged(DEADLINE);
+    for url in [&a, &b] {
+        assert_eq!(versions(url, "r", "k"), [json!({"v": "agreed"})]);
+    }
+}
