@@ -73,6 +73,7 @@ fn run_one(args: &RetentionArgs, bound: Option<u64>) -> anyhow::Result<()> {
         "bench",
         &CollectionConfig {
             policy: Policy::Lww,
+            ..CollectionConfig::default()
         },
     )?;
     write(&a, 0, args.keys, args.keys)?;

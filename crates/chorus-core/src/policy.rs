@@ -26,6 +26,9 @@ pub enum Policy {
     Siblings,
     /// The greatest `(hlc, node)` wins; losers are kept in the conflict log.
     Lww,
+    /// Concurrent versions of a JSON object merge field by field (the node's
+    /// `merge` module: the rules are the collection's settings).
+    Merge,
 }
 
 impl Policy {
@@ -33,6 +36,7 @@ impl Policy {
         match self {
             Policy::Siblings => "siblings",
             Policy::Lww => "lww",
+            Policy::Merge => "merge",
         }
     }
 
@@ -40,15 +44,17 @@ impl Policy {
         match name {
             "siblings" => Some(Policy::Siblings),
             "lww" => Some(Policy::Lww),
+            "merge" => Some(Policy::Merge),
             _ => None,
         }
     }
 
-    /// The version a read presents as *the* value, when this policy yields one.
+    /// The version a read presents as *the* value, when this policy yields one
+    /// (under `merge`, with several versions, the value is their merge instead).
     pub fn winner(self, versions: &[Version]) -> Option<&Version> {
         match self {
-            Policy::Siblings if versions.len() == 1 => versions.first(),
-            Policy::Siblings => None,
+            Policy::Siblings | Policy::Merge if versions.len() == 1 => versions.first(),
+            Policy::Siblings | Policy::Merge => None,
             Policy::Lww => versions.iter().max_by_key(|v| (v.hlc, v.dot.node)),
         }
     }
@@ -63,6 +69,7 @@ impl Policy {
         }
         let outcome = match self {
             Policy::Siblings => Outcome::Siblings,
+            Policy::Merge => Outcome::Merged,
             Policy::Lww => Outcome::Winner(self.winner(versions).expect("two versions").dot),
         };
         Some(ConflictRecord::new(

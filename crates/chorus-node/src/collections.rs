@@ -4,7 +4,12 @@
 //! last-write-wins, so they replicate exactly like documents and concurrent changes
 //! resolve the same way everywhere. A collection without such a document uses the
 //! defaults (`siblings`).
+//!
+//! ```json
+//! {"policy": "merge", "merge": {"default": "lww", "fields": {"likes": "sum-of-deltas"}}}
+//! ```
 
+use crate::merge::{FieldRule, MergeRules};
 use chorus_core::{KeyState, Policy};
 use serde_json::{Map, Value};
 
@@ -14,6 +19,8 @@ pub const SETTINGS_COLLECTION: &str = "_collections";
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CollectionConfig {
     pub policy: Policy,
+    /// The field rules of a `merge` collection.
+    pub merge: MergeRules,
 }
 
 impl CollectionConfig {
@@ -29,12 +36,24 @@ impl CollectionConfig {
             match (name.as_str(), value) {
                 ("policy", Value::String(p)) => {
                     config.policy = Policy::from_name(&p).ok_or_else(|| {
-                        format!("unknown policy {p:?}; use \"siblings\" or \"lww\"")
+                        format!("unknown policy {p:?}; use \"siblings\", \"lww\" or \"merge\"")
                     })?;
                 }
                 ("policy", _) => return Err("policy must be a string".into()),
-                (other, _) => return Err(format!("unknown setting {other:?}; known: policy")),
+                ("merge", Value::Object(rules)) => config.merge = merge_rules(rules)?,
+                ("merge", _) => {
+                    return Err(
+                        "merge must be an object such as {\"default\": \"lww\", \"fields\": {\"likes\": \"sum-of-deltas\"}}"
+                            .into(),
+                    );
+                }
+                (other, _) => {
+                    return Err(format!("unknown setting {other:?}; known: policy, merge"));
+                }
             }
+        }
+        if config.merge != MergeRules::default() && config.policy != Policy::Merge {
+            return Err("merge rules need \"policy\": \"merge\"".into());
         }
         Ok(config)
     }
@@ -42,6 +61,18 @@ impl CollectionConfig {
     pub fn to_json(&self) -> Vec<u8> {
         let mut fields = Map::new();
         fields.insert("policy".into(), Value::String(self.policy.name().into()));
+        if self.policy == Policy::Merge {
+            let rules: Map<String, Value> = self
+                .merge
+                .fields
+                .iter()
+                .map(|(f, r)| (f.clone(), Value::String(r.name().into())))
+                .collect();
+            fields.insert(
+                "merge".into(),
+                serde_json::json!({"default": self.merge.default.name(), "fields": rules}),
+            );
+        }
         serde_json::to_vec(&Value::Object(fields)).expect("a map serialises")
     }
 
@@ -55,6 +86,34 @@ impl CollectionConfig {
             .and_then(|bytes| CollectionConfig::from_json(bytes).ok())
             .unwrap_or_default()
     }
+}
+
+fn merge_rules(given: Map<String, Value>) -> Result<MergeRules, String> {
+    let rule = |value: &Value| -> Result<FieldRule, String> {
+        value.as_str().and_then(FieldRule::from_name).ok_or_else(|| {
+            format!(
+                "unknown merge rule {value}; use lww, max, min, sum-of-deltas, union or siblings"
+            )
+        })
+    };
+    let mut rules = MergeRules::default();
+    for (name, value) in given {
+        match (name.as_str(), value) {
+            ("default", value) => rules.default = rule(&value)?,
+            ("fields", Value::Object(fields)) => {
+                for (field, value) in fields {
+                    rules.fields.insert(field, rule(&value)?);
+                }
+            }
+            ("fields", _) => return Err("merge.fields must map field names to rules".into()),
+            (other, _) => {
+                return Err(format!(
+                    "unknown merge setting {other:?}; known: default, fields"
+                ));
+            }
+        }
+    }
+    Ok(rules)
 }
 
 /// Whether `name` may be used as a collection name by clients.
@@ -101,6 +160,35 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown setting")
         );
+        let merge = CollectionConfig::from_json(
+            br#"{"policy":"merge","merge":{"default":"max","fields":{"tags":"union"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(merge.policy, Policy::Merge);
+        assert_eq!(merge.merge.default, FieldRule::Max);
+        assert_eq!(merge.merge.fields["tags"], FieldRule::Union);
+        assert_eq!(
+            CollectionConfig::from_json(&merge.to_json()).unwrap(),
+            merge
+        );
+        for (bad, needle) in [
+            (
+                &br#"{"policy":"merge","merge":{"default":"avg"}}"#[..],
+                "unknown merge rule",
+            ),
+            (
+                br#"{"policy":"merge","merge":{"fields":[1]}}"#,
+                "map field names",
+            ),
+            (
+                br#"{"policy":"merge","merge":{"rules":{}}}"#,
+                "unknown merge setting",
+            ),
+            (br#"{"policy":"lww","merge":{"default":"max"}}"#, "need"),
+        ] {
+            let err = CollectionConfig::from_json(bad).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
         assert!(CollectionConfig::from_json(b"[1]").is_err());
         assert!(CollectionConfig::from_json(b"{").is_err());
     }

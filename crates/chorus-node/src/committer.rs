@@ -16,6 +16,7 @@
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION};
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, SIBLINGS_WARN};
+use crate::merge;
 use crate::node::{RemoteOutcome, ReplicationStep, Write, WriteAck, WriteError};
 use chorus_core::{
     ConflictRecord, Dot, Entry, EntryBody, HlcClock, KeyState, NodeId, Op, Outcome, PhysicalClock,
@@ -73,8 +74,8 @@ pub(crate) struct Committer {
     pub floor: VersionVector,
     pub clock: HlcClock,
     pub physical: Arc<dyn PhysicalClock>,
-    /// Policies of collections, read from `_collections` on first use.
-    pub policies: HashMap<String, Policy>,
+    /// Settings of collections, read from `_collections` on first use.
+    pub policies: HashMap<String, CollectionConfig>,
     pub committed_seq: watch::Sender<u64>,
     pub failed: Arc<AtomicBool>,
     /// Conflicts recorded since the node started, per collection and policy.
@@ -321,13 +322,31 @@ impl Committer {
                     .into(),
             )));
         }
+        let dot = self.next_dot();
+        let value = match (policy, &write.value) {
+            (Policy::Merge, Some(doc)) => {
+                // What the write changed is what differs from the read it is based on.
+                let seen: Vec<Version> = state
+                    .versions()
+                    .iter()
+                    .filter(|v| context.covers(v.dot))
+                    .cloned()
+                    .collect();
+                let base = merge::merge(&seen, &self.config(b, &write.collection)?.merge);
+                match merge::stamp_write(doc, &base, dot, hlc, &context) {
+                    Ok(stamped) => Some(stamped),
+                    Err(reason) => return Ok(Err(WriteError::Invalid(reason))),
+                }
+            }
+            _ => write.value.clone(),
+        };
         let op = Op {
-            dot: self.next_dot(),
+            dot,
             hlc,
             collection: write.collection.clone(),
             key,
             context,
-            value: write.value.clone(),
+            value,
         };
         let overwritten = state.versions().to_vec();
         assert!(
@@ -504,16 +523,22 @@ impl Committer {
     }
 
     fn policy(&mut self, b: &Batch<'_>, collection: &str) -> Result<Policy, StoreError> {
-        if collection == SETTINGS_COLLECTION {
-            return Ok(Policy::Lww);
+        Ok(self.config(b, collection)?.policy)
+    }
+
+    fn config(&mut self, b: &Batch<'_>, collection: &str) -> Result<&CollectionConfig, StoreError> {
+        if !self.policies.contains_key(collection) {
+            let config = if collection == SETTINGS_COLLECTION {
+                CollectionConfig {
+                    policy: Policy::Lww,
+                    ..CollectionConfig::default()
+                }
+            } else {
+                CollectionConfig::from_state(&b.key_state(SETTINGS_COLLECTION, collection)?)
+            };
+            self.policies.insert(collection.to_owned(), config);
         }
-        if let Some(policy) = self.policies.get(collection) {
-            return Ok(*policy);
-        }
-        let policy =
-            CollectionConfig::from_state(&b.key_state(SETTINGS_COLLECTION, collection)?).policy;
-        self.policies.insert(collection.to_owned(), policy);
-        Ok(policy)
+        Ok(&self.policies[collection])
     }
 }
 

@@ -1,6 +1,8 @@
 //! What reads return: documents with their versions, pages of keys, changes and
 //! conflicts.
 
+use crate::collections::CollectionConfig;
+use crate::merge;
 use chorus_core::{
     ConflictId, ConflictRecord, ContextToken, Dot, Hlc, KeyState, NodeId, Op, Policy, TokenError,
     VersionVector,
@@ -44,36 +46,54 @@ pub struct Document {
     pub key: String,
     pub context: Context,
     pub policy: Policy,
-    /// The versions a read shows: every sibling under `siblings`, the winner under
-    /// `lww`. Sorted by dot.
+    /// The versions a read shows: every sibling under `siblings` and `merge`, the
+    /// winner under `lww`. Sorted by dot; values are the documents as written.
     pub versions: Vec<DocVersion>,
+    /// The one value, when the policy yields one (see [`Document::value`]).
+    value: Option<Vec<u8>>,
+    conflict: bool,
 }
 
 impl Document {
     pub(crate) fn from_state(
         collection: &str,
         key: &str,
-        policy: Policy,
+        config: &CollectionConfig,
         state: &KeyState,
     ) -> Document {
+        let policy = config.policy;
         let shown: Vec<_> = match policy {
-            Policy::Siblings => state.versions().iter().collect(),
+            Policy::Siblings | Policy::Merge => state.versions().iter().collect(),
             Policy::Lww => policy.winner(state.versions()).into_iter().collect(),
+        };
+        let versions: Vec<DocVersion> = shown
+            .into_iter()
+            .map(|v| DocVersion {
+                value: v
+                    .value
+                    .as_deref()
+                    .map(|b| merge::document_bytes(b).to_vec()),
+                origin: v.dot.node,
+                hlc: v.hlc,
+                dot: v.dot,
+            })
+            .collect();
+        let (value, conflict) = match (policy, versions.as_slice()) {
+            (Policy::Merge, [_, _, ..]) => {
+                let merged = merge::merge(state.versions(), &config.merge);
+                (merged.value, merged.conflict)
+            }
+            (_, [only]) => (only.value.clone(), false),
+            (_, many) => (None, many.len() > 1),
         };
         Document {
             collection: collection.to_owned(),
             key: key.to_owned(),
             context: Context(state.context().clone()),
             policy,
-            versions: shown
-                .into_iter()
-                .map(|v| DocVersion {
-                    value: v.value.clone(),
-                    origin: v.dot.node,
-                    hlc: v.hlc,
-                    dot: v.dot,
-                })
-                .collect(),
+            versions,
+            value,
+            conflict,
         }
     }
 
@@ -82,17 +102,17 @@ impl Document {
         self.versions.iter().all(|v| v.value.is_none())
     }
 
-    /// True when the read shows more than one version.
+    /// True when the read leaves concurrent versions for the user: several shown
+    /// under `siblings`, or under `merge` a field whose rule is `siblings` changed
+    /// on both sides.
     pub fn conflict(&self) -> bool {
-        self.versions.len() > 1
+        self.conflict
     }
 
-    /// The one value of the document, when its policy yields one and it is not deleted.
+    /// The one value of the document, when its policy yields one and it is not
+    /// deleted: the only version, the lww winner, or the merge of the versions.
     pub fn value(&self) -> Option<&[u8]> {
-        match self.versions.as_slice() {
-            [only] => only.value.as_deref(),
-            _ => None,
-        }
+        self.value.as_deref()
     }
 }
 

@@ -24,6 +24,7 @@ mod committer;
 mod document;
 pub mod emulation;
 pub mod limits;
+pub mod merge;
 mod node;
 pub mod replication;
 

@@ -10,7 +10,7 @@ use crate::limits::{
 use crate::replication::LinkStatus;
 use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, HlcClock, KeyState, NodeId,
-    PhysicalClock, Policy, SystemClock, VersionVector,
+    PhysicalClock, SystemClock, VersionVector,
 };
 use chorus_repl::{LogPosition, PeerStatus};
 use chorus_store::codec;
@@ -385,11 +385,11 @@ impl Node {
     pub fn get(&self, collection: &str, key: &str) -> Result<Document, ReadError> {
         metrics::counter!("chorus_reads_total").increment(1);
         let snapshot = self.snapshot()?;
-        let policy = collection_config(&snapshot, collection)?.0.policy;
+        let config = collection_config(&snapshot, collection)?.0;
         Ok(Document::from_state(
             collection,
             key,
-            policy,
+            &config,
             &snapshot.key_state(collection, key)?,
         ))
     }
@@ -743,7 +743,8 @@ impl Node {
                 .find(|v| v.dot == dot)
                 .ok_or(ResolveError::NotInRecord(dot))?
                 .value
-                .clone(),
+                .as_deref()
+                .map(|v| crate::merge::document_bytes(v).to_vec()),
         };
         let mut context = VersionVector::new();
         for version in &record.versions {
@@ -767,18 +768,14 @@ impl Node {
     pub fn digest(&self) -> Result<[u8; 32], ReadError> {
         let snapshot = self.snapshot()?;
         let mut hasher = Sha256::new();
-        let mut policies: HashMap<String, Policy> = HashMap::new();
+        let mut configs: HashMap<String, CollectionConfig> = HashMap::new();
         for entry in snapshot.all_keys()? {
             let (collection, key, state) = entry?;
-            let policy = match policies.get(&collection) {
-                Some(p) => *p,
-                None => {
-                    let p = collection_config(&snapshot, &collection)?.0.policy;
-                    policies.insert(collection.clone(), p);
-                    p
-                }
-            };
-            let document = Document::from_state(&collection, &key, policy, &state);
+            if !configs.contains_key(&collection) {
+                let config = collection_config(&snapshot, &collection)?.0;
+                configs.insert(collection.clone(), config);
+            }
+            let document = Document::from_state(&collection, &key, &configs[&collection], &state);
             if document.is_absent() {
                 continue;
             }

@@ -119,6 +119,7 @@ fn lww_keeps_loser_in_conflict_log() {
         "prefs",
         &CollectionConfig {
             policy: Policy::Lww,
+            ..CollectionConfig::default()
         },
     )
     .unwrap();
@@ -126,7 +127,8 @@ fn lww_keeps_loser_in_conflict_log() {
         node.collection("prefs").unwrap(),
         (
             CollectionConfig {
-                policy: Policy::Lww
+                policy: Policy::Lww,
+                ..CollectionConfig::default()
             },
             true
         )

@@ -28,10 +28,11 @@ pub fn hlc(hlc: Hlc) -> Value {
     json!({"wall_ms": hlc.wall_ms(), "logical": hlc.logical()})
 }
 
-/// A stored document as JSON without re-building it as a tree. Stored documents
-/// were validated when written, so this only fails on corrupt data.
+/// A stored document as JSON without re-building it as a tree (a merge collection's
+/// stamps left out). Stored documents were validated when written, so this only fails
+/// on corrupt data.
 fn raw(value: &[u8]) -> Value {
-    match serde_json::from_slice::<Box<RawValue>>(value) {
+    match serde_json::from_slice::<Box<RawValue>>(chorus_node::merge::document_bytes(value)) {
         Ok(raw) => serde_json::to_value(raw).unwrap_or(Value::Null),
         Err(error) => {
             tracing::error!(%error, "stored document is not JSON");
@@ -84,6 +85,7 @@ pub fn conflict(node: &Node, record: &ConflictRecord) -> Value {
     });
     match record.outcome {
         Outcome::Siblings => out["outcome"] = json!("siblings"),
+        Outcome::Merged => out["outcome"] = json!("merged"),
         Outcome::Winner(dot) => {
             out["outcome"] = json!("winner");
             out["winner"] = json!(dot.to_string());

@@ -682,6 +682,7 @@ impl Sim {
     fn client_set_lww(&mut self) {
         let config = CollectionConfig {
             policy: Policy::Lww,
+            ..CollectionConfig::default()
         };
         self.node(0)
             .set_collection("l", &config)

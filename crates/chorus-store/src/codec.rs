@@ -81,7 +81,7 @@ struct ConflictV1 {
     key: String,
     policy: String,
     versions: Vec<VersionV1>,
-    /// The lww winner; `None` for siblings.
+    /// The lww winner; `None` for siblings and merge.
     winner: Option<DotV1>,
 }
 
@@ -204,7 +204,7 @@ fn conflict_v1(record: &ConflictRecord) -> ConflictV1 {
         policy: record.policy.name().to_owned(),
         versions: versions_v1(&record.versions),
         winner: match record.outcome {
-            Outcome::Siblings => None,
+            Outcome::Siblings | Outcome::Merged => None,
             Outcome::Winner(dot) => Some(dot_v1(dot)),
         },
     }
@@ -215,6 +215,7 @@ fn conflict_from(table: &'static str, raw: ConflictV1) -> Result<ConflictRecord,
     let policy = Policy::from_name(&raw.policy)
         .ok_or_else(|| corrupted(format!("unknown policy {}", raw.policy)))?;
     let outcome = match &raw.winner {
+        None if policy == Policy::Merge => Outcome::Merged,
         None => Outcome::Siblings,
         Some(dot) => Outcome::Winner(dot_from(table, dot)?),
     };

@@ -422,7 +422,7 @@ fn status_digest_and_metrics() {
     for name in [
         "chorus_writes_total 2",
         "chorus_reads_total",
-        "chorus_conflicts_total{policy=\"siblings\"} 1",
+        "chorus_conflicts_total{collection=\"m\",policy=\"siblings\"} 1",
         "chorus_fsyncs_total",
         "chorus_commit_latency_seconds_bucket",
     ] {
