@@ -326,13 +326,8 @@ impl Committer {
         let value = match (policy, &write.value) {
             (Policy::Merge, Some(doc)) => {
                 // What the write changed is what differs from the read it is based on.
-                let seen: Vec<Version> = state
-                    .versions()
-                    .iter()
-                    .filter(|v| context.covers(v.dot))
-                    .cloned()
-                    .collect();
-                let base = merge::merge(&seen, &self.config(b, &write.collection)?.merge);
+                let rules = &self.config(b, &write.collection)?.merge;
+                let base = merge::base_for(state.versions(), &context, rules);
                 match merge::stamp_write(doc, &base, dot, hlc, &context) {
                     Ok(stamped) => Some(stamped),
                     Err(reason) => return Ok(Err(WriteError::Invalid(reason))),

@@ -212,7 +212,56 @@ struct Candidate<'a> {
 
 /// Merges `versions` (a key state's, sorted by dot) field by field.
 pub fn merge(versions: &[Version], rules: &MergeRules) -> Merged {
-    let live: Vec<Stamped> = versions.iter().filter_map(stamped).collect();
+    merge_stamped(versions.iter().filter_map(stamped).collect(), rules)
+}
+
+/// What a read with `context` showed, rebuilt from the versions a node holds now:
+/// the base a write with that context is compared with.
+///
+/// A version the context covers is taken as it is. A version it does not cover may
+/// have superseded what the read saw (replication can be faster than the client):
+/// when that version was written with a context the read's covers, it is rolled
+/// back one step, each field it changed set to its value before the change and
+/// stamped as dating from within its context (so that the version itself still
+/// decides that field after it). Versions that cannot be rolled back are left out,
+/// and the write then counts their fields as changed.
+pub fn base_for(versions: &[Version], context: &VersionVector, rules: &MergeRules) -> Merged {
+    let mut seen = Vec::new();
+    for version in versions {
+        let Some(mut v) = stamped(version) else {
+            continue;
+        };
+        if context.covers(v.dot) {
+            seen.push(v);
+            continue;
+        }
+        let Some(within) = v.context.iter().max_by_key(|(_, c)| *c) else {
+            continue;
+        };
+        if !context.dominates(&v.context) {
+            continue;
+        }
+        let before = Stamp {
+            dot: Dot::new(within.0, within.1),
+            hlc: Hlc(0),
+            base: None,
+        };
+        for (field, stamp) in v.stamps.iter_mut() {
+            if stamp.dot != v.dot {
+                continue;
+            }
+            match stamp.base.take() {
+                Some(old) => v.doc.insert(field.clone(), old),
+                None => v.doc.remove(field),
+            };
+            *stamp = before.clone();
+        }
+        seen.push(v);
+    }
+    merge_stamped(seen, rules)
+}
+
+fn merge_stamped(live: Vec<Stamped>, rules: &MergeRules) -> Merged {
     let mut merged = Merged {
         value: None,
         conflict: false,
@@ -429,25 +478,37 @@ mod tests {
         /// A write of `doc` based on the versions of `read` (all of them), as the
         /// committer makes it.
         fn write(&mut self, read: &KeyState, doc: Value, rules: &MergeRules) -> Op {
+            self.write_at(read, read.context(), doc, rules)
+        }
+
+        /// A write with `context` at a node that holds `state`, as the committer
+        /// makes it.
+        fn write_at(
+            &mut self,
+            state: &KeyState,
+            context: &VersionVector,
+            doc: Value,
+            rules: &MergeRules,
+        ) -> Op {
             self.counter += 1;
             self.wall_ms += 10;
             let dot = Dot::new(NodeId(self.node), self.counter);
             let hlc = Hlc::from_parts(self.wall_ms, 0);
-            let base = merge(read.versions(), rules);
+            let base = base_for(state.versions(), context, rules);
             let bytes = serde_json::to_vec(&doc).unwrap();
-            let value = stamp_write(&bytes, &base, dot, hlc, read.context()).unwrap();
+            let value = stamp_write(&bytes, &base, dot, hlc, context).unwrap();
             Op {
                 dot,
                 hlc,
                 collection: "c".into(),
                 key: "k".into(),
-                context: read.context().clone(),
+                context: context.clone(),
                 value: Some(value),
             }
         }
     }
 
-    fn read(state: &KeyState, rules: &MergeRules) -> Value {
+    fn read_doc(state: &KeyState, rules: &MergeRules) -> Value {
         serde_json::from_slice(&merge(state.versions(), rules).value.expect("a value")).unwrap()
     }
 
@@ -465,12 +526,38 @@ mod tests {
         s.apply(&wa);
         s.apply(&wb);
         assert_eq!(s.versions().len(), 2);
-        assert_eq!(read(&s, &r), json!({"title": "T", "body": "y", "n": 1}));
+        assert_eq!(read_doc(&s, &r), json!({"title": "T", "body": "y", "n": 1}));
         // A later write based on the merge keeps it, and ends the siblings.
         let w = a.write(&s, json!({"title": "T", "body": "y", "n": 2}), &r);
         s.apply(&w);
         assert_eq!(s.versions().len(), 1);
-        assert_eq!(read(&s, &r), json!({"title": "T", "body": "y", "n": 2}));
+        assert_eq!(read_doc(&s, &r), json!({"title": "T", "body": "y", "n": 2}));
+    }
+
+    /// The read a write is based on may already be superseded at the node that takes
+    /// the write (a's change arrived there first): the write is still compared with
+    /// what the read showed, so only the fields it changed count as changed.
+    #[test]
+    fn a_superseded_read_is_rebuilt() {
+        let r = rules(FieldRule::Lww, &[("n", FieldRule::SumOfDeltas)]);
+        let (mut a, mut b, mut s) = (Writer::new(1), Writer::new(2), KeyState::new());
+        s.apply(&a.write(&s, json!({"title": "draft", "body": "x", "n": 10}), &r));
+        let read = s.context().clone();
+        // a's change reaches b's node before b's client writes, with the old read.
+        let wa = a.write(&s, json!({"title": "final", "body": "x", "n": 12}), &r);
+        s.apply(&wa);
+        let wb = b.write_at(
+            &s,
+            &read,
+            json!({"title": "draft", "body": "y", "n": 11}),
+            &r,
+        );
+        s.apply(&wb);
+        assert_eq!(s.versions().len(), 2);
+        assert_eq!(
+            read_doc(&s, &r),
+            json!({"title": "final", "body": "y", "n": 13})
+        );
     }
 
     /// Each rule decides a field changed on both sides.
@@ -504,7 +591,7 @@ mod tests {
             let wb = b.write(&start, json!({ "f": from_b }), &r);
             s.apply(&wa);
             s.apply(&wb);
-            assert_eq!(read(&s, &r), json!({ "f": expected }), "{rule:?}");
+            assert_eq!(read_doc(&s, &r), json!({ "f": expected }), "{rule:?}");
         }
     }
 
@@ -534,14 +621,14 @@ mod tests {
         let start = s.clone();
         s.apply(&a.write(&start, json!({"f": 1}), &r));
         s.apply(&b.write(&start, json!({"f": 2, "g": 1}), &r));
-        assert_eq!(read(&s, &r), json!({"f": 2}));
+        assert_eq!(read_doc(&s, &r), json!({"f": 2}));
 
         let mut delete = b.write(&s, json!({}), &r);
         delete.value = None;
         let edit = a.write(&s, json!({"f": 5}), &r);
         s.apply(&delete);
         s.apply(&edit);
-        assert_eq!(read(&s, &r), json!({"f": 5}));
+        assert_eq!(read_doc(&s, &r), json!({"f": 5}));
         let stored = edit.value.unwrap();
         assert_eq!(document_bytes(&stored), br#"{"f":5}"#);
         assert_eq!(document_bytes(br#"{"plain":1}"#), br#"{"plain":1}"#);
