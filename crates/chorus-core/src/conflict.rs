@@ -66,7 +66,8 @@ pub enum Outcome {
     /// This version is the value (lww); the others lost, and their values live on in
     /// the record.
     Winner(Dot),
-    /// The versions merge field by field into the value (`merge`).
+    /// The versions merge into the value (`merge` field by field, `custom` by a
+    /// handler).
     Merged,
 }
 

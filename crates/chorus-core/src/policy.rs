@@ -29,6 +29,9 @@ pub enum Policy {
     /// Concurrent versions of a JSON object merge field by field (the node's
     /// `merge` module: the rules are the collection's settings).
     Merge,
+    /// A handler (a script in the settings, or the embedding application's) merges
+    /// concurrent versions (the node's `custom` module).
+    Custom,
 }
 
 impl Policy {
@@ -37,6 +40,7 @@ impl Policy {
             Policy::Siblings => "siblings",
             Policy::Lww => "lww",
             Policy::Merge => "merge",
+            Policy::Custom => "custom",
         }
     }
 
@@ -45,16 +49,20 @@ impl Policy {
             "siblings" => Some(Policy::Siblings),
             "lww" => Some(Policy::Lww),
             "merge" => Some(Policy::Merge),
+            "custom" => Some(Policy::Custom),
             _ => None,
         }
     }
 
     /// The version a read presents as *the* value, when this policy yields one
-    /// (under `merge`, with several versions, the value is their merge instead).
+    /// (under `merge` and `custom`, with several versions, the value is their merge
+    /// instead).
     pub fn winner(self, versions: &[Version]) -> Option<&Version> {
         match self {
-            Policy::Siblings | Policy::Merge if versions.len() == 1 => versions.first(),
-            Policy::Siblings | Policy::Merge => None,
+            Policy::Siblings | Policy::Merge | Policy::Custom if versions.len() == 1 => {
+                versions.first()
+            }
+            Policy::Siblings | Policy::Merge | Policy::Custom => None,
             Policy::Lww => versions.iter().max_by_key(|v| (v.hlc, v.dot.node)),
         }
     }
@@ -69,7 +77,7 @@ impl Policy {
         }
         let outcome = match self {
             Policy::Siblings => Outcome::Siblings,
-            Policy::Merge => Outcome::Merged,
+            Policy::Merge | Policy::Custom => Outcome::Merged,
             Policy::Lww => Outcome::Winner(self.winner(versions).expect("two versions").dot),
         };
         Some(ConflictRecord::new(

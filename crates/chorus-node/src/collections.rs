@@ -9,6 +9,7 @@
 //! {"policy": "merge", "merge": {"default": "lww", "fields": {"likes": "sum-of-deltas"}}}
 //! ```
 
+use crate::custom::Script;
 use crate::merge::{FieldRule, MergeRules};
 use chorus_core::{KeyState, Policy};
 use serde_json::{Map, Value};
@@ -21,6 +22,8 @@ pub struct CollectionConfig {
     pub policy: Policy,
     /// The field rules of a `merge` collection.
     pub merge: MergeRules,
+    /// The Rhai script of a `custom` collection (`fn merge(versions, ancestor)`).
+    pub script: Option<String>,
 }
 
 impl CollectionConfig {
@@ -47,10 +50,20 @@ impl CollectionConfig {
                             .into(),
                     );
                 }
+                ("script", Value::String(text)) => {
+                    Script::compile(&text)?;
+                    config.script = Some(text);
+                }
+                ("script", _) => return Err("script must be a string of Rhai code".into()),
                 (other, _) => {
-                    return Err(format!("unknown setting {other:?}; known: policy, merge"));
+                    return Err(format!(
+                        "unknown setting {other:?}; known: policy, merge, script"
+                    ));
                 }
             }
+        }
+        if config.script.is_some() && config.policy != Policy::Custom {
+            return Err("a script needs \"policy\": \"custom\"".into());
         }
         if config.merge != MergeRules::default() && config.policy != Policy::Merge {
             return Err("merge rules need \"policy\": \"merge\"".into());
@@ -61,6 +74,9 @@ impl CollectionConfig {
     pub fn to_json(&self) -> Vec<u8> {
         let mut fields = Map::new();
         fields.insert("policy".into(), Value::String(self.policy.name().into()));
+        if let Some(script) = &self.script {
+            fields.insert("script".into(), Value::String(script.clone()));
+        }
         if self.policy == Policy::Merge {
             let rules: Map<String, Value> = self
                 .merge

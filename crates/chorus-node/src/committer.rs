@@ -324,7 +324,7 @@ impl Committer {
         }
         let dot = self.next_dot();
         let value = match (policy, &write.value) {
-            (Policy::Merge, Some(doc)) => {
+            (Policy::Merge | Policy::Custom, Some(doc)) => {
                 // What the write changed is what differs from the read it is based on.
                 let rules = &self.config(b, &write.collection)?.merge;
                 let base = merge::base_for(state.versions(), &context, rules);

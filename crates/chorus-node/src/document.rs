@@ -2,6 +2,7 @@
 //! conflicts.
 
 use crate::collections::CollectionConfig;
+use crate::custom::{self, MergeHandler};
 use crate::merge;
 use chorus_core::{
     ConflictId, ConflictRecord, ContextToken, Dot, Hlc, KeyState, NodeId, Op, Policy, TokenError,
@@ -52,18 +53,23 @@ pub struct Document {
     /// The one value, when the policy yields one (see [`Document::value`]).
     value: Option<Vec<u8>>,
     conflict: bool,
+    /// Why a `custom` collection's handler left the versions in conflict.
+    pub merge_error: Option<String>,
 }
 
 impl Document {
+    /// The read of `state` under `config`; `handler` merges a `custom` collection's
+    /// conflicts.
     pub(crate) fn from_state(
         collection: &str,
         key: &str,
         config: &CollectionConfig,
         state: &KeyState,
+        handler: Option<&dyn MergeHandler>,
     ) -> Document {
         let policy = config.policy;
         let shown: Vec<_> = match policy {
-            Policy::Siblings | Policy::Merge => state.versions().iter().collect(),
+            Policy::Siblings | Policy::Merge | Policy::Custom => state.versions().iter().collect(),
             Policy::Lww => policy.winner(state.versions()).into_iter().collect(),
         };
         let versions: Vec<DocVersion> = shown
@@ -78,10 +84,22 @@ impl Document {
                 dot: v.dot,
             })
             .collect();
+        let mut merge_error = None;
         let (value, conflict) = match (policy, versions.as_slice()) {
             (Policy::Merge, [_, _, ..]) => {
                 let merged = merge::merge(state.versions(), &config.merge);
                 (merged.value, merged.conflict)
+            }
+            (Policy::Custom, [_, _, ..]) => {
+                let resolved = match handler {
+                    Some(handler) => custom::resolve(handler, state.versions()),
+                    None => custom::Resolved {
+                        value: None,
+                        error: Some("no merge handler for this collection on this node".into()),
+                    },
+                };
+                merge_error = resolved.error;
+                (resolved.value, merge_error.is_some())
             }
             (_, [only]) => (only.value.clone(), false),
             (_, many) => (None, many.len() > 1),
@@ -94,6 +112,7 @@ impl Document {
             versions,
             value,
             conflict,
+            merge_error,
         }
     }
 

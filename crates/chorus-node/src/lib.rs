@@ -21,6 +21,7 @@
 pub mod cluster;
 mod collections;
 mod committer;
+pub mod custom;
 mod document;
 pub mod emulation;
 pub mod limits;

@@ -124,6 +124,29 @@ pub fn document_bytes(value: &[u8]) -> &[u8] {
     }
 }
 
+/// The header of a stored value (stamps and context), if it has one.
+fn header(value: &[u8]) -> Option<Value> {
+    (value.first() == Some(&0))
+        .then(|| value[1..].iter().position(|b| *b == 0))
+        .flatten()
+        .and_then(|end| serde_json::from_slice::<Value>(&value[1..end + 1]).ok())
+}
+
+fn context_of(header: &Value) -> VersionVector {
+    VersionVector::from_entries(
+        header["context"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((NodeId(e[0].as_u64()?), e[1].as_u64()?))),
+    )
+}
+
+/// The context a live version was written with, when it carries a header.
+pub fn written_context(version: &Version) -> Option<VersionVector> {
+    header(version.value.as_deref()?).map(|h| context_of(&h))
+}
+
 /// Reads a live version: its header if it has one; otherwise (written before the
 /// collection merged) every field stamped by the version itself.
 fn stamped(version: &Version) -> Option<Stamped> {
@@ -138,11 +161,7 @@ fn stamped(version: &Version) -> Option<Stamped> {
         hlc: version.hlc,
         base,
     };
-    let header = (value.first() == Some(&0))
-        .then(|| value[1..].iter().position(|b| *b == 0))
-        .flatten()
-        .and_then(|end| serde_json::from_slice::<Value>(&value[1..end + 1]).ok());
-    let Some(header) = header else {
+    let Some(header) = header(value) else {
         return Some(Stamped {
             stamps: doc.keys().map(|f| (f.clone(), own(None))).collect(),
             doc,
@@ -150,13 +169,7 @@ fn stamped(version: &Version) -> Option<Stamped> {
             dot: version.dot,
         });
     };
-    let context = VersionVector::from_entries(
-        header["context"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| Some((NodeId(e[0].as_u64()?), e[1].as_u64()?))),
-    );
+    let context = context_of(&header);
     let mut stamps = BTreeMap::new();
     for (field, s) in header["stamps"].as_object().into_iter().flatten() {
         let (Some(node), Some(counter), Some(hlc)) = (s[0].as_u64(), s[1].as_u64(), s[2].as_u64())
@@ -415,7 +428,9 @@ pub fn stamp_write(
     context: &VersionVector,
 ) -> Result<Vec<u8>, String> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(doc) else {
-        return Err("a merge collection holds JSON objects; write {\"field\": value, ...}".into());
+        return Err(
+            "merge and custom collections hold JSON objects; write {\"field\": value, ...}".into(),
+        );
     };
     let mut stamps = Map::new();
     let names: BTreeSet<&String> = fields.keys().chain(base.stamps.keys()).collect();

@@ -2,6 +2,7 @@
 
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION, check_collection_name};
 use crate::committer::{Committer, ConflictCounts, Job, ReplyTo, Request};
+use crate::custom::{MergeHandler, Script};
 use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
 use crate::limits::{
     CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, LIST_SCAN_MAX, PAGE_ITEMS_MAX,
@@ -145,6 +146,8 @@ struct Inner {
     peers: RwLock<Vec<PeerStatus>>,
     links: RwLock<Option<LinkStatus>>,
     conflict_counts: Arc<ConflictCounts>,
+    /// Merge handlers the application registered, per `custom` collection.
+    handlers: RwLock<HashMap<String, Arc<dyn MergeHandler>>>,
 }
 
 impl Drop for Inner {
@@ -212,6 +215,7 @@ impl Node {
                 peers: RwLock::new(Vec::new()),
                 links: RwLock::new(None),
                 conflict_counts,
+                handlers: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -386,12 +390,58 @@ impl Node {
         metrics::counter!("chorus_reads_total").increment(1);
         let snapshot = self.snapshot()?;
         let config = collection_config(&snapshot, collection)?.0;
-        Ok(Document::from_state(
+        let handler = self.merge_handler(collection, &config);
+        let document = Document::from_state(
             collection,
             key,
             &config,
             &snapshot.key_state(collection, key)?,
-        ))
+            handler.as_deref(),
+        );
+        if let Some(error) = &document.merge_error {
+            metrics::counter!("chorus_merge_handler_failures_total", "collection" => collection.to_owned())
+                .increment(1);
+            tracing::warn!(
+                collection,
+                key,
+                error,
+                "the merge handler left the conflict"
+            );
+        }
+        Ok(document)
+    }
+
+    /// Makes `handler` merge the conflicts of `custom` collection `collection` on this
+    /// node (in place of the collection's script, if it has one). Every replica must
+    /// register the same handler: reads are resolved where they are made.
+    pub fn set_merge_handler(&self, collection: &str, handler: Arc<dyn MergeHandler>) {
+        self.inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(collection.to_owned(), handler);
+    }
+
+    /// The handler of a `custom` collection: the application's, else its script.
+    fn merge_handler(
+        &self,
+        collection: &str,
+        config: &CollectionConfig,
+    ) -> Option<Arc<dyn MergeHandler>> {
+        if config.policy != chorus_core::Policy::Custom {
+            return None;
+        }
+        let registered = self
+            .inner
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+            .cloned();
+        registered.or_else(|| {
+            let script = Script::cached(config.script.as_deref()?).ok()?;
+            Some(script as Arc<dyn MergeHandler>)
+        })
     }
 
     /// A collection's settings, and whether they were set explicitly.
@@ -775,7 +825,9 @@ impl Node {
                 let config = collection_config(&snapshot, &collection)?.0;
                 configs.insert(collection.clone(), config);
             }
-            let document = Document::from_state(&collection, &key, &configs[&collection], &state);
+            // Versions are hashed, not what a handler makes of them.
+            let document =
+                Document::from_state(&collection, &key, &configs[&collection], &state, None);
             if document.is_absent() {
                 continue;
             }

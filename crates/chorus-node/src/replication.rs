@@ -349,6 +349,8 @@ impl Actor {
         self.publish();
         while let Some(msg) = inbox.recv().await {
             let mut events = VecDeque::new();
+            // A reconfiguration is answered once its links follow the new plan.
+            let mut answer = None;
             match msg {
                 Msg::Event(event) => events.push_back(event),
                 Msg::Up {
@@ -379,14 +381,16 @@ impl Actor {
                     self.down_since.entry(peer).or_insert(now);
                 }
                 Msg::Reconfigure { config, reply } => {
-                    let result = self.reconfigure(config, &mut events);
-                    let _ = reply.send(result);
+                    answer = Some((reply, self.reconfigure(config, &mut events)));
                 }
             }
             self.handle(events);
             let events = self.follow_plan();
             self.handle(events);
             self.publish();
+            if let Some((reply, result)) = answer {
+                let _ = reply.send(result);
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! policies, durability across reopen, the change feed, listings, bad input, and the
 //! refusal of writes after a storage failure.
 
+use chorus_node::custom::MergeHandler;
 use chorus_node::{
     CollectionConfig, Context, Node, NodeConfig, Policy, Resolution, ResolveError, Write,
     WriteError, open,
@@ -95,6 +96,42 @@ fn conflicts_resolve_through_their_record_and_expire() {
         node.resolution(record.id, Resolution::Pick(first)),
         Err(ResolveError::NoSuchConflict(_))
     ));
+}
+
+/// A `custom` collection's conflicts are merged by the handler the application
+/// registers (a trait object); without one, they stay in conflict and say why.
+#[test]
+fn a_library_merge_handler_resolves_conflicts() {
+    struct Largest;
+    impl MergeHandler for Largest {
+        fn merge(
+            &self,
+            versions: &[serde_json::Value],
+            _ancestor: Option<&serde_json::Value>,
+        ) -> Result<serde_json::Value, String> {
+            let n = versions.iter().filter_map(|v| v["n"].as_i64()).max();
+            Ok(serde_json::json!({ "n": n }))
+        }
+    }
+    let (_dir, node) = temp_node();
+    let config = CollectionConfig::from_json(br#"{"policy":"custom"}"#).unwrap();
+    node.set_collection("c", &config).unwrap();
+    node.put("c", "k", br#"{"n":4}"#, None).unwrap();
+    node.put("c", "k", br#"{"n":9}"#, None).unwrap();
+    let doc = node.get("c", "k").unwrap();
+    assert!(doc.conflict());
+    assert!(
+        doc.merge_error
+            .as_deref()
+            .unwrap()
+            .contains("no merge handler")
+    );
+
+    node.set_merge_handler("c", std::sync::Arc::new(Largest));
+    let doc = node.get("c", "k").unwrap();
+    assert!(!doc.conflict());
+    assert_eq!(doc.value(), Some(&br#"{"n":9}"#[..]));
+    assert_eq!(doc.versions.len(), 2);
 }
 
 /// A delete with context leaves an absent document whose context still supersedes.

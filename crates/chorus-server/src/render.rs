@@ -72,6 +72,9 @@ pub fn document(node: &Node, doc: &Document) -> Value {
     if let Some(value) = doc.value() {
         out["value"] = raw(value);
     }
+    if let Some(error) = &doc.merge_error {
+        out["merge_error"] = json!(error);
+    }
     out
 }
 

@@ -215,7 +215,7 @@ fn conflict_from(table: &'static str, raw: ConflictV1) -> Result<ConflictRecord,
     let policy = Policy::from_name(&raw.policy)
         .ok_or_else(|| corrupted(format!("unknown policy {}", raw.policy)))?;
     let outcome = match &raw.winner {
-        None if policy == Policy::Merge => Outcome::Merged,
+        None if matches!(policy, Policy::Merge | Policy::Custom) => Outcome::Merged,
         None => Outcome::Siblings,
         Some(dot) => Outcome::Winner(dot_from(table, dot)?),
     };

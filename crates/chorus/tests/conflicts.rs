@@ -318,3 +318,91 @@ fn merge_combines_fields_changed_on_different_leaders() {
         "{log}"
     );
 }
+
+/// custom: a Rhai script in the collection's settings merges concurrent versions on
+/// every leader alike (it sees their common ancestor); a script that loops leaves the
+/// conflict and says why; a script that does not compile is refused.
+#[test]
+fn a_custom_script_merges_on_every_leader() {
+    let mut cluster = Cluster::start(2, "topology = \"mesh\"");
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let script = r#"
+        fn merge(versions, ancestor) {
+            let out = #{ visits: ancestor.visits, pages: [] };
+            for v in versions {
+                out.visits += v.visits - ancestor.visits;
+                out.pages += v.pages;
+            }
+            out
+        }
+    "#;
+    let settings = |script: &str| json!({"policy": "custom", "script": script}).to_string();
+    for (collection, text) in [("c", script), ("loops", "fn merge(v, a) { loop {} }")] {
+        for url in [&a, &b] {
+            let reply = call(
+                "PUT",
+                &format!("{url}/v1/collections/{collection}"),
+                Some(settings(text).as_bytes()),
+                &[],
+            );
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+    }
+    let bad = call(
+        "PUT",
+        &format!("{a}/v1/collections/bad"),
+        Some(settings("fn merge(v, a) {").as_bytes()),
+        &[],
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.text.contains("does not compile"), "{}", bad.text);
+
+    let start = json!({"visits": 5, "pages": ["/"]});
+    for collection in ["c", "loops"] {
+        put(&format!("{a}/v1/docs/{collection}/k"), &start.to_string());
+    }
+    cluster.wait_converged(DEADLINE);
+    // Both leaders edit the same read while partitioned from each other.
+    cluster.header =
+        "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\npartitioned = true\n".into();
+    cluster.write_file();
+    for i in 0..2 {
+        assert_eq!(cluster.reload(i).status, 200);
+    }
+    for collection in ["c", "loops"] {
+        let read = get(&format!("{a}/v1/docs/{collection}/k")).body;
+        let context = read["context"].as_str().unwrap();
+        let on_a = json!({"visits": 7, "pages": ["/", "/a"]});
+        let on_b = json!({"visits": 6, "pages": ["/", "/b"]});
+        for (url, doc) in [(&a, on_a), (&b, on_b)] {
+            let reply = put_with_context(
+                &format!("{url}/v1/docs/{collection}/k"),
+                &doc.to_string(),
+                context,
+            );
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+    }
+    cluster.header = "topology = \"mesh\"\n".into();
+    cluster.write_file();
+    for i in 0..2 {
+        assert_eq!(cluster.reload(i).status, 200);
+    }
+    cluster.wait_converged(DEADLINE);
+    for url in [&a, &b] {
+        let doc = get(&format!("{url}/v1/docs/c/k")).body;
+        assert_eq!(doc["conflict"], false, "{doc}");
+        assert_eq!(doc["value"]["visits"], 8, "5 + 2 + 1: {doc}");
+        assert_eq!(doc["value"]["pages"].as_array().unwrap().len(), 4, "{doc}");
+        let looping = get(&format!("{url}/v1/docs/loops/k")).body;
+        assert_eq!(looping["conflict"], true, "{looping}");
+        assert!(looping.get("value").is_none(), "{looping}");
+        assert!(
+            looping["merge_error"]
+                .as_str()
+                .unwrap()
+                .contains("Too many operations"),
+            "{looping}"
+        );
+    }
+}
