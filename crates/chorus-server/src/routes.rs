@@ -254,8 +254,13 @@ async fn prometheus() -> Response {
     }
 }
 
+/// A collection's settings as stored (policy, merge rules, script), with its name
+/// and whether they were set explicitly.
 fn collection_json(name: &str, config: &CollectionConfig, explicit: bool) -> Value {
-    json!({ "name": name, "policy": config.policy.name(), "explicit": explicit })
+    let mut out: Value = serde_json::from_slice(&config.to_json()).unwrap_or_else(|_| json!({}));
+    out["name"] = json!(name);
+    out["explicit"] = json!(explicit);
+    out
 }
 
 async fn get_collection(
