@@ -61,6 +61,8 @@ pub struct Client {
     /// The node in use: requests start there.
     current: AtomicUsize,
     agent: ureq::Agent,
+    /// A header sent with every request, if any.
+    header: Option<(String, String)>,
 }
 
 /// What one attempt at one node came to.
@@ -95,7 +97,14 @@ impl Client {
             urls,
             current: AtomicUsize::new(0),
             agent,
+            header: None,
         })
+    }
+
+    /// Sends `name: value` with every request (a node forwarding a write marks it).
+    pub fn with_header(mut self, name: &str, value: &str) -> Client {
+        self.header = Some((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// The URL of the node in use.
@@ -140,6 +149,9 @@ impl Client {
         let mut request = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(context) = context {
             request = request.header(CONTEXT_HEADER, context);
+        }
+        if let Some((name, value)) = &self.header {
+            request = request.header(name, value);
         }
         if body.is_some() {
             request = request.header("Content-Type", "application/json");

@@ -24,6 +24,46 @@ pub struct CollectionConfig {
     pub merge: MergeRules,
     /// The Rhai script of a `custom` collection (`fn merge(versions, ancestor)`).
     pub script: Option<String>,
+    /// Conflict avoidance: each document's writes go to its home leader (the
+    /// policy then only handles what still conflicts, after a failover).
+    pub home: Option<Home>,
+}
+
+/// How a collection's documents choose their home leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Home {
+    /// By a hash of the key.
+    Key,
+    /// By a hash of this field's value in the written document (the key when the
+    /// document lacks it, and for deletes).
+    Field(String),
+    /// This node, for every document.
+    Node(String),
+}
+
+impl Home {
+    fn from_json(value: &Value) -> Result<Home, String> {
+        let usage = "home must be {\"by\": \"key\"}, {\"by\": \"field\", \"field\": NAME} or {\"by\": \"node\", \"node\": NAME}";
+        let Value::Object(fields) = value else {
+            return Err(usage.into());
+        };
+        let text = |name: &str| fields.get(name).and_then(Value::as_str).map(str::to_owned);
+        let home = match fields.get("by").and_then(Value::as_str) {
+            Some("key") if fields.len() == 1 => Home::Key,
+            Some("field") if fields.len() == 2 => Home::Field(text("field").ok_or(usage)?),
+            Some("node") if fields.len() == 2 => Home::Node(text("node").ok_or(usage)?),
+            _ => return Err(usage.into()),
+        };
+        Ok(home)
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Home::Key => serde_json::json!({"by": "key"}),
+            Home::Field(field) => serde_json::json!({"by": "field", "field": field}),
+            Home::Node(node) => serde_json::json!({"by": "node", "node": node}),
+        }
+    }
 }
 
 impl CollectionConfig {
@@ -55,9 +95,10 @@ impl CollectionConfig {
                     config.script = Some(text);
                 }
                 ("script", _) => return Err("script must be a string of Rhai code".into()),
+                ("home", value) => config.home = Some(Home::from_json(&value)?),
                 (other, _) => {
                     return Err(format!(
-                        "unknown setting {other:?}; known: policy, merge, script"
+                        "unknown setting {other:?}; known: policy, merge, script, home"
                     ));
                 }
             }
@@ -74,6 +115,9 @@ impl CollectionConfig {
     pub fn to_json(&self) -> Vec<u8> {
         let mut fields = Map::new();
         fields.insert("policy".into(), Value::String(self.policy.name().into()));
+        if let Some(home) = &self.home {
+            fields.insert("home".into(), home.to_json());
+        }
         if let Some(script) = &self.script {
             fields.insert("script".into(), Value::String(script.clone()));
         }

@@ -35,7 +35,7 @@ pub use chorus_core::{
 };
 pub use chorus_repl::{LogPosition, PeerStatus};
 pub use chorus_store::OpenError;
-pub use collections::{CollectionConfig, check_collection_name};
+pub use collections::{CollectionConfig, Home, check_collection_name};
 pub use document::{Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage};
 pub use node::{
     BucketHashes, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, ReplicationStep,

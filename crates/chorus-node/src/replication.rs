@@ -136,6 +136,7 @@ impl Drop for Link {
 pub struct Replication {
     tasks: Vec<JoinHandle<()>>,
     actor: mpsc::Sender<Msg>,
+    shared: Shared,
 }
 
 impl Drop for Replication {
@@ -147,6 +148,16 @@ impl Drop for Replication {
 }
 
 impl Replication {
+    /// This node's name in the cluster.
+    pub fn me(&self) -> &str {
+        &self.shared.me
+    }
+
+    /// The cluster file in force (the last one reloaded).
+    pub fn cluster(&self) -> Arc<ClusterConfig> {
+        self.shared.cluster()
+    }
+
     /// Changes the cluster while running: nodes join or leave, links and link
     /// emulation change. This node's own name, peer address and the cluster name
     /// cannot change without a restart.
@@ -313,6 +324,7 @@ pub async fn start(
     Ok(Replication {
         tasks,
         actor: actor_tx,
+        shared,
     })
 }
 

@@ -13,6 +13,7 @@
 
 mod changes;
 mod error;
+pub mod home;
 mod metrics;
 mod render;
 mod routes;
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub body_bytes_max: usize,
     /// `POST /v1/cluster/reload`, for a node of a cluster.
     pub reload_cluster: Option<ReloadCluster>,
+    /// The node's cluster, for routing writes to home leaders.
+    pub cluster: Option<Arc<chorus_node::replication::Replication>>,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +49,7 @@ impl Default for ServerConfig {
         ServerConfig {
             body_bytes_max: chorus_node::limits::DOCUMENT_BYTES_MAX,
             reload_cluster: None,
+            cluster: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,16 +17,20 @@ use chorus_node::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// The header carrying a context token with a write.
 pub const CONTEXT_HEADER: &str = "chorus-context";
 
 type ApiResult<T = Response> = Result<T, ApiError>;
+/// The node's cluster, when it has one (for routing writes to home leaders).
+type ClusterRef = Option<Arc<chorus_node::replication::Replication>>;
 
 pub fn router(node: Node, config: ServerConfig) -> Router {
     // Install the metrics recorder before the first request records anything.
     metrics::handle();
     let body_bytes_max = config.body_bytes_max;
+    let cluster: ClusterRef = config.cluster.clone();
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/digest", get(digest))
@@ -57,6 +61,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(Extension(cluster))
         .with_state(node)
 }
 
@@ -320,38 +325,96 @@ async fn write(node: &Node, write: Write) -> ApiResult<Value> {
 
 async fn put_doc(
     State(node): State<Node>,
+    Extension(cluster): Extension<ClusterRef>,
     params: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     bytes: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult {
     let (collection, key) = path(params)?;
     check_collection(&collection)?;
     let value = json_document(&body(bytes)?)?;
     let context = context(&headers, &collection, &key)?;
+    if let Some(forwarded) = route_home(
+        &node,
+        cluster.as_ref(),
+        &headers,
+        "PUT",
+        &collection,
+        &key,
+        Some(&value),
+    )
+    .await?
+    {
+        return Ok(forwarded);
+    }
     let w = Write {
         collection,
         key: Some(key),
         value: Some(value),
         context,
     };
-    Ok(Json(write(&node, w).await?))
+    Ok(Json(write(&node, w).await?).into_response())
 }
 
 async fn delete_doc(
     State(node): State<Node>,
+    Extension(cluster): Extension<ClusterRef>,
     params: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult {
     let (collection, key) = path(params)?;
     check_collection(&collection)?;
     let context = context(&headers, &collection, &key)?;
+    if let Some(forwarded) = route_home(
+        &node,
+        cluster.as_ref(),
+        &headers,
+        "DELETE",
+        &collection,
+        &key,
+        None,
+    )
+    .await?
+    {
+        return Ok(forwarded);
+    }
     let w = Write {
         collection,
         key: Some(key),
         value: None,
         context,
     };
-    Ok(Json(write(&node, w).await?))
+    Ok(Json(write(&node, w).await?).into_response())
+}
+
+/// Forwards a write of a collection with `home` set to the document's home leader;
+/// `None` when this node takes it (see [`crate::home`]).
+async fn route_home(
+    node: &Node,
+    cluster: Option<&Arc<chorus_node::replication::Replication>>,
+    headers: &HeaderMap,
+    method: &str,
+    collection: &str,
+    key: &str,
+    body: Option<&[u8]>,
+) -> ApiResult<Option<Response>> {
+    let Some(cluster) = cluster else {
+        return Ok(None);
+    };
+    let Some(home) = node.collection(collection)?.0.home else {
+        return Ok(None);
+    };
+    let path = chorus_client::doc_path(collection, key);
+    let context = headers.get(CONTEXT_HEADER).and_then(|v| v.to_str().ok());
+    let write = crate::home::Routed {
+        home: &home,
+        method,
+        path: &path,
+        key,
+        body,
+        context,
+    };
+    crate::home::forward(cluster, headers, write).await
 }
 
 async fn insert_doc(

@@ -140,7 +140,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         };
         // Replication runs beside the API for as long as the server does.
         let mut reload_cluster = None;
-        let _replication = match (cluster, &args.cluster) {
+        let replication = match (cluster, &args.cluster) {
             (Some((cluster, me)), Some(path)) => {
                 let replication =
                     Arc::new(replication::start(node.clone(), cluster, &me, options).await?);
@@ -165,6 +165,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let config = ServerConfig {
             body_bytes_max: args.body_bytes_max,
             reload_cluster,
+            cluster: replication.clone(),
         };
         chorus_server::serve(listener, node, config, shutdown_signal()).await?;
         tracing::info!("stopped");

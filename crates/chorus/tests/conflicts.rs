@@ -406,3 +406,91 @@ fn a_custom_script_merges_on_every_leader() {
         );
     }
 }
+
+/// home: writes to a collection with `home` go to each document's home leader
+/// wherever they are sent, so writes never meet concurrently on two leaders; when the home is
+/// killed, every node fails over to the same next one; a forwarded write is never
+/// forwarded again.
+#[test]
+fn writes_go_to_the_home_leader_and_fail_over() {
+    let mut cluster = Cluster::start(3, "topology = \"mesh\"");
+    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let settings = json!({"policy": "lww", "home": {"by": "key"}});
+    let reply = call(
+        "PUT",
+        &format!("{}/v1/collections/h", urls[0]),
+        Some(settings.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    cluster.wait_converged(DEADLINE);
+
+    // Every node sends a write of the same key: all land at one node, one after the
+    // other (no conflict), whichever node they were sent to.
+    let origin = |url: &str, key: &str| -> Vec<String> {
+        get(&format!("{url}/v1/docs/h/{key}")).body["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["origin"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (i, url) in urls.iter().enumerate() {
+        let reply = put(
+            &format!("{url}/v1/docs/h/doc"),
+            &json!({"from": i}).to_string(),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    cluster.wait_converged(DEADLINE);
+    let home = origin(&urls[0], "doc");
+    assert_eq!(home.len(), 1);
+    let home = home[0].clone();
+    // Blind lww writes at one node replace each other there (the overwritten values
+    // are logged); none was ever concurrent across leaders.
+    let conflicts = get(&format!("{}/v1/conflicts", urls[0])).body;
+    for record in conflicts["conflicts"].as_array().unwrap() {
+        for version in record["versions"].as_array().unwrap() {
+            assert_eq!(version["origin"], home.as_str(), "{conflicts}");
+        }
+    }
+
+    // The home dies: every node fails over to the same next one.
+    let home_index: usize = home[1..].parse().unwrap();
+    cluster.nodes[home_index].kill();
+    let others: Vec<usize> = (0..3).filter(|i| *i != home_index).collect();
+    for &i in &others {
+        let reply = put(
+            &format!("{}/v1/docs/h/doc", urls[i]),
+            &json!({"after": i}).to_string(),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    wait_until("the failover writes to replicate", DEADLINE, || {
+        others.iter().all(|&i| {
+            let o = origin(&urls[i], "doc");
+            o.len() == 1 && o[0] != home
+        })
+    });
+    let next = origin(&urls[others[0]], "doc");
+    assert_eq!(
+        next,
+        origin(&urls[others[1]], "doc"),
+        "the same next node for all"
+    );
+
+    // A forwarded write is taken where it arrives, whatever that node thinks.
+    let reply = call(
+        "PUT",
+        &format!("{}/v1/docs/h/direct", urls[others[0]]),
+        Some(b"{\"x\":1}"),
+        &[("Chorus-Forwarded-By", "somebody")],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        origin(&urls[others[0]], "direct"),
+        [format!("n{}", others[0])]
+    );
+    cluster.restart(home_index);
+    cluster.wait_converged(DEADLINE);
+}

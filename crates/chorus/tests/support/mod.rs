@@ -22,8 +22,13 @@ impl NodeProcess {
     /// Starts a node on a free port with its store in `data`, and waits until it
     /// has printed the address it serves.
     pub fn start(data: &Path, extra_args: &[&str]) -> NodeProcess {
+        NodeProcess::start_at(data, "127.0.0.1:0", extra_args)
+    }
+
+    /// Starts a node serving HTTP on `http`.
+    pub fn start_at(data: &Path, http: &str, extra_args: &[&str]) -> NodeProcess {
         let mut child = Command::new(CHORUS)
-            .args(["serve", "--http", "127.0.0.1:0", "--data"])
+            .args(["serve", "--http", http, "--data"])
             .arg(data)
             .args(extra_args)
             .env("CHORUS_LOG", "warn")
@@ -270,12 +275,24 @@ impl Cluster {
         (names("planned"), names("wanted"), names("actual"))
     }
 
+    /// Starts node `i` on the HTTP address its cluster-file entry names (so that
+    /// nodes can reach each other's API, as home routing does).
     fn spawn(&self, i: usize) -> NodeProcess {
         let data = self.dir.path().join(&self.names[i]);
         let file = self.file.to_str().unwrap();
         let mut args = vec!["--cluster", file, "--node", &self.names[i]];
         args.extend(self.args.iter().map(String::as_str));
-        NodeProcess::start(&data, &args)
+        let (_, entry) = self
+            .entries
+            .iter()
+            .find(|(name, _)| *name == self.names[i])
+            .expect("the node's entry in the cluster file");
+        let http = entry
+            .split("http = \"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("an http address in the entry");
+        NodeProcess::start_at(&data, http, &args)
     }
 
     /// Restarts node `i` on its data folder (after a kill).
