@@ -34,12 +34,14 @@ pub enum Error {
     NoNodes,
     #[error("no node could be reached: {}", tried.iter().map(|(url, why)| format!("{url}: {why}")).collect::<Vec<_>>().join("; "))]
     Unreachable { tried: Vec<(String, String)> },
-    /// The node answered with an error (`{"error", "message"}`).
+    /// The node answered with an error (`{"error", "message"}`, and `body`: the
+    /// whole answer, which may say more).
     #[error("HTTP {status} ({code}): {message}")]
     Api {
         status: u16,
         code: String,
         message: String,
+        body: Value,
     },
     /// The connection broke after a write was sent: it may or may not have been
     /// applied. Read the document back before writing again.
@@ -61,8 +63,8 @@ pub struct Client {
     /// The node in use: requests start there.
     current: AtomicUsize,
     agent: ureq::Agent,
-    /// A header sent with every request, if any.
-    header: Option<(String, String)>,
+    /// Headers sent with every request.
+    headers: Vec<(String, String)>,
 }
 
 /// What one attempt at one node came to.
@@ -97,13 +99,13 @@ impl Client {
             urls,
             current: AtomicUsize::new(0),
             agent,
-            header: None,
+            headers: Vec::new(),
         })
     }
 
     /// Sends `name: value` with every request (a node forwarding a write marks it).
     pub fn with_header(mut self, name: &str, value: &str) -> Client {
-        self.header = Some((name.to_owned(), value.to_owned()));
+        self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -150,7 +152,7 @@ impl Client {
         if let Some(context) = context {
             request = request.header(CONTEXT_HEADER, context);
         }
-        if let Some((name, value)) = &self.header {
+        for (name, value) in &self.headers {
             request = request.header(name, value);
         }
         if body.is_some() {
@@ -163,6 +165,7 @@ impl Client {
                     status: 0,
                     code: "bad_request".into(),
                     message: format!("cannot build the request: {e}"),
+                    body: Value::Null,
                 }));
             }
         };
@@ -205,6 +208,7 @@ impl Client {
                 status,
                 code: value["error"].as_str().unwrap_or("unknown").to_owned(),
                 message: value["message"].as_str().unwrap_or(&text).to_owned(),
+                body: value,
             }));
         }
         Attempt::Done(Ok(value))

@@ -24,6 +24,7 @@ mod committer;
 pub mod custom;
 mod document;
 pub mod emulation;
+pub mod leases;
 pub mod limits;
 pub mod merge;
 mod node;

@@ -148,6 +148,7 @@ struct Inner {
     conflict_counts: Arc<ConflictCounts>,
     /// Merge handlers the application registered, per `custom` collection.
     handlers: RwLock<HashMap<String, Arc<dyn MergeHandler>>>,
+    lease_guard: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -216,6 +217,7 @@ impl Node {
                 links: RwLock::new(None),
                 conflict_counts,
                 handlers: RwLock::new(HashMap::new()),
+                lease_guard: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -345,6 +347,18 @@ impl Node {
         self.inner.queue.as_ref().ok_or(WriteError::ShuttingDown)
     }
 
+    /// Writes to a reserved collection (leases), replacing every version this node
+    /// holds of the key.
+    pub(crate) async fn write_reserved(&self, write: Write) -> Result<WriteAck, WriteError> {
+        let (request, reply) = pending(write, true);
+        self.submit(request, reply).await
+    }
+
+    /// Serialises lease grants and releases on this node.
+    pub(crate) fn lease_guard(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.lease_guard
+    }
+
     fn settings_request(
         &self,
         collection: &str,
@@ -380,7 +394,7 @@ impl Node {
 
     // ---- reads --------------------------------------------------------------------
 
-    fn snapshot(&self) -> Result<Snapshot, ReadError> {
+    pub(crate) fn snapshot(&self) -> Result<Snapshot, ReadError> {
         Ok(self.inner.store.read()?)
     }
 

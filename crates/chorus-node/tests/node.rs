@@ -134,6 +134,49 @@ fn a_library_merge_handler_resolves_conflicts() {
     assert_eq!(doc.versions.len(), 2);
 }
 
+/// Leases: one owner at a time until expiry or release; tokens grow; only the live
+/// lease's token passes the fencing check.
+#[test]
+fn leases_grant_one_owner_and_fence_tokens() {
+    use chorus_node::leases::LeaseError;
+    let (_dir, node) = temp_node();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let first = rt
+        .block_on(node.acquire_lease("c", "k", "alice", 100, 1_000))
+        .unwrap();
+    assert!(matches!(
+        rt.block_on(node.acquire_lease("c", "k", "bob", 100, 1_050)),
+        Err(LeaseError::Held(held)) if held.owner == "alice"
+    ));
+    assert!(node.check_fencing("c", "k", first.token, 1_050).is_ok());
+    assert!(
+        node.check_fencing("c", "k", first.token + 1, 1_050)
+            .is_err()
+    );
+    // Expired while held: bob gets a larger token, alice's is refused.
+    let second = rt
+        .block_on(node.acquire_lease("c", "k", "bob", 100, 1_100))
+        .unwrap();
+    assert!(second.token > first.token);
+    assert!(matches!(
+        node.check_fencing("c", "k", first.token, 1_150),
+        Err(LeaseError::Stale { current: Some(t), .. }) if t == second.token
+    ));
+    rt.block_on(node.release_lease("c", "k", second.token, 1_150))
+        .unwrap();
+    assert!(node.check_fencing("c", "k", second.token, 1_160).is_err());
+    let third = rt
+        .block_on(node.acquire_lease("c", "k", "carol", 100, 1_160))
+        .unwrap();
+    assert!(third.token > second.token);
+    assert!(matches!(
+        rt.block_on(node.acquire_lease("c", "k2", "x", 0, 1)),
+        Err(LeaseError::BadLength)
+    ));
+}
+
 /// A delete with context leaves an absent document whose context still supersedes.
 #[test]
 fn delete_leaves_tombstone_with_context() {

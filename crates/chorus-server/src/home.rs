@@ -74,6 +74,8 @@ pub struct Routed<'a> {
     pub key: &'a str,
     pub body: Option<&'a [u8]>,
     pub context: Option<&'a str>,
+    /// A lease's fencing token, passed on.
+    pub token: Option<&'a str>,
 }
 
 /// Sends `write` to its home leader, or the next in the order; `Ok(None)` when this
@@ -103,8 +105,12 @@ pub async fn forward(
         write.body.map(<[u8]>::to_vec),
         write.context.map(str::to_owned),
     );
+    let token = write.token.map(str::to_owned);
     let answer = tokio::task::spawn_blocking(move || {
-        let client = Client::new(before_me)?.with_header(FORWARDED_BY, &me);
+        let mut client = Client::new(before_me)?.with_header(FORWARDED_BY, &me);
+        if let Some(token) = &token {
+            client = client.with_header("chorus-lock-token", token);
+        }
         let answer = client.call(&method, &path, body.as_deref(), context.as_deref());
         answer.map(|value| (client.url().to_owned(), value))
     })
@@ -117,46 +123,34 @@ pub async fn forward(
             .find(|n| url == format!("http://{}", n.http))
             .map_or_else(|| url.to_owned(), |n| n.name.clone())
     };
-    match answer {
-        Ok((url, value)) => {
-            let mut response = axum::Json(value).into_response();
-            if let Ok(name) = HeaderValue::from_str(&home_name(&url)) {
-                response.headers_mut().insert(HOME_HEADER, name);
-            }
-            Ok(Some(response))
-        }
+    // The home's answer, whatever it is, passes through as it came.
+    let (url, status, body) = match answer {
+        Ok((url, value)) => (Some(url), StatusCode::OK, value),
         Err(Error::Unreachable { tried }) => {
             tracing::warn!(
                 ?tried,
-                "the home leaders before this node are unreachable; writing here"
+                "the home leaders before this node are unreachable; taking it here"
             );
-            Ok(None)
+            return Ok(None);
         }
-        Err(Error::Api {
-            status,
-            code,
-            message,
-        }) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            let code: &'static str = match code.as_str() {
-                "bad_request" => "bad_request",
-                "invalid_json" => "invalid_json",
-                "payload_too_large" => "payload_too_large",
-                "not_found" => "not_found",
-                _ => "home_refused",
-            };
-            Err(ApiError::new(
-                status,
-                code,
-                format!("the home leader: {message}"),
-            ))
+        Err(Error::Api { status, body, .. }) => (
+            None,
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            body,
+        ),
+        Err(other) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "home_uncertain",
+                format!("{other}; read the document to see whether the write was applied"),
+            ));
         }
-        Err(other) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "home_uncertain",
-            format!("{other}; read the document to see whether the write was applied"),
-        )),
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(name) = url.and_then(|u| HeaderValue::from_str(&home_name(&u)).ok()) {
+        response.headers_mut().insert(HOME_HEADER, name);
     }
+    Ok(Some(response))
 }
 
 #[cfg(test)]

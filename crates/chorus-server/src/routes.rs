@@ -12,8 +12,9 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chorus_node::leases::{Lease, LeaseError};
 use chorus_node::{
-    CollectionConfig, ConflictId, Context, Dot, Node, Resolution, ResolveError, Write,
+    CollectionConfig, ConflictId, Context, Dot, Home, Node, Resolution, ResolveError, Write,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -47,6 +48,10 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/conflicts/{id}", get(get_conflict))
         .route("/v1/conflicts/{id}/resolve", post(resolve_conflict))
+        .route(
+            "/v1/locks/{collection}/{key}",
+            get(get_lock).post(acquire_lock).delete(release_lock),
+        )
         .route(
             "/v1/cluster/reload",
             post(move || reload_cluster(config.reload_cluster.clone())),
@@ -334,19 +339,24 @@ async fn put_doc(
     check_collection(&collection)?;
     let value = json_document(&body(bytes)?)?;
     let context = context(&headers, &collection, &key)?;
+    let path = chorus_client::doc_path(&collection, &key);
+    let leased = headers.contains_key(LOCK_TOKEN_HEADER);
+    let target = (collection.as_str(), key.as_str());
     if let Some(forwarded) = route_home(
         &node,
         cluster.as_ref(),
         &headers,
         "PUT",
-        &collection,
-        &key,
+        &path,
+        target,
         Some(&value),
+        leased,
     )
     .await?
     {
         return Ok(forwarded);
     }
+    check_fencing(&node, &headers, &collection, &key)?;
     let w = Write {
         collection,
         key: Some(key),
@@ -365,19 +375,24 @@ async fn delete_doc(
     let (collection, key) = path(params)?;
     check_collection(&collection)?;
     let context = context(&headers, &collection, &key)?;
+    let path = chorus_client::doc_path(&collection, &key);
+    let leased = headers.contains_key(LOCK_TOKEN_HEADER);
+    let target = (collection.as_str(), key.as_str());
     if let Some(forwarded) = route_home(
         &node,
         cluster.as_ref(),
         &headers,
         "DELETE",
-        &collection,
-        &key,
+        &path,
+        target,
         None,
+        leased,
     )
     .await?
     {
         return Ok(forwarded);
     }
+    check_fencing(&node, &headers, &collection, &key)?;
     let w = Write {
         collection,
         key: Some(key),
@@ -387,34 +402,219 @@ async fn delete_doc(
     Ok(Json(write(&node, w).await?).into_response())
 }
 
-/// Forwards a write of a collection with `home` set to the document's home leader;
-/// `None` when this node takes it (see [`crate::home`]).
+/// The header carrying a lease's fencing token with a write.
+pub const LOCK_TOKEN_HEADER: &str = "chorus-lock-token";
+
+/// The fencing token a request presents, if any.
+fn lock_token(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get(LOCK_TOKEN_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_request("Chorus-Lock-Token must be the token of a lease"))
+}
+
+/// How a request about `collection/key` is routed: by the collection's `home`, or,
+/// for leases and writes that present a fencing token, by the key's home.
+fn routing(node: &Node, collection: &str, leased: bool) -> ApiResult<Option<Home>> {
+    let home = node.collection(collection)?.0.home;
+    Ok(home.or_else(|| leased.then_some(Home::Key)))
+}
+
+/// Forwards a request to the home leader of `collection/key` when it has one (see
+/// [`crate::home`]); `None` when this node takes it.
+#[allow(clippy::too_many_arguments)]
 async fn route_home(
     node: &Node,
     cluster: Option<&Arc<chorus_node::replication::Replication>>,
     headers: &HeaderMap,
     method: &str,
-    collection: &str,
-    key: &str,
+    path: &str,
+    (collection, key): (&str, &str),
     body: Option<&[u8]>,
+    leased: bool,
 ) -> ApiResult<Option<Response>> {
     let Some(cluster) = cluster else {
         return Ok(None);
     };
-    let Some(home) = node.collection(collection)?.0.home else {
+    let Some(home) = routing(node, collection, leased)? else {
         return Ok(None);
     };
-    let path = chorus_client::doc_path(collection, key);
     let context = headers.get(CONTEXT_HEADER).and_then(|v| v.to_str().ok());
+    let token = headers.get(LOCK_TOKEN_HEADER).and_then(|v| v.to_str().ok());
     let write = crate::home::Routed {
         home: &home,
         method,
-        path: &path,
+        path,
         key,
         body,
         context,
+        token,
     };
     crate::home::forward(cluster, headers, write).await
+}
+
+/// Refuses a write that presents a fencing token other than the live lease's.
+fn check_fencing(node: &Node, headers: &HeaderMap, collection: &str, key: &str) -> ApiResult<()> {
+    if let Some(token) = lock_token(headers)? {
+        node.check_fencing(collection, key, token, now_ms())
+            .map_err(lease_error)?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+fn lease_error(error: LeaseError) -> ApiError {
+    match &error {
+        LeaseError::Held(lease) => {
+            let mut e = ApiError::new(StatusCode::CONFLICT, "locked", error.to_string());
+            e.extra =
+                json!({"owner": lease.owner, "token": lease.token, "expires_ms": lease.expires_ms})
+                    .as_object()
+                    .cloned();
+            e
+        }
+        LeaseError::Stale { .. } => ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_token",
+            format!("{error}; take the lease again"),
+        ),
+        LeaseError::BadLength => ApiError::bad_request(error.to_string()),
+        LeaseError::Write(_) | LeaseError::Read(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lease_failed",
+            error.to_string(),
+        ),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LeaseBody {
+    ttl_ms: Option<u64>,
+    owner: Option<String>,
+}
+
+/// `POST /v1/locks/{c}/{key}`: takes a lease at the document's home leader.
+async fn acquire_lock(
+    State(node): State<Node>,
+    Extension(cluster): Extension<ClusterRef>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (collection, key) = path(params)?;
+    check_collection(&collection)?;
+    let raw = body(bytes)?;
+    let request: LeaseBody = if raw.is_empty() {
+        LeaseBody::default()
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body must be {{\"ttl_ms\": N, \"owner\": TEXT}} (both optional): {e}"),
+            )
+        })?
+    };
+    let path = lock_path(&collection, &key);
+    let target = (collection.as_str(), key.as_str());
+    if let Some(forwarded) = route_home(
+        &node,
+        cluster.as_ref(),
+        &headers,
+        "POST",
+        &path,
+        target,
+        Some(&raw),
+        true,
+    )
+    .await?
+    {
+        return Ok(forwarded);
+    }
+    let owner = request.owner.unwrap_or_else(|| "anonymous".into());
+    let ttl_ms = request
+        .ttl_ms
+        .unwrap_or(chorus_node::leases::LEASE_MS_DEFAULT);
+    let lease = node
+        .acquire_lease(&collection, &key, &owner, ttl_ms, now_ms())
+        .await
+        .map_err(lease_error)?;
+    Ok(Json(lease_json(&lease, now_ms())).into_response())
+}
+
+/// `DELETE /v1/locks/{c}/{key}` with the lease's token: releases it.
+async fn release_lock(
+    State(node): State<Node>,
+    Extension(cluster): Extension<ClusterRef>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let (collection, key) = path(params)?;
+    check_collection(&collection)?;
+    let token = lock_token(&headers)?
+        .ok_or_else(|| ApiError::bad_request("give the lease's token in Chorus-Lock-Token"))?;
+    let path = lock_path(&collection, &key);
+    let target = (collection.as_str(), key.as_str());
+    if let Some(forwarded) = route_home(
+        &node,
+        cluster.as_ref(),
+        &headers,
+        "DELETE",
+        &path,
+        target,
+        None,
+        true,
+    )
+    .await?
+    {
+        return Ok(forwarded);
+    }
+    node.release_lease(&collection, &key, token, now_ms())
+        .await
+        .map_err(lease_error)?;
+    Ok(Json(json!({ "released": true })).into_response())
+}
+
+/// `GET /v1/locks/{c}/{key}`: the last grant this node knows.
+async fn get_lock(
+    State(node): State<Node>,
+    params: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let (collection, key) = path(params)?;
+    check_collection(&collection)?;
+    let lease = node
+        .lease(&collection, &key)?
+        .ok_or_else(|| ApiError::not_found("no lease was ever taken on this document"))?;
+    Ok(Json(lease_json(&lease, now_ms())))
+}
+
+fn lock_path(collection: &str, key: &str) -> String {
+    format!(
+        "/v1/locks/{}/{}",
+        chorus_client::segment(collection),
+        chorus_client::segment(key)
+    )
+}
+
+fn lease_json(lease: &Lease, now_ms: u64) -> Value {
+    json!({
+        "owner": lease.owner,
+        "token": lease.token,
+        "expires_ms": lease.expires_ms,
+        "live": lease.is_live(now_ms),
+    })
 }
 
 async fn insert_doc(

@@ -494,3 +494,76 @@ fn writes_go_to_the_home_leader_and_fail_over() {
     cluster.restart(home_index);
     cluster.wait_converged(DEADLINE);
 }
+
+/// Lease locks: taken at the document's home leader wherever asked; a second owner
+/// waits; writes with the live token pass, others are refused; a lease that expires
+/// while held lets another owner in with a larger token, and the first owner's token
+/// is refused from then on; bad requests say what is wrong.
+#[test]
+fn leases_fence_writes() {
+    let cluster = Cluster::start(3, "topology = \"mesh\"");
+    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let lock = |i: usize, body: Value| {
+        call(
+            "POST",
+            &format!("{}/v1/locks/acc/k", urls[i]),
+            Some(body.to_string().as_bytes()),
+            &[],
+        )
+    };
+    let write = |i: usize, token: &str| {
+        call(
+            "PUT",
+            &format!("{}/v1/docs/acc/k", urls[i]),
+            Some(b"{\"balance\": 1}"),
+            &[("Chorus-Lock-Token", token)],
+        )
+    };
+    let alice = lock(0, json!({"owner": "alice", "ttl_ms": 1500}));
+    assert_eq!(alice.status, 200, "{}", alice.text);
+    let first = alice.body["token"].as_u64().unwrap().to_string();
+    let bob = lock(1, json!({"owner": "bob"}));
+    assert_eq!(bob.status, 409, "{}", bob.text);
+    assert_eq!(bob.body["error"], "locked");
+    assert_eq!(bob.body["owner"], "alice");
+
+    assert_eq!(write(2, &first).status, 200);
+    let wrong = write(1, "12345");
+    assert_eq!(wrong.status, 409, "{}", wrong.text);
+    assert_eq!(wrong.body["error"], "stale_token");
+
+    // Alice's lease runs out while she still holds it; Bob gets in.
+    let mut second = String::new();
+    wait_until("alice's lease to expire", DEADLINE, || {
+        let bob = lock(1, json!({"owner": "bob", "ttl_ms": 60000}));
+        if bob.status == 200 {
+            second = bob.body["token"].as_u64().unwrap().to_string();
+        }
+        bob.status == 200
+    });
+    assert!(second.parse::<u64>().unwrap() > first.parse::<u64>().unwrap());
+    assert_eq!(write(0, &first).status, 409, "alice's token is stale now");
+    assert_eq!(write(0, &second).status, 200);
+
+    for (reply, code) in [
+        (lock(0, json!({"ttl_ms": 0})), "bad_request"),
+        (lock(0, json!({"colour": "red"})), "invalid_json"),
+        (write(0, "not a number"), "bad_request"),
+        (
+            call("DELETE", &format!("{}/v1/locks/acc/k", urls[0]), None, &[]),
+            "bad_request",
+        ),
+    ] {
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert_eq!(reply.body["error"], code, "{}", reply.text);
+    }
+    let release = call(
+        "DELETE",
+        &format!("{}/v1/locks/acc/k", urls[2]),
+        None,
+        &[("Chorus-Lock-Token", &second)],
+    );
+    assert_eq!(release.status, 200, "{}", release.text);
+    assert_eq!(lock(2, json!({"owner": "carol"})).status, 200);
+    cluster.wait_converged(DEADLINE);
+}
