@@ -198,7 +198,56 @@ fn common_ancestor(versions: &[Version]) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chorus_core::{Dot, Hlc, KeyState, NodeId, Op};
+    use proptest::prelude::*;
     use serde_json::json;
+
+    proptest! {
+        /// Concurrent writes of several nodes, delivered in any order (each node's
+        /// in its own order, as replication does) and with duplicates, resolve to the
+        /// same document through a script.
+        #[test]
+        fn every_delivery_order_resolves_the_same(
+            values in proptest::collection::vec((1u64..4, 0i64..100), 2..8),
+            seed in any::<u64>(),
+        ) {
+            let script = Script::cached(
+                "fn merge(v, a) { let t = 0; for d in v { t += d.n; } #{ n: t, count: v.len() } }",
+            ).unwrap();
+            let mut counters = [0u64; 4];
+            let ops: Vec<Op> = values.iter().map(|&(node, n)| {
+                counters[node as usize] += 1;
+                Op {
+                    dot: Dot::new(NodeId(node), counters[node as usize]),
+                    hlc: Hlc(n as u64),
+                    collection: "c".into(),
+                    key: "k".into(),
+                    context: VersionVector::new(),
+                    value: Some(json!({ "n": n }).to_string().into_bytes()),
+                }
+            }).collect();
+            let mut forward = KeyState::new();
+            ops.iter().for_each(|op| { forward.apply(op); });
+            // Another delivery: the nodes' ops interleaved at random, each node's in
+            // its own order (as replication delivers them), then a duplicate.
+            let mut queues: Vec<std::collections::VecDeque<&Op>> = (0..4)
+                .map(|node| ops.iter().filter(|op| op.dot.node == NodeId(node)).collect())
+                .collect();
+            let mut other = KeyState::new();
+            let mut x = seed | 1;
+            while queues.iter().any(|q| !q.is_empty()) {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                let ready: Vec<usize> = (0..4).filter(|&q| !queues[q].is_empty()).collect();
+                let pick = ready[(x % ready.len() as u64) as usize];
+                other.apply(queues[pick].pop_front().expect("not empty"));
+            }
+            other.apply(&ops[0]);
+            let a = resolve(&*script, forward.versions());
+            let b = resolve(&*script, other.versions());
+            prop_assert_eq!(a.value, b.value);
+            prop_assert_eq!(a.error, b.error);
+        }
+    }
 
     const HIGHEST_SCORE: &str = r#"
         fn merge(versions, ancestor) {
@@ -250,6 +299,11 @@ mod tests {
             ("fn merge(v, a) { loop { } }", "Too many operations"),
             ("fn merge(v, a) { throw \"no way\" }", "no way"),
             ("fn merge(v, a) { timestamp() }", "timestamp"),
+            ("fn merge(v, a) { Fn(\"merge\") }", "not JSON"),
+            (
+                "fn merge(v, a) { let s = \"x\"; loop { s += s; } }",
+                "Length of string",
+            ),
         ] {
             let err = Script::compile(text)
                 .unwrap()
