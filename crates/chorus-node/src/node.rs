@@ -510,7 +510,8 @@ impl Node {
         for entry in snapshot.entries_from(since.saturating_add(1))?.take(limit) {
             let (seq, entry) = entry?;
             next = seq;
-            if let EntryBody::Write(op) = entry.body {
+            if let EntryBody::Write(mut op) = entry.body {
+                op.value = op.value.map(shown);
                 changes.push(Change { seq, op });
             }
         }
@@ -758,6 +759,7 @@ impl Node {
         let conflicts = snapshot
             .conflicts_after(after)?
             .take(limit)
+            .map(|r| r.map(shown_record))
             .collect::<Result<Vec<_>, _>>()?;
         let next = (conflicts.len() == limit)
             .then(|| conflicts.last().map(|c| c.id))
@@ -786,7 +788,7 @@ impl Node {
 
     /// The conflict record `id`, if this node's log holds it.
     pub fn conflict(&self, id: ConflictId) -> Result<Option<ConflictRecord>, ReadError> {
-        Ok(self.snapshot()?.conflict(id)?)
+        Ok(self.snapshot()?.conflict(id)?.map(shown_record))
     }
 
     /// The write that ends conflict `id`: `resolution` (a new value, or one of the
@@ -807,8 +809,7 @@ impl Node {
                 .find(|v| v.dot == dot)
                 .ok_or(ResolveError::NotInRecord(dot))?
                 .value
-                .as_deref()
-                .map(|v| crate::merge::document_bytes(v).to_vec()),
+                .clone(),
         };
         let mut context = VersionVector::new();
         for version in &record.versions {
@@ -993,6 +994,22 @@ fn pending(write: Write, supersede_current: bool) -> PendingRequest {
         },
         rx,
     )
+}
+
+/// A stored value as users see it: the document, without a merge header.
+fn shown(value: Vec<u8>) -> Vec<u8> {
+    match crate::merge::document_bytes(&value) {
+        document if document.len() == value.len() => value,
+        document => document.to_vec(),
+    }
+}
+
+/// A conflict record as users see it: its versions' documents without headers.
+fn shown_record(mut record: ConflictRecord) -> ConflictRecord {
+    for version in &mut record.versions {
+        version.value = version.value.take().map(shown);
+    }
+    record
 }
 
 fn check_key(key: &str) -> Result<(), String> {
