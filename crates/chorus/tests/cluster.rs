@@ -41,16 +41,6 @@ fn concurrent_blind_writes(
     Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
 }
 
-fn versions(url: &str, collection: &str, key: &str) -> Vec<Value> {
-    let doc = get(&format!("{url}/v1/docs/{collection}/{key}")).body;
-    doc["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["value"].clone())
-        .collect()
-}
-
 /// Three leaders written concurrently keep every blind write as a sibling, on every
 /// node, and reach equal digests and conflict logs.
 #[test]

@@ -41,15 +41,6 @@ fn resolve(url: &str, id: &str, body: &Value) -> Reply {
     )
 }
 
-fn versions(url: &str, collection: &str, key: &str) -> Vec<Value> {
-    get(&format!("{url}/v1/docs/{collection}/{key}")).body["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["value"].clone())
-        .collect()
-}
-
 /// Siblings: a record is shown beside the document; picking a version ends the
 /// conflict with exactly that value; a new value does the same. Bad requests are
 /// refused with a reason and change nothing.
@@ -206,11 +197,7 @@ fn a_resolution_replicates() {
         let reply = put(&format!("{url}/v1/docs/r/k"), &json!({"v": v}).to_string());
         assert_eq!(reply.status, 200);
     }
-    cluster.header = "topology = \"mesh\"\n".into();
-    cluster.write_file();
-    for i in 0..2 {
-        assert_eq!(cluster.reload(i).status, 200);
-    }
+    cluster.reconfigure("topology = \"mesh\"\n", &[0, 1]);
     cluster.wait_converged(DEADLINE);
     let ids = |url: &str| -> Vec<Value> {
         get(&format!("{url}/v1/conflicts")).body["conflicts"]
@@ -286,11 +273,7 @@ fn merge_combines_fields_changed_on_different_leaders() {
     assert_eq!(refused.status, 400, "{}", refused.text);
     assert!(refused.text.contains("JSON objects"), "{}", refused.text);
 
-    cluster.header = "topology = \"mesh\"\n".into();
-    cluster.write_file();
-    for i in 0..2 {
-        assert_eq!(cluster.reload(i).status, 200);
-    }
+    cluster.reconfigure("topology = \"mesh\"\n", &[0, 1]);
     cluster.wait_converged(DEADLINE);
     for url in [&a, &b] {
         let doc = get(&format!("{url}/v1/docs/m/post")).body;
@@ -363,12 +346,10 @@ fn a_custom_script_merges_on_every_leader() {
     }
     cluster.wait_converged(DEADLINE);
     // Both leaders edit the same read while partitioned from each other.
-    cluster.header =
-        "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\npartitioned = true\n".into();
-    cluster.write_file();
-    for i in 0..2 {
-        assert_eq!(cluster.reload(i).status, 200);
-    }
+    cluster.reconfigure(
+        "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\npartitioned = true\n",
+        &[0, 1],
+    );
     for collection in ["c", "loops"] {
         let read = get(&format!("{a}/v1/docs/{collection}/k")).body;
         let context = read["context"].as_str().unwrap();
@@ -383,11 +364,7 @@ fn a_custom_script_merges_on_every_leader() {
             assert_eq!(reply.status, 200, "{}", reply.text);
         }
     }
-    cluster.header = "topology = \"mesh\"\n".into();
-    cluster.write_file();
-    for i in 0..2 {
-        assert_eq!(cluster.reload(i).status, 200);
-    }
+    cluster.reconfigure("topology = \"mesh\"\n", &[0, 1]);
     cluster.wait_converged(DEADLINE);
     for url in [&a, &b] {
         let doc = get(&format!("{url}/v1/docs/c/k")).body;

@@ -239,13 +239,7 @@ fn emulated_partition_and_delay() {
     });
     write_and_wait(&cluster, 0, "around-the-partition", &[1]);
 
-    cluster.header =
-        "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\ndelay_ms = 50\njitter_ms = 10\n"
-            .into();
-    cluster.write_file();
-    for i in 0..3 {
-        assert_eq!(cluster.reload(i).status, 200);
-    }
+    cluster.reconfigure("topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\ndelay_ms = 50\njitter_ms = 10\n", &[0, 1, 2]);
     wait_until(
         "n0 and n1 linked once the partition is lifted",
         DEADLINE,

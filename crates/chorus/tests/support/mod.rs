@@ -124,6 +124,16 @@ pub fn put_with_context(url: &str, body: &str, context: &str) -> Reply {
     )
 }
 
+/// The values of every version a read of `collection/key` shows.
+pub fn versions(url: &str, collection: &str, key: &str) -> Vec<Value> {
+    get(&format!("{url}/v1/docs/{collection}/{key}")).body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value"].clone())
+        .collect()
+}
+
 pub fn digest(base: &str) -> String {
     get(&format!("{base}/v1/digest")).body["digest"]
         .as_str()
@@ -249,6 +259,17 @@ impl Cluster {
         let node = self.spawn(self.names.len() - 1);
         self.nodes.push(node);
         self.nodes.len() - 1
+    }
+
+    /// Rewrites the cluster file with `header` (topology and settings) and has the
+    /// nodes `running` reload it.
+    pub fn reconfigure(&mut self, header: &str, running: &[usize]) {
+        self.header = header.to_owned();
+        self.write_file();
+        for &i in running {
+            let reply = self.reload(i);
+            assert_eq!(reply.status, 200, "reload of n{i}: {}", reply.text);
+        }
     }
 
     /// Asks the running node `i` to re-read the cluster file; returns the reply.
