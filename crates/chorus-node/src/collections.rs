@@ -77,9 +77,16 @@ impl CollectionConfig {
         let mut config = CollectionConfig::default();
         for (name, value) in fields {
             match (name.as_str(), value) {
+                // Shorthand: home routing by key, lww for what still conflicts.
+                ("policy", Value::String(p)) if p == "home" => {
+                    config.policy = Policy::Lww;
+                    config.home.get_or_insert(Home::Key);
+                }
                 ("policy", Value::String(p)) => {
                     config.policy = Policy::from_name(&p).ok_or_else(|| {
-                        format!("unknown policy {p:?}; use \"siblings\", \"lww\" or \"merge\"")
+                        format!(
+                            "unknown policy {p:?}; use \"siblings\", \"lww\", \"merge\", \"custom\" or \"home\""
+                        )
                     })?;
                 }
                 ("policy", _) => return Err("policy must be a string".into()),
