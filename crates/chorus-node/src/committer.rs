@@ -75,7 +75,7 @@ pub(crate) struct Committer {
     pub clock: HlcClock,
     pub physical: Arc<dyn PhysicalClock>,
     /// Settings of collections, read from `_collections` on first use.
-    pub policies: HashMap<String, CollectionConfig>,
+    pub configs: HashMap<String, CollectionConfig>,
     pub committed_seq: watch::Sender<u64>,
     pub failed: Arc<AtomicBool>,
     /// Conflicts recorded since the node started, per collection and policy.
@@ -165,7 +165,7 @@ impl Committer {
             Err(error) => {
                 tracing::error!(%error, "commit failed; refusing writes until the node is reopened");
                 (self.meta, self.applied, self.floor, self.clock) = before;
-                self.policies.clear();
+                self.configs.clear();
                 self.failed.store(true, Ordering::Release);
                 replies.into_iter().for_each(refuse);
             }
@@ -235,7 +235,7 @@ impl Committer {
                     Some((!rest.versions().is_empty()).then_some(rest))
                 })?;
                 metrics::counter!("chorus_tombstones_collected_total").increment(collected);
-                self.policies.clear();
+                self.configs.clear();
                 Ok(())
             }
         }
@@ -269,7 +269,7 @@ impl Committer {
         let policy = self.policy(b, collection)?;
         b.put_key_state(collection, key, &state)?;
         if collection == SETTINGS_COLLECTION {
-            self.policies.remove(key);
+            self.configs.remove(key);
         }
         if let Some(record) = policy.conflict(collection, key, &state) {
             self.note_conflict(b, record)?;
@@ -475,7 +475,7 @@ impl Committer {
             );
         }
         if op.collection == SETTINGS_COLLECTION {
-            self.policies.remove(&op.key);
+            self.configs.remove(&op.key);
         }
         Ok(conflict.into_iter().collect())
     }
@@ -522,7 +522,7 @@ impl Committer {
     }
 
     fn config(&mut self, b: &Batch<'_>, collection: &str) -> Result<&CollectionConfig, StoreError> {
-        if !self.policies.contains_key(collection) {
+        if !self.configs.contains_key(collection) {
             let config = if collection == SETTINGS_COLLECTION {
                 CollectionConfig {
                     policy: Policy::Lww,
@@ -531,9 +531,9 @@ impl Committer {
             } else {
                 CollectionConfig::from_state(&b.key_state(SETTINGS_COLLECTION, collection)?)
             };
-            self.policies.insert(collection.to_owned(), config);
+            self.configs.insert(collection.to_owned(), config);
         }
-        Ok(&self.policies[collection])
+        Ok(&self.configs[collection])
     }
 }
 

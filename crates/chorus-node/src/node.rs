@@ -193,7 +193,7 @@ impl Node {
             clock: HlcClock::new(Hlc(meta.hlc), CLOCK_DRIFT_MS_MAX),
             meta: meta.clone(),
             physical: config.clock,
-            policies: HashMap::new(),
+            configs: HashMap::new(),
             committed_seq: seq_tx,
             failed: Arc::clone(&failed),
             conflict_counts: Arc::clone(&conflict_counts),

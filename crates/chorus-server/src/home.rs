@@ -31,6 +31,8 @@ use sha2::{Digest, Sha256};
 pub const FORWARDED_BY: &str = "chorus-forwarded-by";
 /// Names the node that took a write routed to a home leader.
 pub const HOME_HEADER: &str = "chorus-home";
+/// The header carrying a lease's fencing token with a write.
+pub const LOCK_TOKEN_HEADER: &str = "chorus-lock-token";
 
 /// The members in the order a document routed by `value` tries them: its home
 /// first. For `Home::Node`, the named node first, then the others by rendezvous.
@@ -109,7 +111,7 @@ pub async fn forward(
     let answer = tokio::task::spawn_blocking(move || {
         let mut client = Client::new(before_me)?.with_header(FORWARDED_BY, &me);
         if let Some(token) = &token {
-            client = client.with_header("chorus-lock-token", token);
+            client = client.with_header(LOCK_TOKEN_HEADER, token);
         }
         let answer = client.call(&method, &path, body.as_deref(), context.as_deref());
         answer.map(|value| (client.url().to_owned(), value))

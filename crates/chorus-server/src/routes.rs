@@ -2,6 +2,7 @@
 
 use crate::changes;
 use crate::error::ApiError;
+use crate::home::LOCK_TOKEN_HEADER;
 use crate::render;
 use crate::{ReloadCluster, ServerConfig, metrics};
 use axum::Json;
@@ -401,9 +402,6 @@ async fn delete_doc(
     };
     Ok(Json(write(&node, w).await?).into_response())
 }
-
-/// The header carrying a lease's fencing token with a write.
-pub const LOCK_TOKEN_HEADER: &str = "chorus-lock-token";
 
 /// The fencing token a request presents, if any.
 fn lock_token(headers: &HeaderMap) -> ApiResult<Option<u64>> {
