@@ -340,31 +340,13 @@ async fn put_doc(
     check_collection(&collection)?;
     let value = json_document(&body(bytes)?)?;
     let context = context(&headers, &collection, &key)?;
-    let path = chorus_client::doc_path(&collection, &key);
-    let leased = headers.contains_key(LOCK_TOKEN_HEADER);
-    let target = (collection.as_str(), key.as_str());
-    if let Some(forwarded) = route_home(
-        &node,
-        cluster.as_ref(),
-        &headers,
-        "PUT",
-        &path,
-        target,
-        Some(&value),
-        leased,
-    )
-    .await?
-    {
-        return Ok(forwarded);
-    }
-    check_fencing(&node, &headers, &collection, &key)?;
     let w = Write {
         collection,
         key: Some(key),
         value: Some(value),
         context,
     };
-    Ok(Json(write(&node, w).await?).into_response())
+    write_document(&node, cluster.as_ref(), &headers, "PUT", w).await
 }
 
 async fn delete_doc(
@@ -376,31 +358,37 @@ async fn delete_doc(
     let (collection, key) = path(params)?;
     check_collection(&collection)?;
     let context = context(&headers, &collection, &key)?;
-    let path = chorus_client::doc_path(&collection, &key);
-    let leased = headers.contains_key(LOCK_TOKEN_HEADER);
-    let target = (collection.as_str(), key.as_str());
-    if let Some(forwarded) = route_home(
-        &node,
-        cluster.as_ref(),
-        &headers,
-        "DELETE",
-        &path,
-        target,
-        None,
-        leased,
-    )
-    .await?
-    {
-        return Ok(forwarded);
-    }
-    check_fencing(&node, &headers, &collection, &key)?;
     let w = Write {
         collection,
         key: Some(key),
         value: None,
         context,
     };
-    Ok(Json(write(&node, w).await?).into_response())
+    write_document(&node, cluster.as_ref(), &headers, "DELETE", w).await
+}
+
+/// A PUT or DELETE of one document: forwarded to its home leader when it has one
+/// (and when it presents a fencing token), else checked against the lease and
+/// written here.
+async fn write_document(
+    node: &Node,
+    cluster: Option<&Arc<chorus_node::replication::Replication>>,
+    headers: &HeaderMap,
+    method: &str,
+    w: Write,
+) -> ApiResult {
+    let key = w.key.clone().expect("a document write names its key");
+    let path = chorus_client::doc_path(&w.collection, &key);
+    let leased = headers.contains_key(LOCK_TOKEN_HEADER);
+    let target = (w.collection.as_str(), key.as_str());
+    let body = w.value.as_deref();
+    if let Some(forwarded) =
+        route_home(node, cluster, headers, method, &path, target, body, leased).await?
+    {
+        return Ok(forwarded);
+    }
+    check_fencing(node, headers, &w.collection, &key)?;
+    Ok(Json(write(node, w).await?).into_response())
 }
 
 /// The fencing token a request presents, if any.
