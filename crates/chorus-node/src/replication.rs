@@ -356,13 +356,15 @@ impl Drop for Actor {
 impl Actor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Msg>) {
         // Dial the planned neighbours at once.
-        let events = self.follow_plan();
-        self.handle(events);
-        self.publish();
+        self.replan();
         while let Some(msg) = inbox.recv().await {
             let mut events = VecDeque::new();
             // A reconfiguration is answered once its links follow the new plan.
             let mut answer = None;
+            // Anything but entries and their answers may change the links; time
+            // (ticks) may make a failing peer unreachable.
+            let mut links_may_change =
+                !matches!(&msg, Msg::Event(e) if !matches!(e, Event::Tick { .. }));
             match msg {
                 Msg::Event(event) => events.push_back(event),
                 Msg::Up {
@@ -396,10 +398,14 @@ impl Actor {
                     answer = Some((reply, self.reconfigure(config, &mut events)));
                 }
             }
+            let linked_before = self.links.len();
             self.handle(events);
-            let events = self.follow_plan();
-            self.handle(events);
-            self.publish();
+            // The engine may have dropped a link (a silent peer, a full writer queue).
+            links_may_change |= self.links.len() != linked_before;
+            if links_may_change {
+                self.replan();
+            }
+            self.shared.node.set_peer_status(self.engine.peers());
             if let Some((reply, result)) = answer {
                 let _ = reply.send(result);
             }
@@ -562,9 +568,15 @@ impl Actor {
         Ok(())
     }
 
-    fn publish(&self) {
+    /// Plans the links again, follows the plan, and publishes the links.
+    fn replan(&mut self) {
+        let events = self.follow_plan();
+        self.handle(events);
+        self.publish_links();
+    }
+
+    fn publish_links(&self) {
         let node = &self.shared.node;
-        node.set_peer_status(self.engine.peers());
         let mut connected: Vec<String> = self.links.keys().cloned().collect();
         connected.sort();
         let linked: BTreeSet<String> = connected.iter().cloned().collect();
