@@ -13,7 +13,7 @@
 //! a client may forge a token, but it can only claim to have seen versions, which is
 //! the same power a real read gives.
 
-use crate::{NodeId, VersionVector};
+use crate::{NodeId, VersionVector, varint};
 use sha2::{Digest, Sha256};
 
 const TOKEN_FORMAT: u8 = 1;
@@ -39,10 +39,10 @@ pub struct ContextToken;
 impl ContextToken {
     pub fn encode(context: &VersionVector, collection: &str, key: &str) -> Vec<u8> {
         let mut out = vec![TOKEN_FORMAT];
-        write_varint(&mut out, context.len() as u64);
+        varint::write(&mut out, context.len() as u64);
         for (node, counter) in context.iter() {
             out.extend_from_slice(&node.0.to_le_bytes());
-            write_varint(&mut out, counter);
+            varint::write(&mut out, counter);
         }
         let check = check(collection, key, &out);
         out.extend_from_slice(&check);
@@ -61,7 +61,7 @@ impl ContextToken {
             };
         }
         let mut rest = &body[1..];
-        let count = read_varint(&mut rest)?;
+        let count = varint::read(&mut rest).ok_or(TokenError::Malformed)?;
         if count > TOKEN_ENTRIES_MAX {
             return Err(TokenError::Malformed);
         }
@@ -69,7 +69,10 @@ impl ContextToken {
         for _ in 0..count {
             let (node, after) = rest.split_first_chunk::<8>().ok_or(TokenError::Malformed)?;
             rest = after;
-            entries.push((NodeId(u64::from_le_bytes(*node)), read_varint(&mut rest)?));
+            entries.push((
+                NodeId(u64::from_le_bytes(*node)),
+                varint::read(&mut rest).ok_or(TokenError::Malformed)?,
+            ));
         }
         if !rest.is_empty() {
             return Err(TokenError::Malformed);
@@ -88,29 +91,6 @@ fn check(collection: &str, key: &str, body: &[u8]) -> [u8; CHECK_BYTES] {
     let mut out = [0; CHECK_BYTES];
     out.copy_from_slice(&hasher.finalize()[..CHECK_BYTES]);
     out
-}
-
-fn write_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn read_varint(input: &mut &[u8]) -> Result<u64, TokenError> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&byte, rest) = input.split_first().ok_or(TokenError::Malformed)?;
-        *input = rest;
-        value |= u64::from(byte & 0x7f)
-            .checked_shl(shift)
-            .ok_or(TokenError::Malformed)?;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(TokenError::Malformed)
 }
 
 #[cfg(test)]

@@ -19,11 +19,13 @@
 
 pub mod conflict;
 pub mod context_token;
+pub mod crdt;
 pub mod dot;
 pub mod hlc;
 pub mod key_state;
 pub mod op;
 pub mod policy;
+mod varint;
 pub mod version_vector;
 
 pub use conflict::{ConflictId, ConflictRecord, Outcome};

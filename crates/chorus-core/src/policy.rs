@@ -32,6 +32,10 @@ pub enum Policy {
     /// A handler (a script in the settings, or the embedding application's) merges
     /// concurrent versions (the node's `custom` module).
     Custom,
+    /// Documents are CRDTs (see [`crate::crdt`]), changed by operations that merge by
+    /// themselves; the key holds one CRDT version. Plain versions beside it (written
+    /// before the collection became `crdt`) are siblings.
+    Crdt,
 }
 
 impl Policy {
@@ -41,6 +45,7 @@ impl Policy {
             Policy::Lww => "lww",
             Policy::Merge => "merge",
             Policy::Custom => "custom",
+            Policy::Crdt => "crdt",
         }
     }
 
@@ -50,6 +55,7 @@ impl Policy {
             "lww" => Some(Policy::Lww),
             "merge" => Some(Policy::Merge),
             "custom" => Some(Policy::Custom),
+            "crdt" => Some(Policy::Crdt),
             _ => None,
         }
     }
@@ -64,6 +70,10 @@ impl Policy {
             }
             Policy::Siblings | Policy::Merge | Policy::Custom => None,
             Policy::Lww => versions.iter().max_by_key(|v| (v.hlc, v.dot.node)),
+            Policy::Crdt => match live(versions).as_slice() {
+                [only] => Some(only),
+                _ => None,
+            },
         }
     }
 
@@ -76,7 +86,10 @@ impl Policy {
             return None;
         }
         let outcome = match self {
-            Policy::Siblings => Outcome::Siblings,
+            // A delete concurrent with CRDT operations removed what it saw; the rest
+            // stands. Only two live versions conflict.
+            Policy::Crdt if live(versions).len() < 2 => return None,
+            Policy::Siblings | Policy::Crdt => Outcome::Siblings,
             Policy::Merge | Policy::Custom => Outcome::Merged,
             Policy::Lww => Outcome::Winner(self.winner(versions).expect("two versions").dot),
         };
@@ -90,13 +103,18 @@ impl Policy {
     }
 }
 
+/// The versions that hold a document (not tombstones).
+fn live(versions: &[Version]) -> Vec<&Version> {
+    versions.iter().filter(|v| !v.is_tombstone()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{Dot, Hlc, NodeId, Op, VersionVector};
 
     fn write(state: &mut KeyState, node: u64, counter: u64, wall_ms: u64, value: &str) {
-        state.apply(&Op {
+        let applied = state.apply(&Op {
             dot: Dot::new(NodeId(node), counter),
             hlc: Hlc::from_parts(wall_ms, 0),
             collection: "c".into(),
@@ -104,6 +122,7 @@ mod tests {
             context: VersionVector::new(),
             value: Some(value.as_bytes().to_vec()),
         });
+        assert_eq!(applied, Ok(true));
     }
 
     /// LWW shows the highest HLC, keeps every concurrent version in the state, and

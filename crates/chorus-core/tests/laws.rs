@@ -99,7 +99,7 @@ fn run(steps: &[Step]) -> (Vec<Written>, Vec<Replica>) {
                     context,
                     value: (!delete).then(|| format!("v{tick}").into_bytes()),
                 };
-                r.state.apply(&op);
+                r.state.apply(&op).unwrap();
                 ops.push(Written {
                     op,
                     deps: r.applied.clone(),
@@ -115,7 +115,7 @@ fn run(steps: &[Step]) -> (Vec<Written>, Vec<Replica>) {
                     .collect();
                 for i in missing {
                     let r = &mut replicas[at];
-                    r.state.apply(&ops[i].op);
+                    r.state.apply(&ops[i].op).unwrap();
                     r.applied.insert(i);
                 }
             }
@@ -140,7 +140,7 @@ fn apply_in_causal_order(
             .filter(|i| !done.contains(i) && ops[*i].deps.is_subset(&done))
             .collect();
         let pick = ready[choice.next().copied().unwrap_or(0) % ready.len()];
-        if state.apply(&ops[pick].op) {
+        if state.apply(&ops[pick].op).unwrap() {
             records.extend(policy.conflict("c", "k", &state));
         }
         done.insert(pick);
@@ -154,7 +154,7 @@ fn policy() -> impl Strategy<Value = Policy> {
 
 fn merged(a: &KeyState, b: &KeyState) -> KeyState {
     let mut out = a.clone();
-    out.merge(b);
+    out.merge(b).unwrap();
     out
 }
 
@@ -235,7 +235,7 @@ prop_assert!(live || superseded || logged, "write {} lost", dot);
                 key: "k".into(),
                 context: VersionVector::new(),
                 value: Some(b"other".to_vec()),
-            });
+            }).unwrap();
         }
         let write = Dot::new(NodeId(1), 1_000);
         state.apply(&Op {
@@ -245,7 +245,7 @@ prop_assert!(live || superseded || logged, "write {} lost", dot);
             key: "k".into(),
             context: read_context,
             value: Some(b"new".to_vec()),
-        });
+        }).unwrap();
         let live: BTreeSet<Dot> = state.versions().iter().map(|v| v.dot).collect();
         let mut expected: BTreeSet<Dot> = (1..=concurrent).map(|c| Dot::new(outsider, c)).collect();
         expected.insert(write);

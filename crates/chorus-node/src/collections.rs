@@ -85,7 +85,7 @@ impl CollectionConfig {
                 ("policy", Value::String(p)) => {
                     config.policy = Policy::from_name(&p).ok_or_else(|| {
                         format!(
-                            "unknown policy {p:?}; use \"siblings\", \"lww\", \"merge\", \"custom\" or \"home\""
+                            "unknown policy {p:?}; use \"siblings\", \"lww\", \"merge\", \"custom\", \"crdt\" or \"home\""
                         )
                     })?;
                 }

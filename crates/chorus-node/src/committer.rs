@@ -15,9 +15,10 @@
 
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION};
 use crate::document::Context;
-use crate::limits::{BATCH_WRITES_MAX, SIBLINGS_WARN};
+use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, SIBLINGS_WARN};
 use crate::merge;
 use crate::node::{RemoteOutcome, ReplicationStep, Write, WriteAck, WriteError};
+use chorus_core::crdt::{self, Operation};
 use chorus_core::{
     ConflictRecord, Dot, Entry, EntryBody, HlcClock, KeyState, NodeId, Op, Outcome, PhysicalClock,
     Policy, Version, VersionVector,
@@ -43,6 +44,12 @@ pub(crate) enum Job {
         /// Supersede whatever versions exist when the write is applied (used for
         /// collection settings, whose writer means "replace the settings").
         supersede_current: bool,
+    },
+    /// CRDT operations on one document (see [`chorus_core::crdt`]).
+    Update {
+        collection: String,
+        key: String,
+        operations: Vec<Operation>,
     },
     Remote {
         entries: Vec<Entry>,
@@ -180,6 +187,11 @@ impl Committer {
                 write,
                 supersede_current,
             } => Produced::Local(self.apply_local(b, &write, supersede_current)?),
+            Job::Update {
+                collection,
+                key,
+                operations,
+            } => Produced::Local(self.apply_update(b, collection, key, &operations)?),
             Job::Remote { entries } => Produced::Remote(self.apply_remote(b, entries)?),
             Job::Step(step) => {
                 self.apply_step(b, step)?;
@@ -252,17 +264,10 @@ impl Committer {
         incoming: &KeyState,
     ) -> Result<(), StoreError> {
         let mut state = b.key_state(collection, key)?;
-        let known = |dot: Dot| state.versions().iter().any(|v| v.dot == dot);
-        let fresh: Vec<Version> = incoming
-            .versions()
-            .iter()
-            .filter(|v| known(v.dot) || !self.applied.covers(v.dot))
-            .cloned()
-            .collect();
-        let incoming = KeyState::from_parts(incoming.context().clone(), fresh)
-            .expect("a subset of valid versions");
         let before = state.clone();
-        state.merge(&incoming);
+        state
+            .merge_seen(incoming, &self.applied)
+            .map_err(|e| corrupted_crdt(collection, key, e))?;
         if state == before {
             return Ok(());
         }
@@ -307,11 +312,18 @@ impl Committer {
             Err(e) => return Err(e),
         };
         let policy = self.policy(b, &write.collection)?;
+        if policy == Policy::Crdt
+            && !supersede_current
+            && let Some(refused) = crdt_plain_write_refused(write, &key, &state)
+        {
+            return Ok(Err(refused));
+        }
         // Under lww a write without a context is the last write: it replaces every
         // version this node holds, and those it overwrote unseen go to the conflict
         // log (versions concurrent elsewhere stay side by side until the next write).
+        // Under crdt a delete removes what this node has seen.
         let overwrites = policy == Policy::Lww && write.context.is_none();
-        let context = if supersede_current || overwrites {
+        let context = if supersede_current || overwrites || policy == Policy::Crdt {
             state.context().clone()
         } else {
             write.context.clone().map(|c| c.0).unwrap_or_default()
@@ -344,10 +356,13 @@ impl Committer {
             value,
         };
         let overwritten = state.versions().to_vec();
-        assert!(
-            state.apply(&op),
-            "a fresh local dot is never covered by a key's context"
-        );
+        match state.apply(&op) {
+            Ok(applied) => assert!(
+                applied,
+                "a fresh local dot is never covered by a key's context"
+            ),
+            Err(e) => return Ok(Err(WriteError::Corrupted(e.to_string()))),
+        }
         let mut conflicts = self.settle(b, &op, &state)?;
         if overwrites && overwritten.iter().any(|v| !v.is_tombstone()) {
             let version = Version {
@@ -367,13 +382,89 @@ impl Committer {
                 outcome,
             ));
         }
-        b.put_key_state(&op.collection, &op.key, &state)?;
+        self.commit_local(b, op, &state, conflicts).map(Ok)
+    }
+
+    /// Applies CRDT operations made here: checked against the document as this node
+    /// holds it, turned into a delta, and applied like any write.
+    fn apply_update(
+        &mut self,
+        b: &mut Batch<'_>,
+        collection: String,
+        key: String,
+        operations: &[Operation],
+    ) -> Result<Result<WriteAck, WriteError>, StoreError> {
+        let policy = self.policy(b, &collection)?;
+        if policy != Policy::Crdt {
+            return Ok(Err(WriteError::Invalid(format!(
+                "collection {collection} has policy {}; CRDT operations need policy crdt \
+                 (PUT /v1/collections/{collection} with {{\"policy\": \"crdt\"}})",
+                policy.name()
+            ))));
+        }
+        let mut state = match b.key_state(&collection, &key) {
+            Ok(state) => state,
+            Err(StoreError::Corrupted { table, reason }) => {
+                return Ok(Err(WriteError::Corrupted(format!("{table}: {reason}"))));
+            }
+            Err(e) => return Err(e),
+        };
+        let doc = match state.crdt_document() {
+            Ok(doc) => doc.unwrap_or_default(),
+            Err(e) => return Ok(Err(WriteError::Corrupted(e.to_string()))),
+        };
+        let hlc = self.clock.tick(self.physical.now_ms());
+        let dot = self.next_dot();
+        let context = state.context().clone();
+        let delta = match crdt::prepare(&doc, &context, dot, hlc, operations) {
+            Ok(delta) => delta,
+            Err(refused) => return Ok(Err(WriteError::Refused(refused))),
+        };
+        let op = Op {
+            dot,
+            hlc,
+            collection,
+            key,
+            context,
+            value: Some(crdt::encode_delta(&delta)),
+        };
+        match state.apply(&op) {
+            Ok(applied) => assert!(
+                applied,
+                "a fresh local dot is never covered by a key's context"
+            ),
+            Err(e) => return Ok(Err(WriteError::Corrupted(e.to_string()))),
+        }
+        if let Some(stored) = state.versions().iter().find(|v| v.is_crdt()) {
+            let bytes = stored.value.as_ref().map_or(0, Vec::len);
+            if bytes > DOCUMENT_BYTES_MAX {
+                return Ok(Err(WriteError::TooLarge {
+                    bytes,
+                    max: DOCUMENT_BYTES_MAX,
+                }));
+            }
+        }
+        let conflicts = self.settle(b, &op, &state)?;
+        self.commit_local(b, op, &state, conflicts).map(Ok)
+    }
+
+    /// Stores a local write applied to `state`: the key state, the op-log entry,
+    /// the conflicts it made. Returns the acknowledgement.
+    fn commit_local(
+        &mut self,
+        b: &mut Batch<'_>,
+        op: Op,
+        state: &KeyState,
+        conflicts: Vec<ConflictRecord>,
+    ) -> Result<WriteAck, StoreError> {
+        b.put_key_state(&op.collection, &op.key, state)?;
         let deps = self.applied.clone();
+        let (key, dot, hlc) = (op.key.clone(), op.dot, op.hlc);
         self.log(
             b,
             Entry {
                 deps,
-                body: EntryBody::Write(op.clone()),
+                body: EntryBody::Write(op),
             },
         )?;
         // The write's own place in the log (conflict entries may follow it).
@@ -381,14 +472,13 @@ impl Committer {
         for record in conflicts {
             self.note_conflict(b, record)?;
         }
-        let context = Context(state.context().clone());
-        Ok(Ok(WriteAck {
-            key: op.key,
-            context,
-            dot: op.dot,
+        Ok(WriteAck {
+            key,
+            context: Context(state.context().clone()),
+            dot,
             hlc,
             seq,
-        }))
+        })
     }
 
     /// Applies entries from a peer in causal order. An entry whose dependencies are
@@ -438,7 +528,10 @@ impl Committer {
         match &entry.body {
             EntryBody::Write(op) => {
                 let mut state = b.key_state(&op.collection, &op.key)?;
-                if state.apply(op) {
+                let applied = state
+                    .apply(op)
+                    .map_err(|e| corrupted_crdt(&op.collection, &op.key, e))?;
+                if applied {
                     conflicts = self.settle(b, op, &state)?;
                     b.put_key_state(&op.collection, &op.key, &state)?;
                 }
@@ -534,6 +627,36 @@ impl Committer {
             self.configs.insert(collection.to_owned(), config);
         }
         Ok(&self.configs[collection])
+    }
+}
+
+/// A plain write the `crdt` policy refuses: a document (CRDT documents change by
+/// operations), or a delete that would withdraw a bounded counter's rights.
+fn crdt_plain_write_refused(write: &Write, key: &str, state: &KeyState) -> Option<WriteError> {
+    let collection = &write.collection;
+    if write.value.is_some() {
+        return Some(WriteError::Invalid(format!(
+            "collection {collection} holds CRDT documents: change them with operations \
+             (POST /v1/docs/{collection}/{key}/ops), not a whole document"
+        )));
+    }
+    match state.crdt_document() {
+        Ok(Some(doc)) if doc.holds_bounded(&[]) => {
+            Some(WriteError::Refused(crdt::OpError::BoundedNotRemovable {
+                path: format!("{collection}/{key}"),
+            }))
+        }
+        Ok(_) => None,
+        Err(e) => Some(WriteError::Corrupted(e.to_string())),
+    }
+}
+
+/// A stored CRDT value that does not decode: the disk is damaged (deltas from
+/// peers were checked when their frames were decoded).
+fn corrupted_crdt(collection: &str, key: &str, error: crdt::Corrupted) -> StoreError {
+    StoreError::Corrupted {
+        table: "keys",
+        reason: format!("{collection}/{key}: {error}"),
     }
 }
 

@@ -136,7 +136,7 @@ pub struct Resolved {
 pub fn resolve(handler: &dyn MergeHandler, versions: &[Version]) -> Resolved {
     let live: Vec<&Version> = versions.iter().filter(|v| !v.is_tombstone()).collect();
     let document = |v: &Version| -> Option<Value> {
-        serde_json::from_slice(merge::document_bytes(v.value.as_deref()?)).ok()
+        serde_json::from_slice(&crate::document_bytes(v.value.as_deref()?)).ok()
     };
     match live.as_slice() {
         [] => {
@@ -150,7 +150,7 @@ pub fn resolve(handler: &dyn MergeHandler, versions: &[Version]) -> Resolved {
                 value: only
                     .value
                     .as_deref()
-                    .map(|b| merge::document_bytes(b).to_vec()),
+                    .map(|b| crate::document_bytes(b).into_owned()),
                 error: None,
             };
         }
@@ -227,7 +227,7 @@ mod tests {
                 }
             }).collect();
             let mut forward = KeyState::new();
-            ops.iter().for_each(|op| { forward.apply(op); });
+            ops.iter().for_each(|op| { forward.apply(op).unwrap(); });
             // Another delivery: the nodes' ops interleaved at random, each node's in
             // its own order (as replication delivers them), then a duplicate.
             let mut queues: Vec<std::collections::VecDeque<&Op>> = (0..4)
@@ -239,9 +239,9 @@ mod tests {
                 x ^= x << 13; x ^= x >> 7; x ^= x << 17;
                 let ready: Vec<usize> = (0..4).filter(|&q| !queues[q].is_empty()).collect();
                 let pick = ready[(x % ready.len() as u64) as usize];
-                other.apply(queues[pick].pop_front().expect("not empty"));
+                other.apply(queues[pick].pop_front().expect("not empty")).unwrap();
             }
-            other.apply(&ops[0]);
+            other.apply(&ops[0]).unwrap();
             let a = resolve(&*script, forward.versions());
             let b = resolve(&*script, other.versions());
             prop_assert_eq!(a.value, b.value);

@@ -2,12 +2,15 @@
 //! conflicts.
 
 use crate::collections::CollectionConfig;
+use crate::crdt_json;
 use crate::custom::{self, MergeHandler};
 use crate::merge;
+use chorus_core::crdt;
 use chorus_core::{
     ConflictId, ConflictRecord, ContextToken, Dot, Hlc, KeyState, NodeId, Op, Policy, TokenError,
     VersionVector,
 };
+use std::borrow::Cow;
 
 /// The causal context of a read: which versions of one key it saw. Give it back with
 /// a write to replace exactly those versions.
@@ -38,6 +41,20 @@ pub struct DocVersion {
     pub origin: NodeId,
     pub hlc: Hlc,
     pub dot: Dot,
+    /// A CRDT document (rendered as JSON in `value`). Its dot and HLC are the
+    /// greatest of the writes folded into it *here*, which may differ between
+    /// replicas holding the same document; reads and digests leave them out.
+    pub crdt: bool,
+}
+
+/// The document a stored value shows users: a merge collection's header stripped,
+/// a CRDT document rendered as JSON.
+pub fn document_bytes(value: &[u8]) -> Cow<'_, [u8]> {
+    if crdt::is_state(value) {
+        let rendered = crdt_json::render_state(value);
+        return Cow::Owned(serde_json::to_vec(&rendered).expect("a Value serializes"));
+    }
+    Cow::Borrowed(merge::strip_header(value))
 }
 
 /// A read of one key.
@@ -71,17 +88,21 @@ impl Document {
         let shown: Vec<_> = match policy {
             Policy::Siblings | Policy::Merge | Policy::Custom => state.versions().iter().collect(),
             Policy::Lww => policy.winner(state.versions()).into_iter().collect(),
+            // A delete beside the CRDT version removed what it saw; it shows nothing.
+            Policy::Crdt => state
+                .versions()
+                .iter()
+                .filter(|v| !v.is_tombstone())
+                .collect(),
         };
         let versions: Vec<DocVersion> = shown
             .into_iter()
             .map(|v| DocVersion {
-                value: v
-                    .value
-                    .as_deref()
-                    .map(|b| merge::document_bytes(b).to_vec()),
+                value: v.value.as_deref().map(|b| document_bytes(b).into_owned()),
                 origin: v.dot.node,
                 hlc: v.hlc,
                 dot: v.dot,
+                crdt: v.is_crdt(),
             })
             .collect();
         let mut merge_error = None;

@@ -21,6 +21,7 @@
 pub mod cluster;
 mod collections;
 mod committer;
+pub mod crdt_json;
 pub mod custom;
 mod document;
 pub mod emulation;
@@ -37,7 +38,9 @@ pub use chorus_core::{
 pub use chorus_repl::{LogPosition, PeerStatus};
 pub use chorus_store::OpenError;
 pub use collections::{CollectionConfig, Home, check_collection_name};
-pub use document::{Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage};
+pub use document::{
+    Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage, document_bytes,
+};
 pub use node::{
     BucketHashes, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, ReplicationStep,
     Resolution, ResolveError, STATE_BUCKETS, StateChunk, Write, WriteAck, WriteError, bucket_of,

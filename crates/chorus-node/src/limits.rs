@@ -10,6 +10,10 @@ pub const COLLECTION_NAME_BYTES_MAX: usize = 128;
 /// twice on disk (op log and key state). Equal to the HTTP body limit's default.
 pub const DOCUMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// CRDT operations in one write (`POST /v1/docs/{c}/{key}/ops`): all are checked
+/// and applied in one step of the committer.
+pub const OPERATIONS_MAX: usize = 1000;
+
 /// Writes waiting for the committer. Writers block (or await) when it is full, so a
 /// burst cannot exhaust memory.
 pub const WRITE_QUEUE_MAX: usize = 4096;

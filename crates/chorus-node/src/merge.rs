@@ -14,7 +14,7 @@
 //! ```text
 //!  stored value = 0x00  stamps-and-context (JSON)  0x00  document (JSON)
 //! ```
-//! JSON text never holds a raw 0x00 byte, so [`document_bytes`] tells the two forms
+//! JSON text never holds a raw 0x00 byte, so [`strip_header`] tells the two forms
 //! apart and strips the header; everything that shows a version to a user does so.
 //!
 //! Merging the live versions of a key, field by field: a candidate value is dropped
@@ -114,7 +114,8 @@ struct Stamped {
 }
 
 /// The document part of a stored value (a merge collection's header stripped).
-pub fn document_bytes(value: &[u8]) -> &[u8] {
+/// Users see values through [`crate::document_bytes`], which also renders CRDTs.
+pub fn strip_header(value: &[u8]) -> &[u8] {
     match value.first() {
         Some(0) => value[1..]
             .iter()
@@ -151,7 +152,7 @@ pub fn written_context(version: &Version) -> Option<VersionVector> {
 /// collection merged) every field stamped by the version itself.
 fn stamped(version: &Version) -> Option<Stamped> {
     let value = version.value.as_deref()?;
-    let doc = match serde_json::from_slice(document_bytes(value)) {
+    let doc = match serde_json::from_slice(strip_header(value)) {
         Ok(Value::Object(doc)) => doc,
         Ok(other) => Map::from_iter([(String::new(), other)]),
         Err(_) => return None,
@@ -534,17 +535,18 @@ mod tests {
     fn different_fields_both_survive() {
         let r = MergeRules::default();
         let (mut a, mut b, mut s) = (Writer::new(1), Writer::new(2), KeyState::new());
-        s.apply(&a.write(&s, json!({"title": "t", "body": "x", "n": 1}), &r));
+        s.apply(&a.write(&s, json!({"title": "t", "body": "x", "n": 1}), &r))
+            .unwrap();
         let start = s.clone();
         let wa = a.write(&start, json!({"title": "T", "body": "x", "n": 1}), &r);
         let wb = b.write(&start, json!({"title": "t", "body": "y", "n": 1}), &r);
-        s.apply(&wa);
-        s.apply(&wb);
+        s.apply(&wa).unwrap();
+        s.apply(&wb).unwrap();
         assert_eq!(s.versions().len(), 2);
         assert_eq!(read_doc(&s, &r), json!({"title": "T", "body": "y", "n": 1}));
         // A later write based on the merge keeps it, and ends the siblings.
         let w = a.write(&s, json!({"title": "T", "body": "y", "n": 2}), &r);
-        s.apply(&w);
+        s.apply(&w).unwrap();
         assert_eq!(s.versions().len(), 1);
         assert_eq!(read_doc(&s, &r), json!({"title": "T", "body": "y", "n": 2}));
     }
@@ -556,18 +558,19 @@ mod tests {
     fn a_superseded_read_is_rebuilt() {
         let r = rules(FieldRule::Lww, &[("n", FieldRule::SumOfDeltas)]);
         let (mut a, mut b, mut s) = (Writer::new(1), Writer::new(2), KeyState::new());
-        s.apply(&a.write(&s, json!({"title": "draft", "body": "x", "n": 10}), &r));
+        s.apply(&a.write(&s, json!({"title": "draft", "body": "x", "n": 10}), &r))
+            .unwrap();
         let read = s.context().clone();
         // a's change reaches b's node before b's client writes, with the old read.
         let wa = a.write(&s, json!({"title": "final", "body": "x", "n": 12}), &r);
-        s.apply(&wa);
+        s.apply(&wa).unwrap();
         let wb = b.write_at(
             &s,
             &read,
             json!({"title": "draft", "body": "y", "n": 11}),
             &r,
         );
-        s.apply(&wb);
+        s.apply(&wb).unwrap();
         assert_eq!(s.versions().len(), 2);
         assert_eq!(
             read_doc(&s, &r),
@@ -600,12 +603,13 @@ mod tests {
             } else {
                 json!(10)
             };
-            s.apply(&a.write(&s, json!({ "f": start_value }), &r));
+            s.apply(&a.write(&s, json!({ "f": start_value }), &r))
+                .unwrap();
             let start = s.clone();
             let wa = a.write(&start, json!({ "f": from_a }), &r);
             let wb = b.write(&start, json!({ "f": from_b }), &r);
-            s.apply(&wa);
-            s.apply(&wb);
+            s.apply(&wa).unwrap();
+            s.apply(&wb).unwrap();
             assert_eq!(read_doc(&s, &r), json!({ "f": expected }), "{rule:?}");
         }
     }
@@ -616,10 +620,12 @@ mod tests {
     fn siblings_rule_keeps_the_conflict() {
         let r = rules(FieldRule::Siblings, &[]);
         let (mut a, mut b, mut s) = (Writer::new(1), Writer::new(2), KeyState::new());
-        s.apply(&a.write(&s, json!({"f": 1, "g": 1}), &r));
+        s.apply(&a.write(&s, json!({"f": 1, "g": 1}), &r)).unwrap();
         let start = s.clone();
-        s.apply(&a.write(&start, json!({"f": 2, "g": 1}), &r));
-        s.apply(&b.write(&start, json!({"f": 3, "g": 2}), &r));
+        s.apply(&a.write(&start, json!({"f": 2, "g": 1}), &r))
+            .unwrap();
+        s.apply(&b.write(&start, json!({"f": 3, "g": 2}), &r))
+            .unwrap();
         let merged = merge(s.versions(), &r);
         assert!(merged.conflict);
         assert_eq!(merged.value, None);
@@ -632,21 +638,22 @@ mod tests {
     fn removals_deletes_and_headers() {
         let r = MergeRules::default();
         let (mut a, mut b, mut s) = (Writer::new(1), Writer::new(2), KeyState::new());
-        s.apply(&a.write(&s, json!({"f": 1, "g": 1}), &r));
+        s.apply(&a.write(&s, json!({"f": 1, "g": 1}), &r)).unwrap();
         let start = s.clone();
-        s.apply(&a.write(&start, json!({"f": 1}), &r));
-        s.apply(&b.write(&start, json!({"f": 2, "g": 1}), &r));
+        s.apply(&a.write(&start, json!({"f": 1}), &r)).unwrap();
+        s.apply(&b.write(&start, json!({"f": 2, "g": 1}), &r))
+            .unwrap();
         assert_eq!(read_doc(&s, &r), json!({"f": 2}));
 
         let mut delete = b.write(&s, json!({}), &r);
         delete.value = None;
         let edit = a.write(&s, json!({"f": 5}), &r);
-        s.apply(&delete);
-        s.apply(&edit);
+        s.apply(&delete).unwrap();
+        s.apply(&edit).unwrap();
         assert_eq!(read_doc(&s, &r), json!({"f": 5}));
         let stored = edit.value.unwrap();
-        assert_eq!(document_bytes(&stored), br#"{"f":5}"#);
-        assert_eq!(document_bytes(br#"{"plain":1}"#), br#"{"plain":1}"#);
+        assert_eq!(strip_header(&stored), br#"{"f":5}"#);
+        assert_eq!(strip_header(br#"{"plain":1}"#), br#"{"plain":1}"#);
         assert!(
             stamp_write(
                 b"[1]",
@@ -679,7 +686,7 @@ mod tests {
                 let who = who as usize;
                 if sync {
                     // This writer first receives everything written so far.
-                    for op in &ops { views[who].apply(op); }
+                    for op in &ops { views[who].apply(op).unwrap(); }
                 }
                 let mut doc = match merge(views[who].versions(), &r).value {
                     Some(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap(),
@@ -688,11 +695,11 @@ mod tests {
                 let v = if rule_index == 4 { json!([value]) } else { json!(value) };
                 doc[["a", "b", "c"][field]] = v;
                 let op = writers[who].write(&views[who], doc, &r);
-                views[who].apply(&op);
+                views[who].apply(&op).unwrap();
                 ops.push(op);
             }
             let mut forward = KeyState::new();
-            for op in &ops { forward.apply(op); }
+            for op in &ops { forward.apply(op).unwrap(); }
             let mut shuffled = ops.clone();
             let mut x = order_seed | 1;
             for i in (1..shuffled.len()).rev() {
@@ -700,7 +707,7 @@ mod tests {
                 shuffled.swap(i, (x % (i as u64 + 1)) as usize);
             }
             let mut other = KeyState::new();
-            for op in shuffled.iter().chain(ops.iter().take(2)) { other.apply(op); }
+            for op in shuffled.iter().chain(ops.iter().take(2)) { other.apply(op).unwrap(); }
             prop_assert_eq!(merge(forward.versions(), &r), merge(other.versions(), &r));
         }
     }

@@ -5,10 +5,11 @@ use crate::committer::{Committer, ConflictCounts, Job, ReplyTo, Request};
 use crate::custom::{MergeHandler, Script};
 use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
 use crate::limits::{
-    CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, LIST_SCAN_MAX, PAGE_ITEMS_MAX,
-    WRITE_QUEUE_MAX,
+    CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, LIST_SCAN_MAX, OPERATIONS_MAX,
+    PAGE_ITEMS_MAX, WRITE_QUEUE_MAX,
 };
 use crate::replication::LinkStatus;
+use chorus_core::crdt::{self, Operation};
 use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, HlcClock, KeyState, NodeId,
     PhysicalClock, SystemClock, VersionVector,
@@ -17,6 +18,7 @@ use chorus_repl::{LogPosition, PeerStatus};
 use chorus_store::codec;
 use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
@@ -104,6 +106,10 @@ pub enum WriteError {
     StoreFailed,
     #[error("stored data is corrupt: {0}")]
     Corrupted(String),
+    /// A CRDT operation the document refuses (a type mismatch, a bad path, a
+    /// bounded counter's missing rights); the write changed nothing.
+    #[error("{0}")]
+    Refused(#[from] crdt::OpError),
     #[error("the node is shutting down")]
     ShuttingDown,
 }
@@ -263,6 +269,73 @@ impl Node {
     pub async fn write_async(&self, write: Write) -> Result<WriteAck, WriteError> {
         let (request, reply) = self.request(write, false)?;
         self.submit(request, reply).await
+    }
+
+    /// Applies CRDT operations to one document of a `crdt` collection, all or none.
+    /// Blocking. A refused operation is [`WriteError::Refused`].
+    pub fn update(
+        &self,
+        collection: &str,
+        key: &str,
+        operations: Vec<Operation>,
+    ) -> Result<WriteAck, WriteError> {
+        let (request, reply) = self.update_request(collection, key, operations)?;
+        self.submit_blocking(request, reply)
+    }
+
+    /// [`Node::update`] for async callers.
+    pub async fn update_async(
+        &self,
+        collection: &str,
+        key: &str,
+        operations: Vec<Operation>,
+    ) -> Result<WriteAck, WriteError> {
+        let (request, reply) = self.update_request(collection, key, operations)?;
+        self.submit(request, reply).await
+    }
+
+    fn update_request(
+        &self,
+        collection: &str,
+        key: &str,
+        operations: Vec<Operation>,
+    ) -> Result<PendingRequest, WriteError> {
+        check_collection_name(collection).map_err(WriteError::Invalid)?;
+        check_key(key).map_err(WriteError::Invalid)?;
+        if operations.is_empty() || operations.len() > OPERATIONS_MAX {
+            return Err(WriteError::Invalid(format!(
+                "give 1 to {OPERATIONS_MAX} operations, not {}",
+                operations.len()
+            )));
+        }
+        let bytes: usize = operations.iter().map(Operation::bytes).sum();
+        if bytes > DOCUMENT_BYTES_MAX {
+            return Err(WriteError::TooLarge {
+                bytes,
+                max: DOCUMENT_BYTES_MAX,
+            });
+        }
+        Ok(local_job(Job::Update {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            operations,
+        }))
+    }
+
+    /// The CRDT document of a key in a `crdt` collection, typed (`None` when it has
+    /// none: never written, or deleted).
+    pub fn crdt_document(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<crdt::Map>, ReadError> {
+        let state = self.snapshot()?.key_state(collection, key)?;
+        state.crdt_document().map_err(|e| {
+            ReadError(StoreError::Corrupted {
+                table: "keys",
+                reason: e.to_string(),
+            })
+        })
     }
 
     /// Puts a JSON document. Blocking.
@@ -852,9 +925,11 @@ impl Node {
             }
             hasher.update((document.versions.len() as u64).to_le_bytes());
             for version in &document.versions {
-                hasher.update(version.dot.node.0.to_le_bytes());
-                hasher.update(version.dot.counter.to_le_bytes());
-                hasher.update(version.hlc.0.to_le_bytes());
+                if !version.crdt {
+                    hasher.update(version.dot.node.0.to_le_bytes());
+                    hasher.update(version.dot.counter.to_le_bytes());
+                    hasher.update(version.hlc.0.to_le_bytes());
+                }
                 match &version.value {
                     Some(value) => {
                         hasher.update([1]);
@@ -982,11 +1057,14 @@ fn step_request(step: ReplicationStep) -> (Request, oneshot::Receiver<Result<(),
 }
 
 fn pending(write: Write, supersede_current: bool) -> PendingRequest {
-    let (reply, rx) = oneshot::channel();
-    let job = Job::Local {
+    local_job(Job::Local {
         write,
         supersede_current,
-    };
+    })
+}
+
+fn local_job(job: Job) -> PendingRequest {
+    let (reply, rx) = oneshot::channel();
     (
         Request {
             job,
@@ -998,9 +1076,9 @@ fn pending(write: Write, supersede_current: bool) -> PendingRequest {
 
 /// A stored value as users see it: the document, without a merge header.
 fn shown(value: Vec<u8>) -> Vec<u8> {
-    match crate::merge::document_bytes(&value) {
-        document if document.len() == value.len() => value,
-        document => document.to_vec(),
+    match crate::document_bytes(&value) {
+        Cow::Borrowed(document) if document.len() == value.len() => value,
+        document => document.into_owned(),
     }
 }
 

@@ -273,9 +273,16 @@ impl Frame {
             FrameV1::State { keys, conflicts } => Frame::State {
                 keys: keys
                     .into_iter()
-                    .map(|(c, k, bytes)| codec::decode_key_state(&bytes).map(|s| (c, k, s)))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| FrameError::Corrupt(e.to_string()))?,
+                    .map(|(c, k, bytes)| {
+                        let state = codec::decode_key_state(&bytes)
+                            .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+                        // A CRDT document must decode before it is merged.
+                        state
+                            .crdt_document()
+                            .map_err(|e| FrameError::Corrupt(e.to_string()))?;
+                        Ok((c, k, state))
+                    })
+                    .collect::<Result<_, FrameError>>()?,
                 conflicts: conflicts
                     .iter()
                     .map(|bytes| codec::decode_conflict(bytes))

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use chorus_core::crdt::OpError;
 use chorus_node::{ReadError, WriteError};
 use serde_json::json;
 
@@ -52,6 +53,15 @@ impl From<WriteError> for ApiError {
             WriteError::StoreFailed => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
             WriteError::Corrupted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupted"),
             WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            WriteError::Refused(refused) => match refused {
+                OpError::InsufficientRights { .. } => (StatusCode::CONFLICT, "insufficient_rights"),
+                OpError::TypeMismatch { .. } => (StatusCode::BAD_REQUEST, "type_mismatch"),
+                OpError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
+                OpError::BoundedNotRemovable { .. } | OpError::SelfTransfer { .. } => {
+                    (StatusCode::BAD_REQUEST, "bad_request")
+                }
+                OpError::Overflow { .. } => (StatusCode::BAD_REQUEST, "overflow"),
+            },
         };
         ApiError::new(status, code, e.to_string())
     }

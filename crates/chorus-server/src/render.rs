@@ -32,7 +32,7 @@ pub fn hlc(hlc: Hlc) -> Value {
 /// stamps left out). Stored documents were validated when written, so this only fails
 /// on corrupt data.
 fn raw(value: &[u8]) -> Value {
-    match serde_json::from_slice::<Box<RawValue>>(chorus_node::merge::document_bytes(value)) {
+    match serde_json::from_slice::<Box<RawValue>>(&chorus_node::document_bytes(value)) {
         Ok(raw) => serde_json::to_value(raw).unwrap_or(Value::Null),
         Err(error) => {
             tracing::error!(%error, "stored document is not JSON");
@@ -59,6 +59,10 @@ fn version(node: &Node, dot: chorus_node::Dot, hlc_: Hlc, value: Option<&[u8]>) 
 }
 
 fn doc_version(node: &Node, v: &DocVersion) -> Value {
+    if v.crdt {
+        // Its dot and HLC depend on the order writes arrived in (see DocVersion).
+        return json!({"value": v.value.as_deref().map_or(Value::Null, raw), "crdt": true});
+    }
     version(node, v.dot, v.hlc, v.value.as_deref())
 }
 
@@ -108,8 +112,12 @@ pub fn change(node: &Node, change: &Change) -> Value {
         "hlc": hlc(op.hlc),
         "deleted": op.value.is_none(),
     });
-    if let Some(value) = &op.value {
-        out["value"] = raw(value);
+    match &op.value {
+        Some(delta) if chorus_core::crdt::is_delta(delta) => {
+            out["crdt"] = chorus_node::crdt_json::render_delta(delta);
+        }
+        Some(value) => out["value"] = raw(value),
+        None => {}
     }
     out
 }

@@ -45,6 +45,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             "/v1/docs/{collection}/{key}",
             get(get_doc).put(put_doc).delete(delete_doc),
         )
+        .route("/v1/docs/{collection}/{key}/ops", post(apply_ops))
         .route("/v1/changes", get(changes::changes))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/conflicts/{id}", get(get_conflict))
@@ -365,6 +366,53 @@ async fn delete_doc(
         context,
     };
     write_document(&node, cluster.as_ref(), &headers, "DELETE", w).await
+}
+
+/// CRDT operations on one document of a `crdt` collection, applied all or none.
+/// Answers the write's context and the document as this node now holds it.
+async fn apply_ops(
+    State(node): State<Node>,
+    Extension(cluster): Extension<ClusterRef>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (collection, key) = path(params)?;
+    check_collection(&collection)?;
+    let bytes = body(bytes)?;
+    let names = node.known_names();
+    let operations = chorus_node::crdt_json::parse_operations(&bytes, |name| {
+        names.iter().find(|(_, n)| n == name).map(|(id, _)| *id)
+    })
+    .map_err(ApiError::bad_request)?;
+    let path = format!("{}/ops", chorus_client::doc_path(&collection, &key));
+    let target = (collection.as_str(), key.as_str());
+    let leased = headers.contains_key(LOCK_TOKEN_HEADER);
+    if let Some(forwarded) = route_home(
+        &node,
+        cluster.as_ref(),
+        &headers,
+        "POST",
+        &path,
+        target,
+        Some(&bytes),
+        leased,
+    )
+    .await?
+    {
+        return Ok(forwarded);
+    }
+    check_fencing(&node, &headers, &collection, &key)?;
+    let ack = node.update_async(&collection, &key, operations).await?;
+    let doc = node.get(&collection, &key)?;
+    let mut out = json!({
+        "key": ack.key,
+        "context": render::token(&ack.context, &collection, &ack.key),
+    });
+    if let Some(value) = render::document(&node, &doc).get("value") {
+        out["value"] = value.clone();
+    }
+    Ok(Json(out).into_response())
 }
 
 /// A PUT or DELETE of one document: forwarded to its home leader when it has one

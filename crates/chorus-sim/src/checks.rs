@@ -1,6 +1,7 @@
 //! The properties every simulated run must end with.
 
 use crate::Sim;
+use chorus_core::crdt::{Field, Kind};
 use chorus_node::{ConflictRecord, Node};
 
 fn digest(node: &Node) -> [u8; 32] {
@@ -43,7 +44,33 @@ pub fn check(sim: &Sim) -> Result<(), String> {
         check_causal_order(sim.node(i))?;
     }
     check_no_write_lost(sim, &reference)?;
+    check_crdt_totals(sim)?;
     check_nothing_revived(sim)
+}
+
+/// Every replica's counters hold exactly the sum of the acknowledged increments.
+fn check_crdt_totals(sim: &Sim) -> Result<(), String> {
+    let Some(totals) = &sim.crdt_totals else {
+        return Ok(());
+    };
+    for i in 0..sim.node_count() {
+        for (key, expected) in totals {
+            let doc = sim.node(i).crdt_document("c", key).expect("reads work");
+            let actual = match doc
+                .as_ref()
+                .and_then(|d| d.get(&["n".into()], Kind::Counter))
+            {
+                Some(Field::Counter(counter)) => Field::counter_value(counter),
+                _ => 0,
+            };
+            if actual != *expected {
+                return Err(format!(
+                    "node {i}: counter c/{key}/n is {actual}, acknowledged increments sum to {expected}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// No version that a later write superseded is live again (after tombstone

@@ -27,6 +27,7 @@ pub mod checks;
 pub mod disk;
 pub mod rng;
 
+use chorus_core::crdt::{Operation, Update};
 use chorus_core::{Dot, EntryBody, PhysicalClock, VersionVector};
 use chorus_node::replication::{ReadAnswer, answer_read, hello};
 use chorus_node::{
@@ -149,6 +150,9 @@ pub struct Sim {
     scheduled: Vec<(u64, Scheduled)>,
     contexts: BTreeMap<(usize, String), Context>,
     pub acked: Vec<Acked>,
+    /// With a CRDT workload ([`Sim::with_crdt`]): per key of collection `c`, the sum
+    /// of every acknowledged `counter.add` to `/n`, which every replica must show.
+    pub crdt_totals: Option<BTreeMap<String, i64>>,
     pub report: Report,
     /// Print every event and command (`CHORUS_SIM_TRACE=1`), to study a failing seed.
     trace: bool,
@@ -250,6 +254,7 @@ impl Sim {
             scheduled: Vec::new(),
             contexts: BTreeMap::new(),
             acked: Vec::new(),
+            crdt_totals: None,
             report,
             trace: std::env::var_os("CHORUS_SIM_TRACE").is_some(),
             limits,
@@ -309,16 +314,30 @@ impl Sim {
         n.running = None;
     }
 
+    /// Adds CRDT operations to the workload: counter increments and set edits on
+    /// collection `c` (policy `crdt`). Off by default so the seeds of the plain
+    /// workload replay as they always did.
+    pub fn with_crdt(mut self) -> Sim {
+        self.crdt_totals = Some(BTreeMap::new());
+        self
+    }
+
     /// Runs `steps` steps of client operations and faults, then heals everything and
     /// runs until the cluster converges; returns an error describing the first
     /// violated property.
     pub fn run(mut self, steps: u64) -> Result<Report, String> {
         self.client_set_lww();
+        if self.crdt_totals.is_some() {
+            self.client_set_crdt();
+        }
         for _ in 0..steps {
             let pause_ms = 1 + self.rng.below(20);
             self.advance(pause_ms);
             if self.rng.chance(45) {
                 self.client_op();
+            }
+            if self.crdt_totals.is_some() && self.rng.chance(30) {
+                self.client_crdt_op();
             }
             if self.rng.chance(4) {
                 self.inject_fault();
@@ -689,6 +708,52 @@ impl Sim {
             .expect("settings write");
         let event = self.committed(0);
         self.handle(0, event);
+    }
+
+    fn client_set_crdt(&mut self) {
+        let config = CollectionConfig {
+            policy: Policy::Crdt,
+            ..CollectionConfig::default()
+        };
+        self.node(0)
+            .set_collection("c", &config)
+            .expect("settings write");
+        let event = self.committed(0);
+        self.handle(0, event);
+    }
+
+    /// An increment and a set edit in one write. Refused only while the node has
+    /// not yet received collection `c`'s settings.
+    fn client_crdt_op(&mut self) {
+        let Some(i) = self.running() else { return };
+        let key = self.rng.pick(&KEYS).to_string();
+        let by = 1 + self.rng.below(5) as i64;
+        let element = format!("{}", self.rng.below(4)).into_bytes();
+        let edit = if self.rng.chance(60) {
+            Update::SetAdd(element)
+        } else {
+            Update::SetRemove(element)
+        };
+        let operations = vec![
+            Operation {
+                path: vec!["n".into()],
+                update: Update::CounterAdd(by),
+            },
+            Operation {
+                path: vec!["s".into()],
+                update: edit,
+            },
+        ];
+        match self.node(i).update("c", &key, operations) {
+            Ok(_) => {
+                let totals = self.crdt_totals.as_mut().expect("CRDT workload");
+                *totals.entry(key).or_default() += by;
+                let event = self.committed(i);
+                self.handle(i, event);
+            }
+            Err(chorus_node::WriteError::Invalid(_)) => {}
+            Err(e) => panic!("CRDT write failed: {e}"),
+        }
     }
 
     fn client_op(&mut self) {

@@ -19,6 +19,9 @@ struct Args {
     seeds: u64,
     #[arg(long, default_value_t = 1)]
     from: u64,
+    /// Add CRDT operations (counters, sets) to the workload.
+    #[arg(long)]
+    crdt: bool,
     /// Steps of client operations and faults per seed.
     #[arg(long, default_value_t = chorus_sim::DEFAULT_STEPS)]
     steps: u64,
@@ -33,7 +36,9 @@ fn main() -> ExitCode {
     let mut totals = chorus_sim::Report::default();
     let mut runs = 0u64;
     for seed in seeds {
-        match chorus_sim::Sim::new(seed).run(args.steps) {
+        let sim = chorus_sim::Sim::new(seed);
+        let sim = if args.crdt { sim.with_crdt() } else { sim };
+        match sim.run(args.steps) {
             Ok(report) => {
                 runs += 1;
                 totals.absorb(&report);
@@ -41,8 +46,9 @@ fn main() -> ExitCode {
             Err(failure) => {
                 eprintln!("seed {seed} failed: {failure}");
                 eprintln!(
-                    "replay: cargo run --release -p chorus-sim -- --seed {seed} --steps {}",
-                    args.steps
+                    "replay: cargo run --release -p chorus-sim -- --seed {seed} --steps {}{}",
+                    args.steps,
+                    if args.crdt { " --crdt" } else { "" }
                 );
                 return ExitCode::FAILURE;
             }

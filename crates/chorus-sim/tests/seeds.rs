@@ -13,7 +13,10 @@ use chorus_sim::{DEFAULT_STEPS, Sim};
 /// - 1051: collecting only fully deleted documents diverged when a write concurrent
 ///   with the delete arrived after the collection on one node and before it on
 ///   another (fixed: stable tombstones are collected beside live versions too).
-const REGRESSIONS: [u64; 3] = [2, 5, 1051];
+/// - 1195: merging a transferred key state revived versions the key's context had
+///   seen but the node's vector did not yet cover (mid-transfer), while CRDT
+///   support was being added (fixed: both count as seen).
+const REGRESSIONS: [u64; 4] = [2, 5, 1051, 1195];
 
 fn run(seed: u64) {
     if let Err(failure) = Sim::new(seed).run(DEFAULT_STEPS) {
@@ -42,6 +45,24 @@ fn seed_range() {
         .unwrap_or(1_000);
     for seed in from..from + count {
         run(seed);
+    }
+}
+
+/// Seeds with CRDT operations in the workload: replicas converge and every counter
+/// holds exactly the acknowledged increments, through crashes, partitions and
+/// state transfers. `CHORUS_SIM_CRDT_SEEDS=N` runs N (default 40).
+#[test]
+fn crdt_seed_range() {
+    let count: u64 = std::env::var("CHORUS_SIM_CRDT_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    for seed in 5_000..5_000 + count {
+        if let Err(failure) = Sim::new(seed).with_crdt().run(DEFAULT_STEPS) {
+            panic!(
+                "seed {seed} failed: {failure}\nreplay: cargo run --release -p chorus-sim -- --seed {seed} --crdt"
+            );
+        }
     }
 }
 

@@ -186,7 +186,19 @@ fn op_v1(op: &Op) -> OpV1 {
     }
 }
 
+/// An op; a CRDT delta in it must decode, so that a corrupt delta (from disk, or
+/// a peer's frame) is refused here rather than found when it is applied.
 fn op_from(raw: OpV1) -> Result<Op, StoreError> {
+    if let Some(delta) = raw
+        .value
+        .as_deref()
+        .filter(|v| chorus_core::crdt::is_delta(v))
+    {
+        chorus_core::crdt::decode_delta(delta).map_err(|e| StoreError::Corrupted {
+            table: "oplog",
+            reason: e.to_string(),
+        })?;
+    }
     Ok(Op {
         dot: dot_from("oplog", &raw.dot)?,
         hlc: Hlc(raw.hlc),
@@ -306,7 +318,7 @@ mod tests {
         };
         assert_eq!(decode_entry("oplog", &encode_entry(&entry)).unwrap(), entry);
         let mut state = KeyState::new();
-        state.apply(&op);
+        state.apply(&op).unwrap();
         assert_eq!(decode_key_state(&encode_key_state(&state)).unwrap(), state);
         let record = ConflictRecord::new(
             "c",

@@ -47,7 +47,7 @@ fn committed_batch_survives_reopen() {
             .write(|batch| {
                 let op = op(1, "k", "{}");
                 let mut state = batch.key_state("docs", "k")?;
-                state.apply(&op);
+                state.apply(&op).unwrap();
                 batch.put_key_state("docs", "k", &state)?;
                 batch.append_entry(1, &entry(op.clone()))?;
                 batch.set_peer_cursor(9, 1)?;
@@ -134,7 +134,7 @@ proptest! {
         store.write(|batch| {
             for (i, key) in keys.iter().enumerate() {
                 let mut state = KeyState::new();
-                state.apply(&op(i as u64 + 1, key, "{}"));
+                state.apply(&op(i as u64 + 1, key, "{}")).unwrap();
                 batch.put_key_state("docs", key, &state)?;
                 batch.put_key_state("docs2", key, &state)?;
                 reference.insert(key.clone(), ());

@@ -1,0 +1,120 @@
+//! The bounded counter: a counter that never goes below zero without coordination.
+//!
+//! As in AntidoteDB, the value is split into *rights*: an increment made at a node
+//! gives that node as many rights, and a node may decrement only by rights it holds.
+//! Rights move between nodes by transfers. Each node's entry ([`Rights`]) is written
+//! only by that node and only grows (totals of what it added, spent and sent), so
+//! entries join by pointwise maximum and every replica computes the same value.
+//!
+//! Invariant (checked by [`Bounded::spend`] at the only place a decrement is made,
+//! the node's own committer): a node's rights never go below zero. With causal
+//! delivery every replica that sees a decrement has seen the increments and
+//! transfers that paid for it, so the value seen anywhere is never below zero.
+
+use crate::NodeId;
+use std::collections::BTreeMap;
+
+/// What one node has done with a bounded counter: totals that only grow.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Rights {
+    pub added: u64,
+    pub spent: u64,
+    /// Rights sent to other nodes, per receiver.
+    pub sent: BTreeMap<NodeId, u64>,
+}
+
+impl Rights {
+    fn join(&mut self, other: &Rights) {
+        self.added = self.added.max(other.added);
+        self.spent = self.spent.max(other.spent);
+        for (&to, &amount) in &other.sent {
+            let mine = self.sent.entry(to).or_insert(0);
+            *mine = (*mine).max(amount);
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Bounded {
+    entries: BTreeMap<NodeId, Rights>,
+}
+
+impl Bounded {
+    pub(crate) fn from_entries(entries: BTreeMap<NodeId, Rights>) -> Bounded {
+        Bounded { entries }
+    }
+
+    pub fn entries(&self) -> &BTreeMap<NodeId, Rights> {
+        &self.entries
+    }
+
+    /// The counter's value: everything added less everything spent, never negative.
+    pub fn value(&self) -> u64 {
+        let added: u64 = self.entries.values().map(|r| r.added).sum();
+        let spent: u64 = self.entries.values().map(|r| r.spent).sum();
+        added.saturating_sub(spent)
+    }
+
+    /// The rights `node` holds: what it added and received, less what it spent and
+    /// sent.
+    pub fn rights(&self, node: NodeId) -> u64 {
+        let received: u64 = self
+            .entries
+            .values()
+            .filter_map(|r| r.sent.get(&node))
+            .sum();
+        let own = self.entries.get(&node).cloned().unwrap_or_default();
+        let sent: u64 = own.sent.values().sum();
+        (own.added + received).saturating_sub(own.spent + sent)
+    }
+
+    /// Rights per node that holds any.
+    pub fn holders(&self) -> BTreeMap<NodeId, u64> {
+        let mut nodes: Vec<NodeId> = self.entries.keys().copied().collect();
+        nodes.extend(self.entries.values().flat_map(|r| r.sent.keys().copied()));
+        nodes
+            .into_iter()
+            .map(|n| (n, self.rights(n)))
+            .filter(|(_, rights)| *rights > 0)
+            .collect()
+    }
+
+    /// `node`'s entry after adding `amount`.
+    pub(crate) fn add(&self, node: NodeId, amount: u64) -> Option<Rights> {
+        let mut own = self.entries.get(&node).cloned().unwrap_or_default();
+        own.added = own.added.checked_add(amount)?;
+        Some(own)
+    }
+
+    /// `node`'s entry after spending `amount`, or `None` when it lacks the rights.
+    pub(crate) fn spend(&self, node: NodeId, amount: u64) -> Option<Rights> {
+        if self.rights(node) < amount {
+            return None;
+        }
+        let mut own = self.entries.get(&node).cloned().unwrap_or_default();
+        own.spent += amount;
+        Some(own)
+    }
+
+    /// `node`'s entry after sending `amount` of its rights to `to`, or `None` when it
+    /// lacks them.
+    pub(crate) fn send(&self, node: NodeId, to: NodeId, amount: u64) -> Option<Rights> {
+        if self.rights(node) < amount {
+            return None;
+        }
+        let mut own = self.entries.get(&node).cloned().unwrap_or_default();
+        *own.sent.entry(to).or_insert(0) += amount;
+        Some(own)
+    }
+
+    /// Takes `node`'s newer entry (an update made there).
+    pub(crate) fn update(&mut self, node: NodeId, rights: &Rights) {
+        self.entries.entry(node).or_default().join(rights);
+    }
+
+    pub(crate) fn join(&mut self, other: &Bounded) {
+        for (&node, rights) in &other.entries {
+            self.update(node, rights);
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The byte format of CRDT documents (stored as a version's value) and deltas
+//! (carried by an op's value). Core owns it because the key state applies deltas.
+//!
+//! ```text
+//! state  = 0x01 format:u8 map
+//! delta  = 0x02 format:u8 n:varint n × change
+//! map    = n:varint n × (name:bytes kind:u8 field)          sorted, no repeats
+//! field  = counter: n × (dot total:zigzag) | bounded: n × (node:u64le rights)
+//!        | set: n × (element:bytes dots) | mvreg: n × (dot value:bytes)
+//!        | lwwreg: n × (dot hlc:varint value:bytes) | flag: dots | map: map
+//! dots   = n:varint n × dot          dot = node:u64le counter:varint
+//! rights = added:varint spent:varint n × (to:u64le amount:varint)
+//! change = depth:varint depth × name:bytes action:u8 payload
+//! bytes  = len:varint len × u8
+//! ```
+//!
+//! Kinds are 1..=7 in [`Kind::ALL`] order; actions 1..=9 in [`Action`] order.
+//! Decoding refuses anything out of order, repeated, empty, nested deeper than
+//! [`PATH_DEPTH_MAX`] or followed by trailing bytes: those are [`Corrupted`].
+
+use super::bounded::{Bounded, Rights};
+use super::dots::DotFun;
+use super::map::{Action, Change, Delta, Field, Kind, Map};
+use super::{Corrupted, DELTA_MARKER, FORMAT, PATH_DEPTH_MAX, STATE_MARKER};
+use crate::{Dot, Hlc, NodeId, varint};
+use std::collections::BTreeMap;
+
+pub fn encode_state(doc: &Map) -> Vec<u8> {
+    let mut out = vec![STATE_MARKER, FORMAT];
+    write_map(&mut out, doc);
+    out
+}
+
+pub fn decode_state(bytes: &[u8]) -> Result<Map, Corrupted> {
+    let mut r = Reader::after_header(bytes, STATE_MARKER)?;
+    let map = r.map(0)?;
+    r.finish()?;
+    Ok(map)
+}
+
+pub fn encode_delta(delta: &Delta) -> Vec<u8> {
+    let mut out = vec![DELTA_MARKER, FORMAT];
+    varint::write(&mut out, delta.changes.len() as u64);
+    for change in &delta.changes {
+        varint::write(&mut out, change.path.len() as u64);
+        for name in &change.path {
+            write_bytes(&mut out, name.as_bytes());
+        }
+        match &change.action {
+            Action::CounterTotal(total) => {
+                out.push(1);
+                varint::write(&mut out, zigzag(*total));
+            }
+            Action::BoundedEntry(rights) => {
+                out.push(2);
+                write_rights(&mut out, rights);
+            }
+            Action::SetAdd(v) | Action::SetRemove(v) | Action::MvSet(v) | Action::LwwSet(v) => {
+                out.push(match &change.action {
+                    Action::SetAdd(_) => 3,
+                    Action::SetRemove(_) => 4,
+                    Action::MvSet(_) => 5,
+                    _ => 6,
+                });
+                write_bytes(&mut out, v);
+            }
+            Action::FlagEnable => out.push(7),
+            Action::FlagDisable => out.push(8),
+            Action::Remove => out.push(9),
+        }
+    }
+    out
+}
+
+pub fn decode_delta(bytes: &[u8]) -> Result<Delta, Corrupted> {
+    let mut r = Reader::after_header(bytes, DELTA_MARKER)?;
+    let count = r.count()?;
+    let mut changes = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let depth = r.count()?;
+        if depth == 0 || depth > PATH_DEPTH_MAX {
+            return Err(r.corrupt("a change's path is empty or too deep"));
+        }
+        let path = (0..depth)
+            .map(|_| r.name())
+            .collect::<Result<Vec<_>, _>>()?;
+        let action = match r.byte()? {
+            1 => Action::CounterTotal(unzigzag(r.varint()?)),
+            2 => Action::BoundedEntry(r.rights()?),
+            3 => Action::SetAdd(r.bytes()?),
+            4 => Action::SetRemove(r.bytes()?),
+            5 => Action::MvSet(r.bytes()?),
+            6 => Action::LwwSet(r.bytes()?),
+            7 => Action::FlagEnable,
+            8 => Action::FlagDisable,
+            9 => Action::Remove,
+            _ => return Err(r.corrupt("unknown action")),
+        };
+        changes.push(Change { path, action });
+    }
+    r.finish()?;
+    Ok(Delta { changes })
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn kind_tag(kind: Kind) -> u8 {
+    Kind::ALL.iter().position(|k| *k == kind).expect("listed") as u8 + 1
+}
+
+fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    varint::write(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn write_dot(out: &mut Vec<u8>, dot: Dot) {
+    out.extend_from_slice(&dot.node.0.to_le_bytes());
+    varint::write(out, dot.counter);
+}
+
+fn write_dots<V: Clone>(
+    out: &mut Vec<u8>,
+    dots: &DotFun<V>,
+    mut value: impl FnMut(&mut Vec<u8>, &V),
+) {
+    varint::write(out, dots.len() as u64);
+    for (dot, v) in dots.iter() {
+        write_dot(out, dot);
+        value(out, v);
+    }
+}
+
+fn write_rights(out: &mut Vec<u8>, rights: &Rights) {
+    varint::write(out, rights.added);
+    varint::write(out, rights.spent);
+    varint::write(out, rights.sent.len() as u64);
+    for (to, amount) in &rights.sent {
+        out.extend_from_slice(&to.0.to_le_bytes());
+        varint::write(out, *amount);
+    }
+}
+
+fn write_map(out: &mut Vec<u8>, map: &Map) {
+    varint::write(out, map.fields.len() as u64);
+    for ((name, kind), field) in &map.fields {
+        write_bytes(out, name.as_bytes());
+        out.push(kind_tag(*kind));
+        match field {
+            Field::Counter(d) => write_dots(out, d, |out, v| varint::write(out, zigzag(*v))),
+            Field::Bounded(b) => {
+                varint::write(out, b.entries().len() as u64);
+                for (node, rights) in b.entries() {
+                    out.extend_from_slice(&node.0.to_le_bytes());
+                    write_rights(out, rights);
+                }
+            }
+            Field::Set(elements) => {
+                varint::write(out, elements.len() as u64);
+                for (element, dots) in elements {
+                    write_bytes(out, element);
+                    write_dots(out, dots, |_, _| {});
+                }
+            }
+            Field::MvRegister(d) => write_dots(out, d, |out, v| write_bytes(out, v)),
+            Field::LwwRegister(d) => write_dots(out, d, |out, (hlc, v)| {
+                varint::write(out, hlc.0);
+                write_bytes(out, v);
+            }),
+            Field::Flag(d) => write_dots(out, d, |_, _| {}),
+            Field::Map(inner) => write_map(out, inner),
+        }
+    }
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn after_header(bytes: &'a [u8], marker: u8) -> Result<Reader<'a>, Corrupted> {
+        match bytes {
+            [m, FORMAT, rest @ ..] if *m == marker => Ok(Reader { rest }),
+            [m, format, ..] if *m == marker => Err(Corrupted(format!(
+                "CRDT format {format} is not known to this version (it knows {FORMAT})"
+            ))),
+            _ => Err(Corrupted("not a CRDT value".into())),
+        }
+    }
+
+    fn corrupt(&self, what: &str) -> Corrupted {
+        Corrupted(format!("{what} ({} bytes left)", self.rest.len()))
+    }
+
+    fn finish(&self) -> Result<(), Corrupted> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.corrupt("trailing bytes"))
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8, Corrupted> {
+        let (&b, rest) = self
+            .rest
+            .split_first()
+            .ok_or_else(|| self.corrupt("cut short"))?;
+        self.rest = rest;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, Corrupted> {
+        varint::read(&mut self.rest).ok_or_else(|| self.corrupt("bad varint"))
+    }
+
+    /// A count of items that each take at least one byte, so it cannot exceed what
+    /// is left (no huge allocation from a corrupt length).
+    fn count(&mut self) -> Result<usize, Corrupted> {
+        let n = self.varint()?;
+        if n > self.rest.len() as u64 {
+            return Err(self.corrupt("count beyond the end"));
+        }
+        Ok(n as usize)
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, Corrupted> {
+        let len = self.count()?;
+        let (bytes, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(bytes.to_vec())
+    }
+
+    fn name(&mut self) -> Result<String, Corrupted> {
+        let name =
+            String::from_utf8(self.bytes()?).map_err(|_| self.corrupt("name is not UTF-8"))?;
+        if name.is_empty() {
+            return Err(self.corrupt("empty name"));
+        }
+        Ok(name)
+    }
+
+    fn node(&mut self) -> Result<NodeId, Corrupted> {
+        if self.rest.len() < 8 {
+            return Err(self.corrupt("cut short"));
+        }
+        let (node, rest) = self.rest.split_at(8);
+        self.rest = rest;
+        Ok(NodeId(u64::from_le_bytes(
+            node.try_into().expect("8 bytes"),
+        )))
+    }
+
+    fn dot(&mut self) -> Result<Dot, Corrupted> {
+        let node = self.node()?;
+        let counter = self.varint()?;
+        if counter == 0 {
+            return Err(self.corrupt("dot counter 0"));
+        }
+        Ok(Dot::new(node, counter))
+    }
+
+    fn dots<V: Clone>(
+        &mut self,
+        mut value: impl FnMut(&mut Self) -> Result<V, Corrupted>,
+    ) -> Result<DotFun<V>, Corrupted> {
+        let mut dots = DotFun::default();
+        let mut previous = None;
+        for _ in 0..self.count()? {
+            let dot = self.dot()?;
+            if previous.is_some_and(|p| p >= dot) {
+                return Err(self.corrupt("dots out of order"));
+            }
+            previous = Some(dot);
+            let v = value(self)?;
+            dots.insert(dot, v);
+        }
+        Ok(dots)
+    }
+
+    fn rights(&mut self) -> Result<Rights, Corrupted> {
+        let added = self.varint()?;
+        let spent = self.varint()?;
+        let mut sent = BTreeMap::new();
+        for _ in 0..self.count()? {
+            let to = self.node()?;
+            if sent.insert(to, self.varint()?).is_some() {
+                return Err(self.corrupt("rights sent twice to one node"));
+            }
+        }
+        Ok(Rights { added, spent, sent })
+    }
+
+    fn map(&mut self, depth: usize) -> Result<Map, Corrupted> {
+        if depth > PATH_DEPTH_MAX {
+            return Err(self.corrupt("maps nested too deep"));
+        }
+        let mut map = Map::default();
+        let mut previous: Option<(String, Kind)> = None;
+        for _ in 0..self.count()? {
+            let name = self.name()?;
+            let tag = self.byte()?;
+            let kind = *Kind::ALL
+                .get((tag as usize).wrapping_sub(1))
+                .ok_or_else(|| self.corrupt("unknown kind"))?;
+            let field = match kind {
+                Kind::Counter => Field::Counter(self.dots(|r| Ok(unzigzag(r.varint()?)))?),
+                Kind::Bounded => {
+                    let mut entries = BTreeMap::new();
+                    for _ in 0..self.count()? {
+                        let node = self.node()?;
+                        if entries.insert(node, self.rights()?).is_some() {
+                            return Err(self.corrupt("bounded counter entry repeated"));
+                        }
+                    }
+                    Field::Bounded(Bounded::from_entries(entries))
+                }
+                Kind::Set => {
+                    let mut elements = BTreeMap::new();
+                    let mut last: Option<Vec<u8>> = None;
+                    for _ in 0..self.count()? {
+                        let element = self.bytes()?;
+                        if last.as_ref().is_some_and(|l| *l >= element) {
+                            return Err(self.corrupt("set elements out of order"));
+                        }
+                        last = Some(element.clone());
+                        let dots = self.dots(|_| Ok(()))?;
+                        if dots.is_empty() {
+                            return Err(self.corrupt("set element without dots"));
+                        }
+                        elements.insert(element, dots);
+                    }
+                    Field::Set(elements)
+                }
+                Kind::MvRegister => Field::MvRegister(self.dots(|r| r.bytes())?),
+                Kind::LwwRegister => {
+                    Field::LwwRegister(self.dots(|r| Ok((Hlc(r.varint()?), r.bytes()?)))?)
+                }
+                Kind::Flag => Field::Flag(self.dots(|_| Ok(()))?),
+                Kind::Map => Field::Map(self.map(depth + 1)?),
+            };
+            if field.is_empty() {
+                return Err(self.corrupt("empty field"));
+            }
+            let key = (name, kind);
+            if previous.as_ref().is_some_and(|p| *p >= key) {
+                return Err(self.corrupt("fields out of order"));
+            }
+            previous = Some(key.clone());
+            map.fields.insert(key, field);
+        }
+        Ok(map)
+    }
+}

@@ -1,0 +1,260 @@
+//! Operations a client asks for, checked against the document and turned into the
+//! delta that replicates.
+//!
+//! [`prepare`] runs at the writing node only, inside its committer, so the checks
+//! (types, paths, a bounded counter's rights) see exactly the state the write is
+//! applied to. A refused operation refuses the whole write: nothing changes.
+
+use super::PATH_DEPTH_MAX;
+use super::map::{Action, Change, Delta, Field, Kind, Map};
+use crate::{Dot, Hlc, NodeId, VersionVector};
+
+/// One operation on one field.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Operation {
+    /// Names of the nested maps, then of the field.
+    pub path: Vec<String>,
+    pub update: Update,
+}
+
+impl Operation {
+    /// Bytes of names and values the operation carries (for size limits).
+    pub fn bytes(&self) -> usize {
+        let value = match &self.update {
+            Update::SetAdd(v) | Update::SetRemove(v) | Update::MvSet(v) | Update::LwwSet(v) => {
+                v.len()
+            }
+            _ => 0,
+        };
+        self.path.iter().map(String::len).sum::<usize>() + value
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Update {
+    /// Adds to (or, negative, subtracts from) a PN-counter.
+    CounterAdd(i64),
+    /// Adds to a bounded counter (rights for this node), or subtracts, spending
+    /// rights this node holds.
+    BoundedAdd(i64),
+    /// Moves `by` of this node's rights on a bounded counter to node `to`.
+    BoundedTransfer {
+        to: NodeId,
+        by: u64,
+    },
+    SetAdd(Vec<u8>),
+    SetRemove(Vec<u8>),
+    MvSet(Vec<u8>),
+    LwwSet(Vec<u8>),
+    FlagEnable,
+    FlagDisable,
+    /// Removes the field (every kind of it) or nested map at the path.
+    Remove,
+}
+
+impl Update {
+    /// The operation's name in the HTTP API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Update::CounterAdd(_) => "counter.add",
+            Update::BoundedAdd(_) => "bounded.add",
+            Update::BoundedTransfer { .. } => "bounded.transfer",
+            Update::SetAdd(_) => "set.add",
+            Update::SetRemove(_) => "set.remove",
+            Update::MvSet(_) => "mvreg.set",
+            Update::LwwSet(_) => "lwwreg.set",
+            Update::FlagEnable => "flag.enable",
+            Update::FlagDisable => "flag.disable",
+            Update::Remove => "map.remove",
+        }
+    }
+
+    pub fn kind(&self) -> Option<Kind> {
+        Some(match self {
+            Update::CounterAdd(_) => Kind::Counter,
+            Update::BoundedAdd(_) | Update::BoundedTransfer { .. } => Kind::Bounded,
+            Update::SetAdd(_) | Update::SetRemove(_) => Kind::Set,
+            Update::MvSet(_) => Kind::MvRegister,
+            Update::LwwSet(_) => Kind::LwwRegister,
+            Update::FlagEnable | Update::FlagDisable => Kind::Flag,
+            Update::Remove => return None,
+        })
+    }
+}
+
+/// Why an operation was refused. The write it belongs to changes nothing.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("bad path {path:?}: give one or more non-empty names, at most {PATH_DEPTH_MAX} deep")]
+    BadPath { path: String },
+    #[error(
+        "{path} is a {found}, so {op} cannot apply to it; use another path, or a {found} operation"
+    )]
+    TypeMismatch {
+        path: String,
+        found: &'static str,
+        op: &'static str,
+    },
+    #[error(
+        "bounded counter {path}: this leader holds {held} rights and {needed} are needed; \
+         a leader holding rights ({holders}) can move some here with bounded.transfer"
+    )]
+    InsufficientRights {
+        path: String,
+        held: u64,
+        needed: u64,
+        holders: String,
+    },
+    #[error("bounded counter {path}: rights cannot be sent to the leader that holds them")]
+    SelfTransfer { path: String },
+    #[error(
+        "{path} holds a bounded counter: its rights cannot be withdrawn without coordination, so it cannot be removed"
+    )]
+    BoundedNotRemovable { path: String },
+    #[error("counter {path} would overflow")]
+    Overflow { path: String },
+}
+
+/// The path as users write it: `/a/b`.
+pub fn path_text(path: &[String]) -> String {
+    path.iter().map(|name| format!("/{name}")).collect()
+}
+
+/// Checks `operations` in order against `doc` (as seen by the writer, whose key
+/// context is `context`) and returns the delta of a write with `dot` and `hlc`.
+pub fn prepare(
+    doc: &Map,
+    context: &VersionVector,
+    dot: Dot,
+    hlc: Hlc,
+    operations: &[Operation],
+) -> Result<Delta, OpError> {
+    let mut work = doc.clone();
+    let mut seen = context.clone();
+    seen.add(dot);
+    let mut changes = Vec::with_capacity(operations.len());
+    for operation in operations {
+        let path = &operation.path;
+        let text = path_text(path);
+        if path.is_empty() || path.len() > PATH_DEPTH_MAX || path.iter().any(String::is_empty) {
+            return Err(OpError::BadPath { path: text });
+        }
+        check_kinds(&work, operation)?;
+        let action = action(&work, operation, dot.node, &text)?;
+        let change = Change {
+            path: path.clone(),
+            action,
+        };
+        work.apply(&change, dot, hlc, &seen);
+        changes.push(change);
+    }
+    Ok(Delta { changes })
+}
+
+/// Every map on the path must be a map, and the field must be of the operation's
+/// kind (or not exist yet).
+fn check_kinds(doc: &Map, operation: &Operation) -> Result<(), OpError> {
+    let op = operation.update.name();
+    let mut map = doc;
+    for (depth, name) in operation.path.iter().enumerate() {
+        let last = depth + 1 == operation.path.len();
+        let wanted = if last {
+            operation.update.kind()
+        } else {
+            Some(Kind::Map)
+        };
+        let kinds = map.kinds(name);
+        if let Some(wanted) = wanted
+            && !kinds.is_empty()
+            && !kinds.contains(&wanted)
+        {
+            return Err(OpError::TypeMismatch {
+                path: path_text(&operation.path[..=depth]),
+                found: kinds[0].name(),
+                op,
+            });
+        }
+        match map.field(name, Kind::Map) {
+            Some(Field::Map(inner)) if !last => map = inner,
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+fn action(doc: &Map, operation: &Operation, node: NodeId, path: &str) -> Result<Action, OpError> {
+    let bounded = || match doc.get(&operation.path, Kind::Bounded) {
+        Some(Field::Bounded(b)) => b.clone(),
+        _ => Default::default(),
+    };
+    let refused = |needed: u64| {
+        let b = bounded();
+        let holders: Vec<String> = b
+            .holders()
+            .iter()
+            .map(|(n, rights)| format!("{n}: {rights}"))
+            .collect();
+        OpError::InsufficientRights {
+            path: path.to_owned(),
+            held: b.rights(node),
+            needed,
+            holders: if holders.is_empty() {
+                "none".into()
+            } else {
+                holders.join(", ")
+            },
+        }
+    };
+    Ok(match &operation.update {
+        Update::CounterAdd(by) => {
+            let own = match doc.get(&operation.path, Kind::Counter) {
+                Some(Field::Counter(d)) => d
+                    .iter()
+                    .filter(|(dot, _)| dot.node == node)
+                    .map(|(_, v)| *v)
+                    .sum(),
+                _ => 0i64,
+            };
+            let total = own.checked_add(*by).ok_or_else(|| OpError::Overflow {
+                path: path.to_owned(),
+            })?;
+            Action::CounterTotal(total)
+        }
+        Update::BoundedAdd(by) if *by >= 0 => {
+            let entry = bounded().add(node, by.unsigned_abs());
+            Action::BoundedEntry(entry.ok_or_else(|| OpError::Overflow {
+                path: path.to_owned(),
+            })?)
+        }
+        Update::BoundedAdd(by) => {
+            let needed = by.unsigned_abs();
+            Action::BoundedEntry(
+                bounded()
+                    .spend(node, needed)
+                    .ok_or_else(|| refused(needed))?,
+            )
+        }
+        Update::BoundedTransfer { to, by } => {
+            if *to == node {
+                return Err(OpError::SelfTransfer {
+                    path: path.to_owned(),
+                });
+            }
+            Action::BoundedEntry(bounded().send(node, *to, *by).ok_or_else(|| refused(*by))?)
+        }
+        Update::SetAdd(element) => Action::SetAdd(element.clone()),
+        Update::SetRemove(element) => Action::SetRemove(element.clone()),
+        Update::MvSet(value) => Action::MvSet(value.clone()),
+        Update::LwwSet(value) => Action::LwwSet(value.clone()),
+        Update::FlagEnable => Action::FlagEnable,
+        Update::FlagDisable => Action::FlagDisable,
+        Update::Remove => {
+            if doc.holds_bounded(&operation.path) {
+                return Err(OpError::BoundedNotRemovable {
+                    path: path.to_owned(),
+                });
+            }
+            Action::Remove
+        }
+    })
+}

@@ -1,0 +1,421 @@
+//! Property tests of the CRDT types, on histories made by a model of replicas that
+//! make random operations on one document and exchange them in random causal
+//! orders, with duplicates. Checked: every replica ends with the same document
+//! (convergence, whatever the order: concurrent deltas commute), re-applying changes
+//! nothing, state joins are commutative, associative and idempotent and agree with
+//! delivery, and the document means what a boring reference model of each type says:
+//! counters sum every increment, sets and flags are add-wins (an add survives unless
+//! a remove saw it), registers keep the writes no later write saw, and a bounded
+//! counter is never below zero anywhere, at any time.
+
+use chorus_core::crdt::{self, Field, Kind, OpError, Operation, Update};
+use chorus_core::{Dot, Hlc, KeyState, NodeId, Op};
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+
+const REPLICAS: usize = 3;
+
+#[derive(Clone, Debug)]
+enum Act {
+    Count(i64),
+    Bound(i64),
+    Transfer(usize, u64),
+    Add(u8),
+    Remove(u8),
+    Mv(u8),
+    Lww(u8),
+    Enable,
+    Disable,
+    RemoveMap,
+    /// A plain delete of the whole document, with the replica's context.
+    Delete,
+    /// `counter.add` on the set's path: a type mismatch once the set exists.
+    Mistyped,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Write {
+        at: usize,
+        act: Act,
+    },
+    Deliver {
+        from: usize,
+        at: usize,
+        order: Vec<usize>,
+        duplicate: bool,
+    },
+}
+
+fn act(deletes: bool) -> impl Strategy<Value = Act> {
+    prop_oneof![
+        (-3i64..6).prop_map(Act::Count),
+        (-4i64..5).prop_map(Act::Bound),
+        (0..REPLICAS, 0u64..4).prop_map(|(to, by)| Act::Transfer(to, by)),
+        (0u8..4).prop_map(Act::Add),
+        (0u8..4).prop_map(Act::Remove),
+        (0u8..4).prop_map(Act::Mv),
+        (0u8..4).prop_map(Act::Lww),
+        Just(Act::Enable),
+        Just(Act::Disable),
+        Just(Act::RemoveMap),
+        Just(Act::Mistyped),
+        (0u8..if deletes { 4 } else { 1 }).prop_map(move |n| if deletes && n == 0 {
+            Act::Delete
+        } else {
+            Act::Enable
+        }),
+    ]
+}
+
+fn steps(deletes: bool) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => (0..REPLICAS, act(deletes)).prop_map(|(at, act)| Step::Write { at, act }),
+            1 => (0..REPLICAS, 0..REPLICAS, prop::collection::vec(any::<usize>(), 8), any::<bool>())
+                .prop_map(|(from, at, order, duplicate)| Step::Deliver { from, at, order, duplicate }),
+        ],
+        1..60,
+    )
+}
+
+fn path(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+fn node(r: usize) -> NodeId {
+    NodeId(100 + r as u64)
+}
+
+/// A write that was accepted, and what its origin had applied when making it.
+struct Written {
+    op: Op,
+    act: Act,
+    deps: BTreeSet<usize>,
+}
+
+struct Replica {
+    state: KeyState,
+    applied: BTreeSet<usize>,
+    counter: u64,
+}
+
+impl Replica {
+    fn apply(&mut self, i: usize, op: &Op) {
+        assert_eq!(self.state.apply(op), Ok(true));
+        self.applied.insert(i);
+        assert_bounded_nonnegative(&self.state);
+    }
+}
+
+fn doc(state: &KeyState) -> crdt::Map {
+    state.crdt_document().unwrap().unwrap_or_default()
+}
+
+fn assert_bounded_nonnegative(state: &KeyState) {
+    if let Some(Field::Bounded(b)) = doc(state).get(&path(&["b"]), Kind::Bounded) {
+        let added: u64 = b.entries().values().map(|r| r.added).sum();
+        let spent: u64 = b.entries().values().map(|r| r.spent).sum();
+        assert!(added >= spent, "bounded counter below zero: {b:?}");
+    }
+}
+
+fn operation(act: &Act) -> Operation {
+    let (p, update) = match act {
+        Act::Count(by) => (path(&["n"]), Update::CounterAdd(*by)),
+        Act::Bound(by) => (path(&["b"]), Update::BoundedAdd(*by)),
+        Act::Transfer(to, by) => (
+            path(&["b"]),
+            Update::BoundedTransfer {
+                to: node(*to),
+                by: *by,
+            },
+        ),
+        Act::Add(x) => (path(&["s"]), Update::SetAdd(vec![*x])),
+        Act::Remove(x) => (path(&["s"]), Update::SetRemove(vec![*x])),
+        Act::Mv(x) => (path(&["m", "r"]), Update::MvSet(vec![*x])),
+        Act::Lww(x) => (path(&["m", "l"]), Update::LwwSet(vec![*x])),
+        Act::Enable => (path(&["f"]), Update::FlagEnable),
+        Act::Disable => (path(&["f"]), Update::FlagDisable),
+        Act::RemoveMap => (path(&["m"]), Update::Remove),
+        Act::Mistyped => (path(&["s"]), Update::CounterAdd(1)),
+        Act::Delete => unreachable!("a delete is a plain op"),
+    };
+    Operation { path: p, update }
+}
+
+/// Runs the steps; returns the accepted writes and the replicas.
+fn run(steps: &[Step]) -> (Vec<Written>, Vec<Replica>) {
+    let mut ops: Vec<Written> = Vec::new();
+    let mut replicas: Vec<Replica> = (0..REPLICAS)
+        .map(|_| Replica {
+            state: KeyState::new(),
+            applied: BTreeSet::new(),
+            counter: 0,
+        })
+        .collect();
+    for (tick, step) in steps.iter().enumerate() {
+        match step {
+            Step::Write { at, act } => {
+                let r = &mut replicas[*at];
+                let dot = Dot::new(node(*at), r.counter + 1);
+                // Skewed clocks: the HLC need not follow causality for LWW.
+                let hlc = Hlc::from_parts(((tick * 7919) % 101) as u64, *at as u16);
+                let context = r.state.context().clone();
+                let value = match act {
+                    Act::Delete => None,
+                    act => {
+                        let before = doc(&r.state);
+                        let set_exists = before.get(&path(&["s"]), Kind::Set).is_some();
+                        match crdt::prepare(&before, &context, dot, hlc, &[operation(act)]) {
+                            Ok(_) if matches!(act, Act::Mistyped) => {
+                                // Accepted only where no set exists yet; not applied,
+                                // so the set stays a set.
+                                assert!(!set_exists);
+                                continue;
+                            }
+                            Ok(delta) => Some(crdt::encode_delta(&delta)),
+                            Err(OpError::TypeMismatch { .. }) => {
+                                assert!(matches!(act, Act::Mistyped) && set_exists);
+                                continue;
+                            }
+                            Err(
+                                OpError::InsufficientRights { .. } | OpError::SelfTransfer { .. },
+                            ) => {
+                                assert!(matches!(act, Act::Bound(_) | Act::Transfer(..)));
+                                continue;
+                            }
+                            Err(e) => panic!("unexpected refusal {e}"),
+                        }
+                    }
+                };
+                let op = Op {
+                    dot,
+                    hlc,
+                    collection: "c".into(),
+                    key: "k".into(),
+                    context,
+                    value,
+                };
+                r.counter += 1;
+                let deps = r.applied.clone();
+                let i = ops.len();
+                r.apply(i, &op);
+                ops.push(Written {
+                    op,
+                    act: act.clone(),
+                    deps,
+                });
+            }
+            Step::Deliver {
+                from,
+                at,
+                order,
+                duplicate,
+            } => {
+                let missing: Vec<usize> = replicas[*from]
+                    .applied
+                    .difference(&replicas[*at].applied)
+                    .copied()
+                    .collect();
+                deliver(&mut replicas[*at], &ops, missing, order);
+                if *duplicate && let Some(&i) = replicas[*at].applied.iter().next() {
+                    let before = replicas[*at].state.clone();
+                    assert_eq!(replicas[*at].state.apply(&ops[i].op), Ok(false));
+                    assert_eq!(replicas[*at].state, before);
+                }
+            }
+        }
+    }
+    (ops, replicas)
+}
+
+/// Applies `missing` in a causal order chosen by `order`.
+fn deliver(r: &mut Replica, ops: &[Written], mut missing: Vec<usize>, order: &[usize]) {
+    let mut choice = order.iter().cycle();
+    while !missing.is_empty() {
+        let ready: Vec<usize> = missing
+            .iter()
+            .copied()
+            .filter(|i| ops[*i].deps.is_subset(&r.applied))
+            .collect();
+        let pick = ready[choice.next().copied().unwrap_or(0) % ready.len()];
+        r.apply(pick, &ops[pick].op);
+        missing.retain(|i| *i != pick);
+    }
+}
+
+/// Writes matching `is_target` that no later write matching `removes` saw.
+fn survivors(
+    ops: &[Written],
+    is_target: impl Fn(&Act) -> bool,
+    removes: impl Fn(&Act) -> bool,
+) -> Vec<&Written> {
+    ops.iter()
+        .filter(|w| is_target(&w.act))
+        .filter(|w| {
+            !ops.iter()
+                .any(|r| removes(&r.act) && r.op.context.covers(w.op.dot))
+        })
+        .collect()
+}
+
+fn state_join(a: &KeyState, b: &KeyState) -> crdt::Map {
+    let mut out = a.clone();
+    out.merge(b).unwrap();
+    doc(&out)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Any causal delivery order, with duplicates, ends in one document everywhere,
+    /// and that document is what the reference model says.
+    #[test]
+    fn replicas_converge_to_the_model(steps in steps(false), order in prop::collection::vec(any::<usize>(), 8)) {
+        let (ops, mut replicas) = run(&steps);
+        for r in &mut replicas {
+            let missing: Vec<usize> = (0..ops.len()).filter(|i| !r.applied.contains(i)).collect();
+            deliver(r, &ops, missing, &order);
+        }
+        let reference = doc(&replicas[0].state);
+        for r in &replicas[1..] {
+            prop_assert_eq!(&doc(&r.state), &reference);
+            prop_assert_eq!(r.state.context(), replicas[0].state.context());
+        }
+        check_model(&ops, &reference, false)?;
+    }
+
+    /// The same with whole-document deletes in the history: convergence, add-wins.
+    #[test]
+    fn deletes_remove_only_what_they_saw(steps in steps(true), order in prop::collection::vec(any::<usize>(), 8)) {
+        let (ops, mut replicas) = run(&steps);
+        for r in &mut replicas {
+            let missing: Vec<usize> = (0..ops.len()).filter(|i| !r.applied.contains(i)).collect();
+            deliver(r, &ops, missing, &order);
+        }
+        let reference = doc(&replicas[0].state);
+        for r in &replicas[1..] {
+            prop_assert_eq!(&doc(&r.state), &reference);
+        }
+        check_model(&ops, &reference, true)?;
+    }
+
+    /// State joins (used by state transfers) of replicas' partial states are
+    /// commutative, associative and idempotent, and joining all of them gives what
+    /// full delivery gives.
+    #[test]
+    fn state_joins_are_a_semilattice(steps in steps(true), order in prop::collection::vec(any::<usize>(), 8)) {
+        let (ops, replicas) = run(&steps);
+        let [a, b, c] = [&replicas[0].state, &replicas[1].state, &replicas[2].state];
+        prop_assert_eq!(state_join(a, b), state_join(b, a));
+        prop_assert_eq!(state_join(a, a), doc(a));
+        let mut ab = a.clone();
+        ab.merge(b).unwrap();
+        let mut bc = b.clone();
+        bc.merge(c).unwrap();
+        prop_assert_eq!(state_join(&ab, c), state_join(a, &bc));
+        let mut full = Replica { state: KeyState::new(), applied: BTreeSet::new(), counter: 0 };
+        deliver(&mut full, &ops, (0..ops.len()).collect(), &order);
+        prop_assert_eq!(state_join(&ab, c), doc(&full.state));
+    }
+}
+
+fn check_model(ops: &[Written], doc: &crdt::Map, deletes: bool) -> Result<(), TestCaseError> {
+    // Sets: add-wins. An add survives unless a later add or remove of the same
+    // element, or a delete, saw it.
+    let expected: BTreeSet<Vec<u8>> = ops
+        .iter()
+        .filter_map(|w| match w.act {
+            Act::Add(x) => Some((w, x)),
+            _ => None,
+        })
+        .filter(|(w, x)| {
+            !ops.iter().any(|r| match r.act {
+                Act::Remove(y) | Act::Add(y) => y == *x && r.op.context.covers(w.op.dot),
+                Act::Delete => r.op.context.covers(w.op.dot),
+                _ => false,
+            })
+        })
+        .map(|(_, x)| vec![x])
+        .collect();
+    let actual: BTreeSet<Vec<u8>> = match doc.get(&path(&["s"]), Kind::Set) {
+        Some(Field::Set(elements)) => elements.keys().cloned().collect(),
+        _ => BTreeSet::new(),
+    };
+    prop_assert_eq!(actual, expected, "set");
+    // Counter: the sum of every increment (with no deletes to reset it).
+    if !deletes {
+        let expected: i64 = ops
+            .iter()
+            .map(|w| match w.act {
+                Act::Count(by) => by,
+                _ => 0,
+            })
+            .sum();
+        let actual = match doc.get(&path(&["n"]), Kind::Counter) {
+            Some(Field::Counter(d)) => Field::counter_value(d),
+            _ => 0,
+        };
+        prop_assert_eq!(actual, expected, "counter");
+    }
+    // Bounded counter: every accepted add less every accepted spend.
+    let expected: i64 = ops
+        .iter()
+        .map(|w| match w.act {
+            Act::Bound(by) => by,
+            _ => 0,
+        })
+        .sum();
+    let actual = match doc.get(&path(&["b"]), Kind::Bounded) {
+        Some(Field::Bounded(b)) => b.value() as i64,
+        _ => 0,
+    };
+    prop_assert_eq!(actual, expected, "bounded counter");
+    // Flag: enable-wins.
+    let enabled = !survivors(
+        ops,
+        |a| matches!(a, Act::Enable),
+        |a| matches!(a, Act::Disable | Act::Delete),
+    )
+    .is_empty();
+    prop_assert_eq!(
+        doc.get(&path(&["f"]), Kind::Flag).is_some(),
+        enabled,
+        "flag"
+    );
+    // Registers: the writes no later write or remove saw.
+    let mv: BTreeSet<Vec<u8>> = survivors(
+        ops,
+        |a| matches!(a, Act::Mv(_)),
+        |a| matches!(a, Act::Mv(_) | Act::RemoveMap | Act::Delete),
+    )
+    .iter()
+    .map(|w| match w.act {
+        Act::Mv(x) => vec![x],
+        _ => unreachable!(),
+    })
+    .collect();
+    let actual: BTreeSet<Vec<u8>> = match doc.get(&path(&["m", "r"]), Kind::MvRegister) {
+        Some(Field::MvRegister(d)) => d.iter().map(|(_, v)| v.clone()).collect(),
+        _ => BTreeSet::new(),
+    };
+    prop_assert_eq!(actual, mv, "mv register");
+    let lww = survivors(
+        ops,
+        |a| matches!(a, Act::Lww(_)),
+        |a| matches!(a, Act::Lww(_) | Act::RemoveMap | Act::Delete),
+    )
+    .into_iter()
+    .max_by_key(|w| (w.op.hlc, w.op.dot))
+    .map(|w| match w.act {
+        Act::Lww(x) => vec![x],
+        _ => unreachable!(),
+    });
+    let actual = match doc.get(&path(&["m", "l"]), Kind::LwwRegister) {
+        Some(Field::LwwRegister(d)) => Field::lww_value(d).map(<[u8]>::to_vec),
+        _ => None,
+    };
+    prop_assert_eq!(actual, lww, "lww register");
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! CRDT documents through the library API of real nodes: operations, what reads
+//! show, replication between nodes by their op logs and by state transfer, and the
+//! refusals (type mismatch, missing rights, plain writes) that change nothing.
+
+use chorus_core::crdt::{Field, Kind, OpError, Operation, Update};
+use chorus_node::crdt_json::render;
+use chorus_node::{CollectionConfig, Entry, Node, Policy, ReplicationStep, WriteError, open};
+use serde_json::{Value, json};
+
+fn temp_node() -> (tempfile::TempDir, Node) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open(dir.path().join("node.redb")).unwrap();
+    let config = CollectionConfig {
+        policy: Policy::Crdt,
+        ..CollectionConfig::default()
+    };
+    node.set_collection("carts", &config).unwrap();
+    (dir, node)
+}
+
+fn op(path: &str, update: Update) -> Operation {
+    Operation {
+        path: path.split('/').skip(1).map(str::to_owned).collect(),
+        update,
+    }
+}
+
+fn json_of(node: &Node, key: &str) -> Value {
+    let doc = node.get("carts", key).unwrap();
+    doc.value()
+        .map_or(Value::Null, |v| serde_json::from_slice(v).unwrap())
+}
+
+/// Hands `from`'s whole log to `to` (entries `to` has are skipped by its vector).
+fn sync(from: &Node, to: &Node) {
+    let entries: Vec<Entry> = from
+        .read_log(0, 100_000, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    let outcome = to.apply_remote_blocking(entries).unwrap();
+    assert!(outcome.waiting.is_empty());
+}
+
+/// Concurrent increments, set edits and register writes on two nodes converge to
+/// the same document, with the exact totals, once each has the other's log.
+#[test]
+fn concurrent_operations_converge() {
+    let (_a_dir, a) = temp_node();
+    let (_b_dir, b) = temp_node();
+    sync(&a, &b);
+    a.update(
+        "carts",
+        "c1",
+        vec![
+            op("/n", Update::CounterAdd(5)),
+            op("/tags", Update::SetAdd(b"\"x\"".to_vec())),
+        ],
+    )
+    .unwrap();
+    sync(&a, &b);
+    // Concurrently: a removes "x" and adds 2; b adds "x" again (add wins) and 3.
+    a.update(
+        "carts",
+        "c1",
+        vec![
+            op("/tags", Update::SetRemove(b"\"x\"".to_vec())),
+            op("/n", Update::CounterAdd(2)),
+        ],
+    )
+    .unwrap();
+    b.update(
+        "carts",
+        "c1",
+        vec![
+            op("/tags", Update::SetAdd(b"\"x\"".to_vec())),
+            op("/n", Update::CounterAdd(3)),
+        ],
+    )
+    .unwrap();
+    b.update(
+        "carts",
+        "c1",
+        vec![op("/m/title", Update::LwwSet(b"\"hi\"".to_vec()))],
+    )
+    .unwrap();
+    sync(&a, &b);
+    sync(&b, &a);
+    let expected = json!({"n": 10, "tags": ["x"], "m": {"title": "hi"}});
+    assert_eq!(json_of(&a, "c1"), expected);
+    assert_eq!(json_of(&b, "c1"), expected);
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+    // The typed document is there for the library too.
+    let doc = a.crdt_document("carts", "c1").unwrap().unwrap();
+    assert!(matches!(
+        doc.get(&["n".into()], Kind::Counter),
+        Some(Field::Counter(_))
+    ));
+    assert_eq!(render(&doc), expected);
+}
+
+/// A type mismatch, a bad path, missing rights and plain document writes are
+/// refused and change nothing.
+#[test]
+fn refusals_change_nothing() {
+    let (_dir, node) = temp_node();
+    node.update(
+        "carts",
+        "c1",
+        vec![
+            op("/n", Update::CounterAdd(1)),
+            op("/stock", Update::BoundedAdd(2)),
+        ],
+    )
+    .unwrap();
+    let before = node.digest().unwrap();
+    let refusals = [
+        vec![op("/n", Update::SetAdd(b"1".to_vec()))],
+        vec![op("/n/deeper", Update::CounterAdd(1))],
+        // The first operation is fine, the second refused: neither applies.
+        vec![
+            op("/n", Update::CounterAdd(1)),
+            op("/stock", Update::BoundedAdd(-3)),
+        ],
+        vec![op("/stock", Update::Remove)],
+    ];
+    for operations in refusals {
+        let refused = node.update("carts", "c1", operations.clone());
+        assert!(
+            matches!(refused, Err(WriteError::Refused(_))),
+            "{operations:?}: {refused:?}"
+        );
+    }
+    match node.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-3))]) {
+        Err(WriteError::Refused(OpError::InsufficientRights { held, needed, .. })) => {
+            assert_eq!((held, needed), (2, 3));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        node.update("carts", "c1", vec![op("", Update::CounterAdd(1))]),
+        Err(WriteError::Refused(OpError::BadPath { .. }))
+    ));
+    assert!(matches!(
+        node.put("carts", "c1", b"{}", None),
+        Err(WriteError::Invalid(_))
+    ));
+    assert!(matches!(
+        node.delete("carts", "c1", None),
+        Err(WriteError::Refused(OpError::BoundedNotRemovable { .. }))
+    ));
+    assert!(matches!(
+        node.update("plain", "k", vec![op("/n", Update::CounterAdd(1))]),
+        Err(WriteError::Invalid(_))
+    ));
+    assert_eq!(node.digest().unwrap(), before);
+    assert_eq!(json_of(&node, "c1"), json!({"n": 1, "stock": 2}));
+    // Spending what is held works, down to zero and no further.
+    node.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-2))])
+        .unwrap();
+    assert_eq!(json_of(&node, "c1"), json!({"n": 1, "stock": 0}));
+}
+
+/// Rights move between nodes: b cannot spend until a transfers some to it.
+#[test]
+fn bounded_counter_rights_transfer() {
+    let (_a_dir, a) = temp_node();
+    let (_b_dir, b) = temp_node();
+    a.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(10))])
+        .unwrap();
+    sync(&a, &b);
+    assert!(matches!(
+        b.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-1))]),
+        Err(WriteError::Refused(OpError::InsufficientRights {
+            held: 0,
+            ..
+        }))
+    ));
+    a.update(
+        "carts",
+        "c1",
+        vec![op(
+            "/stock",
+            Update::BoundedTransfer {
+                to: b.node_id(),
+                by: 4,
+            },
+        )],
+    )
+    .unwrap();
+    sync(&a, &b);
+    b.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-4))])
+        .unwrap();
+    a.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-6))])
+        .unwrap();
+    sync(&a, &b);
+    sync(&b, &a);
+    assert_eq!(json_of(&a, "c1"), json!({"stock": 0}));
+    assert_eq!(json_of(&b, "c1"), json!({"stock": 0}));
+}
+
+/// A delete removes what its node had seen; an add made concurrently elsewhere
+/// survives it, on both nodes.
+#[test]
+fn delete_is_observed_remove() {
+    let (_a_dir, a) = temp_node();
+    let (_b_dir, b) = temp_node();
+    a.update(
+        "carts",
+        "c1",
+        vec![op("/tags", Update::SetAdd(b"1".to_vec()))],
+    )
+    .unwrap();
+    sync(&a, &b);
+    a.delete("carts", "c1", None).unwrap();
+    assert!(a.get("carts", "c1").unwrap().is_absent());
+    b.update(
+        "carts",
+        "c1",
+        vec![op("/tags", Update::SetAdd(b"2".to_vec()))],
+    )
+    .unwrap();
+    sync(&a, &b);
+    sync(&b, &a);
+    assert_eq!(json_of(&a, "c1"), json!({"tags": [2]}));
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+    assert!(!a.get("carts", "c1").unwrap().conflict());
+}
+
+/// A state transfer joins CRDT documents instead of choosing one, and never
+/// revives what the receiver removed.
+#[test]
+fn state_transfer_joins_documents() {
+    let (_a_dir, a) = temp_node();
+    let (_b_dir, b) = temp_node();
+    sync(&a, &b);
+    a.update(
+        "carts",
+        "c1",
+        vec![
+            op("/n", Update::CounterAdd(1)),
+            op("/tags", Update::SetAdd(b"1".to_vec())),
+        ],
+    )
+    .unwrap();
+    sync(&a, &b);
+    b.update(
+        "carts",
+        "c1",
+        vec![
+            op("/tags", Update::SetRemove(b"1".to_vec())),
+            op("/n", Update::CounterAdd(2)),
+        ],
+    )
+    .unwrap();
+    a.update("carts", "c1", vec![op("/n", Update::CounterAdd(4))])
+        .unwrap();
+    // b takes a's whole state (as a node that fell behind the log would).
+    let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
+    let chunk = a.read_state(None, 1000, &all_buckets).unwrap();
+    b.replicate_blocking(ReplicationStep::MergeState {
+        keys: chunk.keys,
+        conflicts: chunk.conflicts,
+    })
+    .unwrap();
+    assert_eq!(json_of(&b, "c1"), json!({"n": 7}));
+}
