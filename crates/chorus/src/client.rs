@@ -95,6 +95,12 @@ pub fn delete(
     print(&target.call("DELETE", &doc_path(collection, key), None, context)?)
 }
 
+pub fn ops(target: &Target, collection: &str, key: &str, operations: &str) -> anyhow::Result<()> {
+    let body = document_or_stdin(operations)?;
+    let path = format!("{}/ops", doc_path(collection, key));
+    print(&target.call("POST", &path, Some(&body), None)?)
+}
+
 pub fn status(target: &Target) -> anyhow::Result<()> {
     print(&target.call("GET", "/v1/status", None, None)?)
 }

@@ -57,6 +57,17 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Apply CRDT operations to a document of a `crdt` collection, all or none:
+    /// a JSON array such as '[{"op": "counter.add", "path": "/likes", "by": 1}]'
+    /// (see docs/crdts.md), or `-` to read it from stdin.
+    Ops {
+        collection: String,
+        key: String,
+        /// The JSON array of operations, or `-` to read it from stdin.
+        operations: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// Show a node's status: its name, peers and their lag.
     Status {
         #[command(flatten)]
@@ -128,6 +139,12 @@ fn main() -> ExitCode {
             context,
             target,
         } => client::delete(&target, &collection, &key, context.as_deref()),
+        Command::Ops {
+            collection,
+            key,
+            operations,
+            target,
+        } => client::ops(&target, &collection, &key, &operations),
         Command::Status { target } => client::status(&target),
         Command::Reload { target } => client::reload(&target),
         Command::Conflicts {

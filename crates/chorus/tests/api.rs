@@ -476,7 +476,42 @@ fn cli_client() {
     let bad = chorus(&["put", "cli", "k", "{oops"]);
     assert!(!bad.status.success());
 
-    for sub in ["serve", "get", "put", "delete", "status", "conflicts"] {
+    // CRDT operations, and their refusal in one line.
+    let crdt = r#"{"policy":"crdt"}"#;
+    assert_eq!(
+        put(&format!("{}/v1/collections/tally", node.url), crdt).status,
+        200
+    );
+    let out = chorus(&[
+        "ops",
+        "tally",
+        "t",
+        r#"[{"op":"counter.add","path":"/n","by":2}]"#,
+    ]);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["value"], json!({"n": 2}));
+    let refused = chorus(&[
+        "ops",
+        "tally",
+        "t",
+        r#"[{"op":"set.add","path":"/n","value":1}]"#,
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr).unwrap();
+    assert!(
+        stderr.contains("counter") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+
+    for sub in [
+        "serve",
+        "get",
+        "put",
+        "delete",
+        "ops",
+        "status",
+        "conflicts",
+    ] {
         let help = std::process::Command::new(CHORUS)
             .args([sub, "--help"])
             .output()
