@@ -67,3 +67,222 @@ pub fn is_delta(value: &[u8]) -> bool {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("corrupt CRDT value: {0}")]
 pub struct Corrupted(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Dot, Hlc, NodeId, VersionVector};
+
+    fn path(p: &str) -> Vec<String> {
+        p.split('/').skip(1).map(str::to_owned).collect()
+    }
+
+    /// Writes `operations` as node `node`'s write number `counter` on `doc` (seen
+    /// with `context`), applies it, and returns its delta.
+    fn write(
+        doc: &mut Map,
+        context: &mut VersionVector,
+        node: u64,
+        counter: u64,
+        operations: &[(&str, Update)],
+    ) -> Result<Delta, OpError> {
+        let dot = Dot::new(NodeId(node), counter);
+        let operations: Vec<Operation> = operations
+            .iter()
+            .map(|(p, update)| Operation {
+                path: path(p),
+                update: update.clone(),
+            })
+            .collect();
+        let delta = prepare(doc, context, dot, Hlc(counter), &operations)?;
+        let mut seen = context.clone();
+        seen.add(dot);
+        for change in &delta.changes {
+            doc.apply(change, dot, Hlc(counter), &seen);
+        }
+        context.add(dot);
+        Ok(delta)
+    }
+
+    fn sample() -> (Map, VersionVector, Vec<Delta>) {
+        let (mut doc, mut context) = (Map::default(), VersionVector::new());
+        let deltas = vec![
+            write(
+                &mut doc,
+                &mut context,
+                1,
+                1,
+                &[
+                    ("/n", Update::CounterAdd(-7)),
+                    ("/b", Update::BoundedAdd(9)),
+                    ("/s", Update::SetAdd(b"\"x\"".to_vec())),
+                    ("/m/r", Update::MvSet(b"1".to_vec())),
+                    ("/m/l", Update::LwwSet(b"2".to_vec())),
+                    ("/m/f", Update::FlagEnable),
+                ],
+            )
+            .unwrap(),
+            write(
+                &mut doc,
+                &mut context,
+                1,
+                2,
+                &[(
+                    "/b",
+                    Update::BoundedTransfer {
+                        to: NodeId(2),
+                        by: 4,
+                    },
+                )],
+            )
+            .unwrap(),
+        ];
+        (doc, context, deltas)
+    }
+
+    /// States and deltas survive a round trip through their byte format.
+    #[test]
+    fn codec_round_trips() {
+        let (doc, _, deltas) = sample();
+        let bytes = encode_state(&doc);
+        assert!(is_state(&bytes) && !is_delta(&bytes));
+        assert_eq!(decode_state(&bytes).unwrap(), doc);
+        for delta in deltas {
+            let bytes = encode_delta(&delta);
+            assert!(is_delta(&bytes));
+            assert_eq!(decode_delta(&bytes).unwrap(), delta);
+        }
+    }
+
+    /// Every truncation and every flipped byte of a state is refused or decodes to
+    /// a valid state; none panics. An unknown format names itself.
+    #[test]
+    fn corrupt_bytes_are_refused_not_panicked_on() {
+        let (doc, _, deltas) = sample();
+        let state = encode_state(&doc);
+        for cut in 0..state.len() {
+            assert!(decode_state(&state[..cut]).is_err(), "cut at {cut}");
+        }
+        for at in 0..state.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut bytes = state.clone();
+                bytes[at] ^= flip;
+                if let Ok(decoded) = decode_state(&bytes) {
+                    assert_eq!(decode_state(&encode_state(&decoded)).unwrap(), decoded);
+                }
+            }
+        }
+        let delta = encode_delta(&deltas[0]);
+        for cut in 0..delta.len() {
+            assert!(decode_delta(&delta[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut future = state.clone();
+        future[1] = FORMAT + 1;
+        assert!(decode_state(&future).unwrap_err().0.contains("format"));
+    }
+
+    /// Rights: the creating node holds what it added, transfers move them, and a
+    /// node cannot spend or send more than it holds.
+    #[test]
+    fn bounded_counter_rights() {
+        let (mut doc, mut context, _) = sample();
+        let Some(Field::Bounded(b)) = doc.get(&path("/b"), Kind::Bounded) else {
+            panic!("bounded counter")
+        };
+        assert_eq!(
+            (b.value(), b.rights(NodeId(1)), b.rights(NodeId(2))),
+            (9, 5, 4)
+        );
+        let refused = write(
+            &mut doc,
+            &mut context,
+            1,
+            3,
+            &[("/b", Update::BoundedAdd(-6))],
+        );
+        assert_eq!(
+            refused,
+            Err(OpError::InsufficientRights {
+                path: "/b".into(),
+                held: 5,
+                needed: 6,
+                holders: format!("{}: 5, {}: 4", NodeId(1), NodeId(2)),
+            })
+        );
+        let send = Update::BoundedTransfer {
+            to: NodeId(1),
+            by: 1,
+        };
+        assert!(matches!(
+            write(&mut doc, &mut context, 1, 3, &[("/b", send)]),
+            Err(OpError::SelfTransfer { .. })
+        ));
+        write(
+            &mut doc,
+            &mut context,
+            2,
+            1,
+            &[("/b", Update::BoundedAdd(-4))],
+        )
+        .unwrap();
+        let Some(Field::Bounded(b)) = doc.get(&path("/b"), Kind::Bounded) else {
+            panic!("bounded counter")
+        };
+        assert_eq!((b.value(), b.rights(NodeId(2))), (5, 0));
+    }
+
+    /// Operations of one write apply in order: an add then a remove of one element
+    /// leaves nothing, and a later operation sees the field an earlier one made.
+    #[test]
+    fn one_write_applies_in_order() {
+        let (mut doc, mut context) = (Map::default(), VersionVector::new());
+        write(
+            &mut doc,
+            &mut context,
+            1,
+            1,
+            &[
+                ("/s", Update::SetAdd(b"1".to_vec())),
+                ("/s", Update::SetRemove(b"1".to_vec())),
+                ("/n", Update::CounterAdd(1)),
+                ("/n", Update::CounterAdd(2)),
+            ],
+        )
+        .unwrap();
+        assert!(doc.get(&path("/s"), Kind::Set).is_none());
+        let Some(Field::Counter(n)) = doc.get(&path("/n"), Kind::Counter) else {
+            panic!("counter")
+        };
+        assert_eq!((Field::counter_value(n), n.len()), (3, 1));
+        let mismatch = write(
+            &mut doc,
+            &mut context,
+            1,
+            2,
+            &[("/x", Update::FlagEnable), ("/x", Update::CounterAdd(1))],
+        );
+        assert!(matches!(mismatch, Err(OpError::TypeMismatch { .. })));
+    }
+
+    /// A counter keeps one total per writing node, however many increments: its
+    /// metadata is bounded by the number of writers.
+    #[test]
+    fn counter_metadata_is_bounded_by_writers() {
+        let (mut doc, mut context) = (Map::default(), VersionVector::new());
+        for counter in 1..=100 {
+            let node = counter % 3 + 1;
+            write(
+                &mut doc,
+                &mut context,
+                node,
+                counter,
+                &[("/n", Update::CounterAdd(1))],
+            )
+            .unwrap();
+        }
+        let Some(Field::Counter(n)) = doc.get(&path("/n"), Kind::Counter) else {
+            panic!("counter")
+        };
+        assert_eq!((Field::counter_value(n), n.len()), (100, 3));
+    }
+}
