@@ -6,6 +6,7 @@
 //! cargo run --release -p chorus-bench -- replication [--entries 50000] [--rate 1000]
 //! cargo run --release -p chorus-bench -- retention [--writes 100000]
 //! cargo run --release -p chorus-bench -- geo [--delays-ms 40,70,90]
+//! cargo run --release -p chorus-bench -- crdt [--seconds 5] [--ops 1000000]
 //! ```
 //!
 //! `writes`:
@@ -21,8 +22,9 @@
 //!   pgbench with the same client count, over loopback TCP (skipped with a note when
 //!   PostgreSQL is not installed).
 //!
-//! `replication`, `retention`, `geo`: see their modules.
+//! `replication`, `retention`, `geo`, `crdt`: see their modules.
 
+mod crdt;
 mod geo;
 mod load;
 mod postgres;
@@ -47,6 +49,9 @@ enum Bench {
     /// Three emulated datacenters: multi- against single-leader latency, visibility,
     /// convergence after a partition, a dead ring node.
     Geo(geo::GeoArgs),
+    /// CRDT operations per second (library and HTTP) against plain writes, and the
+    /// metadata per set element after a million operations on five leaders.
+    Crdt(crdt::CrdtArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,6 +87,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Replication(args) => replication::run(&args),
         Bench::Retention(args) => retention::run(&args),
         Bench::Geo(args) => geo::run(&args),
+        Bench::Crdt(args) => crdt::run(&args),
     }
 }
 
@@ -150,33 +156,63 @@ fn print_row((name, stats): &(&str, Stats)) {
 }
 
 fn chorus_http(node: chorus_node::Node, args: &Args, duration: Duration) -> anyhow::Result<Stats> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = runtime.spawn(chorus_server::serve(
-        listener,
-        node,
-        Default::default(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .max_idle_connections_per_host(args.clients)
-        .build()
-        .into();
+    let server = InProcessServer::start(node)?;
+    let agent = agent(args.clients);
     let stats = run_closed_loop(args.clients, duration, args.keys, |key, i| {
         let body = document(key, i);
         let response = agent
-            .put(&format!("{url}/v1/docs/bench/key-{key}"))
+            .put(&format!("{}/v1/docs/bench/key-{key}", server.url))
             .header("Content-Type", "application/json")
             .send(body.as_bytes())
             .context("PUT")?;
         anyhow::ensure!(response.status() == 200, "HTTP {}", response.status());
         Ok(())
     });
-    let _ = stop_tx.send(());
-    runtime.block_on(server)??;
+    server.stop()?;
     Ok(stats)
+}
+
+/// An HTTP agent keeping a connection per client.
+pub fn agent(clients: usize) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .max_idle_connections_per_host(clients)
+        .build()
+        .into()
+}
+
+/// A node's HTTP API served over loopback from this process.
+pub struct InProcessServer {
+    pub url: String,
+    runtime: tokio::runtime::Runtime,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcessServer {
+    pub fn start(node: chorus_node::Node) -> anyhow::Result<InProcessServer> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(chorus_server::serve(
+            listener,
+            node,
+            Default::default(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        Ok(InProcessServer {
+            url,
+            runtime,
+            stop,
+            server,
+        })
+    }
+
+    pub fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.runtime.block_on(self.server)??;
+        Ok(())
+    }
 }

@@ -31,6 +31,8 @@ pub mod merge;
 mod node;
 pub mod replication;
 
+/// The CRDT types (operations, documents) for embedders: see [`Node::update`].
+pub use chorus_core::crdt;
 pub use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, Outcome, Policy,
     VersionVector,
