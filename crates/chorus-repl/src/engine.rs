@@ -545,17 +545,7 @@ impl Engine {
                     self.try_apply(&peer, retry, &mut out);
                 }
                 if progress {
-                    let others: Vec<String> = self
-                        .peers
-                        .iter()
-                        .filter(|(n, p)| {
-                            **n != peer && (!p.waiting.is_empty() || p.applying.is_some())
-                        })
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    for other in others {
-                        self.try_apply(&other, true, &mut out);
-                    }
+                    self.retry_others(&peer, &mut out);
                 }
             }
             Event::Committed { position } => {
@@ -628,7 +618,11 @@ impl Engine {
                 session,
                 applied,
             } => {
-                self.log.applied.join(&applied);
+                // What the transfer brought may be what other peers' entries wait for.
+                if !self.log.applied.dominates(&applied) {
+                    self.log.applied.join(&applied);
+                    self.retry_others(&peer, &mut out);
+                }
                 let applied_now = self.log.applied.clone();
                 let Some(p) = self.session(&peer, session) else {
                     return out;
@@ -808,6 +802,19 @@ impl Engine {
                     reason: "handshake frame in an established session".into(),
                 });
             }
+        }
+    }
+
+    /// After progress made through `peer`, retries what other peers' entries wait for.
+    fn retry_others(&mut self, peer: &str, out: &mut Vec<Command>) {
+        let others: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(n, p)| *n != peer && (!p.waiting.is_empty() || p.applying.is_some()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for other in others {
+            self.try_apply(&other, true, out);
         }
     }
 
@@ -1320,6 +1327,62 @@ mod tests {
                     through_seq: 10
                 }
             }]
+        );
+    }
+
+    /// An entry waiting for a dependency is retried when that dependency arrives by
+    /// another peer's state transfer, not only by entries (else it would wait until
+    /// the link is reset, and the sender would count it as lag forever).
+    #[test]
+    fn waiting_entries_are_retried_after_an_adopted_transfer() {
+        let mut e = empty_engine_linked_to_b_and_c();
+        let y = entry(3, 1, &[(1, 1)]);
+        let from_b = Frame::Entries {
+            entries: vec![(10, y.clone())],
+            from_seq: 9,
+            through_seq: 10,
+            resumes: true,
+        };
+        e.handle(Event::Received {
+            peer: "b".into(),
+            frame: from_b,
+        });
+        e.handle(Event::Applied {
+            peer: "b".into(),
+            session: 1,
+            applied: VersionVector::new(),
+            waiting: vec![y.dot()],
+        });
+        // c transfers a state that holds x = 1:1.
+        let from_c = |frame| Event::Received {
+            peer: "c".into(),
+            frame,
+        };
+        let with_x = VersionVector::from_entries([(NodeId(1), 1)]);
+        e.handle(from_c(Frame::State {
+            keys: vec![],
+            conflicts: vec![],
+        }));
+        e.handle(from_c(Frame::StateEnd {
+            applied: with_x.clone(),
+            through_seq: 4,
+        }));
+        e.handle(Event::StateMerged {
+            peer: "c".into(),
+            session: 2,
+        });
+        let cmds = e.handle(Event::StateAdopted {
+            peer: "c".into(),
+            session: 2,
+            applied: with_x,
+        });
+        assert!(
+            cmds.contains(&Command::Apply {
+                peer: "b".into(),
+                session: 1,
+                entries: vec![y],
+            }),
+            "{cmds:?}"
         );
     }
 
