@@ -112,6 +112,10 @@ pub enum WriteError {
     Refused(#[from] crdt::OpError),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The write cannot be taken now but can shortly (or on another node); it
+    /// changed nothing.
+    #[error("{0}")]
+    Busy(String),
 }
 
 #[derive(Debug, thiserror::Error)]

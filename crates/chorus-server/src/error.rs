@@ -53,6 +53,7 @@ impl From<WriteError> for ApiError {
             WriteError::StoreFailed => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
             WriteError::Corrupted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupted"),
             WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            WriteError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             WriteError::Refused(refused) => match refused {
                 OpError::InsufficientRights { .. } => (StatusCode::CONFLICT, "insufficient_rights"),
                 OpError::TypeMismatch { .. } => (StatusCode::BAD_REQUEST, "type_mismatch"),

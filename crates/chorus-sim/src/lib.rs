@@ -723,7 +723,7 @@ impl Sim {
     }
 
     /// An increment and a set edit in one write. Refused only while the node has
-    /// not yet received collection `c`'s settings.
+    /// not yet received collection `c`'s settings, or merges a state transfer.
     fn client_crdt_op(&mut self) {
         let Some(i) = self.running() else { return };
         let key = self.rng.pick(&KEYS).to_string();
@@ -751,7 +751,8 @@ impl Sim {
                 let event = self.committed(i);
                 self.handle(i, event);
             }
-            Err(chorus_node::WriteError::Invalid(_)) => {}
+            // Before `c`'s settings arrive, or while a transfer is merged.
+            Err(chorus_node::WriteError::Invalid(_) | chorus_node::WriteError::Busy(_)) => {}
             Err(e) => panic!("CRDT write failed: {e}"),
         }
     }

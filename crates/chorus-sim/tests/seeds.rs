@@ -48,16 +48,28 @@ fn seed_range() {
     }
 }
 
+/// CRDT seeds that found bugs:
+/// - 10125: a CRDT write made while a state transfer was merged but not yet adopted
+///   had a context beyond what it depended on; a replica that applied it early
+///   counted a concurrent increment as seen and skipped it when it came (fixed:
+///   such writes are refused as busy until the transfer is adopted).
+/// - 10006, 10161: with a first fix (writes depending on their context too), an
+///   entry waited for writes a peer had only by transfer, and was never retried
+///   after that peer's transfer to us was adopted (fixed in the engine: adoption
+///   retries what waits, like applied entries do).
+const CRDT_REGRESSIONS: [u64; 3] = [10006, 10125, 10161];
+
 /// Seeds with CRDT operations in the workload: replicas converge and every counter
 /// holds exactly the acknowledged increments, through crashes, partitions and
-/// state transfers. `CHORUS_SIM_CRDT_SEEDS=N` runs N (default 40).
+/// state transfers. `CHORUS_SIM_CRDT_SEEDS=N` runs N (default 40) after the
+/// regression seeds.
 #[test]
 fn crdt_seed_range() {
     let count: u64 = std::env::var("CHORUS_SIM_CRDT_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
-    for seed in 5_000..5_000 + count {
+    for seed in CRDT_REGRESSIONS.into_iter().chain(5_000..5_000 + count) {
         if let Err(failure) = Sim::new(seed).with_crdt().run(DEFAULT_STEPS) {
             panic!(
                 "seed {seed} failed: {failure}\nreplay: cargo run --release -p chorus-sim -- --seed {seed} --crdt"
