@@ -409,16 +409,19 @@ impl Committer {
             }
             Err(e) => return Err(e),
         };
-        if let Some(busy) = self.merging_transfer(&state) {
-            return Ok(Err(busy));
-        }
         let doc = match state.crdt_document() {
             Ok(doc) => doc.unwrap_or_default(),
             Err(e) => return Ok(Err(WriteError::Corrupted(e.to_string()))),
         };
+        let Some(context) = self.update_context(&state, operations) else {
+            return Ok(Err(WriteError::Busy(
+                "a state transfer from a peer is being merged into this document, and a \
+                 bounded counter's rights must not be spent on what it holds yet; retry shortly"
+                    .into(),
+            )));
+        };
         let hlc = self.clock.tick(self.physical.now_ms());
         let dot = self.next_dot();
-        let context = state.context().clone();
         let delta = match crdt::prepare(&doc, &context, dot, hlc, operations) {
             Ok(delta) => delta,
             Err(refused) => return Ok(Err(WriteError::Refused(refused))),
@@ -451,20 +454,25 @@ impl Committer {
         self.commit_local(b, op, &state, conflicts).map(Ok)
     }
 
-    /// Refuses a CRDT write to a key whose state holds writes this node has not
-    /// counted as applied yet: a state transfer merged them, and adopts them at its
-    /// end. A write's context must be within what it depends on (this node's
-    /// vector), or a replica that applied it early would count those writes as seen
-    /// and skip them when they arrive, which for a CRDT loses them (simulator seed
-    /// 10125 with `--crdt`). Plain writes need no such care: they replace what
-    /// their context covers anyway.
-    fn merging_transfer(&self, state: &KeyState) -> Option<WriteError> {
-        (!self.applied.dominates(state.context())).then(|| {
-            WriteError::Busy(
-                "a state transfer from a peer is being merged into this document; retry shortly"
-                    .into(),
-            )
-        })
+    /// The context of a CRDT write to a key in `state`: what this node has seen of
+    /// the key *and applied*. The two differ while a state transfer is merged but
+    /// not yet adopted (or was cut off before): the key state then holds writes the
+    /// node's vector does not cover. A write's context must stay within what it
+    /// depends on (the vector), or a replica that applied it early would count those
+    /// writes as seen and skip them when they came, which for a CRDT loses them
+    /// (simulator seed 10125 with `--crdt`); the write then simply has not seen
+    /// them, on every replica alike. `None` when the operations spend a bounded
+    /// counter's rights meanwhile: the rights could come from writes that others
+    /// would apply after the spend. (Plain writes need no such care: they replace
+    /// what their context covers anyway.)
+    fn update_context(&self, state: &KeyState, operations: &[Operation]) -> Option<VersionVector> {
+        let context = state.context().meet(&self.applied);
+        let spends = |o: &Operation| match o.update {
+            crdt::Update::BoundedAdd(by) => by < 0,
+            crdt::Update::BoundedTransfer { .. } => true,
+            _ => false,
+        };
+        (context == *state.context() || !operations.iter().any(spends)).then_some(context)
     }
 
     /// Stores a local write applied to `state`: the key state, the op-log entry,

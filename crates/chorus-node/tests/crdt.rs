@@ -266,3 +266,60 @@ fn state_transfer_joins_documents() {
     .unwrap();
     assert_eq!(json_of(&b, "c1"), json!({"n": 7}));
 }
+
+/// While a transfer is merged but not adopted, a CRDT write's context stays within
+/// what it depends on (so a replica applying it early skips nothing), and a bounded
+/// counter's rights that may come from the transfer cannot be spent yet.
+#[test]
+fn writes_during_a_transfer_depend_on_what_they_saw() {
+    let (_a_dir, a) = temp_node();
+    let (_b_dir, b) = temp_node();
+    sync(&a, &b);
+    a.update(
+        "carts",
+        "c1",
+        vec![
+            op("/n", Update::CounterAdd(1)),
+            op("/stock", Update::BoundedAdd(5)),
+        ],
+    )
+    .unwrap();
+    a.update(
+        "carts",
+        "c1",
+        vec![op(
+            "/stock",
+            Update::BoundedTransfer {
+                to: b.node_id(),
+                by: 2,
+            },
+        )],
+    )
+    .unwrap();
+    let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
+    let chunk = a.read_state(None, 1000, &all_buckets).unwrap();
+    b.replicate_blocking(ReplicationStep::MergeState {
+        keys: chunk.keys,
+        conflicts: chunk.conflicts,
+    })
+    .unwrap();
+    assert!(matches!(
+        b.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-1))]),
+        Err(WriteError::Busy(_))
+    ));
+    b.update("carts", "c1", vec![op("/n", Update::CounterAdd(2))])
+        .unwrap();
+    let (_, last) = b.read_log(0, 1000, usize::MAX).unwrap().pop().unwrap();
+    let chorus_node::EntryBody::Write(written) = &last.body else {
+        panic!("a write")
+    };
+    assert!(last.deps.dominates(&written.context), "{last:?}");
+    assert_eq!(json_of(&b, "c1"), json!({"n": 3, "stock": 5}));
+    // Once adopted, the rights are b's to spend.
+    let applied = a.position().unwrap().applied;
+    b.replicate_blocking(ReplicationStep::AdoptState { applied })
+        .unwrap();
+    b.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-2))])
+        .unwrap();
+    assert_eq!(json_of(&b, "c1"), json!({"n": 3, "stock": 3}));
+}

@@ -51,8 +51,8 @@ fn seed_range() {
 /// CRDT seeds that found bugs:
 /// - 10125: a CRDT write made while a state transfer was merged but not yet adopted
 ///   had a context beyond what it depended on; a replica that applied it early
-///   counted a concurrent increment as seen and skipped it when it came (fixed:
-///   such writes are refused as busy until the transfer is adopted).
+///   counted a concurrent increment as seen and skipped it when it came (fixed: a
+///   CRDT write's context is what its node has seen *and applied* of the key).
 /// - 10006, 10161: with a first fix (writes depending on their context too), an
 ///   entry waited for writes a peer had only by transfer, and was never retried
 ///   after that peer's transfer to us was adopted (fixed in the engine: adoption
