@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use chorus_node::leases::{Lease, LeaseError};
 use chorus_node::{
     CollectionConfig, ConflictId, Context, Dot, Home, Node, Resolution, ResolveError, Write,
+    WriteError,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -403,7 +404,17 @@ async fn apply_ops(
         return Ok(forwarded);
     }
     check_fencing(&node, &headers, &collection, &key)?;
-    let ack = node.update_async(&collection, &key, operations).await?;
+    let ack = match node.update_async(&collection, &key, operations).await {
+        Ok(ack) => ack,
+        Err(WriteError::Refused(refused)) => {
+            // Name the nodes holding a bounded counter's rights, not their ids.
+            let message = refused.describe(|id| node.origin_name(id));
+            let mut error = ApiError::from(WriteError::Refused(refused));
+            error.message = message;
+            return Err(error);
+        }
+        Err(other) => return Err(other.into()),
+    };
     let doc = node.get(&collection, &key)?;
     let mut out = json!({
         "key": ack.key,

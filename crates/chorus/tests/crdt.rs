@@ -241,6 +241,17 @@ fn bad_operations_change_nothing() {
         );
         assert!(!reply.body["message"].as_str().unwrap().is_empty());
     }
+    // A refusal for lack of rights names the nodes that hold some.
+    let short = ops(
+        &url,
+        "c1",
+        &json!([{"op": "bounded.add", "path": "/left", "by": -2}]),
+    );
+    assert!(
+        short.body["message"].as_str().unwrap().contains("(n0: 1)"),
+        "{}",
+        short.text
+    );
     let malformed = call(
         "POST",
         &format!("{url}/v1/docs/carts/c1/ops"),

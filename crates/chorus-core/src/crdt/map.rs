@@ -52,8 +52,17 @@ impl Kind {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.name() == name)
+    /// What the kind is called in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Bounded => "bounded counter",
+            Kind::Set => "set",
+            Kind::MvRegister => "multi-value register",
+            Kind::LwwRegister => "LWW register",
+            Kind::Flag => "flag",
+            Kind::Map => "map",
+        }
     }
 }
 

@@ -206,7 +206,7 @@ mod tests {
                 path: "/b".into(),
                 held: 5,
                 needed: 6,
-                holders: format!("{}: 5, {}: 4", NodeId(1), NodeId(2)),
+                holders: vec![(NodeId(1), 5), (NodeId(2), 4)],
             })
         );
         let send = Update::BoundedTransfer {

@@ -88,22 +88,22 @@ pub enum OpError {
     #[error("bad path {path:?}: give one or more non-empty names, at most {PATH_DEPTH_MAX} deep")]
     BadPath { path: String },
     #[error(
-        "{path} is a {found}, so {op} cannot apply to it; use another path, or a {found} operation"
+        "{path} is a {}, so {op} cannot apply to it; use another path, or a {}.* operation",
+        found.noun(),
+        found.name()
     )]
     TypeMismatch {
         path: String,
-        found: &'static str,
+        found: Kind,
         op: &'static str,
     },
-    #[error(
-        "bounded counter {path}: this leader holds {held} rights and {needed} are needed; \
-         a leader holding rights ({holders}) can move some here with bounded.transfer"
-    )]
+    #[error("{}", self.describe(|node| node.to_string()))]
     InsufficientRights {
         path: String,
         held: u64,
         needed: u64,
-        holders: String,
+        /// Nodes holding rights, and how many.
+        holders: Vec<(NodeId, u64)>,
     },
     #[error("bounded counter {path}: rights cannot be sent to the leader that holds them")]
     SelfTransfer { path: String },
@@ -113,6 +113,37 @@ pub enum OpError {
     BoundedNotRemovable { path: String },
     #[error("counter {path} would overflow")]
     Overflow { path: String },
+}
+
+impl OpError {
+    /// The message, with nodes named by `name_of` (the error's `Display` names them
+    /// by id; a node that knows its peers' names can do better).
+    pub fn describe(&self, name_of: impl Fn(NodeId) -> String) -> String {
+        match self {
+            OpError::InsufficientRights {
+                path,
+                held,
+                needed,
+                holders,
+            } => {
+                let holders: Vec<String> = holders
+                    .iter()
+                    .map(|(node, rights)| format!("{}: {rights}", name_of(*node)))
+                    .collect();
+                let holders = if holders.is_empty() {
+                    "none".to_owned()
+                } else {
+                    holders.join(", ")
+                };
+                format!(
+                    "bounded counter {path}: this leader holds {held} rights and {needed} are \
+                     needed; a leader holding rights ({holders}) can move some here with \
+                     bounded.transfer"
+                )
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// The path as users write it: `/a/b`.
@@ -170,7 +201,7 @@ fn check_kinds(doc: &Map, operation: &Operation) -> Result<(), OpError> {
         {
             return Err(OpError::TypeMismatch {
                 path: path_text(&operation.path[..=depth]),
-                found: kinds[0].name(),
+                found: kinds[0],
                 op,
             });
         }
@@ -189,20 +220,11 @@ fn action(doc: &Map, operation: &Operation, node: NodeId, path: &str) -> Result<
     };
     let refused = |needed: u64| {
         let b = bounded();
-        let holders: Vec<String> = b
-            .holders()
-            .iter()
-            .map(|(n, rights)| format!("{n}: {rights}"))
-            .collect();
         OpError::InsufficientRights {
             path: path.to_owned(),
             held: b.rights(node),
             needed,
-            holders: if holders.is_empty() {
-                "none".into()
-            } else {
-                holders.join(", ")
-            },
+            holders: b.holders().into_iter().collect(),
         }
     };
     Ok(match &operation.update {
