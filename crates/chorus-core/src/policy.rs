@@ -69,7 +69,11 @@ impl Policy {
                 versions.first()
             }
             Policy::Siblings | Policy::Merge | Policy::Custom => None,
-            Policy::Lww => versions.iter().max_by_key(|v| (v.hlc, v.dot.node)),
+            // A CRDT version (left from before the collection changed policy) has
+            // no HLC of its own that replicas agree on, so it wins only alone.
+            Policy::Lww => versions
+                .iter()
+                .max_by_key(|v| (!v.is_crdt(), v.hlc, v.dot.node)),
             Policy::Crdt => match live(versions).as_slice() {
                 [only] => Some(only),
                 _ => None,
@@ -81,24 +85,29 @@ impl Policy {
     /// tombstones (concurrent deletes lose nothing). The record lists them all; under
     /// `lww` it names the winner.
     pub fn conflict(self, collection: &str, key: &str, state: &KeyState) -> Option<ConflictRecord> {
-        let versions = state.versions();
+        // A CRDT version's dot differs between replicas (it is the greatest of the
+        // deltas folded in there), so it stays out of records, whose ids derive
+        // from dots; it is never in conflict, only beside plain versions.
+        let versions: Vec<Version> = state
+            .versions()
+            .iter()
+            .filter(|v| !v.is_crdt())
+            .cloned()
+            .collect();
         if versions.len() < 2 || versions.iter().all(Version::is_tombstone) {
             return None;
         }
         let outcome = match self {
-            // A delete concurrent with CRDT operations removed what it saw; the rest
-            // stands. Only two live versions conflict.
-            Policy::Crdt if live(versions).len() < 2 => return None,
+            // Under crdt, plain versions (from before the collection became crdt)
+            // conflict only when two hold documents; a delete concurrent with
+            // operations removed what it saw, and the rest stands.
+            Policy::Crdt if live(&versions).len() < 2 => return None,
             Policy::Siblings | Policy::Crdt => Outcome::Siblings,
             Policy::Merge | Policy::Custom => Outcome::Merged,
-            Policy::Lww => Outcome::Winner(self.winner(versions).expect("two versions").dot),
+            Policy::Lww => Outcome::Winner(self.winner(&versions).expect("two versions").dot),
         };
         Some(ConflictRecord::new(
-            collection,
-            key,
-            self,
-            versions.to_vec(),
-            outcome,
+            collection, key, self, versions, outcome,
         ))
     }
 }
@@ -150,6 +159,43 @@ mod tests {
             Policy::Lww.winner(s.versions()).unwrap().dot.node,
             NodeId(2)
         );
+    }
+
+    /// A CRDT version beside a plain one (the collection changed policy) is never
+    /// in a record, whose id must not depend on its replica-dependent dot, and under
+    /// lww the plain version shows.
+    #[test]
+    fn crdt_version_stays_out_of_records() {
+        use crate::crdt::{Operation, Update, encode_delta, prepare};
+        let mut s = KeyState::new();
+        let dot = Dot::new(NodeId(1), 1);
+        let set = Operation {
+            path: vec!["n".into()],
+            update: Update::CounterAdd(1),
+        };
+        let delta = prepare(
+            &Default::default(),
+            &VersionVector::new(),
+            dot,
+            Hlc(900),
+            &[set],
+        );
+        let applied = s.apply(&Op {
+            dot,
+            hlc: Hlc(900),
+            collection: "c".into(),
+            key: "k".into(),
+            context: VersionVector::new(),
+            value: Some(encode_delta(&delta.unwrap())),
+        });
+        assert_eq!(applied, Ok(true));
+        write(&mut s, 2, 1, 100, "plain");
+        assert_eq!(s.versions().len(), 2);
+        for policy in [Policy::Lww, Policy::Siblings, Policy::Crdt] {
+            assert_eq!(policy.conflict("c", "k", &s), None, "{policy:?}");
+        }
+        let winner = Policy::Lww.winner(s.versions()).unwrap();
+        assert_eq!(winner.value.as_deref(), Some(&b"plain"[..]));
     }
 
     /// Siblings are all shown and the conflict recorded; a single version, or only

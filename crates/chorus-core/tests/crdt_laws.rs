@@ -267,12 +267,16 @@ fn state_join(a: &KeyState, b: &KeyState) -> crdt::Map {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(500))]
 
     /// Any causal delivery order, with duplicates, ends in one document everywhere,
-    /// and that document is what the reference model says.
+    /// and that document is what the reference model says; with whole-document
+    /// deletes in the history too (they remove only what they saw).
     #[test]
-    fn replicas_converge_to_the_model(steps in steps(false), order in prop::collection::vec(any::<usize>(), 8)) {
+    fn replicas_converge_to_the_model(
+        (deletes, steps) in any::<bool>().prop_flat_map(|d| (Just(d), steps(d))),
+        order in prop::collection::vec(any::<usize>(), 8),
+    ) {
         let (ops, mut replicas) = run(&steps);
         for r in &mut replicas {
             let missing: Vec<usize> = (0..ops.len()).filter(|i| !r.applied.contains(i)).collect();
@@ -283,22 +287,7 @@ proptest! {
             prop_assert_eq!(&doc(&r.state), &reference);
             prop_assert_eq!(r.state.context(), replicas[0].state.context());
         }
-        check_model(&ops, &reference, false)?;
-    }
-
-    /// The same with whole-document deletes in the history: convergence, add-wins.
-    #[test]
-    fn deletes_remove_only_what_they_saw(steps in steps(true), order in prop::collection::vec(any::<usize>(), 8)) {
-        let (ops, mut replicas) = run(&steps);
-        for r in &mut replicas {
-            let missing: Vec<usize> = (0..ops.len()).filter(|i| !r.applied.contains(i)).collect();
-            deliver(r, &ops, missing, &order);
-        }
-        let reference = doc(&replicas[0].state);
-        for r in &replicas[1..] {
-            prop_assert_eq!(&doc(&r.state), &reference);
-        }
-        check_model(&ops, &reference, true)?;
+        check_model(&ops, &reference, deletes)?;
     }
 
     /// State joins (used by state transfers) of replicas' partial states are
