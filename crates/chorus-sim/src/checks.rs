@@ -48,7 +48,8 @@ pub fn check(sim: &Sim) -> Result<(), String> {
     check_nothing_revived(sim)
 }
 
-/// Every replica's counters hold exactly the sum of the acknowledged increments.
+/// Every replica's counters hold exactly the sums of the acknowledged operations,
+/// and no bounded counter anywhere has spent more than was added.
 fn check_crdt_totals(sim: &Sim) -> Result<(), String> {
     let Some(totals) = &sim.crdt_totals else {
         return Ok(());
@@ -56,16 +57,29 @@ fn check_crdt_totals(sim: &Sim) -> Result<(), String> {
     for i in 0..sim.node_count() {
         for (key, expected) in totals {
             let doc = sim.node(i).crdt_document("c", key).expect("reads work");
-            let actual = match doc
-                .as_ref()
-                .and_then(|d| d.get(&["n".into()], Kind::Counter))
-            {
+            let field = |name: &str, kind| doc.as_ref().and_then(|d| d.get(&[name.into()], kind));
+            let counter = match field("n", Kind::Counter) {
                 Some(Field::Counter(counter)) => Field::counter_value(counter),
                 _ => 0,
             };
-            if actual != *expected {
+            let (added, spent) = match field("stock", Kind::Bounded) {
+                Some(Field::Bounded(b)) => (
+                    b.entries().values().map(|r| r.added).sum::<u64>() as i64,
+                    b.entries().values().map(|r| r.spent).sum::<u64>() as i64,
+                ),
+                _ => (0, 0),
+            };
+            if counter != expected.counter {
                 return Err(format!(
-                    "node {i}: counter c/{key}/n is {actual}, acknowledged increments sum to {expected}"
+                    "node {i}: counter c/{key}/n is {counter}, acknowledged increments sum to {}",
+                    expected.counter
+                ));
+            }
+            if added - spent != expected.bounded || added < spent {
+                return Err(format!(
+                    "node {i}: bounded counter c/{key}/stock added {added} and spent {spent}; \
+                     acknowledged operations sum to {}",
+                    expected.bounded
                 ));
             }
         }

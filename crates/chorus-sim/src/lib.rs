@@ -27,7 +27,7 @@ pub mod checks;
 pub mod disk;
 pub mod rng;
 
-use chorus_core::crdt::{Operation, Update};
+use chorus_core::crdt::{OpError, Operation, Update};
 use chorus_core::{Dot, EntryBody, PhysicalClock, VersionVector};
 use chorus_node::replication::{ReadAnswer, answer_read, hello};
 use chorus_node::{
@@ -150,13 +150,22 @@ pub struct Sim {
     scheduled: Vec<(u64, Scheduled)>,
     contexts: BTreeMap<(usize, String), Context>,
     pub acked: Vec<Acked>,
-    /// With a CRDT workload ([`Sim::with_crdt`]): per key of collection `c`, the sum
-    /// of every acknowledged `counter.add` to `/n`, which every replica must show.
-    pub crdt_totals: Option<BTreeMap<String, i64>>,
+    /// With a CRDT workload ([`Sim::with_crdt`]): per key of collection `c`, what
+    /// every replica's counters must show in the end.
+    pub crdt_totals: Option<BTreeMap<String, CrdtTotals>>,
     pub report: Report,
     /// Print every event and command (`CHORUS_SIM_TRACE=1`), to study a failing seed.
     trace: bool,
     limits: EngineLimits,
+}
+
+/// The sums of the acknowledged CRDT operations on one document.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CrdtTotals {
+    /// `counter.add` to `/n`.
+    pub counter: i64,
+    /// `bounded.add` to `/stock`, increments less spends.
+    pub bounded: i64,
 }
 
 #[derive(Clone, Copy)]
@@ -722,37 +731,74 @@ impl Sim {
         self.handle(0, event);
     }
 
-    /// An increment and a set edit in one write. Refused only while the node has
-    /// not yet received collection `c`'s settings, or merges a state transfer.
+    /// An increment and a set edit in one write, or a bounded counter's increment,
+    /// spend or transfer of rights. Refused while the node has not yet received
+    /// collection `c`'s settings, for lack of rights, or (a spend) while a transfer
+    /// is merged.
     fn client_crdt_op(&mut self) {
         let Some(i) = self.running() else { return };
         let key = self.rng.pick(&KEYS).to_string();
-        let by = 1 + self.rng.below(5) as i64;
-        let element = format!("{}", self.rng.below(4)).into_bytes();
-        let edit = if self.rng.chance(60) {
-            Update::SetAdd(element)
-        } else {
-            Update::SetRemove(element)
+        let op = |path: &str, update| Operation {
+            path: vec![path.to_owned()],
+            update,
         };
-        let operations = vec![
-            Operation {
-                path: vec!["n".into()],
-                update: Update::CounterAdd(by),
-            },
-            Operation {
-                path: vec!["s".into()],
-                update: edit,
-            },
-        ];
+        let (operations, counted) = match self.rng.below(10) {
+            0..=6 => {
+                let by = 1 + self.rng.below(5) as i64;
+                let element = format!("{}", self.rng.below(4)).into_bytes();
+                let edit = if self.rng.chance(60) {
+                    Update::SetAdd(element)
+                } else {
+                    Update::SetRemove(element)
+                };
+                let ops = vec![op("n", Update::CounterAdd(by)), op("s", edit)];
+                (
+                    ops,
+                    CrdtTotals {
+                        counter: by,
+                        bounded: 0,
+                    },
+                )
+            }
+            7 => (
+                vec![op("stock", Update::BoundedAdd(3))],
+                CrdtTotals {
+                    counter: 0,
+                    bounded: 3,
+                },
+            ),
+            8 => (
+                vec![op("stock", Update::BoundedAdd(-1))],
+                CrdtTotals {
+                    counter: 0,
+                    bounded: -1,
+                },
+            ),
+            _ => {
+                let to = self.nodes[self.rng.below(self.nodes.len() as u64) as usize].id;
+                let transfer = Update::BoundedTransfer {
+                    to,
+                    by: 1 + self.rng.below(2),
+                };
+                (vec![op("stock", transfer)], CrdtTotals::default())
+            }
+        };
         match self.node(i).update("c", &key, operations) {
             Ok(_) => {
                 let totals = self.crdt_totals.as_mut().expect("CRDT workload");
-                *totals.entry(key).or_default() += by;
+                let expected = totals.entry(key).or_default();
+                expected.counter += counted.counter;
+                expected.bounded += counted.bounded;
                 let event = self.committed(i);
                 self.handle(i, event);
             }
-            // Before `c`'s settings arrive, or while a transfer is merged.
-            Err(chorus_node::WriteError::Invalid(_) | chorus_node::WriteError::Busy(_)) => {}
+            Err(
+                chorus_node::WriteError::Invalid(_)
+                | chorus_node::WriteError::Busy(_)
+                | chorus_node::WriteError::Refused(
+                    OpError::InsufficientRights { .. } | OpError::SelfTransfer { .. },
+                ),
+            ) => {}
             Err(e) => panic!("CRDT write failed: {e}"),
         }
     }
