@@ -50,22 +50,24 @@ impl Bounded {
 
     /// The counter's value: everything added less everything spent, never negative.
     pub fn value(&self) -> u64 {
-        let added: u64 = self.entries.values().map(|r| r.added).sum();
-        let spent: u64 = self.entries.values().map(|r| r.spent).sum();
+        let added = saturating_sum(self.entries.values().map(|r| r.added));
+        let spent = saturating_sum(self.entries.values().map(|r| r.spent));
         added.saturating_sub(spent)
     }
 
     /// The rights `node` holds: what it added and received, less what it spent and
     /// sent.
     pub fn rights(&self, node: NodeId) -> u64 {
-        let received: u64 = self
-            .entries
-            .values()
-            .filter_map(|r| r.sent.get(&node))
-            .sum();
+        let received = saturating_sum(
+            self.entries
+                .values()
+                .filter_map(|r| r.sent.get(&node).copied()),
+        );
         let own = self.entries.get(&node).cloned().unwrap_or_default();
-        let sent: u64 = own.sent.values().sum();
-        (own.added + received).saturating_sub(own.spent + sent)
+        let sent = saturating_sum(own.sent.values().copied());
+        own.added
+            .saturating_add(received)
+            .saturating_sub(own.spent.saturating_add(sent))
     }
 
     /// Rights per node that holds any.
@@ -92,7 +94,7 @@ impl Bounded {
             return None;
         }
         let mut own = self.entries.get(&node).cloned().unwrap_or_default();
-        own.spent += amount;
+        own.spent = own.spent.checked_add(amount)?;
         Some(own)
     }
 
@@ -103,7 +105,8 @@ impl Bounded {
             return None;
         }
         let mut own = self.entries.get(&node).cloned().unwrap_or_default();
-        *own.sent.entry(to).or_insert(0) += amount;
+        let sent = own.sent.entry(to).or_insert(0);
+        *sent = sent.checked_add(amount)?;
         Some(own)
     }
 
@@ -117,4 +120,10 @@ impl Bounded {
             self.update(node, rights);
         }
     }
+}
+
+/// Sums that cannot overflow: totals written by other nodes are not trusted to be
+/// small (each fits a u64, their sum may not).
+fn saturating_sum(values: impl Iterator<Item = u64>) -> u64 {
+    values.fold(0, u64::saturating_add)
 }

@@ -14,7 +14,7 @@
 use super::bounded::{Bounded, Rights};
 use super::dots::DotFun;
 use crate::{Dot, Hlc, VersionVector};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The type of a field.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -171,7 +171,7 @@ impl Field {
             (Field::Map(a), Field::Map(b)) => a.join(b, mine, theirs),
             (Field::Set(a), Field::Set(b)) => {
                 let empty = DotFun::default();
-                let names: Vec<Vec<u8>> = a.keys().chain(b.keys()).cloned().collect();
+                let names: BTreeSet<Vec<u8>> = a.keys().chain(b.keys()).cloned().collect();
                 for element in names {
                     let dots = a.entry(element.clone()).or_default();
                     dots.join(b.get(&element).unwrap_or(&empty), mine, theirs);
@@ -302,7 +302,7 @@ impl Map {
     /// Joins another replica's state of the same document; `mine` and `theirs` are
     /// the causal contexts of the two sides.
     pub fn join(&mut self, other: &Map, mine: &VersionVector, theirs: &VersionVector) {
-        let keys: Vec<(String, Kind)> = self
+        let keys: BTreeSet<(String, Kind)> = self
             .fields
             .keys()
             .chain(other.fields.keys())
