@@ -15,7 +15,6 @@ use chorus_core::{
     PhysicalClock, SystemClock, VersionVector,
 };
 use chorus_repl::{LogPosition, PeerStatus};
-use chorus_store::codec;
 use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -735,14 +734,11 @@ impl Node {
         for entry in snapshot.all_keys()? {
             let (collection, key, state) = entry?;
             let hasher = &mut hashers[bucket_of(&collection, &key) as usize];
-            for part in [
-                collection.as_bytes(),
-                key.as_bytes(),
-                &codec::encode_key_state(&state),
-            ] {
+            for part in [collection.as_bytes(), key.as_bytes()] {
                 hasher.update((part.len() as u64).to_le_bytes());
                 hasher.update(part);
             }
+            hash_key_state(hasher, &state);
         }
         let hashes = hashers
             .into_iter()
@@ -929,19 +925,8 @@ impl Node {
             }
             hasher.update((document.versions.len() as u64).to_le_bytes());
             for version in &document.versions {
-                if !version.crdt {
-                    hasher.update(version.dot.node.0.to_le_bytes());
-                    hasher.update(version.dot.counter.to_le_bytes());
-                    hasher.update(version.hlc.0.to_le_bytes());
-                }
-                match &version.value {
-                    Some(value) => {
-                        hasher.update([1]);
-                        hasher.update((value.len() as u64).to_le_bytes());
-                        hasher.update(value);
-                    }
-                    None => hasher.update([0]),
-                }
+                let stamp = (!version.crdt).then_some((version.dot, version.hlc));
+                hash_version(&mut hasher, stamp, version.value.as_deref());
             }
         }
         hasher.update(b"conflicts");
@@ -1076,6 +1061,40 @@ fn local_job(job: Job) -> PendingRequest {
         },
         rx,
     )
+}
+
+/// Hashes `state` as every replica holding the same data holds it: without a CRDT
+/// version's dot and HLC (the greatest of the deltas folded in on that replica), so
+/// that equal documents hash equal and a transfer skips their buckets.
+fn hash_key_state(hasher: &mut Sha256, state: &KeyState) {
+    hasher.update((state.context().len() as u64).to_le_bytes());
+    for (node, counter) in state.context().iter() {
+        hasher.update(node.0.to_le_bytes());
+        hasher.update(counter.to_le_bytes());
+    }
+    hasher.update((state.versions().len() as u64).to_le_bytes());
+    for version in state.versions() {
+        let stamp = (!version.is_crdt()).then_some((version.dot, version.hlc));
+        hash_version(hasher, stamp, version.value.as_deref());
+    }
+}
+
+/// Hashes one version: its dot and HLC when replicas agree on them (`stamp`), and
+/// its value or the fact that it is a tombstone.
+fn hash_version(hasher: &mut Sha256, stamp: Option<(Dot, Hlc)>, value: Option<&[u8]>) {
+    if let Some((dot, hlc)) = stamp {
+        hasher.update(dot.node.0.to_le_bytes());
+        hasher.update(dot.counter.to_le_bytes());
+        hasher.update(hlc.0.to_le_bytes());
+    }
+    match value {
+        Some(value) => {
+            hasher.update([1]);
+            hasher.update((value.len() as u64).to_le_bytes());
+            hasher.update(value);
+        }
+        None => hasher.update([0]),
+    }
 }
 
 /// A stored value as users see it: the document, without a merge header.
