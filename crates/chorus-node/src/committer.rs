@@ -424,8 +424,14 @@ impl Committer {
         let dot = self.next_dot();
         let delta = match crdt::prepare(&doc, &context, dot, hlc, operations) {
             Ok(delta) => delta,
-            Err(refused) => return Ok(Err(WriteError::Refused(refused))),
+            Err(refused) => {
+                metrics::counter!("chorus_crdt_refused_total", "reason" => refused.reason())
+                    .increment(1);
+                return Ok(Err(WriteError::Refused(refused)));
+            }
         };
+        metrics::counter!("chorus_crdt_operations_total", "collection" => collection.clone())
+            .increment(operations.len() as u64);
         let op = Op {
             dot,
             hlc,

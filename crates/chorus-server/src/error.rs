@@ -55,13 +55,8 @@ impl From<WriteError> for ApiError {
             WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             WriteError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             WriteError::Refused(refused) => match refused {
-                OpError::InsufficientRights { .. } => (StatusCode::CONFLICT, "insufficient_rights"),
-                OpError::TypeMismatch { .. } => (StatusCode::BAD_REQUEST, "type_mismatch"),
-                OpError::BadPath { .. } => (StatusCode::BAD_REQUEST, "bad_path"),
-                OpError::BoundedNotRemovable { .. } | OpError::SelfTransfer { .. } => {
-                    (StatusCode::BAD_REQUEST, "bad_request")
-                }
-                OpError::Overflow { .. } => (StatusCode::BAD_REQUEST, "overflow"),
+                OpError::InsufficientRights { .. } => (StatusCode::CONFLICT, refused.reason()),
+                _ => (StatusCode::BAD_REQUEST, refused.reason()),
             },
         };
         ApiError::new(status, code, e.to_string())

@@ -223,7 +223,7 @@ fn bad_operations_change_nothing() {
         (
             json!([{"op": "map.remove", "path": "/left"}]),
             400,
-            "bad_request",
+            "bounded_not_removable",
         ),
         (
             json!([{"op": "bounded.transfer", "path": "/left", "to": "nobody", "by": 1}]),
@@ -276,4 +276,12 @@ fn bad_operations_change_nothing() {
     );
     assert_eq!(digest(&url), before);
     assert_eq!(value(&url, "c1"), json!({"count": 1, "left": 1}));
+    let metrics = get(&format!("{url}/metrics")).text;
+    for line in [
+        "chorus_crdt_operations_total{collection=\"carts\"} 2",
+        "chorus_crdt_refused_total{reason=\"type_mismatch\"} 2",
+        "chorus_crdt_refused_total{reason=\"insufficient_rights\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 }

@@ -116,6 +116,18 @@ pub enum OpError {
 }
 
 impl OpError {
+    /// A short name of the reason, for metrics and error codes.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OpError::BadPath { .. } => "bad_path",
+            OpError::TypeMismatch { .. } => "type_mismatch",
+            OpError::InsufficientRights { .. } => "insufficient_rights",
+            OpError::SelfTransfer { .. } => "self_transfer",
+            OpError::BoundedNotRemovable { .. } => "bounded_not_removable",
+            OpError::Overflow { .. } => "overflow",
+        }
+    }
+
     /// The message, with nodes named by `name_of` (the error's `Display` names them
     /// by id; a node that knows its peers' names can do better).
     pub fn describe(&self, name_of: impl Fn(NodeId) -> String) -> String {
