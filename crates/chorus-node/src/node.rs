@@ -276,6 +276,28 @@ impl Node {
 
     /// Applies CRDT operations to one document of a `crdt` collection, all or none.
     /// Blocking. A refused operation is [`WriteError::Refused`].
+    ///
+    /// ```
+    /// use chorus_node::crdt::{Field, Kind, Operation, Update};
+    /// use chorus_node::{CollectionConfig, Policy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let node = chorus_node::open(dir.path().join("app.redb"))?;
+    /// let crdt = CollectionConfig { policy: Policy::Crdt, ..Default::default() };
+    /// node.set_collection("events", &crdt)?;
+    /// node.update("events", "launch", vec![
+    ///     Operation { path: vec!["views".into()], update: Update::CounterAdd(2) },
+    ///     Operation { path: vec!["tags".into()], update: Update::SetAdd(br#""new""#.to_vec()) },
+    /// ])?;
+    /// let doc = node.crdt_document("events", "launch")?.expect("written");
+    /// let Some(Field::Counter(views)) = doc.get(&["views".into()], Kind::Counter) else {
+    ///     panic!("a counter")
+    /// };
+    /// assert_eq!(Field::counter_value(views), 2);
+    /// let read = node.get("events", "launch")?;
+    /// assert_eq!(read.value(), Some(&br#"{"tags":["new"],"views":2}"#[..]));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn update(
         &self,
         collection: &str,
