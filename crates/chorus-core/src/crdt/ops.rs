@@ -158,9 +158,12 @@ impl OpError {
     }
 }
 
-/// The path as users write it: `/a/b`.
+/// The path as users write it, a JSON pointer: `/a/b` (`/` in a name is `~1`, `~`
+/// is `~0`).
 pub fn path_text(path: &[String]) -> String {
-    path.iter().map(|name| format!("/{name}")).collect()
+    path.iter()
+        .map(|name| format!("/{}", name.replace('~', "~0").replace('/', "~1")))
+        .collect()
 }
 
 /// Checks `operations` in order against `doc` (as seen by the writer, whose key
