@@ -2,10 +2,11 @@
 //! show, replication between nodes by their op logs and by state transfer, and the
 //! refusals (type mismatch, missing rights, plain writes) that change nothing.
 
-use chorus_core::crdt::{Field, Kind, OpError, Operation, Update};
+use chorus_node::crdt::{Field, Kind, OpError, Operation, Update};
 use chorus_node::crdt_json::render;
 use chorus_node::{
-    CollectionConfig, Entry, Node, NodeConfig, NodeId, Policy, ReplicationStep, WriteError,
+    CollectionConfig, Entry, Node, NodeConfig, NodeId, Policy, ReplicationStep, WriteAck,
+    WriteError,
 };
 use serde_json::{Value, json};
 
@@ -35,6 +36,12 @@ fn op(path: &str, update: Update) -> Operation {
     }
 }
 
+/// Applies `operations` (path, update) to cart `c1` on `node`.
+fn update(node: &Node, operations: &[(&str, Update)]) -> Result<WriteAck, WriteError> {
+    let operations = operations.iter().map(|(p, u)| op(p, u.clone())).collect();
+    node.update("carts", "c1", operations)
+}
+
 fn json_of(node: &Node, key: &str) -> Value {
     let doc = node.get("carts", key).unwrap();
     doc.value()
@@ -60,41 +67,33 @@ fn concurrent_operations_converge() {
     let (_a_dir, a) = temp_node();
     let (_b_dir, b) = temp_node();
     sync(&a, &b);
-    a.update(
-        "carts",
-        "c1",
-        vec![
-            op("/n", Update::CounterAdd(5)),
-            op("/tags", Update::SetAdd(b"\"x\"".to_vec())),
+    update(
+        &a,
+        &[
+            ("/n", Update::CounterAdd(5)),
+            ("/tags", Update::SetAdd(b"\"x\"".to_vec())),
         ],
     )
     .unwrap();
     sync(&a, &b);
     // Concurrently: a removes "x" and adds 2; b adds "x" again (add wins) and 3.
-    a.update(
-        "carts",
-        "c1",
-        vec![
-            op("/tags", Update::SetRemove(b"\"x\"".to_vec())),
-            op("/n", Update::CounterAdd(2)),
+    update(
+        &a,
+        &[
+            ("/tags", Update::SetRemove(b"\"x\"".to_vec())),
+            ("/n", Update::CounterAdd(2)),
         ],
     )
     .unwrap();
-    b.update(
-        "carts",
-        "c1",
-        vec![
-            op("/tags", Update::SetAdd(b"\"x\"".to_vec())),
-            op("/n", Update::CounterAdd(3)),
+    update(
+        &b,
+        &[
+            ("/tags", Update::SetAdd(b"\"x\"".to_vec())),
+            ("/n", Update::CounterAdd(3)),
         ],
     )
     .unwrap();
-    b.update(
-        "carts",
-        "c1",
-        vec![op("/m/title", Update::LwwSet(b"\"hi\"".to_vec()))],
-    )
-    .unwrap();
+    update(&b, &[("/m/title", Update::LwwSet(b"\"hi\"".to_vec()))]).unwrap();
     sync(&a, &b);
     sync(&b, &a);
     let expected = json!({"n": 10, "tags": ["x"], "m": {"title": "hi"}});
@@ -115,12 +114,11 @@ fn concurrent_operations_converge() {
 #[test]
 fn refusals_change_nothing() {
     let (_dir, node) = temp_node();
-    node.update(
-        "carts",
-        "c1",
-        vec![
-            op("/n", Update::CounterAdd(1)),
-            op("/stock", Update::BoundedAdd(2)),
+    update(
+        &node,
+        &[
+            ("/n", Update::CounterAdd(1)),
+            ("/stock", Update::BoundedAdd(2)),
         ],
     )
     .unwrap();
@@ -142,14 +140,14 @@ fn refusals_change_nothing() {
             "{operations:?}: {refused:?}"
         );
     }
-    match node.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-3))]) {
+    match update(&node, &[("/stock", Update::BoundedAdd(-3))]) {
         Err(WriteError::Refused(OpError::InsufficientRights { held, needed, .. })) => {
             assert_eq!((held, needed), (2, 3));
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        node.update("carts", "c1", vec![op("", Update::CounterAdd(1))]),
+        update(&node, &[("", Update::CounterAdd(1))]),
         Err(WriteError::Refused(OpError::BadPath { .. }))
     ));
     assert!(matches!(
@@ -167,8 +165,7 @@ fn refusals_change_nothing() {
     assert_eq!(node.digest().unwrap(), before);
     assert_eq!(json_of(&node, "c1"), json!({"n": 1, "stock": 2}));
     // Spending what is held works, down to zero and no further.
-    node.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-2))])
-        .unwrap();
+    update(&node, &[("/stock", Update::BoundedAdd(-2))]).unwrap();
     assert_eq!(json_of(&node, "c1"), json!({"n": 1, "stock": 0}));
 }
 
@@ -177,20 +174,18 @@ fn refusals_change_nothing() {
 fn bounded_counter_rights_transfer() {
     let (_a_dir, a) = temp_node();
     let (_b_dir, b) = temp_node();
-    a.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(10))])
-        .unwrap();
+    update(&a, &[("/stock", Update::BoundedAdd(10))]).unwrap();
     sync(&a, &b);
     assert!(matches!(
-        b.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-1))]),
+        update(&b, &[("/stock", Update::BoundedAdd(-1))]),
         Err(WriteError::Refused(OpError::InsufficientRights {
             held: 0,
             ..
         }))
     ));
-    a.update(
-        "carts",
-        "c1",
-        vec![op(
+    update(
+        &a,
+        &[(
             "/stock",
             Update::BoundedTransfer {
                 to: b.node_id(),
@@ -200,10 +195,8 @@ fn bounded_counter_rights_transfer() {
     )
     .unwrap();
     sync(&a, &b);
-    b.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-4))])
-        .unwrap();
-    a.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-6))])
-        .unwrap();
+    update(&b, &[("/stock", Update::BoundedAdd(-4))]).unwrap();
+    update(&a, &[("/stock", Update::BoundedAdd(-6))]).unwrap();
     sync(&a, &b);
     sync(&b, &a);
     assert_eq!(json_of(&a, "c1"), json!({"stock": 0}));
@@ -216,21 +209,11 @@ fn bounded_counter_rights_transfer() {
 fn delete_is_observed_remove() {
     let (_a_dir, a) = temp_node();
     let (_b_dir, b) = temp_node();
-    a.update(
-        "carts",
-        "c1",
-        vec![op("/tags", Update::SetAdd(b"1".to_vec()))],
-    )
-    .unwrap();
+    update(&a, &[("/tags", Update::SetAdd(b"1".to_vec()))]).unwrap();
     sync(&a, &b);
     a.delete("carts", "c1", None).unwrap();
     assert!(a.get("carts", "c1").unwrap().is_absent());
-    b.update(
-        "carts",
-        "c1",
-        vec![op("/tags", Update::SetAdd(b"2".to_vec()))],
-    )
-    .unwrap();
+    update(&b, &[("/tags", Update::SetAdd(b"2".to_vec()))]).unwrap();
     sync(&a, &b);
     sync(&b, &a);
     assert_eq!(json_of(&a, "c1"), json!({"tags": [2]}));
@@ -245,27 +228,24 @@ fn state_transfer_joins_documents() {
     let (_a_dir, a) = temp_node();
     let (_b_dir, b) = temp_node();
     sync(&a, &b);
-    a.update(
-        "carts",
-        "c1",
-        vec![
-            op("/n", Update::CounterAdd(1)),
-            op("/tags", Update::SetAdd(b"1".to_vec())),
+    update(
+        &a,
+        &[
+            ("/n", Update::CounterAdd(1)),
+            ("/tags", Update::SetAdd(b"1".to_vec())),
         ],
     )
     .unwrap();
     sync(&a, &b);
-    b.update(
-        "carts",
-        "c1",
-        vec![
-            op("/tags", Update::SetRemove(b"1".to_vec())),
-            op("/n", Update::CounterAdd(2)),
+    update(
+        &b,
+        &[
+            ("/tags", Update::SetRemove(b"1".to_vec())),
+            ("/n", Update::CounterAdd(2)),
         ],
     )
     .unwrap();
-    a.update("carts", "c1", vec![op("/n", Update::CounterAdd(4))])
-        .unwrap();
+    update(&a, &[("/n", Update::CounterAdd(4))]).unwrap();
     // b takes a's whole state (as a node that fell behind the log would).
     let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
     let chunk = a.read_state(None, 1000, &all_buckets).unwrap();
@@ -285,19 +265,17 @@ fn writes_during_a_transfer_depend_on_what_they_saw() {
     let (_a_dir, a) = temp_node();
     let (_b_dir, b) = temp_node();
     sync(&a, &b);
-    a.update(
-        "carts",
-        "c1",
-        vec![
-            op("/n", Update::CounterAdd(1)),
-            op("/stock", Update::BoundedAdd(5)),
+    update(
+        &a,
+        &[
+            ("/n", Update::CounterAdd(1)),
+            ("/stock", Update::BoundedAdd(5)),
         ],
     )
     .unwrap();
-    a.update(
-        "carts",
-        "c1",
-        vec![op(
+    update(
+        &a,
+        &[(
             "/stock",
             Update::BoundedTransfer {
                 to: b.node_id(),
@@ -314,11 +292,10 @@ fn writes_during_a_transfer_depend_on_what_they_saw() {
     })
     .unwrap();
     assert!(matches!(
-        b.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-1))]),
+        update(&b, &[("/stock", Update::BoundedAdd(-1))]),
         Err(WriteError::Busy(_))
     ));
-    b.update("carts", "c1", vec![op("/n", Update::CounterAdd(2))])
-        .unwrap();
+    update(&b, &[("/n", Update::CounterAdd(2))]).unwrap();
     let (_, last) = b.read_log(0, 1000, usize::MAX).unwrap().pop().unwrap();
     let chorus_node::EntryBody::Write(written) = &last.body else {
         panic!("a write")
@@ -329,8 +306,7 @@ fn writes_during_a_transfer_depend_on_what_they_saw() {
     let applied = a.position().unwrap().applied;
     b.replicate_blocking(ReplicationStep::AdoptState { applied })
         .unwrap();
-    b.update("carts", "c1", vec![op("/stock", Update::BoundedAdd(-2))])
-        .unwrap();
+    update(&b, &[("/stock", Update::BoundedAdd(-2))]).unwrap();
     assert_eq!(json_of(&b, "c1"), json!({"n": 3, "stock": 3}));
 }
 
@@ -342,13 +318,10 @@ fn equal_documents_hash_equal() {
     let (_a_dir, a) = temp_node_with(Some(2));
     let (_b_dir, b) = temp_node_with(Some(1));
     sync(&a, &b);
-    a.update("carts", "c1", vec![op("/f", Update::FlagEnable)])
-        .unwrap();
+    update(&a, &[("/f", Update::FlagEnable)]).unwrap();
     sync(&a, &b);
-    a.update("carts", "c1", vec![op("/f", Update::FlagDisable)])
-        .unwrap();
-    b.update("carts", "c1", vec![op("/n", Update::CounterAdd(1))])
-        .unwrap();
+    update(&a, &[("/f", Update::FlagDisable)]).unwrap();
+    update(&b, &[("/n", Update::CounterAdd(1))]).unwrap();
     sync(&a, &b);
     sync(&b, &a);
     assert_eq!(json_of(&a, "c1"), json!({"n": 1}));
