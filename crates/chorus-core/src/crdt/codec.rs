@@ -2,19 +2,23 @@
 //! (carried by an op's value). Core owns it because the key state applies deltas.
 //!
 //! ```text
-//! state  = 0x01 format:u8 map
+//! state  = 0x01 format:u8 nodes map
 //! delta  = 0x02 format:u8 n:varint n × change
+//! nodes  = n:varint n × node:u64le                           increasing
 //! map    = n:varint n × (name:bytes kind:u8 field)          sorted, no repeats
-//! field  = counter: n × (dot total:zigzag) | bounded: n × (node:u64le rights)
+//! field  = counter: n × (dot total:zigzag) | bounded: n × (node rights)
 //!        | set: n × (element:bytes dots) | mvreg: n × (dot value:bytes)
 //!        | lwwreg: n × (dot hlc:varint value:bytes) | flag: dots | map: map
-//! dots   = n:varint n × dot          dot = node:u64le counter:varint
-//! rights = added:varint spent:varint n × (to:u64le amount:varint)
+//! dots   = n:varint n × dot          dot = node counter:varint
+//! rights = added:varint spent:varint n × (to:node amount:varint)
 //! change = depth:varint depth × name:bytes action:u8 payload
 //! bytes  = len:varint len × u8
+//! node   = in a state: index:varint into `nodes`; in a delta: u64le
 //! ```
 //!
-//! Kinds are 1..=7 in [`Kind::ALL`] order; actions 1..=9 in [`Action`] order.
+//! A state names each node once, in its `nodes` table, and its dots by index: a
+//! dot then takes two or three bytes instead of ten. Kinds are 1..=7 in
+//! [`Kind::ALL`] order; actions 1..=9 in [`Action`] order.
 //! Decoding refuses anything out of order, repeated, empty, nested deeper than
 //! [`PATH_DEPTH_MAX`] or followed by trailing bytes: those are [`Corrupted`].
 
@@ -23,19 +27,73 @@ use super::dots::DotFun;
 use super::map::{Action, Change, Delta, Field, Kind, Map};
 use super::{Corrupted, DELTA_MARKER, FORMAT, PATH_DEPTH_MAX, STATE_MARKER};
 use crate::{Dot, Hlc, NodeId, varint};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub fn encode_state(doc: &Map) -> Vec<u8> {
     let mut out = vec![STATE_MARKER, FORMAT];
-    write_map(&mut out, doc);
+    let mut nodes = BTreeSet::new();
+    collect_nodes(doc, &mut nodes);
+    varint::write(&mut out, nodes.len() as u64);
+    for node in &nodes {
+        out.extend_from_slice(&node.0.to_le_bytes());
+    }
+    let table = Table::Indexed(nodes.into_iter().zip(0..).collect());
+    write_map(&mut out, doc, &table);
     out
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<Map, Corrupted> {
     let mut r = Reader::after_header(bytes, STATE_MARKER)?;
+    let mut nodes = Vec::new();
+    for _ in 0..r.count()? {
+        let node = r.node()?;
+        if nodes.last().is_some_and(|last| *last >= node) {
+            return Err(r.corrupt("node table out of order"));
+        }
+        nodes.push(node);
+    }
+    r.nodes = Some(nodes);
     let map = r.map(0)?;
     r.finish()?;
     Ok(map)
+}
+
+/// How nodes are written: by index into a state's table, or in full (deltas).
+enum Table {
+    Indexed(BTreeMap<NodeId, u64>),
+    Full,
+}
+
+impl Table {
+    fn write(&self, out: &mut Vec<u8>, node: NodeId) {
+        match self {
+            Table::Indexed(index) => varint::write(out, index[&node]),
+            Table::Full => out.extend_from_slice(&node.0.to_le_bytes()),
+        }
+    }
+}
+
+/// Every node a document names: in dots, bounded counter entries and transfers.
+fn collect_nodes(map: &Map, nodes: &mut BTreeSet<NodeId>) {
+    fn dots<V: Clone>(d: &DotFun<V>, nodes: &mut BTreeSet<NodeId>) {
+        nodes.extend(d.iter().map(|(dot, _)| dot.node));
+    }
+    for field in map.fields.values() {
+        match field {
+            Field::Counter(d) => dots(d, nodes),
+            Field::MvRegister(d) => dots(d, nodes),
+            Field::LwwRegister(d) => dots(d, nodes),
+            Field::Flag(d) => dots(d, nodes),
+            Field::Set(elements) => elements.values().for_each(|d| dots(d, nodes)),
+            Field::Bounded(b) => {
+                for (node, rights) in b.entries() {
+                    nodes.insert(*node);
+                    nodes.extend(rights.sent.keys());
+                }
+            }
+            Field::Map(inner) => collect_nodes(inner, nodes),
+        }
+    }
 }
 
 pub fn encode_delta(delta: &Delta) -> Vec<u8> {
@@ -53,7 +111,7 @@ pub fn encode_delta(delta: &Delta) -> Vec<u8> {
             }
             Action::BoundedEntry(rights) => {
                 out.push(2);
-                write_rights(&mut out, rights);
+                write_rights(&mut out, rights, &Table::Full);
             }
             Action::SetAdd(v) | Action::SetRemove(v) | Action::MvSet(v) | Action::LwwSet(v) => {
                 out.push(match &change.action {
@@ -119,73 +177,72 @@ fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn write_dot(out: &mut Vec<u8>, dot: Dot) {
-    out.extend_from_slice(&dot.node.0.to_le_bytes());
-    varint::write(out, dot.counter);
-}
-
 fn write_dots<V: Clone>(
     out: &mut Vec<u8>,
     dots: &DotFun<V>,
+    table: &Table,
     mut value: impl FnMut(&mut Vec<u8>, &V),
 ) {
     varint::write(out, dots.len() as u64);
     for (dot, v) in dots.iter() {
-        write_dot(out, dot);
+        table.write(out, dot.node);
+        varint::write(out, dot.counter);
         value(out, v);
     }
 }
 
-fn write_rights(out: &mut Vec<u8>, rights: &Rights) {
+fn write_rights(out: &mut Vec<u8>, rights: &Rights, table: &Table) {
     varint::write(out, rights.added);
     varint::write(out, rights.spent);
     varint::write(out, rights.sent.len() as u64);
     for (to, amount) in &rights.sent {
-        out.extend_from_slice(&to.0.to_le_bytes());
+        table.write(out, *to);
         varint::write(out, *amount);
     }
 }
 
-fn write_map(out: &mut Vec<u8>, map: &Map) {
+fn write_map(out: &mut Vec<u8>, map: &Map, table: &Table) {
     varint::write(out, map.fields.len() as u64);
     for ((name, kind), field) in &map.fields {
         write_bytes(out, name.as_bytes());
         out.push(kind_tag(*kind));
         match field {
-            Field::Counter(d) => write_dots(out, d, |out, v| varint::write(out, zigzag(*v))),
+            Field::Counter(d) => write_dots(out, d, table, |out, v| varint::write(out, zigzag(*v))),
             Field::Bounded(b) => {
                 varint::write(out, b.entries().len() as u64);
                 for (node, rights) in b.entries() {
-                    out.extend_from_slice(&node.0.to_le_bytes());
-                    write_rights(out, rights);
+                    table.write(out, *node);
+                    write_rights(out, rights, table);
                 }
             }
             Field::Set(elements) => {
                 varint::write(out, elements.len() as u64);
                 for (element, dots) in elements {
                     write_bytes(out, element);
-                    write_dots(out, dots, |_, _| {});
+                    write_dots(out, dots, table, |_, _| {});
                 }
             }
-            Field::MvRegister(d) => write_dots(out, d, |out, v| write_bytes(out, v)),
-            Field::LwwRegister(d) => write_dots(out, d, |out, (hlc, v)| {
+            Field::MvRegister(d) => write_dots(out, d, table, |out, v| write_bytes(out, v)),
+            Field::LwwRegister(d) => write_dots(out, d, table, |out, (hlc, v)| {
                 varint::write(out, hlc.0);
                 write_bytes(out, v);
             }),
-            Field::Flag(d) => write_dots(out, d, |_, _| {}),
-            Field::Map(inner) => write_map(out, inner),
+            Field::Flag(d) => write_dots(out, d, table, |_, _| {}),
+            Field::Map(inner) => write_map(out, inner, table),
         }
     }
 }
 
 struct Reader<'a> {
     rest: &'a [u8],
+    /// A state's node table, once read; nodes are then written by index.
+    nodes: Option<Vec<NodeId>>,
 }
 
 impl<'a> Reader<'a> {
     fn after_header(bytes: &'a [u8], marker: u8) -> Result<Reader<'a>, Corrupted> {
         match bytes {
-            [m, FORMAT, rest @ ..] if *m == marker => Ok(Reader { rest }),
+            [m, FORMAT, rest @ ..] if *m == marker => Ok(Reader { rest, nodes: None }),
             [m, format, ..] if *m == marker => Err(Corrupted(format!(
                 "CRDT format {format} is not known to this version (it knows {FORMAT})"
             ))),
@@ -245,6 +302,14 @@ impl<'a> Reader<'a> {
     }
 
     fn node(&mut self) -> Result<NodeId, Corrupted> {
+        if self.nodes.is_some() {
+            let index = self.varint()?;
+            let nodes = self.nodes.as_deref().unwrap_or_default();
+            return usize::try_from(index)
+                .ok()
+                .and_then(|i| nodes.get(i).copied())
+                .ok_or_else(|| self.corrupt("node index beyond the table"));
+        }
         if self.rest.len() < 8 {
             return Err(self.corrupt("cut short"));
         }
