@@ -304,12 +304,9 @@ impl Committer {
             // Unique across leaders (the node id) and, per node, increasing (the HLC).
             None => format!("{:016x}{}", hlc.0, self.node_id),
         };
-        let mut state = match b.key_state(&write.collection, &key) {
+        let mut state = match local_key_state(b, &write.collection, &key)? {
             Ok(state) => state,
-            Err(StoreError::Corrupted { table, reason }) => {
-                return Ok(Err(WriteError::Corrupted(format!("{table}: {reason}"))));
-            }
-            Err(e) => return Err(e),
+            Err(refused) => return Ok(Err(refused)),
         };
         let policy = self.policy(b, &write.collection)?;
         if policy == Policy::Crdt
@@ -356,12 +353,8 @@ impl Committer {
             value,
         };
         let overwritten = state.versions().to_vec();
-        match state.apply(&op) {
-            Ok(applied) => assert!(
-                applied,
-                "a fresh local dot is never covered by a key's context"
-            ),
-            Err(e) => return Ok(Err(WriteError::Corrupted(e.to_string()))),
+        if let Err(corrupted) = apply_own(&mut state, &op) {
+            return Ok(Err(corrupted));
         }
         let mut conflicts = self.settle(b, &op, &state)?;
         if overwrites && overwritten.iter().any(|v| !v.is_tombstone()) {
@@ -402,12 +395,9 @@ impl Committer {
                 policy.name()
             ))));
         }
-        let mut state = match b.key_state(&collection, &key) {
+        let mut state = match local_key_state(b, &collection, &key)? {
             Ok(state) => state,
-            Err(StoreError::Corrupted { table, reason }) => {
-                return Ok(Err(WriteError::Corrupted(format!("{table}: {reason}"))));
-            }
-            Err(e) => return Err(e),
+            Err(refused) => return Ok(Err(refused)),
         };
         let doc = match state.crdt_document() {
             Ok(doc) => doc.unwrap_or_default(),
@@ -440,12 +430,8 @@ impl Committer {
             context,
             value: Some(crdt::encode_delta(&delta)),
         };
-        match state.apply(&op) {
-            Ok(applied) => assert!(
-                applied,
-                "a fresh local dot is never covered by a key's context"
-            ),
-            Err(e) => return Ok(Err(WriteError::Corrupted(e.to_string()))),
+        if let Err(corrupted) = apply_own(&mut state, &op) {
+            return Ok(Err(corrupted));
         }
         if let Some(stored) = state.versions().iter().find(|v| v.is_crdt()) {
             let bytes = stored.value.as_ref().map_or(0, Vec::len);
@@ -661,6 +647,35 @@ impl Committer {
         }
         Ok(&self.configs[collection])
     }
+}
+
+/// The key state a local write starts from; a corrupt one refuses the write (and
+/// only it), any other storage error fails the batch.
+fn local_key_state(
+    b: &Batch<'_>,
+    collection: &str,
+    key: &str,
+) -> Result<Result<KeyState, WriteError>, StoreError> {
+    match b.key_state(collection, key) {
+        Ok(state) => Ok(Ok(state)),
+        Err(StoreError::Corrupted { table, reason }) => {
+            Ok(Err(WriteError::Corrupted(format!("{table}: {reason}"))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies an op this node just made to `state`. Its dot is fresh, so it always
+/// applies; only a corrupt stored CRDT document can stop it.
+fn apply_own(state: &mut KeyState, op: &Op) -> Result<(), WriteError> {
+    let applied = state
+        .apply(op)
+        .map_err(|e| WriteError::Corrupted(e.to_string()))?;
+    assert!(
+        applied,
+        "a fresh local dot is never covered by a key's context"
+    );
+    Ok(())
 }
 
 /// A plain write the `crdt` policy refuses: a document (CRDT documents change by
