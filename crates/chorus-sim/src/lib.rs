@@ -335,9 +335,9 @@ impl Sim {
     /// runs until the cluster converges; returns an error describing the first
     /// violated property.
     pub fn run(mut self, steps: u64) -> Result<Report, String> {
-        self.client_set_lww();
+        self.client_set_policy("l", Policy::Lww);
         if self.crdt_totals.is_some() {
-            self.client_set_crdt();
+            self.client_set_policy("c", Policy::Crdt);
         }
         for _ in 0..steps {
             let pause_ms = 1 + self.rng.below(20);
@@ -707,25 +707,14 @@ impl Sim {
         (!up.is_empty()).then(|| *self.rng.pick(&up))
     }
 
-    fn client_set_lww(&mut self) {
+    /// Sets `collection`'s policy, on node 0.
+    fn client_set_policy(&mut self, collection: &str, policy: Policy) {
         let config = CollectionConfig {
-            policy: Policy::Lww,
+            policy,
             ..CollectionConfig::default()
         };
         self.node(0)
-            .set_collection("l", &config)
-            .expect("settings write");
-        let event = self.committed(0);
-        self.handle(0, event);
-    }
-
-    fn client_set_crdt(&mut self) {
-        let config = CollectionConfig {
-            policy: Policy::Crdt,
-            ..CollectionConfig::default()
-        };
-        self.node(0)
-            .set_collection("c", &config)
+            .set_collection(collection, &config)
             .expect("settings write");
         let event = self.committed(0);
         self.handle(0, event);
