@@ -346,7 +346,7 @@ fn check_model(ops: &[Written], doc: &crdt::Map, deletes: bool) -> Result<(), Te
             Some(Field::Counter(d)) => Field::counter_value(d),
             _ => 0,
         };
-        prop_assert_eq!(actual, expected, "counter");
+        prop_assert_eq!(actual, i128::from(expected), "counter");
     }
     // Bounded counter: every accepted add less every accepted spend.
     let expected: i64 = ops

@@ -53,10 +53,23 @@ pub fn render(doc: &crdt::Map) -> Value {
     Value::Object(object)
 }
 
+/// A counter's value as JSON, never rounded: a number from `i64::MIN` to
+/// `u64::MAX`, and past that (only concurrent adds on several nodes get there) a
+/// string of its decimal digits.
+fn exact_integer(value: i128) -> Value {
+    if let Ok(small) = i64::try_from(value) {
+        json!(small)
+    } else if let Ok(large) = u64::try_from(value) {
+        json!(large)
+    } else {
+        json!(value.to_string())
+    }
+}
+
 fn render_field(field: &Field) -> Value {
     match field {
-        Field::Counter(d) => json!(Field::counter_value(d)),
-        Field::Bounded(b) => json!(b.value()),
+        Field::Counter(d) => exact_integer(Field::counter_value(d)),
+        Field::Bounded(b) => exact_integer(b.value() as i128),
         Field::Set(elements) => elements.keys().map(|e| element(e)).collect(),
         Field::MvRegister(d) => d.iter().map(|(_, v)| element(v)).collect(),
         Field::LwwRegister(d) => Field::lww_value(d).map_or(Value::Null, element),
@@ -187,10 +200,15 @@ fn parse_path(pointer: &str) -> Result<Vec<String>, String> {
     let Some(rest) = pointer.strip_prefix('/') else {
         return Err(format!("path {pointer:?} must start with \"/\""));
     };
-    let names: Vec<String> = rest
+    let names = rest
         .split('/')
-        .map(|name| name.replace("~1", "/").replace("~0", "~"))
-        .collect();
+        .map(unescape_name)
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| {
+            format!(
+                "path {pointer:?} has a \"~\" not followed by 0 or 1 (write ~0 for ~, ~1 for /)"
+            )
+        })?;
     if names.iter().any(String::is_empty) || names.len() > crdt::PATH_DEPTH_MAX {
         return Err(format!(
             "path {pointer:?} needs 1 to {} non-empty names",
@@ -198,6 +216,24 @@ fn parse_path(pointer: &str) -> Result<Vec<String>, String> {
         ));
     }
     Ok(names)
+}
+
+/// One name of a JSON pointer with its escapes undone (RFC 6901: `~0` is `~`, `~1`
+/// is `/`, any other `~` is an error).
+fn unescape_name(escaped: &str) -> Option<String> {
+    let mut name = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        name.push(match (c, c == '~') {
+            (_, false) => c,
+            (_, true) => match chars.next()? {
+                '0' => '~',
+                '1' => '/',
+                _ => return None,
+            },
+        });
+    }
+    Some(name)
 }
 
 #[cfg(test)]
@@ -216,7 +252,8 @@ mod tests {
             {"op": "counter.add", "path": "/likes", "by": -2},
             {"op": "bounded.transfer", "path": "/stock", "to": "b", "by": 3},
             {"op": "set.add", "path": "/tags", "value": {"b": 1, "a": 2}},
-            {"op": "map.remove", "path": "/a~1b/c~0d"}
+            {"op": "map.remove", "path": "/a~1b/c~0d"},
+            {"op": "map.remove", "path": "/~01"}
         ]"#)
         .unwrap();
         assert_eq!(parsed[0].update, Update::CounterAdd(-2));
@@ -232,6 +269,7 @@ mod tests {
             Update::SetAdd(br#"{"a":2,"b":1}"#.to_vec())
         );
         assert_eq!(parsed[3].path, ["a/b", "c~d"]);
+        assert_eq!(parsed[4].path, ["~1"]);
     }
 
     /// Bad input is refused with a message naming the operation and what to fix.
@@ -251,6 +289,14 @@ mod tests {
             (
                 r#"[{"op": "counter.add", "path": "/a//b", "by": 1}]"#,
                 "non-empty names",
+            ),
+            (
+                r#"[{"op": "counter.add", "path": "/a~2", "by": 1}]"#,
+                "not followed by 0 or 1",
+            ),
+            (
+                r#"[{"op": "counter.add", "path": "/a~", "by": 1}]"#,
+                "not followed by 0 or 1",
             ),
             (
                 r#"[{"op": "counter.add", "path": "/a", "by": 1.5}]"#,
@@ -318,5 +364,17 @@ mod tests {
                 "stock": 4
             })
         );
+    }
+
+    /// Counter values render exactly: numbers over the whole i64 and u64 range, a
+    /// string of digits beyond (never a rounded float).
+    #[test]
+    fn counter_values_render_exactly() {
+        assert_eq!(exact_integer(-5), json!(-5));
+        assert_eq!(exact_integer(i128::from(i64::MIN)), json!(i64::MIN));
+        let two_max = 2 * i128::from(i64::MAX);
+        assert_eq!(exact_integer(two_max), json!(u64::MAX - 1));
+        assert_eq!(exact_integer(3 * two_max), json!((3 * two_max).to_string()));
+        assert_eq!(exact_integer(-two_max), json!((-two_max).to_string()));
     }
 }

@@ -69,7 +69,7 @@ fn check_crdt_totals(sim: &Sim) -> Result<(), String> {
                 ),
                 _ => (0, 0),
             };
-            if counter != expected.counter {
+            if counter != i128::from(expected.counter) {
                 return Err(format!(
                     "node {i}: counter c/{key}/n is {counter}, acknowledged increments sum to {}",
                     expected.counter

@@ -48,10 +48,12 @@ impl Bounded {
         &self.entries
     }
 
-    /// The counter's value: everything added less everything spent, never negative.
-    pub fn value(&self) -> u64 {
-        let added = saturating_sum(self.entries.values().map(|r| r.added));
-        let spent = saturating_sum(self.entries.values().map(|r| r.spent));
+    /// The counter's value: everything added less everything spent, exactly (a sum
+    /// of `u64` totals can pass `u64::MAX` when nodes add concurrently), never
+    /// negative.
+    pub fn value(&self) -> u128 {
+        let added: u128 = self.entries.values().map(|r| u128::from(r.added)).sum();
+        let spent: u128 = self.entries.values().map(|r| u128::from(r.spent)).sum();
         added.saturating_sub(spent)
     }
 
@@ -81,8 +83,12 @@ impl Bounded {
             .collect()
     }
 
-    /// `node`'s entry after adding `amount`.
+    /// `node`'s entry after adding `amount`; `None` when the value as this node
+    /// sees it would pass `i64::MAX` (the documented bound of every counter).
     pub(crate) fn add(&self, node: NodeId, amount: u64) -> Option<Rights> {
+        if self.value() + u128::from(amount) > i64::MAX as u128 {
+            return None;
+        }
         let mut own = self.entries.get(&node).cloned().unwrap_or_default();
         own.added = own.added.checked_add(amount)?;
         Some(own)

@@ -123,11 +123,11 @@ impl Field {
         }
     }
 
-    /// The counter's value (sum of every node's total).
-    pub fn counter_value(store: &DotFun<i64>) -> i64 {
-        store
-            .iter()
-            .fold(0i64, |sum, (_, v)| sum.saturating_add(*v))
+    /// The counter's value: the exact sum of every node's total. Each total fits an
+    /// `i64` and a node refuses a write that would take the sum it sees past one,
+    /// but concurrent adds on several nodes can; the sum is exact all the same.
+    pub fn counter_value(store: &DotFun<i64>) -> i128 {
+        store.iter().map(|(_, v)| i128::from(*v)).sum()
     }
 
     /// The value a read shows of an LWW register: the greatest `(hlc, dot)`.

@@ -285,4 +285,55 @@ mod tests {
         };
         assert_eq!((Field::counter_value(n), n.len()), (100, 3));
     }
+
+    /// Goal: counters are never silently wrong. Method: a node refuses an add that
+    /// takes the sum it sees past an i64 (plain and bounded counters); two nodes
+    /// adding `i64::MAX` concurrently make a sum no node could refuse, and it is
+    /// exact; from there, adds that move further out are refused, one back is taken.
+    #[test]
+    fn counter_sums_are_exact_and_refused_past_i64_where_known() {
+        let (mut doc, mut context) = (Map::default(), VersionVector::new());
+        let add = |by| {
+            [
+                ("/n", Update::CounterAdd(by)),
+                ("/b", Update::BoundedAdd(by)),
+            ]
+        };
+        write(&mut doc, &mut context, 1, 1, &add(i64::MAX)).unwrap();
+        for op in add(1) {
+            let refused = write(&mut doc, &mut context, 2, 1, &[op]);
+            assert!(
+                matches!(refused, Err(OpError::Overflow { .. })),
+                "{refused:?}"
+            );
+        }
+        let (mut other, mut other_context) = (Map::default(), VersionVector::new());
+        write(&mut other, &mut other_context, 2, 1, &add(i64::MAX)).unwrap();
+        doc.join(&other, &context, &other_context);
+        context.join(&other_context);
+        let (Some(Field::Counter(n)), Some(Field::Bounded(b))) = (
+            doc.get(&path("/n"), Kind::Counter).cloned(),
+            doc.get(&path("/b"), Kind::Bounded).cloned(),
+        ) else {
+            panic!("both counters")
+        };
+        let sum = 2 * i128::from(i64::MAX);
+        assert_eq!(Field::counter_value(&n), sum);
+        assert_eq!(b.value() as i128, sum);
+        for op in add(1) {
+            let refused = write(&mut doc, &mut context, 1, 2, &[op]);
+            assert!(
+                matches!(refused, Err(OpError::Overflow { .. })),
+                "{refused:?}"
+            );
+        }
+        write(
+            &mut doc,
+            &mut context,
+            1,
+            2,
+            &[("/n", Update::CounterAdd(-5))],
+        )
+        .unwrap();
+    }
 }

@@ -252,9 +252,21 @@ fn action(doc: &Map, operation: &Operation, node: NodeId, path: &str) -> Result<
                     .sum(),
                 _ => 0i64,
             };
-            let total = own.checked_add(*by).ok_or_else(|| OpError::Overflow {
+            let overflow = || OpError::Overflow {
                 path: path.to_owned(),
-            })?;
+            };
+            let total = own.checked_add(*by).ok_or_else(overflow)?;
+            // The sum this node sees must stay an i64 too, or at least not move
+            // further out: concurrent adds elsewhere may have taken it out (reads then
+            // show the exact sum), and a write bringing it back is welcome.
+            if let Some(Field::Counter(d)) = doc.get(&operation.path, Kind::Counter) {
+                let before = Field::counter_value(d);
+                let after = before + i128::from(*by);
+                let fits = |sum: i128| i64::try_from(sum).is_ok();
+                if !fits(after) && (fits(before) || after.abs() > before.abs()) {
+                    return Err(overflow());
+                }
+            }
             Action::CounterTotal(total)
         }
         Update::BoundedAdd(by) if *by >= 0 => {
