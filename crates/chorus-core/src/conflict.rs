@@ -103,6 +103,11 @@ impl ConflictRecord {
             outcome,
         }
     }
+
+    /// Bytes of the documents the record holds.
+    pub fn value_bytes(&self) -> usize {
+        crate::key_state::value_bytes(&self.versions)
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,14 @@ pub struct Version {
     pub value: Option<Vec<u8>>,
 }
 
+/// Bytes of the documents `versions` hold.
+pub fn value_bytes(versions: &[Version]) -> usize {
+    versions
+        .iter()
+        .map(|v| v.value.as_ref().map_or(0, Vec::len))
+        .sum()
+}
+
 impl Version {
     pub fn is_tombstone(&self) -> bool {
         self.value.is_none()
@@ -90,6 +98,12 @@ impl KeyState {
     /// Live versions, sorted by dot.
     pub fn versions(&self) -> &[Version] {
         &self.versions
+    }
+
+    /// Bytes of the documents its versions hold: what dominates its size in memory,
+    /// on disk and in a frame.
+    pub fn value_bytes(&self) -> usize {
+        value_bytes(&self.versions)
     }
 
     /// True when no live version holds a document (never written, or deleted).

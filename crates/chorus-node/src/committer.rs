@@ -19,6 +19,7 @@ use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, SIBLINGS_WARN};
 use crate::merge;
 use crate::node::{RemoteOutcome, ReplicationStep, Write, WriteAck, WriteError};
 use chorus_core::crdt::{self, Operation};
+use chorus_core::key_state::value_bytes;
 use chorus_core::{
     ConflictRecord, Dot, Entry, EntryBody, HlcClock, KeyState, NodeId, Op, Outcome, PhysicalClock,
     Policy, Version, VersionVector,
@@ -81,6 +82,8 @@ pub(crate) struct Committer {
     pub floor: VersionVector,
     pub clock: HlcClock,
     pub physical: Arc<dyn PhysicalClock>,
+    /// See `NodeConfig::key_state_bytes_max`.
+    pub key_state_bytes_max: usize,
     /// Settings of collections, read from `_collections` on first use.
     pub configs: HashMap<String, CollectionConfig>,
     pub committed_seq: watch::Sender<u64>,
@@ -355,6 +358,13 @@ impl Committer {
         let overwritten = state.versions().to_vec();
         if let Err(corrupted) = apply_own(&mut state, &op) {
             return Ok(Err(corrupted));
+        }
+        let bytes = state.value_bytes();
+        if bytes > self.key_state_bytes_max && bytes > value_bytes(&overwritten) {
+            return Ok(Err(WriteError::TooManyVersions {
+                bytes,
+                max: self.key_state_bytes_max,
+            }));
         }
         let mut conflicts = self.settle(b, &op, &state)?;
         if overwrites && overwritten.iter().any(|v| !v.is_tombstone()) {

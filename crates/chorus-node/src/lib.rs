@@ -25,6 +25,7 @@ pub mod crdt_json;
 pub mod custom;
 mod document;
 pub mod emulation;
+pub mod json;
 pub mod leases;
 pub mod limits;
 pub mod merge;
@@ -37,7 +38,7 @@ pub use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, Outcome, Policy,
     VersionVector,
 };
-pub use chorus_repl::{LogPosition, PeerStatus};
+pub use chorus_repl::{LogPosition, PeerStatus, StateCursor};
 pub use chorus_store::OpenError;
 pub use collections::{CollectionConfig, Home, check_collection_name};
 pub use document::{

@@ -1,4 +1,12 @@
 //! Every limit of a node, in one place. Each bounds memory, disk or work per request.
+//!
+//! **What replicates, and how large:** the largest thing that travels between nodes
+//! whole is one key state (all versions of one document) or one conflict record (the
+//! versions of one conflict). A node refuses a local write that would grow a key
+//! state past [`KEY_STATE_BYTES_MAX`], so a key state grows past it only by merging
+//! versions that other nodes wrote concurrently; a frame carries up to
+//! `chorus_repl::frame::FRAME_BYTES_MAX` (over four times as much), in pieces of at most
+//! `PIECE_BYTES_MAX`.
 
 /// Longest document key, in bytes: keys are stored and listed in full.
 pub const KEY_BYTES_MAX: usize = 1024;
@@ -9,6 +17,19 @@ pub const COLLECTION_NAME_BYTES_MAX: usize = 128;
 /// Largest document, in bytes of JSON. A document is held in memory whole, and
 /// twice on disk (op log and key state). Equal to the HTTP body limit's default.
 pub const DOCUMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes of documents one key may hold across its versions (siblings) when this node
+/// accepts a write to it: 12 largest documents. A write that would grow the key past
+/// it is refused (`WriteError::TooManyVersions`) until its siblings are resolved; a
+/// write that shrinks the key is always taken.
+pub const KEY_STATE_BYTES_MAX: usize = 12 * DOCUMENT_BYTES_MAX;
+
+// A key state grown past its local bound by the writes of three other nodes still
+// fits a frame, with room for the key and the versions' headers.
+const _: () = assert!(
+    4 * (KEY_STATE_BYTES_MAX + KEY_BYTES_MAX + COLLECTION_NAME_BYTES_MAX)
+        < chorus_repl::frame::FRAME_BYTES_MAX
+);
 
 /// CRDT operations in one write (`POST /v1/docs/{c}/{key}/ops`): all are checked
 /// and applied in one step of the committer.

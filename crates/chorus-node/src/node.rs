@@ -5,8 +5,8 @@ use crate::committer::{Committer, ConflictCounts, Job, ReplyTo, Request};
 use crate::custom::{MergeHandler, Script};
 use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
 use crate::limits::{
-    CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, LIST_SCAN_MAX, OPERATIONS_MAX,
-    PAGE_ITEMS_MAX, WRITE_QUEUE_MAX,
+    CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, KEY_STATE_BYTES_MAX, LIST_SCAN_MAX,
+    OPERATIONS_MAX, PAGE_ITEMS_MAX, WRITE_QUEUE_MAX,
 };
 use crate::replication::LinkStatus;
 use chorus_core::crdt::{self, Operation};
@@ -14,7 +14,7 @@ use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, HlcClock, KeyState, NodeId,
     PhysicalClock, SystemClock, VersionVector,
 };
-use chorus_repl::{LogPosition, PeerStatus};
+use chorus_repl::{LogPosition, PeerStatus, StateCursor};
 use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -35,6 +35,10 @@ pub struct NodeConfig {
     /// The id a new store gets; random when `None` (the normal case). The simulator
     /// fixes it so a seed replays exactly.
     pub node_id: Option<NodeId>,
+    /// Bytes of documents one key may hold across its versions when this node
+    /// accepts a write to it; at most (and by default) `limits::KEY_STATE_BYTES_MAX`,
+    /// which a larger value is clamped to. Lower it to keep sibling piles smaller.
+    pub key_state_bytes_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -43,6 +47,7 @@ impl Default for NodeConfig {
             name: "local".into(),
             clock: Arc::new(SystemClock),
             node_id: None,
+            key_state_bytes_max: KEY_STATE_BYTES_MAX,
         }
     }
 }
@@ -101,6 +106,13 @@ pub enum WriteError {
     Invalid(String),
     #[error("document is {bytes} bytes; at most {max} are accepted")]
     TooLarge { bytes: usize, max: usize },
+    /// The write would grow the key's versions (siblings) past
+    /// `limits::KEY_STATE_BYTES_MAX`; it changed nothing.
+    #[error(
+        "the document's versions would hold {bytes} bytes, more than the {max} one key may hold; \
+         resolve its siblings first (write with the context of a read)"
+    )]
+    TooManyVersions { bytes: usize, max: usize },
     #[error("the store failed to commit; restart the node to recover")]
     StoreFailed,
     #[error("stored data is corrupt: {0}")]
@@ -202,6 +214,7 @@ impl Node {
             clock: HlcClock::new(Hlc(meta.hlc), CLOCK_DRIFT_MS_MAX),
             meta: meta.clone(),
             physical: config.clock,
+            key_state_bytes_max: config.key_state_bytes_max.min(KEY_STATE_BYTES_MAX),
             configs: HashMap::new(),
             committed_seq: seq_tx,
             failed: Arc::clone(&failed),
@@ -484,8 +497,7 @@ impl Node {
                     max: DOCUMENT_BYTES_MAX,
                 });
             }
-            serde_json::from_slice::<serde::de::IgnoredAny>(value)
-                .map_err(|e| WriteError::Invalid(format!("document is not valid JSON: {e}")))?;
+            crate::json::check_document(value).map_err(|e| WriteError::Invalid(e.to_string()))?;
         }
         Ok(pending(write, supersede_current))
     }
@@ -652,7 +664,8 @@ impl Node {
     }
 
     /// Op-log entries after `after_seq` in log order: at most `max_entries`, and no
-    /// more once `max_bytes` of documents are read (but always at least one).
+    /// more once `max_bytes` of documents are read, in writes and conflict records
+    /// alike (but always at least one, however large).
     pub fn read_log(
         &self,
         after_seq: u64,
@@ -667,9 +680,10 @@ impl Node {
             .take(max_entries)
         {
             let (seq, entry) = entry?;
-            if let EntryBody::Write(op) = &entry.body {
-                bytes += op.value.as_ref().map_or(0, Vec::len) + op.key.len();
-            }
+            bytes += match &entry.body {
+                EntryBody::Write(op) => op.value.as_ref().map_or(0, Vec::len) + op.key.len(),
+                EntryBody::Conflict { record, .. } => record.value_bytes() + record.key.len(),
+            };
             out.push((seq, entry));
             if bytes >= max_bytes {
                 break;
@@ -783,43 +797,65 @@ impl Node {
             .collect())
     }
 
-    /// Key states of `buckets` for a transfer to a peer, after `after` in storage
-    /// order: at most `max_keys`, examining at most `LIST_SCAN_MAX` keys; with the
-    /// last part, the whole conflict log.
+    /// The next part of a state transfer to a peer, from `after`: key states of
+    /// `buckets` in storage order (at most `max_keys`, examining at most
+    /// `LIST_SCAN_MAX` keys), then the conflict log in id order; no more once
+    /// `max_bytes` of documents are read, but always at least one state or record
+    /// however large (the frame carrying it is split on the wire).
     pub fn read_state(
         &self,
-        after: Option<(String, String)>,
+        after: StateCursor,
         max_keys: usize,
+        max_bytes: usize,
         buckets: &[u8],
     ) -> Result<StateChunk, ReadError> {
         let snapshot = self.snapshot()?;
-        let start = after.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
-        let mut keys = Vec::new();
-        let (mut next, mut last_scanned) = (None, None);
+        let mut chunk = StateChunk {
+            keys: Vec::new(),
+            conflicts: Vec::new(),
+            next: None,
+        };
+        let start = match &after {
+            StateCursor::KeysFromStart => None,
+            StateCursor::KeysAfter(c, k) => Some((c.as_str(), k.as_str())),
+            StateCursor::Conflicts(after) => {
+                let mut bytes = 0;
+                for record in snapshot.conflicts_after(*after)? {
+                    if bytes >= max_bytes || chunk.conflicts.len() == max_keys.max(1) {
+                        let last = chunk.conflicts.last().map(|r: &ConflictRecord| r.id);
+                        chunk.next = Some(StateCursor::Conflicts(last));
+                        break;
+                    }
+                    let record = record?;
+                    bytes += record.value_bytes() + record.key.len();
+                    chunk.conflicts.push(record);
+                }
+                return Ok(chunk);
+            }
+        };
+        // No bucket wanted: the transfer carries only the conflict log.
+        chunk.next = Some(StateCursor::Conflicts(None));
         let scan =
             snapshot
                 .all_keys_after(start)?
                 .take(if buckets.is_empty() { 0 } else { usize::MAX });
+        let (mut bytes, mut last_scanned) = (0, None);
         for (scanned, entry) in scan.enumerate() {
-            if keys.len() == max_keys.max(1) || scanned == LIST_SCAN_MAX {
-                next = last_scanned;
+            if chunk.keys.len() == max_keys.max(1) || scanned == LIST_SCAN_MAX || bytes >= max_bytes
+            {
+                if let Some((c, k)) = last_scanned {
+                    chunk.next = Some(StateCursor::KeysAfter(c, k));
+                }
                 break;
             }
             let (collection, key, state) = entry?;
             last_scanned = Some((collection.clone(), key.clone()));
             if buckets.contains(&bucket_of(&collection, &key)) {
-                keys.push((collection, key, state));
+                bytes += state.value_bytes() + key.len();
+                chunk.keys.push((collection, key, state));
             }
         }
-        let conflicts = match next {
-            Some(_) => Vec::new(),
-            None => snapshot.conflicts_after(None)?.collect::<Result<_, _>>()?,
-        };
-        Ok(StateChunk {
-            keys,
-            next,
-            conflicts,
-        })
+        Ok(chunk)
     }
 
     /// A watch of the newest committed op-log sequence.
@@ -977,9 +1013,9 @@ type PendingRequest = (Request, oneshot::Receiver<Result<WriteAck, WriteError>>)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateChunk {
     pub keys: Vec<(String, String, KeyState)>,
-    /// Where the next part starts; `None` when this was the last.
-    pub next: Option<(String, String)>,
     pub conflicts: Vec<ConflictRecord>,
+    /// Where the next part starts; `None` when this was the last.
+    pub next: Option<StateCursor>,
 }
 
 /// Buckets a state transfer splits the key space into.

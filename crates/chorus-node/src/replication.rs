@@ -23,17 +23,26 @@
 //! When both ends dial at once, both keep the connection dialled by the node whose
 //! name sorts first (or the newer of two from the same dialer), so they agree.
 //!
-//! Framing: `[length: u32 big-endian] [frame bytes]`, a length above
-//! `FRAME_BYTES_MAX` ends the connection (corrupt or hostile stream). A frame that
-//! does not decode ends the connection too; the peer resends from the acknowledged
-//! cursor on the next session, so nothing is lost.
+//! Framing: frames travel in pieces (`chorus_repl::frame`); a piece above
+//! `PIECE_BYTES_MAX`, or a frame above `FRAME_BYTES_MAX` (`HELLO_BYTES_MAX` before the
+//! handshake), ends the connection (corrupt or hostile stream). A frame that does not
+//! decode ends the connection too; the peer resends from the acknowledged cursor on
+//! the next session, so nothing is lost. Every frame a node sends is bounded by bytes
+//! (`LOG_READ_BYTES_MAX`, `STATE_READ_BYTES_MAX`) except for one entry, key state or
+//! conflict record that alone exceeds the bound: it travels whole, in pieces.
+//!
+//! Connections that have not completed a handshake are cheap: at most
+//! `HANDSHAKES_MAX` at once, each holding at most `HELLO_BYTES_MAX` for at most
+//! `HANDSHAKE_TIMEOUT`.
 
 use crate::cluster::ClusterConfig;
 use crate::emulation::{LinkEmulation, SplitMix};
 use crate::{Node, NodeId, ReadError, ReplicationStep};
 use chorus_core::PhysicalClock;
 pub use chorus_repl::EngineLimits;
-use chorus_repl::frame::FRAME_BYTES_MAX;
+use chorus_repl::frame::{
+    FRAME_BYTES_MAX, HELLO_BYTES_MAX, HELLO_NAMES_MAX, NODE_NAME_BYTES_MAX, PIECE_BYTES_MAX,
+};
 use chorus_repl::{
     Command, Engine, Event, Frame, Hello, LinkPlan, Membership, PROTOCOL_VERSION, Plan,
 };
@@ -46,8 +55,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// Bytes of entries read from the log for one frame (at least one entry is sent).
-const BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of documents read from the log for one `Entries` frame (at least one entry
+/// is sent, however large).
+const LOG_READ_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of documents read for one `State` frame of a transfer (at least one key
+/// state or conflict record is sent, however large).
+const STATE_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Peer connections accepted but not yet through their handshake; more are closed
+/// at once.
+const HANDSHAKES_MAX: usize = 64;
 /// Frames queued for one connection's writer; the engine's window keeps this small.
 const WRITER_QUEUE_MAX: usize = 256;
 /// Events queued for the actor; readers wait when it is full.
@@ -222,6 +238,16 @@ impl Shared {
             return Err(format!(
                 "belongs to cluster {:?}, this node to {:?}",
                 hello.cluster, cluster.name
+            ));
+        }
+        if hello.names.len() > HELLO_NAMES_MAX
+            || hello
+                .names
+                .iter()
+                .any(|(_, n)| n.len() > NODE_NAME_BYTES_MAX)
+        {
+            return Err(format!(
+                "teaches more than {HELLO_NAMES_MAX} replica names, or one longer than {NODE_NAME_BYTES_MAX} bytes"
             ));
         }
         if hello.name == self.me || cluster.node(&hello.name).is_none() {
@@ -707,7 +733,7 @@ pub fn answer_read(node: &Node, command: Command) -> ReadAnswer {
             after_seq,
             max_entries,
         } => node
-            .read_log(after_seq, max_entries, BATCH_BYTES_MAX)
+            .read_log(after_seq, max_entries, LOG_READ_BYTES_MAX)
             .map(|entries| {
                 let through_seq = entries.last().map_or(after_seq, |(seq, _)| *seq);
                 Event::LogRead {
@@ -744,7 +770,7 @@ pub fn answer_read(node: &Node, command: Command) -> ReadAnswer {
             max_keys,
             buckets,
         } => node
-            .read_state(after, max_keys, &buckets)
+            .read_state(after, max_keys, STATE_READ_BYTES_MAX, &buckets)
             .map(|chunk| Event::StateRead {
                 peer,
                 session,
@@ -846,12 +872,17 @@ async fn watch_commits(shared: Shared) {
 }
 
 async fn accept(shared: Shared, listener: TcpListener) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::warn!(%from, "too many peer handshakes at once; closed a connection");
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(reason) = inbound(&shared, stream).await {
+                    if let Err(reason) = inbound(&shared, stream, permit).await {
                         tracing::warn!(%from, reason, "refused a peer connection");
                     }
                 });
@@ -864,8 +895,13 @@ async fn accept(shared: Shared, listener: TcpListener) {
     }
 }
 
-async fn inbound(shared: &Shared, mut stream: TcpStream) -> Result<(), String> {
-    let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream)).await {
+async fn inbound(
+    shared: &Shared,
+    mut stream: TcpStream,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), String> {
+    let hello = read_frame(&mut stream, HELLO_BYTES_MAX, |_| {});
+    let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello).await {
         Ok(Ok(Frame::Hello(hello))) => hello,
         Ok(Ok(other)) => return Err(format!("expected a hello, got {other:?}")),
         Ok(Err(e)) => return Err(e),
@@ -882,6 +918,7 @@ async fn inbound(shared: &Shared, mut stream: TcpStream) -> Result<(), String> {
         return Err(format!("peer {:?}: {reason}", theirs.name));
     }
     write_frame(&mut stream, &Frame::Hello(shared.hello()?)).await?;
+    drop(handshake);
     run_connection(shared, stream, theirs, false).await;
     Ok(())
 }
@@ -935,7 +972,8 @@ async fn outbound(
         Err(_) => return Err("no connection within the handshake timeout".into()),
     };
     write_frame(&mut stream, &Frame::Hello(shared.hello()?)).await?;
-    let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream)).await {
+    let hello = read_frame(&mut stream, HELLO_BYTES_MAX, |_| {});
+    let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello).await {
         Ok(Ok(Frame::Hello(hello))) => hello,
         Ok(Ok(Frame::Refused { reason })) => {
             tracing::warn!(address, reason, "peer refused this node");
@@ -983,7 +1021,13 @@ async fn run_connection(
     let (actor, reader_peer) = (shared.actor.clone(), peer.clone());
     let reader = tokio::spawn(async move {
         loop {
-            match read_frame(&mut read_half).await {
+            let heard = |_: usize| {
+                let peer = reader_peer.clone();
+                // A full queue means the actor is busy and will not time anyone out
+                // meanwhile; dropping this one is harmless.
+                let _ = actor.try_send(Msg::Event(Event::Heard { peer }));
+            };
+            match read_frame(&mut read_half, FRAME_BYTES_MAX, heard).await {
                 Ok(frame) => {
                     let event = Event::Received {
                         peer: reader_peer.clone(),
@@ -1039,7 +1083,7 @@ async fn write_frames(
                 let emulation = shared.emulation(&peer);
                 let due = if emulation.is_active() { now + emulation.hold(&mut random) } else { now };
                 let due = held.back().map_or(due, |(last, _)| due.max(*last));
-                held.push_back((due, framed(&frame)));
+                held.push_back((due, frame.to_wire()));
             }
             _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {}
         }
@@ -1055,39 +1099,118 @@ async fn write_frames(
     }
 }
 
-async fn read_frame(stream: &mut (impl AsyncReadExt + Unpin)) -> Result<Frame, String> {
-    let mut length = [0u8; 4];
-    stream
-        .read_exact(&mut length)
-        .await
-        .map_err(|e| format!("read failed: {e}"))?;
-    let length = u32::from_be_bytes(length) as usize;
-    if length > FRAME_BYTES_MAX {
-        return Err(format!(
-            "frame of {length} bytes exceeds the limit of {FRAME_BYTES_MAX}"
-        ));
+/// Reads one frame of at most `frame_bytes_max`, piece by piece, calling `heard`
+/// with the bytes read so far after each piece but the last. The buffer grows only as
+/// bytes arrive, so a peer that announces a large frame and stalls holds no more
+/// memory than it sent.
+async fn read_frame(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    frame_bytes_max: usize,
+    mut heard: impl FnMut(usize),
+) -> Result<Frame, String> {
+    let mut bytes = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        stream
+            .read_exact(&mut header)
+            .await
+            .map_err(|e| format!("read failed: {e}"))?;
+        let length = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        if length > PIECE_BYTES_MAX {
+            return Err(format!(
+                "a piece of {length} bytes exceeds the limit of {PIECE_BYTES_MAX}"
+            ));
+        }
+        if bytes.len() + length > frame_bytes_max {
+            return Err(format!(
+                "a frame of more than {} bytes exceeds the limit of {frame_bytes_max}",
+                bytes.len() + length
+            ));
+        }
+        let read = (&mut *stream)
+            .take(length as u64)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(|e| format!("read failed: {e}"))?;
+        if read < length {
+            return Err("the connection closed inside a frame".into());
+        }
+        metrics::counter!("chorus_replication_bytes_received_total").increment(length as u64 + 5);
+        match header[4] {
+            0 => return Frame::decode(&bytes).map_err(|e| e.to_string()),
+            1 => heard(bytes.len()),
+            other => return Err(format!("a piece has an unknown continuation byte {other}")),
+        }
     }
-    let mut bytes = vec![0u8; length];
-    stream
-        .read_exact(&mut bytes)
-        .await
-        .map_err(|e| format!("read failed: {e}"))?;
-    metrics::counter!("chorus_replication_bytes_received_total").increment(length as u64 + 4);
-    Frame::decode(&bytes).map_err(|e| e.to_string())
-}
-
-/// A frame with its length prefix.
-fn framed(frame: &Frame) -> Vec<u8> {
-    let bytes = frame.encode();
-    let mut out = Vec::with_capacity(bytes.len() + 4);
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(&bytes);
-    out
 }
 
 async fn write_frame(stream: &mut TcpStream, frame: &Frame) -> Result<(), String> {
     stream
-        .write_all(&framed(frame))
+        .write_all(&frame.to_wire())
         .await
         .map_err(|e| format!("write failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_core::{ConflictRecord, KeyState, NodeId, Outcome, Policy, Version};
+
+    fn record_of(bytes: usize) -> ConflictRecord {
+        let version = |n, c| Version {
+            dot: chorus_core::Dot::new(NodeId(n), c),
+            hlc: chorus_core::Hlc(c),
+            value: Some(vec![b'7'; bytes]),
+        };
+        ConflictRecord::new(
+            "c",
+            "k",
+            Policy::Lww,
+            vec![version(1, 1), version(2, 1)],
+            Outcome::Winner(chorus_core::Dot::new(NodeId(2), 1)),
+        )
+    }
+
+    /// A frame several pieces long (a conflict record holding two 1.5 MiB versions)
+    /// reads back whole; a stream cut inside it, a piece over the limit, a frame over
+    /// the caller's limit and an unknown continuation byte are errors, not panics.
+    #[tokio::test]
+    async fn frames_travel_in_pieces_within_limits() {
+        let frame = Frame::State {
+            keys: vec![("c".into(), "k".into(), KeyState::new())],
+            conflicts: vec![record_of(1_500_000)],
+        };
+        let wire = frame.to_wire();
+        assert!(wire.len() > 2 * PIECE_BYTES_MAX, "three pieces");
+        let mut heard = Vec::new();
+        let mut input = wire.as_slice();
+        let read = read_frame(&mut input, FRAME_BYTES_MAX, |n| heard.push(n));
+        assert_eq!(read.await.unwrap(), frame);
+        assert_eq!(
+            heard,
+            [PIECE_BYTES_MAX, 2 * PIECE_BYTES_MAX],
+            "heard after each piece"
+        );
+        let cut = &wire[..wire.len() - 10];
+        assert!(
+            read_frame(&mut &cut[..], FRAME_BYTES_MAX, |_| {})
+                .await
+                .is_err()
+        );
+        let refused = read_frame(&mut wire.as_slice(), HELLO_BYTES_MAX, |_| {}).await;
+        assert!(refused.unwrap_err().contains("exceeds the limit"));
+
+        let mut oversize_piece = ((PIECE_BYTES_MAX + 1) as u32).to_be_bytes().to_vec();
+        oversize_piece.push(0);
+        let refused = read_frame(&mut oversize_piece.as_slice(), FRAME_BYTES_MAX, |_| {}).await;
+        assert!(refused.unwrap_err().contains("piece"));
+
+        let mut bad_flag = Frame::Ping.to_wire();
+        bad_flag[4] = 7;
+        assert!(
+            read_frame(&mut bad_flag.as_slice(), FRAME_BYTES_MAX, |_| {})
+                .await
+                .is_err()
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! mesh "overtaking" anomaly: an update arriving before the insert it followed) are
 //! held back until what they depend on is applied, across keys and across origins.
 
-use chorus_node::{Entry, Node, open};
+use chorus_node::{Entry, Node, StateCursor, open};
 
 fn temp_node() -> (tempfile::TempDir, Node) {
     let dir = tempfile::tempdir().unwrap();
@@ -95,7 +95,10 @@ async fn collected_tombstones_are_never_revived() {
     tokio::task::block_in_place(|| a.put("docs", "gone", b"1", None).unwrap());
     let write = log(&a);
     b.apply_remote(write.clone()).await.unwrap();
-    let old_state = b.read_state(None, 100, &all_buckets).unwrap().keys;
+    let old_state = b
+        .read_state(StateCursor::KeysFromStart, 100, usize::MAX, &all_buckets)
+        .unwrap()
+        .keys;
     tokio::task::block_in_place(|| {
         let context = a.get("docs", "gone").unwrap().context;
         a.delete("docs", "gone", Some(&context)).unwrap();
@@ -106,7 +109,7 @@ async fn collected_tombstones_are_never_revived() {
         .await
         .unwrap();
     assert!(
-        a.read_state(None, 100, &all_buckets)
+        a.read_state(StateCursor::KeysFromStart, 100, usize::MAX, &all_buckets)
             .unwrap()
             .keys
             .is_empty(),

@@ -5,8 +5,8 @@
 use chorus_node::crdt::{Field, Kind, OpError, Operation, Update};
 use chorus_node::crdt_json::render;
 use chorus_node::{
-    CollectionConfig, Entry, Node, NodeConfig, NodeId, Policy, ReplicationStep, WriteAck,
-    WriteError,
+    CollectionConfig, Entry, Node, NodeConfig, NodeId, Policy, ReplicationStep, StateCursor,
+    WriteAck, WriteError,
 };
 use serde_json::{Value, json};
 
@@ -248,7 +248,9 @@ fn state_transfer_joins_documents() {
     update(&a, &[("/n", Update::CounterAdd(4))]).unwrap();
     // b takes a's whole state (as a node that fell behind the log would).
     let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
-    let chunk = a.read_state(None, 1000, &all_buckets).unwrap();
+    let chunk = a
+        .read_state(StateCursor::KeysFromStart, 1000, usize::MAX, &all_buckets)
+        .unwrap();
     b.replicate_blocking(ReplicationStep::MergeState {
         keys: chunk.keys,
         conflicts: chunk.conflicts,
@@ -285,7 +287,9 @@ fn writes_during_a_transfer_depend_on_what_they_saw() {
     )
     .unwrap();
     let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
-    let chunk = a.read_state(None, 1000, &all_buckets).unwrap();
+    let chunk = a
+        .read_state(StateCursor::KeysFromStart, 1000, usize::MAX, &all_buckets)
+        .unwrap();
     b.replicate_blocking(ReplicationStep::MergeState {
         keys: chunk.keys,
         conflicts: chunk.conflicts,

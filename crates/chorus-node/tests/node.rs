@@ -447,3 +447,38 @@ fn retention_limit_follows_bytes_and_age() {
         "all older than now"
     );
 }
+
+/// Goal: one key's versions stay within the key-state bound where this node can
+/// know it, so that every key state fits a frame. Method: with the bound lowered to
+/// three documents' worth, blind writes pile up siblings until the next is refused
+/// (changing nothing); a write with the read's context, which shrinks the key, is
+/// still taken; the bound cannot be raised past `KEY_STATE_BYTES_MAX`.
+#[test]
+fn siblings_stop_growing_at_the_key_state_bound() {
+    let config = NodeConfig {
+        key_state_bytes_max: 3000,
+        ..NodeConfig::default()
+    };
+    let node = Node::open_backend(InMemoryBackend::new(), config).unwrap();
+    let document = format!("\"{}\"", "x".repeat(998)).into_bytes();
+    for _ in 0..3 {
+        node.put("docs", "big", &document, None).unwrap();
+    }
+    let before = node.digest().unwrap();
+    let refused = node.put("docs", "big", &document, None);
+    assert!(
+        matches!(
+            refused,
+            Err(WriteError::TooManyVersions {
+                bytes: 4000,
+                max: 3000
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(node.digest().unwrap(), before);
+    let context = node.get("docs", "big").unwrap().context;
+    node.put("docs", "big", b"\"resolved\"", Some(&context))
+        .unwrap();
+    assert_eq!(values(&node, "docs", "big"), [Some("\"resolved\"".into())]);
+}

@@ -18,7 +18,7 @@
 //! nothing: the sender resends from the acknowledged cursor.
 
 use crate::frame::{Frame, Hello};
-use chorus_core::{ConflictRecord, Dot, Entry, KeyState, VersionVector};
+use chorus_core::{ConflictId, ConflictRecord, Dot, Entry, KeyState, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Bounds of the engine, each limiting memory or work per peer.
@@ -83,6 +83,11 @@ pub enum Event {
         peer: String,
         frame: Frame,
     },
+    /// A piece of a frame from `peer` arrived, the frame not yet whole: the peer is
+    /// alive, however long a large frame takes to cross its link.
+    Heard {
+        peer: String,
+    },
     /// The answer to `ReadLog`: entries after `after_seq`, and how far the log was read.
     LogRead {
         peer: String,
@@ -118,14 +123,14 @@ pub enum Event {
         wanted: Vec<u8>,
     },
     /// The answer to `ReadState`: key states of the wanted buckets after the cursor,
-    /// the cursor for the next read (`None`: that was the last), and with the last
-    /// part the conflict log.
+    /// or, once those are all sent, records of the conflict log; and the cursor for
+    /// the next read (`None`: that was the last).
     StateRead {
         peer: String,
         session: u64,
         keys: Vec<(String, String, KeyState)>,
         conflicts: Vec<ConflictRecord>,
-        next: Option<(String, String)>,
+        next: Option<StateCursor>,
     },
     /// The op log's entries through `seq` fall outside the byte or age bound.
     RetentionLimit {
@@ -187,12 +192,12 @@ pub enum Command {
         session: u64,
         hashes: Vec<u64>,
     },
-    /// Read key states of `buckets` for a transfer, after `after` (from the start
-    /// when `None`).
+    /// Read the next part of a transfer from `after`: key states of `buckets`, then
+    /// conflict records, a frame's worth.
     ReadState {
         peer: String,
         session: u64,
-        after: Option<(String, String)>,
+        after: StateCursor,
         max_keys: usize,
         buckets: Vec<u8>,
     },
@@ -261,13 +266,28 @@ struct OutgoingState {
     offered: bool,
     /// The buckets the peer wants, once it answered the offer.
     wanted: Option<Vec<u8>>,
-    /// Where the next read starts; `None` at the start.
-    after: Option<(String, String)>,
+    /// Where the next read starts.
+    after: StateCursor,
     /// What the transferred states reflect (read with the bucket hashes).
     snapshot: Option<(VersionVector, u64)>,
     reading: bool,
     /// `State` frames not yet acknowledged.
     unacked: usize,
+}
+
+/// Where a state transfer's next read starts. A transfer sends the key states of the
+/// wanted buckets in storage order, then the whole conflict log in id order (the
+/// bucket hashes do not cover it), each part bounded by bytes so that no frame grows
+/// with the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StateCursor {
+    /// Key states from the first.
+    #[default]
+    KeysFromStart,
+    /// Key states after this collection and key.
+    KeysAfter(String, String),
+    /// Conflict records after this id (from the first when `None`).
+    Conflicts(Option<ConflictId>),
 }
 
 /// A state transfer from a peer, in progress.
@@ -480,6 +500,11 @@ impl Engine {
                     .collect();
             }
             Event::Received { peer, frame } => self.received(&peer, frame, &mut out),
+            Event::Heard { peer } => {
+                if let Some(p) = self.peers.get_mut(&peer).filter(|p| p.connected) {
+                    p.last_heard_ms = self.now_ms;
+                }
+            }
             Event::LogRead {
                 peer,
                 session,
@@ -598,7 +623,7 @@ impl Engine {
                 transfer.reading = false;
                 transfer.unacked += 1;
                 let finished = next.is_none();
-                transfer.after = next;
+                transfer.after = next.unwrap_or_default();
                 self.send(&peer, Frame::State { keys, conflicts }, &mut out);
                 if finished {
                     self.finish_transfer(&peer, &mut out);
@@ -1605,9 +1630,9 @@ mod tests {
             peer: "b".into(),
             frame: Frame::StateWanted { buckets: vec![3] },
         });
-        assert_eq!(cmds, [read(None)]);
-        let key = ("c".to_string(), "k".to_string());
-        let chunk = |next: Option<(String, String)>| Event::StateRead {
+        assert_eq!(cmds, [read(StateCursor::KeysFromStart)]);
+        let key = StateCursor::KeysAfter("c".into(), "k".into());
+        let chunk = |next: Option<StateCursor>| Event::StateRead {
             peer: "b".into(),
             session: 1,
             keys: vec![],
@@ -1620,7 +1645,7 @@ mod tests {
         });
         assert_eq!(
             e.handle(chunk(Some(key.clone()))),
-            [state.clone(), read(Some(key))]
+            [state.clone(), read(key)]
         );
         let end = send(Frame::StateEnd {
             applied: floor.clone(),
@@ -1675,7 +1700,7 @@ mod tests {
         let read = Command::ReadState {
             peer: "b".into(),
             session: 1,
-            after: None,
+            after: StateCursor::KeysFromStart,
             max_keys: 256,
             buckets: vec![],
         };
@@ -1897,6 +1922,27 @@ mod tests {
         let cmds = e.handle(Event::Tick { now_ms: 5_000 });
         assert!(matches!(&cmds[..], [Command::Disconnect { peer, .. }] if peer == "b"));
         assert!(!e.peers()[0].connected);
+    }
+
+    /// A peer whose large frame is still arriving in pieces is not silent: each
+    /// piece heard puts off the timeout, and answers nothing by itself.
+    #[test]
+    fn pieces_of_a_frame_keep_a_peer_alive() {
+        let log = LogPosition {
+            log_start: 1,
+            ..LogPosition::default()
+        };
+        let mut e = Engine::new(members(&["b"]), log, 0, EngineLimits::default());
+        connect(&mut e, &[], 0);
+        e.handle(Event::Tick { now_ms: 4_000 });
+        let heard = Event::Heard { peer: "b".into() };
+        assert_eq!(e.handle(heard), []);
+        let cmds = e.handle(Event::Tick { now_ms: 8_000 });
+        assert!(
+            !cmds.iter().any(|c| matches!(c, Command::Disconnect { .. })),
+            "{cmds:?}"
+        );
+        assert!(e.peers()[0].connected);
     }
 
     /// Tombstones are collected up to what every member has applied: nothing while a

@@ -1,23 +1,49 @@
 //! Frames of the peer protocol, and their bytes.
 //!
-//! On the wire each frame is `[length: u32 BE] [format byte 0x01] [postcard body]`;
-//! the runtime does the length prefix, this module the rest. Entries travel in the
-//! op-log record encoding of `chorus-store` (one format for disk and wire).
+//! A frame is encoded as `[format byte 0x01] [postcard body]`. On the wire it travels
+//! in pieces of at most [`PIECE_BYTES_MAX`], each `[length: u32 BE] [more: u8]
+//! [bytes]` (`more` is 1 when another piece of the same frame follows, 0 on its
+//! last), so that a frame larger than any buffer a receiver allocates ahead (one key
+//! state with many 16 MiB siblings, a large conflict record) still travels; the
+//! receiver grows its buffer only as bytes arrive, up to [`FRAME_BYTES_MAX`] (and
+//! [`HELLO_BYTES_MAX`] before a handshake completes). Entries travel in the op-log
+//! record encoding of `chorus-store` (one format for disk and wire).
 //!
 //! A session: the dialer sends `Hello`, the listener answers `Hello` or `Refused`.
 //! Then both sides stream `Entries` and answer them with `Ack`; `Ping`/`Pong` keep an
 //! idle link alive.
 
 use chorus_core::{ConflictRecord, Entry, KeyState, NodeId, VersionVector};
+use chorus_store::bytes::Blob;
 use chorus_store::codec;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; a peer speaking another is refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 split frames into pieces on the wire.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// Largest frame accepted, in bytes: one largest document plus room. A longer length
-/// prefix is a corrupt or hostile stream and ends the connection.
-pub const FRAME_BYTES_MAX: usize = 20 * 1024 * 1024;
+/// Largest frame a peer may send, in bytes of its encoding. Senders bound their
+/// frames by bytes far below this (a batch of entries, a part of a state transfer),
+/// except that one entry, key state or conflict record always travels whole: this
+/// bounds the largest such item that can replicate (see `chorus_node::limits`). A
+/// larger frame is a corrupt or hostile stream and ends the connection.
+pub const FRAME_BYTES_MAX: usize = 1 << 30;
+
+/// Largest piece of a frame on the wire, in bytes: what a receiver reads before it
+/// knows more is coming.
+pub const PIECE_BYTES_MAX: usize = 1 << 20;
+
+/// Largest frame before the handshake completes (a `Hello` or `Refused`): a
+/// connection that has not proved it is a peer holds at most this much memory.
+pub const HELLO_BYTES_MAX: usize = 256 * 1024;
+
+/// Replica names a `Hello` may carry, and the longest name: what a handshake may
+/// teach a node is bounded, so its own `Hello` stays within [`HELLO_BYTES_MAX`].
+pub const HELLO_NAMES_MAX: usize = 512;
+pub const NODE_NAME_BYTES_MAX: usize = 128;
+
+const _: () = assert!(HELLO_NAMES_MAX * (NODE_NAME_BYTES_MAX + 16) < HELLO_BYTES_MAX / 2);
+const _: () = assert!(PIECE_BYTES_MAX <= u32::MAX as usize && HELLO_BYTES_MAX < FRAME_BYTES_MAX);
 
 const FRAME_FORMAT: u8 = 1;
 
@@ -114,7 +140,7 @@ enum FrameV1 {
         reason: String,
     },
     Entries {
-        entries: Vec<(u64, Vec<u8>)>,
+        entries: Vec<(u64, Blob)>,
         from_seq: u64,
         through_seq: u64,
         resumes: bool,
@@ -130,8 +156,8 @@ enum FrameV1 {
         buckets: Vec<u8>,
     },
     State {
-        keys: Vec<(String, String, Vec<u8>)>,
-        conflicts: Vec<Vec<u8>>,
+        keys: Vec<(String, String, Blob)>,
+        conflicts: Vec<Blob>,
     },
     StateAck,
     StateEnd {
@@ -175,7 +201,7 @@ impl Frame {
             } => FrameV1::Entries {
                 entries: entries
                     .iter()
-                    .map(|(seq, e)| (*seq, chorus_store::codec::encode_entry(e)))
+                    .map(|(seq, e)| (*seq, Blob(codec::encode_entry(e))))
                     .collect(),
                 from_seq: *from_seq,
                 through_seq: *through_seq,
@@ -191,9 +217,12 @@ impl Frame {
             Frame::State { keys, conflicts } => FrameV1::State {
                 keys: keys
                     .iter()
-                    .map(|(c, k, s)| (c.clone(), k.clone(), codec::encode_key_state(s)))
+                    .map(|(c, k, s)| (c.clone(), k.clone(), Blob(codec::encode_key_state(s))))
                     .collect(),
-                conflicts: conflicts.iter().map(codec::encode_conflict).collect(),
+                conflicts: conflicts
+                    .iter()
+                    .map(|c| Blob(codec::encode_conflict(c)))
+                    .collect(),
             },
             Frame::StateOffer { hashes } => FrameV1::StateOffer {
                 hashes: hashes.clone(),
@@ -217,6 +246,20 @@ impl Frame {
         };
         let mut out = vec![FRAME_FORMAT];
         out.extend(postcard::to_stdvec(&v1).expect("encoding into a Vec cannot fail"));
+        out
+    }
+
+    /// The frame's bytes on the wire: its encoding, in pieces.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let bytes = self.encode();
+        let pieces = bytes.len().div_ceil(PIECE_BYTES_MAX).max(1);
+        let mut out = Vec::with_capacity(bytes.len() + 5 * pieces);
+        let mut chunks = bytes.chunks(PIECE_BYTES_MAX).peekable();
+        while let Some(piece) = chunks.next() {
+            out.extend_from_slice(&(piece.len() as u32).to_be_bytes());
+            out.push(u8::from(chunks.peek().is_some()));
+            out.extend_from_slice(piece);
+        }
         out
     }
 
@@ -253,8 +296,8 @@ impl Frame {
             } => Frame::Entries {
                 entries: entries
                     .into_iter()
-                    .map(|(seq, bytes)| {
-                        chorus_store::codec::decode_entry("frame", &bytes)
+                    .map(|(seq, Blob(bytes))| {
+                        codec::decode_entry("frame", &bytes)
                             .map(|e| (seq, e))
                             .map_err(|e| FrameError::Corrupt(e.to_string()))
                     })
@@ -273,7 +316,7 @@ impl Frame {
             FrameV1::State { keys, conflicts } => Frame::State {
                 keys: keys
                     .into_iter()
-                    .map(|(c, k, bytes)| {
+                    .map(|(c, k, Blob(bytes))| {
                         let state = codec::decode_key_state(&bytes)
                             .map_err(|e| FrameError::Corrupt(e.to_string()))?;
                         // A CRDT document must decode before it is merged.
@@ -285,7 +328,7 @@ impl Frame {
                     .collect::<Result<_, FrameError>>()?,
                 conflicts: conflicts
                     .iter()
-                    .map(|bytes| codec::decode_conflict(bytes))
+                    .map(|Blob(bytes)| codec::decode_conflict(bytes))
                     .collect::<Result<_, _>>()
                     .map_err(|e| FrameError::Corrupt(e.to_string()))?,
             },

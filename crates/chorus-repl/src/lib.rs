@@ -27,7 +27,9 @@ pub mod frame;
 pub mod links;
 pub mod topology;
 
-pub use engine::{Command, Engine, EngineLimits, Event, LogPosition, Membership, PeerStatus};
+pub use engine::{
+    Command, Engine, EngineLimits, Event, LogPosition, Membership, PeerStatus, StateCursor,
+};
 pub use frame::{Frame, FrameError, Hello, PROTOCOL_VERSION};
 pub use links::{LinkPlan, Plan};
 pub use topology::{Topology, TopologyError};

@@ -50,6 +50,7 @@ impl From<WriteError> for ApiError {
         let (status, code) = match &e {
             WriteError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             WriteError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            WriteError::TooManyVersions { .. } => (StatusCode::CONFLICT, "too_many_versions"),
             WriteError::StoreFailed => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
             WriteError::Corrupted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupted"),
             WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),

@@ -12,16 +12,20 @@
 //! bad token, oversize body) is refused before anything is written.
 
 mod changes;
+mod connections;
 mod error;
 pub mod home;
 mod metrics;
 mod render;
 mod routes;
 
+pub use connections::{
+    BODY_READ_TIMEOUT_DEFAULT, CONNECTIONS_MAX_DEFAULT, HEADER_READ_TIMEOUT_DEFAULT,
+};
 pub use error::ApiError;
 pub use routes::router;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,13 @@ pub type ReloadCluster = Arc<
 pub struct ServerConfig {
     /// Largest request body accepted; larger ones get 413.
     pub body_bytes_max: usize,
+    /// Open HTTP connections at most; more are closed as soon as they are accepted.
+    pub connections_max: usize,
+    /// How long a client may take to send a request head, or stay idle between
+    /// requests, before its connection is closed.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request body (then 408).
+    pub body_read_timeout: Duration,
     /// `POST /v1/cluster/reload`, for a node of a cluster.
     pub reload_cluster: Option<ReloadCluster>,
     /// The node's cluster, for routing writes to home leaders.
@@ -48,6 +59,9 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             body_bytes_max: chorus_node::limits::DOCUMENT_BYTES_MAX,
+            connections_max: connections::CONNECTIONS_MAX_DEFAULT,
+            header_read_timeout: connections::HEADER_READ_TIMEOUT_DEFAULT,
+            body_read_timeout: connections::BODY_READ_TIMEOUT_DEFAULT,
             reload_cluster: None,
             cluster: None,
         }
@@ -65,27 +79,23 @@ pub fn install_metrics() {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Serves the API on `listener` until `shutdown` completes, then lets open requests
-/// finish for at most [`SHUTDOWN_GRACE`].
+/// finish for at most [`SHUTDOWN_GRACE`] (live streams never end by themselves).
+/// Connections, request heads and bodies are bounded as [`connections`] says.
 pub async fn serve(
     listener: TcpListener,
     node: chorus_node::Node,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (began_tx, began_rx) = tokio::sync::oneshot::channel();
-    let server = axum::serve(listener, router(node, config)).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = began_tx.send(());
-    });
-    tokio::select! {
-        result = server.into_future() => result,
-        // Live streams never end by themselves; past the grace period, stop anyway.
-        _ = async {
-            if began_rx.await.is_ok() {
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => Ok(()),
-    }
+    let (connections_max, header_read_timeout) =
+        (config.connections_max, config.header_read_timeout);
+    connections::serve(
+        listener,
+        router(node, config),
+        connections_max,
+        header_read_timeout,
+        SHUTDOWN_GRACE,
+        shutdown,
+    )
+    .await
 }

@@ -1,6 +1,7 @@
 //! The routes of the API and their handlers.
 
 use crate::changes;
+use crate::connections::{BodyGuard, guard_body};
 use crate::error::ApiError;
 use crate::home::LOCK_TOKEN_HEADER;
 use crate::render;
@@ -69,6 +70,10 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(axum::middleware::from_fn_with_state(
+            BodyGuard::new(body_bytes_max, config.body_read_timeout),
+            guard_body,
+        ))
         .layer(Extension(cluster))
         .with_state(node)
 }
@@ -118,11 +123,11 @@ fn context(headers: &HeaderMap, collection: &str, key: &str) -> ApiResult<Option
 }
 
 fn json_document(bytes: &[u8]) -> ApiResult<Vec<u8>> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
+    chorus_node::json::check_document(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_json",
-            format!("body is not valid JSON: {e}"),
+            format!("body: {e}"),
         )
     })?;
     Ok(bytes.to_vec())

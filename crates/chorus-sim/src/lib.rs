@@ -296,6 +296,7 @@ impl Sim {
             name: n.name.clone(),
             clock: n.clock.clone(),
             node_id: Some(n.id),
+            ..NodeConfig::default()
         };
         let node = Node::open_backend(n.disk.clone(), config).expect("a simulated disk opens");
         let position = node.position().expect("reads work");

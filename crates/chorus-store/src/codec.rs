@@ -40,6 +40,7 @@ struct DotV1(u64, u64);
 struct VersionV1 {
     dot: DotV1,
     hlc: u64,
+    #[serde(with = "crate::bytes::option")]
     value: Option<Vec<u8>>,
 }
 
@@ -56,6 +57,7 @@ struct OpV1 {
     collection: String,
     key: String,
     context: Vec<(u64, u64)>,
+    #[serde(with = "crate::bytes::option")]
     value: Option<Vec<u8>>,
 }
 

@@ -18,6 +18,7 @@
 //! postcard ([`codec`]); bytes that do not decode are [`StoreError::Corrupted`], never
 //! a panic. A store written by a newer format is refused at open.
 
+pub mod bytes;
 pub mod codec;
 mod tables;
 

@@ -60,6 +60,18 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = chorus_node::limits::DOCUMENT_BYTES_MAX)]
     body_bytes_max: usize,
+    /// Open HTTP connections at most; more are closed as soon as they are accepted
+    /// (keep it below the process's file-descriptor limit).
+    #[arg(long, default_value_t = chorus_server::CONNECTIONS_MAX_DEFAULT)]
+    connections_max: usize,
+    /// How long a client may take to send a request head, or stay idle between
+    /// requests, before its connection is closed (milliseconds).
+    #[arg(long, default_value_t = chorus_server::HEADER_READ_TIMEOUT_DEFAULT.as_millis() as u64)]
+    header_timeout_ms: u64,
+    /// How long a client may take to send a request body before it gets 408
+    /// (milliseconds).
+    #[arg(long, default_value_t = chorus_server::BODY_READ_TIMEOUT_DEFAULT.as_millis() as u64)]
+    body_timeout_ms: u64,
 }
 
 /// File name of the store inside the data folder.
@@ -164,6 +176,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
         let config = ServerConfig {
             body_bytes_max: args.body_bytes_max,
+            connections_max: args.connections_max,
+            header_read_timeout: Duration::from_millis(args.header_timeout_ms),
+            body_read_timeout: Duration::from_millis(args.body_timeout_ms),
             reload_cluster,
             cluster: replication.clone(),
         };

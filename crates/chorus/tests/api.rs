@@ -405,6 +405,48 @@ fn bad_requests_change_nothing() {
     assert_eq!(get(&format!("{base}/v1/status")).body["last_seq"], last_seq);
 }
 
+/// Bodies that once got 200 and then read back as `null` (invalid UTF-8 in a string,
+/// a lone surrogate, nesting 128 deep, a number out of range, a repeated field) are
+/// refused at the door in every kind of collection, and change nothing.
+#[test]
+fn unreadable_json_is_refused_at_the_door() {
+    let (_dir, node) = node();
+    let base = node.url.clone();
+    let lww = call(
+        "PUT",
+        &format!("{base}/v1/collections/last"),
+        Some(br#"{"policy":"lww"}"#),
+        &[],
+    );
+    assert_eq!(lww.status, 200, "{}", lww.text);
+    let before = digest(&base);
+    let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
+    let bodies: [&[u8]; 5] = [
+        b"{\"name\": \"\xc3\x28\"}",
+        br#"{"name": "\ud800"}"#,
+        deep.as_bytes(),
+        b"1e99999",
+        br#"{"a": 1, "a": 2}"#,
+    ];
+    for collection in ["plain", "last"] {
+        for body in bodies {
+            let url = format!("{base}/v1/docs/{collection}/k");
+            let reply = call("PUT", &url, Some(body), &[]);
+            assert_eq!(reply.status, 400, "{collection}: {}", reply.text);
+            assert_eq!(reply.body["error"], "invalid_json", "{}", reply.text);
+            assert_eq!(get(&url).status, 404);
+        }
+    }
+    assert_eq!(digest(&base), before);
+    // What the door lets in reads back as written (100 deep: the answer wraps the
+    // document, and this test's own parser stops at 128 too).
+    let url = format!("{base}/v1/docs/plain/k");
+    let shallow = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    put(&url, &shallow);
+    let value = get(&url).body["value"].clone();
+    assert_eq!(value, serde_json::from_str::<Value>(&shallow).unwrap());
+}
+
 /// Status, digest and metrics answer; the digest moves with a write; the metrics
 /// count writes, reads, conflicts, commits (fsyncs) and their latency.
 #[test]

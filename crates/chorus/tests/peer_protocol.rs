@@ -1,6 +1,7 @@
 //! The peer protocol at a node's replication port, spoken by hand: a node of another
-//! cluster, of another protocol version, or with an unknown name is refused with a
-//! reason; corrupt and oversize frames end the connection and change nothing.
+//! cluster, of another protocol version, with an unknown name or a handshake that
+//! would teach too much is refused with a reason; corrupt and oversize frames end the
+//! connection and change nothing.
 
 mod support;
 
@@ -29,30 +30,40 @@ fn connect(address: &str) -> TcpStream {
 }
 
 fn send(stream: &mut TcpStream, frame: &Frame) {
-    let bytes = frame.encode();
-    stream
-        .write_all(&(bytes.len() as u32).to_be_bytes())
-        .unwrap();
-    stream.write_all(&bytes).unwrap();
+    stream.write_all(&frame.to_wire()).unwrap();
 }
 
+/// Reads one frame, piece by piece (`[length: u32] [more: u8] [bytes]`).
 fn receive(stream: &mut TcpStream) -> Option<Frame> {
-    let mut length = [0u8; 4];
-    stream.read_exact(&mut length).ok()?;
-    let mut bytes = vec![0u8; u32::from_be_bytes(length) as usize];
-    stream.read_exact(&mut bytes).ok()?;
-    Some(Frame::decode(&bytes).unwrap())
+    let mut bytes = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).ok()?;
+        let length = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+        let mut piece = vec![0u8; length];
+        stream.read_exact(&mut piece).ok()?;
+        bytes.extend(piece);
+        if header[4] == 0 {
+            return Some(Frame::decode(&bytes).unwrap());
+        }
+    }
 }
 
-fn hello(cluster: &str, protocol: u32, name: &str) -> Frame {
+fn hello_teaching(cluster: &str, protocol: u32, name: &str, names: usize) -> Frame {
     Frame::Hello(Hello {
         protocol,
         cluster: cluster.into(),
         name: name.into(),
         node_id: NodeId(42),
         applied: VersionVector::new(),
-        names: vec![],
+        names: (0..names as u64)
+            .map(|i| (NodeId(1000 + i), format!("mallory{i}")))
+            .collect(),
     })
+}
+
+fn hello(cluster: &str, protocol: u32, name: &str) -> Frame {
+    hello_teaching(cluster, protocol, name, 0)
 }
 
 /// Wrong cluster, wrong version, or a name not in the cluster file: `Refused`, with
@@ -69,6 +80,10 @@ fn foreign_peers_are_refused_with_a_reason() {
             "not another node",
         ),
         (hello("chorus", PROTOCOL_VERSION, "n0"), "not another node"),
+        (
+            hello_teaching("chorus", PROTOCOL_VERSION, "n1", 600),
+            "replica names",
+        ),
     ];
     for (frame, needle) in cases {
         let mut stream = connect(&address);
@@ -82,35 +97,45 @@ fn foreign_peers_are_refused_with_a_reason() {
     }
 }
 
-/// Garbage, an oversize length and a frame that does not decode each end their
-/// connection; the node keeps serving and replicating.
+/// Garbage, an oversize piece, an unknown continuation byte, a frame larger than a
+/// handshake may be, and a frame that does not decode each end their connection;
+/// the node keeps serving and replicating.
 #[test]
 fn corrupt_frames_end_the_connection_and_change_nothing() {
     let cluster = Cluster::start(2, "topology = \"mesh\"");
     cluster.wait_converged(Duration::from_secs(30));
     let before = digest(&cluster.url(0));
     let address = peer_address(&cluster, 0);
-    let attempts: [&[u8]; 3] = [
+    // Pieces of 1 MiB that never end: refused once past what a handshake may take.
+    let mut endless = Vec::new();
+    for _ in 0..3 {
+        endless.extend_from_slice(&(1u32 << 20).to_be_bytes());
+        endless.push(1);
+        endless.extend(std::iter::repeat_n(7u8, 1 << 20));
+    }
+    let attempts: [&[u8]; 4] = [
         &[0xff, 0xff, 0xff, 0xff, 1, 2, 3],
-        &[0, 0, 0, 3, 9, 9, 9],
+        &[0, 0, 0, 3, 9, 9, 9, 9],
         &[0, 0, 0, 0],
+        &endless,
     ];
     for bytes in attempts {
         let mut stream = connect(&address);
-        stream.write_all(bytes).unwrap();
+        // The node may close before everything is written.
+        let _ = stream.write_all(bytes);
         let mut rest = Vec::new();
         // The node closes the connection without answering anything but a refusal.
         let _ = stream.read_to_end(&mut rest);
         assert!(
             rest.is_empty()
-                || Frame::decode(&rest[4..]).is_ok_and(|f| matches!(f, Frame::Refused { .. }))
+                || Frame::decode(&rest[5..]).is_ok_and(|f| matches!(f, Frame::Refused { .. }))
         );
     }
     // A valid hello followed by a corrupt frame: the session ends.
     let mut stream = connect(&address);
     send(&mut stream, &hello("chorus", PROTOCOL_VERSION, "n1"));
     assert!(matches!(receive(&mut stream), Some(Frame::Hello(_))));
-    stream.write_all(&[0, 0, 0, 2, 1, 0xff]).unwrap();
+    stream.write_all(&[0, 0, 0, 2, 0, 1, 0xff]).unwrap();
     let mut sink = Vec::new();
     let _ = stream.read_to_end(&mut sink);
     assert_eq!(digest(&cluster.url(0)), before);
