@@ -14,6 +14,44 @@
 //! fails.
 
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION};
+
+/// The conflict log's retention watermark lives in this reserved document:
+/// `{"before_wall_ms": N}`. Records whose newest version's HLC is older than N are
+/// pruned, and not stored again if they arrive later. Each node moves it forward
+/// by its own clock (`ReplicationStep::PruneConflicts`), but it replicates like any
+/// document, so every node prunes by the same value and the logs stay identical
+/// however skewed the clocks (pruning each log by its own node's clock made them
+/// differ). The node whose clock runs furthest ahead prunes for all.
+pub const RETENTION_COLLECTION: &str = "_cluster";
+pub const RETENTION_KEY: &str = "conflict_retention";
+
+/// The watermark the versions of its document hold: the greatest `before_wall_ms`
+/// (concurrent moves are siblings; the greatest counts), 0 before any.
+pub(crate) fn retention_watermark(state: &KeyState) -> u64 {
+    state
+        .versions()
+        .iter()
+        .filter_map(|v| {
+            let doc: serde_json::Value = serde_json::from_slice(v.value.as_deref()?).ok()?;
+            doc.get("before_wall_ms")?.as_u64()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn is_retention_key(collection: &str, key: &str) -> bool {
+    collection == RETENTION_COLLECTION && key == RETENTION_KEY
+}
+
+/// The wall-clock milliseconds of a record's newest version.
+fn newest_wall_ms(record: &ConflictRecord) -> u64 {
+    record
+        .versions
+        .iter()
+        .map(|v| v.hlc.wall_ms())
+        .max()
+        .unwrap_or(0)
+}
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, SIBLINGS_WARN};
 use crate::merge;
@@ -86,6 +124,9 @@ pub(crate) struct Committer {
     pub key_state_bytes_max: usize,
     /// Settings of collections, read from `_collections` on first use.
     pub configs: HashMap<String, CollectionConfig>,
+    /// The conflict log's retention watermark, read from its document on first use
+    /// (see [`RETENTION_COLLECTION`]).
+    pub pruned_before_ms: Option<u64>,
     pub committed_seq: watch::Sender<u64>,
     pub failed: Arc<AtomicBool>,
     /// Conflicts recorded since the node started, per collection and policy.
@@ -211,7 +252,7 @@ impl Committer {
                     self.merge_key_state(b, &collection, &key, &incoming)?;
                 }
                 for record in &conflicts {
-                    if b.put_conflict(record)? {
+                    if self.keep_conflict(b, record)? {
                         count_conflict(&self.conflict_counts, record);
                     }
                 }
@@ -228,13 +269,25 @@ impl Committer {
                 self.truncate(b, before_seq.min(self.meta.next_seq))
             }
             ReplicationStep::PruneConflicts { before_wall_ms } => {
-                // By the records' own HLCs, so every node keeps the same records.
-                let pruned = b.retain_conflicts(|record| {
-                    let newest = record.versions.iter().map(|v| v.hlc.wall_ms()).max();
-                    newest.unwrap_or(0) >= before_wall_ms
-                })?;
-                metrics::counter!("chorus_conflicts_pruned_total").increment(pruned);
-                Ok(())
+                // The watermark moves only when it would prune something here, so
+                // that a node with nothing to prune writes nothing.
+                if before_wall_ms <= self.pruned_before_ms(b)?
+                    || !b.any_conflict(|record| newest_wall_ms(record) < before_wall_ms)?
+                {
+                    return Ok(());
+                }
+                // The watermark is a replicated document: every node prunes by the
+                // same value, whatever its own clock says.
+                let write = Write {
+                    collection: RETENTION_COLLECTION.into(),
+                    key: Some(RETENTION_KEY.into()),
+                    value: Some(format!("{{\"before_wall_ms\":{before_wall_ms}}}").into_bytes()),
+                    context: None,
+                };
+                if let Err(refused) = self.apply_local(b, &write, true)? {
+                    tracing::warn!(%refused, "cannot move the conflict log's retention watermark");
+                }
+                self.enforce_retention(b)
             }
             ReplicationStep::CollectTombstones { stable } => {
                 // Every stable tombstone goes, also beside live versions: each node
@@ -278,6 +331,9 @@ impl Committer {
         b.put_key_state(collection, key, &state)?;
         if collection == SETTINGS_COLLECTION {
             self.configs.remove(key);
+        }
+        if is_retention_key(collection, key) {
+            self.enforce_retention(b)?;
         }
         if let Some(record) = policy.conflict(collection, key, &state) {
             self.note_conflict(b, record)?;
@@ -563,10 +619,13 @@ impl Committer {
                 if applied {
                     conflicts = self.settle(b, op, &state)?;
                     b.put_key_state(&op.collection, &op.key, &state)?;
+                    if is_retention_key(&op.collection, &op.key) {
+                        self.enforce_retention(b)?;
+                    }
                 }
             }
             EntryBody::Conflict { record, .. } => {
-                if b.put_conflict(record)? {
+                if self.keep_conflict(b, record)? {
                     count_conflict(&self.conflict_counts, record);
                 }
             }
@@ -609,7 +668,7 @@ impl Committer {
         b: &mut Batch<'_>,
         record: ConflictRecord,
     ) -> Result<(), StoreError> {
-        if !b.put_conflict(&record)? {
+        if !self.keep_conflict(b, &record)? {
             return Ok(());
         }
         count_conflict(&self.conflict_counts, &record);
@@ -623,6 +682,38 @@ impl Committer {
                 body: EntryBody::Conflict { dot, hlc, record },
             },
         )
+    }
+
+    /// The conflict log's retention watermark (cached).
+    fn pruned_before_ms(&mut self, b: &Batch<'_>) -> Result<u64, StoreError> {
+        if let Some(before) = self.pruned_before_ms {
+            return Ok(before);
+        }
+        let before = retention_watermark(&b.key_state(RETENTION_COLLECTION, RETENTION_KEY)?);
+        self.pruned_before_ms = Some(before);
+        Ok(before)
+    }
+
+    /// After the watermark's document changed: drops every record older than it.
+    fn enforce_retention(&mut self, b: &mut Batch<'_>) -> Result<(), StoreError> {
+        self.pruned_before_ms = None;
+        let before = self.pruned_before_ms(b)?;
+        let pruned = b.retain_conflicts(|record| newest_wall_ms(record) >= before)?;
+        metrics::counter!("chorus_conflicts_pruned_total").increment(pruned);
+        Ok(())
+    }
+
+    /// Stores a conflict record unless the watermark has passed it (it would be
+    /// pruned everywhere, so it must not come back here). True when it is new here.
+    fn keep_conflict(
+        &mut self,
+        b: &mut Batch<'_>,
+        record: &ConflictRecord,
+    ) -> Result<bool, StoreError> {
+        if newest_wall_ms(record) < self.pruned_before_ms(b)? {
+            return Ok(false);
+        }
+        b.put_conflict(record)
     }
 
     fn next_dot(&self) -> Dot {

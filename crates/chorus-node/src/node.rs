@@ -216,6 +216,7 @@ impl Node {
             physical: config.clock,
             key_state_bytes_max: config.key_state_bytes_max.min(KEY_STATE_BYTES_MAX),
             configs: HashMap::new(),
+            pruned_before_ms: None,
             committed_seq: seq_tx,
             failed: Arc::clone(&failed),
             conflict_counts: Arc::clone(&conflict_counts),
@@ -910,11 +911,23 @@ impl Node {
             .collect()
     }
 
-    /// Removes conflict records whose newest version is older than `before_wall_ms`
-    /// (wall-clock milliseconds of its HLC): the conflict log's retention.
+    /// Moves the conflict log's retention watermark to `before_wall_ms` (wall-clock
+    /// milliseconds of an HLC), if that is later than where it stands: every node
+    /// then removes the records whose newest version is older (see
+    /// `committer::RETENTION_COLLECTION`).
     pub async fn prune_conflicts(&self, before_wall_ms: u64) -> Result<(), WriteError> {
         self.replicate(ReplicationStep::PruneConflicts { before_wall_ms })
             .await
+    }
+
+    /// The conflict log's retention watermark as this node knows it: records whose
+    /// newest version is older are pruned (0 before any pruning).
+    pub fn conflicts_pruned_before_ms(&self) -> Result<u64, ReadError> {
+        let state = self.snapshot()?.key_state(
+            crate::committer::RETENTION_COLLECTION,
+            crate::committer::RETENTION_KEY,
+        )?;
+        Ok(crate::committer::retention_watermark(&state))
     }
 
     /// The conflict record `id`, if this node's log holds it.

@@ -134,3 +134,50 @@ async fn collected_tombstones_are_never_revived() {
     );
     assert_eq!(a.digest().unwrap(), collected);
 }
+
+/// Goal: conflict logs stay identical whatever each node's clock says. Method: two
+/// nodes record one conflict; the node whose clock says the record is old prunes it;
+/// the other, whose clock says it is young, prunes it too once the retention
+/// watermark replicates, a later prune by its slower clock moves nothing back, and a
+/// third node that receives everything in log order ends without the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_logs_prune_alike_by_a_replicated_watermark() {
+    let (_a_dir, a) = temp_node();
+    let (_b_dir, b) = temp_node();
+    let (_c_dir, c) = temp_node();
+    tokio::task::block_in_place(|| {
+        a.put("docs", "k", b"1", None).unwrap();
+        b.put("docs", "k", b"2", None).unwrap();
+    });
+    let (from_a, from_b) = (log(&a), log(&b));
+    a.apply_remote(from_b).await.unwrap();
+    b.apply_remote(from_a).await.unwrap();
+    let record = a.conflicts(None, 10).unwrap().conflicts[0].clone();
+    let newest = record
+        .versions
+        .iter()
+        .map(|v| v.hlc.wall_ms())
+        .max()
+        .unwrap();
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+
+    a.prune_conflicts(newest + 1).await.unwrap();
+    assert_eq!(a.conflict(record.id).unwrap(), None);
+    let b_has = b.position().unwrap().applied;
+    let news: Vec<Entry> = log(&a)
+        .into_iter()
+        .filter(|e| !b_has.covers(e.dot()))
+        .collect();
+    b.apply_remote(news).await.unwrap();
+    assert_eq!(
+        b.conflict(record.id).unwrap(),
+        None,
+        "pruned by a's watermark"
+    );
+    b.prune_conflicts(newest - 10_000).await.unwrap();
+    assert_eq!(a.digest().unwrap(), b.digest().unwrap());
+
+    c.apply_remote(log(&a)).await.unwrap();
+    assert_eq!(c.conflict(record.id).unwrap(), None);
+    assert_eq!(c.digest().unwrap(), a.digest().unwrap());
+}

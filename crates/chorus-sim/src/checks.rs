@@ -137,9 +137,11 @@ fn check_causal_order(node: &Node) -> Result<(), String> {
 }
 
 /// Every acknowledged write is live, or superseded by a write whose context saw it,
-/// or kept in the conflict log (a delete may also give way to another delete).
+/// or kept in the conflict log (a delete may also give way to another delete), or
+/// older than the conflict log's retention watermark (its record may be pruned).
 fn check_no_write_lost(sim: &Sim, conflicts: &[ConflictRecord]) -> Result<(), String> {
     let node = sim.node(0);
+    let pruned_before_ms = node.conflicts_pruned_before_ms().expect("reads work");
     for acked in &sim.acked {
         let doc = node.get(&acked.collection, &acked.key).expect("reads work");
         if let Some(version) = doc.versions.iter().find(|v| v.dot == acked.dot) {
@@ -167,7 +169,8 @@ fn check_no_write_lost(sim: &Sim, conflicts: &[ConflictRecord]) -> Result<(), St
         // delete; its effect (what it superseded stays gone) is checked by
         // `check_nothing_revived`.
         let delete = acked.value.is_none();
-        if !(superseded || logged || delete) {
+        let pruned = acked.hlc.wall_ms() < pruned_before_ms;
+        if !(superseded || logged || delete || pruned) {
             return Err(format!(
                 "acknowledged write {} by {} to {}/{} is lost: not live, not superseded, not in the conflict log",
                 acked.dot, acked.node, acked.collection, acked.key

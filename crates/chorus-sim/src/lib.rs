@@ -63,6 +63,8 @@ pub struct Report {
     pub state_buckets_wanted: u64,
     /// Times a node collected causally stable tombstones.
     pub tombstone_collections: u64,
+    /// Times a node moved the conflict log's retention watermark.
+    pub conflict_prunes: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub sim_ms: u64,
 }
@@ -76,6 +78,7 @@ impl Report {
         self.state_transfer_keys += other.state_transfer_keys;
         self.state_buckets_wanted += other.state_buckets_wanted;
         self.tombstone_collections += other.tombstone_collections;
+        self.conflict_prunes += other.conflict_prunes;
         self.sim_ms += other.sim_ms;
         for (kind, n) in &other.faults {
             *self.faults.entry(kind).or_default() += n;
@@ -116,6 +119,7 @@ pub struct Acked {
     /// The versions the write superseded (its op's context), kept here because op
     /// logs get collected.
     pub superseded: VersionVector,
+    pub hlc: chorus_core::Hlc,
 }
 
 struct Session {
@@ -135,6 +139,9 @@ struct InFlight {
 pub struct Sim {
     rng: Rng,
     topology_rng: Rng,
+    /// Draws when nodes prune their conflict logs (a stream of its own, so that older
+    /// seeds run as they did).
+    prune_rng: Rng,
     now_ms: Arc<AtomicU64>,
     nodes: Vec<SimNode>,
     neighbours: Vec<Vec<usize>>,
@@ -250,6 +257,7 @@ impl Sim {
         let mut sim = Sim {
             rng,
             topology_rng: Rng::new(seed ^ 0x7070_7070_7070_7070),
+            prune_rng: Rng::new(seed ^ 0x5252_5252_5252_5252),
             now_ms,
             nodes,
             neighbours,
@@ -353,6 +361,7 @@ impl Sim {
                 self.inject_fault();
             }
             self.maybe_add_link();
+            self.maybe_prune_conflicts();
         }
         self.heal_all();
         self.settle()?;
@@ -832,6 +841,7 @@ impl Sim {
             key,
             value,
             superseded,
+            hlc: ack.hlc,
         });
         let event = self.committed(i);
         self.handle(i, event);
@@ -885,6 +895,31 @@ impl Sim {
                     .fetch_add(offset, Ordering::Relaxed);
                 self.fault("clock jump");
             }
+        }
+    }
+
+    /// Sometimes a running node prunes its conflict log by its own clock (skewed by the
+    /// clock jumps), with a retention short enough to bite: the logs must still end
+    /// identical on every node.
+    fn maybe_prune_conflicts(&mut self) {
+        const RETENTION_MS: u64 = 500;
+        if !self.prune_rng.chance(2) {
+            return;
+        }
+        let i = self.prune_rng.below(self.nodes.len() as u64) as usize;
+        if self.nodes[i].running.is_none() {
+            return;
+        }
+        let before_wall_ms = self.nodes[i].clock.now_ms().saturating_sub(RETENTION_MS);
+        let watermark = |sim: &Sim| {
+            sim.node(i)
+                .conflicts_pruned_before_ms()
+                .expect("reads work")
+        };
+        let was = watermark(self);
+        self.replicate(i, ReplicationStep::PruneConflicts { before_wall_ms });
+        if watermark(self) != was {
+            self.report.conflict_prunes += 1;
         }
     }
 

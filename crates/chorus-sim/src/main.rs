@@ -61,12 +61,13 @@ fn main() -> ExitCode {
         totals.sim_ms / 1000
     );
     println!(
-        "state transfers: {} ({} key states sent; {} of {} buckets differed); tombstone collections: {}",
+        "state transfers: {} ({} key states sent; {} of {} buckets differed); tombstone collections: {}; conflict log prunes: {}",
         totals.state_transfers,
         totals.state_transfer_keys,
         totals.state_buckets_wanted,
         totals.state_transfers * chorus_node::STATE_BUCKETS as u64,
-        totals.tombstone_collections
+        totals.tombstone_collections,
+        totals.conflict_prunes
     );
     println!("faults injected:");
     for (kind, n) in &totals.faults {

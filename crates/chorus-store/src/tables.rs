@@ -221,6 +221,20 @@ impl Batch<'_> {
         Ok(true)
     }
 
+    /// Whether any conflict record (that decodes) is one `matches` accepts.
+    pub fn any_conflict(
+        &self,
+        matches: impl Fn(&ConflictRecord) -> bool,
+    ) -> Result<bool, StoreError> {
+        for entry in self.conflicts.iter()? {
+            let (_, bytes) = entry?;
+            if codec::decode_conflict(bytes.value()).is_ok_and(|record| matches(&record)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Keeps the conflict records `keep` accepts and removes the others; returns how
     /// many it removed. A record that does not decode is kept (and reported by reads).
     pub fn retain_conflicts(

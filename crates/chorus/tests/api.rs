@@ -412,13 +412,7 @@ fn bad_requests_change_nothing() {
 fn unreadable_json_is_refused_at_the_door() {
     let (_dir, node) = node();
     let base = node.url.clone();
-    let lww = call(
-        "PUT",
-        &format!("{base}/v1/collections/last"),
-        Some(br#"{"policy":"lww"}"#),
-        &[],
-    );
-    assert_eq!(lww.status, 200, "{}", lww.text);
+    set_policy(&base, "last", "lww");
     let before = digest(&base);
     let deep = format!("{}{}", "[".repeat(128), "]".repeat(128));
     let bodies: [&[u8]; 5] = [

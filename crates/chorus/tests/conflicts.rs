@@ -114,13 +114,7 @@ fn an_lww_loser_is_restored_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProcess::start(dir.path(), &[]);
     let url = &node.url;
-    let reply = call(
-        "PUT",
-        &format!("{url}/v1/collections/l"),
-        Some(br#"{"policy": "lww"}"#),
-        &[],
-    );
-    assert_eq!(reply.status, 200, "{}", reply.text);
+    set_policy(url, "l", "lww");
     let record = conflict_on(url, "l", "k");
     assert_eq!(record["outcome"], "winner");
     let loser = record["versions"]

@@ -44,13 +44,7 @@ fn conflict_collections(url: &str) -> Vec<String> {
 fn large_states_entries_and_conflict_logs_replicate() {
     let mut cluster = Cluster::start(2, "topology = \"mesh\"");
     let base = cluster.url(0);
-    let lww = call(
-        "PUT",
-        &format!("{base}/v1/collections/last"),
-        Some(br#"{"policy":"lww"}"#),
-        &[],
-    );
-    assert_eq!(lww.status, 200, "{}", lww.text);
+    set_policy(&base, "last", "lww");
     for fill in ['a', 'b'] {
         let reply = put(
             &format!("{base}/v1/docs/big/two"),

@@ -352,6 +352,14 @@ fn node_entry(name: &str) -> String {
     )
 }
 
+/// Sets the policy of `collection` on the node at `base`, asserting it was taken.
+pub fn set_policy(base: &str, collection: &str, policy: &str) {
+    let body = format!("{{\"policy\": \"{policy}\"}}");
+    let url = format!("{base}/v1/collections/{collection}");
+    let reply = call("PUT", &url, Some(body.as_bytes()), &[]);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
 /// Sends a signal to a process with the `kill` command.
 pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
