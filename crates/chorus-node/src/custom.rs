@@ -17,7 +17,14 @@
 //! **Invariant:** a script's answer depends only on its inputs. The engine has no
 //! clock, no randomness, no file, network or module access, and its limits are
 //! counted in operations and sizes, not wall-clock time, so a script that runs out of
-//! budget does so on every replica alike. A handler that fails, loops past its
+//! budget does so on every replica alike.
+//!
+//! **Invariant:** a script holds at most [`SCRIPT_DATA_BYTES_MAX`] in its variables
+//! (checked every [`DATA_CHECK_READS`] variable reads, a count that is the same on
+//! every replica), and at most [`SCRIPT_RUNS_MAX`] scripts run at once on a node, so
+//! reads of documents in conflict cannot take a node's memory. Rhai's own limits
+//! bound each string, array and map, but not how many a script keeps: a map of
+//! 9,000 strings of 512 KiB, each built by one operation, once held 4.5 GiB. A handler that fails, loops past its
 //! budget, panics, or returns something other than a JSON object leaves the
 //! document in conflict (its siblings shown) and says why (`merge_error`, the log,
 //! `chorus_merge_handler_failures_total`).
@@ -35,6 +42,101 @@ const SCRIPT_STRING_BYTES_MAX: usize = 1 << 20;
 const SCRIPT_COLLECTION_ITEMS_MAX: usize = 10_000;
 /// Largest script accepted in collection settings.
 pub const SCRIPT_BYTES_MAX: usize = 64 * 1024;
+/// Bytes a script's variables (and the object its running method works on) may
+/// hold at once beyond the versions it was given: string and blob bytes, plus 16 per
+/// array element or map entry (a string shared by several variables counts each
+/// time). Past it the script fails, leaving the document in conflict. The objects of
+/// enclosing method calls are out of sight while a nested one runs, so nesting
+/// ([`SCRIPT_CALL_LEVELS_MAX`]) multiplies this bound at worst.
+pub const SCRIPT_DATA_BYTES_MAX: usize = 64 << 20;
+/// Nested function calls a script may make.
+pub const SCRIPT_CALL_LEVELS_MAX: usize = 8;
+/// Variable reads between two measures of what a script holds: a script can grow by
+/// at most this many largest strings between them.
+const DATA_CHECK_READS: u32 = 16;
+/// Scripts running at once on a node; more wait their turn.
+pub const SCRIPT_RUNS_MAX: usize = 2;
+
+thread_local! {
+    /// Variable reads of the script running on this thread.
+    static VARIABLE_READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// What the script running on this thread may hold: its inputs and
+    /// `SCRIPT_DATA_BYTES_MAX`.
+    static DATA_BYTES_BUDGET: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// What a value holds, as `SCRIPT_DATA_BYTES_MAX` counts it.
+fn data_bytes(value: &Dynamic) -> usize {
+    if let Ok(text) = value.as_immutable_string_ref() {
+        text.len()
+    } else if let Ok(blob) = value.as_blob_ref() {
+        blob.len()
+    } else if let Ok(items) = value.as_array_ref() {
+        items.iter().map(|v| 16 + data_bytes(v)).sum()
+    } else if let Ok(map) = value.as_map_ref() {
+        map.iter().map(|(k, v)| 16 + k.len() + data_bytes(v)).sum()
+    } else {
+        0
+    }
+}
+
+/// Every few variable reads, refuses to go on once the variables in scope (those of
+/// the calling functions included) and the running method's object hold more than
+/// the budget.
+fn check_held_data(context: &rhai::EvalContext) -> Result<(), Box<rhai::EvalAltResult>> {
+    let reads = VARIABLE_READS.get().wrapping_add(1);
+    VARIABLE_READS.set(reads);
+    if reads % DATA_CHECK_READS != 0 {
+        return Ok(());
+    }
+    let budget = DATA_BYTES_BUDGET.get();
+    let mut held = context.this_ptr().map_or(0, data_bytes);
+    for (_, _, value) in context.scope().iter_raw() {
+        held += data_bytes(value);
+        if held > budget {
+            break;
+        }
+    }
+    if held > budget {
+        return Err(format!(
+            "the script holds more than {SCRIPT_DATA_BYTES_MAX} bytes of data beyond its inputs"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Counts scripts running at once (at most `SCRIPT_RUNS_MAX`).
+struct RunSlots {
+    running: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// A turn to run a script; the slot frees when it is dropped.
+struct RunSlot(&'static RunSlots);
+
+impl RunSlots {
+    fn take(&'static self) -> RunSlot {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= SCRIPT_RUNS_MAX {
+            running = self.freed.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        RunSlot(self)
+    }
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+static RUN_SLOTS: RunSlots = RunSlots {
+    running: std::sync::Mutex::new(0),
+    freed: std::sync::Condvar::new(),
+};
 
 /// Merges the versions of a document in conflict.
 pub trait MergeHandler: Send + Sync {
@@ -63,9 +165,13 @@ fn engine() -> &'static Engine {
             .set_max_string_size(SCRIPT_STRING_BYTES_MAX)
             .set_max_array_size(SCRIPT_COLLECTION_ITEMS_MAX)
             .set_max_map_size(SCRIPT_COLLECTION_ITEMS_MAX)
-            .set_max_call_levels(32)
+            .set_max_call_levels(SCRIPT_CALL_LEVELS_MAX)
             .set_max_expr_depths(64, 32);
         engine.disable_symbol("eval");
+        // `on_var` is marked volatile, not deprecated; it is the one hook that sees
+        // what a script's variables hold.
+        #[allow(deprecated)]
+        engine.on_var(|_, _, context| check_held_data(&context).map(|()| None));
         engine
     })
 }
@@ -114,6 +220,10 @@ impl MergeHandler for Script {
             Some(a) => to_dynamic(a)?,
             None => Dynamic::UNIT,
         };
+        let inputs = versions.iter().chain([&ancestor]).map(data_bytes).sum::<usize>();
+        let _slot = RUN_SLOTS.take();
+        VARIABLE_READS.set(0);
+        DATA_BYTES_BUDGET.set(SCRIPT_DATA_BYTES_MAX + inputs);
         let result: Dynamic = engine()
             .call_fn(&mut Scope::new(), &self.ast, "merge", (versions, ancestor))
             .map_err(|e| format!("the script failed: {e}"))?;
@@ -303,6 +413,19 @@ mod tests {
             (
                 "fn merge(v, a) { let s = \"x\"; loop { s += s; } }",
                 "Length of string",
+            ),
+            // Within every per-object limit, 4.5 GiB in all if nothing stopped it.
+            (
+                "fn merge(v, a) { let s = \"x\"; while s.len() < 524288 { s += s; } \
+                 let m = #{}; for i in 0..9000 { m[i.to_string()] = s + i; } v[0] }",
+                "holds more than",
+            ),
+            // The same in a method of the caller's variable: it counts there too.
+            (
+                "fn fill(s) { for i in 0..9000 { this[i.to_string()] = s + i; } } \
+                 fn merge(v, a) { let s = \"x\"; while s.len() < 524288 { s += s; } \
+                 let all = #{}; all.fill(s); v[0] }",
+                "holds more than",
             ),
         ] {
             let err = Script::compile(text)
