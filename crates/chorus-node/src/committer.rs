@@ -55,7 +55,9 @@ fn newest_wall_ms(record: &ConflictRecord) -> u64 {
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, SIBLINGS_WARN};
 use crate::merge;
-use crate::node::{RemoteOutcome, ReplicationStep, Write, WriteAck, WriteError};
+use crate::node::{
+    RemoteOutcome, ReplicationStep, StoreFailure, StoreHealth, Write, WriteAck, WriteError,
+};
 use chorus_core::crdt::{self, Operation};
 use chorus_core::key_state::value_bytes;
 use chorus_core::{
@@ -65,7 +67,6 @@ use chorus_core::{
 use chorus_store::{Batch, NodeMeta, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -128,7 +129,7 @@ pub(crate) struct Committer {
     /// (see [`RETENTION_COLLECTION`]).
     pub pruned_before_ms: Option<u64>,
     pub committed_seq: watch::Sender<u64>,
-    pub failed: Arc<AtomicBool>,
+    pub failed: Arc<StoreHealth>,
     /// Conflicts recorded since the node started, per collection and policy.
     pub conflict_counts: Arc<ConflictCounts>,
 }
@@ -166,8 +167,8 @@ impl Committer {
     fn commit_batch(&mut self, batch: Vec<Request>) {
         let (jobs, replies): (Vec<Job>, Vec<ReplyTo>) =
             batch.into_iter().map(|r| (r.job, r.reply)).unzip();
-        if self.failed.load(Ordering::Acquire) {
-            replies.into_iter().for_each(refuse);
+        if let Some(failure) = self.failed.failure() {
+            replies.into_iter().for_each(|reply| refuse(reply, failure));
             return;
         }
         let before = (
@@ -217,8 +218,9 @@ impl Committer {
                 tracing::error!(%error, "commit failed; refusing writes until the node is reopened");
                 (self.meta, self.applied, self.floor, self.clock) = before;
                 self.configs.clear();
-                self.failed.store(true, Ordering::Release);
-                replies.into_iter().for_each(refuse);
+                self.failed.fail(&error);
+                let failure = self.failed.failure().expect("just failed");
+                replies.into_iter().for_each(|reply| refuse(reply, failure));
             }
         }
     }
@@ -809,16 +811,16 @@ fn corrupted_crdt(collection: &str, key: &str, error: crdt::Corrupted) -> StoreE
     }
 }
 
-fn refuse(reply: ReplyTo) {
+fn refuse(reply: ReplyTo, failure: StoreFailure) {
     match reply {
         ReplyTo::Local(reply) => {
-            let _ = reply.send(Err(WriteError::StoreFailed));
+            let _ = reply.send(Err(failure.error()));
         }
         ReplyTo::Remote(reply) => {
-            let _ = reply.send(Err(WriteError::StoreFailed));
+            let _ = reply.send(Err(failure.error()));
         }
         ReplyTo::Done(reply) => {
-            let _ = reply.send(Err(WriteError::StoreFailed));
+            let _ = reply.send(Err(failure.error()));
         }
     }
 }

@@ -86,7 +86,7 @@ fn data_bytes(value: &Dynamic) -> usize {
 fn check_held_data(context: &rhai::EvalContext) -> Result<(), Box<rhai::EvalAltResult>> {
     let reads = VARIABLE_READS.get().wrapping_add(1);
     VARIABLE_READS.set(reads);
-    if reads % DATA_CHECK_READS != 0 {
+    if !reads.is_multiple_of(DATA_CHECK_READS) {
         return Ok(());
     }
     let budget = DATA_BYTES_BUDGET.get();
@@ -220,7 +220,11 @@ impl MergeHandler for Script {
             Some(a) => to_dynamic(a)?,
             None => Dynamic::UNIT,
         };
-        let inputs = versions.iter().chain([&ancestor]).map(data_bytes).sum::<usize>();
+        let inputs = versions
+            .iter()
+            .chain([&ancestor])
+            .map(data_bytes)
+            .sum::<usize>();
         let _slot = RUN_SLOTS.take();
         VARIABLE_READS.set(0);
         DATA_BYTES_BUDGET.set(SCRIPT_DATA_BYTES_MAX + inputs);

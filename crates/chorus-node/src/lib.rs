@@ -46,6 +46,6 @@ pub use document::{
 };
 pub use node::{
     BucketHashes, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, ReplicationStep,
-    Resolution, ResolveError, STATE_BUCKETS, StateChunk, Write, WriteAck, WriteError, bucket_of,
-    open,
+    Resolution, ResolveError, STATE_BUCKETS, StateChunk, StoreFailure, Write, WriteAck, WriteError,
+    bucket_of, open,
 };

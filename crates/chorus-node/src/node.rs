@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -113,8 +113,17 @@ pub enum WriteError {
          resolve its siblings first (write with the context of a read)"
     )]
     TooManyVersions { bytes: usize, max: usize },
-    #[error("the store failed to commit; restart the node to recover")]
+    #[error(
+        "the store failed to commit; restart the node to recover (nothing acknowledged is lost)"
+    )]
     StoreFailed,
+    /// A commit failed because the disk is full; the node refuses writes until it is
+    /// restarted once space is freed.
+    #[error(
+        "the disk of the node's data folder is full: this write was not made, and the node \
+         refuses writes until space is freed and it is restarted (nothing acknowledged is lost)"
+    )]
+    DiskFull,
     #[error("stored data is corrupt: {0}")]
     Corrupted(String),
     /// A CRDT operation the document refuses (a type mismatch, a bad path, a
@@ -144,6 +153,60 @@ pub struct NodeStatus {
     pub log_start: u64,
     /// True after a failed commit: the node refuses writes until reopened.
     pub store_failed: bool,
+    /// Why the store failed, when it did.
+    pub store_failure: Option<StoreFailure>,
+}
+
+/// Why the store refuses writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// A commit failed (an I/O error other than a full disk).
+    CommitFailed,
+    /// A commit failed because the disk is full.
+    DiskFull,
+}
+
+impl StoreFailure {
+    /// The error writes get meanwhile.
+    pub fn error(self) -> WriteError {
+        match self {
+            StoreFailure::CommitFailed => WriteError::StoreFailed,
+            StoreFailure::DiskFull => WriteError::DiskFull,
+        }
+    }
+}
+
+/// Whether the store takes writes. After a failed commit it does not, until the
+/// node is reopened; the failure remembers whether the disk was full, so that
+/// clients and `/v1/status` can say what the operator must do.
+#[derive(Debug, Default)]
+pub(crate) struct StoreHealth(std::sync::atomic::AtomicU8);
+
+impl StoreHealth {
+    const FAILED: u8 = 1;
+    const DISK_FULL: u8 = 2;
+
+    pub(crate) fn fail(&self, error: &StoreError) {
+        let state = if error.is_disk_full() {
+            StoreHealth::DISK_FULL
+        } else {
+            StoreHealth::FAILED
+        };
+        self.0.store(state, Ordering::Release);
+    }
+
+    pub(crate) fn failure(&self) -> Option<StoreFailure> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            StoreHealth::DISK_FULL => Some(StoreFailure::DiskFull),
+            _ => Some(StoreFailure::CommitFailed),
+        }
+    }
+
+    /// The error every write gets while the store is failed.
+    pub(crate) fn refusal(&self) -> Option<WriteError> {
+        self.failure().map(StoreFailure::error)
+    }
 }
 
 /// A handle to one replica. Cheap to clone; the node closes when the last handle
@@ -160,7 +223,7 @@ struct Inner {
     name: String,
     queue: Option<mpsc::Sender<Request>>,
     committed_seq: watch::Receiver<u64>,
-    failed: Arc<AtomicBool>,
+    failed: Arc<StoreHealth>,
     committer: Option<JoinHandle<()>>,
     /// Names of replicas this node has heard of (from handshakes), for display.
     names: RwLock<HashMap<NodeId, String>>,
@@ -204,7 +267,7 @@ impl Node {
         let store = Arc::new(store);
         let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let (seq_tx, seq_rx) = watch::channel(meta.next_seq - 1);
-        let failed = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(StoreHealth::default());
         let conflict_counts = Arc::new(ConflictCounts::default());
         let committer = Committer {
             store: Arc::clone(&store),
@@ -453,8 +516,8 @@ impl Node {
     }
 
     fn queue(&self) -> Result<&mpsc::Sender<Request>, WriteError> {
-        if self.inner.failed.load(Ordering::Acquire) {
-            return Err(WriteError::StoreFailed);
+        if let Some(refused) = self.inner.failed.refusal() {
+            return Err(refused);
         }
         self.inner.queue.as_ref().ok_or(WriteError::ShuttingDown)
     }
@@ -866,11 +929,10 @@ impl Node {
 
     /// Why a request got no answer: the store failed, or the node is closing.
     fn dropped(&self) -> WriteError {
-        if self.inner.failed.load(Ordering::Acquire) {
-            WriteError::StoreFailed
-        } else {
-            WriteError::ShuttingDown
-        }
+        self.inner
+            .failed
+            .refusal()
+            .unwrap_or(WriteError::ShuttingDown)
     }
 
     /// Waits until the change feed has an entry after `since`.
@@ -1015,7 +1077,8 @@ impl Node {
             last_seq: meta.next_seq - 1,
             hlc: Hlc(meta.hlc),
             log_start: meta.log_start,
-            store_failed: self.inner.failed.load(Ordering::Acquire),
+            store_failed: self.inner.failed.failure().is_some(),
+            store_failure: self.inner.failed.failure(),
         })
     }
 }

@@ -4,8 +4,8 @@
 
 use chorus_node::custom::MergeHandler;
 use chorus_node::{
-    CollectionConfig, Context, Node, NodeConfig, Policy, Resolution, ResolveError, Write,
-    WriteError, open,
+    CollectionConfig, Context, Node, NodeConfig, Policy, Resolution, ResolveError, StoreFailure,
+    Write, WriteError, open,
 };
 use chorus_store::StorageBackend;
 use chorus_store::backends::InMemoryBackend;
@@ -366,23 +366,28 @@ fn bad_input_changes_nothing() {
     assert_eq!(node.status().unwrap().last_seq, 1);
 }
 
-/// A redb backend in memory that starts failing every write when told to.
+/// A redb backend that starts failing every write when told to: with a full disk's
+/// error when `full` is set, else with another I/O error.
 #[derive(Debug)]
-struct FailingBackend {
-    inner: InMemoryBackend,
+struct FailingBackend<B> {
+    inner: B,
     failing: Arc<AtomicBool>,
+    full: bool,
 }
 
-impl FailingBackend {
+impl<B> FailingBackend<B> {
     fn check(&self) -> std::io::Result<()> {
         if self.failing.load(Ordering::SeqCst) {
+            if self.full {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
             return Err(std::io::Error::other("injected I/O failure"));
         }
         Ok(())
     }
 }
 
-impl StorageBackend for FailingBackend {
+impl<B: StorageBackend> StorageBackend for FailingBackend<B> {
     fn len(&self) -> std::io::Result<u64> {
         self.inner.len()
     }
@@ -411,6 +416,7 @@ fn storage_failure_refuses_writes() {
     let backend = FailingBackend {
         inner: InMemoryBackend::new(),
         failing: Arc::clone(&failing),
+        full: false,
     };
     let node = Node::open_backend(backend, NodeConfig::default()).unwrap();
     node.put("docs", "kept", b"1", None).unwrap();
@@ -427,6 +433,52 @@ fn storage_failure_refuses_writes() {
     assert!(node.status().unwrap().store_failed);
     assert_eq!(values(&node, "docs", "kept"), [Some("1".into())]);
     assert!(node.get("docs", "lost").unwrap().is_absent());
+}
+
+/// Goal: a full disk is named as such, and freeing space then reopening the node
+/// (a restart) loses nothing acknowledged. Method: a file-backed store whose writes
+/// fail with the full-disk error, then succeed again after a reopen.
+#[test]
+fn a_full_disk_is_named_and_a_restart_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let failing = Arc::new(AtomicBool::new(false));
+    let open_failing = || {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let backend = FailingBackend {
+            inner: chorus_store::backends::FileBackend::new(file).unwrap(),
+            failing: Arc::clone(&failing),
+            full: true,
+        };
+        Node::open_backend(backend, NodeConfig::default()).unwrap()
+    };
+    let node = open_failing();
+    node.put("docs", "kept", b"1", None).unwrap();
+    failing.store(true, Ordering::SeqCst);
+    assert_eq!(
+        node.put("docs", "lost", b"2", None),
+        Err(WriteError::DiskFull)
+    );
+    assert_eq!(
+        node.put("docs", "later", b"3", None),
+        Err(WriteError::DiskFull)
+    );
+    let status = node.status().unwrap();
+    assert_eq!(status.store_failure, Some(StoreFailure::DiskFull));
+    assert!(WriteError::DiskFull.to_string().contains("space is freed"));
+    drop(node);
+    failing.store(false, Ordering::SeqCst);
+    let node = open_failing();
+    assert_eq!(values(&node, "docs", "kept"), [Some("1".into())]);
+    assert!(node.get("docs", "lost").unwrap().is_absent());
+    node.put("docs", "after", b"4", None).unwrap();
+    assert_eq!(node.status().unwrap().store_failure, None);
 }
 
 /// The retention limit is the newest entry beyond the byte bound or the age bound,

@@ -13,6 +13,11 @@
 //! [`BODIES_IN_FLIGHT_BYTES_MAX`] (which bounds their memory, not just each one's).
 //! Live change streams and long polls are responses, not requests: none of this
 //! cuts them.
+//!
+//! A request hyper cannot parse (a malformed request line or header, a path or head
+//! too long) never reaches the router; hyper answers it with an empty 400, 414 or
+//! 431 and closes the connection. [`ParseErrorsAsJson`] gives those answers the
+//! API's error body, so every error a client sees has one shape.
 
 use crate::error::ApiError;
 use axum::Router;
@@ -195,6 +200,7 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
+        let stream = ParseErrorsAsJson::new(stream);
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -207,4 +213,132 @@ pub(crate) async fn serve(
     drop(listener);
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
     Ok(())
+}
+
+/// A connection whose canned parse-error answers (hyper's empty `4xx` with
+/// `connection: close`) are rewritten with a JSON error body. The API itself never
+/// answers a 4xx without a body, so nothing else matches.
+struct ParseErrorsAsJson<S> {
+    inner: S,
+    /// A rewritten answer being written: its bytes, how many are written, and the
+    /// length of the original it stands for.
+    rewritten: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl<S> ParseErrorsAsJson<S> {
+    fn new(inner: S) -> Self {
+        ParseErrorsAsJson {
+            inner,
+            rewritten: None,
+        }
+    }
+}
+
+/// hyper's answer to a request it could not parse, with a JSON body in its place;
+/// `None` for anything else.
+fn with_json_body(answer: &[u8]) -> Option<Vec<u8>> {
+    let head = std::str::from_utf8(answer).ok()?;
+    let status_line = head.strip_prefix("HTTP/1.1 4")?.split("\r\n").next()?;
+    if !head.ends_with("\r\n\r\n") || !head.contains("\r\ncontent-length: 0\r\n") {
+        return None;
+    }
+    let (code, message) = match &status_line[..2] {
+        "00" => (
+            "bad_request",
+            "the request is not valid HTTP/1.1 (request line or headers)",
+        ),
+        "14" => ("uri_too_long", "the request's path and query are too long"),
+        "31" => ("headers_too_large", "the request's headers are too large"),
+        _ => return None,
+    };
+    let body = serde_json::json!({"error": code, "message": message}).to_string();
+    let fields: String = head
+        .split("\r\n")
+        .skip(1)
+        .filter(|line| !line.is_empty() && !line.starts_with("content-length:"))
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    Some(
+        format!(
+            "HTTP/1.1 4{status_line}\r\n{fields}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for ParseErrorsAsJson<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ParseErrorsAsJson<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.rewritten.is_none() {
+            match with_json_body(buf) {
+                Some(bytes) => this.rewritten = Some((bytes, 0, buf.len())),
+                None => return std::pin::Pin::new(&mut this.inner).poll_write(cx, buf),
+            }
+        }
+        let (bytes, written, original) = this.rewritten.as_mut().expect("set above");
+        while *written < bytes.len() {
+            match std::pin::Pin::new(&mut this.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other,
+            }
+        }
+        let original = *original;
+        this.rewritten = None;
+        Poll::Ready(Ok(original))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// hyper's canned parse-error answers get the API's JSON error body; the API's
+    /// own answers and successes pass unchanged.
+    #[test]
+    fn parse_errors_get_a_json_body() {
+        let canned = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 30 Nov 2026 17:47:27 GMT\r\n\r\n";
+        let rewritten = String::from_utf8(with_json_body(canned).unwrap()).unwrap();
+        let (head, body) = rewritten.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains("connection: close") && head.contains("date: Mon"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"], "headers_too_large");
+        let api = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n";
+        assert_eq!(with_json_body(api), None);
+        assert_eq!(
+            with_json_body(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            None
+        );
+    }
 }

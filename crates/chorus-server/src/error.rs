@@ -52,6 +52,7 @@ impl From<WriteError> for ApiError {
             WriteError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             WriteError::TooManyVersions { .. } => (StatusCode::CONFLICT, "too_many_versions"),
             WriteError::StoreFailed => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),
+            WriteError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             WriteError::Corrupted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupted"),
             WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             WriteError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),

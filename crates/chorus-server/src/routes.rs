@@ -74,11 +74,34 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             BodyGuard::new(body_bytes_max, config.body_read_timeout),
             guard_body,
         ))
+        .layer(axum::middleware::from_fn(refuse_malformed_paths))
         .layer(Extension(cluster))
         .with_state(node)
 }
 
 // ---- extraction helpers ------------------------------------------------------------
+
+/// Refuses a path with malformed percent-encoding (`%` not followed by two hex
+/// digits): decoders would otherwise take it as literal key bytes, and a name
+/// would mean something else to every tool that decodes it properly.
+async fn refuse_malformed_paths(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().as_bytes();
+    let malformed = path.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !(path.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && path.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return ApiError::bad_request(
+            "the path has a '%' not followed by two hex digits; percent-encode '%' as %25",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
 
 pub(crate) fn path<T>(extracted: Result<Path<T>, PathRejection>) -> ApiResult<T> {
     extracted
@@ -154,6 +177,10 @@ async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
         "hlc": render::hlc(status.hlc),
         "log_start": status.log_start,
         "store_failed": status.store_failed,
+        "store_failure": status.store_failure.map(|failure| {
+            let error = crate::error::ApiError::from(failure.error());
+            json!({"error": error.code, "message": error.message})
+        }),
         "conflicts": node.conflict_counts().iter().map(|(collection, policy, count)| json!({
             "collection": collection,
             "policy": policy,

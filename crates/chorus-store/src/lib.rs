@@ -56,6 +56,17 @@ pub enum StoreError {
     Corrupted { table: &'static str, reason: String },
 }
 
+impl StoreError {
+    /// True when the failure is the disk (or the user's quota) being full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Storage(redb::Error::Io(io))
+                if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        )
+    }
+}
+
 macro_rules! storage_error_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {

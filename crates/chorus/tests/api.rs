@@ -320,6 +320,22 @@ fn bad_requests_change_nothing() {
         ),
         (
             "PUT",
+            format!("{base}/v1/docs/c/50%zz"),
+            Some("{}"),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/c/100%"),
+            Some("{}"),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
             format!("{base}/v1/collections/bad%20name"),
             Some(r#"{"policy":"lww"}"#),
             vec![],

@@ -99,6 +99,39 @@ fn slow_idle_and_oversize_clients_are_cut_off() {
     assert_eq!(digest(&node.url), before);
 }
 
+/// Goal: requests that never reach the API (unparseable as HTTP, or with too many
+/// headers) still get the JSON error shape. Method: raw bytes on a socket.
+#[test]
+fn unparseable_requests_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    let at = address(&node);
+    let many_headers = format!(
+        "GET /v1/status HTTP/1.1\r\n{}\r\n",
+        "x-padding: 0123456789\r\n".repeat(4000)
+    );
+    for (request, status, code) in [
+        ("GARBAGE\r\n\r\n".to_owned(), "400", "bad_request"),
+        (
+            "GET /v1/status HTTP/1.1\r\nno colon here\r\n\r\n".to_owned(),
+            "400",
+            "bad_request",
+        ),
+        (many_headers, "431", "headers_too_large"),
+    ] {
+        let mut stream = TcpStream::connect(&at).unwrap();
+        let _ = stream.write_all(request.as_bytes());
+        let answer = read_until_closed(&mut stream);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let body = answer.split_once("\r\n\r\n").unwrap().1;
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"], code, "{answer}");
+    }
+}
+
 /// The peak resident memory of a process, in bytes (Linux).
 fn peak_rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
