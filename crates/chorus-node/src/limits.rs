@@ -31,6 +31,13 @@ const _: () = assert!(
         < chorus_repl::frame::FRAME_BYTES_MAX
 );
 
+/// Largest set element or register value of a CRDT document, in bytes of JSON.
+/// Every operation reads and rewrites its whole document, so one large value would
+/// make every later operation on the document slow (a 15 MiB element cost each
+/// small operation tens of milliseconds); large content belongs in a plain document
+/// that the CRDT one names.
+pub const CRDT_VALUE_BYTES_MAX: usize = 64 * 1024;
+
 /// CRDT operations in one write (`POST /v1/docs/{c}/{key}/ops`): all are checked
 /// and applied in one step of the committer.
 pub const OPERATIONS_MAX: usize = 1000;

@@ -5,8 +5,8 @@ use crate::committer::{Committer, ConflictCounts, Job, ReplyTo, Request};
 use crate::custom::{MergeHandler, Script};
 use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
 use crate::limits::{
-    CLOCK_DRIFT_MS_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX, KEY_STATE_BYTES_MAX, LIST_SCAN_MAX,
-    OPERATIONS_MAX, PAGE_ITEMS_MAX, WRITE_QUEUE_MAX,
+    CLOCK_DRIFT_MS_MAX, CRDT_VALUE_BYTES_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX,
+    KEY_STATE_BYTES_MAX, LIST_SCAN_MAX, OPERATIONS_MAX, PAGE_ITEMS_MAX, WRITE_QUEUE_MAX,
 };
 use crate::replication::LinkStatus;
 use chorus_core::crdt::{self, Operation};
@@ -408,6 +408,16 @@ impl Node {
             return Err(WriteError::Invalid(format!(
                 "give 1 to {OPERATIONS_MAX} operations, not {}",
                 operations.len()
+            )));
+        }
+        if let Some(large) = operations
+            .iter()
+            .find(|o| o.value_bytes() > CRDT_VALUE_BYTES_MAX)
+        {
+            return Err(WriteError::Invalid(format!(
+                "a set element or register value of {} bytes is over the {CRDT_VALUE_BYTES_MAX} \
+                 a CRDT document takes; keep large content in a plain document and name it",
+                large.value_bytes()
             )));
         }
         let bytes: usize = operations.iter().map(Operation::bytes).sum();

@@ -4,6 +4,7 @@
 
 use chorus_node::crdt::{Field, Kind, OpError, Operation, Update};
 use chorus_node::crdt_json::render;
+use chorus_node::limits::CRDT_VALUE_BYTES_MAX;
 use chorus_node::{
     CollectionConfig, Entry, Node, NodeConfig, NodeId, Policy, ReplicationStep, StateCursor,
     WriteAck, WriteError,
@@ -162,7 +163,20 @@ fn refusals_change_nothing() {
         node.update("plain", "k", vec![op("/n", Update::CounterAdd(1))]),
         Err(WriteError::Invalid(_))
     ));
+    // A value larger than a CRDT document takes (every later operation would
+    // rewrite it): refused; one at the bound is taken elsewhere below.
+    let large = format!("\"{}\"", "x".repeat(CRDT_VALUE_BYTES_MAX - 1)).into_bytes();
+    for update in [Update::SetAdd(large.clone()), Update::LwwSet(large.clone())] {
+        let refused = node.update("carts", "c1", vec![op("/big", update)]);
+        assert!(
+            matches!(&refused, Err(WriteError::Invalid(m)) if m.contains("plain document")),
+            "{refused:?}"
+        );
+    }
     assert_eq!(node.digest().unwrap(), before);
+    let fitting = format!("\"{}\"", "x".repeat(CRDT_VALUE_BYTES_MAX - 2)).into_bytes();
+    node.update("carts", "other", vec![op("/big", Update::SetAdd(fitting))])
+        .unwrap();
     assert_eq!(json_of(&node, "c1"), json!({"n": 1, "stock": 2}));
     // Spending what is held works, down to zero and no further.
     update(&node, &[("/stock", Update::BoundedAdd(-2))]).unwrap();

@@ -20,13 +20,18 @@ pub struct Operation {
 impl Operation {
     /// Bytes of names and values the operation carries (for size limits).
     pub fn bytes(&self) -> usize {
-        let value = match &self.update {
+        self.path.iter().map(String::len).sum::<usize>() + self.value_bytes()
+    }
+
+    /// Bytes of the set element or register value it carries (0 for counters,
+    /// flags and removes).
+    pub fn value_bytes(&self) -> usize {
+        match &self.update {
             Update::SetAdd(v) | Update::SetRemove(v) | Update::MvSet(v) | Update::LwwSet(v) => {
                 v.len()
             }
             _ => 0,
-        };
-        self.path.iter().map(String::len).sum::<usize>() + value
+        }
     }
 }
 
