@@ -70,9 +70,7 @@ impl BodyGuard {
         BodyGuard {
             body_bytes_max,
             body_read_timeout,
-            room: Arc::new(Semaphore::new(
-                BODIES_IN_FLIGHT_BYTES_MAX.div_ceil(ROOM_UNIT_BYTES),
-            )),
+            room: Arc::new(Semaphore::new(ROOM_UNITS)),
         }
     }
 
@@ -114,9 +112,7 @@ pub(crate) async fn guard_body(
     }
     // Room for what the body announces, or for the largest body it may be.
     let expected = announced.map_or(guard.body_bytes_max, |b| b as usize);
-    let units = expected
-        .div_ceil(ROOM_UNIT_BYTES)
-        .clamp(1, BODIES_IN_FLIGHT_BYTES_MAX / ROOM_UNIT_BYTES) as u32;
+    let units = expected.div_ceil(ROOM_UNIT_BYTES).clamp(1, ROOM_UNITS) as u32;
     let room =
         match tokio::time::timeout(BODY_ROOM_WAIT, guard.room.clone().acquire_many_owned(units))
             .await
@@ -161,7 +157,28 @@ pub(crate) async fn guard_body(
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
     drop(room);
+    if expected >= LARGE_BODY_BYTES && guard.room.available_permits() == ROOM_UNITS {
+        give_back_memory();
+    }
     response
+}
+
+/// Bodies from this size on are large: once none is in flight any more, the memory
+/// they took is given back to the system.
+const LARGE_BODY_BYTES: usize = 1 << 20;
+const ROOM_UNITS: usize = BODIES_IN_FLIGHT_BYTES_MAX / ROOM_UNIT_BYTES;
+
+/// Returns the allocator's free memory to the system. glibc keeps what large
+/// bodies took (in per-thread arenas) for reuse, so a burst of large writes once left
+/// a node gigabytes larger for good; `malloc_trim` hands it back. Called only when
+/// the last large body in flight is done, so it costs nothing in the common case.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only releases free memory of the allocator; it takes
+        // no pointer and is safe to call from any thread at any time.
+        unsafe { libc::malloc_trim(0) };
+    });
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests
