@@ -168,6 +168,37 @@ fn bounded_counter_stops_at_zero_under_concurrent_spending() {
     }
 }
 
+/// Goal: a counter is never silently wrong across leaders. Method: two leaders,
+/// partitioned, each add 2^63-1 to one counter (each add is fine where it is made);
+/// once the partition is lifted both read the exact sum 2^64-2, and a further add
+/// on either is refused with 400 `overflow`, changing nothing.
+#[test]
+fn concurrent_adds_past_i64_read_exactly_and_further_adds_are_refused() {
+    let partitioned =
+        "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\npartitioned = true\n";
+    let mut cluster = Cluster::start(2, partitioned);
+    let setting = r#"{"policy":"crdt"}"#;
+    for i in 0..2 {
+        let reply = put(&format!("{}/v1/collections/carts", cluster.url(i)), setting);
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let add = |by: i64| json!([{"op": "counter.add", "path": "/n", "by": by}]);
+    for i in 0..2 {
+        let reply = ops(&cluster.url(i), "big", &add(i64::MAX));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    cluster.reconfigure("topology = \"mesh\"\n", &[0, 1]);
+    cluster.wait_converged(DEADLINE);
+    let before = digest(&cluster.url(0));
+    for i in 0..2 {
+        assert_eq!(value(&cluster.url(i), "big"), json!({"n": u64::MAX - 1}));
+        let refused = ops(&cluster.url(i), "big", &add(1));
+        assert_eq!(refused.status, 400, "{}", refused.text);
+        assert_eq!(refused.body["error"], "overflow");
+    }
+    assert_eq!(digest(&cluster.url(0)), before);
+}
+
 /// Malformed or refused operations answer 400 (or 409 for missing rights) with a
 /// reason, and change nothing.
 #[test]
