@@ -194,6 +194,10 @@ pub fn check_collection_name(name: &str) -> Result<(), String> {
     if name.starts_with('_') {
         return Err("collection names starting with '_' are reserved".into());
     }
+    // URLs and paths built from a name would resolve these to another place.
+    if name == "." || name == ".." {
+        return Err("'.' and '..' are not collection names".into());
+    }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
@@ -266,6 +270,9 @@ mod tests {
         assert!(check_collection_name("users.v2-x_y").is_ok());
         assert!(check_collection_name("").is_err());
         assert!(check_collection_name("_collections").is_err());
+        assert!(check_collection_name(".").is_err());
+        assert!(check_collection_name("..").is_err());
+        assert!(check_collection_name("...").is_ok());
         assert!(check_collection_name("a/b").is_err());
         assert!(check_collection_name("a\0b").is_err());
         assert!(check_collection_name(&"x".repeat(129)).is_err());

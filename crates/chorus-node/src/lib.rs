@@ -45,7 +45,7 @@ pub use document::{
     Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage, document_bytes,
 };
 pub use node::{
-    BucketHashes, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, ReplicationStep,
-    Resolution, ResolveError, STATE_BUCKETS, StateChunk, StoreFailure, Write, WriteAck, WriteError,
-    bucket_of, open,
+    BucketHashes, ConflictFilter, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome,
+    ReplicationStep, Resolution, ResolveError, STATE_BUCKETS, StateChunk, StoreFailure, Write,
+    WriteAck, WriteError, bucket_of, open,
 };

@@ -952,22 +952,29 @@ impl Node {
         let _ = seq.wait_for(|&last| last > since).await;
     }
 
-    /// Conflict records in id order, after `after`.
+    /// Conflict records in id order, after `after`, that `filter` lets through: at
+    /// most `limit` (1 to `PAGE_ITEMS_MAX`), examining at most `LIST_SCAN_MAX`
+    /// records; `next` is where the following page starts.
     pub fn conflicts(
         &self,
         after: Option<ConflictId>,
         limit: usize,
+        filter: &ConflictFilter,
     ) -> Result<ConflictsPage, ReadError> {
         let limit = limit.clamp(1, PAGE_ITEMS_MAX);
         let snapshot = self.snapshot()?;
-        let conflicts = snapshot
-            .conflicts_after(after)?
-            .take(limit)
-            .map(|r| r.map(shown_record))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = (conflicts.len() == limit)
-            .then(|| conflicts.last().map(|c| c.id))
-            .flatten();
+        let (mut conflicts, mut next) = (Vec::new(), None);
+        for (scanned, record) in snapshot.conflicts_after(after)?.enumerate() {
+            let record = record?;
+            let id = record.id;
+            if filter.lets_through(&record) {
+                conflicts.push(shown_record(record));
+            }
+            if conflicts.len() == limit || scanned + 1 == LIST_SCAN_MAX {
+                next = Some(id);
+                break;
+            }
+        }
         Ok(ConflictsPage { conflicts, next })
     }
 
@@ -1094,6 +1101,23 @@ impl Node {
 }
 
 type PendingRequest = (Request, oneshot::Receiver<Result<WriteAck, WriteError>>);
+
+/// Which conflict records a listing shows: those of one collection, or of one
+/// document, or all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConflictFilter {
+    pub collection: Option<String>,
+    pub key: Option<String>,
+}
+
+impl ConflictFilter {
+    fn lets_through(&self, record: &ConflictRecord) -> bool {
+        self.collection
+            .as_ref()
+            .is_none_or(|c| *c == record.collection)
+            && self.key.as_ref().is_none_or(|k| *k == record.key)
+    }
+}
 
 /// Part of a state transfer (see [`Node::read_state`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

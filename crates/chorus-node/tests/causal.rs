@@ -152,7 +152,11 @@ async fn conflict_logs_prune_alike_by_a_replicated_watermark() {
     let (from_a, from_b) = (log(&a), log(&b));
     a.apply_remote(from_b).await.unwrap();
     b.apply_remote(from_a).await.unwrap();
-    let record = a.conflicts(None, 10).unwrap().conflicts[0].clone();
+    let record = a
+        .conflicts(None, 10, &Default::default())
+        .unwrap()
+        .conflicts[0]
+        .clone();
     let newest = record
         .versions
         .iter()

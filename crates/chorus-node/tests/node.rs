@@ -40,7 +40,10 @@ fn blind_writes_conflict_and_context_write_resolves() {
         values(&node, "docs", "k"),
         [Some(r#"{"v":1}"#.into()), Some(r#"{"v":2}"#.into())]
     );
-    let conflicts = node.conflicts(None, 10).unwrap().conflicts;
+    let conflicts = node
+        .conflicts(None, 10, &Default::default())
+        .unwrap()
+        .conflicts;
     assert_eq!(conflicts.len(), 1);
     assert_eq!(conflicts[0].policy, Policy::Siblings);
 
@@ -59,7 +62,11 @@ fn conflicts_resolve_through_their_record_and_expire() {
     let (_dir, node) = temp_node();
     node.put("docs", "k", br#"{"v":1}"#, None).unwrap();
     node.put("docs", "k", br#"{"v":2}"#, None).unwrap();
-    let record = node.conflicts(None, 10).unwrap().conflicts.remove(0);
+    let record = node
+        .conflicts(None, 10, &Default::default())
+        .unwrap()
+        .conflicts
+        .remove(0);
     assert_eq!(node.conflict(record.id).unwrap(), Some(record.clone()));
 
     let stranger = chorus_node::Dot::new(chorus_node::NodeId(7), 1);
@@ -134,43 +141,52 @@ fn a_library_merge_handler_resolves_conflicts() {
     assert_eq!(doc.versions.len(), 2);
 }
 
-/// Leases: one owner at a time until expiry or release; tokens grow; only the live
-/// lease's token passes the fencing check.
+/// Leases: one owner at a time until expiry or release; fencing numbers grow; only
+/// the live lease's token passes the fencing check, and a token pieced together from
+/// what others are shown (the fencing number, with any secret) does not.
 #[test]
 fn leases_grant_one_owner_and_fence_tokens() {
-    use chorus_node::leases::LeaseError;
+    use chorus_node::leases::{LeaseError, LeaseToken};
     let (_dir, node) = temp_node();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let first = rt
+    let (_, first) = rt
         .block_on(node.acquire_lease("c", "k", "alice", 100, 1_000))
         .unwrap();
     assert!(matches!(
         rt.block_on(node.acquire_lease("c", "k", "bob", 100, 1_050)),
         Err(LeaseError::Held(held)) if held.owner == "alice"
     ));
-    assert!(node.check_fencing("c", "k", first.token, 1_050).is_ok());
-    assert!(
-        node.check_fencing("c", "k", first.token + 1, 1_050)
-            .is_err()
-    );
-    // Expired while held: bob gets a larger token, alice's is refused.
-    let second = rt
+    assert!(node.check_fencing("c", "k", &first, 1_050).is_ok());
+    let shown = node.lease("c", "k").unwrap().unwrap();
+    let forged = LeaseToken::parse(&format!("{}.{}", shown.fencing, "0".repeat(32))).unwrap();
+    assert!(node.check_fencing("c", "k", &forged, 1_050).is_err());
+    assert_eq!(LeaseToken::parse(&first.to_string()), Some(first.clone()));
+    for bad in [
+        "12",
+        "12.",
+        "x.00000000000000000000000000000000",
+        "1.0g000000000000000000000000000000",
+    ] {
+        assert_eq!(LeaseToken::parse(bad), None, "{bad}");
+    }
+    // Expired while held: bob gets a larger number, alice's token is refused.
+    let (_, second) = rt
         .block_on(node.acquire_lease("c", "k", "bob", 100, 1_100))
         .unwrap();
-    assert!(second.token > first.token);
+    assert!(second.fencing > first.fencing);
     assert!(matches!(
-        node.check_fencing("c", "k", first.token, 1_150),
-        Err(LeaseError::Stale { current: Some(t), .. }) if t == second.token
+        node.check_fencing("c", "k", &first, 1_150),
+        Err(LeaseError::Stale { current: Some(t), .. }) if t == second.fencing
     ));
-    rt.block_on(node.release_lease("c", "k", second.token, 1_150))
+    rt.block_on(node.release_lease("c", "k", &second, 1_150))
         .unwrap();
-    assert!(node.check_fencing("c", "k", second.token, 1_160).is_err());
-    let third = rt
+    assert!(node.check_fencing("c", "k", &second, 1_160).is_err());
+    let (_, third) = rt
         .block_on(node.acquire_lease("c", "k", "carol", 100, 1_160))
         .unwrap();
-    assert!(third.token > second.token);
+    assert!(third.fencing > second.fencing);
     assert!(matches!(
         rt.block_on(node.acquire_lease("c", "k2", "x", 0, 1)),
         Err(LeaseError::BadLength)
@@ -218,7 +234,10 @@ fn lww_keeps_loser_in_conflict_log() {
     let doc = node.get("prefs", "k").unwrap();
     assert!(!doc.conflict());
     assert_eq!(doc.value(), Some(&br#""new""#[..]));
-    let conflicts = node.conflicts(None, 10).unwrap().conflicts;
+    let conflicts = node
+        .conflicts(None, 10, &Default::default())
+        .unwrap()
+        .conflicts;
     assert_eq!(conflicts.len(), 1);
     let loser = conflicts[0]
         .versions

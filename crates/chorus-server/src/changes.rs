@@ -57,10 +57,10 @@ pub async fn changes(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
+    let limit = crate::routes::page_limit(q.limit)?;
     if wants_stream {
         return Ok(stream(node, since).into_response());
     }
-    let limit = q.limit.unwrap_or(100);
     let mut page = node.changes(since, limit)?;
     match q.feed.as_deref() {
         None | Some("normal") => {}

@@ -14,7 +14,7 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chorus_node::leases::{Lease, LeaseError};
+use chorus_node::leases::{Lease, LeaseError, LeaseToken};
 use chorus_node::{
     CollectionConfig, ConflictId, Context, Dot, Home, Node, Resolution, ResolveError, Write,
     WriteError,
@@ -129,6 +129,22 @@ fn body(extracted: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
             format!("cannot read the request body: {}", e.body_text()),
         )
     })
+}
+
+/// Items a page holds when a request does not say.
+const PAGE_ITEMS_DEFAULT: usize = 100;
+
+/// A paginated route's `limit`: 1 to `PAGE_ITEMS_MAX`, 100 when absent; anything
+/// else is refused rather than silently changed.
+pub(crate) fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
+    use chorus_node::limits::PAGE_ITEMS_MAX;
+    match limit {
+        None => Ok(PAGE_ITEMS_DEFAULT),
+        Some(n) if (1..=PAGE_ITEMS_MAX).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "limit must be 1 to {PAGE_ITEMS_MAX} (default {PAGE_ITEMS_DEFAULT}), not {n}"
+        ))),
+    }
 }
 
 fn check_collection(collection: &str) -> ApiResult<()> {
@@ -482,17 +498,21 @@ async fn write_document(
     Ok(Json(write(node, w).await?).into_response())
 }
 
-/// The fencing token a request presents, if any.
-fn lock_token(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+/// The lease token a request presents, if any.
+fn lock_token(headers: &HeaderMap) -> ApiResult<Option<LeaseToken>> {
     let Some(value) = headers.get(LOCK_TOKEN_HEADER) else {
         return Ok(None);
     };
     value
         .to_str()
         .ok()
-        .and_then(|t| t.trim().parse().ok())
+        .and_then(LeaseToken::parse)
         .map(Some)
-        .ok_or_else(|| ApiError::bad_request("Chorus-Lock-Token must be the token of a lease"))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Chorus-Lock-Token must be the token a lease was granted with (FENCING.SECRET)",
+            )
+        })
 }
 
 /// How a request about `collection/key` is routed: by the collection's `home`, or,
@@ -538,7 +558,7 @@ async fn route_home(
 /// Refuses a write that presents a fencing token other than the live lease's.
 fn check_fencing(node: &Node, headers: &HeaderMap, collection: &str, key: &str) -> ApiResult<()> {
     if let Some(token) = lock_token(headers)? {
-        node.check_fencing(collection, key, token, now_ms())
+        node.check_fencing(collection, key, &token, now_ms())
             .map_err(lease_error)?;
     }
     Ok(())
@@ -554,11 +574,11 @@ fn now_ms() -> u64 {
 fn lease_error(error: LeaseError) -> ApiError {
     match &error {
         LeaseError::Held(lease) => {
+            // Who holds it and until when; never anything a write could present.
             let mut e = ApiError::new(StatusCode::CONFLICT, "locked", error.to_string());
-            e.extra =
-                json!({"owner": lease.owner, "token": lease.token, "expires_ms": lease.expires_ms})
-                    .as_object()
-                    .cloned();
+            e.extra = json!({"owner": lease.owner, "expires_ms": lease.expires_ms})
+                .as_object()
+                .cloned();
             e
         }
         LeaseError::Stale { .. } => ApiError::new(
@@ -567,7 +587,7 @@ fn lease_error(error: LeaseError) -> ApiError {
             format!("{error}; take the lease again"),
         ),
         LeaseError::BadLength => ApiError::bad_request(error.to_string()),
-        LeaseError::Write(_) | LeaseError::Read(_) => ApiError::new(
+        LeaseError::Write(_) | LeaseError::Read(_) | LeaseError::Random(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "lease_failed",
             error.to_string(),
@@ -624,11 +644,13 @@ async fn acquire_lock(
     let ttl_ms = request
         .ttl_ms
         .unwrap_or(chorus_node::leases::LEASE_MS_DEFAULT);
-    let lease = node
+    let (lease, token) = node
         .acquire_lease(&collection, &key, &owner, ttl_ms, now_ms())
         .await
         .map_err(lease_error)?;
-    Ok(Json(lease_json(&lease, now_ms())).into_response())
+    let mut granted = lease_json(&lease, now_ms());
+    granted["token"] = json!(token.to_string());
+    Ok(Json(granted).into_response())
 }
 
 /// `DELETE /v1/locks/{c}/{key}` with the lease's token: releases it.
@@ -658,13 +680,13 @@ async fn release_lock(
     {
         return Ok(forwarded);
     }
-    node.release_lease(&collection, &key, token, now_ms())
+    node.release_lease(&collection, &key, &token, now_ms())
         .await
         .map_err(lease_error)?;
     Ok(Json(json!({ "released": true })).into_response())
 }
 
-/// `GET /v1/locks/{c}/{key}`: the last grant this node knows.
+/// `GET /v1/locks/{c}/{key}`: the last grant this node knows (never its token).
 async fn get_lock(
     State(node): State<Node>,
     params: Result<Path<(String, String)>, PathRejection>,
@@ -688,7 +710,7 @@ fn lock_path(collection: &str, key: &str) -> String {
 fn lease_json(lease: &Lease, now_ms: u64) -> Value {
     json!({
         "owner": lease.owner,
-        "token": lease.token,
+        "fencing": lease.fencing,
         "expires_ms": lease.expires_ms,
         "live": lease.is_live(now_ms),
     })
@@ -732,7 +754,7 @@ async fn list_docs(
         &collection,
         &q.prefix,
         q.after.as_deref(),
-        q.limit.unwrap_or(100),
+        page_limit(q.limit)?,
     )?;
     Ok(Json(json!({ "keys": page.keys, "next": page.next })))
 }
@@ -742,6 +764,8 @@ async fn list_docs(
 struct ConflictsQuery {
     after: Option<String>,
     limit: Option<usize>,
+    collection: Option<String>,
+    key: Option<String>,
 }
 
 async fn conflicts(
@@ -756,7 +780,14 @@ async fn conflicts(
             })?),
             None => None,
         };
-    let page = node.conflicts(after, q.limit.unwrap_or(100))?;
+    if let Some(collection) = &q.collection {
+        check_collection(collection)?;
+    }
+    let filter = chorus_node::ConflictFilter {
+        collection: q.collection,
+        key: q.key,
+    };
+    let page = node.conflicts(after, page_limit(q.limit)?, &filter)?;
     Ok(Json(json!({
         "conflicts": page.conflicts.iter().map(|c| render::conflict(&node, c)).collect::<Vec<_>>(),
         "next": page.next.map(|id| id.to_hex()),

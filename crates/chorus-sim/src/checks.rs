@@ -17,7 +17,9 @@ fn conflict_log(node: &Node) -> Vec<ConflictRecord> {
     let mut all = Vec::new();
     let mut after = None;
     loop {
-        let page = node.conflicts(after, 1000).expect("reads work");
+        let page = node
+            .conflicts(after, 1000, &Default::default())
+            .expect("reads work");
         all.extend(page.conflicts);
         match page.next {
             Some(next) => after = Some(next),

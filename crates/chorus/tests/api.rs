@@ -140,6 +140,35 @@ fn lww_collection_and_conflict_log() {
         .unwrap();
     assert_eq!(loser["origin"], "alpha");
     assert!(loser["hlc"]["wall_ms"].is_u64());
+
+    // The log filters by collection and key, in the same answer shape.
+    put(&format!("{}/v1/docs/prefs/font", node.url), r#""serif""#);
+    put(&format!("{}/v1/docs/prefs/font", node.url), r#""sans""#);
+    put(&format!("{}/v1/docs/other/k", node.url), "1");
+    put(&format!("{}/v1/docs/other/k", node.url), "2");
+    let keys = |query: &str| -> Vec<String> {
+        let page = get(&format!("{}/v1/conflicts?{query}", node.url)).body;
+        assert!(page.get("next").is_some(), "{page}");
+        let mut keys: Vec<String> = page["conflicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c["collection"].as_str().unwrap(),
+                    c["key"].as_str().unwrap()
+                )
+            })
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys("collection=prefs"), ["prefs/font", "prefs/theme"]);
+    assert_eq!(keys("collection=prefs&key=font"), ["prefs/font"]);
+    assert_eq!(keys("key=k"), ["other/k"]);
+    assert_eq!(keys("collection=nothing"), Vec::<String>::new());
+    assert_eq!(keys("limit=1000").len(), 3);
 }
 
 /// The change feed pages with a resumable cursor, long-polls until a write arrives,
@@ -314,6 +343,62 @@ fn bad_requests_change_nothing() {
             "PUT",
             format!("{base}/v1/collections/c"),
             Some(r#"{"policy":"lww","x":1}"#),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/collections/%2E"),
+            Some(r#"{"policy":"lww"}"#),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            format!("{base}/v1/docs/%2E%2E/k"),
+            Some("{}"),
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/docs/c?limit=0"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/docs/c?limit=5000"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/changes?limit=0"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/conflicts?limit=1001"),
+            None,
+            vec![],
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            format!("{base}/v1/conflicts?collection=_collections"),
+            None,
             vec![],
             400,
             "bad_request",

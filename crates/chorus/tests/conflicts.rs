@@ -467,9 +467,11 @@ fn writes_go_to_the_home_leader_and_fail_over() {
 }
 
 /// Lease locks: taken at the document's home leader wherever asked; a second owner
-/// waits; writes with the live token pass, others are refused; a lease that expires
-/// while held lets another owner in with a larger token, and the first owner's token
-/// is refused from then on; bad requests say what is wrong.
+/// waits, told who holds it and until when but nothing it could write with (a token
+/// pieced together from that is refused, and the document is unchanged); writes with
+/// the live token pass; a lease that expires while held lets another owner in with a
+/// larger fencing number, and the first owner's token is refused from then on; bad
+/// requests say what is wrong.
 #[test]
 fn leases_fence_writes() {
     let cluster = Cluster::start(3, "topology = \"mesh\"");
@@ -492,27 +494,39 @@ fn leases_fence_writes() {
     };
     let alice = lock(0, json!({"owner": "alice", "ttl_ms": 1500}));
     assert_eq!(alice.status, 200, "{}", alice.text);
-    let first = alice.body["token"].as_u64().unwrap().to_string();
+    let first = alice.body["token"].as_str().unwrap().to_owned();
     let bob = lock(1, json!({"owner": "bob"}));
     assert_eq!(bob.status, 409, "{}", bob.text);
     assert_eq!(bob.body["error"], "locked");
     assert_eq!(bob.body["owner"], "alice");
+    let secret = first.split_once('.').unwrap().1;
+    assert!(bob.body.get("token").is_none() && !bob.text.contains(secret));
+    let shown = get(&format!("{}/v1/locks/acc/k", urls[1])).body;
+    assert!(shown.get("token").is_none() && !shown.to_string().contains(secret));
+    let before = digest(&urls[0]);
+    // Everything bob was told, as a token: the fencing number the expiry and the
+    // default length give, with any secret.
+    let fencing = bob.body["expires_ms"].as_u64().unwrap() - 1500;
+    for guess in [fencing, shown["fencing"].as_u64().unwrap()] {
+        let forged = write(1, &format!("{guess}.{}", "0".repeat(32)));
+        assert_eq!(forged.status, 409, "{}", forged.text);
+        assert_eq!(forged.body["error"], "stale_token");
+    }
+    assert_eq!(digest(&urls[0]), before);
 
     assert_eq!(write(2, &first).status, 200);
-    let wrong = write(1, "12345");
-    assert_eq!(wrong.status, 409, "{}", wrong.text);
-    assert_eq!(wrong.body["error"], "stale_token");
 
     // Alice's lease runs out while she still holds it; Bob gets in.
     let mut second = String::new();
     wait_until("alice's lease to expire", DEADLINE, || {
         let bob = lock(1, json!({"owner": "bob", "ttl_ms": 60000}));
         if bob.status == 200 {
-            second = bob.body["token"].as_u64().unwrap().to_string();
+            second = bob.body["token"].as_str().unwrap().to_owned();
         }
         bob.status == 200
     });
-    assert!(second.parse::<u64>().unwrap() > first.parse::<u64>().unwrap());
+    let fencing = |token: &str| token.split('.').next().unwrap().parse::<u64>().unwrap();
+    assert!(fencing(&second) > fencing(&first));
     assert_eq!(write(0, &first).status, 409, "alice's token is stale now");
     assert_eq!(write(0, &second).status, 200);
 
