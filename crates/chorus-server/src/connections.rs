@@ -163,6 +163,50 @@ pub(crate) async fn guard_body(
     response
 }
 
+/// File descriptors kept for everything but client connections: the store, peer
+/// links, listeners, logs.
+const FDS_RESERVED: u64 = 256;
+
+/// How many connections the process can really hold: it raises its soft limit on
+/// open files to the hard one, and caps `requested` below it, so that the cap, not
+/// the kernel, is what refuses a connection (past the file limit, `accept` fails and
+/// no client at all is served).
+fn usable_connections(requested: usize) -> usize {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        let soft = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return requested;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    limit.rlim_cur = limit.rlim_max;
+                }
+            }
+            limit.rlim_cur
+        };
+        let usable = soft.saturating_sub(FDS_RESERVED).max(1);
+        if (requested as u64) > usable {
+            tracing::warn!(
+                requested,
+                usable,
+                "the open-file limit allows fewer HTTP connections than asked; raise it (ulimit -n) to allow more"
+            );
+            return usable as usize;
+        }
+    }
+    requested
+}
+
 /// Bodies from this size on are large: once none is in flight any more, the memory
 /// they took is given back to the system.
 const LARGE_BODY_BYTES: usize = 1 << 20;
@@ -191,6 +235,7 @@ pub(crate) async fn serve(
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let connections_max = usable_connections(connections_max);
     let connections = Arc::new(Semaphore::new(connections_max));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -338,6 +383,23 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ParseErrorsAsJs
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The connection cap stays below the open-file limit, which is raised to its
+    /// hard value first; a cap within it is kept.
+    #[cfg(unix)]
+    #[test]
+    fn connection_cap_fits_the_file_limit() {
+        let usable = usable_connections(usize::MAX);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(limit.rlim_cur, limit.rlim_max, "raised to the hard limit");
+        assert_eq!(usable as u64, limit.rlim_cur.saturating_sub(FDS_RESERVED).max(1));
+        assert_eq!(usable_connections(8), 8);
+    }
 
     /// hyper's canned parse-error answers get the API's JSON error body; the API's
     /// own answers and successes pass unchanged.
