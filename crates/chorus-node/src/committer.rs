@@ -384,7 +384,11 @@ impl Committer {
         let context = if supersede_current || overwrites || policy == Policy::Crdt {
             state.context().clone()
         } else {
-            write.context.clone().map(|c| c.0).unwrap_or_default()
+            write
+                .context
+                .as_ref()
+                .map(|c| c.vector().clone())
+                .unwrap_or_default()
         };
         if context.get(self.node_id) > self.applied.get(self.node_id) {
             return Ok(Err(WriteError::Invalid(
@@ -561,7 +565,7 @@ impl Committer {
         }
         Ok(WriteAck {
             key,
-            context: Context(state.context().clone()),
+            context: Context::new(state.context().clone()),
             dot,
             hlc,
             seq,

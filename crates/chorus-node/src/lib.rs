@@ -19,18 +19,17 @@
 //! after an I/O error is not trusted (the same rule redb follows).
 
 pub mod cluster;
-mod collections;
 mod committer;
-pub mod crdt_json;
-pub mod custom;
-mod document;
 pub mod emulation;
-pub mod json;
 pub mod leases;
 pub mod limits;
-pub mod merge;
 mod node;
 pub mod replication;
+
+// The document rules, from their own crate (`chorus-rules`): the modules embedders
+// use stay reachable here, the others serve this crate only.
+use chorus_rules::{collections, document};
+pub use chorus_rules::{crdt_json, custom, json, merge};
 
 /// The CRDT types (operations, documents) for embedders: see [`Node::update`].
 pub use chorus_core::crdt;

@@ -8,15 +8,8 @@
 //! `chorus_repl::frame::FRAME_BYTES_MAX` (over four times as much), in pieces of at most
 //! `PIECE_BYTES_MAX`.
 
-/// Longest document key, in bytes: keys are stored and listed in full.
-pub const KEY_BYTES_MAX: usize = 1024;
-
-/// Longest collection name, in bytes.
-pub const COLLECTION_NAME_BYTES_MAX: usize = 128;
-
-/// Largest document, in bytes of JSON. A document is held in memory whole, and
-/// twice on disk (op log and key state). Equal to the HTTP body limit's default.
-pub const DOCUMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The limits of documents themselves (names, sizes, operations).
+pub use chorus_rules::limits::*;
 
 /// Bytes of documents one key may hold across its versions (siblings) when this node
 /// accepts a write to it: 12 largest documents. A write that would grow the key past
@@ -30,17 +23,6 @@ const _: () = assert!(
     4 * (KEY_STATE_BYTES_MAX + KEY_BYTES_MAX + COLLECTION_NAME_BYTES_MAX)
         < chorus_repl::frame::FRAME_BYTES_MAX
 );
-
-/// Largest set element or register value of a CRDT document, in bytes of JSON.
-/// Every operation reads and rewrites its whole document, so one large value would
-/// make every later operation on the document slow (a 15 MiB element cost each
-/// small operation tens of milliseconds); large content belongs in a plain document
-/// that the CRDT one names.
-pub const CRDT_VALUE_BYTES_MAX: usize = 64 * 1024;
-
-/// CRDT operations in one write (`POST /v1/docs/{c}/{key}/ops`): all are checked
-/// and applied in one step of the committer.
-pub const OPERATIONS_MAX: usize = 1000;
 
 /// Writes waiting for the committer. Writers block (or await) when it is full, so a
 /// burst cannot exhaust memory.

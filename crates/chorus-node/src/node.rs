@@ -1045,7 +1045,7 @@ impl Node {
             collection: record.collection,
             key: Some(record.key),
             value,
-            context: Some(Context(context)),
+            context: Some(Context::new(context)),
         })
     }
 

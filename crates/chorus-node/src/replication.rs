@@ -328,7 +328,7 @@ pub async fn start(
         shared.now_ms(),
         limits.clone(),
     );
-    let actor = Actor {
+    let mut actor = Actor {
         shared: shared.clone(),
         engine,
         links: HashMap::new(),
@@ -339,6 +339,9 @@ pub async fn start(
         wanted: Plan::default(),
         linked: linked_tx,
     };
+    // Dial the planned neighbours at once, and publish the links before the node
+    // answers its first status request.
+    actor.replan();
     let tasks = vec![
         tokio::spawn(actor.run(actor_rx)),
         tokio::spawn(accept(shared.clone(), listener)),
@@ -381,8 +384,6 @@ impl Drop for Actor {
 
 impl Actor {
     async fn run(mut self, mut inbox: mpsc::Receiver<Msg>) {
-        // Dial the planned neighbours at once.
-        self.replan();
         while let Some(msg) = inbox.recv().await {
             let mut events = VecDeque::new();
             // A reconfiguration is answered once its links follow the new plan.

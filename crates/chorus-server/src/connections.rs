@@ -48,8 +48,11 @@ pub const BODY_READ_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// [`BODY_ROOM_WAIT`], then gets 503 with `Retry-After`.
 pub const BODIES_IN_FLIGHT_BYTES_MAX: usize = 4 * chorus_node::limits::DOCUMENT_BYTES_MAX;
 
-/// How long a request waits for room among the bodies in flight.
-pub const BODY_ROOM_WAIT: Duration = Duration::from_secs(10);
+/// How long a request waits for room among the bodies in flight. Waiting costs no
+/// memory (its body stays unread) and the connection cap bounds the waiters; a 503
+/// before the body is read ends the connection mid-upload, which clients see as a
+/// broken pipe rather than the answer, so it comes late.
+pub const BODY_ROOM_WAIT: Duration = Duration::from_secs(60);
 
 /// Open connections by default; more are closed as soon as they are accepted.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
@@ -395,9 +398,15 @@ mod tests {
             rlim_max: 0,
         };
         // SAFETY: getrlimit only writes the struct passed.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
         assert_eq!(limit.rlim_cur, limit.rlim_max, "raised to the hard limit");
-        assert_eq!(usable as u64, limit.rlim_cur.saturating_sub(FDS_RESERVED).max(1));
+        assert_eq!(
+            usable as u64,
+            limit.rlim_cur.saturating_sub(FDS_RESERVED).max(1)
+        );
         assert_eq!(usable_connections(8), 8);
     }
 

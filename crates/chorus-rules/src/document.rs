@@ -15,9 +15,19 @@ use std::borrow::Cow;
 /// The causal context of a read: which versions of one key it saw. Give it back with
 /// a write to replace exactly those versions.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Context(pub(crate) VersionVector);
+pub struct Context(VersionVector);
 
 impl Context {
+    /// The context that saw exactly `seen` (what a read of a key state answers).
+    pub fn new(seen: VersionVector) -> Context {
+        Context(seen)
+    }
+
+    /// The versions it saw.
+    pub fn vector(&self) -> &VersionVector {
+        &self.0
+    }
+
     /// The opaque token form, bound to one document.
     pub fn to_token(&self, collection: &str, key: &str) -> Vec<u8> {
         ContextToken::encode(&self.0, collection, key)
@@ -77,7 +87,7 @@ pub struct Document {
 impl Document {
     /// The read of `state` under `config`; `handler` merges a `custom` collection's
     /// conflicts.
-    pub(crate) fn from_state(
+    pub fn from_state(
         collection: &str,
         key: &str,
         config: &CollectionConfig,
