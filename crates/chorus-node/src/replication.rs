@@ -37,7 +37,7 @@
 
 use crate::cluster::ClusterConfig;
 use crate::emulation::{LinkEmulation, SplitMix};
-use crate::{Node, NodeId, ReadError, ReplicationStep};
+use crate::{Entry, Node, NodeId, ReadError, ReplicationStep};
 use chorus_core::PhysicalClock;
 pub use chorus_repl::EngineLimits;
 use chorus_repl::frame::{
@@ -624,15 +624,14 @@ impl Actor {
     fn execute(&mut self, command: Command, events: &mut VecDeque<Event>) {
         let shared = &self.shared;
         tracing::trace!(?command, "replication command");
-        let command = match answer_read(&shared.node, command) {
-            ReadAnswer::Answered(Ok(event)) => return events.push_back(event),
-            ReadAnswer::Answered(Err(error)) => {
-                return tracing::error!(%error, "cannot read for replication");
-            }
-            ReadAnswer::NotARead(command) => command,
+        let peer_id = |peer: &str| self.links.get(peer).map(|l| l.node_id);
+        let Some(effect) = effect_of(&shared.node, command, peer_id) else {
+            return;
         };
-        match command {
-            Command::Send { peer, frame } => {
+        match effect {
+            Effect::Answered(Ok(event)) => events.push_back(event),
+            Effect::Answered(Err(error)) => tracing::error!(%error, "cannot read for replication"),
+            Effect::Send { peer, frame } => {
                 let Some(link) = self.links.get(&peer) else {
                     return;
                 };
@@ -640,84 +639,176 @@ impl Actor {
                     events.extend(self.lose(peer, "the peer is not reading"));
                 }
             }
-            Command::Apply {
+            Effect::Disconnect { peer, reason } => events.extend(self.lose(peer, &reason)),
+            Effect::Apply {
                 peer,
                 session,
                 entries,
             } => {
                 let (node, actor) = (shared.node.clone(), shared.actor.clone());
                 tokio::spawn(async move {
-                    match node.apply_remote(entries).await {
-                        Ok(outcome) => {
-                            let waiting = outcome.waiting.iter().map(|e| e.dot()).collect();
-                            let event = Event::Applied {
-                                peer,
-                                session,
-                                applied: outcome.applied,
-                                waiting,
-                            };
-                            let _ = actor.send(Msg::Event(event)).await;
-                        }
-                        Err(error) => {
-                            // Not acknowledged: the peer sends these again next session.
-                            let reason = format!("cannot apply its entries: {error}");
-                            let _ = actor.send(Msg::Drop { peer, reason }).await;
-                        }
-                    }
+                    let msg = match node.apply_remote(entries).await {
+                        Ok(outcome) => Msg::Event(applied_event(peer, session, outcome)),
+                        // Not acknowledged: the peer sends these again next session.
+                        Err(error) => Msg::Drop {
+                            peer,
+                            reason: format!("cannot apply its entries: {error}"),
+                        },
+                    };
+                    let _ = actor.send(msg).await;
                 });
             }
-            Command::SaveCursor { peer, seq } => {
-                let Some(node_id) = self.links.get(&peer).map(|l| l.node_id) else {
-                    return;
-                };
-                replicate_in_background(shared, ReplicationStep::SaveCursor { peer: node_id, seq });
+            Effect::Commit { step, then } => {
+                if let Then::StateAdopted { peer, .. } = &then {
+                    tracing::info!(peer, "state transfer complete");
+                    metrics::counter!("chorus_state_transfers_total").increment(1);
+                }
+                match then.peer() {
+                    Some(peer) => replicate_then(shared, peer, step, then),
+                    None => replicate_in_background(shared, step),
+                }
             }
-            Command::MergeState {
-                peer,
-                session,
-                keys,
-                conflicts,
-            } => {
-                let step = ReplicationStep::MergeState { keys, conflicts };
-                replicate_then(shared, peer.clone(), step, move |_| Event::StateMerged {
-                    peer,
-                    session,
-                });
-            }
-            Command::AdoptState {
-                peer,
-                session,
-                applied,
-            } => {
-                tracing::info!(peer, "state transfer complete");
-                metrics::counter!("chorus_state_transfers_total").increment(1);
-                let step = ReplicationStep::AdoptState { applied };
-                replicate_then(shared, peer.clone(), step, move |node| {
-                    let applied = node.position().map(|p| p.applied).unwrap_or_default();
-                    Event::StateAdopted {
-                        peer,
-                        session,
-                        applied,
-                    }
-                });
-            }
-            Command::CollectTombstones { stable } => {
-                replicate_in_background(shared, ReplicationStep::CollectTombstones { stable })
-            }
-            Command::TruncateLog { before_seq } => {
-                replicate_in_background(shared, ReplicationStep::TruncateLog { before_seq })
-            }
-            Command::Disconnect { peer, reason } => events.extend(self.lose(peer, &reason)),
-            Command::ReadLog { .. }
-            | Command::ReadBuckets { .. }
-            | Command::CompareBuckets { .. }
-            | Command::ReadState { .. } => unreachable!("reads are answered by answer_read"),
         }
     }
 }
 
+/// What one engine command asks of a node and its links, decided once for the
+/// runtime and the simulator; each carries it out its own way (tasks and sockets,
+/// or one thread and a simulated network).
+pub enum Effect {
+    /// It only read the node: here is the event that answers it.
+    Answered(Result<Event, ReadError>),
+    /// Send a frame on the link to `peer`.
+    Send { peer: String, frame: Frame },
+    /// End the link to `peer`.
+    Disconnect { peer: String, reason: String },
+    /// Apply a peer's entries, then tell the engine [`applied_event`].
+    Apply {
+        peer: String,
+        session: u64,
+        entries: Vec<Entry>,
+    },
+    /// Commit a replication step, then tell the engine what [`Then::event`] says.
+    Commit { step: ReplicationStep, then: Then },
+}
+
+/// What follows a committed replication step.
+pub enum Then {
+    /// Nothing: a failure is logged and the engine asks again later (cursors and
+    /// collections are idempotent).
+    Nothing,
+    /// The log was truncated: the node's log position changed.
+    Truncated,
+    /// Part of a transfer from `peer` was merged.
+    StateMerged { peer: String, session: u64 },
+    /// A transfer from `peer` was adopted.
+    StateAdopted { peer: String, session: u64 },
+}
+
+impl Then {
+    /// The peer whose session the step belongs to: a failed commit ends that link
+    /// (the peer starts over next session).
+    pub fn peer(&self) -> Option<String> {
+        match self {
+            Then::StateMerged { peer, .. } | Then::StateAdopted { peer, .. } => Some(peer.clone()),
+            Then::Nothing | Then::Truncated => None,
+        }
+    }
+
+    /// Whether the step changed the node's log position (what it has applied, where
+    /// its log starts), so the engine must hear of it.
+    pub fn moves_position(&self) -> bool {
+        matches!(self, Then::Truncated | Then::StateAdopted { .. })
+    }
+
+    /// The event that answers the step, once committed on `node`.
+    pub fn event(self, node: &Node) -> Option<Event> {
+        match self {
+            Then::Nothing | Then::Truncated => None,
+            Then::StateMerged { peer, session } => Some(Event::StateMerged { peer, session }),
+            Then::StateAdopted { peer, session } => Some(Event::StateAdopted {
+                peer,
+                session,
+                applied: node.position().map(|p| p.applied).unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// Decides what `command` asks for. `peer_id` gives the node id behind a peer's
+/// name (cursors are stored by id); a cursor for a peer it does not know is
+/// dropped (`None`).
+pub fn effect_of(
+    node: &Node,
+    command: Command,
+    peer_id: impl Fn(&str) -> Option<NodeId>,
+) -> Option<Effect> {
+    let command = match answer_read(node, command) {
+        ReadAnswer::Answered(answer) => return Some(Effect::Answered(answer)),
+        ReadAnswer::NotARead(command) => command,
+    };
+    let commit = |step, then| Some(Effect::Commit { step, then });
+    match command {
+        Command::Send { peer, frame } => Some(Effect::Send { peer, frame }),
+        Command::Disconnect { peer, reason } => Some(Effect::Disconnect { peer, reason }),
+        Command::Apply {
+            peer,
+            session,
+            entries,
+        } => Some(Effect::Apply {
+            peer,
+            session,
+            entries,
+        }),
+        Command::SaveCursor { peer, seq } => {
+            let step = ReplicationStep::SaveCursor {
+                peer: peer_id(&peer)?,
+                seq,
+            };
+            commit(step, Then::Nothing)
+        }
+        Command::MergeState {
+            peer,
+            session,
+            keys,
+            conflicts,
+        } => commit(
+            ReplicationStep::MergeState { keys, conflicts },
+            Then::StateMerged { peer, session },
+        ),
+        Command::AdoptState {
+            peer,
+            session,
+            applied,
+        } => commit(
+            ReplicationStep::AdoptState { applied },
+            Then::StateAdopted { peer, session },
+        ),
+        Command::CollectTombstones { stable } => {
+            commit(ReplicationStep::CollectTombstones { stable }, Then::Nothing)
+        }
+        Command::TruncateLog { before_seq } => {
+            commit(ReplicationStep::TruncateLog { before_seq }, Then::Truncated)
+        }
+        Command::ReadLog { .. }
+        | Command::ReadBuckets { .. }
+        | Command::CompareBuckets { .. }
+        | Command::ReadState { .. } => unreachable!("reads are answered by answer_read"),
+    }
+}
+
+/// The event that tells the engine what a batch of `peer`'s entries did.
+pub fn applied_event(peer: String, session: u64, outcome: crate::RemoteOutcome) -> Event {
+    Event::Applied {
+        peer,
+        session,
+        applied: outcome.applied,
+        waiting: outcome.waiting.iter().map(|e| e.dot()).collect(),
+    }
+}
+
 /// What [`answer_read`] did with a command.
-pub enum ReadAnswer {
+enum ReadAnswer {
     /// It only read the node: here is the event that answers it.
     Answered(Result<Event, ReadError>),
     /// It is not a read: execute it.
@@ -725,8 +816,8 @@ pub enum ReadAnswer {
 }
 
 /// Answers a command that only reads the node (op log, bucket hashes, key states)
-/// with its event; hands any other command back. Shared with the simulator.
-pub fn answer_read(node: &Node, command: Command) -> ReadAnswer {
+/// with its event; hands any other command back.
+fn answer_read(node: &Node, command: Command) -> ReadAnswer {
     ReadAnswer::Answered(match command {
         Command::ReadLog {
             peer,
@@ -794,18 +885,16 @@ fn replicate_in_background(shared: &Shared, step: ReplicationStep) {
     });
 }
 
-/// Commits `step`, then tells the engine `then(node)`; a failure drops the link (the
-/// peer starts over next session).
-fn replicate_then(
-    shared: &Shared,
-    peer: String,
-    step: ReplicationStep,
-    then: impl FnOnce(&Node) -> Event + Send + 'static,
-) {
+/// Commits `step`, then tells the engine what `then` says; a failure drops the link
+/// to `peer` (the peer starts over next session).
+fn replicate_then(shared: &Shared, peer: String, step: ReplicationStep, then: Then) {
     let (node, actor) = (shared.node.clone(), shared.actor.clone());
     tokio::spawn(async move {
         let msg = match node.replicate(step).await {
-            Ok(()) => Msg::Event(then(&node)),
+            Ok(()) => match then.event(&node) {
+                Some(event) => Msg::Event(event),
+                None => return,
+            },
             Err(error) => Msg::Drop {
                 peer,
                 reason: format!("cannot commit a state transfer: {error}"),

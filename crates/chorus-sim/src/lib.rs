@@ -29,7 +29,7 @@ pub mod rng;
 
 use chorus_core::crdt::{OpError, Operation, Update};
 use chorus_core::{Dot, EntryBody, PhysicalClock, VersionVector};
-use chorus_node::replication::{ReadAnswer, answer_read, hello};
+use chorus_node::replication::{Effect, applied_event, effect_of, hello};
 use chorus_node::{
     CollectionConfig, Context, Node, NodeConfig, NodeId, Policy, ReplicationStep, Write,
 };
@@ -600,8 +600,14 @@ impl Sim {
     }
 
     fn execute(&mut self, i: usize, command: Command, events: &mut VecDeque<Event>) {
-        let command = match answer_read(self.node(i), command) {
-            ReadAnswer::Answered(answer) => {
+        let ids: Vec<(String, NodeId)> =
+            self.nodes.iter().map(|n| (n.name.clone(), n.id)).collect();
+        let peer_id = |peer: &str| ids.iter().find(|(name, _)| name == peer).map(|(_, id)| *id);
+        let Some(effect) = effect_of(self.node(i), command, peer_id) else {
+            return;
+        };
+        match effect {
+            Effect::Answered(answer) => {
                 let event = answer.expect("reads work");
                 match &event {
                     Event::BucketsCompared { wanted, .. } => {
@@ -612,16 +618,17 @@ impl Sim {
                     }
                     _ => {}
                 }
-                return events.push_back(event);
+                events.push_back(event);
             }
-            ReadAnswer::NotARead(command) => command,
-        };
-        match command {
-            Command::Send { peer, frame } => {
+            Effect::Send { peer, frame } => {
                 let j = self.peer_index(&peer);
                 self.send(i, j, frame);
             }
-            Command::Apply {
+            Effect::Disconnect { peer, .. } => {
+                let j = self.peer_index(&peer);
+                self.close(i, j);
+            }
+            Effect::Apply {
                 peer,
                 session,
                 entries,
@@ -640,59 +647,24 @@ impl Sim {
                         outcome.applied
                     );
                 }
-                let waiting = outcome.waiting.iter().map(|e| e.dot()).collect();
-                events.push_back(Event::Applied {
-                    peer,
-                    session,
-                    applied: outcome.applied,
-                    waiting,
-                });
+                events.push_back(applied_event(peer, session, outcome));
                 events.push_back(self.committed(i));
             }
-            Command::SaveCursor { peer, seq } => {
-                let id = self.nodes[self.peer_index(&peer)].id;
-                self.replicate(i, ReplicationStep::SaveCursor { peer: id, seq });
+            Effect::Commit { step, then } => {
+                match &step {
+                    ReplicationStep::AdoptState { .. } => self.report.state_transfers += 1,
+                    ReplicationStep::CollectTombstones { .. } => {
+                        self.report.tombstone_collections += 1
+                    }
+                    _ => {}
+                }
+                self.replicate(i, step);
+                let moves_position = then.moves_position();
+                events.extend(then.event(self.node(i)));
+                if moves_position {
+                    events.push_back(self.committed(i));
+                }
             }
-            Command::MergeState {
-                peer,
-                session,
-                keys,
-                conflicts,
-            } => {
-                self.replicate(i, ReplicationStep::MergeState { keys, conflicts });
-                events.push_back(Event::StateMerged { peer, session });
-            }
-            Command::AdoptState {
-                peer,
-                session,
-                applied,
-            } => {
-                self.report.state_transfers += 1;
-                self.replicate(i, ReplicationStep::AdoptState { applied });
-                let applied = self.node(i).position().expect("reads work").applied;
-                events.push_back(Event::StateAdopted {
-                    peer,
-                    session,
-                    applied,
-                });
-                events.push_back(self.committed(i));
-            }
-            Command::CollectTombstones { stable } => {
-                self.report.tombstone_collections += 1;
-                self.replicate(i, ReplicationStep::CollectTombstones { stable });
-            }
-            Command::TruncateLog { before_seq } => {
-                self.replicate(i, ReplicationStep::TruncateLog { before_seq });
-                events.push_back(self.committed(i));
-            }
-            Command::Disconnect { peer, .. } => {
-                let j = self.peer_index(&peer);
-                self.close(i, j);
-            }
-            Command::ReadLog { .. }
-            | Command::ReadBuckets { .. }
-            | Command::CompareBuckets { .. }
-            | Command::ReadState { .. } => unreachable!("reads are answered by answer_read"),
         }
     }
 
