@@ -55,8 +55,9 @@ fn newest_wall_ms(record: &ConflictRecord) -> u64 {
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, SIBLINGS_WARN};
 use crate::merge;
-use crate::node::{
-    RemoteOutcome, ReplicationStep, StoreFailure, StoreHealth, Write, WriteAck, WriteError,
+use crate::request::{
+    ConflictCounts, Job, RemoteOutcome, ReplicationStep, ReplyTo, Request, StoreFailure,
+    StoreHealth, Write, WriteAck, WriteError,
 };
 use chorus_core::crdt::{self, Operation};
 use chorus_core::key_state::value_bytes;
@@ -68,41 +69,7 @@ use chorus_store::{Batch, NodeMeta, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot, watch};
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
-
-/// One queued request: what to do, and who waits for the answer.
-pub(crate) struct Request {
-    pub job: Job,
-    pub reply: ReplyTo,
-}
-
-pub(crate) enum Job {
-    Local {
-        write: Write,
-        /// Supersede whatever versions exist when the write is applied (used for
-        /// collection settings, whose writer means "replace the settings").
-        supersede_current: bool,
-    },
-    /// CRDT operations on one document (see [`chorus_core::crdt`]).
-    Update {
-        collection: String,
-        key: String,
-        operations: Vec<Operation>,
-    },
-    Remote {
-        entries: Vec<Entry>,
-    },
-    Step(ReplicationStep),
-}
-
-pub(crate) enum ReplyTo {
-    Local(Reply<WriteAck>),
-    Remote(Reply<RemoteOutcome>),
-    /// Told when the job is committed (a dropped receiver is fine: nobody waits).
-    Done(Reply<()>),
-}
+use tokio::sync::{mpsc, watch};
 
 /// What a job produced inside a batch; sent only once the batch is durable.
 enum Produced {
@@ -133,9 +100,6 @@ pub(crate) struct Committer {
     /// Conflicts recorded since the node started, per collection and policy.
     pub conflict_counts: Arc<ConflictCounts>,
 }
-
-/// Conflicts recorded by this node since it started, per (collection, policy).
-pub type ConflictCounts = std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), u64>>;
 
 /// Counts a conflict record this node just added to its log (detected here, or
 /// received), in `/metrics` and in the node's status.

@@ -25,6 +25,7 @@ pub mod leases;
 pub mod limits;
 mod node;
 pub mod replication;
+mod request;
 
 // The document rules, from their own crate (`chorus-rules`): the modules embedders
 // use stay reachable here, the others serve this crate only.

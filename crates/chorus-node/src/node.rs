@@ -1,7 +1,7 @@
 //! [`Node`]: open a store, write through the committer, read from snapshots.
 
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION, check_collection_name};
-use crate::committer::{Committer, ConflictCounts, Job, ReplyTo, Request};
+use crate::committer::Committer;
 use crate::custom::{MergeHandler, Script};
 use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
 use crate::limits::{
@@ -9,6 +9,10 @@ use crate::limits::{
     KEY_STATE_BYTES_MAX, LIST_SCAN_MAX, OPERATIONS_MAX, PAGE_ITEMS_MAX, WRITE_QUEUE_MAX,
 };
 use crate::replication::LinkStatus;
+use crate::request::{ConflictCounts, Job, ReplyTo, Request, StoreHealth};
+pub use crate::request::{
+    RemoteOutcome, ReplicationStep, StoreFailure, Write, WriteAck, WriteError,
+};
 use chorus_core::crdt::{self, Operation};
 use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, HlcClock, KeyState, NodeId,
@@ -21,7 +25,6 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,18 +60,6 @@ pub fn open(path: impl AsRef<Path>) -> Result<Node, OpenError> {
     Node::open(path.as_ref(), NodeConfig::default())
 }
 
-/// One write or delete, before the node gives it a dot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Write {
-    pub collection: String,
-    /// `None` asks the node to generate a key unique across all leaders.
-    pub key: Option<String>,
-    /// The JSON document, or `None` to delete.
-    pub value: Option<Vec<u8>>,
-    /// The context of the read this write is based on; `None` for a blind write.
-    pub context: Option<Context>,
-}
-
 /// How a conflict ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resolution {
@@ -88,56 +79,6 @@ pub enum ResolveError {
     Read(#[from] ReadError),
 }
 
-/// The answer to a durable write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WriteAck {
-    pub key: String,
-    /// The key's context after the write: use it for the next write to this key.
-    pub context: Context,
-    pub dot: Dot,
-    pub hlc: Hlc,
-    /// The write's position in this node's change feed.
-    pub seq: u64,
-}
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum WriteError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("document is {bytes} bytes; at most {max} are accepted")]
-    TooLarge { bytes: usize, max: usize },
-    /// The write would grow the key's versions (siblings) past
-    /// `limits::KEY_STATE_BYTES_MAX`; it changed nothing.
-    #[error(
-        "the document's versions would hold {bytes} bytes, more than the {max} one key may hold; \
-         resolve its siblings first (write with the context of a read)"
-    )]
-    TooManyVersions { bytes: usize, max: usize },
-    #[error(
-        "the store failed to commit; restart the node to recover (nothing acknowledged is lost)"
-    )]
-    StoreFailed,
-    /// A commit failed because the disk is full; the node refuses writes until it is
-    /// restarted once space is freed.
-    #[error(
-        "the disk of the node's data folder is full: this write was not made, and the node \
-         refuses writes until space is freed and it is restarted (nothing acknowledged is lost)"
-    )]
-    DiskFull,
-    #[error("stored data is corrupt: {0}")]
-    Corrupted(String),
-    /// A CRDT operation the document refuses (a type mismatch, a bad path, a
-    /// bounded counter's missing rights); the write changed nothing.
-    #[error("{0}")]
-    Refused(#[from] crdt::OpError),
-    #[error("the node is shutting down")]
-    ShuttingDown,
-    /// The write cannot be taken now but can shortly (or on another node); it
-    /// changed nothing.
-    #[error("{0}")]
-    Busy(String),
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("read failed: {0}")]
 pub struct ReadError(#[from] StoreError);
@@ -155,58 +96,6 @@ pub struct NodeStatus {
     pub store_failed: bool,
     /// Why the store failed, when it did.
     pub store_failure: Option<StoreFailure>,
-}
-
-/// Why the store refuses writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreFailure {
-    /// A commit failed (an I/O error other than a full disk).
-    CommitFailed,
-    /// A commit failed because the disk is full.
-    DiskFull,
-}
-
-impl StoreFailure {
-    /// The error writes get meanwhile.
-    pub fn error(self) -> WriteError {
-        match self {
-            StoreFailure::CommitFailed => WriteError::StoreFailed,
-            StoreFailure::DiskFull => WriteError::DiskFull,
-        }
-    }
-}
-
-/// Whether the store takes writes. After a failed commit it does not, until the
-/// node is reopened; the failure remembers whether the disk was full, so that
-/// clients and `/v1/status` can say what the operator must do.
-#[derive(Debug, Default)]
-pub(crate) struct StoreHealth(std::sync::atomic::AtomicU8);
-
-impl StoreHealth {
-    const FAILED: u8 = 1;
-    const DISK_FULL: u8 = 2;
-
-    pub(crate) fn fail(&self, error: &StoreError) {
-        let state = if error.is_disk_full() {
-            StoreHealth::DISK_FULL
-        } else {
-            StoreHealth::FAILED
-        };
-        self.0.store(state, Ordering::Release);
-    }
-
-    pub(crate) fn failure(&self) -> Option<StoreFailure> {
-        match self.0.load(Ordering::Acquire) {
-            0 => None,
-            StoreHealth::DISK_FULL => Some(StoreFailure::DiskFull),
-            _ => Some(StoreFailure::CommitFailed),
-        }
-    }
-
-    /// The error every write gets while the store is failed.
-    pub(crate) fn refusal(&self) -> Option<WriteError> {
-        self.failure().map(StoreFailure::error)
-    }
 }
 
 /// A handle to one replica. Cheap to clone; the node closes when the last handle
@@ -1147,39 +1036,6 @@ pub struct BucketHashes {
     pub hashes: Vec<u64>,
     pub applied: VersionVector,
     pub through_seq: u64,
-}
-
-/// What replication (and upkeep) asks a node to commit besides entries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReplicationStep {
-    /// Peer `peer` has every entry of ours up to `seq`. Cursors are kept per node id:
-    /// a peer that lost its disk comes back with a new id and starts from the beginning.
-    SaveCursor { peer: NodeId, seq: u64 },
-    /// Merge key states and conflict records from a peer's transfer.
-    MergeState {
-        keys: Vec<(String, String, KeyState)>,
-        conflicts: Vec<ConflictRecord>,
-    },
-    /// A transfer is complete: count `applied` as applied, and restart the op log.
-    AdoptState { applied: VersionVector },
-    /// Collect op-log entries before `before_seq`.
-    TruncateLog { before_seq: u64 },
-    /// Collect deleted documents whose every version `stable` covers (every member
-    /// has applied them). The node's version vector still covers their dots, so an
-    /// old copy arriving later is recognised and not revived.
-    CollectTombstones { stable: VersionVector },
-    /// Remove conflict records whose newest version's HLC is before `before_wall_ms`
-    /// (the conflict log's retention; the same records go on every node).
-    PruneConflicts { before_wall_ms: u64 },
-}
-
-/// The result of applying a batch of entries from a peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteOutcome {
-    /// Everything this node has applied, durably, after the batch.
-    pub applied: VersionVector,
-    /// Entries of the batch still waiting for an entry they depend on, in order.
-    pub waiting: Vec<Entry>,
 }
 
 fn remote_request(

@@ -6,8 +6,8 @@
 //! `Last-Event-ID` resumes after that event.
 
 use crate::error::ApiError;
+use crate::extract::{page_limit, query};
 use crate::render;
-use crate::routes::query;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -57,7 +57,7 @@ pub async fn changes(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
-    let limit = crate::routes::page_limit(q.limit)?;
+    let limit = page_limit(q.limit)?;
     if wants_stream {
         return Ok(stream(node, since).into_response());
     }

@@ -14,6 +14,7 @@
 mod changes;
 mod connections;
 mod error;
+mod extract;
 pub mod home;
 mod metrics;
 mod render;

@@ -3,6 +3,10 @@
 use crate::changes;
 use crate::connections::{BodyGuard, guard_body};
 use crate::error::ApiError;
+pub use crate::extract::CONTEXT_HEADER;
+use crate::extract::{
+    body, check_collection, context, json_document, page_limit, path, query, refuse_malformed_paths,
+};
 use crate::home::LOCK_TOKEN_HEADER;
 use crate::render;
 use crate::{ReloadCluster, ServerConfig, metrics};
@@ -16,15 +20,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chorus_node::leases::{Lease, LeaseError, LeaseToken};
 use chorus_node::{
-    CollectionConfig, ConflictId, Context, Dot, Home, Node, Resolution, ResolveError, Write,
-    WriteError,
+    CollectionConfig, ConflictId, Dot, Home, Node, Resolution, ResolveError, Write, WriteError,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-
-/// The header carrying a context token with a write.
-pub const CONTEXT_HEADER: &str = "chorus-context";
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 /// The node's cluster, when it has one (for routing writes to home leaders).
@@ -77,99 +77,6 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         .layer(axum::middleware::from_fn(refuse_malformed_paths))
         .layer(Extension(cluster))
         .with_state(node)
-}
-
-// ---- extraction helpers ------------------------------------------------------------
-
-/// Refuses a path with malformed percent-encoding (`%` not followed by two hex
-/// digits): decoders would otherwise take it as literal key bytes, and a name
-/// would mean something else to every tool that decodes it properly.
-async fn refuse_malformed_paths(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = request.uri().path().as_bytes();
-    let malformed = path.iter().enumerate().any(|(i, &b)| {
-        b == b'%'
-            && !(path.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && path.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-    });
-    if malformed {
-        return ApiError::bad_request(
-            "the path has a '%' not followed by two hex digits; percent-encode '%' as %25",
-        )
-        .into_response();
-    }
-    next.run(request).await
-}
-
-pub(crate) fn path<T>(extracted: Result<Path<T>, PathRejection>) -> ApiResult<T> {
-    extracted
-        .map(|Path(p)| p)
-        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
-}
-
-pub(crate) fn query<T>(extracted: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
-    extracted
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
-}
-
-fn body(extracted: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
-    extracted.map_err(|e| {
-        let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "bad_request"
-        };
-        ApiError::new(
-            status,
-            code,
-            format!("cannot read the request body: {}", e.body_text()),
-        )
-    })
-}
-
-/// Items a page holds when a request does not say.
-const PAGE_ITEMS_DEFAULT: usize = 100;
-
-/// A paginated route's `limit`: 1 to `PAGE_ITEMS_MAX`, 100 when absent; anything
-/// else is refused rather than silently changed.
-pub(crate) fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
-    use chorus_node::limits::PAGE_ITEMS_MAX;
-    match limit {
-        None => Ok(PAGE_ITEMS_DEFAULT),
-        Some(n) if (1..=PAGE_ITEMS_MAX).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(format!(
-            "limit must be 1 to {PAGE_ITEMS_MAX} (default {PAGE_ITEMS_DEFAULT}), not {n}"
-        ))),
-    }
-}
-
-fn check_collection(collection: &str) -> ApiResult<()> {
-    chorus_node::check_collection_name(collection).map_err(ApiError::bad_request)
-}
-
-fn context(headers: &HeaderMap, collection: &str, key: &str) -> ApiResult<Option<Context>> {
-    let Some(value) = headers.get(CONTEXT_HEADER) else {
-        return Ok(None);
-    };
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request("Chorus-Context header is not ASCII"))?;
-    render::parse_token(text, collection, key).map(Some)
-}
-
-fn json_document(bytes: &[u8]) -> ApiResult<Vec<u8>> {
-    chorus_node::json::check_document(bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("body: {e}"),
-        )
-    })?;
-    Ok(bytes.to_vec())
 }
 
 // ---- handlers ----------------------------------------------------------------------
