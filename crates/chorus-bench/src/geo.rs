@@ -114,7 +114,10 @@ impl Local {
     /// Waits until node `i` is linked to every peer in `peers`.
     fn wait_linked(&self, i: usize, peers: &[&str]) -> anyhow::Result<()> {
         wait(Duration::from_secs(60), "links to come up", || {
-            let status = self.nodes[i].link_status().unwrap_or_default();
+            let Some(link) = &self.links[i] else {
+                return false;
+            };
+            let status = link.link_status();
             peers
                 .iter()
                 .all(|p| status.connected.iter().any(|c| c == p))

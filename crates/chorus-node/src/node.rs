@@ -8,7 +8,6 @@ use crate::limits::{
     CLOCK_DRIFT_MS_MAX, CRDT_VALUE_BYTES_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX,
     KEY_STATE_BYTES_MAX, LIST_SCAN_MAX, OPERATIONS_MAX, PAGE_ITEMS_MAX, WRITE_QUEUE_MAX,
 };
-use crate::replication::LinkStatus;
 use crate::request::{ConflictCounts, Job, ReplyTo, Request, StoreHealth};
 pub use crate::request::{
     RemoteOutcome, ReplicationStep, StoreFailure, Write, WriteAck, WriteError,
@@ -18,7 +17,7 @@ use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, HlcClock, KeyState, NodeId,
     PhysicalClock, SystemClock, VersionVector,
 };
-use chorus_repl::{LogPosition, PeerStatus, StateCursor};
+use chorus_repl::{LogPosition, StateCursor};
 use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -116,8 +115,6 @@ struct Inner {
     committer: Option<JoinHandle<()>>,
     /// Names of replicas this node has heard of (from handshakes), for display.
     names: RwLock<HashMap<NodeId, String>>,
-    peers: RwLock<Vec<PeerStatus>>,
-    links: RwLock<Option<LinkStatus>>,
     conflict_counts: Arc<ConflictCounts>,
     /// Merge handlers the application registered, per `custom` collection.
     handlers: RwLock<HashMap<String, Arc<dyn MergeHandler>>>,
@@ -188,8 +185,6 @@ impl Node {
                 failed,
                 committer: Some(thread),
                 names: RwLock::new(HashMap::from([(node_id, meta.name.clone())])),
-                peers: RwLock::new(Vec::new()),
-                links: RwLock::new(None),
                 conflict_counts,
                 handlers: RwLock::new(HashMap::new()),
                 lease_guard: tokio::sync::Mutex::new(()),
@@ -653,43 +648,6 @@ impl Node {
             }
         }
         Ok(out)
-    }
-
-    /// The links as the replication runtime last planned them (`None` without one).
-    pub fn link_status(&self) -> Option<LinkStatus> {
-        self.inner
-            .links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub(crate) fn set_link_status(&self, links: LinkStatus) {
-        *self.inner.links.write().unwrap_or_else(|e| e.into_inner()) = Some(links);
-    }
-
-    /// The replication state of each peer, as the replication runtime last published.
-    pub fn peer_status(&self) -> Vec<PeerStatus> {
-        self.inner
-            .peers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub(crate) fn set_peer_status(&self, peers: Vec<PeerStatus>) {
-        for p in &peers {
-            let peer = p.name.clone();
-            metrics::gauge!("chorus_peer_connected", "peer" => peer.clone())
-                .set(u8::from(p.connected));
-            metrics::gauge!("chorus_peer_lag_ops", "peer" => peer.clone()).set(p.lag_ops as f64);
-            metrics::gauge!("chorus_peer_lag_ms", "peer" => peer.clone()).set(p.lag_ms as f64);
-            metrics::counter!("chorus_replication_entries_sent_total", "peer" => peer.clone())
-                .absolute(p.entries_sent);
-            metrics::counter!("chorus_replication_entries_received_total", "peer" => peer)
-                .absolute(p.entries_received);
-        }
-        *self.inner.peers.write().unwrap_or_else(|e| e.into_inner()) = peers;
     }
 
     /// Where this node's op log stands, durably.

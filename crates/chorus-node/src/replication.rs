@@ -44,7 +44,7 @@ use chorus_repl::frame::{
     FRAME_BYTES_MAX, HELLO_BYTES_MAX, HELLO_NAMES_MAX, NODE_NAME_BYTES_MAX, PIECE_BYTES_MAX,
 };
 use chorus_repl::{
-    Command, Engine, Event, Frame, Hello, LinkPlan, Membership, PROTOCOL_VERSION, Plan,
+    Command, Engine, Event, Frame, Hello, LinkPlan, Membership, PROTOCOL_VERSION, PeerStatus, Plan,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -174,6 +174,26 @@ impl Replication {
         self.shared.cluster()
     }
 
+    /// The replication state of each peer, as the engine last reported it.
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.shared
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The links as last planned and followed.
+    pub fn link_status(&self) -> LinkStatus {
+        self.shared
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
     /// Changes the cluster while running: nodes join or leave, links and link
     /// emulation change. This node's own name, peer address and the cluster name
     /// cannot change without a restart.
@@ -198,6 +218,9 @@ struct Shared {
     actor: mpsc::Sender<Msg>,
     /// The peers linked now: a dialer waits while its peer is linked.
     linked: watch::Receiver<BTreeSet<String>>,
+    /// What the actor last published of its peers and links (for `/v1/status`);
+    /// only the actor writes it.
+    status: Arc<RwLock<(Vec<PeerStatus>, LinkStatus)>>,
     started: Instant,
 }
 
@@ -318,6 +341,7 @@ pub async fn start(
         me: me.to_owned(),
         actor: actor_tx.clone(),
         linked: linked_rx,
+        status: Arc::default(),
         started: Instant::now(),
     };
     let position = shared.node.position().map_err(std::io::Error::other)?;
@@ -432,7 +456,7 @@ impl Actor {
             if links_may_change {
                 self.replan();
             }
-            self.shared.node.set_peer_status(self.engine.peers());
+            self.publish_peers();
             if let Some((reply, result)) = answer {
                 let _ = reply.send(result);
             }
@@ -603,7 +627,6 @@ impl Actor {
     }
 
     fn publish_links(&self) {
-        let node = &self.shared.node;
         let mut connected: Vec<String> = self.links.keys().cloned().collect();
         connected.sort();
         let linked: BTreeSet<String> = connected.iter().cloned().collect();
@@ -612,13 +635,39 @@ impl Actor {
             *current = linked;
             changed
         });
-        node.set_link_status(LinkStatus {
+        let links = LinkStatus {
             planned: self.plan.planned(&self.shared.me).into_iter().collect(),
             wanted: self.wanted.links.iter().cloned().collect(),
             connected,
             unreachable: self.unreachable().into_iter().collect(),
             heal_after_ms: self.heal_after_ms,
-        });
+        };
+        self.shared
+            .status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .1 = links;
+    }
+
+    /// Publishes the engine's view of each peer, for status and metrics.
+    fn publish_peers(&self) {
+        let peers = self.engine.peers();
+        for p in &peers {
+            let peer = p.name.clone();
+            metrics::gauge!("chorus_peer_connected", "peer" => peer.clone())
+                .set(u8::from(p.connected));
+            metrics::gauge!("chorus_peer_lag_ops", "peer" => peer.clone()).set(p.lag_ops as f64);
+            metrics::gauge!("chorus_peer_lag_ms", "peer" => peer.clone()).set(p.lag_ms as f64);
+            metrics::counter!("chorus_replication_entries_sent_total", "peer" => peer.clone())
+                .absolute(p.entries_sent);
+            metrics::counter!("chorus_replication_entries_received_total", "peer" => peer)
+                .absolute(p.entries_received);
+        }
+        self.shared
+            .status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .0 = peers;
     }
 
     fn execute(&mut self, command: Command, events: &mut VecDeque<Event>) {

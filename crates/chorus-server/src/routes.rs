@@ -81,12 +81,21 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
 
 // ---- handlers ----------------------------------------------------------------------
 
-async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
+async fn status(
+    State(node): State<Node>,
+    Extension(cluster): Extension<ClusterRef>,
+) -> ApiResult<Json<Value>> {
     let status = node.status()?;
+    // Peers and links belong to the replication runtime, when the node has one.
+    let peers = cluster
+        .as_ref()
+        .map(|c| c.peer_status())
+        .unwrap_or_default();
+    let links = cluster.as_ref().map(|c| c.link_status());
     Ok(Json(json!({
         "node": status.name,
         "node_id": status.node_id.to_string(),
-        "peers": node.peer_status().iter().map(|p| json!({
+        "peers": peers.iter().map(|p| json!({
             "name": p.name,
             "connected": p.connected,
             "lag_ops": p.lag_ops,
@@ -109,7 +118,7 @@ async fn status(State(node): State<Node>) -> ApiResult<Json<Value>> {
             "policy": policy,
             "count": count,
         })).collect::<Vec<_>>(),
-        "links": node.link_status().map(|l| json!({
+        "links": links.map(|l| json!({
             "planned": l.planned,
             "wanted": l.wanted,
             "actual": l.connected,
