@@ -19,9 +19,9 @@
 use crate::document;
 use crate::load::Stats;
 use crate::replication::free_port;
-use chorus_node::cluster::ClusterConfig;
-use chorus_node::replication::{self, Replication};
 use chorus_node::{Node, NodeConfig};
+use chorus_peer::cluster::ClusterConfig;
+use chorus_peer::replication::{self, Replication};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -10,8 +10,9 @@
 
 use crate::document;
 use crate::load::{Stats, embedded_writes};
-use chorus_node::cluster::ClusterConfig;
-use chorus_node::{Node, NodeConfig, replication};
+use chorus_node::{Node, NodeConfig};
+use chorus_peer::cluster::ClusterConfig;
+use chorus_peer::replication;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

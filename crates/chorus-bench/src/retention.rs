@@ -9,8 +9,8 @@
 
 use crate::document;
 use crate::replication::{cluster, open, wait_caught_up};
-use chorus_node::replication::{self, EngineLimits};
 use chorus_node::{CollectionConfig, Node, Policy};
+use chorus_peer::replication::{self, EngineLimits};
 use std::path::Path;
 use std::time::Instant;
 

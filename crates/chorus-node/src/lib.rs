@@ -18,13 +18,10 @@
 //! write ([`WriteError::StoreFailed`]) until it is reopened, because redb's state
 //! after an I/O error is not trusted (the same rule redb follows).
 
-pub mod cluster;
 mod committer;
-pub mod emulation;
 pub mod leases;
 pub mod limits;
 mod node;
-pub mod replication;
 mod request;
 
 // The document rules, from their own crate (`chorus-rules`): the modules embedders

@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chorus_client::{Client, Error};
 use chorus_node::Home;
-use chorus_node::replication::Replication;
+use chorus_peer::replication::Replication;
 use sha2::{Digest, Sha256};
 
 /// Marks a forwarded write, naming the node that forwarded it.

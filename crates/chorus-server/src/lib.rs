@@ -53,7 +53,7 @@ pub struct ServerConfig {
     /// `POST /v1/cluster/reload`, for a node of a cluster.
     pub reload_cluster: Option<ReloadCluster>,
     /// The node's cluster, for routing writes to home leaders.
-    pub cluster: Option<Arc<chorus_node::replication::Replication>>,
+    pub cluster: Option<Arc<chorus_peer::replication::Replication>>,
 }
 
 impl Default for ServerConfig {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 /// The node's cluster, when it has one (for routing writes to home leaders).
-type ClusterRef = Option<Arc<chorus_node::replication::Replication>>;
+type ClusterRef = Option<Arc<chorus_peer::replication::Replication>>;
 
 pub fn router(node: Node, config: ServerConfig) -> Router {
     // Install the metrics recorder before the first request records anything.
@@ -395,7 +395,7 @@ async fn apply_ops(
 /// written here.
 async fn write_document(
     node: &Node,
-    cluster: Option<&Arc<chorus_node::replication::Replication>>,
+    cluster: Option<&Arc<chorus_peer::replication::Replication>>,
     headers: &HeaderMap,
     method: &str,
     w: Write,
@@ -443,7 +443,7 @@ fn routing(node: &Node, collection: &str, leased: bool) -> ApiResult<Option<Home
 #[allow(clippy::too_many_arguments)]
 async fn route_home(
     node: &Node,
-    cluster: Option<&Arc<chorus_node::replication::Replication>>,
+    cluster: Option<&Arc<chorus_peer::replication::Replication>>,
     headers: &HeaderMap,
     method: &str,
     path: &str,

@@ -29,10 +29,10 @@ pub mod rng;
 
 use chorus_core::crdt::{OpError, Operation, Update};
 use chorus_core::{Dot, EntryBody, PhysicalClock, VersionVector};
-use chorus_node::replication::{Effect, applied_event, effect_of, hello};
 use chorus_node::{
     CollectionConfig, Context, Node, NodeConfig, NodeId, Policy, ReplicationStep, Write,
 };
+use chorus_peer::replication::{Effect, applied_event, effect_of, hello};
 use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, Membership, Topology};
 use disk::SimDisk;
 use rng::Rng;

@@ -1,7 +1,7 @@
 //! The simulator's only source of randomness: a seeded generator (SplitMix64), so a
 //! seed replays a run exactly.
 
-use chorus_node::emulation::SplitMix;
+use chorus_peer::emulation::SplitMix;
 
 pub struct Rng(SplitMix);
 

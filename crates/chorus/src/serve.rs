@@ -1,10 +1,10 @@
 //! `chorus serve`: open the store, serve the API, stop cleanly on Ctrl-C or SIGTERM.
 
 use anyhow::{Context as _, bail};
-use chorus_node::cluster::ClusterConfig;
-use chorus_node::emulation::LinkEmulation;
-use chorus_node::replication::{self, EngineLimits, Replication};
 use chorus_node::{Node, NodeConfig};
+use chorus_peer::cluster::ClusterConfig;
+use chorus_peer::emulation::LinkEmulation;
+use chorus_peer::replication::{self, EngineLimits, Replication};
 use chorus_server::ServerConfig;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

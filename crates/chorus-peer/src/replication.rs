@@ -37,8 +37,8 @@
 
 use crate::cluster::ClusterConfig;
 use crate::emulation::{LinkEmulation, SplitMix};
-use crate::{Entry, Node, NodeId, ReadError, ReplicationStep};
 use chorus_core::PhysicalClock;
+use chorus_node::{Entry, Node, NodeId, ReadError, RemoteOutcome, ReplicationStep};
 pub use chorus_repl::EngineLimits;
 use chorus_repl::frame::{
     FRAME_BYTES_MAX, HELLO_BYTES_MAX, HELLO_NAMES_MAX, NODE_NAME_BYTES_MAX, PIECE_BYTES_MAX,
@@ -294,7 +294,7 @@ impl Shared {
 }
 
 /// The handshake `node` introduces itself with, as member `me` of `cluster`.
-pub fn hello(node: &Node, cluster: &str, me: &str) -> Result<Hello, crate::ReadError> {
+pub fn hello(node: &Node, cluster: &str, me: &str) -> Result<Hello, ReadError> {
     let applied = node.position()?.applied;
     Ok(Hello {
         protocol: PROTOCOL_VERSION,
@@ -847,7 +847,7 @@ pub fn effect_of(
 }
 
 /// The event that tells the engine what a batch of `peer`'s entries did.
-pub fn applied_event(peer: String, session: u64, outcome: crate::RemoteOutcome) -> Event {
+pub fn applied_event(peer: String, session: u64, outcome: RemoteOutcome) -> Event {
     Event::Applied {
         peer,
         session,
