@@ -24,7 +24,7 @@ pub struct RetentionArgs {
     keys: u64,
     /// The retention bound of the bounded run, in op-log entries.
     #[arg(long, default_value_t = 10_000)]
-    retention_entries: u64,
+    retention_entries_max: u64,
 }
 
 pub fn run(args: &RetentionArgs) -> anyhow::Result<()> {
@@ -34,7 +34,7 @@ pub fn run(args: &RetentionArgs) -> anyhow::Result<()> {
     );
     println!("| retention | writes so far | op-log entries kept | store file MiB |");
     println!("|---|---:|---:|---:|");
-    for bound in [Some(args.retention_entries), None] {
+    for bound in [Some(args.retention_entries_max), None] {
         run_one(args, bound)?;
     }
     Ok(())
@@ -50,7 +50,7 @@ fn run_one(args: &RetentionArgs, bound: Option<u64>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let options = replication::Options {
         limits: EngineLimits {
-            retention_entries: bound.unwrap_or(u64::MAX),
+            retention_entries_max: bound.unwrap_or(u64::MAX),
             ..EngineLimits::default()
         },
         ..replication::Options::default()

@@ -53,7 +53,7 @@ fn newest_wall_ms(record: &ConflictRecord) -> u64 {
         .unwrap_or(0)
 }
 use crate::document::Context;
-use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, SIBLINGS_WARN};
+use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, KEY_VERSIONS_WARN};
 use crate::merge;
 use crate::request::{
     ConflictCounts, Job, RemoteOutcome, ReplicationStep, ReplyTo, Request, StoreFailure,
@@ -616,7 +616,7 @@ impl Committer {
     ) -> Result<Vec<ConflictRecord>, StoreError> {
         let policy = self.policy(b, &op.collection)?;
         let conflict = policy.conflict(&op.collection, &op.key, state);
-        if state.versions().len() > SIBLINGS_WARN {
+        if state.versions().len() > KEY_VERSIONS_WARN {
             metrics::counter!("chorus_sibling_warnings_total").increment(1);
             tracing::warn!(
                 collection = op.collection,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  put/delete ──▶ bounded queue ──▶ committer thread ──▶ one redb txn + fsync per batch
-//!  (any thread)    (WRITE_QUEUE_MAX)   (sole writer)         │
+//!  (any thread)    (WRITE_QUEUE_REQUESTS_MAX)   (sole writer)         │
 //!                                                            ├──▶ replies (acks)
 //!  get/list/changes ◀── redb read txn (snapshot)             └──▶ committed-seq watch
 //! ```

@@ -6,7 +6,8 @@ use crate::custom::{MergeHandler, Script};
 use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
 use crate::limits::{
     CLOCK_DRIFT_MS_MAX, CRDT_VALUE_BYTES_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX,
-    KEY_STATE_BYTES_MAX, LIST_SCAN_MAX, OPERATIONS_MAX, PAGE_ITEMS_MAX, WRITE_QUEUE_MAX,
+    KEY_STATE_BYTES_MAX, LIST_SCAN_KEYS_MAX, PAGE_ITEMS_MAX, WRITE_OPERATIONS_MAX,
+    WRITE_QUEUE_REQUESTS_MAX,
 };
 use crate::request::{ConflictCounts, Job, ReplyTo, Request, StoreHealth};
 pub use crate::request::{
@@ -151,7 +152,7 @@ impl Node {
         let meta = store.meta_at_open().clone();
         let node_id = NodeId(meta.node_id);
         let store = Arc::new(store);
-        let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_MAX);
+        let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
         let (seq_tx, seq_rx) = watch::channel(meta.next_seq - 1);
         let failed = Arc::new(StoreHealth::default());
         let conflict_counts = Arc::new(ConflictCounts::default());
@@ -288,9 +289,9 @@ impl Node {
     ) -> Result<PendingRequest, WriteError> {
         check_collection_name(collection).map_err(WriteError::Invalid)?;
         check_key(key).map_err(WriteError::Invalid)?;
-        if operations.is_empty() || operations.len() > OPERATIONS_MAX {
+        if operations.is_empty() || operations.len() > WRITE_OPERATIONS_MAX {
             return Err(WriteError::Invalid(format!(
-                "give 1 to {OPERATIONS_MAX} operations, not {}",
+                "give 1 to {WRITE_OPERATIONS_MAX} operations, not {}",
                 operations.len()
             )));
         }
@@ -555,7 +556,7 @@ impl Node {
             if !state.is_absent() {
                 keys.push(key.clone());
             }
-            if keys.len() == limit || scanned + 1 == LIST_SCAN_MAX {
+            if keys.len() == limit || scanned + 1 == LIST_SCAN_KEYS_MAX {
                 return Ok(KeysPage {
                     keys,
                     next: Some(key),
@@ -720,7 +721,7 @@ impl Node {
 
     /// The next part of a state transfer to a peer, from `after`: key states of
     /// `buckets` in storage order (at most `max_keys`, examining at most
-    /// `LIST_SCAN_MAX` keys), then the conflict log in id order; no more once
+    /// `LIST_SCAN_KEYS_MAX` keys), then the conflict log in id order; no more once
     /// `max_bytes` of documents are read, but always at least one state or record
     /// however large (the frame carrying it is split on the wire).
     pub fn read_state(
@@ -762,7 +763,9 @@ impl Node {
                 .take(if buckets.is_empty() { 0 } else { usize::MAX });
         let (mut bytes, mut last_scanned) = (0, None);
         for (scanned, entry) in scan.enumerate() {
-            if chunk.keys.len() == max_keys.max(1) || scanned == LIST_SCAN_MAX || bytes >= max_bytes
+            if chunk.keys.len() == max_keys.max(1)
+                || scanned == LIST_SCAN_KEYS_MAX
+                || bytes >= max_bytes
             {
                 if let Some((c, k)) = last_scanned {
                     chunk.next = Some(StateCursor::KeysAfter(c, k));
@@ -800,7 +803,7 @@ impl Node {
     }
 
     /// Conflict records in id order, after `after`, that `filter` lets through: at
-    /// most `limit` (1 to `PAGE_ITEMS_MAX`), examining at most `LIST_SCAN_MAX`
+    /// most `limit` (1 to `PAGE_ITEMS_MAX`), examining at most `LIST_SCAN_KEYS_MAX`
     /// records; `next` is where the following page starts.
     pub fn conflicts(
         &self,
@@ -817,7 +820,7 @@ impl Node {
             if filter.lets_through(&record) {
                 conflicts.push(shown_record(record));
             }
-            if conflicts.len() == limit || scanned + 1 == LIST_SCAN_MAX {
+            if conflicts.len() == limit || scanned + 1 == LIST_SCAN_KEYS_MAX {
                 next = Some(id);
                 break;
             }

@@ -61,13 +61,21 @@ const LOG_READ_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes of documents read for one `State` frame of a transfer (at least one key
 /// state or conflict record is sent, however large).
 const STATE_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+// A read stops once past its budget, so a frame holds the budget plus one item, and
+// the largest item (a key state grown by the concurrent writes of up to four nodes)
+// must fit with it.
+const _: () = assert!(
+    LOG_READ_BYTES_MAX + 4 * chorus_node::limits::KEY_STATE_BYTES_MAX < FRAME_BYTES_MAX
+        && STATE_READ_BYTES_MAX + 4 * chorus_node::limits::KEY_STATE_BYTES_MAX < FRAME_BYTES_MAX
+);
+
 /// Peer connections accepted but not yet through their handshake; more are closed
 /// at once.
 const HANDSHAKES_MAX: usize = 64;
 /// Frames queued for one connection's writer; the engine's window keeps this small.
-const WRITER_QUEUE_MAX: usize = 256;
+const WRITER_QUEUE_FRAMES_MAX: usize = 256;
 /// Events queued for the actor; readers wait when it is full.
-const ACTOR_QUEUE_MAX: usize = 1024;
+const ACTOR_QUEUE_MESSAGES_MAX: usize = 1024;
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Engine timer period.
@@ -331,7 +339,7 @@ pub async fn start(
     let listener = TcpListener::bind(&address)
         .await
         .map_err(|e| std::io::Error::other(format!("cannot listen for peers on {address}: {e}")))?;
-    let (actor_tx, actor_rx) = mpsc::channel(ACTOR_QUEUE_MAX);
+    let (actor_tx, actor_rx) = mpsc::channel(ACTOR_QUEUE_MESSAGES_MAX);
     let (linked_tx, linked_rx) = watch::channel(BTreeSet::new());
     let heal_after_ms = cluster.heal_after_ms;
     let shared = Shared {
@@ -960,10 +968,11 @@ async fn measure_retention(shared: Shared, limits: EngineLimits) {
     loop {
         interval.tick().await;
         let now_ms = chorus_core::SystemClock.now_ms();
-        match shared
-            .node
-            .retention_limit(limits.retention_bytes, limits.retention_age_ms, now_ms)
-        {
+        match shared.node.retention_limit(
+            limits.retention_bytes_max,
+            limits.retention_age_ms_max,
+            now_ms,
+        ) {
             Ok(0) => {}
             Ok(seq) => {
                 if shared
@@ -1149,7 +1158,7 @@ async fn run_connection(
     let peer = hello.name.clone();
     let _ = stream.set_nodelay(true);
     let (mut read_half, write_half) = stream.into_split();
-    let (writer_tx, writer_rx) = mpsc::channel::<Frame>(WRITER_QUEUE_MAX);
+    let (writer_tx, writer_rx) = mpsc::channel::<Frame>(WRITER_QUEUE_FRAMES_MAX);
     let (ended_tx, ended_rx) = oneshot::channel();
     let writer = tokio::spawn(write_frames(
         shared.clone(),

@@ -8,7 +8,7 @@
 //!  LogRead(entries, through) ─▶ Send Entries(those the peer lacks, through); in flight
 //!  Ack(applied, through)      ─▶ acked_seq = through, SaveCursor; read more
 //! ```
-//! At most `window_frames` `Entries` frames are unacknowledged at once: a slow peer
+//! At most `window_frames_max` `Entries` frames are unacknowledged at once: a slow peer
 //! slows its sender instead of filling memory (backpressure).
 //!
 //! Receiving from a peer: entries queue up and are handed to the node in order
@@ -27,25 +27,25 @@ pub struct EngineLimits {
     /// Entries read from the log for one `Entries` frame.
     pub batch_entries_max: usize,
     /// Unacknowledged `Entries` frames per peer.
-    pub window_frames: usize,
+    pub window_frames_max: usize,
     /// Entries from one peer waiting for their dependencies before the link is reset
     /// (the peer then resends from the acknowledged cursor).
     pub waiting_entries_max: usize,
     /// Received entries queued per peer before they are handed to the node.
-    pub apply_batch_max: usize,
+    pub apply_batch_entries_max: usize,
     /// Idle time after which a `Ping` is sent.
     pub keepalive_ms: u64,
     /// Silence after which a peer is considered gone.
     pub peer_timeout_ms: u64,
     /// Op-log entries kept for a peer that has not acknowledged them; beyond this the
     /// oldest are collected and that peer gets a state transfer when it returns.
-    pub retention_entries: u64,
+    pub retention_entries_max: u64,
     /// The same bound in bytes of the op log, and in age of its entries (the runtime
     /// measures them and reports `Event::RetentionLimit`).
-    pub retention_bytes: u64,
-    pub retention_age_ms: u64,
+    pub retention_bytes_max: u64,
+    pub retention_age_ms_max: u64,
     /// Key states per `State` frame.
-    pub state_keys_per_frame: usize,
+    pub state_frame_keys_max: usize,
     /// How often stable tombstones are collected (each collection scans the store).
     pub tombstone_collection_ms: u64,
 }
@@ -54,15 +54,15 @@ impl Default for EngineLimits {
     fn default() -> EngineLimits {
         EngineLimits {
             batch_entries_max: 256,
-            window_frames: 16,
+            window_frames_max: 16,
             waiting_entries_max: 10_000,
-            apply_batch_max: 1024,
+            apply_batch_entries_max: 1024,
             keepalive_ms: 1_000,
             peer_timeout_ms: 5_000,
-            retention_entries: 1_000_000,
-            retention_bytes: 1 << 30,
-            retention_age_ms: 7 * 24 * 3_600_000,
-            state_keys_per_frame: 256,
+            retention_entries_max: 1_000_000,
+            retention_bytes_max: 1 << 30,
+            retention_age_ms_max: 7 * 24 * 3_600_000,
+            state_frame_keys_max: 256,
             tombstone_collection_ms: 60_000,
         }
     }
@@ -847,7 +847,7 @@ impl Engine {
     /// applied. Entries that wait for dependencies go first, so order is kept; they
     /// alone are retried only after progress elsewhere (`retry_waiting`).
     fn try_apply(&mut self, peer: &str, retry_waiting: bool, out: &mut Vec<Command>) {
-        let limit = self.limits.apply_batch_max;
+        let limit = self.limits.apply_batch_entries_max;
         let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
             return;
         };
@@ -878,8 +878,8 @@ impl Engine {
     /// Reads what the peer needs next: op-log entries, or, when it lacks something
     /// only our state has (collected or adopted), key states for a transfer.
     fn maybe_read(&mut self, peer: &str, out: &mut Vec<Command>) {
-        let (window, max_entries) = (self.limits.window_frames, self.limits.batch_entries_max);
-        let max_keys = self.limits.state_keys_per_frame;
+        let (window, max_entries) = (self.limits.window_frames_max, self.limits.batch_entries_max);
+        let max_keys = self.limits.state_frame_keys_max;
         let (last_seq, log_start) = (self.log.last_seq, self.log.log_start);
         let Some(p) = self.peers.get_mut(peer).filter(|p| p.connected) else {
             return;
@@ -1066,7 +1066,7 @@ impl Engine {
         let bound = self
             .log
             .last_seq
-            .saturating_sub(self.limits.retention_entries);
+            .saturating_sub(self.limits.retention_entries_max);
         let before_seq = acked.max(bound).max(self.retention_limit) + 1;
         if before_seq > self.log.log_start {
             self.log.log_start = before_seq;
@@ -1141,7 +1141,7 @@ mod tests {
 
     fn engine(last_seq: u64) -> Engine {
         let limits = EngineLimits {
-            window_frames: 2,
+            window_frames_max: 2,
             batch_entries_max: 2,
             ..EngineLimits::default()
         };
@@ -1595,7 +1595,7 @@ mod tests {
             log,
             0,
             EngineLimits {
-                window_frames: 2,
+                window_frames_max: 2,
                 ..EngineLimits::default()
             },
         );

@@ -13,7 +13,7 @@
 //! sorted keys, as `serde_json` writes them), so `{"a":1,"b":2}` added on one leader
 //! and `{"b":2,"a":1}` removed on another are the same element.
 
-use crate::limits::OPERATIONS_MAX;
+use crate::limits::WRITE_OPERATIONS_MAX;
 use chorus_core::NodeId;
 use chorus_core::crdt::{self, Action, Field, Operation, Update};
 use serde_json::{Map as JsonMap, Value, json};
@@ -122,9 +122,9 @@ pub fn parse_operations(
 ) -> Result<Vec<Operation>, String> {
     let list: Vec<Value> = serde_json::from_slice(body)
         .map_err(|e| format!("operations must be a JSON array of objects: {e}"))?;
-    if list.is_empty() || list.len() > OPERATIONS_MAX {
+    if list.is_empty() || list.len() > WRITE_OPERATIONS_MAX {
         return Err(format!(
-            "give 1 to {OPERATIONS_MAX} operations, not {}",
+            "give 1 to {WRITE_OPERATIONS_MAX} operations, not {}",
             list.len()
         ));
     }

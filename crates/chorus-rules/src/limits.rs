@@ -21,6 +21,6 @@ pub const CRDT_VALUE_BYTES_MAX: usize = 64 * 1024;
 
 /// CRDT operations in one write (`POST /v1/docs/{c}/{key}/ops`): all are checked
 /// and applied in one step of the committer.
-pub const OPERATIONS_MAX: usize = 1000;
+pub const WRITE_OPERATIONS_MAX: usize = 1000;
 
 const _: () = assert!(CRDT_VALUE_BYTES_MAX < DOCUMENT_BYTES_MAX);

@@ -25,7 +25,7 @@ use std::time::Duration;
 const LONGPOLL_WAIT_MS_MAX: u64 = 60_000;
 const LONGPOLL_WAIT_MS_DEFAULT: u64 = 30_000;
 /// Changes read from the store per step of a live stream.
-const STREAM_READ_ITEMS: usize = 256;
+const STREAM_READ_ITEMS_MAX: usize = 256;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +119,7 @@ fn stream(
                     .data(data);
                 return Some((Ok(event), s));
             }
-            match s.node.changes(s.cursor, STREAM_READ_ITEMS) {
+            match s.node.changes(s.cursor, STREAM_READ_ITEMS_MAX) {
                 // Nothing after the cursor: wait for the next commit.
                 Ok(page) if page.next == s.cursor => s.node.wait_for_changes(s.cursor).await,
                 // The page may hold no changes (only conflict records), but the

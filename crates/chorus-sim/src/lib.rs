@@ -224,27 +224,27 @@ impl Sim {
             .collect();
         // A short retention bound in half of the runs, so that op logs are collected
         // and peers that fall behind get state transfers.
-        let retention_entries = if rng.chance(50) {
+        let retention_entries_max = if rng.chance(50) {
             20 + rng.below(100)
         } else {
             1_000_000
         };
         // Byte and age bounds from a stream of their own (older seeds run as before).
         let mut bounds = Rng::new(seed ^ 0x5151_5151_5151_5151);
-        let retention_bytes = if bounds.chance(30) {
+        let retention_bytes_max = if bounds.chance(30) {
             5_000 + bounds.below(50_000)
         } else {
             u64::MAX
         };
-        let retention_age_ms = if bounds.chance(30) {
+        let retention_age_ms_max = if bounds.chance(30) {
             500 + bounds.below(5_000)
         } else {
             u64::MAX
         };
         let limits = EngineLimits {
-            retention_entries,
-            retention_bytes,
-            retention_age_ms,
+            retention_entries_max,
+            retention_bytes_max,
+            retention_age_ms_max,
             tombstone_collection_ms: 1_000,
             ..EngineLimits::default()
         };
@@ -408,7 +408,10 @@ impl Sim {
             self.handle(i, Event::Tick { now_ms: now });
             // Once a simulated second, as the runtime does every ten: measure the log.
             if now.is_multiple_of(1_000) && self.nodes[i].running.is_some() {
-                let (bytes, age) = (self.limits.retention_bytes, self.limits.retention_age_ms);
+                let (bytes, age) = (
+                    self.limits.retention_bytes_max,
+                    self.limits.retention_age_ms_max,
+                );
                 let wall_ms = self.nodes[i].clock.now_ms();
                 let seq = self
                     .node(i)

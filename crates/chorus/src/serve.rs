@@ -32,13 +32,13 @@ pub struct ServeArgs {
     /// Op-log entries kept for a peer that has not acknowledged them (a peer that is
     /// down); past this the oldest are collected and that peer gets a state transfer
     /// when it returns.
-    #[arg(long, default_value_t = EngineLimits::default().retention_entries)]
+    #[arg(long, default_value_t = EngineLimits::default().retention_entries_max)]
     log_retention_entries: u64,
     /// The same bound in bytes of op log.
-    #[arg(long, default_value_t = EngineLimits::default().retention_bytes)]
+    #[arg(long, default_value_t = EngineLimits::default().retention_bytes_max)]
     log_retention_bytes: u64,
     /// The same bound in age: entries older than this many seconds are collected.
-    #[arg(long, default_value_t = EngineLimits::default().retention_age_ms / 1000)]
+    #[arg(long, default_value_t = EngineLimits::default().retention_age_ms_max / 1000)]
     log_retention_age_s: u64,
     /// How often deleted documents every cluster member has applied are collected
     /// (each collection scans the store).
@@ -138,9 +138,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 format!("cannot listen on {http}; is another node using it? (use --http)")
             })?;
         let limits = EngineLimits {
-            retention_entries: args.log_retention_entries,
-            retention_bytes: args.log_retention_bytes,
-            retention_age_ms: args.log_retention_age_s.saturating_mul(1000),
+            retention_entries_max: args.log_retention_entries,
+            retention_bytes_max: args.log_retention_bytes,
+            retention_age_ms_max: args.log_retention_age_s.saturating_mul(1000),
             tombstone_collection_ms: args.tombstone_collection_ms,
             peer_timeout_ms: args.peer_timeout_ms,
             keepalive_ms: (args.peer_timeout_ms / 3).clamp(1, 1_000),
