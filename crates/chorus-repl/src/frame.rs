@@ -7,15 +7,14 @@
 //! state with many 16 MiB siblings, a large conflict record) still travels; the
 //! receiver grows its buffer only as bytes arrive, up to [`FRAME_BYTES_MAX`] (and
 //! [`HELLO_BYTES_MAX`] before a handshake completes). Entries travel in the op-log
-//! record encoding of `chorus-store` (one format for disk and wire).
+//! record encoding of `chorus-codec` (one format for disk and wire).
 //!
 //! A session: the dialer sends `Hello`, the listener answers `Hello` or `Refused`.
 //! Then both sides stream `Entries` and answer them with `Ack`; `Ping`/`Pong` keep an
 //! idle link alive.
 
+use chorus_codec::{self as codec, bytes::Blob};
 use chorus_core::{ConflictRecord, Entry, KeyState, NodeId, VersionVector};
-use chorus_store::bytes::Blob;
-use chorus_store::codec;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; a peer speaking another is refused at the handshake.

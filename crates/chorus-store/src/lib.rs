@@ -18,11 +18,11 @@
 //! postcard ([`codec`]); bytes that do not decode are [`StoreError::Corrupted`], never
 //! a panic. A store written by a newer format is refused at open.
 
-pub mod bytes;
-pub mod codec;
 mod tables;
 
-pub use codec::NodeMeta;
+/// The record encodings live in `chorus-codec` (shared with the peer protocol).
+pub use chorus_codec as codec;
+pub use chorus_codec::NodeMeta;
 pub use redb::{StorageBackend, backends};
 pub use tables::{Batch, Snapshot, Store};
 
@@ -64,6 +64,15 @@ impl StoreError {
             StoreError::Storage(redb::Error::Io(io))
                 if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
         )
+    }
+}
+
+impl From<chorus_codec::Corrupted> for StoreError {
+    fn from(e: chorus_codec::Corrupted) -> StoreError {
+        StoreError::Corrupted {
+            table: e.table,
+            reason: e.reason,
+        }
     }
 }
 

@@ -110,7 +110,7 @@ impl Store {
                             reason: "node record missing".into(),
                         },
                     )?;
-                    codec::decode_meta(node.value())?
+                    codec::decode_meta(node.value()).map_err(StoreError::from)?
                 }
                 None => {
                     let meta = init();
@@ -183,7 +183,7 @@ pub struct Batch<'txn> {
 impl Batch<'_> {
     pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
         match self.keys.get(storage_key(collection, key).as_slice())? {
-            Some(bytes) => codec::decode_key_state(bytes.value()),
+            Some(bytes) => Ok(codec::decode_key_state(bytes.value())?),
             None => Ok(KeyState::new()),
         }
     }
@@ -319,12 +319,12 @@ impl Snapshot {
             table: "meta",
             reason: "node record missing".into(),
         })?;
-        codec::decode_meta(bytes.value())
+        Ok(codec::decode_meta(bytes.value())?)
     }
 
     pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
         match self.keys.get(storage_key(collection, key).as_slice())? {
-            Some(bytes) => codec::decode_key_state(bytes.value()),
+            Some(bytes) => Ok(codec::decode_key_state(bytes.value())?),
             None => Ok(KeyState::new()),
         }
     }

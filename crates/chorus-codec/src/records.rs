@@ -4,7 +4,7 @@
 //! on-disk schema, version 1. A change to any of them must bump its format byte and
 //! keep a decoder for the older one.
 
-use crate::StoreError;
+use crate::Corrupted;
 use chorus_core::{
     ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, Outcome, Policy,
     Version, VersionVector,
@@ -93,8 +93,8 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    let corrupted = |reason: String| StoreError::Corrupted { table, reason };
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, Corrupted> {
+    let corrupted = |reason: String| Corrupted { table, reason };
     match bytes.split_first() {
         Some((&RECORD_FORMAT, body)) => {
             postcard::from_bytes(body).map_err(|e| corrupted(e.to_string()))
@@ -108,9 +108,9 @@ fn dot_v1(dot: Dot) -> DotV1 {
     DotV1(dot.node.0, dot.counter)
 }
 
-fn dot_from(table: &'static str, d: &DotV1) -> Result<Dot, StoreError> {
+fn dot_from(table: &'static str, d: &DotV1) -> Result<Dot, Corrupted> {
     if d.1 == 0 {
-        return Err(StoreError::Corrupted {
+        return Err(Corrupted {
             table,
             reason: "dot with counter 0".into(),
         });
@@ -137,10 +137,7 @@ fn versions_v1(versions: &[Version]) -> Vec<VersionV1> {
         .collect()
 }
 
-fn versions_from(
-    table: &'static str,
-    versions: Vec<VersionV1>,
-) -> Result<Vec<Version>, StoreError> {
+fn versions_from(table: &'static str, versions: Vec<VersionV1>) -> Result<Vec<Version>, Corrupted> {
     versions
         .into_iter()
         .map(|v| {
@@ -157,7 +154,7 @@ pub fn encode_meta(meta: &NodeMeta) -> Vec<u8> {
     encode(meta)
 }
 
-pub fn decode_meta(bytes: &[u8]) -> Result<NodeMeta, StoreError> {
+pub fn decode_meta(bytes: &[u8]) -> Result<NodeMeta, Corrupted> {
     decode("meta", bytes)
 }
 
@@ -168,10 +165,10 @@ pub fn encode_key_state(state: &KeyState) -> Vec<u8> {
     })
 }
 
-pub fn decode_key_state(bytes: &[u8]) -> Result<KeyState, StoreError> {
+pub fn decode_key_state(bytes: &[u8]) -> Result<KeyState, Corrupted> {
     let raw: KeyStateV1 = decode("keys", bytes)?;
     let versions = versions_from("keys", raw.versions)?;
-    KeyState::from_parts(vv_from(&raw.context), versions).map_err(|e| StoreError::Corrupted {
+    KeyState::from_parts(vv_from(&raw.context), versions).map_err(|e| Corrupted {
         table: "keys",
         reason: e.to_string(),
     })
@@ -190,13 +187,13 @@ fn op_v1(op: &Op) -> OpV1 {
 
 /// An op; a CRDT delta in it must decode, so that a corrupt delta (from disk, or
 /// a peer's frame) is refused here rather than found when it is applied.
-fn op_from(raw: OpV1) -> Result<Op, StoreError> {
+fn op_from(raw: OpV1) -> Result<Op, Corrupted> {
     if let Some(delta) = raw
         .value
         .as_deref()
         .filter(|v| chorus_core::crdt::is_delta(v))
     {
-        chorus_core::crdt::decode_delta(delta).map_err(|e| StoreError::Corrupted {
+        chorus_core::crdt::decode_delta(delta).map_err(|e| Corrupted {
             table: "oplog",
             reason: e.to_string(),
         })?;
@@ -224,8 +221,8 @@ fn conflict_v1(record: &ConflictRecord) -> ConflictV1 {
     }
 }
 
-fn conflict_from(table: &'static str, raw: ConflictV1) -> Result<ConflictRecord, StoreError> {
-    let corrupted = |reason: String| StoreError::Corrupted { table, reason };
+fn conflict_from(table: &'static str, raw: ConflictV1) -> Result<ConflictRecord, Corrupted> {
+    let corrupted = |reason: String| Corrupted { table, reason };
     let policy = Policy::from_name(&raw.policy)
         .ok_or_else(|| corrupted(format!("unknown policy {}", raw.policy)))?;
     let outcome = match &raw.winner {
@@ -263,7 +260,7 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
 
 /// Decodes an op-log entry (`table` names where the bytes came from, for errors:
 /// the op log, or a peer's frame).
-pub fn decode_entry(table: &'static str, bytes: &[u8]) -> Result<Entry, StoreError> {
+pub fn decode_entry(table: &'static str, bytes: &[u8]) -> Result<Entry, Corrupted> {
     let raw: EntryV1 = decode(table, bytes)?;
     let body = match raw.body {
         EntryBodyV1::Write(op) => EntryBody::Write(op_from(op)?),
@@ -283,7 +280,7 @@ pub fn encode_conflict(record: &ConflictRecord) -> Vec<u8> {
     encode(&conflict_v1(record))
 }
 
-pub fn decode_conflict(bytes: &[u8]) -> Result<ConflictRecord, StoreError> {
+pub fn decode_conflict(bytes: &[u8]) -> Result<ConflictRecord, Corrupted> {
     conflict_from("conflicts", decode("conflicts", bytes)?)
 }
 
@@ -343,17 +340,11 @@ mod tests {
 
         let mut bad = encode_entry(&entry);
         bad[0] = 2;
-        assert!(matches!(
-            decode_entry("oplog", &bad),
-            Err(StoreError::Corrupted { .. })
-        ));
+        assert!(matches!(decode_entry("oplog", &bad), Err(Corrupted { .. })));
         assert!(matches!(
             decode_key_state(&[1, 0xff, 0xff]),
-            Err(StoreError::Corrupted { .. })
+            Err(Corrupted { .. })
         ));
-        assert!(matches!(
-            decode_meta(&[]),
-            Err(StoreError::Corrupted { .. })
-        ));
+        assert!(matches!(decode_meta(&[]), Err(Corrupted { .. })));
     }
 }
