@@ -129,6 +129,7 @@ impl Local {
         let id = self.nodes[origin].node_id();
         at.iter().all(|&i| {
             self.nodes[i]
+                .replica()
                 .position()
                 .is_ok_and(|p| p.applied.get(id) >= counter)
         })
@@ -256,7 +257,7 @@ fn client_writes(
         std::thread::sleep(client_delay);
         let key = format!("{mode}-{dc}-{i}");
         node.put("geo", &key, document(i, i).as_bytes(), None)?;
-        let counter = node.position()?.applied.get(node.node_id());
+        let counter = node.replica().position()?.applied.get(node.node_id());
         std::thread::sleep(client_delay);
         latencies.push(issued.elapsed().as_micros() as u64);
         wait(
@@ -382,7 +383,7 @@ fn ring_losing(
         for i in 0..count {
             let issued = Instant::now();
             node.put("ring", &format!("{label}-{i}"), b"{}", None)?;
-            let counter = node.position()?.applied.get(node.node_id());
+            let counter = node.replica().position()?.applied.get(node.node_id());
             wait(Duration::from_secs(60), "a write to reach r3", || {
                 ring.applied_everywhere(&[3], 1, counter)
             })?;

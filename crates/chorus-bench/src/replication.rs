@@ -66,8 +66,8 @@ pub fn open(dir: &Path, name: &str) -> anyhow::Result<Node> {
 
 /// Blocks until `node` has applied every entry `a` has made (its own dot counter).
 pub fn wait_caught_up(node: &Node, a: &Node) -> anyhow::Result<()> {
-    let target = a.position()?.applied.get(a.node_id());
-    while node.position()?.applied.get(a.node_id()) < target {
+    let target = a.replica().position()?.applied.get(a.node_id());
+    while node.replica().position()?.applied.get(a.node_id()) < target {
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
@@ -124,7 +124,7 @@ pub fn run(args: &ReplicationArgs) -> anyhow::Result<()> {
     ))?;
     wait_caught_up(&b, &a)?;
     let catch_up = started.elapsed();
-    let applied = b.position()?.applied.get(a.node_id());
+    let applied = b.replica().position()?.applied.get(a.node_id());
     println!(
         "{:>28}: {:>8.0} entries/s  ({applied} entries in {:.2} s)",
         "catch-up a → b",
@@ -138,7 +138,7 @@ pub fn run(args: &ReplicationArgs) -> anyhow::Result<()> {
     let lags_us: Arc<Mutex<Vec<u64>>> = Arc::default();
     let watcher = {
         let (b, acked, lags_us) = (b.clone(), Arc::clone(&acked), Arc::clone(&lags_us));
-        let mut cursor = b.position()?.last_seq;
+        let mut cursor = b.replica().position()?.last_seq;
         runtime.spawn(async move {
             loop {
                 b.wait_for_changes(cursor).await;

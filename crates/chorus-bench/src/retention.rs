@@ -85,7 +85,7 @@ fn run_one(args: &RetentionArgs, bound: Option<u64>) -> anyhow::Result<()> {
     for done in (step..=args.writes).step_by(step.max(1) as usize) {
         write(&a, done - step, done, args.keys)?;
         // a's engine collects what the bound allows on its timer: wait for it.
-        let kept = || a.position().map(|p| p.last_seq + 1 - p.log_start);
+        let kept = || a.replica().position().map(|p| p.last_seq + 1 - p.log_start);
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         while bound.is_some_and(|b| kept().unwrap_or(0) > b) && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));

@@ -42,7 +42,7 @@ pub use document::{
     Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage, document_bytes,
 };
 pub use node::{
-    BucketHashes, ConflictFilter, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome,
+    BucketHashes, ConflictFilter, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, Replica,
     ReplicationStep, Resolution, ResolveError, STATE_BUCKETS, StateChunk, StoreFailure, Write,
     WriteAck, WriteError, bucket_of, open,
 };

@@ -210,18 +210,6 @@ impl Node {
             .unwrap_or_else(|| origin.to_string())
     }
 
-    /// Remembers the name of a replica (learned from a peer's handshake).
-    pub fn learn_name(&self, id: NodeId, name: &str) {
-        let mut names = self.inner.names.write().unwrap_or_else(|e| e.into_inner());
-        names.insert(id, name.to_owned());
-    }
-
-    /// Every replica name this node knows.
-    pub fn known_names(&self) -> Vec<(NodeId, String)> {
-        let names = self.inner.names.read().unwrap_or_else(|e| e.into_inner());
-        names.iter().map(|(id, name)| (*id, name.clone())).collect()
-    }
-
     // ---- writes -------------------------------------------------------------------
 
     /// Writes durably and waits for the commit. Blocking.
@@ -591,7 +579,212 @@ impl Node {
         })
     }
 
-    // ---- replication --------------------------------------------------------------
+    /// A watch of the newest committed op-log sequence.
+    pub fn committed_seq(&self) -> watch::Receiver<u64> {
+        self.inner.committed_seq.clone()
+    }
+
+    /// Why a request got no answer: the store failed, or the node is closing.
+    fn dropped(&self) -> WriteError {
+        self.inner
+            .failed
+            .refusal()
+            .unwrap_or(WriteError::ShuttingDown)
+    }
+
+    /// Waits until the change feed has an entry after `since`.
+    pub async fn wait_for_changes(&self, since: u64) {
+        let mut seq = self.inner.committed_seq.clone();
+        // The sender lives as long as the committer; if it is gone, return at once.
+        let _ = seq.wait_for(|&last| last > since).await;
+    }
+
+    /// Conflict records in id order, after `after`, that `filter` lets through: at
+    /// most `limit` (1 to `PAGE_ITEMS_MAX`), examining at most `LIST_SCAN_KEYS_MAX`
+    /// records; `next` is where the following page starts.
+    pub fn conflicts(
+        &self,
+        after: Option<ConflictId>,
+        limit: usize,
+        filter: &ConflictFilter,
+    ) -> Result<ConflictsPage, ReadError> {
+        let limit = limit.clamp(1, PAGE_ITEMS_MAX);
+        let snapshot = self.snapshot()?;
+        let (mut conflicts, mut next) = (Vec::new(), None);
+        for (scanned, record) in snapshot.conflicts_after(after)?.enumerate() {
+            let record = record?;
+            let id = record.id;
+            if filter.lets_through(&record) {
+                conflicts.push(shown_record(record));
+            }
+            if conflicts.len() == limit || scanned + 1 == LIST_SCAN_KEYS_MAX {
+                next = Some(id);
+                break;
+            }
+        }
+        Ok(ConflictsPage { conflicts, next })
+    }
+
+    /// Conflicts this node added to its log since it started (detected here or
+    /// received), per collection and policy.
+    pub fn conflict_counts(&self) -> Vec<(String, &'static str, u64)> {
+        self.inner
+            .conflict_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((collection, policy), n)| (collection.clone(), *policy, *n))
+            .collect()
+    }
+
+    /// Moves the conflict log's retention watermark to `before_wall_ms` (wall-clock
+    /// milliseconds of an HLC), if that is later than where it stands: every node
+    /// then removes the records whose newest version is older (see
+    /// `committer::RETENTION_COLLECTION`).
+    pub async fn prune_conflicts(&self, before_wall_ms: u64) -> Result<(), WriteError> {
+        self.replica()
+            .replicate(ReplicationStep::PruneConflicts { before_wall_ms })
+            .await
+    }
+
+    /// The conflict log's retention watermark as this node knows it: records whose
+    /// newest version is older are pruned (0 before any pruning).
+    pub fn conflicts_pruned_before_ms(&self) -> Result<u64, ReadError> {
+        let state = self.snapshot()?.key_state(
+            crate::committer::RETENTION_COLLECTION,
+            crate::committer::RETENTION_KEY,
+        )?;
+        Ok(crate::committer::retention_watermark(&state))
+    }
+
+    /// The conflict record `id`, if this node's log holds it.
+    pub fn conflict(&self, id: ConflictId) -> Result<Option<ConflictRecord>, ReadError> {
+        Ok(self.snapshot()?.conflict(id)?.map(shown_record))
+    }
+
+    /// The write that ends conflict `id`: `resolution` (a new value, or one of the
+    /// record's versions picked) replaces exactly the record's versions, as a write
+    /// with their context would. Under `lww`, picking a losing version restores it:
+    /// the new write is the newest, so it wins.
+    pub fn resolution(
+        &self,
+        id: ConflictId,
+        resolution: Resolution,
+    ) -> Result<Write, ResolveError> {
+        let record = self.conflict(id)?.ok_or(ResolveError::NoSuchConflict(id))?;
+        let value = match resolution {
+            Resolution::Value(value) => Some(value),
+            Resolution::Pick(dot) => record
+                .versions
+                .iter()
+                .find(|v| v.dot == dot)
+                .ok_or(ResolveError::NotInRecord(dot))?
+                .value
+                .clone(),
+        };
+        let mut context = VersionVector::new();
+        for version in &record.versions {
+            context.join(&VersionVector::from_entries([(
+                version.dot.node,
+                version.dot.counter,
+            )]));
+        }
+        Ok(Write {
+            collection: record.collection,
+            key: Some(record.key),
+            value,
+            context: Some(Context::new(context)),
+        })
+    }
+
+    /// A hash of everything reads can observe: every present document with the
+    /// versions a read shows (collection settings included, as documents of
+    /// `_collections`), and the ids of the conflict log. Deleted documents are left
+    /// out, so collecting a tombstone never changes the digest.
+    pub fn digest(&self) -> Result<[u8; 32], ReadError> {
+        let snapshot = self.snapshot()?;
+        let mut hasher = Sha256::new();
+        let mut configs: HashMap<String, CollectionConfig> = HashMap::new();
+        for entry in snapshot.all_keys()? {
+            let (collection, key, state) = entry?;
+            if !configs.contains_key(&collection) {
+                let config = collection_config(&snapshot, &collection)?.0;
+                configs.insert(collection.clone(), config);
+            }
+            // Versions are hashed, not what a handler makes of them.
+            let document =
+                Document::from_state(&collection, &key, &configs[&collection], &state, None);
+            if document.is_absent() {
+                continue;
+            }
+            for part in [collection.as_bytes(), key.as_bytes()] {
+                hasher.update((part.len() as u64).to_le_bytes());
+                hasher.update(part);
+            }
+            hasher.update((document.versions.len() as u64).to_le_bytes());
+            for version in &document.versions {
+                let stamp = (!version.crdt).then_some((version.dot, version.hlc));
+                hash_version(&mut hasher, stamp, version.value.as_deref());
+            }
+        }
+        hasher.update(b"conflicts");
+        for record in snapshot.conflicts_after(None)? {
+            hasher.update(record?.id.0);
+        }
+        Ok(hasher.finalize().into())
+    }
+
+    pub fn status(&self) -> Result<NodeStatus, ReadError> {
+        let meta = self.snapshot()?.meta()?;
+        Ok(NodeStatus {
+            name: meta.name,
+            node_id: NodeId(meta.node_id),
+            last_seq: meta.next_seq - 1,
+            hlc: Hlc(meta.hlc),
+            log_start: meta.log_start,
+            store_failed: self.inner.failed.failure().is_some(),
+            store_failure: self.inner.failed.failure(),
+        })
+    }
+}
+
+/// The interface of a replica that replication runtimes use (`chorus-peer`, the
+/// simulator): reading the op log and key states for a peer, applying its entries,
+/// committing replication steps, and the names of other replicas. Embedders never
+/// need it; [`Node`] keeps to reading and writing documents.
+///
+/// It derefs to the [`Node`] it was taken from.
+pub struct Replica<'a> {
+    node: &'a Node,
+}
+
+impl std::ops::Deref for Replica<'_> {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        self.node
+    }
+}
+
+impl Node {
+    /// This node as a replica, for replication runtimes.
+    pub fn replica(&self) -> Replica<'_> {
+        Replica { node: self }
+    }
+}
+
+impl Replica<'_> {
+    /// Remembers the name of a replica (learned from a peer's handshake).
+    pub fn learn_name(&self, id: NodeId, name: &str) {
+        let mut names = self.inner.names.write().unwrap_or_else(|e| e.into_inner());
+        names.insert(id, name.to_owned());
+    }
+
+    /// Every replica name this node knows.
+    pub fn known_names(&self) -> Vec<(NodeId, String)> {
+        let names = self.inner.names.read().unwrap_or_else(|e| e.into_inner());
+        names.iter().map(|(id, name)| (*id, name.clone())).collect()
+    }
 
     /// Applies entries received from a peer, durably and in causal order. Blocking.
     pub fn apply_remote_blocking(&self, entries: Vec<Entry>) -> Result<RemoteOutcome, WriteError> {
@@ -781,173 +974,6 @@ impl Node {
         }
         Ok(chunk)
     }
-
-    /// A watch of the newest committed op-log sequence.
-    pub fn committed_seq(&self) -> watch::Receiver<u64> {
-        self.inner.committed_seq.clone()
-    }
-
-    /// Why a request got no answer: the store failed, or the node is closing.
-    fn dropped(&self) -> WriteError {
-        self.inner
-            .failed
-            .refusal()
-            .unwrap_or(WriteError::ShuttingDown)
-    }
-
-    /// Waits until the change feed has an entry after `since`.
-    pub async fn wait_for_changes(&self, since: u64) {
-        let mut seq = self.inner.committed_seq.clone();
-        // The sender lives as long as the committer; if it is gone, return at once.
-        let _ = seq.wait_for(|&last| last > since).await;
-    }
-
-    /// Conflict records in id order, after `after`, that `filter` lets through: at
-    /// most `limit` (1 to `PAGE_ITEMS_MAX`), examining at most `LIST_SCAN_KEYS_MAX`
-    /// records; `next` is where the following page starts.
-    pub fn conflicts(
-        &self,
-        after: Option<ConflictId>,
-        limit: usize,
-        filter: &ConflictFilter,
-    ) -> Result<ConflictsPage, ReadError> {
-        let limit = limit.clamp(1, PAGE_ITEMS_MAX);
-        let snapshot = self.snapshot()?;
-        let (mut conflicts, mut next) = (Vec::new(), None);
-        for (scanned, record) in snapshot.conflicts_after(after)?.enumerate() {
-            let record = record?;
-            let id = record.id;
-            if filter.lets_through(&record) {
-                conflicts.push(shown_record(record));
-            }
-            if conflicts.len() == limit || scanned + 1 == LIST_SCAN_KEYS_MAX {
-                next = Some(id);
-                break;
-            }
-        }
-        Ok(ConflictsPage { conflicts, next })
-    }
-
-    /// Conflicts this node added to its log since it started (detected here or
-    /// received), per collection and policy.
-    pub fn conflict_counts(&self) -> Vec<(String, &'static str, u64)> {
-        self.inner
-            .conflict_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|((collection, policy), n)| (collection.clone(), *policy, *n))
-            .collect()
-    }
-
-    /// Moves the conflict log's retention watermark to `before_wall_ms` (wall-clock
-    /// milliseconds of an HLC), if that is later than where it stands: every node
-    /// then removes the records whose newest version is older (see
-    /// `committer::RETENTION_COLLECTION`).
-    pub async fn prune_conflicts(&self, before_wall_ms: u64) -> Result<(), WriteError> {
-        self.replicate(ReplicationStep::PruneConflicts { before_wall_ms })
-            .await
-    }
-
-    /// The conflict log's retention watermark as this node knows it: records whose
-    /// newest version is older are pruned (0 before any pruning).
-    pub fn conflicts_pruned_before_ms(&self) -> Result<u64, ReadError> {
-        let state = self.snapshot()?.key_state(
-            crate::committer::RETENTION_COLLECTION,
-            crate::committer::RETENTION_KEY,
-        )?;
-        Ok(crate::committer::retention_watermark(&state))
-    }
-
-    /// The conflict record `id`, if this node's log holds it.
-    pub fn conflict(&self, id: ConflictId) -> Result<Option<ConflictRecord>, ReadError> {
-        Ok(self.snapshot()?.conflict(id)?.map(shown_record))
-    }
-
-    /// The write that ends conflict `id`: `resolution` (a new value, or one of the
-    /// record's versions picked) replaces exactly the record's versions, as a write
-    /// with their context would. Under `lww`, picking a losing version restores it:
-    /// the new write is the newest, so it wins.
-    pub fn resolution(
-        &self,
-        id: ConflictId,
-        resolution: Resolution,
-    ) -> Result<Write, ResolveError> {
-        let record = self.conflict(id)?.ok_or(ResolveError::NoSuchConflict(id))?;
-        let value = match resolution {
-            Resolution::Value(value) => Some(value),
-            Resolution::Pick(dot) => record
-                .versions
-                .iter()
-                .find(|v| v.dot == dot)
-                .ok_or(ResolveError::NotInRecord(dot))?
-                .value
-                .clone(),
-        };
-        let mut context = VersionVector::new();
-        for version in &record.versions {
-            context.join(&VersionVector::from_entries([(
-                version.dot.node,
-                version.dot.counter,
-            )]));
-        }
-        Ok(Write {
-            collection: record.collection,
-            key: Some(record.key),
-            value,
-            context: Some(Context::new(context)),
-        })
-    }
-
-    /// A hash of everything reads can observe: every present document with the
-    /// versions a read shows (collection settings included, as documents of
-    /// `_collections`), and the ids of the conflict log. Deleted documents are left
-    /// out, so collecting a tombstone never changes the digest.
-    pub fn digest(&self) -> Result<[u8; 32], ReadError> {
-        let snapshot = self.snapshot()?;
-        let mut hasher = Sha256::new();
-        let mut configs: HashMap<String, CollectionConfig> = HashMap::new();
-        for entry in snapshot.all_keys()? {
-            let (collection, key, state) = entry?;
-            if !configs.contains_key(&collection) {
-                let config = collection_config(&snapshot, &collection)?.0;
-                configs.insert(collection.clone(), config);
-            }
-            // Versions are hashed, not what a handler makes of them.
-            let document =
-                Document::from_state(&collection, &key, &configs[&collection], &state, None);
-            if document.is_absent() {
-                continue;
-            }
-            for part in [collection.as_bytes(), key.as_bytes()] {
-                hasher.update((part.len() as u64).to_le_bytes());
-                hasher.update(part);
-            }
-            hasher.update((document.versions.len() as u64).to_le_bytes());
-            for version in &document.versions {
-                let stamp = (!version.crdt).then_some((version.dot, version.hlc));
-                hash_version(&mut hasher, stamp, version.value.as_deref());
-            }
-        }
-        hasher.update(b"conflicts");
-        for record in snapshot.conflicts_after(None)? {
-            hasher.update(record?.id.0);
-        }
-        Ok(hasher.finalize().into())
-    }
-
-    pub fn status(&self) -> Result<NodeStatus, ReadError> {
-        let meta = self.snapshot()?.meta()?;
-        Ok(NodeStatus {
-            name: meta.name,
-            node_id: NodeId(meta.node_id),
-            last_seq: meta.next_seq - 1,
-            hlc: Hlc(meta.hlc),
-            log_start: meta.log_start,
-            store_failed: self.inner.failed.failure().is_some(),
-            store_failure: self.inner.failed.failure(),
-        })
-    }
 }
 
 type PendingRequest = (Request, oneshot::Receiver<Result<WriteAck, WriteError>>);
@@ -969,7 +995,7 @@ impl ConflictFilter {
     }
 }
 
-/// Part of a state transfer (see [`Node::read_state`]).
+/// Part of a state transfer (see [`Replica::read_state`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateChunk {
     pub keys: Vec<(String, String, KeyState)>,
@@ -991,7 +1017,7 @@ pub fn bucket_of(collection: &str, key: &str) -> u8 {
     hasher.finalize()[0]
 }
 
-/// A node's bucket hashes and what they reflect (see [`Node::bucket_hashes`]).
+/// A node's bucket hashes and what they reflect (see [`Replica::bucket_hashes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BucketHashes {
     pub hashes: Vec<u64>,

@@ -11,7 +11,8 @@ fn temp_node() -> (tempfile::TempDir, Node) {
 }
 
 fn log(node: &Node) -> Vec<Entry> {
-    node.read_log(0, 1000, usize::MAX)
+    node.replica()
+        .read_log(0, 1000, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(_, e)| e)
@@ -30,12 +31,19 @@ async fn update_before_insert_is_held_back() {
         tokio::task::block_in_place(|| a.put("shop", "order", br#"{"id":1}"#, None).unwrap());
     assert_eq!(insert.seq, 1);
     let insert_entries = log(&a);
-    c.apply_remote(insert_entries.clone()).await.unwrap();
+    c.replica()
+        .apply_remote(insert_entries.clone())
+        .await
+        .unwrap();
     tokio::task::block_in_place(|| c.put("shop", "invoice", br#"{"order":1}"#, None).unwrap());
     let invoice_entry = log(&c).pop().unwrap();
 
     // b receives the invoice first (another path was faster): it must wait.
-    let outcome = b.apply_remote(vec![invoice_entry.clone()]).await.unwrap();
+    let outcome = b
+        .replica()
+        .apply_remote(vec![invoice_entry.clone()])
+        .await
+        .unwrap();
     assert_eq!(outcome.waiting, vec![invoice_entry.clone()]);
     assert!(
         b.get("shop", "invoice").unwrap().is_absent(),
@@ -45,6 +53,7 @@ async fn update_before_insert_is_held_back() {
 
     // Then the insert arrives; handed over together with the held entry, both apply.
     let outcome = b
+        .replica()
         .apply_remote([insert_entries, vec![invoice_entry]].concat())
         .await
         .unwrap();
@@ -73,9 +82,9 @@ async fn duplicates_and_reversed_batches_apply_once() {
     });
     let mut entries = log(&a);
     entries.reverse();
-    let outcome = b.apply_remote(entries.clone()).await.unwrap();
+    let outcome = b.replica().apply_remote(entries.clone()).await.unwrap();
     assert!(outcome.waiting.is_empty());
-    let again = b.apply_remote(entries).await.unwrap();
+    let again = b.replica().apply_remote(entries).await.unwrap();
     assert_eq!(again.applied, outcome.applied);
     assert_eq!(b.changes(0, 100).unwrap().changes.len(), 5);
     assert_eq!(a.digest().unwrap(), b.digest().unwrap());
@@ -94,8 +103,9 @@ async fn collected_tombstones_are_never_revived() {
     // deletes it.
     tokio::task::block_in_place(|| a.put("docs", "gone", b"1", None).unwrap());
     let write = log(&a);
-    b.apply_remote(write.clone()).await.unwrap();
+    b.replica().apply_remote(write.clone()).await.unwrap();
     let old_state = b
+        .replica()
         .read_state(StateCursor::KeysFromStart, 100, usize::MAX, &all_buckets)
         .unwrap()
         .keys;
@@ -104,12 +114,14 @@ async fn collected_tombstones_are_never_revived() {
         a.delete("docs", "gone", Some(&context)).unwrap();
     });
     let deleted = a.digest().unwrap();
-    let stable = a.position().unwrap().applied;
-    a.replicate(ReplicationStep::CollectTombstones { stable })
+    let stable = a.replica().position().unwrap().applied;
+    a.replica()
+        .replicate(ReplicationStep::CollectTombstones { stable })
         .await
         .unwrap();
     assert!(
-        a.read_state(StateCursor::KeysFromStart, 100, usize::MAX, &all_buckets)
+        a.replica()
+            .read_state(StateCursor::KeysFromStart, 100, usize::MAX, &all_buckets)
             .unwrap()
             .keys
             .is_empty(),
@@ -121,13 +133,14 @@ async fn collected_tombstones_are_never_revived() {
         "collecting a tombstone does not change the digest"
     );
 
-    a.apply_remote(write).await.unwrap();
-    a.replicate(ReplicationStep::MergeState {
-        keys: old_state,
-        conflicts: vec![],
-    })
-    .await
-    .unwrap();
+    a.replica().apply_remote(write).await.unwrap();
+    a.replica()
+        .replicate(ReplicationStep::MergeState {
+            keys: old_state,
+            conflicts: vec![],
+        })
+        .await
+        .unwrap();
     assert!(
         a.get("docs", "gone").unwrap().is_absent(),
         "a deleted document came back"
@@ -150,8 +163,8 @@ async fn conflict_logs_prune_alike_by_a_replicated_watermark() {
         b.put("docs", "k", b"2", None).unwrap();
     });
     let (from_a, from_b) = (log(&a), log(&b));
-    a.apply_remote(from_b).await.unwrap();
-    b.apply_remote(from_a).await.unwrap();
+    a.replica().apply_remote(from_b).await.unwrap();
+    b.replica().apply_remote(from_a).await.unwrap();
     let record = a
         .conflicts(None, 10, &Default::default())
         .unwrap()
@@ -167,12 +180,12 @@ async fn conflict_logs_prune_alike_by_a_replicated_watermark() {
 
     a.prune_conflicts(newest + 1).await.unwrap();
     assert_eq!(a.conflict(record.id).unwrap(), None);
-    let b_has = b.position().unwrap().applied;
+    let b_has = b.replica().position().unwrap().applied;
     let news: Vec<Entry> = log(&a)
         .into_iter()
         .filter(|e| !b_has.covers(e.dot()))
         .collect();
-    b.apply_remote(news).await.unwrap();
+    b.replica().apply_remote(news).await.unwrap();
     assert_eq!(
         b.conflict(record.id).unwrap(),
         None,
@@ -181,7 +194,7 @@ async fn conflict_logs_prune_alike_by_a_replicated_watermark() {
     b.prune_conflicts(newest - 10_000).await.unwrap();
     assert_eq!(a.digest().unwrap(), b.digest().unwrap());
 
-    c.apply_remote(log(&a)).await.unwrap();
+    c.replica().apply_remote(log(&a)).await.unwrap();
     assert_eq!(c.conflict(record.id).unwrap(), None);
     assert_eq!(c.digest().unwrap(), a.digest().unwrap());
 }

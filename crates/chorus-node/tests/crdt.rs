@@ -52,12 +52,13 @@ fn json_of(node: &Node, key: &str) -> Value {
 /// Hands `from`'s whole log to `to` (entries `to` has are skipped by its vector).
 fn sync(from: &Node, to: &Node) {
     let entries: Vec<Entry> = from
+        .replica()
         .read_log(0, 100_000, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(_, e)| e)
         .collect();
-    let outcome = to.apply_remote_blocking(entries).unwrap();
+    let outcome = to.replica().apply_remote_blocking(entries).unwrap();
     assert!(outcome.waiting.is_empty());
 }
 
@@ -263,13 +264,15 @@ fn state_transfer_joins_documents() {
     // b takes a's whole state (as a node that fell behind the log would).
     let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
     let chunk = a
+        .replica()
         .read_state(StateCursor::KeysFromStart, 1000, usize::MAX, &all_buckets)
         .unwrap();
-    b.replicate_blocking(ReplicationStep::MergeState {
-        keys: chunk.keys,
-        conflicts: chunk.conflicts,
-    })
-    .unwrap();
+    b.replica()
+        .replicate_blocking(ReplicationStep::MergeState {
+            keys: chunk.keys,
+            conflicts: chunk.conflicts,
+        })
+        .unwrap();
     assert_eq!(json_of(&b, "c1"), json!({"n": 7}));
 }
 
@@ -302,27 +305,35 @@ fn writes_during_a_transfer_depend_on_what_they_saw() {
     .unwrap();
     let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
     let chunk = a
+        .replica()
         .read_state(StateCursor::KeysFromStart, 1000, usize::MAX, &all_buckets)
         .unwrap();
-    b.replicate_blocking(ReplicationStep::MergeState {
-        keys: chunk.keys,
-        conflicts: chunk.conflicts,
-    })
-    .unwrap();
+    b.replica()
+        .replicate_blocking(ReplicationStep::MergeState {
+            keys: chunk.keys,
+            conflicts: chunk.conflicts,
+        })
+        .unwrap();
     assert!(matches!(
         update(&b, &[("/stock", Update::BoundedAdd(-1))]),
         Err(WriteError::Busy(_))
     ));
     update(&b, &[("/n", Update::CounterAdd(2))]).unwrap();
-    let (_, last) = b.read_log(0, 1000, usize::MAX).unwrap().pop().unwrap();
+    let (_, last) = b
+        .replica()
+        .read_log(0, 1000, usize::MAX)
+        .unwrap()
+        .pop()
+        .unwrap();
     let chorus_node::EntryBody::Write(written) = &last.body else {
         panic!("a write")
     };
     assert!(last.deps.dominates(&written.context), "{last:?}");
     assert_eq!(json_of(&b, "c1"), json!({"n": 3, "stock": 5}));
     // Once adopted, the rights are b's to spend.
-    let applied = a.position().unwrap().applied;
-    b.replicate_blocking(ReplicationStep::AdoptState { applied })
+    let applied = a.replica().position().unwrap().applied;
+    b.replica()
+        .replicate_blocking(ReplicationStep::AdoptState { applied })
         .unwrap();
     update(&b, &[("/stock", Update::BoundedAdd(-2))]).unwrap();
     assert_eq!(json_of(&b, "c1"), json!({"n": 3, "stock": 3}));
@@ -351,7 +362,7 @@ fn equal_documents_hash_equal() {
     );
     assert_eq!(a.digest().unwrap(), b.digest().unwrap());
     assert_eq!(
-        a.bucket_hashes().unwrap().hashes,
-        b.bucket_hashes().unwrap().hashes
+        a.replica().bucket_hashes().unwrap().hashes,
+        b.replica().bucket_hashes().unwrap().hashes
     );
 }

@@ -509,11 +509,21 @@ fn retention_limit_follows_bytes_and_age() {
         .map(|i| node.put("docs", &format!("k{i}"), b"{}", None).unwrap())
         .collect();
     let now_ms = acks.last().unwrap().hlc.wall_ms();
-    assert_eq!(node.retention_limit(u64::MAX, u64::MAX, now_ms).unwrap(), 0);
-    let by_bytes = node.retention_limit(200, u64::MAX, now_ms).unwrap();
+    assert_eq!(
+        node.replica()
+            .retention_limit(u64::MAX, u64::MAX, now_ms)
+            .unwrap(),
+        0
+    );
+    let by_bytes = node
+        .replica()
+        .retention_limit(200, u64::MAX, now_ms)
+        .unwrap();
     assert!(by_bytes > 0 && by_bytes < 10, "{by_bytes}");
     assert_eq!(
-        node.retention_limit(u64::MAX, 0, now_ms + 1_000).unwrap(),
+        node.replica()
+            .retention_limit(u64::MAX, 0, now_ms + 1_000)
+            .unwrap(),
         10,
         "all older than now"
     );

@@ -294,23 +294,23 @@ impl Shared {
     }
 
     fn learn(&self, hello: &Hello) {
-        self.node.learn_name(hello.node_id, &hello.name);
+        self.node.replica().learn_name(hello.node_id, &hello.name);
         for (id, name) in &hello.names {
-            self.node.learn_name(*id, name);
+            self.node.replica().learn_name(*id, name);
         }
     }
 }
 
 /// The handshake `node` introduces itself with, as member `me` of `cluster`.
 pub fn hello(node: &Node, cluster: &str, me: &str) -> Result<Hello, ReadError> {
-    let applied = node.position()?.applied;
+    let applied = node.replica().position()?.applied;
     Ok(Hello {
         protocol: PROTOCOL_VERSION,
         cluster: cluster.to_owned(),
         name: me.to_owned(),
         node_id: node.node_id(),
         applied,
-        names: node.known_names(),
+        names: node.replica().known_names(),
     })
 }
 
@@ -352,7 +352,11 @@ pub async fn start(
         status: Arc::default(),
         started: Instant::now(),
     };
-    let position = shared.node.position().map_err(std::io::Error::other)?;
+    let position = shared
+        .node
+        .replica()
+        .position()
+        .map_err(std::io::Error::other)?;
     let limits = options.limits;
     let engine = Engine::new(
         membership(&shared.cluster(), me),
@@ -491,7 +495,7 @@ impl Actor {
                 return None;
             }
         }
-        let acked_seq = self.shared.node.peer_cursor(hello.node_id).unwrap_or_else(|error| {
+        let acked_seq = self.shared.node.replica().peer_cursor(hello.node_id).unwrap_or_else(|error| {
             tracing::error!(%error, peer, "cannot read the peer's cursor; resending from the start");
             0
         });
@@ -704,7 +708,7 @@ impl Actor {
             } => {
                 let (node, actor) = (shared.node.clone(), shared.actor.clone());
                 tokio::spawn(async move {
-                    let msg = match node.apply_remote(entries).await {
+                    let msg = match node.replica().apply_remote(entries).await {
                         Ok(outcome) => Msg::Event(applied_event(peer, session, outcome)),
                         // Not acknowledged: the peer sends these again next session.
                         Err(error) => Msg::Drop {
@@ -786,7 +790,11 @@ impl Then {
             Then::StateAdopted { peer, session } => Some(Event::StateAdopted {
                 peer,
                 session,
-                applied: node.position().map(|p| p.applied).unwrap_or_default(),
+                applied: node
+                    .replica()
+                    .position()
+                    .map(|p| p.applied)
+                    .unwrap_or_default(),
             }),
         }
     }
@@ -882,6 +890,7 @@ fn answer_read(node: &Node, command: Command) -> ReadAnswer {
             after_seq,
             max_entries,
         } => node
+            .replica()
             .read_log(after_seq, max_entries, LOG_READ_BYTES_MAX)
             .map(|entries| {
                 let through_seq = entries.last().map_or(after_seq, |(seq, _)| *seq);
@@ -893,7 +902,7 @@ fn answer_read(node: &Node, command: Command) -> ReadAnswer {
                 }
             }),
         Command::ReadBuckets { peer, session } => {
-            node.bucket_hashes().map(|b| Event::BucketsRead {
+            node.replica().bucket_hashes().map(|b| Event::BucketsRead {
                 peer,
                 session,
                 hashes: b.hashes,
@@ -906,6 +915,7 @@ fn answer_read(node: &Node, command: Command) -> ReadAnswer {
             session,
             hashes,
         } => node
+            .replica()
             .wanted_buckets(&hashes)
             .map(|wanted| Event::BucketsCompared {
                 peer,
@@ -919,6 +929,7 @@ fn answer_read(node: &Node, command: Command) -> ReadAnswer {
             max_keys,
             buckets,
         } => node
+            .replica()
             .read_state(after, max_keys, STATE_READ_BYTES_MAX, &buckets)
             .map(|chunk| Event::StateRead {
                 peer,
@@ -936,7 +947,7 @@ fn answer_read(node: &Node, command: Command) -> ReadAnswer {
 fn replicate_in_background(shared: &Shared, step: ReplicationStep) {
     let node = shared.node.clone();
     tokio::spawn(async move {
-        if let Err(error) = node.replicate(step.clone()).await {
+        if let Err(error) = node.replica().replicate(step.clone()).await {
             tracing::warn!(%error, ?step, "cannot commit a replication step");
         }
     });
@@ -947,7 +958,7 @@ fn replicate_in_background(shared: &Shared, step: ReplicationStep) {
 fn replicate_then(shared: &Shared, peer: String, step: ReplicationStep, then: Then) {
     let (node, actor) = (shared.node.clone(), shared.actor.clone());
     tokio::spawn(async move {
-        let msg = match node.replicate(step).await {
+        let msg = match node.replica().replicate(step).await {
             Ok(()) => match then.event(&node) {
                 Some(event) => Msg::Event(event),
                 None => return,
@@ -968,7 +979,7 @@ async fn measure_retention(shared: Shared, limits: EngineLimits) {
     loop {
         interval.tick().await;
         let now_ms = chorus_core::SystemClock.now_ms();
-        match shared.node.retention_limit(
+        match shared.node.replica().retention_limit(
             limits.retention_bytes_max,
             limits.retention_age_ms_max,
             now_ms,
@@ -1009,7 +1020,7 @@ async fn tick(shared: Shared) {
 async fn watch_commits(shared: Shared) {
     let mut committed = shared.node.committed_seq();
     while committed.changed().await.is_ok() {
-        let Ok(position) = shared.node.position() else {
+        let Ok(position) = shared.node.replica().position() else {
             continue;
         };
         let event = Event::Committed { position };

@@ -345,7 +345,7 @@ async fn apply_ops(
     let (collection, key) = path(params)?;
     check_collection(&collection)?;
     let bytes = body(bytes)?;
-    let names = node.known_names();
+    let names = node.replica().known_names();
     let operations = chorus_node::crdt_json::parse_operations(&bytes, |name| {
         names.iter().find(|(_, n)| n == name).map(|(id, _)| *id)
     })

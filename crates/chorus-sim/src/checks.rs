@@ -118,8 +118,9 @@ fn check_nothing_revived(sim: &Sim) -> Result<(), String> {
 /// (collected entries, adopted transfers: the floor) counts as applied from the
 /// start, and entries it covers are not checked.
 fn check_causal_order(node: &Node) -> Result<(), String> {
-    let mut applied = node.position().expect("reads work").floor;
+    let mut applied = node.replica().position().expect("reads work").floor;
     for (seq, entry) in node
+        .replica()
         .read_log(0, usize::MAX, usize::MAX)
         .expect("reads work")
     {

@@ -307,7 +307,7 @@ impl Sim {
             ..NodeConfig::default()
         };
         let node = Node::open_backend(n.disk.clone(), config).expect("a simulated disk opens");
-        let position = node.position().expect("reads work");
+        let position = node.replica().position().expect("reads work");
         let peers: Vec<String> = self.neighbours[i]
             .iter()
             .map(|&j| self.nodes[j].name.clone())
@@ -415,6 +415,7 @@ impl Sim {
                 let wall_ms = self.nodes[i].clock.now_ms();
                 let seq = self
                     .node(i)
+                    .replica()
                     .retention_limit(bytes, age, wall_ms)
                     .expect("reads work");
                 if seq > 0 {
@@ -471,6 +472,7 @@ impl Sim {
         let theirs = hello(self.node(j), CLUSTER, &self.nodes[j].name).expect("reads work");
         let acked_seq = self
             .node(i)
+            .replica()
             .peer_cursor(self.nodes[j].id)
             .expect("reads work");
         let peer = self.nodes[j].name.clone();
@@ -638,6 +640,7 @@ impl Sim {
             } => {
                 let outcome = self
                     .node(i)
+                    .replica()
                     .apply_remote_blocking(entries)
                     .expect("the simulated disk works");
                 if self.trace && !outcome.waiting.is_empty() {
@@ -673,12 +676,13 @@ impl Sim {
 
     fn committed(&self, i: usize) -> Event {
         Event::Committed {
-            position: self.node(i).position().expect("reads work"),
+            position: self.node(i).replica().position().expect("reads work"),
         }
     }
 
     fn replicate(&self, i: usize, step: ReplicationStep) {
         self.node(i)
+            .replica()
             .replicate_blocking(step)
             .expect("the simulated disk works");
     }
@@ -802,6 +806,7 @@ impl Sim {
         let ack = self.node(i).write(write).expect("the simulated disk works");
         let logged = self
             .node(i)
+            .replica()
             .read_log(ack.seq - 1, 1, usize::MAX)
             .expect("reads work");
         let superseded = match logged.first().map(|(_, e)| &e.body) {
