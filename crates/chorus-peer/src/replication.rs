@@ -692,6 +692,17 @@ impl Actor {
         match effect {
             Effect::Answered(Ok(event)) => events.push_back(event),
             Effect::Answered(Err(error)) => tracing::error!(%error, "cannot read for replication"),
+            Effect::Scan(scan) => {
+                let (node, actor) = (shared.node.clone(), shared.actor.clone());
+                tokio::task::spawn_blocking(move || match scan.answer(&node) {
+                    // The engine matches the answer to its peer's session; a link
+                    // that ended meanwhile ignores it.
+                    Ok(event) => {
+                        let _ = actor.blocking_send(Msg::Event(event));
+                    }
+                    Err(error) => tracing::error!(%error, "cannot read for replication"),
+                });
+            }
             Effect::Send { peer, frame } => {
                 let Some(link) = self.links.get(&peer) else {
                     return;
@@ -737,8 +748,12 @@ impl Actor {
 /// runtime and the simulator; each carries it out its own way (tasks and sockets,
 /// or one thread and a simulated network).
 pub enum Effect {
-    /// It only read the node: here is the event that answers it.
+    /// It only read the node (the op log, a bounded read): here is the event that
+    /// answers it.
     Answered(Result<Event, ReadError>),
+    /// A read of the whole store: answer it with [`Scan::answer`], off the task that
+    /// drives the engine (a large store would stall every link meanwhile).
+    Scan(Scan),
     /// Send a frame on the link to `peer`.
     Send { peer: String, frame: Frame },
     /// End the link to `peer`.
@@ -751,6 +766,20 @@ pub enum Effect {
     },
     /// Commit a replication step, then tell the engine what [`Then::event`] says.
     Commit { step: ReplicationStep, then: Then },
+}
+
+/// A read that scans the store: bucket hashes, a comparison of them, a part of a
+/// state transfer.
+pub struct Scan(Command);
+
+impl Scan {
+    /// Reads the node and returns the event that answers the scan.
+    pub fn answer(self, node: &Node) -> Result<Event, ReadError> {
+        match answer_read(node, self.0) {
+            ReadAnswer::Answered(answer) => answer,
+            ReadAnswer::NotARead(_) => unreachable!("a scan is a read"),
+        }
+    }
 }
 
 /// What follows a committed replication step.
@@ -808,6 +837,12 @@ pub fn effect_of(
     command: Command,
     peer_id: impl Fn(&str) -> Option<NodeId>,
 ) -> Option<Effect> {
+    if matches!(
+        command,
+        Command::ReadBuckets { .. } | Command::CompareBuckets { .. } | Command::ReadState { .. }
+    ) {
+        return Some(Effect::Scan(Scan(command)));
+    }
     let command = match answer_read(node, command) {
         ReadAnswer::Answered(answer) => return Some(Effect::Answered(answer)),
         ReadAnswer::NotARead(command) => command,

@@ -612,18 +612,11 @@ impl Sim {
             return;
         };
         match effect {
-            Effect::Answered(answer) => {
-                let event = answer.expect("reads work");
-                match &event {
-                    Event::BucketsCompared { wanted, .. } => {
-                        self.report.state_buckets_wanted += wanted.len() as u64
-                    }
-                    Event::StateRead { keys, .. } => {
-                        self.report.state_transfer_keys += keys.len() as u64
-                    }
-                    _ => {}
-                }
-                events.push_back(event);
+            // Scans run inline here: simulated time does not pass while reading.
+            Effect::Answered(answer) => events.push_back(self.read(answer)),
+            Effect::Scan(scan) => {
+                let answer = scan.answer(self.node(i));
+                events.push_back(self.read(answer));
             }
             Effect::Send { peer, frame } => {
                 let j = self.peer_index(&peer);
@@ -672,6 +665,19 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The event a read answered with, counted in the report.
+    fn read(&mut self, answer: Result<Event, chorus_node::ReadError>) -> Event {
+        let event = answer.expect("reads work");
+        match &event {
+            Event::BucketsCompared { wanted, .. } => {
+                self.report.state_buckets_wanted += wanted.len() as u64
+            }
+            Event::StateRead { keys, .. } => self.report.state_transfer_keys += keys.len() as u64,
+            _ => {}
+        }
+        event
     }
 
     fn committed(&self, i: usize) -> Event {
