@@ -452,245 +452,330 @@ impl Engine {
                 peer,
                 hello,
                 acked_seq,
-            } => {
-                let session = self.next_session;
-                self.next_session += 1;
-                let fresh = hello.applied.is_empty() && !self.log.applied.is_empty();
-                let p = self.peers.entry(peer.clone()).or_default();
-                *p = Peer {
-                    connected: true,
-                    fresh,
-                    session,
-                    applied: hello.applied,
-                    acked_seq,
-                    read_seq: acked_seq,
-                    last_heard_ms: self.now_ms,
-                    last_sent_ms: self.now_ms,
-                    entries_sent: p.entries_sent,
-                    entries_received: p.entries_received,
-                    ..Peer::default()
-                };
-                self.track_lag(&peer);
-                self.maybe_read(&peer, &mut out);
-            }
-            Event::Disconnected { peer } => {
-                if !self.planned.contains(&peer) {
-                    // A link around a failure, or from a node that left: its cursor
-                    // is stored, and it holds back nothing once the link is gone.
-                    self.peers.remove(&peer);
-                } else if let Some(p) = self.peers.get_mut(&peer) {
-                    p.connected = false;
-                }
-            }
-            Event::Reconfigured { membership } => {
-                self.planned = membership.neighbours.iter().cloned().collect();
-                for name in &membership.neighbours {
-                    self.peers.entry(name.clone()).or_default();
-                }
-                self.peers
-                    .retain(|name, p| p.connected || self.planned.contains(name));
-                let known = std::mem::take(&mut self.known);
-                self.known = membership
-                    .members
-                    .into_iter()
-                    .map(|m| {
-                        let vv = known.get(&m).cloned().unwrap_or_default();
-                        (m, vv)
-                    })
-                    .collect();
-            }
+            } => self.on_connected(peer, hello, acked_seq, &mut out),
+            Event::Disconnected { peer } => self.on_disconnected(peer),
+            Event::Reconfigured { membership } => self.on_reconfigured(membership),
             Event::Received { peer, frame } => self.received(&peer, frame, &mut out),
-            Event::Heard { peer } => {
-                if let Some(p) = self.peers.get_mut(&peer).filter(|p| p.connected) {
-                    p.last_heard_ms = self.now_ms;
-                }
-            }
+            Event::Heard { peer } => self.on_heard(peer),
             Event::LogRead {
                 peer,
                 session,
                 entries,
                 through_seq,
-            } => {
-                let Some(p) = self.session(&peer, session) else {
-                    return out;
-                };
-                p.reading = false;
-                if through_seq <= p.read_seq {
-                    return out; // Nothing new in the log; the next commit reads again.
-                }
-                self.send_entries(&peer, entries, through_seq, &mut out);
-                self.maybe_read(&peer, &mut out);
-            }
+            } => self.on_log_read(peer, session, entries, through_seq, &mut out),
             Event::Applied {
                 peer,
                 session,
                 applied,
                 waiting,
-            } => {
-                let progress = !self.log.applied.dominates(&applied);
-                self.log.applied.join(&applied);
-                let (waiting_max, applied_now) =
-                    (self.limits.waiting_entries_max, self.log.applied.clone());
-                if let Some(p) = self.session(&peer, session) {
-                    let (batch, through) = p.applying.take().expect("Applied answers an Apply");
-                    p.waiting = batch
-                        .into_iter()
-                        .filter(|(_, e)| waiting.contains(&e.dot()))
-                        .collect();
-                    if p.waiting.len() > waiting_max {
-                        p.connected = false;
-                        let reason =
-                            format!("{} entries wait for missing dependencies", p.waiting.len());
-                        out.push(Command::Disconnect {
-                            peer: peer.clone(),
-                            reason,
-                        });
-                        return out;
-                    }
-                    // Everything received is applied unless some of it waits, or more
-                    // arrived meanwhile (then this batch's cursor is the bound).
-                    let ack_through = match (p.waiting.first(), p.received.is_empty()) {
-                        (Some((seq, _)), _) => seq - 1,
-                        (None, true) => p.received_through,
-                        (None, false) => through,
-                    };
-                    let ack = (ack_through > p.acked_to_peer || progress).then(|| {
-                        p.acked_to_peer = p.acked_to_peer.max(ack_through);
-                        Frame::Ack {
-                            applied: applied_now,
-                            through_seq: p.acked_to_peer,
-                        }
-                    });
-                    // Progress from another peer during this apply may have freed
-                    // what waits: retry it now rather than at the next progress.
-                    let retry = std::mem::take(&mut p.retry_waiting);
-                    if let Some(frame) = ack {
-                        self.send(&peer, frame, &mut out);
-                    }
-                    self.try_apply(&peer, retry, &mut out);
-                }
-                if progress {
-                    self.retry_others(&peer, &mut out);
-                }
-            }
-            Event::Committed { position } => {
-                self.log.last_seq = self.log.last_seq.max(position.last_seq);
-                self.log.log_start = self.log.log_start.max(position.log_start);
-                self.log.applied.join(&position.applied);
-                self.log.floor.join(&position.floor);
-                let names: Vec<String> = self.peers.keys().cloned().collect();
-                for name in names {
-                    self.track_lag(&name);
-                    self.maybe_read(&name, &mut out);
-                }
-            }
-            Event::RetentionLimit { seq } => {
-                self.retention_limit = self.retention_limit.max(seq);
-                self.collect_log(&mut out);
-            }
+            } => self.on_applied(peer, session, applied, waiting, &mut out),
+            Event::Committed { position } => self.on_committed(position, &mut out),
+            Event::RetentionLimit { seq } => self.on_retention_limit(seq, &mut out),
             Event::BucketsRead {
                 peer,
                 session,
                 hashes,
                 applied,
                 through_seq,
-            } => {
-                let Some(transfer) = self.outgoing(&peer, session) else {
-                    return out;
-                };
-                transfer.snapshot = Some((applied, through_seq));
-                self.send(&peer, Frame::StateOffer { hashes }, &mut out);
-            }
+            } => self.on_buckets_read(peer, session, hashes, applied, through_seq, &mut out),
             Event::BucketsCompared {
                 peer,
                 session,
                 wanted,
-            } => {
-                if self.session(&peer, session).is_some() {
-                    self.send(&peer, Frame::StateWanted { buckets: wanted }, &mut out);
-                }
-            }
+            } => self.on_buckets_compared(peer, session, wanted, &mut out),
             Event::StateRead {
                 peer,
                 session,
                 keys,
                 conflicts,
                 next,
-            } => {
-                let Some(transfer) = self.outgoing(&peer, session) else {
-                    return out;
-                };
-                transfer.reading = false;
-                transfer.unacked += 1;
-                let finished = next.is_none();
-                transfer.after = next.unwrap_or_default();
-                self.send(&peer, Frame::State { keys, conflicts }, &mut out);
-                if finished {
-                    self.finish_transfer(&peer, &mut out);
-                }
-                self.maybe_read(&peer, &mut out);
-            }
-            Event::StateMerged { peer, session } => {
-                let Some(p) = self.session(&peer, session) else {
-                    return out;
-                };
-                p.incoming_state.merging = false;
-                self.send(&peer, Frame::StateAck, &mut out);
-                self.try_merge(&peer, &mut out);
-            }
+            } => self.on_state_read(peer, session, keys, conflicts, next, &mut out),
+            Event::StateMerged { peer, session } => self.on_state_merged(peer, session, &mut out),
             Event::StateAdopted {
                 peer,
                 session,
                 applied,
-            } => {
-                // What the transfer brought may be what other peers' entries wait for.
-                if !self.log.applied.dominates(&applied) {
-                    self.log.applied.join(&applied);
-                    self.retry_others(&peer, &mut out);
-                }
-                let applied_now = self.log.applied.clone();
-                let Some(p) = self.session(&peer, session) else {
-                    return out;
-                };
-                p.incoming_state.adopting = false;
-                let (_, through_seq) = p
-                    .incoming_state
-                    .end
-                    .take()
-                    .expect("adopted an ended transfer");
-                p.received_through = p.received_through.max(through_seq);
-                p.acked_to_peer = p.acked_to_peer.max(through_seq);
-                let frame = Frame::Ack {
-                    applied: applied_now,
-                    through_seq: p.acked_to_peer,
-                };
-                self.send(&peer, frame, &mut out);
-                self.try_apply(&peer, true, &mut out);
-            }
-            Event::Tick { now_ms } => {
-                self.now_ms = self.now_ms.max(now_ms);
-                self.collect_log(&mut out);
-                let names: Vec<String> = self.peers.keys().cloned().collect();
-                for name in names {
-                    let p = &self.peers[&name];
-                    if !p.connected {
-                        continue;
-                    }
-                    if self.now_ms.saturating_sub(p.last_heard_ms) >= self.limits.peer_timeout_ms {
-                        self.peers.get_mut(&name).expect("listed").connected = false;
-                        out.push(Command::Disconnect {
-                            peer: name,
-                            reason: format!("silent for {} ms", self.limits.peer_timeout_ms),
-                        });
-                    } else if self.now_ms.saturating_sub(p.last_sent_ms) >= self.limits.keepalive_ms
-                    {
-                        self.send(&name, Frame::Ping, &mut out);
-                    }
-                }
-                self.gossip(&mut out);
-            }
+            } => self.on_state_adopted(peer, session, applied, &mut out),
+            Event::Tick { now_ms } => self.on_tick(now_ms, &mut out),
         }
         out
+    }
+
+    /// A link came up: a new session starts from the peer's acknowledged cursor.
+    fn on_connected(&mut self, peer: String, hello: Hello, acked_seq: u64, out: &mut Vec<Command>) {
+        let session = self.next_session;
+        self.next_session += 1;
+        let fresh = hello.applied.is_empty() && !self.log.applied.is_empty();
+        let p = self.peers.entry(peer.clone()).or_default();
+        *p = Peer {
+            connected: true,
+            fresh,
+            session,
+            applied: hello.applied,
+            acked_seq,
+            read_seq: acked_seq,
+            last_heard_ms: self.now_ms,
+            last_sent_ms: self.now_ms,
+            entries_sent: p.entries_sent,
+            entries_received: p.entries_received,
+            ..Peer::default()
+        };
+        self.track_lag(&peer);
+        self.maybe_read(&peer, out);
+    }
+
+    /// A link went down: a planned peer is kept (its session resumes later), a
+    /// link around a failure is forgotten.
+    fn on_disconnected(&mut self, peer: String) {
+        if !self.planned.contains(&peer) {
+            // A link around a failure, or from a node that left: its cursor
+            // is stored, and it holds back nothing once the link is gone.
+            self.peers.remove(&peer);
+        } else if let Some(p) = self.peers.get_mut(&peer) {
+            p.connected = false;
+        }
+    }
+
+    /// The cluster changed: planned neighbours and the members gossiped about.
+    fn on_reconfigured(&mut self, membership: Membership) {
+        self.planned = membership.neighbours.iter().cloned().collect();
+        for name in &membership.neighbours {
+            self.peers.entry(name.clone()).or_default();
+        }
+        self.peers
+            .retain(|name, p| p.connected || self.planned.contains(name));
+        let known = std::mem::take(&mut self.known);
+        self.known = membership
+            .members
+            .into_iter()
+            .map(|m| {
+                let vv = known.get(&m).cloned().unwrap_or_default();
+                (m, vv)
+            })
+            .collect();
+    }
+
+    /// Part of a large frame arrived: the peer is alive.
+    fn on_heard(&mut self, peer: String) {
+        if let Some(p) = self.peers.get_mut(&peer).filter(|p| p.connected) {
+            p.last_heard_ms = self.now_ms;
+        }
+    }
+
+    /// Entries read for a peer: send what it lacks, and read on within the window.
+    fn on_log_read(
+        &mut self,
+        peer: String,
+        session: u64,
+        entries: Vec<(u64, Entry)>,
+        through_seq: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(p) = self.session(&peer, session) else {
+            return;
+        };
+        p.reading = false;
+        if through_seq <= p.read_seq {
+            return; // Nothing new in the log; the next commit reads again.
+        }
+        self.send_entries(&peer, entries, through_seq, out);
+        self.maybe_read(&peer, out);
+    }
+
+    /// A peer's batch was applied: acknowledge it, keep what still waits, retry
+    /// what progress may have freed.
+    fn on_applied(
+        &mut self,
+        peer: String,
+        session: u64,
+        applied: VersionVector,
+        waiting: Vec<Dot>,
+        out: &mut Vec<Command>,
+    ) {
+        let progress = !self.log.applied.dominates(&applied);
+        self.log.applied.join(&applied);
+        let (waiting_max, applied_now) =
+            (self.limits.waiting_entries_max, self.log.applied.clone());
+        if let Some(p) = self.session(&peer, session) {
+            let (batch, through) = p.applying.take().expect("Applied answers an Apply");
+            p.waiting = batch
+                .into_iter()
+                .filter(|(_, e)| waiting.contains(&e.dot()))
+                .collect();
+            if p.waiting.len() > waiting_max {
+                p.connected = false;
+                let reason = format!("{} entries wait for missing dependencies", p.waiting.len());
+                out.push(Command::Disconnect {
+                    peer: peer.clone(),
+                    reason,
+                });
+                return;
+            }
+            // Everything received is applied unless some of it waits, or more
+            // arrived meanwhile (then this batch's cursor is the bound).
+            let ack_through = match (p.waiting.first(), p.received.is_empty()) {
+                (Some((seq, _)), _) => seq - 1,
+                (None, true) => p.received_through,
+                (None, false) => through,
+            };
+            let ack = (ack_through > p.acked_to_peer || progress).then(|| {
+                p.acked_to_peer = p.acked_to_peer.max(ack_through);
+                Frame::Ack {
+                    applied: applied_now,
+                    through_seq: p.acked_to_peer,
+                }
+            });
+            // Progress from another peer during this apply may have freed
+            // what waits: retry it now rather than at the next progress.
+            let retry = std::mem::take(&mut p.retry_waiting);
+            if let Some(frame) = ack {
+                self.send(&peer, frame, out);
+            }
+            self.try_apply(&peer, retry, out);
+        }
+        if progress {
+            self.retry_others(&peer, out);
+        }
+    }
+
+    /// Our log moved: update lag and read for every peer.
+    fn on_committed(&mut self, position: LogPosition, out: &mut Vec<Command>) {
+        self.log.last_seq = self.log.last_seq.max(position.last_seq);
+        self.log.log_start = self.log.log_start.max(position.log_start);
+        self.log.applied.join(&position.applied);
+        self.log.floor.join(&position.floor);
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            self.track_lag(&name);
+            self.maybe_read(&name, out);
+        }
+    }
+
+    /// Entries fell outside the retention bounds: collect them.
+    fn on_retention_limit(&mut self, seq: u64, out: &mut Vec<Command>) {
+        self.retention_limit = self.retention_limit.max(seq);
+        self.collect_log(out);
+    }
+
+    /// Our bucket hashes were read: offer them to the peer.
+    fn on_buckets_read(
+        &mut self,
+        peer: String,
+        session: u64,
+        hashes: Vec<u64>,
+        applied: VersionVector,
+        through_seq: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(transfer) = self.outgoing(&peer, session) else {
+            return;
+        };
+        transfer.snapshot = Some((applied, through_seq));
+        self.send(&peer, Frame::StateOffer { hashes }, out);
+    }
+
+    /// The peer's offer was compared: ask for the buckets that differ.
+    fn on_buckets_compared(
+        &mut self,
+        peer: String,
+        session: u64,
+        wanted: Vec<u8>,
+        out: &mut Vec<Command>,
+    ) {
+        if self.session(&peer, session).is_some() {
+            self.send(&peer, Frame::StateWanted { buckets: wanted }, out);
+        }
+    }
+
+    /// A part of a transfer was read: send it, and end the transfer after the last.
+    fn on_state_read(
+        &mut self,
+        peer: String,
+        session: u64,
+        keys: Vec<(String, String, KeyState)>,
+        conflicts: Vec<ConflictRecord>,
+        next: Option<StateCursor>,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(transfer) = self.outgoing(&peer, session) else {
+            return;
+        };
+        transfer.reading = false;
+        transfer.unacked += 1;
+        let finished = next.is_none();
+        transfer.after = next.unwrap_or_default();
+        self.send(&peer, Frame::State { keys, conflicts }, out);
+        if finished {
+            self.finish_transfer(&peer, out);
+        }
+        self.maybe_read(&peer, out);
+    }
+
+    /// A part of an incoming transfer was merged: acknowledge it, merge the next.
+    fn on_state_merged(&mut self, peer: String, session: u64, out: &mut Vec<Command>) {
+        let Some(p) = self.session(&peer, session) else {
+            return;
+        };
+        p.incoming_state.merging = false;
+        self.send(&peer, Frame::StateAck, out);
+        self.try_merge(&peer, out);
+    }
+
+    /// An incoming transfer was adopted: acknowledge through its end, apply what
+    /// waited.
+    fn on_state_adopted(
+        &mut self,
+        peer: String,
+        session: u64,
+        applied: VersionVector,
+        out: &mut Vec<Command>,
+    ) {
+        // What the transfer brought may be what other peers' entries wait for.
+        if !self.log.applied.dominates(&applied) {
+            self.log.applied.join(&applied);
+            self.retry_others(&peer, out);
+        }
+        let applied_now = self.log.applied.clone();
+        let Some(p) = self.session(&peer, session) else {
+            return;
+        };
+        p.incoming_state.adopting = false;
+        let (_, through_seq) = p
+            .incoming_state
+            .end
+            .take()
+            .expect("adopted an ended transfer");
+        p.received_through = p.received_through.max(through_seq);
+        p.acked_to_peer = p.acked_to_peer.max(through_seq);
+        let frame = Frame::Ack {
+            applied: applied_now,
+            through_seq: p.acked_to_peer,
+        };
+        self.send(&peer, frame, out);
+        self.try_apply(&peer, true, out);
+    }
+
+    /// Time passed: collect the log, time out silent peers, ping idle ones, gossip.
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Command>) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.collect_log(out);
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            let p = &self.peers[&name];
+            if !p.connected {
+                continue;
+            }
+            if self.now_ms.saturating_sub(p.last_heard_ms) >= self.limits.peer_timeout_ms {
+                self.peers.get_mut(&name).expect("listed").connected = false;
+                out.push(Command::Disconnect {
+                    peer: name,
+                    reason: format!("silent for {} ms", self.limits.peer_timeout_ms),
+                });
+            } else if self.now_ms.saturating_sub(p.last_sent_ms) >= self.limits.keepalive_ms {
+                self.send(&name, Frame::Ping, out);
+            }
+        }
+        self.gossip(out);
     }
 
     /// The transfer to `peer` in progress in this session, if any.
