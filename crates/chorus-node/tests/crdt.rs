@@ -49,6 +49,22 @@ fn json_of(node: &Node, key: &str) -> Value {
         .map_or(Value::Null, |v| serde_json::from_slice(v).unwrap())
 }
 
+/// Merges `from`'s whole key state into `to`, as the first part of a state transfer
+/// would (not adopted: `to`'s vector does not count it yet).
+fn merge_whole_state(from: &Node, to: &Node) {
+    let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
+    let chunk = from
+        .replica()
+        .read_state(StateCursor::KeysFromStart, 1000, usize::MAX, &all_buckets)
+        .unwrap();
+    to.replica()
+        .replicate_blocking(ReplicationStep::MergeState {
+            keys: chunk.keys,
+            conflicts: chunk.conflicts,
+        })
+        .unwrap();
+}
+
 /// Hands `from`'s whole log to `to` (entries `to` has are skipped by its vector).
 fn sync(from: &Node, to: &Node) {
     let entries: Vec<Entry> = from
@@ -262,17 +278,7 @@ fn state_transfer_joins_documents() {
     .unwrap();
     update(&a, &[("/n", Update::CounterAdd(4))]).unwrap();
     // b takes a's whole state (as a node that fell behind the log would).
-    let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
-    let chunk = a
-        .replica()
-        .read_state(StateCursor::KeysFromStart, 1000, usize::MAX, &all_buckets)
-        .unwrap();
-    b.replica()
-        .replicate_blocking(ReplicationStep::MergeState {
-            keys: chunk.keys,
-            conflicts: chunk.conflicts,
-        })
-        .unwrap();
+    merge_whole_state(&a, &b);
     assert_eq!(json_of(&b, "c1"), json!({"n": 7}));
 }
 
@@ -303,17 +309,7 @@ fn writes_during_a_transfer_depend_on_what_they_saw() {
         )],
     )
     .unwrap();
-    let all_buckets: Vec<u8> = (0..=u8::MAX).collect();
-    let chunk = a
-        .replica()
-        .read_state(StateCursor::KeysFromStart, 1000, usize::MAX, &all_buckets)
-        .unwrap();
-    b.replica()
-        .replicate_blocking(ReplicationStep::MergeState {
-            keys: chunk.keys,
-            conflicts: chunk.conflicts,
-        })
-        .unwrap();
+    merge_whole_state(&a, &b);
     assert!(matches!(
         update(&b, &[("/stock", Update::BoundedAdd(-1))]),
         Err(WriteError::Busy(_))
