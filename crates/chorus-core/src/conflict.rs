@@ -104,6 +104,16 @@ impl ConflictRecord {
         }
     }
 
+    /// The wall-clock milliseconds of the record's newest version (what the conflict
+    /// log's retention goes by).
+    pub fn newest_wall_ms(&self) -> u64 {
+        self.versions
+            .iter()
+            .map(|v| v.hlc.wall_ms())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Bytes of the documents the record holds.
     pub fn value_bytes(&self) -> usize {
         crate::key_state::value_bytes(&self.versions)

@@ -43,15 +43,6 @@ fn is_retention_key(collection: &str, key: &str) -> bool {
     collection == RETENTION_COLLECTION && key == RETENTION_KEY
 }
 
-/// The wall-clock milliseconds of a record's newest version.
-fn newest_wall_ms(record: &ConflictRecord) -> u64 {
-    record
-        .versions
-        .iter()
-        .map(|v| v.hlc.wall_ms())
-        .max()
-        .unwrap_or(0)
-}
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, KEY_VERSIONS_WARN};
 use crate::merge;
@@ -238,7 +229,7 @@ impl Committer {
                 // The watermark moves only when it would prune something here, so
                 // that a node with nothing to prune writes nothing.
                 if before_wall_ms <= self.pruned_before_ms(b)?
-                    || !b.any_conflict(|record| newest_wall_ms(record) < before_wall_ms)?
+                    || !b.any_conflict(|record| record.newest_wall_ms() < before_wall_ms)?
                 {
                     return Ok(());
                 }
@@ -668,7 +659,7 @@ impl Committer {
     fn enforce_retention(&mut self, b: &mut Batch<'_>) -> Result<(), StoreError> {
         self.pruned_before_ms = None;
         let before = self.pruned_before_ms(b)?;
-        let pruned = b.retain_conflicts(|record| newest_wall_ms(record) >= before)?;
+        let pruned = b.retain_conflicts(|record| record.newest_wall_ms() >= before)?;
         metrics::counter!("chorus_conflicts_pruned_total").increment(pruned);
         Ok(())
     }
@@ -680,7 +671,7 @@ impl Committer {
         b: &mut Batch<'_>,
         record: &ConflictRecord,
     ) -> Result<bool, StoreError> {
-        if newest_wall_ms(record) < self.pruned_before_ms(b)? {
+        if record.newest_wall_ms() < self.pruned_before_ms(b)? {
             return Ok(false);
         }
         b.put_conflict(record)

@@ -170,12 +170,7 @@ async fn conflict_logs_prune_alike_by_a_replicated_watermark() {
         .unwrap()
         .conflicts[0]
         .clone();
-    let newest = record
-        .versions
-        .iter()
-        .map(|v| v.hlc.wall_ms())
-        .max()
-        .unwrap();
+    let newest = record.newest_wall_ms();
     assert_eq!(a.digest().unwrap(), b.digest().unwrap());
 
     a.prune_conflicts(newest + 1).await.unwrap();

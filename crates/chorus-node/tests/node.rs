@@ -86,12 +86,7 @@ fn conflicts_resolve_through_their_record_and_expire() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let newest = record
-        .versions
-        .iter()
-        .map(|v| v.hlc.wall_ms())
-        .max()
-        .unwrap();
+    let newest = record.newest_wall_ms();
     rt.block_on(node.prune_conflicts(newest)).unwrap();
     assert!(
         node.conflict(record.id).unwrap().is_some(),
