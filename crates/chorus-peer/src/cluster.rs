@@ -183,6 +183,33 @@ impl ClusterConfig {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// Why node `me` running under this file cannot take `new` without a restart,
+    /// if it cannot: `new` must name it, at the same peer address, in a cluster of
+    /// the same name.
+    pub fn check_reload(&self, new: &ClusterConfig, me: &str) -> Result<(), String> {
+        match (self.node(me), new.node(me)) {
+            (_, None) => {
+                return Err(format!(
+                    "the new cluster file does not name this node {me:?}"
+                ));
+            }
+            (Some(old), Some(new)) if old.peer != new.peer => {
+                return Err(format!(
+                    "this node's peer address changes ({} to {}); restart it to move",
+                    old.peer, new.peer
+                ));
+            }
+            _ => {}
+        }
+        if new.name != self.name {
+            return Err(format!(
+                "the cluster name changes ({:?} to {:?}); restart every node to rename",
+                self.name, new.name
+            ));
+        }
+        Ok(())
+    }
+
     /// The planned neighbours of `name`.
     pub fn neighbours(&self, name: &str) -> Vec<String> {
         self.link_plan()

@@ -40,11 +40,12 @@ use crate::emulation::{LinkEmulation, SplitMix};
 use chorus_core::PhysicalClock;
 use chorus_node::{Entry, Node, NodeId, ReadError, RemoteOutcome, ReplicationStep};
 pub use chorus_repl::EngineLimits;
+pub use chorus_repl::LinkStatus;
 use chorus_repl::frame::{
     FRAME_BYTES_MAX, HELLO_BYTES_MAX, HELLO_NAMES_MAX, NODE_NAME_BYTES_MAX, PIECE_BYTES_MAX,
 };
 use chorus_repl::{
-    Command, Engine, Event, Frame, Hello, LinkPlan, Membership, PROTOCOL_VERSION, PeerStatus, Plan,
+    Command, Engine, Event, Frame, Hello, LinkKeeper, Membership, PROTOCOL_VERSION, PeerStatus,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
@@ -95,21 +96,6 @@ pub struct Options {
     pub emulate: BTreeMap<String, LinkEmulation>,
 }
 
-/// The links of a node as the runtime last planned them (for `GET /v1/status`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LinkStatus {
-    /// The planned neighbours (from the cluster file's topology).
-    pub planned: Vec<String>,
-    /// The peers the node links to now: the planned ones, or around unreachable ones.
-    pub wanted: Vec<String>,
-    /// The peers linked now (including links other nodes dialled).
-    pub connected: Vec<String>,
-    /// Peers unreachable for longer than the heal timeout (still dialled when the
-    /// plan works around them).
-    pub unreachable: Vec<String>,
-    pub heal_after_ms: u64,
-}
-
 enum Msg {
     Event(Event),
     Up {
@@ -144,7 +130,6 @@ struct Link {
     /// The peer's node id in this session (its cursor is stored under it).
     node_id: NodeId,
     writer: mpsc::Sender<Frame>,
-    dialled_by_me: bool,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -367,12 +352,8 @@ pub async fn start(
     let mut actor = Actor {
         shared: shared.clone(),
         engine,
-        links: HashMap::new(),
-        plan,
-        heal_after_ms,
-        down_since: BTreeMap::new(),
+        keeper: LinkKeeper::new(me, plan, heal_after_ms),
         dialers: HashMap::new(),
-        wanted: Plan::default(),
         linked: linked_tx,
     };
     // Dial the planned neighbours at once, and publish the links before the node
@@ -397,16 +378,10 @@ pub async fn start(
 struct Actor {
     shared: Shared,
     engine: Engine,
-    links: HashMap<String, Link>,
-    plan: LinkPlan,
-    heal_after_ms: u64,
-    /// Since when each peer has been failing (dials failed, or a wanted link lost);
-    /// cleared when a link to it comes up.
-    down_since: BTreeMap<String, u64>,
-    /// A dialer task per peer the plan wants or probes.
+    /// The link decisions; it holds each link's tasks and writer.
+    keeper: LinkKeeper<Link>,
+    /// A dialer task per peer the keeper dials.
     dialers: HashMap<String, JoinHandle<()>>,
-    /// The plan last made.
-    wanted: Plan,
     linked: watch::Sender<BTreeSet<String>>,
 }
 
@@ -442,29 +417,24 @@ impl Actor {
                         conn,
                         node_id: hello.node_id,
                         writer,
-                        dialled_by_me,
                         tasks,
                     };
-                    events.extend(self.up(peer, hello, link));
+                    events.extend(self.up(peer, hello, dialled_by_me, link));
                 }
                 Msg::Down { peer, conn } => {
-                    if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
-                        events.extend(self.lose(peer, "the connection closed"));
-                    }
+                    let closed = "the connection closed";
+                    events.extend(self.lose(peer, |l| l.conn == conn, closed));
                 }
-                Msg::Drop { peer, reason } => events.extend(self.lose(peer, &reason)),
-                Msg::DialFailed { peer } => {
-                    let now = self.shared.now_ms();
-                    self.down_since.entry(peer).or_insert(now);
-                }
+                Msg::Drop { peer, reason } => events.extend(self.lose(peer, |_| true, &reason)),
+                Msg::DialFailed { peer } => self.keeper.dial_failed(&peer, self.shared.now_ms()),
                 Msg::Reconfigure { config, reply } => {
                     answer = Some((reply, self.reconfigure(config, &mut events)));
                 }
             }
-            let linked_before = self.links.len();
+            let linked_before = self.keeper.linked().count();
             self.handle(events);
             // The engine may have dropped a link (a silent peer, a full writer queue).
-            links_may_change |= self.links.len() != linked_before;
+            links_may_change |= self.keeper.linked().count() != linked_before;
             if links_may_change {
                 self.replan();
             }
@@ -486,22 +456,20 @@ impl Actor {
     }
 
     /// A connection to `peer` is up: it becomes the link unless a preferred one is
-    /// already up (see the module's invariant).
-    fn up(&mut self, peer: String, hello: Hello, link: Link) -> Option<Event> {
-        if let Some(existing) = self.links.get(&peer) {
-            let dialer = |by_me: bool| if by_me { &self.shared.me } else { &peer };
-            if dialer(existing.dialled_by_me) < dialer(link.dialled_by_me) {
-                tracing::debug!(peer, "a second connection; keeping the first");
-                return None;
-            }
+    /// already up (the keeper decides; the connection it does not keep is dropped).
+    fn up(&mut self, peer: String, hello: Hello, dialled_by_me: bool, link: Link) -> Option<Event> {
+        let node_id = hello.node_id;
+        let admission = self.keeper.up(&peer, dialled_by_me, link);
+        drop(admission.close);
+        if !admission.linked {
+            tracing::debug!(peer, "a second connection; keeping the first");
+            return None;
         }
-        let acked_seq = self.shared.node.replica().peer_cursor(hello.node_id).unwrap_or_else(|error| {
+        let acked_seq = self.shared.node.replica().peer_cursor(node_id).unwrap_or_else(|error| {
             tracing::error!(%error, peer, "cannot read the peer's cursor; resending from the start");
             0
         });
         tracing::info!(peer, acked_seq, "peer connected");
-        self.down_since.remove(&peer);
-        self.links.insert(peer.clone(), link);
         Some(Event::Connected {
             peer,
             hello,
@@ -509,76 +477,48 @@ impl Actor {
         })
     }
 
-    /// Drops the link to `peer` after a fault; losing a wanted link starts its
-    /// unreachable clock. Returns the event that tells the engine, if it was up.
-    fn lose(&mut self, peer: String, reason: &str) -> Option<Event> {
-        let link = self.links.remove(&peer)?;
+    /// Drops the link to `peer` if `is_it`, after a fault. Returns the event that
+    /// tells the engine, if it was up.
+    fn lose(
+        &mut self,
+        peer: String,
+        is_it: impl FnOnce(&Link) -> bool,
+        reason: &str,
+    ) -> Option<Event> {
+        let link = self.keeper.down(&peer, is_it, self.shared.now_ms())?;
         drop(link);
         tracing::info!(peer, reason, "lost the link");
-        if self.wanted.links.contains(&peer) {
-            let now = self.shared.now_ms();
-            self.down_since.entry(peer.clone()).or_insert(now);
-        }
         Some(Event::Disconnected { peer })
     }
 
-    /// The peers unreachable for longer than the heal timeout.
-    fn unreachable(&self) -> BTreeSet<String> {
-        let now = self.shared.now_ms();
-        self.down_since
-            .iter()
-            .filter(|(peer, since)| {
-                now >= *since + self.heal_after_ms && !self.links.contains_key(*peer)
-            })
-            .map(|(peer, _)| peer.clone())
-            .collect()
-    }
-
-    /// Plans the links anew and follows the plan: dials what it wants or probes,
-    /// stops dialling the rest, and closes links this node dialled that it no longer
-    /// wants (and any link the cluster no longer allows).
+    /// Plans the links anew and follows the plan: starts and stops dialers, and
+    /// closes the links the keeper retires.
     fn follow_plan(&mut self) -> VecDeque<Event> {
-        let plan = self.plan.plan(&self.shared.me, &self.unreachable());
-        if plan != self.wanted {
-            tracing::info!(links = ?plan.links, around = ?plan.probes, "link plan");
+        let wanted_before = self.keeper.wanted().clone();
+        let shared = &self.shared;
+        let changes = self
+            .keeper
+            .follow(shared.now_ms(), |peer| shared.emulation(peer).partitioned);
+        let wanted = self.keeper.wanted();
+        if *wanted != wanted_before {
+            tracing::info!(links = ?wanted.links, around = ?wanted.probes, "link plan");
         }
-        self.wanted = plan;
-        let dial: BTreeSet<&String> = self.wanted.links.union(&self.wanted.probes).collect();
-        self.dialers.retain(|peer, task| {
-            let keep = dial.contains(peer);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for peer in dial {
-            if !self.dialers.contains_key(peer) {
-                let task = tokio::spawn(dial_loop(self.shared.clone(), peer.clone()));
-                self.dialers.insert(peer.clone(), task);
+        for peer in changes.stop_dialing {
+            if let Some(dialer) = self.dialers.remove(&peer) {
+                dialer.abort();
             }
         }
-        let cluster = self.shared.cluster();
-        let retired: Vec<(String, &'static str)> = self
-            .links
-            .iter()
-            .filter_map(|(peer, link)| {
-                if cluster.node(peer).is_none() {
-                    Some((peer.clone(), "it left the cluster"))
-                } else if self.shared.emulation(peer).partitioned {
-                    Some((peer.clone(), "the link is partitioned (link emulation)"))
-                } else if link.dialled_by_me && !self.dialers.contains_key(peer) {
-                    Some((peer.clone(), "the link plan no longer wants it"))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        retired
+        for peer in changes.dial {
+            let task = tokio::spawn(dial_loop(self.shared.clone(), peer.clone()));
+            self.dialers.insert(peer, task);
+        }
+        changes
+            .closed
             .into_iter()
-            .filter_map(|(peer, reason)| {
+            .map(|(peer, link, reason)| {
                 tracing::info!(peer, reason, "closing the link");
-                self.links.remove(&peer)?;
-                Some(Event::Disconnected { peer })
+                drop(link);
+                Event::Disconnected { peer }
             })
             .collect()
     }
@@ -590,35 +530,15 @@ impl Actor {
     ) -> Result<(), String> {
         let current = self.shared.cluster();
         let me = &self.shared.me;
-        match (current.node(me), config.node(me)) {
-            (_, None) => {
-                return Err(format!(
-                    "the new cluster file does not name this node {me:?}"
-                ));
-            }
-            (Some(old), Some(new)) if old.peer != new.peer => {
-                return Err(format!(
-                    "this node's peer address changes ({} to {}); restart it to move",
-                    old.peer, new.peer
-                ));
-            }
-            _ => {}
-        }
-        if config.name != current.name {
-            return Err(format!(
-                "the cluster name changes ({:?} to {:?}); restart every node to rename",
-                current.name, config.name
-            ));
-        }
-        self.plan = config.link_plan()?;
-        self.heal_after_ms = config.heal_after_ms;
+        current.check_reload(&config, me)?;
+        let plan = config.link_plan()?;
         // Dial at once under the new file (a healed partition, a new node), not
         // after the backoff of earlier failures.
-        for (_, dialer) in self.dialers.drain() {
-            dialer.abort();
+        for peer in self.keeper.reconfigure(plan, config.heal_after_ms) {
+            if let Some(dialer) = self.dialers.remove(&peer) {
+                dialer.abort();
+            }
         }
-        self.down_since
-            .retain(|peer, _| config.node(peer).is_some());
         events.push_back(Event::Reconfigured {
             membership: membership(&config, me),
         });
@@ -639,26 +559,18 @@ impl Actor {
     }
 
     fn publish_links(&self) {
-        let mut connected: Vec<String> = self.links.keys().cloned().collect();
-        connected.sort();
-        let linked: BTreeSet<String> = connected.iter().cloned().collect();
+        let status = self.keeper.status(self.shared.now_ms());
+        let linked: BTreeSet<String> = status.connected.iter().cloned().collect();
         self.linked.send_if_modified(|current| {
             let changed = *current != linked;
             *current = linked;
             changed
         });
-        let links = LinkStatus {
-            planned: self.plan.planned(&self.shared.me).into_iter().collect(),
-            wanted: self.wanted.links.iter().cloned().collect(),
-            connected,
-            unreachable: self.unreachable().into_iter().collect(),
-            heal_after_ms: self.heal_after_ms,
-        };
         self.shared
             .status
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .1 = links;
+            .1 = status;
     }
 
     /// Publishes the engine's view of each peer, for status and metrics.
@@ -685,7 +597,7 @@ impl Actor {
     fn execute(&mut self, command: Command, events: &mut VecDeque<Event>) {
         let shared = &self.shared;
         tracing::trace!(?command, "replication command");
-        let peer_id = |peer: &str| self.links.get(peer).map(|l| l.node_id);
+        let peer_id = |peer: &str| self.keeper.link(peer).map(|l| l.node_id);
         let Some(effect) = effect_of(&shared.node, command, peer_id) else {
             return;
         };
@@ -704,14 +616,16 @@ impl Actor {
                 });
             }
             Effect::Send { peer, frame } => {
-                let Some(link) = self.links.get(&peer) else {
+                let Some(link) = self.keeper.link(&peer) else {
                     return;
                 };
                 if link.writer.try_send(frame).is_err() {
-                    events.extend(self.lose(peer, "the peer is not reading"));
+                    events.extend(self.lose(peer, |_| true, "the peer is not reading"));
                 }
             }
-            Effect::Disconnect { peer, reason } => events.extend(self.lose(peer, &reason)),
+            Effect::Disconnect { peer, reason } => {
+                events.extend(self.lose(peer, |_| true, &reason))
+            }
             Effect::Apply {
                 peer,
                 session,

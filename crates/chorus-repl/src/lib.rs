@@ -9,9 +9,9 @@
 //!                                                                         Disconnect
 //! ```
 //!
-//! The runtime (`chorus-node`'s `replication` module) owns sockets, tasks and the
-//! store, feeds events in and executes the commands; the simulator can drive the same
-//! engine with a seeded network. The clock comes in with events (`Tick`), never read.
+//! The runtime (`chorus-peer`'s `replication` module) owns sockets, tasks and the
+//! store, feeds events in and executes the commands; the simulator drives the same
+//! engine, and the same link decisions ([`LinkKeeper`]), with a seeded network. The clock comes in with events (`Tick`), never read.
 //!
 //! **Architecture Invariant:** one rule covers every topology. To each connected
 //! neighbour a node streams, in its op-log order, the entries that neighbour has not
@@ -24,6 +24,7 @@
 
 pub mod engine;
 pub mod frame;
+pub mod keeper;
 pub mod links;
 pub mod topology;
 
@@ -31,5 +32,6 @@ pub use engine::{
     Command, Engine, EngineLimits, Event, LogPosition, Membership, PeerStatus, StateCursor,
 };
 pub use frame::{Frame, FrameError, Hello, PROTOCOL_VERSION};
+pub use keeper::{Admission, Changes, LinkKeeper, LinkStatus};
 pub use links::{LinkPlan, Plan};
 pub use topology::{Topology, TopologyError};
