@@ -19,6 +19,7 @@ pub mod collections;
 pub mod crdt_json;
 pub mod custom;
 pub mod document;
+pub mod home;
 pub mod json;
 pub mod limits;
 pub mod merge;

@@ -3,13 +3,12 @@
 //! node and do not conflict.
 //!
 //! ```text
-//!  PUT at b ─▶ order = rendezvous(key or field, members) = [a, c, b]
+//!  PUT at b ─▶ Home::order = rendezvous(key or field, members) = [a, c, b]
 //!          ─▶ forward to a ── no connection / 503 ──▶ forward to c ── … ──▶ write here
 //! ```
 //!
-//! The order is the same on every node (rendezvous hashing of the routing value with
-//! each member's name), so when the home is down every node fails over to the same
-//! next one. A request moves on only when it cannot have taken effect where it was
+//! The order (`Home::order`, in `chorus-rules`) is the same on every node, so when the
+//! home is down every node fails over to the same next one. A request moves on only when it cannot have taken effect where it was
 //! sent (the `chorus-client` rule); when every node before this one in the order is
 //! unreachable, this node takes the write itself. Conflicts that still arise (two
 //! sides of a partition each taking writes) are resolved by the collection's policy.
@@ -25,7 +24,6 @@ use axum::response::{IntoResponse, Response};
 use chorus_client::{Client, Error};
 use chorus_node::Home;
 use chorus_peer::replication::Replication;
-use sha2::{Digest, Sha256};
 
 /// Marks a forwarded write, naming the node that forwarded it.
 pub const FORWARDED_BY: &str = "chorus-forwarded-by";
@@ -33,40 +31,6 @@ pub const FORWARDED_BY: &str = "chorus-forwarded-by";
 pub const HOME_HEADER: &str = "chorus-home";
 /// The header carrying a lease's fencing token with a write.
 pub const LOCK_TOKEN_HEADER: &str = "chorus-lock-token";
-
-/// The members in the order a document routed by `value` tries them: its home
-/// first. For `Home::Node`, the named node first, then the others by rendezvous.
-pub fn order(members: &[String], home: &Home, value: &str) -> Vec<String> {
-    let weight = |member: &str| {
-        let mut hasher = Sha256::new();
-        for part in [value, member] {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part.as_bytes());
-        }
-        let digest = hasher.finalize();
-        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
-    };
-    let mut ordered: Vec<String> = members.to_vec();
-    ordered.sort_by_key(|m| (std::cmp::Reverse(weight(m)), m.clone()));
-    if let Home::Node(named) = home
-        && let Some(at) = ordered.iter().position(|m| m == named)
-    {
-        let first = ordered.remove(at);
-        ordered.insert(0, first);
-    }
-    ordered
-}
-
-/// The value a document is routed by: its key, or a field of the written document.
-pub fn routing_value(home: &Home, key: &str, document: Option<&[u8]>) -> String {
-    match home {
-        Home::Field(field) => document
-            .and_then(|d| serde_json::from_slice::<serde_json::Value>(d).ok())
-            .and_then(|d| d.get(field).map(|v| v.to_string()))
-            .unwrap_or_else(|| key.to_owned()),
-        Home::Key | Home::Node(_) => key.to_owned(),
-    }
-}
 
 /// A write to route: what to send to the home leader.
 pub struct Routed<'a> {
@@ -93,8 +57,10 @@ pub async fn forward(
     }
     let config = cluster.cluster();
     let me = cluster.me().to_owned();
-    let value = routing_value(write.home, write.key, write.body);
-    let before_me: Vec<String> = order(&config.names(), write.home, &value)
+    let value = write.home.routing_value(write.key, write.body);
+    let before_me: Vec<String> = write
+        .home
+        .order(&config.names(), &value)
         .into_iter()
         .take_while(|m| *m != me)
         .filter_map(|m| config.node(&m).map(|n| format!("http://{}", n.http)))
@@ -153,39 +119,4 @@ pub async fn forward(
         response.headers_mut().insert(HOME_HEADER, name);
     }
     Ok(Some(response))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn names(n: &[&str]) -> Vec<String> {
-        n.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// The order is the same whatever order the members are listed in, spreads
-    /// documents over every member, and puts a named home first.
-    #[test]
-    fn order_is_deterministic_and_spread() {
-        let members = names(&["a", "b", "c"]);
-        let reversed = names(&["c", "b", "a"]);
-        let mut firsts = std::collections::BTreeMap::new();
-        for k in 0..300 {
-            let key = format!("k{k}");
-            let o = order(&members, &Home::Key, &key);
-            assert_eq!(o, order(&reversed, &Home::Key, &key));
-            assert_eq!(o.len(), 3);
-            *firsts.entry(o[0].clone()).or_insert(0) += 1;
-        }
-        assert!(firsts.values().all(|n| *n > 60), "{firsts:?}");
-        let named = order(&members, &Home::Node("b".into()), "x");
-        assert_eq!(named[0], "b");
-        let by_field = Home::Field("tenant".into());
-        assert_eq!(
-            routing_value(&by_field, "k", Some(br#"{"tenant":"acme"}"#)),
-            "\"acme\""
-        );
-        assert_eq!(routing_value(&by_field, "k", Some(br#"{"other":1}"#)), "k");
-        assert_eq!(routing_value(&by_field, "k", None), "k");
-    }
 }
