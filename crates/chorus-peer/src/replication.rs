@@ -12,16 +12,12 @@
 //! directions share it. Dialers retry with backoff, so a node serves its API at once
 //! and links come up as peers do.
 //!
-//! Self-healing: the actor dials the peers its [`LinkPlan`] wants: the planned
-//! neighbours, and, once a peer has been unreachable (failed dials, or a wanted link
-//! lost) for the cluster's `heal_after_ms`, the nearest reachable nodes beyond it. It
-//! keeps dialling the unreachable ones (probes); a link coming up makes a peer
-//! reachable again and the plan returns to the planned links.
-//!
-//! **Invariant:** whoever wants a link dials it, and the acceptor keeps what it
-//! accepted from a cluster member; only the dialer closes a link it no longer wants.
-//! When both ends dial at once, both keep the connection dialled by the node whose
-//! name sorts first (or the newer of two from the same dialer), so they agree.
+//! Self-healing: the link decisions (which peers to dial, which of two connections to
+//! keep, when a peer is unreachable, which links to close) are made without I/O by a
+//! [`LinkKeeper`] (`chorus-repl`), which the simulator drives too; the actor carries
+//! them out: a dialer task per peer the keeper dials, a reader and a writer task per
+//! link. See `chorus_repl::keeper` for the invariants (one link per pair, only the
+//! dialer closes a link it no longer wants).
 //!
 //! Framing: frames travel in pieces (`chorus_repl::frame`); a piece above
 //! `PIECE_BYTES_MAX`, or a frame above `FRAME_BYTES_MAX` (`HELLO_BYTES_MAX` before the

@@ -22,7 +22,8 @@
 //!
 //! **Invariant:** a peer is unreachable once it has been failing (dials failed, or a
 //! wanted link lost) for the heal timeout with no link up; a link coming up clears
-//! its clock. The plan works around unreachable peers and keeps dialling them.
+//! its clock, and so does the plan ceasing to dial it. The plan works around
+//! unreachable peers and keeps dialling them.
 
 use crate::links::{LinkPlan, Plan};
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,6 +172,9 @@ impl<H> LinkKeeper<H> {
             .union(&self.wanted.probes)
             .cloned()
             .collect();
+        // A peer no longer dialled gives no news: forget its clock rather than count it
+        // unreachable forever.
+        self.down_since.retain(|peer, _| dial.contains(peer));
         let stop_dialing: Vec<String> = self.dialing.difference(&dial).cloned().collect();
         let start: Vec<String> = dial.difference(&self.dialing).cloned().collect();
         self.dialing = dial;

@@ -9,8 +9,9 @@ fn digest(node: &Node) -> [u8; 32] {
 }
 
 pub fn digests_agree(sim: &Sim) -> bool {
-    let first = digest(sim.node(0));
-    (1..sim.node_count()).all(|i| digest(sim.node(i)) == first)
+    let replicas = sim.replicas();
+    let first = digest(replicas[0]);
+    replicas[1..].iter().all(|node| digest(node) == first)
 }
 
 fn conflict_log(node: &Node) -> Vec<ConflictRecord> {
@@ -34,16 +35,19 @@ pub fn check(sim: &Sim) -> Result<(), String> {
     if !digests_agree(sim) {
         return Err("replicas did not converge to equal digests".into());
     }
-    let reference = conflict_log(sim.node(0));
-    for i in 1..sim.node_count() {
-        if conflict_log(sim.node(i)) != reference {
+    let replicas = sim.replicas();
+    let reference = conflict_log(replicas[0]);
+    for node in &replicas[1..] {
+        if conflict_log(node) != reference {
             return Err(format!(
-                "the conflict log of node {i} differs from node 0's"
+                "the conflict log of {} differs from {}'s",
+                node.name(),
+                replicas[0].name()
             ));
         }
     }
-    for i in 0..sim.node_count() {
-        check_causal_order(sim.node(i))?;
+    for node in &replicas {
+        check_causal_order(node)?;
     }
     check_no_write_lost(sim, &reference)?;
     check_crdt_totals(sim)?;
@@ -56,9 +60,10 @@ fn check_crdt_totals(sim: &Sim) -> Result<(), String> {
     let Some(totals) = &sim.crdt_totals else {
         return Ok(());
     };
-    for i in 0..sim.node_count() {
+    for node in sim.replicas() {
+        let i = node.name();
         for (key, expected) in totals {
-            let doc = sim.node(i).crdt_document("c", key).expect("reads work");
+            let doc = node.crdt_document("c", key).expect("reads work");
             let field = |name: &str, kind| doc.as_ref().and_then(|d| d.get(&[name.into()], kind));
             let counter = match field("n", Kind::Counter) {
                 Some(Field::Counter(counter)) => Field::counter_value(counter),
@@ -92,7 +97,7 @@ fn check_crdt_totals(sim: &Sim) -> Result<(), String> {
 /// No version that a later write superseded is live again (after tombstone
 /// collection, state transfers, collected op logs and crashes).
 fn check_nothing_revived(sim: &Sim) -> Result<(), String> {
-    let node = sim.node(0);
+    let node = sim.replicas()[0];
     for acked in &sim.acked {
         let doc = node.get(&acked.collection, &acked.key).expect("reads work");
         let revived = doc.versions.iter().find(|v| {
@@ -143,7 +148,7 @@ fn check_causal_order(node: &Node) -> Result<(), String> {
 /// or kept in the conflict log (a delete may also give way to another delete), or
 /// older than the conflict log's retention watermark (its record may be pruned).
 fn check_no_write_lost(sim: &Sim, conflicts: &[ConflictRecord]) -> Result<(), String> {
-    let node = sim.node(0);
+    let node = sim.replicas()[0];
     let pruned_before_ms = node.conflicts_pruned_before_ms().expect("reads work");
     for acked in &sim.acked {
         let doc = node.get(&acked.collection, &acked.key).expect("reads work");
@@ -183,12 +188,12 @@ fn check_no_write_lost(sim: &Sim, conflicts: &[ConflictRecord]) -> Result<(), St
     Ok(())
 }
 
-/// Names the first document or log that differs between node 0 and another node.
+/// Names the first document or log that differs between the first member and another.
 pub fn describe_divergence(sim: &Sim) -> String {
-    let reference = sim.node(0);
-    for i in 1..sim.node_count() {
-        let other = sim.node(i);
-        for collection in ["s", "l"] {
+    let replicas = sim.replicas();
+    let reference = replicas[0];
+    for other in &replicas[1..] {
+        for collection in ["s", "l", "h"] {
             for key in crate::KEYS {
                 let (a, b) = (reference.get(collection, key), other.get(collection, key));
                 let (a, b) = (a.expect("reads work"), b.expect("reads work"));

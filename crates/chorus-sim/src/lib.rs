@@ -6,18 +6,24 @@
 //! thread, so a seed replays exactly:
 //!
 //! - **time**: a simulated clock; each node's physical clock drifts by an offset;
-//! - **network**: links carry frames with random delays, in order per connection
-//!   (like TCP); faults reset connections (a frame lost), duplicate or reorder a
-//!   frame within a connection, and partition links (frames wait until the link heals
-//!   or an engine times the connection out);
-//! - **crashes**: a node loses everything not fsynced and restarts from its disk;
+//! - **network** ([`network`]): nodes dial and accept connections as the runtime
+//!   does, through the same link decisions (`chorus_repl::LinkKeeper`: the link
+//!   plan, healing around unreachable nodes, probes, double-dial de-duplication);
+//!   connections carry frames with random delays, in order (like TCP); faults reset
+//!   connections (a frame lost), duplicate or reorder a frame, partition any two
+//!   nodes (frames wait until the link heals or an engine times the connection out);
+//! - **processes**: a node crashes (loses everything not fsynced, restarts from its
+//!   disk) or freezes (stops answering, then resumes as if nothing happened);
+//! - **the cluster file** ([`membership`]): links are added, a spare node joins, a
+//!   drained member leaves; each node reloads the new file at its own moment;
 //! - **clients**: writes and deletes with and without contexts (fresh and stale), on a
-//!   `siblings` and an `lww` collection.
+//!   `siblings` and an `lww` collection, and on a collection with a home, routed as
+//!   the server routes them (`Home::order`: to the first reachable node).
 //!
-//! After the faults stop, the network heals and every node restarts; the run then
-//! checks ([`checks`]) that all replicas converge (equal digests and conflict logs),
-//! that no acknowledged write is lost, and that no node applied an entry before one it
-//! depends on.
+//! After the faults stop, the network heals and every member restarts and reloads;
+//! the run then checks ([`checks`]) that all replicas converge (equal digests and
+//! conflict logs), that no acknowledged write is lost, that no node applied an entry
+//! before one it depends on, and that every node is back on its planned links.
 //!
 //! The committer runs in its own thread, but the simulator waits for each request's
 //! answer before doing anything else, so every batch holds exactly one request and the
@@ -25,18 +31,21 @@
 
 pub mod checks;
 pub mod disk;
+mod membership;
+mod network;
 pub mod rng;
 
 use chorus_core::crdt::{OpError, Operation, Update};
 use chorus_core::{Dot, EntryBody, PhysicalClock, VersionVector};
 use chorus_node::{
-    CollectionConfig, Context, Node, NodeConfig, NodeId, Policy, ReplicationStep, Write,
+    CollectionConfig, Context, Home, Node, NodeConfig, NodeId, Policy, ReplicationStep, Write,
 };
-use chorus_peer::replication::{Effect, applied_event, effect_of, hello};
-use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, Membership, Topology};
+use chorus_repl::{Command, Engine, EngineLimits, Event, Frame, LinkKeeper, Topology};
 use disk::SimDisk;
+use membership::ClusterFile;
+use network::{Dialer, InFlight, Session};
 use rng::Rng;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -65,6 +74,14 @@ pub struct Report {
     pub tombstone_collections: u64,
     /// Times a node moved the conflict log's retention watermark.
     pub conflict_prunes: u64,
+    /// Writes to the collection with a home: taken by their home, by a later node
+    /// of the order (the nodes before it unreachable), or abandoned (the node they
+    /// went to was frozen: the client cannot know whether they took effect).
+    pub home_writes_at_home: u64,
+    pub home_writes_failed_over: u64,
+    pub home_writes_uncertain: u64,
+    /// Links dialled around unreachable nodes (beyond the planned neighbours).
+    pub healing_links: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub sim_ms: u64,
 }
@@ -79,6 +96,10 @@ impl Report {
         self.state_buckets_wanted += other.state_buckets_wanted;
         self.tombstone_collections += other.tombstone_collections;
         self.conflict_prunes += other.conflict_prunes;
+        self.home_writes_at_home += other.home_writes_at_home;
+        self.home_writes_failed_over += other.home_writes_failed_over;
+        self.home_writes_uncertain += other.home_writes_uncertain;
+        self.healing_links += other.healing_links;
         self.sim_ms += other.sim_ms;
         for (kind, n) in &other.faults {
             *self.faults.entry(kind).or_default() += n;
@@ -104,8 +125,19 @@ struct SimNode {
     id: NodeId,
     disk: SimDisk,
     clock: Arc<NodeClock>,
-    /// `None` while crashed.
-    running: Option<(Node, Engine)>,
+    /// `None` while crashed, and before joining or after leaving the cluster.
+    running: Option<Running>,
+}
+
+/// A running node process: the replica, its engine, its link decisions.
+struct Running {
+    node: Node,
+    engine: Engine,
+    keeper: LinkKeeper<u64>,
+    /// A dialer per peer the keeper dials.
+    dialers: BTreeMap<String, Dialer>,
+    /// The cluster file this process last loaded.
+    cluster: ClusterFile,
 }
 
 /// A write a client saw acknowledged.
@@ -122,31 +154,23 @@ pub struct Acked {
     pub hlc: chorus_core::Hlc,
 }
 
-struct Session {
-    id: u64,
-    /// Time of the last frame scheduled in each direction (low → high, high → low),
-    /// so frames of one connection arrive in order.
-    last_at: [u64; 2],
-}
-
-struct InFlight {
-    session: u64,
-    from: usize,
-    to: usize,
-    frame: Frame,
-}
-
 pub struct Sim {
     rng: Rng,
     topology_rng: Rng,
     /// Draws when nodes prune their conflict logs (a stream of its own, so that older
     /// seeds run as they did).
     prune_rng: Rng,
+    /// Draws when nodes join and leave, and when reloads happen.
+    membership_rng: Rng,
     now_ms: Arc<AtomicU64>,
     nodes: Vec<SimNode>,
-    neighbours: Vec<Vec<usize>>,
-    sessions: BTreeMap<(usize, usize), Session>,
+    /// The cluster file as the operator last wrote it.
+    cluster: ClusterFile,
+    /// A node outside the cluster, ready to join once.
+    spare: Option<usize>,
+    sessions: BTreeMap<u64, Session>,
     partitioned: BTreeSet<(usize, usize)>,
+    frozen: BTreeSet<usize>,
     queue: BTreeMap<(u64, u64), InFlight>,
     next_order: u64,
     next_session: u64,
@@ -179,17 +203,17 @@ pub struct CrdtTotals {
 enum Scheduled {
     Heal(usize, usize),
     Restart(usize),
-}
-
-fn link(a: usize, b: usize) -> (usize, usize) {
-    (a.min(b), a.max(b))
+    Thaw(usize),
+    Reload(usize),
 }
 
 impl Sim {
     pub fn new(seed: u64) -> Sim {
         let mut rng = Rng::new(seed);
         let count = 3 + rng.below(3) as usize;
-        let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
+        // The members, and one spare node that may join later.
+        let names: Vec<String> = (0..=count).map(|i| format!("n{i}")).collect();
+        let members = names[..count].to_vec();
         let topology = match rng.below(3) {
             0 => Topology::Mesh,
             1 => Topology::Ring,
@@ -197,16 +221,6 @@ impl Sim {
                 hub: names[rng.below(count as u64) as usize].clone(),
             },
         };
-        let neighbours = names
-            .iter()
-            .map(|n| {
-                let peers = topology.neighbours(&names, n).expect("a valid topology");
-                peers
-                    .iter()
-                    .map(|p| names.iter().position(|x| x == p).expect("a node"))
-                    .collect()
-            })
-            .collect();
         let now_ms = Arc::new(AtomicU64::new(0));
         let nodes = names
             .iter()
@@ -254,15 +268,24 @@ impl Sim {
             topology: format!("{topology:?}"),
             ..Report::default()
         };
+        let mut topology_rng = Rng::new(seed ^ 0x7070_7070_7070_7070);
+        let cluster = ClusterFile {
+            members,
+            topology,
+            heal_after_ms: 500 + topology_rng.below(2_500),
+        };
         let mut sim = Sim {
             rng,
-            topology_rng: Rng::new(seed ^ 0x7070_7070_7070_7070),
+            topology_rng,
             prune_rng: Rng::new(seed ^ 0x5252_5252_5252_5252),
+            membership_rng: Rng::new(seed ^ 0x6060_6060_6060_6060),
             now_ms,
             nodes,
-            neighbours,
+            cluster,
+            spare: Some(count),
             sessions: BTreeMap::new(),
             partitioned: BTreeSet::new(),
+            frozen: BTreeSet::new(),
             queue: BTreeMap::new(),
             next_order: 0,
             next_session: 1,
@@ -291,13 +314,17 @@ impl Sim {
     }
 
     pub fn node(&self, i: usize) -> &Node {
-        &self.nodes[i].running.as_ref().expect("node is running").0
+        &self.running(i).node
     }
 
-    pub fn node_count(&self) -> usize {
-        self.nodes.len()
+    /// The replicas of the cluster's members, in cluster-file order (all running
+    /// once a run has settled).
+    pub fn replicas(&self) -> Vec<&Node> {
+        self.members().into_iter().map(|i| self.node(i)).collect()
     }
 
+    /// Starts node `i`'s process under the cluster file as it is now: it dials its
+    /// planned neighbours at once.
     fn start(&mut self, i: usize) {
         let n = &self.nodes[i];
         let config = NodeConfig {
@@ -308,28 +335,27 @@ impl Sim {
         };
         let node = Node::open_backend(n.disk.clone(), config).expect("a simulated disk opens");
         let position = node.replica().position().expect("reads work");
-        let peers: Vec<String> = self.neighbours[i]
-            .iter()
-            .map(|&j| self.nodes[j].name.clone())
-            .collect();
-        let members = self.nodes.iter().map(|n| n.name.clone()).collect();
-        let membership = Membership {
-            me: self.nodes[i].name.clone(),
-            neighbours: peers,
-            members,
-        };
+        let cluster = self.cluster.clone();
+        let membership = cluster.membership(&n.name);
         let engine = Engine::new(membership, position, self.now(), self.limits.clone());
-        self.nodes[i].running = Some((node, engine));
+        let keeper = LinkKeeper::new(&n.name, cluster.plan(), cluster.heal_after_ms);
+        self.nodes[i].running = Some(Running {
+            node,
+            engine,
+            keeper,
+            dialers: BTreeMap::new(),
+            cluster,
+        });
+        self.follow(i);
     }
 
     fn crash(&mut self, i: usize) {
-        for j in self.neighbours[i].clone() {
-            self.close(i, j);
-        }
         // Take the disk as power loss leaves it, then let the process go.
         let n = &mut self.nodes[i];
         n.disk = n.disk.after_crash();
         n.running = None;
+        self.frozen.remove(&i);
+        self.close_all(i);
     }
 
     /// Adds CRDT operations to the workload: counter increments and set edits on
@@ -345,6 +371,12 @@ impl Sim {
     /// violated property.
     pub fn run(mut self, steps: u64) -> Result<Report, String> {
         self.client_set_policy("l", Policy::Lww);
+        let homed = CollectionConfig {
+            policy: Policy::Lww,
+            home: Some(Home::Key),
+            ..CollectionConfig::default()
+        };
+        self.client_set_collection("h", &homed);
         if self.crdt_totals.is_some() {
             self.client_set_policy("c", Policy::Crdt);
         }
@@ -360,7 +392,7 @@ impl Sim {
             if self.rng.chance(4) {
                 self.inject_fault();
             }
-            self.maybe_add_link();
+            self.maybe_change_cluster();
             self.maybe_prune_conflicts();
         }
         self.heal_all();
@@ -395,19 +427,25 @@ impl Sim {
                 self.deliver(key, msg);
             } else {
                 self.tick();
+                self.dial_due();
             }
         }
         self.now_ms.store(target, Ordering::Relaxed);
         self.run_scheduled();
-        self.connect_all();
+        self.dial_due();
     }
 
     fn tick(&mut self) {
         let now = self.now();
         for i in 0..self.nodes.len() {
+            if self.frozen.contains(&i) || self.nodes[i].running.is_none() {
+                continue; // A stopped process's timers do not fire.
+            }
             self.handle(i, Event::Tick { now_ms: now });
+            // Time may make a failing peer unreachable.
+            self.follow(i);
             // Once a simulated second, as the runtime does every ten: measure the log.
-            if now.is_multiple_of(1_000) && self.nodes[i].running.is_some() {
+            if now.is_multiple_of(1_000) {
                 let (bytes, age) = (
                     self.limits.retention_bytes_max,
                     self.limits.retention_age_ms_max,
@@ -433,251 +471,24 @@ impl Sim {
         for (_, what) in due {
             match what {
                 Scheduled::Heal(a, b) => {
-                    self.partitioned.remove(&link(a, b));
+                    self.partitioned.remove(&network::pair(a, b));
                 }
-                Scheduled::Restart(i) if self.nodes[i].running.is_none() => self.start(i),
-                Scheduled::Restart(_) => {}
-            }
-        }
-    }
-
-    fn connect_all(&mut self) {
-        for a in 0..self.nodes.len() {
-            for b in self.neighbours[a].clone() {
-                let key = link(a, b);
-                let up = self.nodes[a].running.is_some() && self.nodes[b].running.is_some();
-                if a < b
-                    && up
-                    && !self.partitioned.contains(&key)
-                    && !self.sessions.contains_key(&key)
-                {
-                    let id = self.next_session;
-                    self.next_session += 1;
-                    self.sessions.insert(
-                        key,
-                        Session {
-                            id,
-                            last_at: [0, 0],
-                        },
-                    );
-                    self.connected(a, b);
-                    self.connected(b, a);
-                }
-            }
-        }
-    }
-
-    /// Tells `i` that its link to `j` is up, with `j`'s handshake.
-    fn connected(&mut self, i: usize, j: usize) {
-        let theirs = hello(self.node(j), CLUSTER, &self.nodes[j].name).expect("reads work");
-        let acked_seq = self
-            .node(i)
-            .replica()
-            .peer_cursor(self.nodes[j].id)
-            .expect("reads work");
-        let peer = self.nodes[j].name.clone();
-        self.handle(
-            i,
-            Event::Connected {
-                peer,
-                hello: theirs,
-                acked_seq,
-            },
-        );
-    }
-
-    /// Ends the connection between `a` and `b`; both ends are told if running.
-    fn close(&mut self, a: usize, b: usize) {
-        if self.sessions.remove(&link(a, b)).is_none() {
-            return;
-        }
-        for (i, j) in [(a, b), (b, a)] {
-            if self.nodes[i].running.is_some() {
-                let peer = self.nodes[j].name.clone();
-                self.handle(i, Event::Disconnected { peer });
-            }
-        }
-    }
-
-    fn send(&mut self, from: usize, to: usize, frame: Frame) {
-        let key = link(from, to);
-        let now = self.now();
-        let delay = if self.rng.chance(5) {
-            100 + self.rng.below(1500)
-        } else {
-            1 + self.rng.below(30)
-        };
-        let (reorder, duplicate) = (
-            std::mem::take(&mut self.reorder_next),
-            std::mem::take(&mut self.duplicate_next),
-        );
-        let Some(session) = self.sessions.get_mut(&key) else {
-            return;
-        };
-        let direction = usize::from(from > to);
-        // In order per connection, unless a reorder fault lets this frame overtake.
-        let at = if reorder {
-            now + 1
-        } else {
-            (now + delay).max(session.last_at[direction])
-        };
-        session.last_at[direction] = session.last_at[direction].max(at);
-        let id = session.id;
-        let copies = if duplicate { 2 } else { 1 };
-        for _ in 0..copies {
-            let order = self.next_order;
-            self.next_order += 1;
-            self.queue.insert(
-                (at, order),
-                InFlight {
-                    session: id,
-                    from,
-                    to,
-                    frame: frame.clone(),
-                },
-            );
-        }
-    }
-
-    fn deliver(&mut self, key: (u64, u64), msg: InFlight) {
-        let link_key = link(msg.from, msg.to);
-        if self
-            .sessions
-            .get(&link_key)
-            .is_none_or(|s| s.id != msg.session)
-        {
-            return; // The connection it travelled on is gone.
-        }
-        if self.partitioned.contains(&link_key) {
-            // Held back (as TCP would retransmit) until the link heals or times out.
-            let order = self.next_order;
-            self.next_order += 1;
-            self.queue.insert((key.0 + TICK_MS, order), msg);
-            return;
-        }
-        self.report.frames_delivered += 1;
-        let peer = self.nodes[msg.from].name.clone();
-        self.handle(
-            msg.to,
-            Event::Received {
-                peer,
-                frame: msg.frame,
-            },
-        );
-    }
-
-    /// Feeds an event to node `i`'s engine and executes the commands, including the
-    /// events they produce, until none are left.
-    fn handle(&mut self, i: usize, event: Event) {
-        let mut events = VecDeque::from([event]);
-        while let Some(event) = events.pop_front() {
-            if self.trace {
-                eprintln!(
-                    "{:>8} {} <- {}",
-                    self.now(),
-                    self.nodes[i].name,
-                    brief_event(&event)
-                );
-            }
-            let Some((_, engine)) = self.nodes[i].running.as_mut() else {
-                return;
-            };
-            let commands = engine.handle(event);
-            for command in commands {
-                if self.trace {
-                    eprintln!(
-                        "{:>8} {} -> {}",
-                        self.now(),
-                        self.nodes[i].name,
-                        brief_command(&command)
-                    );
-                }
-                self.execute(i, command, &mut events);
-            }
-        }
-    }
-
-    fn peer_index(&self, name: &str) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.name == name)
-            .expect("a known peer")
-    }
-
-    fn execute(&mut self, i: usize, command: Command, events: &mut VecDeque<Event>) {
-        let ids: Vec<(String, NodeId)> =
-            self.nodes.iter().map(|n| (n.name.clone(), n.id)).collect();
-        let peer_id = |peer: &str| ids.iter().find(|(name, _)| name == peer).map(|(_, id)| *id);
-        let Some(effect) = effect_of(self.node(i), command, peer_id) else {
-            return;
-        };
-        match effect {
-            // Scans run inline here: simulated time does not pass while reading.
-            Effect::Answered(answer) => events.push_back(self.read(answer)),
-            Effect::Scan(scan) => {
-                let answer = scan.answer(self.node(i));
-                events.push_back(self.read(answer));
-            }
-            Effect::Send { peer, frame } => {
-                let j = self.peer_index(&peer);
-                self.send(i, j, frame);
-            }
-            Effect::Disconnect { peer, .. } => {
-                let j = self.peer_index(&peer);
-                self.close(i, j);
-            }
-            Effect::Apply {
-                peer,
-                session,
-                entries,
-            } => {
-                let outcome = self
-                    .node(i)
-                    .replica()
-                    .apply_remote_blocking(entries)
-                    .expect("the simulated disk works");
-                if self.trace && !outcome.waiting.is_empty() {
-                    let first = &outcome.waiting[0];
-                    eprintln!(
-                        "         {} waits: {} deps {:?}; applied {:?}",
-                        self.nodes[i].name,
-                        first.dot(),
-                        first.deps,
-                        outcome.applied
-                    );
-                }
-                events.push_back(applied_event(peer, session, outcome));
-                events.push_back(self.committed(i));
-            }
-            Effect::Commit { step, then } => {
-                match &step {
-                    ReplicationStep::AdoptState { .. } => self.report.state_transfers += 1,
-                    ReplicationStep::CollectTombstones { .. } => {
-                        self.report.tombstone_collections += 1
+                Scheduled::Restart(i) => {
+                    let member = self.cluster.members.contains(&self.nodes[i].name);
+                    if member && self.nodes[i].running.is_none() {
+                        self.start(i);
                     }
-                    _ => {}
                 }
-                self.replicate(i, step);
-                let moves_position = then.moves_position();
-                events.extend(then.event(self.node(i)));
-                if moves_position {
-                    events.push_back(self.committed(i));
+                Scheduled::Thaw(i) => {
+                    self.frozen.remove(&i);
                 }
+                // A frozen process reloads once it resumes.
+                Scheduled::Reload(i) if self.frozen.contains(&i) => {
+                    self.scheduled.push((now + TICK_MS, Scheduled::Reload(i)));
+                }
+                Scheduled::Reload(i) => self.reload(i),
             }
         }
-    }
-
-    /// The event a read answered with, counted in the report.
-    fn read(&mut self, answer: Result<Event, chorus_node::ReadError>) -> Event {
-        let event = answer.expect("reads work");
-        match &event {
-            Event::BucketsCompared { wanted, .. } => {
-                self.report.state_buckets_wanted += wanted.len() as u64
-            }
-            Event::StateRead { keys, .. } => self.report.state_transfer_keys += keys.len() as u64,
-            _ => {}
-        }
-        event
     }
 
     fn committed(&self, i: usize) -> Event {
@@ -695,9 +506,10 @@ impl Sim {
 
     // ---- clients ----------------------------------------------------------------------
 
-    fn running(&mut self) -> Option<usize> {
+    /// A node a client can reach: running and not frozen.
+    fn client_node(&mut self) -> Option<usize> {
         let up: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].running.is_some())
+            .filter(|&i| self.nodes[i].running.is_some() && !self.frozen.contains(&i))
             .collect();
         (!up.is_empty()).then(|| *self.rng.pick(&up))
     }
@@ -708,11 +520,41 @@ impl Sim {
             policy,
             ..CollectionConfig::default()
         };
+        self.client_set_collection(collection, &config);
+    }
+
+    /// Sets `collection`'s settings, on node 0.
+    fn client_set_collection(&mut self, collection: &str, config: &CollectionConfig) {
         self.node(0)
-            .set_collection(collection, &config)
+            .set_collection(collection, config)
             .expect("settings write");
         let event = self.committed(0);
         self.handle(0, event);
+    }
+
+    /// Where a write to `key` of the collection with a home, sent to node `entry`,
+    /// is taken: the first node of the key's order (as `entry` knows the members)
+    /// that `entry` can reach, as the server forwards it. `None` when that node is
+    /// frozen: the request times out and the client cannot know its fate.
+    fn home_target(&mut self, entry: usize, key: &str) -> Option<usize> {
+        let members = self.running(entry).cluster.members.clone();
+        let order = Home::Key.order(&members, key);
+        for (rank, name) in order.iter().enumerate() {
+            let m = self.peer_index(name);
+            if m == entry || (self.nodes[m].running.is_some() && !self.cut(entry, m)) {
+                if self.frozen.contains(&m) {
+                    self.report.home_writes_uncertain += 1;
+                    return None;
+                }
+                if rank == 0 {
+                    self.report.home_writes_at_home += 1;
+                } else {
+                    self.report.home_writes_failed_over += 1;
+                }
+                return Some(m);
+            }
+        }
+        unreachable!("the order holds every member, the entry node among them")
     }
 
     /// An increment and a set edit in one write, or a bounded counter's increment,
@@ -720,7 +562,7 @@ impl Sim {
     /// collection `c`'s settings, for lack of rights, or (a spend) while a transfer
     /// is merged.
     fn client_crdt_op(&mut self) {
-        let Some(i) = self.running() else { return };
+        let Some(i) = self.client_node() else { return };
         let key = self.rng.pick(&KEYS).to_string();
         let op = |path: &str, update| Operation {
             path: vec![path.to_owned()],
@@ -788,9 +630,23 @@ impl Sim {
     }
 
     fn client_op(&mut self) {
-        let Some(i) = self.running() else { return };
-        let collection = if self.rng.chance(50) { "s" } else { "l" };
+        let Some(entry) = self.client_node() else {
+            return;
+        };
+        let collection = match self.rng.below(5) {
+            0 | 1 => "s",
+            2 | 3 => "l",
+            _ => "h",
+        };
         let key = self.rng.pick(&KEYS).to_string();
+        let i = if collection == "h" {
+            match self.home_target(entry, &key) {
+                Some(target) => target,
+                None => return,
+            }
+        } else {
+            entry
+        };
         let serial = self.acked.len() + 1;
         let value = (!self.rng.chance(15)).then(|| format!("{{\"w\":{serial}}}").into_bytes());
         let context = match self.rng.below(10) {
@@ -837,30 +693,27 @@ impl Sim {
 
     fn inject_fault(&mut self) {
         let now = self.now();
-        match self.rng.below(7) {
+        let n = self.nodes.len() as u64;
+        match self.rng.below(8) {
             0 => {
-                let Some(i) = self.running() else { return };
+                let Some(i) = self.client_node() else { return };
                 self.crash(i);
                 self.fault("crash");
                 let back = now + 50 + self.rng.below(8_000);
                 self.scheduled.push((back, Scheduled::Restart(i)));
             }
             1 | 2 => {
-                let a = self.rng.below(self.nodes.len() as u64) as usize;
-                let Some(&b) = self.neighbours[a]
-                    .get(self.rng.below(self.neighbours[a].len() as u64) as usize)
-                else {
-                    return;
-                };
-                self.partitioned.insert(link(a, b));
-                self.fault("partition");
-                let heal = now + 100 + self.rng.below(10_000);
-                self.scheduled.push((heal, Scheduled::Heal(a, b)));
+                let (a, b) = (self.rng.below(n) as usize, self.rng.below(n) as usize);
+                if a != b {
+                    self.partitioned.insert(network::pair(a, b));
+                    self.fault("partition");
+                    let heal = now + 100 + self.rng.below(10_000);
+                    self.scheduled.push((heal, Scheduled::Heal(a, b)));
+                }
             }
             3 => {
-                let keys: Vec<(usize, usize)> = self.sessions.keys().copied().collect();
-                if let Some(&(a, b)) = keys.get(self.rng.below(keys.len().max(1) as u64) as usize) {
-                    self.close(a, b);
+                if let Some(id) = self.any_session() {
+                    self.close_session(id);
                     self.fault("connection reset");
                 }
             }
@@ -872,14 +725,23 @@ impl Sim {
                 self.reorder_next = true;
                 self.fault("reordered frame");
             }
-            _ => {
-                let i = self.rng.below(self.nodes.len() as u64) as usize;
+            6 => {
+                let i = self.rng.below(n) as usize;
                 let offset = self.rng.below(120_001) as i64 - 60_000;
                 self.nodes[i]
                     .clock
                     .offset_ms
                     .fetch_add(offset, Ordering::Relaxed);
                 self.fault("clock jump");
+            }
+            _ => {
+                // A stopped process (SIGSTOP, a long pause): it neither answers nor
+                // acts until it resumes.
+                let Some(i) = self.client_node() else { return };
+                self.frozen.insert(i);
+                self.fault("freeze");
+                let thaw = now + 100 + self.rng.below(6_000);
+                self.scheduled.push((thaw, Scheduled::Thaw(i)));
             }
         }
     }
@@ -893,7 +755,7 @@ impl Sim {
             return;
         }
         let i = self.prune_rng.below(self.nodes.len() as u64) as usize;
-        if self.nodes[i].running.is_none() {
+        if self.nodes[i].running.is_none() || self.frozen.contains(&i) {
             return;
         }
         let before_wall_ms = self.nodes[i].clock.now_ms().saturating_sub(RETENTION_MS);
@@ -909,51 +771,39 @@ impl Sim {
         }
     }
 
-    /// Sometimes the topology changes: a new link between two nodes not linked yet.
-    /// Drawn from a stream of its own, so that adding this fault left the runs of
-    /// older seeds (the regression seeds among them) as they were.
-    fn maybe_add_link(&mut self) {
-        if !self.topology_rng.chance(1) {
-            return;
-        }
-        let n = self.nodes.len() as u64;
-        let (a, b) = (
-            self.topology_rng.below(n) as usize,
-            self.topology_rng.below(n) as usize,
-        );
-        if a != b && !self.neighbours[a].contains(&b) {
-            self.neighbours[a].push(b);
-            self.neighbours[b].push(a);
-            self.fault("link added");
-        }
-    }
-
+    /// The faults stop: partitions heal, frozen nodes resume, every member runs and
+    /// has reloaded the cluster file.
     fn heal_all(&mut self) {
         self.partitioned.clear();
+        self.frozen.clear();
         self.scheduled.clear();
-        for i in 0..self.nodes.len() {
+        for i in self.members() {
             if self.nodes[i].running.is_none() {
                 self.start(i);
             }
         }
-        self.connect_all();
+        self.reload_all();
     }
 
-    /// Runs until every link is up, nothing lags and all digests agree.
+    /// Runs until every member is back on its planned links, nothing lags and all
+    /// digests agree.
     fn settle(&mut self) -> Result<(), String> {
         let deadline = self.now() + SETTLE_MS_MAX;
         while self.now() < deadline {
             self.advance(TICK_MS);
-            if self.quiet() && checks::digests_agree(self) {
+            if self.quiet() && self.links_restored().is_ok() && checks::digests_agree(self) {
                 return Ok(());
             }
         }
-        let lags: Vec<String> = (0..self.nodes.len())
+        self.links_restored()?;
+        let lags: Vec<String> = self
+            .members()
+            .into_iter()
             .map(|i| {
                 format!(
                     "{}: {:?}",
                     self.nodes[i].name,
-                    self.nodes[i].running.as_ref().map(|(_, e)| e.peers())
+                    self.running(i).engine.peers()
                 )
             })
             .collect();
@@ -968,12 +818,27 @@ impl Sim {
         ))
     }
 
+    /// Every member's engine has its peers connected, and nothing lags.
     fn quiet(&self) -> bool {
-        self.nodes.iter().all(|n| {
-            n.running.as_ref().is_some_and(|(_, engine)| {
-                engine.peers().iter().all(|p| p.connected && p.lag_ops == 0)
-            })
+        self.members().into_iter().all(|i| {
+            let peers = self.running(i).engine.peers();
+            peers.iter().all(|p| p.connected && p.lag_ops == 0)
         })
+    }
+
+    /// Every member links to exactly its planned neighbours again, and counts no
+    /// one unreachable (the links healing made are closed).
+    fn links_restored(&self) -> Result<(), String> {
+        for i in self.members() {
+            let status = self.running(i).keeper.status(self.now());
+            if status.connected != status.planned || !status.unreachable.is_empty() {
+                return Err(format!(
+                    "{} did not return to its planned links: {status:?}",
+                    self.nodes[i].name
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

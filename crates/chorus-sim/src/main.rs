@@ -69,6 +69,13 @@ fn main() -> ExitCode {
         totals.tombstone_collections,
         totals.conflict_prunes
     );
+    println!(
+        "links dialled around unreachable nodes: {}; writes with a home: {} taken by the home, {} failed over, {} uncertain (sent to a frozen node)",
+        totals.healing_links,
+        totals.home_writes_at_home,
+        totals.home_writes_failed_over,
+        totals.home_writes_uncertain
+    );
     println!("faults injected:");
     for (kind, n) in &totals.faults {
         println!("  {kind}: {n}");

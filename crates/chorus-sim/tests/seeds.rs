@@ -2,7 +2,7 @@
 //! seeds. `CHORUS_SIM_SEEDS=N` runs N seeds (default 200); `CHORUS_SIM_FROM=S` starts
 //! at S. A failure names its seed and the command that replays it.
 
-use chorus_sim::{DEFAULT_STEPS, Sim};
+use chorus_sim::{DEFAULT_STEPS, Report, Sim};
 
 /// Seeds that found bugs, kept so the bugs stay fixed:
 /// - 2: a frame that overtook a session's first `Entries` frame was taken as its start,
@@ -18,11 +18,12 @@ use chorus_sim::{DEFAULT_STEPS, Sim};
 ///   support was being added (fixed: both count as seen).
 const REGRESSIONS: [u64; 4] = [2, 5, 1051, 1195];
 
-fn run(seed: u64) {
-    if let Err(failure) = Sim::new(seed).run(DEFAULT_STEPS) {
-        panic!(
+fn run(seed: u64) -> Report {
+    match Sim::new(seed).run(DEFAULT_STEPS) {
+        Ok(report) => report,
+        Err(failure) => panic!(
             "seed {seed} failed: {failure}\nreplay: cargo run --release -p chorus-sim -- --seed {seed}"
-        );
+        ),
     }
 }
 
@@ -43,8 +44,23 @@ fn seed_range() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000);
+    let mut totals = Report::default();
     for seed in from..from + count {
-        run(seed);
+        totals.absorb(&run(seed));
+    }
+    // The range exercises what the simulator is for (a change that silently stopped
+    // healing, membership changes or home routing from happening fails here).
+    if count >= 100 {
+        let fault = |kind| totals.faults.get(kind).copied().unwrap_or(0);
+        assert!(totals.healing_links > 0, "no link healed around a node");
+        assert!(
+            totals.home_writes_failed_over > 0,
+            "no home write failed over"
+        );
+        assert!(totals.state_transfers > 0, "no state transfer");
+        for kind in ["node joined", "node left", "link added", "freeze", "crash"] {
+            assert!(fault(kind) > 0, "no {kind:?} in {count} seeds");
+        }
     }
 }
 
