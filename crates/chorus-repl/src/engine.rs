@@ -345,6 +345,41 @@ struct Peer {
     entries_received: u64,
 }
 
+impl Peer {
+    /// Panics unless the invariants every handled event leaves true hold (checked
+    /// after each event in debug builds, so every engine test and every simulated
+    /// run checks them):
+    /// - frames go out in log order and never beyond what was read: `in_flight`
+    ///   does not decrease, and ends at or before `read_seq`;
+    /// - nothing is acknowledged before it was received:
+    ///   `acked_to_peer <= received_through`;
+    /// - a batch is handed to the node only from what was received in order: while
+    ///   one applies, `expect_from` is set.
+    fn check(&self, name: &str) {
+        let ordered = self.in_flight.iter().zip(self.in_flight.iter().skip(1));
+        assert!(
+            ordered.clone().all(|(a, b)| a <= b)
+                && self
+                    .in_flight
+                    .back()
+                    .is_none_or(|&last| last <= self.read_seq),
+            "peer {name}: frames in flight {:?} out of order or beyond read_seq {}",
+            self.in_flight,
+            self.read_seq
+        );
+        assert!(
+            self.acked_to_peer <= self.received_through,
+            "peer {name}: acknowledged {} beyond what was received ({})",
+            self.acked_to_peer,
+            self.received_through
+        );
+        assert!(
+            self.applying.is_none() || self.expect_from.is_some(),
+            "peer {name}: applying a batch with no entries received in order"
+        );
+    }
+}
+
 /// Who takes part: this node, its planned neighbours, and every member of the
 /// cluster (whose applied vectors decide what is causally stable).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -352,6 +387,14 @@ pub struct Membership {
     pub me: String,
     pub neighbours: Vec<String>,
     pub members: Vec<String>,
+}
+
+/// Where an `Entries` frame sits in the sender's op log.
+struct EntriesSpan {
+    from_seq: u64,
+    through_seq: u64,
+    /// The session's first frame: the sender resumes here.
+    resumes: bool,
 }
 
 pub struct Engine {
@@ -497,6 +540,11 @@ impl Engine {
                 applied,
             } => self.on_state_adopted(peer, session, applied, &mut out),
             Event::Tick { now_ms } => self.on_tick(now_ms, &mut out),
+        }
+        if cfg!(debug_assertions) {
+            for (name, p) in &self.peers {
+                p.check(name);
+            }
         }
         out
     }
@@ -802,76 +850,26 @@ impl Engine {
                 through_seq,
                 resumes,
             } => {
-                let out_of_order = match p.expect_from {
-                    // A frame seen before (a duplicate): nothing new in it.
-                    Some(expected) if through_seq <= expected => return,
-                    Some(expected) => from_seq != expected,
-                    // The session's first frame says where the sender resumes; any
-                    // other frame first means the first one was lost or overtaken.
-                    None => !resumes,
+                let span = EntriesSpan {
+                    from_seq,
+                    through_seq,
+                    resumes,
                 };
-                if out_of_order {
-                    p.connected = false;
-                    out.push(Command::Disconnect {
-                        peer: peer.to_owned(),
-                        reason: format!(
-                            "entries out of order: got from {from_seq}, expected from {:?}",
-                            p.expect_from
-                        ),
-                    });
-                    return;
-                }
-                p.expect_from = Some(through_seq);
-                p.entries_received += entries.len() as u64;
-                // The peer sends only what it has applied: a truthful, free report of
-                // its state, which keeps us from echoing these entries back to it.
-                for (_, entry) in &entries {
-                    p.applied.add(entry.dot());
-                    p.applied.join(&entry.deps);
-                }
-                p.received.extend(entries);
-                p.received_through = p.received_through.max(through_seq);
-                let idle = p.received.is_empty() && p.applying.is_none() && p.waiting.is_empty();
-                if idle && p.received_through > p.acked_to_peer {
-                    // Nothing to apply (the peer skipped what we have): acknowledge at once.
-                    p.acked_to_peer = p.received_through;
-                    let frame = Frame::Ack {
-                        applied: self.log.applied.clone(),
-                        through_seq: p.acked_to_peer,
-                    };
-                    self.send(peer, frame, out);
-                }
-                self.try_apply(peer, false, out);
+                self.on_entries(peer, entries, span, out)
             }
             Frame::Ack {
                 applied,
                 through_seq,
-            } => {
-                p.applied.join(&applied);
-                while p.in_flight.front().is_some_and(|&t| t <= through_seq) {
-                    p.in_flight.pop_front();
-                }
-                if through_seq > p.acked_seq {
-                    p.acked_seq = through_seq;
-                    out.push(Command::SaveCursor {
-                        peer: peer.to_owned(),
-                        seq: through_seq,
-                    });
-                }
-                self.track_lag(peer);
-                self.maybe_read(peer, out);
-            }
+            } => self.on_ack(peer, applied, through_seq, out),
             Frame::State { keys, conflicts } => {
                 p.incoming_state.chunks.push_back((keys, conflicts));
                 self.try_merge(peer, out);
             }
-            Frame::StateOffer { hashes } => {
-                out.push(Command::CompareBuckets {
-                    peer: peer.to_owned(),
-                    session: p.session,
-                    hashes,
-                });
-            }
+            Frame::StateOffer { hashes } => out.push(Command::CompareBuckets {
+                peer: peer.to_owned(),
+                session: p.session,
+                hashes,
+            }),
             Frame::StateWanted { buckets } => {
                 let Some(transfer) = p.outgoing_state.as_mut() else {
                     return;
@@ -896,21 +894,108 @@ impl Engine {
                 p.incoming_state.end = Some((applied, through_seq));
                 self.try_merge(peer, out);
             }
-            Frame::Known { table } => {
-                for (name, vv) in table {
-                    if let Some(known) = self.known.get_mut(&name) {
-                        known.join(&vv);
-                    }
-                }
-            }
+            Frame::Known { table } => self.on_known(table),
             Frame::Ping => self.send(peer, Frame::Pong, out),
             Frame::Pong => {}
             Frame::Hello(_) | Frame::Refused { .. } => {
-                p.connected = false;
-                out.push(Command::Disconnect {
-                    peer: peer.to_owned(),
-                    reason: "handshake frame in an established session".into(),
-                });
+                let reason = "handshake frame in an established session".to_owned();
+                self.end_session(peer, reason, out);
+            }
+        }
+    }
+
+    /// Ends the session with `peer` after a protocol fault: the runtime drops the
+    /// link, and the peer resends from the acknowledged cursor next session.
+    fn end_session(&mut self, peer: &str, reason: String, out: &mut Vec<Command>) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.connected = false;
+        }
+        out.push(Command::Disconnect {
+            peer: peer.to_owned(),
+            reason,
+        });
+    }
+
+    /// Entries from a connected `peer`: in order, they join what waits to be
+    /// applied (and what the peer is known to have); a duplicate is ignored; a gap
+    /// ends the session.
+    fn on_entries(
+        &mut self,
+        peer: &str,
+        entries: Vec<(u64, Entry)>,
+        span: EntriesSpan,
+        out: &mut Vec<Command>,
+    ) {
+        let p = self.peers.get_mut(peer).expect("a connected peer");
+        let out_of_order = match p.expect_from {
+            // A frame seen before (a duplicate): nothing new in it.
+            Some(expected) if span.through_seq <= expected => return,
+            Some(expected) => span.from_seq != expected,
+            // The session's first frame says where the sender resumes; any other
+            // frame first means the first one was lost or overtaken.
+            None => !span.resumes,
+        };
+        if out_of_order {
+            let reason = format!(
+                "entries out of order: got from {}, expected from {:?}",
+                span.from_seq, p.expect_from
+            );
+            self.end_session(peer, reason, out);
+            return;
+        }
+        p.expect_from = Some(span.through_seq);
+        p.entries_received += entries.len() as u64;
+        // The peer sends only what it has applied: a truthful, free report of its
+        // state, which keeps us from echoing these entries back to it.
+        for (_, entry) in &entries {
+            p.applied.add(entry.dot());
+            p.applied.join(&entry.deps);
+        }
+        p.received.extend(entries);
+        p.received_through = p.received_through.max(span.through_seq);
+        let idle = p.received.is_empty() && p.applying.is_none() && p.waiting.is_empty();
+        if idle && p.received_through > p.acked_to_peer {
+            // Nothing to apply (the peer skipped what we have): acknowledge at once.
+            p.acked_to_peer = p.received_through;
+            let frame = Frame::Ack {
+                applied: self.log.applied.clone(),
+                through_seq: p.acked_to_peer,
+            };
+            self.send(peer, frame, out);
+        }
+        self.try_apply(peer, false, out);
+    }
+
+    /// `peer` acknowledged our entries through `through_seq`: the frames it covers
+    /// leave the window, the durable cursor moves, and reading goes on.
+    fn on_ack(
+        &mut self,
+        peer: &str,
+        applied: VersionVector,
+        through_seq: u64,
+        out: &mut Vec<Command>,
+    ) {
+        let p = self.peers.get_mut(peer).expect("a connected peer");
+        p.applied.join(&applied);
+        while p.in_flight.front().is_some_and(|&t| t <= through_seq) {
+            p.in_flight.pop_front();
+        }
+        if through_seq > p.acked_seq {
+            p.acked_seq = through_seq;
+            out.push(Command::SaveCursor {
+                peer: peer.to_owned(),
+                seq: through_seq,
+            });
+        }
+        self.track_lag(peer);
+        self.maybe_read(peer, out);
+    }
+
+    /// A neighbour's table of what every member has applied: learned, for stability.
+    fn on_known(&mut self, table: Vec<(String, VersionVector)>) {
+        for (name, vv) in table {
+            if let Some(known) = self.known.get_mut(&name) {
+                known.join(&vv);
             }
         }
     }
