@@ -416,11 +416,10 @@ impl Committer {
     ) -> Result<Result<WriteAck, WriteError>, StoreError> {
         let policy = self.policy(b, &collection)?;
         if policy != Policy::Crdt {
-            return Ok(Err(WriteError::Invalid(format!(
-                "collection {collection} has policy {}; CRDT operations need policy crdt \
-                 (PUT /v1/collections/{collection} with {{\"policy\": \"crdt\"}})",
-                policy.name()
-            ))));
+            return Ok(Err(WriteError::NotCrdt {
+                collection,
+                policy: policy.name().to_owned(),
+            }));
         }
         let mut state = match local_key_state(b, &collection, &key)? {
             Ok(state) => state,
@@ -745,10 +744,10 @@ fn apply_own(state: &mut KeyState, op: &Op) -> Result<(), WriteError> {
 fn crdt_plain_write_refused(write: &Write, key: &str, state: &KeyState) -> Option<WriteError> {
     let collection = &write.collection;
     if write.value.is_some() {
-        return Some(WriteError::Invalid(format!(
-            "collection {collection} holds CRDT documents: change them with operations \
-             (POST /v1/docs/{collection}/{key}/ops), not a whole document"
-        )));
+        return Some(WriteError::WholeCrdtDocument {
+            collection: collection.clone(),
+            key: key.to_owned(),
+        });
     }
     match state.crdt_document() {
         Ok(Some(doc)) if doc.holds_bounded(&[]) => {

@@ -44,6 +44,13 @@ pub struct WriteAck {
 pub enum WriteError {
     #[error("{0}")]
     Invalid(String),
+    /// CRDT operations sent to a collection whose policy is not `crdt`.
+    #[error("collection {collection} has policy {policy}; CRDT operations need policy crdt")]
+    NotCrdt { collection: String, policy: String },
+    /// A whole document written to a `crdt` collection, whose documents change by
+    /// operations only.
+    #[error("collection {collection} holds CRDT documents: change them with operations, not a whole document")]
+    WholeCrdtDocument { collection: String, key: String },
     #[error("document is {bytes} bytes; at most {max} are accepted")]
     TooLarge { bytes: usize, max: usize },
     /// The write would grow the key's versions (siblings) past

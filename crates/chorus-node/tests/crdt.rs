@@ -170,7 +170,7 @@ fn refusals_change_nothing() {
     ));
     assert!(matches!(
         node.put("carts", "c1", b"{}", None),
-        Err(WriteError::Invalid(_))
+        Err(WriteError::WholeCrdtDocument { .. })
     ));
     assert!(matches!(
         node.delete("carts", "c1", None),
@@ -178,7 +178,7 @@ fn refusals_change_nothing() {
     ));
     assert!(matches!(
         node.update("plain", "k", vec![op("/n", Update::CounterAdd(1))]),
-        Err(WriteError::Invalid(_))
+        Err(WriteError::NotCrdt { .. })
     ));
     // A value larger than a CRDT document takes (every later operation would
     // rewrite it): refused; one at the bound is taken elsewhere below.

@@ -178,7 +178,7 @@ fn parse_operation(
                 .and_then(Value::as_str)
                 .ok_or("bounded.transfer needs \"to\", the name of the receiving node")?;
             let to = node_named(to).ok_or(format!(
-                "no node named {to:?} is known here (see GET /v1/status for the cluster)"
+                "no node named {to:?} is known here (name a member of the cluster)"
             ))?;
             let by = u64::try_from(by()?).map_err(|_| "bounded.transfer needs \"by\" >= 0")?;
             Update::BoundedTransfer { to, by }

@@ -49,6 +49,16 @@ impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> ApiError {
         let (status, code) = match &e {
             WriteError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            WriteError::NotCrdt { collection, .. } => {
+                let hint = format!(
+                    "{e} (PUT /v1/collections/{collection} with {{\"policy\": \"crdt\"}})"
+                );
+                return ApiError::bad_request(hint);
+            }
+            WriteError::WholeCrdtDocument { collection, key } => {
+                let hint = format!("{e} (POST /v1/docs/{collection}/{key}/ops)");
+                return ApiError::bad_request(hint);
+            }
             WriteError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             WriteError::TooManyVersions { .. } => (StatusCode::CONFLICT, "too_many_versions"),
             WriteError::StoreFailed => (StatusCode::SERVICE_UNAVAILABLE, "store_failed"),

@@ -619,7 +619,7 @@ impl Sim {
                 self.handle(i, event);
             }
             Err(
-                chorus_node::WriteError::Invalid(_)
+                chorus_node::WriteError::NotCrdt { .. }
                 | chorus_node::WriteError::Busy(_)
                 | chorus_node::WriteError::Refused(
                     OpError::InsufficientRights { .. } | OpError::SelfTransfer { .. },
