@@ -49,7 +49,9 @@ pub enum WriteError {
     NotCrdt { collection: String, policy: String },
     /// A whole document written to a `crdt` collection, whose documents change by
     /// operations only.
-    #[error("collection {collection} holds CRDT documents: change them with operations, not a whole document")]
+    #[error(
+        "collection {collection} holds CRDT documents: change them with operations, not a whole document"
+    )]
     WholeCrdtDocument { collection: String, key: String },
     #[error("document is {bytes} bytes; at most {max} are accepted")]
     TooLarge { bytes: usize, max: usize },

@@ -273,6 +273,8 @@ struct OutgoingState {
     reading: bool,
     /// `State` frames not yet acknowledged.
     unacked: usize,
+    /// `State` frames sent (`StateEnd` says how many).
+    sent: u64,
 }
 
 /// Where a state transfer's next read starts. A transfer sends the key states of the
@@ -293,6 +295,8 @@ pub enum StateCursor {
 /// A state transfer from a peer, in progress.
 #[derive(Default)]
 struct IncomingState {
+    /// `State` frames received in this transfer.
+    received: u64,
     chunks: VecDeque<(Vec<KeyStateOf>, Vec<ConflictRecord>)>,
     merging: bool,
     end: Option<(VersionVector, u64)>,
@@ -750,6 +754,7 @@ impl Engine {
         };
         transfer.reading = false;
         transfer.unacked += 1;
+        transfer.sent += 1;
         let finished = next.is_none();
         transfer.after = next.unwrap_or_default();
         self.send(&peer, Frame::State { keys, conflicts }, out);
@@ -862,6 +867,7 @@ impl Engine {
                 through_seq,
             } => self.on_ack(peer, applied, through_seq, out),
             Frame::State { keys, conflicts } => {
+                p.incoming_state.received += 1;
                 p.incoming_state.chunks.push_back((keys, conflicts));
                 self.try_merge(peer, out);
             }
@@ -888,7 +894,17 @@ impl Engine {
             Frame::StateEnd {
                 applied,
                 through_seq,
+                chunks,
             } => {
+                let received = std::mem::take(&mut p.incoming_state.received);
+                if chunks != received {
+                    // A part was lost or overtaken: adopting `applied` would claim
+                    // states never merged. The next session transfers again.
+                    let reason =
+                        format!("state transfer incomplete: {received} of {chunks} parts arrived");
+                    self.end_session(peer, reason, out);
+                    return;
+                }
                 // Entries that follow continue from where the states end.
                 p.expect_from = Some(through_seq);
                 p.incoming_state.end = Some((applied, through_seq));
@@ -1150,14 +1166,12 @@ impl Engine {
         p.sent_first = true;
         p.in_flight.push_back(through_seq);
         p.applied.join(&applied);
-        self.send(
-            peer,
-            Frame::StateEnd {
-                applied,
-                through_seq,
-            },
-            out,
-        );
+        let end = Frame::StateEnd {
+            applied,
+            through_seq,
+            chunks: transfer.sent,
+        };
+        self.send(peer, end, out);
     }
 
     /// Hands the next part of an incoming transfer to the node: merge the chunks in
@@ -1561,6 +1575,7 @@ mod tests {
         e.handle(from_c(Frame::StateEnd {
             applied: with_x.clone(),
             through_seq: 4,
+            chunks: 1,
         }));
         e.handle(Event::StateMerged {
             peer: "c".into(),
@@ -1820,6 +1835,7 @@ mod tests {
         let end = send(Frame::StateEnd {
             applied: floor.clone(),
             through_seq: 9,
+            chunks: 2,
         });
         assert_eq!(e.handle(chunk(None)), [state, end]);
         assert!(e.peers()[0].lag_ops > 0, "not acknowledged yet");
@@ -1885,6 +1901,7 @@ mod tests {
         let end = Frame::StateEnd {
             applied: floor,
             through_seq: 9,
+            chunks: 1,
         };
         let state = Frame::State {
             keys: vec![],
@@ -1925,6 +1942,43 @@ mod tests {
         );
     }
 
+    /// A transfer whose `StateEnd` counts more parts than arrived (one lost or
+    /// overtaken) is not adopted: the session ends, and the next one transfers again.
+    #[test]
+    fn a_transfer_missing_a_part_is_not_adopted() {
+        let mut e = engine(0);
+        connect(&mut e, &[], 0);
+        let received = |frame| Event::Received {
+            peer: "b".into(),
+            frame,
+        };
+        let state = Frame::State {
+            keys: vec![],
+            conflicts: vec![],
+        };
+        assert_eq!(e.handle(received(state)).len(), 1, "merged");
+        let end = Frame::StateEnd {
+            applied: VersionVector::from_entries([(NodeId(1), 5)]),
+            through_seq: 9,
+            chunks: 2,
+        };
+        assert_eq!(
+            e.handle(received(end)),
+            [Command::Disconnect {
+                peer: "b".into(),
+                reason: "state transfer incomplete: 1 of 2 parts arrived".into()
+            }]
+        );
+        let merged = Event::StateMerged {
+            peer: "b".into(),
+            session: 1,
+        };
+        assert!(
+            e.handle(merged).is_empty(),
+            "the session is over: no adoption"
+        );
+    }
+
     /// The receiving side merges chunks one at a time, adopts at the end, and then
     /// acknowledges the sender's sequence.
     #[test]
@@ -1954,7 +2008,8 @@ mod tests {
         assert!(
             e.handle(received(Frame::StateEnd {
                 applied: applied.clone(),
-                through_seq: 9
+                through_seq: 9,
+                chunks: 2,
             }))
             .is_empty()
         );

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version; a peer speaking another is refused at the handshake.
 /// Version 2 split frames into pieces on the wire.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame a peer may send, in bytes of its encoding. Senders bound their
 /// frames by bytes far below this (a batch of entries, a part of a state transfer),
@@ -102,9 +102,13 @@ pub enum Frame {
     /// The end of a state transfer: the states sent reflect every entry `applied`
     /// covers, which the sender's log holds through `through_seq`; streaming resumes
     /// after it.
+    ///
+    /// `chunks` counts the `State` frames of the transfer: a receiver that got
+    /// another number (a frame lost or overtaken) must not adopt `applied`.
     StateEnd {
         applied: VersionVector,
         through_seq: u64,
+        chunks: u64,
     },
     /// The newest applied vector the sender knows for each cluster member (gossip
     /// for causal stability).
@@ -162,6 +166,7 @@ enum FrameV1 {
     StateEnd {
         applied: Vec<(u64, u64)>,
         through_seq: u64,
+        chunks: u64,
     },
     Known {
         table: Vec<(String, Vec<(u64, u64)>)>,
@@ -233,9 +238,11 @@ impl Frame {
             Frame::StateEnd {
                 applied,
                 through_seq,
+                chunks,
             } => FrameV1::StateEnd {
                 applied: vv_v1(applied),
                 through_seq: *through_seq,
+                chunks: *chunks,
             },
             Frame::Known { table } => FrameV1::Known {
                 table: table.iter().map(|(n, vv)| (n.clone(), vv_v1(vv))).collect(),
@@ -337,9 +344,11 @@ impl Frame {
             FrameV1::StateEnd {
                 applied,
                 through_seq,
+                chunks,
             } => Frame::StateEnd {
                 applied: vv_from(&applied),
                 through_seq,
+                chunks,
             },
             FrameV1::Known { table } => Frame::Known {
                 table: table.into_iter().map(|(n, vv)| (n, vv_from(&vv))).collect(),
@@ -408,6 +417,7 @@ mod tests {
             Frame::StateEnd {
                 applied: VersionVector::from_entries([(NodeId(1), 2)]),
                 through_seq: 9,
+                chunks: 3,
             },
             Frame::Ping,
             Frame::Pong,

@@ -50,9 +50,8 @@ impl From<WriteError> for ApiError {
         let (status, code) = match &e {
             WriteError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             WriteError::NotCrdt { collection, .. } => {
-                let hint = format!(
-                    "{e} (PUT /v1/collections/{collection} with {{\"policy\": \"crdt\"}})"
-                );
+                let hint =
+                    format!("{e} (PUT /v1/collections/{collection} with {{\"policy\": \"crdt\"}})");
                 return ApiError::bad_request(hint);
             }
             WriteError::WholeCrdtDocument { collection, key } => {

@@ -260,10 +260,22 @@ impl Sim {
         }
         if self.cut(msg.from, msg.to) || self.frozen.contains(&msg.to) {
             // Held back (as TCP would retransmit, or a stopped process would leave it
-            // unread) until the link heals, the node thaws, or the connection ends.
-            let order = self.next_order;
-            self.next_order += 1;
-            self.queue.insert((key.0 + TICK_MS, order), msg);
+            // unread) until the link heals, the node thaws, or the connection ends;
+            // the frames behind it on its connection wait with it, in their order.
+            let retry_at = key.0 + TICK_MS;
+            let behind: Vec<(u64, u64)> = self
+                .queue
+                .iter()
+                .filter(|((at, _), m)| {
+                    *at < retry_at && m.session == msg.session && m.from == msg.from
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for k in behind {
+                let held = self.queue.remove(&k).expect("listed");
+                self.queue.insert((retry_at, k.1), held);
+            }
+            self.queue.insert((retry_at, key.1), msg);
             return;
         }
         self.report.frames_delivered += 1;
