@@ -1942,10 +1942,8 @@ mod tests {
         );
     }
 
-    /// A transfer whose `StateEnd` counts more parts than arrived (one lost or
-    /// overtaken) is not adopted: the session ends, and the next one transfers again.
-    #[test]
-    fn a_transfer_missing_a_part_is_not_adopted() {
+    /// An engine connected to `b`, how `b`'s frames arrive, and an empty `State` part.
+    fn receiving_a_transfer() -> (Engine, impl Fn(Frame) -> Event, Frame) {
         let mut e = engine(0);
         connect(&mut e, &[], 0);
         let received = |frame| Event::Received {
@@ -1956,6 +1954,14 @@ mod tests {
             keys: vec![],
             conflicts: vec![],
         };
+        (e, received, state)
+    }
+
+    /// A transfer whose `StateEnd` counts more parts than arrived (one lost or
+    /// overtaken) is not adopted: the session ends, and the next one transfers again.
+    #[test]
+    fn a_transfer_missing_a_part_is_not_adopted() {
+        let (mut e, received, state) = receiving_a_transfer();
         assert_eq!(e.handle(received(state)).len(), 1, "merged");
         let end = Frame::StateEnd {
             applied: VersionVector::from_entries([(NodeId(1), 5)]),
@@ -1983,16 +1989,7 @@ mod tests {
     /// acknowledges the sender's sequence.
     #[test]
     fn a_state_transfer_is_merged_then_adopted() {
-        let mut e = engine(0);
-        connect(&mut e, &[], 0);
-        let received = |frame| Event::Received {
-            peer: "b".into(),
-            frame,
-        };
-        let state = Frame::State {
-            keys: vec![],
-            conflicts: vec![],
-        };
+        let (mut e, received, state) = receiving_a_transfer();
         let merge = Command::MergeState {
             peer: "b".into(),
             session: 1,
