@@ -16,3 +16,4 @@
 pub mod cluster;
 pub mod emulation;
 pub mod replication;
+pub mod tls;

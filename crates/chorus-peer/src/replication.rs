@@ -33,6 +33,7 @@
 
 use crate::cluster::ClusterConfig;
 use crate::emulation::{LinkEmulation, SplitMix};
+use crate::tls::PeerTls;
 use chorus_core::PhysicalClock;
 use chorus_node::{Entry, Node, NodeId, ReadError, RemoteOutcome, ReplicationStep};
 pub use chorus_repl::EngineLimits;
@@ -44,10 +45,10 @@ use chorus_repl::{
     Command, Engine, Event, Frame, Hello, LinkKeeper, Membership, PROTOCOL_VERSION, PeerStatus,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -90,7 +91,14 @@ pub struct Options {
     /// Link emulation set on the command line, per peer: this node's frames to it.
     /// It takes precedence over the cluster file's `[[emulate]]`.
     pub emulate: BTreeMap<String, LinkEmulation>,
+    /// The folder of the cluster's certificates (`chorus cluster certs`): peers then
+    /// speak mutual TLS, and a peer must prove the name it claims (`crate::tls`).
+    pub certs: Option<PathBuf>,
 }
+
+/// A peer connection's byte stream: plain TCP, or TLS over it.
+trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> PeerStream for T {}
 
 enum Msg {
     Event(Event),
@@ -211,6 +219,10 @@ struct Shared {
     /// only the actor writes it.
     status: Arc<RwLock<(Vec<PeerStatus>, LinkStatus)>>,
     started: Instant,
+    /// The certificates folder, and the TLS settings last loaded from it (a reload
+    /// loads them again).
+    certs: Option<PathBuf>,
+    tls: Arc<RwLock<Option<Arc<PeerTls>>>>,
 }
 
 impl Shared {
@@ -231,6 +243,20 @@ impl Shared {
             Some(set) => set.clone(),
             None => self.cluster().emulation(&self.me, peer),
         }
+    }
+
+    fn tls(&self) -> Option<Arc<PeerTls>> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Loads the certificates again (at start and on reload), if TLS is on.
+    fn load_tls(&self) -> Result<(), String> {
+        let Some(dir) = &self.certs else {
+            return Ok(());
+        };
+        let tls = PeerTls::load(dir, &self.me).map_err(|e| e.to_string())?;
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(tls));
+        Ok(())
     }
 
     fn hello(&self) -> Result<Hello, String> {
@@ -332,7 +358,10 @@ pub async fn start(
         linked: linked_rx,
         status: Arc::default(),
         started: Instant::now(),
+        certs: options.certs,
+        tls: Arc::default(),
     };
+    shared.load_tls().map_err(std::io::Error::other)?;
     let position = shared
         .node
         .replica()
@@ -528,6 +557,8 @@ impl Actor {
         let me = &self.shared.me;
         current.check_reload(&config, me)?;
         let plan = config.link_plan()?;
+        // Rotated certificates take effect for new connections.
+        self.shared.load_tls()?;
         // Dial at once under the new file (a healed partition, a new node), not
         // after the backoff of earlier failures.
         for peer in self.keeper.reconfigure(plan, config.heal_after_ms) {
@@ -986,6 +1017,7 @@ async fn accept(shared: Shared, listener: TcpListener) {
                 };
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
                     if let Err(reason) = inbound(&shared, stream, permit).await {
                         tracing::warn!(%from, reason, "refused a peer connection");
                     }
@@ -1001,9 +1033,17 @@ async fn accept(shared: Shared, listener: TcpListener) {
 
 async fn inbound(
     shared: &Shared,
-    mut stream: TcpStream,
+    tcp: TcpStream,
     handshake: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), String> {
+    let (mut stream, certificate): (Box<dyn PeerStream>, _) = match shared.tls() {
+        None => (Box::new(tcp), None),
+        Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+            Ok(Ok((stream, certificate))) => (Box::new(stream), Some(certificate)),
+            Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
+            Err(_) => return Err("no TLS handshake within the handshake timeout".into()),
+        },
+    };
     let hello = read_frame(&mut stream, HELLO_BYTES_MAX, |_| {});
     let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, hello).await {
         Ok(Ok(Frame::Hello(hello))) => hello,
@@ -1011,7 +1051,13 @@ async fn inbound(
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("no hello within the handshake timeout".into()),
     };
-    if let Err(reason) = shared.check(&theirs) {
+    let proven = certificate.is_none_or(|c| PeerTls::certifies(&c, &theirs.name));
+    let checked = if proven {
+        shared.check(&theirs)
+    } else {
+        Err("its certificate is not the certificate of the node it claims to be".to_owned())
+    };
+    if let Err(reason) = checked {
         let _ = write_frame(
             &mut stream,
             &Frame::Refused {
@@ -1070,10 +1116,19 @@ async fn outbound(
     address: &str,
 ) -> Result<oneshot::Receiver<()>, String> {
     let connect = TcpStream::connect(address);
-    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+    let tcp = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("no connection within the handshake timeout".into()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Box<dyn PeerStream> = match shared.tls() {
+        None => Box::new(tcp),
+        Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(tcp, peer)).await {
+            Ok(Ok(stream)) => Box::new(stream),
+            Ok(Err(e)) => return Err(format!("TLS handshake with {peer:?} failed: {e}")),
+            Err(_) => return Err("no TLS handshake within the handshake timeout".into()),
+        },
     };
     write_frame(&mut stream, &Frame::Hello(shared.hello()?)).await?;
     let hello = read_frame(&mut stream, HELLO_BYTES_MAX, |_| {});
@@ -1104,7 +1159,7 @@ async fn outbound(
 /// Returns a signal that completes when the connection ends.
 async fn run_connection(
     shared: &Shared,
-    stream: TcpStream,
+    stream: Box<dyn PeerStream>,
     hello: Hello,
     dialled_by_me: bool,
 ) -> oneshot::Receiver<()> {
@@ -1112,8 +1167,7 @@ async fn run_connection(
     let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     shared.learn(&hello);
     let peer = hello.name.clone();
-    let _ = stream.set_nodelay(true);
-    let (mut read_half, write_half) = stream.into_split();
+    let (mut read_half, write_half) = tokio::io::split(stream);
     let (writer_tx, writer_rx) = mpsc::channel::<Frame>(WRITER_QUEUE_FRAMES_MAX);
     let (ended_tx, ended_rx) = oneshot::channel();
     let writer = tokio::spawn(write_frames(
@@ -1173,7 +1227,7 @@ async fn write_frames(
     shared: Shared,
     peer: String,
     mut queue: mpsc::Receiver<Frame>,
-    mut out: OwnedWriteHalf,
+    mut out: impl AsyncWrite + Unpin,
 ) {
     let mut random =
         SplitMix::new(shared.node.node_id().0 ^ shared.started.elapsed().as_nanos() as u64);
@@ -1248,7 +1302,7 @@ async fn read_frame(
     }
 }
 
-async fn write_frame(stream: &mut TcpStream, frame: &Frame) -> Result<(), String> {
+async fn write_frame(stream: &mut (impl AsyncWrite + Unpin), frame: &Frame) -> Result<(), String> {
     stream
         .write_all(&frame.to_wire())
         .await

@@ -79,6 +79,11 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Set up a cluster: `certs` makes its CA and a certificate per node.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// List the conflict log; `show` one conflict, `resolve` one.
     Conflicts {
         #[command(subcommand)]
@@ -88,6 +93,22 @@ enum Command {
         limit: usize,
         #[command(flatten)]
         target: client::Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Write the cluster's CA (`ca.pem`, `ca.key`) and, for every node of the cluster
+    /// file, `NAME.pem` and `NAME.key`, for mutual TLS between peers (`chorus serve
+    /// --certs DIR`). Files already there are kept: run it again after adding nodes.
+    /// Copy `ca.pem` and a node's two files to each machine; keep `ca.key` elsewhere.
+    Certs {
+        /// The cluster file naming the nodes.
+        #[arg(long)]
+        cluster: std::path::PathBuf,
+        /// The folder to write the files into (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -147,6 +168,9 @@ fn main() -> ExitCode {
         } => client::ops(&target, &collection, &key, &operations),
         Command::Status { target } => client::status(&target),
         Command::Reload { target } => client::reload(&target),
+        Command::Cluster {
+            action: ClusterAction::Certs { cluster, out },
+        } => serve::cluster_certs(&cluster, &out),
         Command::Conflicts {
             action: None,
             limit,

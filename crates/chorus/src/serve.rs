@@ -29,6 +29,16 @@ pub struct ServeArgs {
     /// This node's name in the cluster file.
     #[arg(long, requires = "cluster")]
     node: Option<String>,
+    /// The folder of the cluster's certificates (`chorus cluster certs`): peers speak
+    /// mutual TLS with `DIR/ca.pem`, `DIR/NODE.pem` and `DIR/NODE.key`, and a peer must
+    /// hold a certificate of the cluster's CA for the name it claims.
+    #[arg(long, requires = "cluster")]
+    certs: Option<PathBuf>,
+    /// Run with plain, unauthenticated peer links or HTTP API on addresses reachable
+    /// beyond this machine (refused without it). Anyone who can reach the ports can
+    /// then read, write and replicate as a member.
+    #[arg(long)]
+    insecure: bool,
     /// Op-log entries kept for a peer that has not acknowledged them (a peer that is
     /// down); past this the oldest are collected and that peer gets a state transfer
     /// when it returns.
@@ -77,6 +87,76 @@ pub struct ServeArgs {
 /// File name of the store inside the data folder.
 const STORE_FILE: &str = "chorus.redb";
 
+/// Whether every address `address` resolves to is on this machine.
+fn loopback_only(address: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .is_ok_and(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+}
+
+/// Refuses to expose a node beyond this machine without protection: the peer port
+/// needs `--certs` (mutual TLS), and the HTTP API has no TLS or tokens yet, so either
+/// beyond loopback needs `--insecure`, which is then logged loudly.
+fn check_exposure(
+    http: &str,
+    peer: Option<&str>,
+    certs: bool,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    let exposed_peer = peer.filter(|p| !certs && !loopback_only(p));
+    let exposed_http = (!loopback_only(http)).then_some(http);
+    if insecure {
+        if exposed_peer.is_some() || exposed_http.is_some() {
+            tracing::warn!(
+                http,
+                peer,
+                "--insecure: this node is reachable beyond this machine without authentication; \
+                 anyone who can reach it can read, write and replicate as a member"
+            );
+        }
+        return Ok(());
+    }
+    if let Some(peer) = exposed_peer {
+        bail!(
+            "the peer address {peer} is reachable beyond this machine: give --certs DIR \
+             (made by `chorus cluster certs`) for mutual TLS, or --insecure to run unprotected"
+        );
+    }
+    if let Some(http) = exposed_http {
+        bail!(
+            "the HTTP address {http} is reachable beyond this machine, and the HTTP API has \
+             no authentication yet: bind it to 127.0.0.1 (--http), or give --insecure"
+        );
+    }
+    Ok(())
+}
+
+/// `chorus cluster certs`: the cluster's CA and a certificate per node.
+pub fn cluster_certs(cluster: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let config = ClusterConfig::load(cluster).map_err(anyhow::Error::msg)?;
+    let made = chorus_peer::tls::generate(&config.names(), out)?;
+    if made.new_ca {
+        println!(
+            "wrote {} and {}",
+            out.join("ca.pem").display(),
+            out.join("ca.key").display()
+        );
+    }
+    for name in &made.nodes {
+        println!("wrote {0}.pem and {0}.key", out.join(name).display());
+    }
+    let kept = config.names().len() - made.nodes.len();
+    if kept > 0 {
+        println!("kept the files of {kept} node(s) already there");
+    }
+    println!(
+        "copy ca.pem and NODE.pem, NODE.key to each node and start it with --certs DIR; \
+         keep ca.key off the nodes"
+    );
+    Ok(())
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -112,6 +192,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         (None, Some((cluster, me))) => cluster.node(me).expect("checked").http.clone(),
         (None, None) => "127.0.0.1:7070".into(),
     };
+    let peer = cluster
+        .as_ref()
+        .map(|(cluster, me)| cluster.node(me).expect("checked").peer.clone());
+    check_exposure(&http, peer.as_deref(), args.certs.is_some(), args.insecure)?;
     // Before anything records a metric (opening the store, replication).
     chorus_server::install_metrics();
     std::fs::create_dir_all(&args.data)
@@ -149,6 +233,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let options = replication::Options {
             limits,
             emulate: args.emulate.iter().cloned().collect(),
+            certs: args.certs.clone(),
         };
         // Replication runs beside the API for as long as the server does.
         let mut reload_cluster = None;

@@ -70,7 +70,7 @@ fn hello(cluster: &str, protocol: u32, name: &str) -> Frame {
 /// a reason that says which.
 #[test]
 fn foreign_peers_are_refused_with_a_reason() {
-    let cluster = Cluster::start(2, "topology = \"mesh\"");
+    let cluster = Cluster::start_plain(2, "topology = \"mesh\"");
     let address = peer_address(&cluster, 0);
     let cases = [
         (hello("other", PROTOCOL_VERSION, "n1"), "cluster"),
@@ -102,7 +102,7 @@ fn foreign_peers_are_refused_with_a_reason() {
 /// the node keeps serving and replicating.
 #[test]
 fn corrupt_frames_end_the_connection_and_change_nothing() {
-    let cluster = Cluster::start(2, "topology = \"mesh\"");
+    let cluster = Cluster::start_plain(2, "topology = \"mesh\"");
     cluster.wait_converged(Duration::from_secs(30));
     let before = digest(&cluster.url(0));
     let address = peer_address(&cluster, 0);

@@ -181,7 +181,9 @@ impl Rng {
     }
 }
 
-/// A cluster of real `chorus serve` processes on loopback.
+/// A cluster of real `chorus serve` processes on loopback, their peers speaking
+/// mutual TLS with certificates from `chorus cluster certs` (plain TCP with
+/// [`Cluster::start_plain`], for tests that speak the peer protocol by hand).
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub file: PathBuf,
@@ -193,6 +195,8 @@ pub struct Cluster {
     pub nodes: Vec<NodeProcess>,
     /// Extra `chorus serve` arguments for every node.
     pub args: Vec<String>,
+    /// The certificates folder, with TLS on.
+    pub certs: Option<PathBuf>,
 }
 
 /// A port that is free now, for a node to bind a moment later (and again after a
@@ -220,7 +224,17 @@ impl Cluster {
 
     /// Like `start`, with extra `chorus serve` arguments for every node.
     pub fn start_with(count: usize, topology: &str, args: &[&str]) -> Cluster {
+        Cluster::launch(count, topology, args, true)
+    }
+
+    /// Like `start`, with plain TCP between peers.
+    pub fn start_plain(count: usize, topology: &str) -> Cluster {
+        Cluster::launch(count, topology, &[], false)
+    }
+
+    fn launch(count: usize, topology: &str, args: &[&str], tls: bool) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let certs = tls.then(|| dir.path().join("certs"));
         let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
         let file = dir.path().join("cluster.toml");
         let args = args.iter().map(|a| a.to_string()).collect();
@@ -232,6 +246,7 @@ impl Cluster {
             names,
             nodes: Vec::new(),
             args,
+            certs,
         };
         cluster.write_file();
         for i in 0..count {
@@ -241,13 +256,24 @@ impl Cluster {
         cluster
     }
 
-    /// Writes the cluster file from `header` and `entries`.
+    /// Writes the cluster file from `header` and `entries`, and, with TLS on, the
+    /// certificates of nodes that have none.
     pub fn write_file(&self) {
         let mut text = self.header.clone();
         for (_, entry) in &self.entries {
             text.push_str(entry);
         }
         std::fs::write(&self.file, text).unwrap();
+        if let Some(certs) = &self.certs {
+            let made = Command::new(CHORUS)
+                .args(["cluster", "certs", "--cluster"])
+                .arg(&self.file)
+                .arg("--out")
+                .arg(certs)
+                .output()
+                .unwrap();
+            assert!(made.status.success(), "chorus cluster certs: {made:?}");
+        }
     }
 
     /// Adds node `name` to the cluster file (on fresh ports) and starts it; the
@@ -302,6 +328,9 @@ impl Cluster {
         let data = self.dir.path().join(&self.names[i]);
         let file = self.file.to_str().unwrap();
         let mut args = vec!["--cluster", file, "--node", &self.names[i]];
+        if let Some(certs) = &self.certs {
+            args.extend(["--certs", certs.to_str().unwrap()]);
+        }
         args.extend(self.args.iter().map(String::as_str));
         let (_, entry) = self
             .entries
