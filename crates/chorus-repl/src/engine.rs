@@ -992,6 +992,16 @@ impl Engine {
         out: &mut Vec<Command>,
     ) {
         let p = self.peers.get_mut(peer).expect("a connected peer");
+        if through_seq > p.read_seq {
+            // An acknowledgement of what was never sent would stop replication to
+            // this peer for good: a broken or hostile peer.
+            let reason = format!(
+                "acknowledged through {through_seq}, beyond what was sent ({})",
+                p.read_seq
+            );
+            self.end_session(peer, reason, out);
+            return;
+        }
         p.applied.join(&applied);
         while p.in_flight.front().is_some_and(|&t| t <= through_seq) {
             p.in_flight.pop_front();
@@ -1957,6 +1967,25 @@ mod tests {
         (e, received, state)
     }
 
+    /// An acknowledgement beyond what was sent ends the session (it would otherwise
+    /// stop replication to the peer while its status showed no lag).
+    #[test]
+    fn an_ack_beyond_what_was_sent_ends_the_session() {
+        let (mut e, received, _) = receiving_a_transfer();
+        let ack = Frame::Ack {
+            applied: VersionVector::new(),
+            through_seq: 1_000,
+        };
+        assert_eq!(
+            e.handle(received(ack)),
+            [Command::Disconnect {
+                peer: "b".into(),
+                reason: "acknowledged through 1000, beyond what was sent (0)".into()
+            }]
+        );
+        assert!(!e.peers()[0].connected);
+    }
+
     /// A transfer whose `StateEnd` counts more parts than arrived (one lost or
     /// overtaken) is not adopted: the session ends, and the next one transfers again.
     #[test]
@@ -2074,6 +2103,13 @@ mod tests {
                 },
             ]
         );
+        // The log is read and sent through 7, then acknowledged.
+        e.handle(Event::LogRead {
+            peer: "b".into(),
+            session: 1,
+            entries: vec![],
+            through_seq: 7,
+        });
         e.handle(Event::Received {
             peer: "b".into(),
             frame: Frame::Ack {
