@@ -23,11 +23,12 @@ pub mod leases;
 pub mod limits;
 mod node;
 mod request;
+pub mod tokens;
 
 // The document rules, from their own crate (`chorus-rules`): the modules embedders
 // use stay reachable here, the others serve this crate only.
 use chorus_rules::{collections, document};
-pub use chorus_rules::{crdt_json, custom, json, merge};
+pub use chorus_rules::{crdt_json, custom, json, merge, rights};
 
 /// The CRDT types (operations, documents) for embedders: see [`Node::update`].
 pub use chorus_core::crdt;

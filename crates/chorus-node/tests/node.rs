@@ -558,3 +558,49 @@ fn siblings_stop_growing_at_the_key_state_bound() {
         .unwrap();
     assert_eq!(values(&node, "docs", "big"), [Some("\"resolved\"".into())]);
 }
+
+/// A token authenticates only with its own secret, carries its rights, is listed
+/// without its secret, and stops working once revoked or replaced.
+#[test]
+fn tokens_authenticate_with_their_secret_until_revoked() {
+    use chorus_node::rights::Right;
+    use chorus_node::tokens::TokenError;
+    let (_dir, node) = temp_node();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let token = rt
+        .block_on(node.create_token("ci", "read:*,write:orders"))
+        .unwrap();
+    let found = node.authenticate(&token).unwrap().expect("the token works");
+    assert_eq!(found.name, "ci");
+    assert!(found.rights.allow(Right::Write, Some("orders")));
+    assert!(!found.rights.allow(Right::Write, Some("users")));
+    let (name, secret) = token.split_once('.').unwrap();
+    let mut wrong = secret.to_owned().into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let wrong = format!("{name}.{}", String::from_utf8(wrong).unwrap());
+    for bad in [wrong.as_str(), "ci", "ci.", "nobody.00", "", "../x.y"] {
+        assert!(node.authenticate(bad).unwrap().is_none(), "{bad:?} was taken");
+    }
+    assert_eq!(node.tokens().unwrap().len(), 1);
+    // Replacing gives a new secret; the old one stops working.
+    let renewed = rt.block_on(node.create_token("ci", "admin")).unwrap();
+    assert!(node.authenticate(&token).unwrap().is_none());
+    assert!(node.authenticate(&renewed).unwrap().is_some());
+    rt.block_on(node.revoke_token("ci")).unwrap();
+    assert!(node.authenticate(&renewed).unwrap().is_none());
+    assert!(node.tokens().unwrap().is_empty());
+    assert!(matches!(
+        rt.block_on(node.revoke_token("ci")),
+        Err(TokenError::Unknown(_))
+    ));
+    assert!(matches!(
+        rt.block_on(node.create_token("bad name", "admin")),
+        Err(TokenError::BadName(_))
+    ));
+    assert!(matches!(
+        rt.block_on(node.create_token("x", "everything")),
+        Err(TokenError::BadRights(_))
+    ));
+}

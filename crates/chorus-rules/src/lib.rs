@@ -23,6 +23,7 @@ pub mod home;
 pub mod json;
 pub mod limits;
 pub mod merge;
+pub mod rights;
 
 pub use collections::{CollectionConfig, Home, SETTINGS_COLLECTION, check_collection_name};
 pub use document::{
