@@ -32,9 +32,7 @@ pub struct Token {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error(
-        "token names are 1 to {TOKEN_NAME_BYTES_MAX} letters, digits, '-' or '_'; got {0:?}"
-    )]
+    #[error("token names are 1 to {TOKEN_NAME_BYTES_MAX} letters, digits, '-' or '_'; got {0:?}")]
     BadName(String),
     #[error("{0}")]
     BadRights(String),
@@ -79,7 +77,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Compares two strings in time that depends only on their lengths.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 impl Node {

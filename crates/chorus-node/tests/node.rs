@@ -581,7 +581,10 @@ fn tokens_authenticate_with_their_secret_until_revoked() {
     wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
     let wrong = format!("{name}.{}", String::from_utf8(wrong).unwrap());
     for bad in [wrong.as_str(), "ci", "ci.", "nobody.00", "", "../x.y"] {
-        assert!(node.authenticate(bad).unwrap().is_none(), "{bad:?} was taken");
+        assert!(
+            node.authenticate(bad).unwrap().is_none(),
+            "{bad:?} was taken"
+        );
     }
     assert_eq!(node.tokens().unwrap().len(), 1);
     // Replacing gives a new secret; the old one stops working.

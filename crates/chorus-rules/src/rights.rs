@@ -119,7 +119,15 @@ mod tests {
         assert!(admin.allow(Right::Admin, None) && admin.allow(Right::Write, Some("x")));
         assert_eq!(r.to_string(), "read:*,write:orders");
         assert_eq!(Rights::parse(&r.to_string()).unwrap(), r);
-        for bad in ["", "root", "read", "read:", "write:_tokens", "delete:x", "admin:x"] {
+        for bad in [
+            "",
+            "root",
+            "read",
+            "read:",
+            "write:_tokens",
+            "delete:x",
+            "admin:x",
+        ] {
             assert!(Rights::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

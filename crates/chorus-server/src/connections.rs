@@ -264,7 +264,15 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers may ask who is calling (the localhost exception of `auth`).
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                let from = axum::extract::connect_info::ConnectInfo(from);
+                request.extensions_mut().insert(from);
+                request
+            },
+        ));
         let stream = ParseErrorsAsJson::new(stream);
         let connection = http.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);

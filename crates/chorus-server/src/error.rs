@@ -74,6 +74,23 @@ impl From<WriteError> for ApiError {
     }
 }
 
+impl From<chorus_node::tokens::TokenError> for ApiError {
+    fn from(e: chorus_node::tokens::TokenError) -> ApiError {
+        use chorus_node::tokens::TokenError;
+        match e {
+            TokenError::BadName(_) | TokenError::BadRights(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            TokenError::Unknown(_) => ApiError::not_found(e.to_string()),
+            TokenError::Random(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+            TokenError::Write(e) => e.into(),
+            TokenError::Read(e) => e.into(),
+        }
+    }
+}
+
 impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> ApiError {
         tracing::error!(error = %e, "read failed");

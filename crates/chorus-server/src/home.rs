@@ -74,10 +74,18 @@ pub async fn forward(
         write.context.map(str::to_owned),
     );
     let token = write.token.map(str::to_owned);
+    // The home checks the caller's rights too.
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let answer = tokio::task::spawn_blocking(move || {
         let mut client = Client::new(before_me)?.with_header(FORWARDED_BY, &me);
         if let Some(token) = &token {
             client = client.with_header(LOCK_TOKEN_HEADER, token);
+        }
+        if let Some(authorization) = &authorization {
+            client = client.with_header("authorization", authorization);
         }
         let answer = client.call(&method, &path, body.as_deref(), context.as_deref());
         answer.map(|value| (client.url().to_owned(), value))

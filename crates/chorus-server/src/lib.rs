@@ -11,6 +11,7 @@
 //! **Architecture Invariant:** a request that is refused (bad path, malformed JSON,
 //! bad token, oversize body) is refused before anything is written.
 
+mod auth;
 mod changes;
 mod connections;
 mod error;
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub reload_cluster: Option<ReloadCluster>,
     /// The node's cluster, for routing writes to home leaders.
     pub cluster: Option<Arc<chorus_peer::replication::Replication>>,
+    /// Every request needs a token with the right for it (`auth`).
+    pub auth: bool,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             body_read_timeout: connections::BODY_READ_TIMEOUT_DEFAULT,
             reload_cluster: None,
             cluster: None,
+            auth: false,
         }
     }
 }

@@ -60,6 +60,8 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             "/v1/cluster/reload",
             post(move || reload_cluster(config.reload_cluster.clone())),
         )
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/metrics", get(prometheus))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(|| async {
@@ -73,6 +75,10 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             BodyGuard::new(body_bytes_max, config.body_read_timeout),
             guard_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            (node.clone(), config.auth),
+            crate::auth::authorize,
         ))
         .layer(axum::middleware::from_fn(refuse_malformed_paths))
         .layer(Extension(cluster))
@@ -210,6 +216,49 @@ async fn reload_cluster(reload: Option<ReloadCluster>) -> ApiResult<Json<Value>>
             format!("{message}; nothing changed"),
         )),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    rights: String,
+}
+
+/// `POST /v1/tokens`: creates (or renews) a token; the answer is the only place its
+/// secret is ever shown.
+async fn create_token(State(node): State<Node>, request: Bytes) -> ApiResult<Response> {
+    let new: NewToken = serde_json::from_slice(&request).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be {{\"name\": NAME, \"rights\": RIGHTS}}: {e}"
+        ))
+    })?;
+    let token = node.create_token(&new.name, &new.rights).await?;
+    tracing::info!(target: "audit", token = new.name, rights = new.rights, "token created");
+    let body = json!({"name": new.name, "rights": new.rights, "token": token});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /v1/tokens`: every token's name and rights (never a secret).
+async fn list_tokens(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    let tokens: Vec<Value> = node
+        .tokens()?
+        .into_iter()
+        .map(|t| json!({"name": t.name, "rights": t.rights.to_string()}))
+        .collect();
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// `DELETE /v1/tokens/{name}`: revokes a token on every node (the deletion
+/// replicates).
+async fn revoke_token(
+    State(node): State<Node>,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let name = path(name)?;
+    node.revoke_token(&name).await?;
+    tracing::info!(target: "audit", token = name, "token revoked");
+    Ok(Json(json!({ "revoked": name })))
 }
 
 async fn digest(State(node): State<Node>) -> ApiResult<Json<Value>> {

@@ -17,11 +17,24 @@ pub struct Target {
         value_delimiter = ','
     )]
     pub url: Vec<String>,
+    /// The access token (`NAME.SECRET`, from `chorus token create`), for nodes that
+    /// require one.
+    #[arg(long, env = "CHORUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Target {
     fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::new(self.url.iter().cloned())?)
+        self.client_of(self.url.iter().cloned())
+    }
+
+    /// A client of `urls` carrying this target's token.
+    fn client_of(&self, urls: impl IntoIterator<Item = String>) -> anyhow::Result<Client> {
+        let client = Client::new(urls)?;
+        Ok(match &self.token {
+            Some(token) => client.with_header("authorization", &format!("Bearer {token}")),
+            None => client,
+        })
     }
 
     /// Sends one request (`path` after the node's URL) and returns the JSON answer.
@@ -133,12 +146,38 @@ pub fn resolve_conflict(
     print(&target.call("POST", &path, Some(body.to_string().as_bytes()), None)?)
 }
 
+/// `chorus token create`: prints the new token (shown once, never stored).
+pub fn create_token(target: &Target, name: &str, rights: &str) -> anyhow::Result<()> {
+    let body = serde_json::json!({"name": name, "rights": rights});
+    let answer = target.call(
+        "POST",
+        "/v1/tokens",
+        Some(body.to_string().as_bytes()),
+        None,
+    )?;
+    let token = answer["token"].as_str().unwrap_or_default();
+    eprintln!("token {name:?} with rights {rights}; it is shown only now:");
+    println!("{token}");
+    Ok(())
+}
+
+/// `chorus token revoke`.
+pub fn revoke_token(target: &Target, name: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/tokens/{}", segment(name));
+    print(&target.call("DELETE", &path, None, None)?)
+}
+
+/// `chorus token list`.
+pub fn list_tokens(target: &Target) -> anyhow::Result<()> {
+    print(&target.call("GET", "/v1/tokens", None, None)?)
+}
+
 /// Asks every node given to re-read its cluster file (not only the first that
 /// answers: each node reloads its own copy).
 pub fn reload(target: &Target) -> anyhow::Result<()> {
     for url in &target.url {
         let answer = call(
-            &Client::new([url.as_str()])?,
+            &target.client_of([url.clone()])?,
             "POST",
             "/v1/cluster/reload",
             None,

@@ -79,6 +79,11 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Access tokens for nodes started with `--auth`: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Set up a cluster: `certs` makes its CA and a certificate per node.
     Cluster {
         #[command(subcommand)]
@@ -91,6 +96,33 @@ enum Command {
         /// Show at most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        #[command(flatten)]
+        target: client::Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token (or renew it with a new secret); prints it once.
+    Create {
+        /// The token's name (letters, digits, '-', '_').
+        #[arg(long)]
+        name: String,
+        /// Comma-separated grants: admin, read:COLLECTION, write:COLLECTION
+        /// (COLLECTION may be *), e.g. read:*,write:orders.
+        #[arg(long)]
+        rights: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Revoke a token on every node (the revocation replicates).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// List the tokens' names and rights (never their secrets).
+    List {
         #[command(flatten)]
         target: client::Target,
     },
@@ -168,6 +200,15 @@ fn main() -> ExitCode {
         } => client::ops(&target, &collection, &key, &operations),
         Command::Status { target } => client::status(&target),
         Command::Reload { target } => client::reload(&target),
+        Command::Token { action } => match action {
+            TokenAction::Create {
+                name,
+                rights,
+                target,
+            } => client::create_token(&target, &name, &rights),
+            TokenAction::Revoke { name, target } => client::revoke_token(&target, &name),
+            TokenAction::List { target } => client::list_tokens(&target),
+        },
         Command::Cluster {
             action: ClusterAction::Certs { cluster, out },
         } => serve::cluster_certs(&cluster, &out),

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// hold a certificate of the cluster's CA for the name it claims.
     #[arg(long, requires = "cluster")]
     certs: Option<PathBuf>,
+    /// Require an access token with the right for every request (`chorus token
+    /// create`; while no token exists, the first may be created from this machine).
+    #[arg(long)]
+    auth: bool,
     /// Run with plain, unauthenticated peer links or HTTP API on addresses reachable
     /// beyond this machine (refused without it). Anyone who can reach the ports can
     /// then read, write and replicate as a member.
@@ -266,6 +270,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             body_read_timeout: Duration::from_millis(args.body_timeout_ms),
             reload_cluster,
             cluster: replication.clone(),
+            auth: args.auth,
         };
         chorus_server::serve(listener, node, config, shutdown_signal()).await?;
         tracing::info!("stopped");

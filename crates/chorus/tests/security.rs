@@ -166,3 +166,151 @@ fn exposed_ports_need_protection_or_insecure() {
     let node = NodeProcess::start_at(data.path(), "0.0.0.0:0", &["--insecure"]);
     assert!(node.url.starts_with("http://"));
 }
+
+fn with_token(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn call_as(token: Option<&str>, method: &str, url: &str, body: Option<&str>) -> Reply {
+    let bearer = token.map(with_token);
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("Authorization", b.as_str()))
+        .collect();
+    call(method, url, body.map(str::as_bytes), &headers)
+}
+
+fn create_token(base: &str, admin: Option<&str>, name: &str, rights: &str) -> String {
+    let body = format!(r#"{{"name":"{name}","rights":"{rights}"}}"#);
+    let reply = call_as(admin, "POST", &format!("{base}/v1/tokens"), Some(&body));
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    reply.body["token"].as_str().unwrap().to_owned()
+}
+
+fn digest_as(base: &str, token: &str) -> String {
+    let reply = call_as(Some(token), "GET", &format!("{base}/v1/digest"), None);
+    reply.body["digest"].as_str().unwrap().to_owned()
+}
+
+/// With `--auth`, every endpoint refuses a missing or unknown token (401) and a
+/// token without the right (403), and changes nothing; the first token comes from
+/// loopback while none exists; a revoked token stops working on every node.
+#[test]
+fn every_endpoint_needs_a_token_with_the_right() {
+    let cluster = Cluster::start_with(2, "topology = \"mesh\"", &["--auth"]);
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let admin = create_token(&a, None, "root", "admin");
+    // The localhost exception is gone once a token exists.
+    let again = call_as(
+        None,
+        "POST",
+        &format!("{a}/v1/tokens"),
+        Some(r#"{"name":"x","rights":"admin"}"#),
+    );
+    assert_eq!(again.status, 401, "{}", again.text);
+    let reader = create_token(&a, Some(&admin), "reader", "read:*");
+    let orders = create_token(&a, Some(&admin), "orders", "read:orders,write:orders");
+    let put = call_as(
+        Some(&orders),
+        "PUT",
+        &format!("{a}/v1/docs/orders/o1"),
+        Some(r#"{"n":1}"#),
+    );
+    assert_eq!(put.status, 200, "{}", put.text);
+    let (name, _) = admin.split_once('.').unwrap();
+    let unknown = format!("{name}.{}", "0".repeat(32));
+    let endpoints: [(&str, &str, Option<&str>, &str); 14] = [
+        ("GET", "/v1/docs/users/u1", None, "orders"),
+        ("PUT", "/v1/docs/users/u1", Some(r#"{"n":1}"#), "reader"),
+        ("DELETE", "/v1/docs/orders/o1", None, "reader"),
+        ("POST", "/v1/docs/users", Some(r#"{"n":1}"#), "orders"),
+        ("POST", "/v1/docs/c/k/ops", Some("[]"), "reader"),
+        (
+            "PUT",
+            "/v1/collections/orders",
+            Some(r#"{"policy":"lww"}"#),
+            "orders",
+        ),
+        ("GET", "/v1/changes", None, "orders"),
+        ("GET", "/v1/conflicts", None, "orders"),
+        ("POST", "/v1/conflicts/00/resolve", Some("{}"), "reader"),
+        ("POST", "/v1/locks/orders/o1", Some("{}"), "reader"),
+        ("POST", "/v1/cluster/reload", None, "reader"),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(r#"{"name":"y","rights":"admin"}"#),
+            "orders",
+        ),
+        ("DELETE", "/v1/tokens/reader", None, "orders"),
+        ("GET", "/v1/tokens", None, "reader"),
+    ];
+    let before = digest_as(&a, &admin);
+    for (method, path, body, lacking) in endpoints {
+        let url = format!("{a}{path}");
+        let lacking = if lacking == "reader" {
+            &reader
+        } else {
+            &orders
+        };
+        for (token, status) in [
+            (None, 401),
+            (Some(unknown.as_str()), 401),
+            (Some(lacking.as_str()), 403),
+        ] {
+            let reply = call_as(token, method, &url, body);
+            assert_eq!(
+                reply.status, status,
+                "{method} {path} with {token:?}: {}",
+                reply.text
+            );
+            assert!(reply.body["message"].is_string(), "{}", reply.text);
+        }
+    }
+    for path in ["/v1/status", "/v1/digest", "/metrics"] {
+        assert_eq!(
+            call_as(None, "GET", &format!("{a}{path}"), None).status,
+            401
+        );
+        assert_eq!(
+            call_as(Some(&reader), "GET", &format!("{a}{path}"), None).status,
+            200
+        );
+    }
+    assert_eq!(
+        digest_as(&a, &admin),
+        before,
+        "a refused request changed something"
+    );
+    // The tokens replicate: the reader works on the other node too, and a
+    // revocation made on one node reaches the other.
+    wait_until("the reader token on b", Duration::from_secs(30), || {
+        call_as(
+            Some(&reader),
+            "GET",
+            &format!("{b}/v1/docs/orders/o1"),
+            None,
+        )
+        .status
+            == 200
+    });
+    let revoked = call_as(
+        Some(&admin),
+        "DELETE",
+        &format!("{a}/v1/tokens/reader"),
+        None,
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    wait_until("the revocation on b", Duration::from_secs(30), || {
+        call_as(
+            Some(&reader),
+            "GET",
+            &format!("{b}/v1/docs/orders/o1"),
+            None,
+        )
+        .status
+            == 401
+    });
+    let listed = call_as(Some(&admin), "GET", &format!("{b}/v1/tokens"), None);
+    assert!(!listed.text.contains("sha256") && !listed.text.contains(&orders));
+}
