@@ -32,6 +32,8 @@ pub const CONTEXT_HEADER: &str = "Chorus-Context";
 pub enum Error {
     #[error("no node URL given")]
     NoNodes,
+    #[error("cannot use the CA certificate: {0}")]
+    BadCa(String),
     #[error("no node could be reached: {}", tried.iter().map(|(url, why)| format!("{url}: {why}")).collect::<Vec<_>>().join("; "))]
     Unreachable { tried: Vec<(String, String)> },
     /// The node answered with an error (`{"error", "message"}`, and `body`: the
@@ -67,6 +69,17 @@ pub struct Client {
     headers: Vec<(String, String)>,
 }
 
+fn agent(roots: ureq::tls::RootCerts) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder().root_certs(roots).build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_global(Some(Duration::from_secs(60)))
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 /// What one attempt at one node came to.
 enum Attempt {
     Done(Result<Value, Error>),
@@ -89,12 +102,7 @@ impl Client {
         if urls.is_empty() {
             return Err(Error::NoNodes);
         }
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(2)))
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
+        let agent = agent(ureq::tls::RootCerts::WebPki);
         Ok(Client {
             urls,
             current: AtomicUsize::new(0),
@@ -104,6 +112,26 @@ impl Client {
     }
 
     /// Sends `name: value` with every request (a node forwarding a write marks it).
+    /// Trusts only the CA certificates in `pem` for `https://` nodes (the cluster's
+    /// `ca.pem`), instead of the public roots.
+    pub fn with_ca(mut self, pem: &[u8]) -> Result<Client, Error> {
+        let certificates = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::BadCa(format!("the CA file is not PEM: {e}")))?;
+        if certificates.is_empty() {
+            return Err(Error::BadCa("the CA file holds no certificate".into()));
+        }
+        self.agent = agent(ureq::tls::RootCerts::Specific(std::sync::Arc::new(
+            certificates,
+        )));
+        Ok(self)
+    }
+
     pub fn with_header(mut self, name: &str, value: &str) -> Client {
         self.headers.push((name.to_owned(), value.to_owned()));
         self

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  chorus cluster certs ─▶ DIR/ca.pem, ca.key (the cluster CA; keep ca.key off the nodes)
-//!                          DIR/NAME.pem, NAME.key (one per node: its name as a DNS name)
+//!                          DIR/NAME.pem, NAME.key (one per node: its identity
+//!                          NAME.node.chorus, and the hosts of its addresses)
 //!  chorus serve --certs DIR ─▶ PeerTls::load(DIR, me)
 //!    dial b:   TLS as client, expects a certificate for "b"      ─┐ then Hello both ways;
 //!    accept:   TLS as server, demands a certificate of the CA    ─┘ the Hello's name must be
@@ -11,10 +12,12 @@
 //! ```
 //!
 //! **Invariant:** with TLS on, no frame of a peer is read before (1) its certificate
-//! chains to the cluster's CA and (2) the name its `Hello` claims is a name its
-//! certificate holds (checked by the dialer through the server name, by the acceptor
-//! with [`PeerTls::certifies`]). A process with no certificate, or with another node's,
-//! cannot speak as a member.
+//! chains to the cluster's CA and (2) the certificate holds the identity
+//! `NAME.node.chorus` of the name its `Hello` claims (checked by the dialer through
+//! the server name, by the acceptor with [`PeerTls::certifies`]). A process with no
+//! certificate, or with another node's, cannot speak as a member. Identities live
+//! under their own suffix so that a node's host names (also in its certificate, for
+//! HTTPS clients) can never pass for another node's name.
 //!
 //! Certificates rotate without a restart: `chorus reload` loads the files again (new
 //! connections use them; established ones keep theirs).
@@ -47,6 +50,11 @@ pub enum TlsError {
     Generate(String),
     #[error("the TLS settings are refused: {0}")]
     Config(String),
+}
+
+/// The name a node's certificate proves it by.
+fn identity(node: &str) -> String {
+    format!("{node}.node.chorus")
 }
 
 /// This node's TLS settings for peer connections.
@@ -137,6 +145,20 @@ pub fn client_config(
     Identity::load(ca_path, cert_path, key_path)?.client()
 }
 
+/// The settings of a TLS server presenting the certificate chain in `cert_path`
+/// with the key in `key_path`, asking clients for no certificate (the HTTP API:
+/// clients prove themselves with tokens).
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, TlsError> {
+    let chain = certificates(cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(read_err(key_path))?;
+    ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_err)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(config_err)
+}
+
 impl PeerTls {
     /// Loads node `me`'s certificate and key and the cluster's CA from `dir`.
     pub fn load(dir: &Path, me: &str) -> Result<PeerTls, TlsError> {
@@ -166,7 +188,7 @@ impl PeerTls {
         tcp: TcpStream,
         peer: &str,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let name = ServerName::try_from(peer.to_owned())
+        let name = ServerName::try_from(identity(peer))
             .map_err(|_| std::io::Error::other(TlsError::BadName(peer.to_owned())))?;
         self.connector.connect(name, tcp).await
     }
@@ -193,7 +215,7 @@ impl PeerTls {
 
     /// Whether `certificate` (already verified against the CA) names node `name`.
     pub fn certifies(certificate: &CertificateDer<'_>, name: &str) -> bool {
-        let Ok(server_name) = ServerName::try_from(name) else {
+        let Ok(server_name) = ServerName::try_from(identity(name)) else {
             return false;
         };
         webpki::EndEntityCert::try_from(certificate)
@@ -259,13 +281,26 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
     file.sync_all().map_err(err)
 }
 
+/// A node to make a certificate for: its name, and the hosts (names or IP
+/// addresses) HTTPS clients reach it by.
+#[derive(Clone, Debug)]
+pub struct NodeCertificate {
+    pub name: String,
+    pub hosts: Vec<String>,
+}
+
 /// Writes into `dir` the cluster's CA (`ca.pem`, `ca.key`) unless it is there, and
-/// a certificate and key for every node of `names` that has none, signed by it.
+/// a certificate and key for every node of `nodes` that has none, signed by it.
 /// Existing files are never overwritten (delete a node's files to renew them).
-pub fn generate(names: &[String], dir: &Path) -> Result<Generated, TlsError> {
+pub fn generate(nodes: &[NodeCertificate], dir: &Path) -> Result<Generated, TlsError> {
     let gen_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
-    for name in names {
-        if ServerName::try_from(name.as_str()).is_err() || name.is_empty() {
+    for node in nodes {
+        let name = &node.name;
+        let dns_label = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !name.starts_with('-');
+        if !dns_label || ServerName::try_from(identity(name)).is_err() {
             return Err(TlsError::BadName(name.clone()));
         }
     }
@@ -290,12 +325,16 @@ pub fn generate(names: &[String], dir: &Path) -> Result<Generated, TlsError> {
         keys
     };
     let ca = ca_params()?.self_signed(&ca_keys).map_err(gen_err)?;
-    for name in names {
+    for node in nodes {
+        let name = &node.name;
         let (_, cert_path, key_path) = paths(dir, name);
         if cert_path.exists() {
             continue;
         }
-        let mut params = CertificateParams::new(vec![name.clone()]).map_err(gen_err)?;
+        let mut names = vec![identity(name)];
+        names.extend(node.hosts.iter().filter(|h| !h.is_empty()).cloned());
+        names.dedup();
+        let mut params = CertificateParams::new(names).map_err(gen_err)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -319,10 +358,21 @@ mod tests {
         n.iter().map(|s| s.to_string()).collect()
     }
 
+    fn nodes(n: &[&str]) -> Vec<NodeCertificate> {
+        n.iter()
+            .map(|name| NodeCertificate {
+                name: name.to_string(),
+                // Every node's host is named like another node: it must not pass
+                // for that node.
+                hosts: vec!["127.0.0.1".into(), "a".into()],
+            })
+            .collect()
+    }
+
     #[test]
     fn generated_certificates_load_and_name_their_node() {
         let dir = tempfile::tempdir().unwrap();
-        let made = generate(&names(&["a", "b"]), dir.path()).unwrap();
+        let made = generate(&nodes(&["a", "b"]), dir.path()).unwrap();
         assert_eq!(
             made,
             Generated {
@@ -335,7 +385,7 @@ mod tests {
         assert!(PeerTls::certifies(&b[0], "b"));
         assert!(!PeerTls::certifies(&b[0], "a"));
         // A node added later gets a certificate of the same CA; nothing is rewritten.
-        let again = generate(&names(&["a", "b", "c"]), dir.path()).unwrap();
+        let again = generate(&nodes(&["a", "b", "c"]), dir.path()).unwrap();
         assert_eq!(
             again,
             Generated {
@@ -345,7 +395,7 @@ mod tests {
         );
         PeerTls::load(dir.path(), "c").unwrap();
         assert!(matches!(
-            generate(&names(&["bad name"]), dir.path()),
+            generate(&nodes(&["bad name"]), dir.path()),
             Err(TlsError::BadName(_))
         ));
         assert!(matches!(

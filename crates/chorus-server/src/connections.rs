@@ -229,10 +229,12 @@ fn give_back_memory() {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then lets open requests
-/// finish for at most `grace`.
+/// finish for at most `grace`. With `tls`, every connection first completes a TLS
+/// handshake, within the header time-out.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     connections_max: usize,
     header_read_timeout: Duration,
     grace: Duration,
@@ -273,11 +275,31 @@ pub(crate) async fn serve(
                 request
             },
         ));
-        let stream = ParseErrorsAsJson::new(stream);
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let ended = match tls {
+                None => {
+                    let stream = TokioIo::new(ParseErrorsAsJson::new(stream));
+                    watcher.watch(http.serve_connection(stream, service)).await
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(header_read_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let stream = TokioIo::new(ParseErrorsAsJson::new(stream));
+                            watcher.watch(http.serve_connection(stream, service)).await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%from, %error, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%from, "no TLS handshake within the time-out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%from, %error, "HTTP connection ended");
             }
             drop(permit);

@@ -32,6 +32,15 @@ pub const HOME_HEADER: &str = "chorus-home";
 /// The header carrying a lease's fencing token with a write.
 pub const LOCK_TOKEN_HEADER: &str = "chorus-lock-token";
 
+/// What forwarding needs: the cluster, and how to reach the other nodes' APIs.
+pub struct Forwarding {
+    pub cluster: std::sync::Arc<Replication>,
+    /// TLS on the nodes' APIs: writes are forwarded over `https://`, trusting
+    /// `https_ca` (PEM; the public roots when `None`).
+    pub https: bool,
+    pub https_ca: Option<Vec<u8>>,
+}
+
 /// A write to route: what to send to the home leader.
 pub struct Routed<'a> {
     pub home: &'a Home,
@@ -48,10 +57,13 @@ pub struct Routed<'a> {
 /// node is the one to take it (it is the home, every node before it is unreachable,
 /// or the write was forwarded here).
 pub async fn forward(
-    cluster: &Replication,
+    forwarding: &Forwarding,
     headers: &HeaderMap,
     write: Routed<'_>,
 ) -> Result<Option<Response>, ApiError> {
+    let cluster = &forwarding.cluster;
+    let scheme = if forwarding.https { "https" } else { "http" };
+    let https_ca = forwarding.https_ca.clone();
     if headers.contains_key(FORWARDED_BY) {
         return Ok(None);
     }
@@ -63,7 +75,7 @@ pub async fn forward(
         .order(&config.names(), &value)
         .into_iter()
         .take_while(|m| *m != me)
-        .filter_map(|m| config.node(&m).map(|n| format!("http://{}", n.http)))
+        .filter_map(|m| config.node(&m).map(|n| format!("{scheme}://{}", n.http)))
         .collect();
     if before_me.is_empty() {
         return Ok(None);
@@ -81,6 +93,9 @@ pub async fn forward(
         .map(str::to_owned);
     let answer = tokio::task::spawn_blocking(move || {
         let mut client = Client::new(before_me)?.with_header(FORWARDED_BY, &me);
+        if let Some(ca) = &https_ca {
+            client = client.with_ca(ca)?;
+        }
         if let Some(token) = &token {
             client = client.with_header(LOCK_TOKEN_HEADER, token);
         }
@@ -96,7 +111,7 @@ pub async fn forward(
         config
             .nodes
             .iter()
-            .find(|n| url == format!("http://{}", n.http))
+            .find(|n| url == format!("{scheme}://{}", n.http))
             .map_or_else(|| url.to_owned(), |n| n.name.clone())
     };
     // The home's answer, whatever it is, passes through as it came.

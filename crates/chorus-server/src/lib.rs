@@ -57,6 +57,11 @@ pub struct ServerConfig {
     pub cluster: Option<Arc<chorus_peer::replication::Replication>>,
     /// Every request needs a token with the right for it (`auth`).
     pub auth: bool,
+    /// TLS on the API: the server's certificate chain and key.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With TLS on (every node's API): the CA (PEM) the nodes' certificates chain
+    /// to, trusted when forwarding writes to home leaders (else the public roots).
+    pub https_ca: Option<Vec<u8>>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +74,8 @@ impl Default for ServerConfig {
             reload_cluster: None,
             cluster: None,
             auth: false,
+            tls: None,
+            https_ca: None,
         }
     }
 }
@@ -94,9 +101,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (connections_max, header_read_timeout) =
         (config.connections_max, config.header_read_timeout);
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     connections::serve(
         listener,
         router(node, config),
+        tls,
         connections_max,
         header_read_timeout,
         SHUTDOWN_GRACE,

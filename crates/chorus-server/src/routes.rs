@@ -27,14 +27,21 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 type ApiResult<T = Response> = Result<T, ApiError>;
-/// The node's cluster, when it has one (for routing writes to home leaders).
-type ClusterRef = Option<Arc<chorus_peer::replication::Replication>>;
+/// The node's cluster, when it has one (for status, and routing writes to home
+/// leaders).
+type ClusterRef = Option<Arc<crate::home::Forwarding>>;
 
 pub fn router(node: Node, config: ServerConfig) -> Router {
     // Install the metrics recorder before the first request records anything.
     metrics::handle();
     let body_bytes_max = config.body_bytes_max;
-    let cluster: ClusterRef = config.cluster.clone();
+    let cluster: ClusterRef = config.cluster.clone().map(|cluster| {
+        Arc::new(crate::home::Forwarding {
+            cluster,
+            https: config.tls.is_some(),
+            https_ca: config.https_ca.clone(),
+        })
+    });
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/digest", get(digest))
@@ -95,9 +102,9 @@ async fn status(
     // Peers and links belong to the replication runtime, when the node has one.
     let peers = cluster
         .as_ref()
-        .map(|c| c.peer_status())
+        .map(|c| c.cluster.peer_status())
         .unwrap_or_default();
-    let links = cluster.as_ref().map(|c| c.link_status());
+    let links = cluster.as_ref().map(|c| c.cluster.link_status());
     Ok(Json(json!({
         "node": status.name,
         "node_id": status.node_id.to_string(),
@@ -444,7 +451,7 @@ async fn apply_ops(
 /// written here.
 async fn write_document(
     node: &Node,
-    cluster: Option<&Arc<chorus_peer::replication::Replication>>,
+    cluster: Option<&Arc<crate::home::Forwarding>>,
     headers: &HeaderMap,
     method: &str,
     w: Write,
@@ -492,7 +499,7 @@ fn routing(node: &Node, collection: &str, leased: bool) -> ApiResult<Option<Home
 #[allow(clippy::too_many_arguments)]
 async fn route_home(
     node: &Node,
-    cluster: Option<&Arc<chorus_peer::replication::Replication>>,
+    cluster: Option<&Arc<crate::home::Forwarding>>,
     headers: &HeaderMap,
     method: &str,
     path: &str,

@@ -21,6 +21,10 @@ pub struct Target {
     /// require one.
     #[arg(long, env = "CHORUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA certificate (PEM) to trust for `https://` nodes, e.g. the cluster's
+    /// `ca.pem` from `chorus cluster certs` (default: the public roots).
+    #[arg(long, env = "CHORUS_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -30,7 +34,12 @@ impl Target {
 
     /// A client of `urls` carrying this target's token.
     fn client_of(&self, urls: impl IntoIterator<Item = String>) -> anyhow::Result<Client> {
-        let client = Client::new(urls)?;
+        let mut client = Client::new(urls)?;
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+            client = client.with_ca(&pem)?;
+        }
         Ok(match &self.token {
             Some(token) => client.with_header("authorization", &format!("Bearer {token}")),
             None => client,

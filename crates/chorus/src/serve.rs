@@ -5,6 +5,7 @@ use chorus_node::{Node, NodeConfig};
 use chorus_peer::cluster::ClusterConfig;
 use chorus_peer::emulation::LinkEmulation;
 use chorus_peer::replication::{self, EngineLimits, Replication};
+use chorus_peer::tls::NodeCertificate;
 use chorus_server::ServerConfig;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,14 @@ pub struct ServeArgs {
     /// hold a certificate of the cluster's CA for the name it claims.
     #[arg(long, requires = "cluster")]
     certs: Option<PathBuf>,
+    /// TLS on the HTTP API: the server's certificate chain (PEM), e.g. `DIR/NODE.pem`
+    /// from `chorus cluster certs` (it names the node's addresses; clients then trust
+    /// `ca.pem`), or one from your own CA.
+    #[arg(long, requires = "http_key")]
+    http_cert: Option<PathBuf>,
+    /// The key of `--http-cert` (PEM).
+    #[arg(long, requires = "http_cert")]
+    http_key: Option<PathBuf>,
     /// Require an access token with the right for every request (`chorus token
     /// create`; while no token exists, the first may be created from this machine).
     #[arg(long)]
@@ -100,16 +109,17 @@ fn loopback_only(address: &str) -> bool {
 }
 
 /// Refuses to expose a node beyond this machine without protection: the peer port
-/// needs `--certs` (mutual TLS), and the HTTP API has no TLS or tokens yet, so either
-/// beyond loopback needs `--insecure`, which is then logged loudly.
+/// needs `--certs` (mutual TLS), the HTTP API `--auth` and `--http-cert` (tokens over
+/// TLS). `--insecure` allows it, and is then logged loudly.
 fn check_exposure(
     http: &str,
     peer: Option<&str>,
     certs: bool,
+    protected_http: bool,
     insecure: bool,
 ) -> anyhow::Result<()> {
     let exposed_peer = peer.filter(|p| !certs && !loopback_only(p));
-    let exposed_http = (!loopback_only(http)).then_some(http);
+    let exposed_http = (!protected_http && !loopback_only(http)).then_some(http);
     if insecure {
         if exposed_peer.is_some() || exposed_http.is_some() {
             tracing::warn!(
@@ -129,8 +139,9 @@ fn check_exposure(
     }
     if let Some(http) = exposed_http {
         bail!(
-            "the HTTP address {http} is reachable beyond this machine, and the HTTP API has \
-             no authentication yet: bind it to 127.0.0.1 (--http), or give --insecure"
+            "the HTTP address {http} is reachable beyond this machine: give --auth and \
+             --http-cert/--http-key (tokens over TLS), bind it to 127.0.0.1 (--http), or \
+             give --insecure to run unprotected"
         );
     }
     Ok(())
@@ -139,7 +150,21 @@ fn check_exposure(
 /// `chorus cluster certs`: the cluster's CA and a certificate per node.
 pub fn cluster_certs(cluster: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let config = ClusterConfig::load(cluster).map_err(anyhow::Error::msg)?;
-    let made = chorus_peer::tls::generate(&config.names(), out)?;
+    let host = |address: &str| {
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    };
+    let nodes: Vec<NodeCertificate> = config
+        .nodes
+        .iter()
+        .map(|n| NodeCertificate {
+            name: n.name.clone(),
+            hosts: vec![host(&n.http), host(&n.peer)],
+        })
+        .collect();
+    let made = chorus_peer::tls::generate(&nodes, out)?;
     if made.new_ca {
         println!(
             "wrote {} and {}",
@@ -199,7 +224,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let peer = cluster
         .as_ref()
         .map(|(cluster, me)| cluster.node(me).expect("checked").peer.clone());
-    check_exposure(&http, peer.as_deref(), args.certs.is_some(), args.insecure)?;
+    let protected_http = args.auth && args.http_cert.is_some();
+    check_exposure(
+        &http,
+        peer.as_deref(),
+        args.certs.is_some(),
+        protected_http,
+        args.insecure,
+    )?;
+    let http_tls = match (&args.http_cert, &args.http_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(chorus_peer::tls::server_config(cert, key)?)),
+        _ => None,
+    };
+    // Forwarded writes trust the cluster's CA, when the node has one.
+    let https_ca = match (&http_tls, &args.certs) {
+        (Some(_), Some(certs)) => {
+            let ca = certs.join("ca.pem");
+            Some(std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))?)
+        }
+        _ => None,
+    };
     // Before anything records a metric (opening the store, replication).
     chorus_server::install_metrics();
     std::fs::create_dir_all(&args.data)
@@ -258,8 +302,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ));
         let address = listener.local_addr()?;
         println!(
-            "chorus: node {} serving http://{address} (data in {})",
+            "chorus: node {} serving {}://{address} (data in {})",
             node.name(),
+            if args.http_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             args.data.display()
         );
         std::io::stdout().flush()?;
@@ -271,6 +320,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             reload_cluster,
             cluster: replication.clone(),
             auth: args.auth,
+            tls: http_tls,
+            https_ca,
         };
         chorus_server::serve(listener, node, config, shutdown_signal()).await?;
         tracing::info!("stopped");

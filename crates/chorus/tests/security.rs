@@ -61,7 +61,7 @@ fn tls_as(
     key: &Path,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let config = chorus_peer::tls::client_config(ca, cert, key).unwrap();
-    let name = ServerName::try_from(server.to_owned()).unwrap();
+    let name = ServerName::try_from(format!("{server}.node.chorus")).unwrap();
     let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let tcp = TcpStream::connect(address).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -96,7 +96,11 @@ fn only_members_speak_on_the_peer_port_and_each_only_as_itself() {
 
     // A certificate for `n1` from another CA (the attacker ran `cluster certs` too).
     let rogue = tempfile::tempdir().unwrap();
-    chorus_peer::tls::generate(&["n1".to_owned()], rogue.path()).unwrap();
+    let n1 = chorus_peer::tls::NodeCertificate {
+        name: "n1".into(),
+        hosts: vec!["127.0.0.1".into()],
+    };
+    chorus_peer::tls::generate(&[n1], rogue.path()).unwrap();
     let mut forged = tls_as(
         &target,
         "n0",
@@ -313,4 +317,62 @@ fn every_endpoint_needs_a_token_with_the_right() {
     });
     let listed = call_as(Some(&admin), "GET", &format!("{b}/v1/tokens"), None);
     assert!(!listed.text.contains("sha256") && !listed.text.contains(&orders));
+}
+
+fn chorus(args: &[&str]) -> std::process::Output {
+    Command::new(CHORUS).args(args).output().unwrap()
+}
+
+/// The API over TLS with tokens: the CLI trusts the cluster's CA, the first token
+/// comes over TLS from loopback, plain HTTP and clients that do not trust the CA
+/// get nothing, and such a node may listen beyond loopback without `--insecure`.
+#[test]
+fn the_api_serves_tokens_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.toml");
+    std::fs::write(
+        &file,
+        "topology = \"mesh\"\n[[nodes]]\nname = \"a\"\nhttp = \"127.0.0.1:0\"\npeer = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let certs = dir.path().join("certs");
+    let made = chorus(&[
+        "cluster",
+        "certs",
+        "--cluster",
+        file.to_str().unwrap(),
+        "--out",
+        certs.to_str().unwrap(),
+    ]);
+    assert!(made.status.success(), "{made:?}");
+    let path = |name: &str| certs.join(name).to_str().unwrap().to_owned();
+    let tls_args = [
+        "--auth",
+        "--http-cert",
+        &path("a.pem"),
+        "--http-key",
+        &path("a.key"),
+    ];
+    let data = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_at(data.path(), "127.0.0.1:0", &tls_args);
+    let url = node.url.clone();
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = path("ca.pem");
+    let created = chorus(&[
+        "token", "create", "--name", "root", "--rights", "admin", "--url", &url, "--ca", &ca,
+    ]);
+    assert!(created.status.success(), "{created:?}");
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let status = chorus(&["status", "--url", &url, "--ca", &ca, "--token", &token]);
+    assert!(status.status.success(), "{status:?}");
+    // Without the CA, the node's certificate is not trusted.
+    let untrusted = chorus(&["status", "--url", &url, "--token", &token]);
+    assert!(!untrusted.status.success(), "{untrusted:?}");
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = url.replace("https://", "http://");
+    assert!(request("GET", &format!("{plain}/v1/status"), None, &[]).is_err());
+    // Tokens over TLS: the node may listen beyond loopback.
+    let data = tempfile::tempdir().unwrap();
+    let exposed = NodeProcess::start_at(data.path(), "0.0.0.0:0", &tls_args);
+    assert!(exposed.url.starts_with("https://"));
 }

@@ -43,7 +43,7 @@ impl NodeProcess {
             .expect("reading the serve banner");
         let url = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in banner {line:?}"))
             .to_owned();
         NodeProcess {
