@@ -62,6 +62,10 @@ pub struct ServerConfig {
     /// With TLS on (every node's API): the CA (PEM) the nodes' certificates chain
     /// to, trusted when forwarding writes to home leaders (else the public roots).
     pub https_ca: Option<Vec<u8>>,
+    /// Peers speak mutual TLS (shown in the status).
+    pub peer_tls: bool,
+    /// The node was started with `--insecure` (shown in the status).
+    pub insecure: bool,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +80,8 @@ impl Default for ServerConfig {
             auth: false,
             tls: None,
             https_ca: None,
+            peer_tls: false,
+            insecure: false,
         }
     }
 }

@@ -44,6 +44,12 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
     });
     Router::new()
         .route("/v1/status", get(status))
+        .layer(Extension(Security {
+            peer_tls: config.peer_tls,
+            http_tls: config.tls.is_some(),
+            auth: config.auth,
+            insecure: config.insecure,
+        }))
         .route("/v1/digest", get(digest))
         .route(
             "/v1/collections/{collection}",
@@ -94,9 +100,19 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
 
 // ---- handlers ----------------------------------------------------------------------
 
+/// How the node is protected, for the status (a node run with `--insecure` says so).
+#[derive(Clone, Copy)]
+struct Security {
+    peer_tls: bool,
+    http_tls: bool,
+    auth: bool,
+    insecure: bool,
+}
+
 async fn status(
     State(node): State<Node>,
     Extension(cluster): Extension<ClusterRef>,
+    Extension(security): Extension<Security>,
 ) -> ApiResult<Json<Value>> {
     let status = node.status()?;
     // Peers and links belong to the replication runtime, when the node has one.
@@ -138,6 +154,12 @@ async fn status(
             "unreachable": l.unreachable,
             "heal_after_ms": l.heal_after_ms,
         })),
+        "security": {
+            "peer_tls": security.peer_tls,
+            "http_tls": security.http_tls,
+            "tokens_required": security.auth,
+            "insecure": security.insecure,
+        },
     })))
 }
 

@@ -322,6 +322,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             auth: args.auth,
             tls: http_tls,
             https_ca,
+            peer_tls: args.certs.is_some(),
+            insecure: args.insecure,
         };
         chorus_server::serve(listener, node, config, shutdown_signal()).await?;
         tracing::info!("stopped");

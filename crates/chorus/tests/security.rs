@@ -168,7 +168,9 @@ fn exposed_ports_need_protection_or_insecure() {
     assert!(error.contains("--certs"), "{error}");
     let data = tempfile::tempdir().unwrap();
     let node = NodeProcess::start_at(data.path(), "0.0.0.0:0", &["--insecure"]);
-    assert!(node.url.starts_with("http://"));
+    let status = get(&format!("{}/v1/status", node.url.replace("0.0.0.0", "127.0.0.1")));
+    assert_eq!(status.body["security"]["insecure"], true, "{}", status.text);
+    assert_eq!(status.body["security"]["tokens_required"], false);
 }
 
 fn with_token(token: &str) -> String {
