@@ -29,7 +29,58 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chorus_node::Node;
 use chorus_node::rights::Right;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What the middleware needs: the node (tokens), whether tokens are required, and
+/// the per-token rate limit.
+#[derive(Clone)]
+pub(crate) struct Gate {
+    pub node: Node,
+    pub required: bool,
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+/// Tokens buckets, one per token name: `per_s` requests a second on average, bursts
+/// of up to `max(per_s, 1)`.
+pub(crate) struct RateLimiter {
+    per_s: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Token names tracked at most; past it the fullest buckets are forgotten (a
+/// forgotten bucket is full again, so this only ever lets more through).
+const RATE_BUCKETS_MAX: usize = 100_000;
+
+impl RateLimiter {
+    pub(crate) fn new(per_s: f64) -> RateLimiter {
+        RateLimiter {
+            per_s,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `token`'s bucket, or says how many seconds until one
+    /// is there.
+    fn take(&self, token: &str, now: Instant) -> Result<(), u64> {
+        let burst = self.per_s.max(1.0);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= RATE_BUCKETS_MAX && !buckets.contains_key(token) {
+            buckets.retain(|_, (level, _)| *level < burst - 1.0);
+        }
+        let (level, at) = buckets.entry(token.to_owned()).or_insert((burst, now));
+        *level = (*level + now.duration_since(*at).as_secs_f64() * self.per_s).min(burst);
+        *at = now;
+        if *level >= 1.0 {
+            *level -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *level) / self.per_s).ceil() as u64)
+        }
+    }
+}
 
 /// What a request needs.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,12 +176,13 @@ fn bootstrapping(node: &Node, request: &Request, needed: &Needed) -> bool {
 }
 
 /// The middleware: refuses a request its token does not allow (when tokens are
-/// required).
-pub(crate) async fn authorize(
-    State((node, required)): State<(Node, bool)>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// required), or that goes beyond its token's rate (429 with `Retry-After`).
+pub(crate) async fn authorize(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let Gate {
+        node,
+        required,
+        limiter,
+    } = gate;
     if !required {
         return next.run(request).await;
     }
@@ -181,12 +233,46 @@ pub(crate) async fn authorize(
         };
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
     }
+    if let Some(limiter) = limiter
+        && let Err(wait_s) = limiter.take(&token.name, Instant::now())
+    {
+        tracing::warn!(target: "audit", token = token.name, "a token went beyond its rate");
+        let message = format!(
+            "token {:?} went beyond its {} requests a second; retry in {wait_s} s",
+            token.name, limiter.per_s
+        );
+        let mut response =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait_s.max(1)));
+        return response;
+    }
     next.run(request).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_refills_at_its_rate() {
+        let limiter = RateLimiter::new(2.0);
+        let start = Instant::now();
+        assert!(limiter.take("t", start).is_ok());
+        assert!(limiter.take("t", start).is_ok());
+        assert_eq!(limiter.take("t", start), Err(1), "the burst is spent");
+        assert!(
+            limiter.take("other", start).is_ok(),
+            "buckets are per token"
+        );
+        let later = start + std::time::Duration::from_millis(500);
+        assert!(
+            limiter.take("t", later).is_ok(),
+            "one more after half a second"
+        );
+        assert!(limiter.take("t", later).is_err());
+    }
 
     fn right(r: Right, c: Option<&str>) -> Needed {
         Needed::Right(r, c.map(str::to_owned))

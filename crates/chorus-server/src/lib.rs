@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub peer_tls: bool,
     /// The node was started with `--insecure` (shown in the status).
     pub insecure: bool,
+    /// Requests a second each token may make on average (with tokens required).
+    pub token_requests_per_s: Option<f64>,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +84,7 @@ impl Default for ServerConfig {
             https_ca: None,
             peer_tls: false,
             insecure: false,
+            token_requests_per_s: None,
         }
     }
 }

@@ -90,7 +90,13 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             guard_body,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            (node.clone(), config.auth),
+            crate::auth::Gate {
+                node: node.clone(),
+                required: config.auth,
+                limiter: config
+                    .token_requests_per_s
+                    .map(|per_s| Arc::new(crate::auth::RateLimiter::new(per_s))),
+            },
             crate::auth::authorize,
         ))
         .layer(axum::middleware::from_fn(refuse_malformed_paths))

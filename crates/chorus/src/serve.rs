@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// create`; while no token exists, the first may be created from this machine).
     #[arg(long)]
     auth: bool,
+    /// With --auth: requests a second each token may make on average (bursts of as
+    /// many); beyond it, 429 with Retry-After. Unlimited when not given.
+    #[arg(long, requires = "auth", value_parser = positive_rate)]
+    token_requests_per_s: Option<f64>,
     /// Run with plain, unauthenticated peer links or HTTP API on addresses reachable
     /// beyond this machine (refused without it). Anyone who can reach the ports can
     /// then read, write and replicate as a member.
@@ -99,6 +103,13 @@ pub struct ServeArgs {
 
 /// File name of the store inside the data folder.
 const STORE_FILE: &str = "chorus.redb";
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
 
 /// Whether every address `address` resolves to is on this machine.
 fn loopback_only(address: &str) -> bool {
@@ -324,6 +335,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             https_ca,
             peer_tls: args.certs.is_some(),
             insecure: args.insecure,
+            token_requests_per_s: args.token_requests_per_s,
         };
         chorus_server::serve(listener, node, config, shutdown_signal()).await?;
         tracing::info!("stopped");

@@ -168,7 +168,10 @@ fn exposed_ports_need_protection_or_insecure() {
     assert!(error.contains("--certs"), "{error}");
     let data = tempfile::tempdir().unwrap();
     let node = NodeProcess::start_at(data.path(), "0.0.0.0:0", &["--insecure"]);
-    let status = get(&format!("{}/v1/status", node.url.replace("0.0.0.0", "127.0.0.1")));
+    let status = get(&format!(
+        "{}/v1/status",
+        node.url.replace("0.0.0.0", "127.0.0.1")
+    ));
     assert_eq!(status.body["security"]["insecure"], true, "{}", status.text);
     assert_eq!(status.body["security"]["tokens_required"], false);
 }
@@ -377,4 +380,27 @@ fn the_api_serves_tokens_over_tls() {
     let data = tempfile::tempdir().unwrap();
     let exposed = NodeProcess::start_at(data.path(), "0.0.0.0:0", &tls_args);
     assert!(exposed.url.starts_with("https://"));
+}
+
+/// A token that goes beyond its rate gets 429 with `Retry-After`; other tokens are
+/// served meanwhile.
+#[test]
+fn a_token_beyond_its_rate_is_told_when_to_retry() {
+    let data = tempfile::tempdir().unwrap();
+    // One request per 100 s: the second within the test is always beyond it.
+    let args = ["--auth", "--token-requests-per-s", "0.01"];
+    let node = NodeProcess::start(data.path(), &args);
+    let admin = create_token(&node.url, None, "root", "admin");
+    let other = create_token(&node.url, Some(&admin), "other", "read:*");
+    let status = format!("{}/v1/status", node.url);
+    let limited = call_as(Some(&admin), "GET", &status, None);
+    assert_eq!(limited.status, 429, "{}", limited.text);
+    assert_eq!(limited.body["error"], "rate_limited");
+    assert!(
+        limited.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry in")
+    );
+    assert_eq!(call_as(Some(&other), "GET", &status, None).status, 200);
 }
