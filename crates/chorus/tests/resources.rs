@@ -180,3 +180,47 @@ fn bodies_in_flight_take_bounded_memory() {
         peak >> 20
     );
 }
+
+/// Raises this process's open-file limit (and so its children's) to at least 8192
+/// where allowed (root may raise the hard limit), else to the hard limit; returns it.
+fn raise_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max.max(8192),
+            rlim_max: limit.rlim_max.max(8192),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
+}
+
+/// Thousands of connections that never send a request do not keep a new client from
+/// being served at once, nor from writing.
+#[test]
+fn thousands_of_idle_connections_leave_room_for_clients() {
+    let idle_count = 2_000.min(raise_file_limit().saturating_sub(200) / 2) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    let at = address(&node);
+    let idle: Vec<TcpStream> = (0..idle_count)
+        .map(|_| TcpStream::connect(&at).unwrap())
+        .collect();
+    let reply = put(&format!("{}/v1/docs/c/k", node.url), r#"{"served":true}"#);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(get(&format!("{}/v1/docs/c/k", node.url)).status, 200);
+    assert!(
+        idle_count >= 1_000,
+        "only {idle_count} connections could be opened"
+    );
+    drop(idle);
+}
