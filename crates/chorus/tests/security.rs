@@ -404,3 +404,22 @@ fn a_token_beyond_its_rate_is_told_when_to_retry() {
     );
     assert_eq!(call_as(Some(&other), "GET", &status, None).status, 200);
 }
+
+/// `chorus reload` loads the certificates again: unreadable ones are refused with
+/// the file named and change nothing; good ones are taken (a rotation).
+#[test]
+fn reload_loads_the_certificates_again() {
+    let cluster = Cluster::start(2, "topology = \"mesh\"");
+    let certs = cluster.certs.clone().unwrap();
+    let key = certs.join("n0.key");
+    let good = std::fs::read(&key).unwrap();
+    std::fs::write(&key, b"not a key").unwrap();
+    let refused = cluster.reload(0);
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(refused.text.contains("n0.key"), "{}", refused.text);
+    std::fs::write(&key, good).unwrap();
+    let taken = cluster.reload(0);
+    assert_eq!(taken.status, 200, "{}", taken.text);
+    put(&format!("{}/v1/docs/c/k", cluster.url(0)), r#"{"v":1}"#);
+    cluster.wait_converged(Duration::from_secs(30));
+}
