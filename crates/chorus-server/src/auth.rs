@@ -10,7 +10,8 @@
 //! reading a collection needs `read` on it, writing needs `write`, and changing the
 //! cluster (collection settings, conflict resolution, reload, tokens) needs `admin`;
 //! the status, digest and metrics need any live token. Cross-collection reads (the
-//! change feed, the whole conflict log) need `read:*`.
+//! change feed, the whole conflict log) need `read:*`. A route missing from
+//! `needed` needs `admin`, so a new route is closed until it is classified.
 //!
 //! **Bootstrap (the localhost exception):** while the cluster has no token at all, a
 //! request from this machine's loopback may create one, so that an operator can make
@@ -148,7 +149,9 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
         }
         ["v1", "conflicts", ..] => Needed::Right(Right::Admin, None),
         ["v1", "changes"] => Needed::Right(Right::Read, None),
-        _ => Needed::Token,
+        ["v1", "status"] | ["v1", "digest"] | ["metrics"] => Needed::Token,
+        // A route not classified here (a new one) is for admins until it is.
+        _ => Needed::Right(Right::Admin, None),
     }
 }
 
@@ -374,7 +377,13 @@ mod tests {
             ),
             (Method::GET, "/v1/status", None, Needed::Token),
             (Method::GET, "/metrics", None, Needed::Token),
-            (Method::GET, "/nowhere", None, Needed::Token),
+            (Method::GET, "/nowhere", None, right(Right::Admin, None)),
+            (
+                Method::GET,
+                "/v1/new-route",
+                None,
+                right(Right::Admin, None),
+            ),
         ];
         for (method, path, query, expected) in cases {
             assert_eq!(needed(&method, path, query), expected, "{method} {path}");
