@@ -138,16 +138,16 @@ pub fn run(args: &ReplicationArgs) -> anyhow::Result<()> {
     let lags_us: Arc<Mutex<Vec<u64>>> = Arc::default();
     let watcher = {
         let (b, acked, lags_us) = (b.clone(), Arc::clone(&acked), Arc::clone(&lags_us));
-        let mut cursor = b.replica().position()?.last_seq;
+        let mut cursor = b.feed()?.last_seq;
         runtime.spawn(async move {
             loop {
                 b.wait_for_changes(cursor).await;
-                let Ok(page) = b.changes(cursor, 1000) else {
+                let Ok(page) = b.changes(cursor, 1000, None, "") else {
                     return;
                 };
                 let now = Instant::now();
                 for change in &page.changes {
-                    if let Some(at) = acked.lock().unwrap().remove(&change.op.key) {
+                    if let Some(at) = acked.lock().unwrap().remove(&change.doc.key) {
                         lags_us
                             .lock()
                             .unwrap()

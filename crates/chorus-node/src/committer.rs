@@ -87,6 +87,8 @@ pub(crate) struct Committer {
     /// (see [`RETENTION_COLLECTION`]).
     pub pruned_before_ms: Option<u64>,
     pub committed_seq: watch::Sender<u64>,
+    /// The change feed's last sequence, published after each commit.
+    pub feed_seq: watch::Sender<u64>,
     pub failed: Arc<StoreHealth>,
     /// Conflicts recorded since the node started, per collection and policy.
     pub conflict_counts: Arc<ConflictCounts>,
@@ -142,15 +144,16 @@ impl Committer {
             self.meta.applied = self.applied.iter().map(|(n, c)| (n.0, c)).collect();
             self.meta.floor = self.floor.iter().map(|(n, c)| (n.0, c)).collect();
             b.set_meta(&self.meta)?;
-            Ok(produced)
+            Ok((produced, b.feed().last_seq))
         });
         match result {
-            Ok(produced) => {
+            Ok((produced, feed_last)) => {
                 metrics::histogram!("chorus_commit_latency_seconds")
                     .record(started.elapsed().as_secs_f64());
                 metrics::histogram!("chorus_commit_batch_writes").record(replies.len() as f64);
                 metrics::counter!("chorus_fsyncs_total").increment(1);
                 self.committed_seq.send_replace(self.meta.next_seq - 1);
+                self.feed_seq.send_replace(feed_last);
                 for (reply, outcome) in replies.into_iter().zip(produced) {
                     match (reply, outcome) {
                         (ReplyTo::Local(reply), Produced::Local(result)) => {

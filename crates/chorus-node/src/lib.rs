@@ -37,7 +37,7 @@ pub use chorus_core::{
     VersionVector,
 };
 pub use chorus_repl::{LogPosition, PeerStatus, StateCursor};
-pub use chorus_store::OpenError;
+pub use chorus_store::{Feed, OpenError};
 pub use collections::{CollectionConfig, Home, check_collection_name};
 pub use document::{
     Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage, document_bytes,

@@ -19,7 +19,7 @@ use chorus_core::{
     PhysicalClock, SystemClock, VersionVector,
 };
 use chorus_repl::{LogPosition, StateCursor};
-use chorus_store::{NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
+use chorus_store::{Feed, NodeMeta, OpenError, Snapshot, StorageBackend, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -112,6 +112,8 @@ struct Inner {
     name: String,
     queue: Option<mpsc::Sender<Request>>,
     committed_seq: watch::Receiver<u64>,
+    /// The last change sequence of the feed, as committed.
+    feed_seq: watch::Receiver<u64>,
     failed: Arc<StoreHealth>,
     committer: Option<JoinHandle<()>>,
     /// Names of replicas this node has heard of (from handshakes), for display.
@@ -154,6 +156,11 @@ impl Node {
         let store = Arc::new(store);
         let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
         let (seq_tx, seq_rx) = watch::channel(meta.next_seq - 1);
+        let feed_last = store
+            .read()
+            .and_then(|s| s.feed())
+            .map_or(0, |f| f.last_seq);
+        let (feed_tx, feed_rx) = watch::channel(feed_last);
         let failed = Arc::new(StoreHealth::default());
         let conflict_counts = Arc::new(ConflictCounts::default());
         let committer = Committer {
@@ -168,6 +175,7 @@ impl Node {
             configs: HashMap::new(),
             pruned_before_ms: None,
             committed_seq: seq_tx,
+            feed_seq: feed_tx,
             failed: Arc::clone(&failed),
             conflict_counts: Arc::clone(&conflict_counts),
         };
@@ -183,6 +191,7 @@ impl Node {
                 name: meta.name.clone(),
                 queue: Some(queue_tx),
                 committed_seq: seq_rx,
+                feed_seq: feed_rx,
                 failed,
                 committer: Some(thread),
                 names: RwLock::new(HashMap::from([(node_id, meta.name.clone())])),
@@ -460,7 +469,17 @@ impl Node {
     pub fn get(&self, collection: &str, key: &str) -> Result<Document, ReadError> {
         metrics::counter!("chorus_reads_total").increment(1);
         let snapshot = self.snapshot()?;
-        let config = collection_config(&snapshot, collection)?.0;
+        self.document(&snapshot, collection, key)
+    }
+
+    /// A document as `snapshot` holds it, resolved by its collection's policy.
+    fn document(
+        &self,
+        snapshot: &Snapshot,
+        collection: &str,
+        key: &str,
+    ) -> Result<Document, ReadError> {
+        let config = collection_config(snapshot, collection)?.0;
         let handler = self.merge_handler(collection, &config);
         let document = Document::from_state(
             collection,
@@ -554,29 +573,45 @@ impl Node {
         Ok(KeysPage { keys, next: None })
     }
 
-    /// Changes after cursor `since` (0: from the beginning), at most `limit`.
-    pub fn changes(&self, since: u64, limit: usize) -> Result<ChangesPage, ReadError> {
+    /// Where this node's change feed stands: its id and last change sequence.
+    pub fn feed(&self) -> Result<Feed, ReadError> {
+        Ok(self.snapshot()?.feed()?)
+    }
+
+    /// The change feed after change `after`: each document changed since, once, in
+    /// the order of its latest change, as it reads now (deleted ones too), from
+    /// `collection` if given, whose key starts with `prefix`. At most `limit` (1 to
+    /// `PAGE_ITEMS_MAX`) documents, examining at most `LIST_SCAN_KEYS_MAX` changes;
+    /// `next` is past every change examined. Reserved collections (`_...`: settings,
+    /// tokens, leases) are not in it.
+    pub fn changes(
+        &self,
+        after: u64,
+        limit: usize,
+        collection: Option<&str>,
+        prefix: &str,
+    ) -> Result<ChangesPage, ReadError> {
         let limit = limit.clamp(1, PAGE_ITEMS_MAX);
         let snapshot = self.snapshot()?;
-        let log_start = snapshot.meta()?.log_start;
-        let collected_before = (since + 1 < log_start).then_some(log_start);
-        let mut changes = Vec::new();
-        let mut next = since;
-        // Conflict entries are replication records, not document changes: skipped,
-        // but the cursor moves past them.
-        for entry in snapshot.entries_from(since.saturating_add(1))?.take(limit) {
-            let (seq, entry) = entry?;
-            next = seq;
-            if let EntryBody::Write(mut op) = entry.body {
-                op.value = op.value.map(shown);
-                changes.push(Change { seq, op });
+        let mut page = ChangesPage {
+            changes: Vec::new(),
+            next: after,
+        };
+        for entry in snapshot.changes_after(after)?.take(LIST_SCAN_KEYS_MAX) {
+            let (seq, c, key) = entry?;
+            page.next = seq;
+            let wanted = !c.starts_with('_')
+                && collection.is_none_or(|wanted| wanted == c)
+                && key.starts_with(prefix);
+            if wanted {
+                let doc = self.document(&snapshot, &c, &key)?;
+                page.changes.push(Change { seq, doc });
+                if page.changes.len() == limit {
+                    break;
+                }
             }
         }
-        Ok(ChangesPage {
-            changes,
-            next,
-            collected_before,
-        })
+        Ok(page)
     }
 
     /// A watch of the newest committed op-log sequence.
@@ -592,11 +627,11 @@ impl Node {
             .unwrap_or(WriteError::ShuttingDown)
     }
 
-    /// Waits until the change feed has an entry after `since`.
-    pub async fn wait_for_changes(&self, since: u64) {
-        let mut seq = self.inner.committed_seq.clone();
+    /// Waits until the change feed has a change after `after`.
+    pub async fn wait_for_changes(&self, after: u64) {
+        let mut seq = self.inner.feed_seq.clone();
         // The sender lives as long as the committer; if it is gone, return at once.
-        let _ = seq.wait_for(|&last| last > since).await;
+        let _ = seq.wait_for(|&last| last > after).await;
     }
 
     /// Conflict records in id order, after `after`, that `filter` lets through: at

@@ -49,7 +49,7 @@ async fn update_before_insert_is_held_back() {
         b.get("shop", "invoice").unwrap().is_absent(),
         "the invoice showed before its order"
     );
-    assert!(b.changes(0, 10).unwrap().changes.is_empty());
+    assert!(b.changes(0, 10, None, "").unwrap().changes.is_empty());
 
     // Then the insert arrives; handed over together with the held entry, both apply.
     let outcome = b
@@ -61,11 +61,11 @@ async fn update_before_insert_is_held_back() {
     assert!(!b.get("shop", "order").unwrap().is_absent());
     assert!(!b.get("shop", "invoice").unwrap().is_absent());
     let keys: Vec<String> = b
-        .changes(0, 10)
+        .changes(0, 10, None, "")
         .unwrap()
         .changes
         .into_iter()
-        .map(|c| c.op.key)
+        .map(|c| c.doc.key)
         .collect();
     assert_eq!(keys, ["order", "invoice"], "applied in causal order");
 }
@@ -86,7 +86,7 @@ async fn duplicates_and_reversed_batches_apply_once() {
     assert!(outcome.waiting.is_empty());
     let again = b.replica().apply_remote(entries).await.unwrap();
     assert_eq!(again.applied, outcome.applied);
-    assert_eq!(b.changes(0, 100).unwrap().changes.len(), 5);
+    assert_eq!(b.changes(0, 100, None, "").unwrap().changes.len(), 5);
     assert_eq!(a.digest().unwrap(), b.digest().unwrap());
 }
 

@@ -309,30 +309,83 @@ fn generated_keys_are_unique_and_ordered() {
     assert_eq!(sorted, keys);
 }
 
-/// The change feed pages through the op log and resumes from its cursor.
+/// The change feed lists each changed document once, in the order of its latest
+/// change (a rewrite moves it to the end), deleted ones too, without reserved
+/// collections; it pages from any cursor, filters by collection and prefix, and
+/// `next` moves past everything examined.
 #[test]
-fn change_feed_resumes_from_cursor() {
+fn change_feed_lists_each_document_at_its_latest_change() {
     let (_dir, node) = temp_node();
+    let keys = |page: &chorus_node::ChangesPage| -> Vec<String> {
+        page.changes
+            .iter()
+            .map(|c| format!("{}/{}", c.doc.collection, c.doc.key))
+            .collect()
+    };
     for i in 0..5 {
         node.put("docs", &format!("k{i}"), b"{}", None).unwrap();
     }
-    let first = node.changes(0, 3).unwrap();
+    node.put("other", "x", b"{}", None).unwrap();
+    node.put("docs", "k1", br#"{"again":true}"#, None).unwrap();
+    let read = node.get("docs", "k2").unwrap();
+    node.delete("docs", "k2", Some(&read.context)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(node.create_token("t", "admin")).unwrap();
+    let all = node.changes(0, 100, None, "").unwrap();
     assert_eq!(
-        first.changes.iter().map(|c| c.seq).collect::<Vec<_>>(),
-        [1, 2, 3]
+        keys(&all),
+        [
+            "docs/k0", "docs/k3", "docs/k4", "other/x", "docs/k1", "docs/k2"
+        ],
+        "each once, by latest change; the token's reserved document is not listed"
     );
-    let second = node.changes(first.next, 10).unwrap();
+    assert!(all.changes[5].doc.is_absent(), "the deletion is listed");
     assert_eq!(
-        second
-            .changes
-            .iter()
-            .map(|c| c.op.key.as_str())
-            .collect::<Vec<_>>(),
-        ["k3", "k4"]
+        all.next,
+        node.feed().unwrap().last_seq,
+        "next is past the token too"
     );
-    let empty = node.changes(second.next, 10).unwrap();
+    let first = node.changes(0, 2, None, "").unwrap();
+    assert_eq!(keys(&first), ["docs/k0", "docs/k3"]);
+    let rest = node.changes(first.next, 100, None, "").unwrap();
+    assert_eq!(keys(&rest), ["docs/k4", "other/x", "docs/k1", "docs/k2"]);
+    let filtered = node.changes(0, 100, Some("docs"), "k1").unwrap();
+    assert_eq!(keys(&filtered), ["docs/k1"]);
+    assert_eq!(filtered.next, all.next);
+    let empty = node.changes(all.next, 10, None, "").unwrap();
     assert!(empty.changes.is_empty());
-    assert_eq!(empty.next, second.next);
+    assert_eq!(empty.next, all.next);
+}
+
+/// The feed survives a restart: the same id, the same cursors, nothing listed twice.
+#[test]
+fn change_feed_cursors_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let (feed, next) = {
+        let node = open(&path).unwrap();
+        node.put("c", "a", b"{}", None).unwrap();
+        (
+            node.feed().unwrap(),
+            node.changes(0, 10, None, "").unwrap().next,
+        )
+    };
+    let node = open(&path).unwrap();
+    assert_eq!(node.feed().unwrap(), feed);
+    assert!(node.changes(next, 10, None, "").unwrap().changes.is_empty());
+    node.put("c", "b", b"{}", None).unwrap();
+    let after = node.changes(next, 10, None, "").unwrap();
+    assert_eq!(after.changes.len(), 1);
+    assert_eq!(after.changes[0].doc.key, "b");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = open(elsewhere.path().join("node.redb")).unwrap();
+    assert_ne!(
+        other.feed().unwrap().id,
+        feed.id,
+        "each store has its own feed"
+    );
 }
 
 /// Listing honours prefix, cursor and limit and skips deleted documents.

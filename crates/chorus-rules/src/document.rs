@@ -7,7 +7,7 @@ use crate::custom::{self, MergeHandler};
 use crate::merge;
 use chorus_core::crdt;
 use chorus_core::{
-    ConflictId, ConflictRecord, ContextToken, Dot, Hlc, KeyState, NodeId, Op, Policy, TokenError,
+    ConflictId, ConflictRecord, ContextToken, Dot, Hlc, KeyState, NodeId, Policy, TokenError,
     VersionVector,
 };
 use std::borrow::Cow;
@@ -174,23 +174,21 @@ pub struct KeysPage {
     pub next: Option<String>,
 }
 
-/// One entry of the change feed: an op as this node logged it.
+/// One entry of the change feed: a document, at its latest change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
-    /// Position in this node's op log; feeds resume after it.
+    /// The document's latest change in this node's feed; a feed resumes after it.
     pub seq: u64,
-    pub op: Op,
+    /// The document as it reads now (absent when deleted).
+    pub doc: Document,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChangesPage {
     pub changes: Vec<Change>,
-    /// The cursor to resume from: the last `seq` returned, or the cursor given.
+    /// The change sequence to resume after: past every change examined, so it
+    /// moves even when a filter let none through.
     pub next: u64,
-    /// Set when changes after the cursor given were collected (every replica had
-    /// them): the feed resumes at this sequence, and a reader that needs every
-    /// change re-reads the documents.
-    pub collected_before: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

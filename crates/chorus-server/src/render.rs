@@ -101,23 +101,24 @@ pub fn conflict(node: &Node, record: &ConflictRecord) -> Value {
     out
 }
 
-pub fn change(node: &Node, change: &Change) -> Value {
-    let op = &change.op;
+/// A feed cursor: the feed's id and a change sequence (`0` is the start of any feed).
+pub fn cursor(feed: u64, seq: u64) -> String {
+    format!("{feed:016x}-{seq}")
+}
+
+/// One change of the feed: where it is, which document, whether it is deleted, the
+/// context to write against; with `include_docs`, the document as a read shows it.
+pub fn change(node: &Node, feed: u64, change: &Change, include_docs: bool) -> Value {
+    let doc = &change.doc;
     let mut out = json!({
-        "seq": change.seq,
-        "collection": op.collection,
-        "key": op.key,
-        "origin": origin(node, op.dot.node),
-        "dot": op.dot.to_string(),
-        "hlc": hlc(op.hlc),
-        "deleted": op.value.is_none(),
+        "seq": cursor(feed, change.seq),
+        "collection": doc.collection,
+        "key": doc.key,
+        "deleted": doc.is_absent(),
+        "context": token(&doc.context, &doc.collection, &doc.key),
     });
-    match &op.value {
-        Some(delta) if chorus_core::crdt::is_delta(delta) => {
-            out["crdt"] = chorus_node::crdt_json::render_delta(delta);
-        }
-        Some(value) => out["value"] = raw(value),
-        None => {}
+    if include_docs && !doc.is_absent() {
+        out["doc"] = document(node, doc);
     }
     out
 }

@@ -24,7 +24,7 @@ mod tables;
 pub use chorus_codec as codec;
 pub use chorus_codec::NodeMeta;
 pub use redb::{StorageBackend, backends};
-pub use tables::{Batch, Snapshot, Store};
+pub use tables::{Batch, Feed, Snapshot, Store};
 
 /// The store format this build writes and reads.
 pub const STORE_FORMAT: u32 = 1;

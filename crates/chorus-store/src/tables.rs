@@ -1,5 +1,14 @@
 //! The [`Store`] and its two views: a [`Batch`] (one write transaction) and a
 //! [`Snapshot`] (one read transaction).
+//!
+//! **The by-sequence index** (the change feed): every time a key state is written,
+//! the key takes the next *change sequence* of this store, and its previous one is
+//! dropped, so `changes` lists every key ever written exactly once, in the order of
+//! its latest change, whatever the op log has collected. Keys whose states were
+//! collected (deleted documents) keep their place: a reader that resumes after
+//! their deletion still learns of it. Change sequences belong to one store file,
+//! named by its random *feed id*: a cursor carries it, so a cursor from another node
+//! or from before a wipe is refused rather than misread.
 
 use crate::codec::{self, NodeMeta};
 use crate::{OpenError, STORE_FORMAT, StoreError};
@@ -16,9 +25,47 @@ const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts");
 const PEERS: TableDefinition<u64, u64> = TableDefinition::new("peers");
+/// Change sequence → storage key of the document whose latest change it is.
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// Storage key → its latest change sequence.
+const CHANGED: TableDefinition<&[u8], u64> = TableDefinition::new("changed");
 
 const META_FORMAT: &str = "format";
 const META_NODE: &str = "node";
+/// The feed: its id and the last change sequence given (16 bytes, little endian).
+const META_FEED: &str = "feed";
+
+/// Where the change feed stands: its id and the last change sequence given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feed {
+    pub id: u64,
+    pub last_seq: u64,
+}
+
+impl Feed {
+    fn encode(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.id.to_le_bytes());
+        out[8..].copy_from_slice(&self.last_seq.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Feed, StoreError> {
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        match (bytes.len(), word(0), word(8)) {
+            (16, Some(id), Some(last_seq)) => Ok(Feed { id, last_seq }),
+            _ => Err(StoreError::Corrupted {
+                table: "meta",
+                reason: "the feed record is not 16 bytes".into(),
+            }),
+        }
+    }
+}
 
 /// The storage key of a document: the collection name, a 0 byte, then the key.
 /// Collection names never contain 0, so this orders documents by collection, then key.
@@ -47,6 +94,35 @@ fn split_storage_key(bytes: &[u8]) -> Result<(String, String), StoreError> {
 pub struct Store {
     db: Database,
     meta: NodeMeta,
+}
+
+/// Gives the feed an id and indexes every key already stored (a new store, or one
+/// written before the feed existed), in storage order.
+fn index_existing_keys(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut meta = txn.open_table(META)?;
+    if meta.get(META_FEED)?.is_some() {
+        return Ok(());
+    }
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).map_err(|e| StoreError::Corrupted {
+        table: "meta",
+        reason: format!("cannot draw the feed id: {e}"),
+    })?;
+    let mut feed = Feed {
+        id: u64::from_le_bytes(id),
+        last_seq: 0,
+    };
+    let keys = txn.open_table(KEYS)?;
+    let mut changes = txn.open_table(CHANGES)?;
+    let mut changed = txn.open_table(CHANGED)?;
+    for entry in keys.iter()? {
+        let (key, _) = entry?;
+        feed.last_seq += 1;
+        changes.insert(feed.last_seq, key.value())?;
+        changed.insert(key.value(), feed.last_seq)?;
+    }
+    meta.insert(META_FEED, feed.encode().as_slice())?;
+    Ok(())
 }
 
 impl Store {
@@ -129,6 +205,7 @@ impl Store {
         }
         txn.open_table(OPLOG).map_err(StoreError::from)?;
         txn.open_table(PEERS).map_err(StoreError::from)?;
+        index_existing_keys(&txn)?;
         txn.commit().map_err(StoreError::from)?;
         Ok(Store { db, meta })
     }
@@ -146,14 +223,33 @@ impl Store {
     ) -> Result<R, StoreError> {
         let txn = self.db.begin_write()?;
         let result = {
+            let meta = txn.open_table(META)?;
+            let feed = Feed::decode(
+                meta.get(META_FEED)?
+                    .ok_or(StoreError::Corrupted {
+                        table: "meta",
+                        reason: "the feed record is missing".into(),
+                    })?
+                    .value(),
+            )?;
             let mut batch = Batch {
-                meta: txn.open_table(META)?,
+                meta,
                 keys: txn.open_table(KEYS)?,
                 oplog: txn.open_table(OPLOG)?,
                 conflicts: txn.open_table(CONFLICTS)?,
                 peers: txn.open_table(PEERS)?,
+                changes: txn.open_table(CHANGES)?,
+                changed: txn.open_table(CHANGED)?,
+                feed,
+                feed_moved: false,
             };
-            f(&mut batch)?
+            let result = f(&mut batch)?;
+            if batch.feed_moved {
+                batch
+                    .meta
+                    .insert(META_FEED, batch.feed.encode().as_slice())?;
+            }
+            result
         };
         txn.commit()?;
         Ok(result)
@@ -167,6 +263,7 @@ impl Store {
             oplog: txn.open_table(OPLOG)?,
             conflicts: txn.open_table(CONFLICTS)?,
             peers: txn.open_table(PEERS)?,
+            changes: txn.open_table(CHANGES)?,
         })
     }
 }
@@ -178,9 +275,17 @@ pub struct Batch<'txn> {
     oplog: Table<'txn, u64, &'static [u8]>,
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
     peers: Table<'txn, u64, u64>,
+    changes: Table<'txn, u64, &'static [u8]>,
+    changed: Table<'txn, &'static [u8], u64>,
+    feed: Feed,
+    feed_moved: bool,
 }
 
 impl Batch<'_> {
+    /// The feed as this batch leaves it.
+    pub fn feed(&self) -> Feed {
+        self.feed
+    }
     pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
         match self.keys.get(storage_key(collection, key).as_slice())? {
             Some(bytes) => Ok(codec::decode_key_state(bytes.value())?),
@@ -194,10 +299,23 @@ impl Batch<'_> {
         key: &str,
         state: &KeyState,
     ) -> Result<(), StoreError> {
+        let storage = storage_key(collection, key);
         self.keys.insert(
-            storage_key(collection, key).as_slice(),
+            storage.as_slice(),
             codec::encode_key_state(state).as_slice(),
         )?;
+        self.index_change(&storage)
+    }
+
+    /// The key's latest change moves to the end of the feed.
+    fn index_change(&mut self, storage: &[u8]) -> Result<(), StoreError> {
+        self.feed.last_seq += 1;
+        self.feed_moved = true;
+        if let Some(previous) = self.changed.insert(storage, self.feed.last_seq)? {
+            let previous = previous.value();
+            self.changes.remove(previous)?;
+        }
+        self.changes.insert(self.feed.last_seq, storage)?;
         Ok(())
     }
 
@@ -272,9 +390,13 @@ impl Batch<'_> {
                 None => {
                     self.keys.remove(key.as_slice())?;
                 }
+                // What a read shows may change (a collected tombstone beside live
+                // versions): the feed lists the key again. A removed state was a
+                // deleted document, and reads of it still show nothing.
                 Some(state) => {
                     self.keys
                         .insert(key.as_slice(), codec::encode_key_state(state).as_slice())?;
+                    self.index_change(key)?;
                 }
             }
         }
@@ -311,9 +433,32 @@ pub struct Snapshot {
     oplog: ReadOnlyTable<u64, &'static [u8]>,
     conflicts: ReadOnlyTable<&'static [u8], &'static [u8]>,
     peers: ReadOnlyTable<u64, u64>,
+    changes: ReadOnlyTable<u64, &'static [u8]>,
 }
 
 impl Snapshot {
+    pub fn feed(&self) -> Result<Feed, StoreError> {
+        let bytes = self.meta.get(META_FEED)?.ok_or(StoreError::Corrupted {
+            table: "meta",
+            reason: "the feed record is missing".into(),
+        })?;
+        Feed::decode(bytes.value())
+    }
+
+    /// The documents in the order of their latest change, after change `after`:
+    /// `(change sequence, collection, key)`.
+    pub fn changes_after(
+        &self,
+        after: u64,
+    ) -> Result<impl Iterator<Item = Result<(u64, String, String), StoreError>> + '_, StoreError>
+    {
+        let range = self.changes.range(after.saturating_add(1)..)?;
+        Ok(range.map(|entry| {
+            let (seq, key) = entry?;
+            let (collection, key) = split_storage_key(key.value())?;
+            Ok((seq.value(), collection, key))
+        }))
+    }
     pub fn meta(&self) -> Result<NodeMeta, StoreError> {
         let bytes = self.meta.get(META_NODE)?.ok_or(StoreError::Corrupted {
             table: "meta",

@@ -172,21 +172,47 @@ fn lww_collection_and_conflict_log() {
 }
 
 /// The change feed pages with a resumable cursor, long-polls until a write arrives,
-/// and streams live as server-sent events.
+/// and streams live as server-sent events; it lists each document once at its latest
+/// change, with its document on request, filtered by collection and prefix, and
+/// refuses a cursor of another node's feed.
 #[test]
 fn change_feed() {
     let (_dir, node) = node();
     for i in 0..3 {
         put(&format!("{}/v1/docs/feed/k{i}", node.url), &i.to_string());
     }
+    put(&format!("{}/v1/docs/elsewhere/x", node.url), "0");
     let page = get(&format!("{}/v1/changes?limit=2", node.url)).body;
     assert_eq!(page["changes"].as_array().unwrap().len(), 2);
     assert_eq!(page["changes"][0]["key"], "k0");
+    assert_eq!(page["changes"][0]["deleted"], false);
+    assert!(page["changes"][0]["context"].is_string());
     let next = page["next"].as_str().unwrap().to_owned();
-    let rest = get(&format!("{}/v1/changes?since={next}", node.url)).body;
+    let rest = get(&format!(
+        "{}/v1/changes?since={next}&include_docs=true",
+        node.url
+    ))
+    .body;
     assert_eq!(rest["changes"][0]["key"], "k2");
-    assert_eq!(rest["changes"][0]["value"], 2);
+    assert_eq!(rest["changes"][0]["doc"]["value"], 2);
     let tail = rest["next"].as_str().unwrap().to_owned();
+    let only = get(&format!(
+        "{}/v1/changes?collection=feed&prefix=k1",
+        node.url
+    ))
+    .body;
+    assert_eq!(only["changes"].as_array().unwrap().len(), 1, "{only}");
+    assert_eq!(
+        only["next"],
+        tail.as_str(),
+        "next moves past what the filter skipped"
+    );
+
+    // A cursor of another feed is refused, not misread.
+    let (_other_dir, other) = self::node();
+    let foreign = get(&format!("{}/v1/changes?since={tail}", other.url));
+    assert_eq!(foreign.status, 400);
+    assert_eq!(foreign.body["error"], "foreign_cursor");
 
     // A long poll from the tail returns the next write, whenever it lands.
     let poll_url = format!(
@@ -200,7 +226,10 @@ fn change_feed() {
 
     // The live stream starts with the history after the cursor.
     let mut builder = ureq::http::Request::builder()
-        .uri(format!("{}/v1/changes?since={tail}", node.url))
+        .uri(format!(
+            "{}/v1/changes?since={tail}&include_docs=true",
+            node.url
+        ))
         .header("Accept", "text/event-stream");
     builder = builder.method("GET");
     let response = ureq::Agent::new_with_defaults()
@@ -223,11 +252,16 @@ fn change_feed() {
     };
     assert_eq!(next_event()["key"], "late");
 
-    // Live: a conflict (two blind writes; the log also records the conflict) and a
-    // later write all stream through.
+    // Live: a blind second write (siblings now) and a later write stream through.
     put(&format!("{}/v1/docs/feed/late", node.url), "\"again\"");
     put(&format!("{}/v1/docs/feed/after", node.url), "1");
-    assert_eq!(next_event()["value"], "again");
+    let again = next_event();
+    assert_eq!(again["key"], "late");
+    assert_eq!(
+        again["doc"]["versions"].as_array().unwrap().len(),
+        2,
+        "{again}"
+    );
     assert_eq!(next_event()["key"], "after");
 }
 
