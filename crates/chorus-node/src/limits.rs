@@ -35,6 +35,9 @@ pub const BATCH_WRITES_MAX: usize = 1024;
 /// `max_siblings` lesson). Siblings are never dropped.
 pub const KEY_VERSIONS_WARN: usize = 64;
 
+/// Documents in one bulk write or bulk read (the body limit bounds their bytes).
+pub const BULK_ITEMS_MAX: usize = 10_000;
+
 /// Items in one page of a listing, change feed or conflict log.
 pub const PAGE_ITEMS_MAX: usize = 1000;
 

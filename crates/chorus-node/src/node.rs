@@ -472,6 +472,15 @@ impl Node {
         self.document(&snapshot, collection, key)
     }
 
+    /// Reads many documents of `collection` from one snapshot (a consistent view).
+    pub fn get_many(&self, collection: &str, keys: &[String]) -> Result<Vec<Document>, ReadError> {
+        metrics::counter!("chorus_reads_total").increment(keys.len() as u64);
+        let snapshot = self.snapshot()?;
+        keys.iter()
+            .map(|key| self.document(&snapshot, collection, key))
+            .collect()
+    }
+
     /// A document as `snapshot` holds it, resolved by its collection's policy.
     fn document(
         &self,

@@ -137,6 +137,8 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
     let reading = method == Method::GET || method == Method::HEAD;
     let on = |right, collection: &str| Needed::Right(right, Some(collection.to_owned()));
     match segments.as_slice() {
+        ["v1", "bulk", collection, "get"] => on(Right::Read, collection),
+        ["v1", "bulk", collection] => on(Right::Write, collection),
         ["v1", "docs", collection, ..] | ["v1", "locks", collection, ..] => {
             on(if reading { Right::Read } else { Right::Write }, collection)
         }

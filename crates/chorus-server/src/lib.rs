@@ -12,6 +12,7 @@
 //! bad token, oversize body) is refused before anything is written.
 
 mod auth;
+mod bulk;
 mod changes;
 mod connections;
 mod error;

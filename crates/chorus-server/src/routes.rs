@@ -61,6 +61,8 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             get(get_doc).put(put_doc).delete(delete_doc),
         )
         .route("/v1/docs/{collection}/{key}/ops", post(apply_ops))
+        .route("/v1/bulk/{collection}", post(crate::bulk::bulk_write))
+        .route("/v1/bulk/{collection}/get", post(crate::bulk::bulk_get))
         .route("/v1/changes", get(changes::changes))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/conflicts/{id}", get(get_conflict))

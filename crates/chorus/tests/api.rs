@@ -693,3 +693,99 @@ fn cli_client() {
         );
     }
 }
+
+/// A bulk write answers every item in order, once durable: good items are written
+/// (with their contexts, deletes included), a bad item gets its own error and the
+/// others still commit; a bulk read answers from one snapshot; requests beyond the
+/// limits are refused whole and change nothing.
+#[test]
+fn bulk_writes_and_reads() {
+    let (_dir, node) = node();
+    let base = node.url.clone();
+    put(&format!("{base}/v1/docs/b/old"), r#"{"v":0}"#);
+    let context = get(&format!("{base}/v1/docs/b/old")).body["context"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = json!({"docs": [
+        {"key": "a", "value": {"n": 1}},
+        {"key": "old", "value": {"v": 1}, "context": context},
+        {"key": "bad", "value": {"x": 1}, "deleted": true},
+        {"key": "c", "value": [1, 2]},
+        {"key": "old2", "deleted": true},
+        {"key": "", "value": 1},
+    ]});
+    let reply = call(
+        "POST",
+        &format!("{base}/v1/bulk/b"),
+        Some(body.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let results = reply.body["results"].as_array().unwrap();
+    let keys: Vec<&str> = results.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a", "old", "bad", "c", "old2", ""]);
+    assert!(results[0]["context"].is_string());
+    assert_eq!(results[2]["error"], "bad_request", "{}", results[2]);
+    assert_eq!(results[5]["error"], "bad_request", "{}", results[5]);
+    assert_eq!(
+        versions(&base, "b", "old"),
+        [json!({"v": 1})],
+        "the context replaced it"
+    );
+    assert_eq!(
+        get(&format!("{base}/v1/docs/b/c")).body["value"],
+        json!([1, 2])
+    );
+
+    let read = json!({"keys": ["a", "missing", "c"]});
+    let got = call(
+        "POST",
+        &format!("{base}/v1/bulk/b/get"),
+        Some(read.to_string().as_bytes()),
+        &[],
+    );
+    assert_eq!(got.status, 200, "{}", got.text);
+    let docs = got.body["docs"].as_array().unwrap();
+    assert_eq!(docs[0]["value"], json!({"n": 1}));
+    assert_eq!(docs[1]["error"], "not_found");
+    assert!(docs[1]["context"].is_string());
+    assert_eq!(docs[2]["key"], "c");
+
+    let before = digest(&base);
+    for bad in [
+        "{\"docs\": [".to_owned(),
+        json!({"documents": []}).to_string(),
+    ] {
+        let reply = call(
+            "POST",
+            &format!("{base}/v1/bulk/b"),
+            Some(bad.as_bytes()),
+            &[],
+        );
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert!(reply.body["message"].is_string(), "{}", reply.text);
+    }
+    assert_eq!(digest(&base), before);
+
+    // More items than a bulk request takes (on a node whose body limit lets them in).
+    let roomy_dir = tempfile::tempdir().unwrap();
+    let roomy = NodeProcess::start(
+        &roomy_dir.path().join("data"),
+        &["--body-bytes-max", "4000000"],
+    );
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"key": format!("k{i}"), "value": 1}))
+        .collect();
+    let body = json!({"docs": too_many}).to_string();
+    let reply = call(
+        "POST",
+        &format!("{}/v1/bulk/b", roomy.url),
+        Some(body.as_bytes()),
+        &[],
+    );
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("10000"), "{}", reply.text);
+    let listed = get(&format!("{}/v1/docs/b", roomy.url)).body;
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 0, "{listed}");
+}
