@@ -7,6 +7,7 @@
 //! cargo run --release -p chorus-bench -- retention [--writes 100000]
 //! cargo run --release -p chorus-bench -- geo [--delays-ms 40,70,90]
 //! cargo run --release -p chorus-bench -- crdt [--seconds 5] [--ops 1000000]
+//! cargo run --release -p chorus-bench -- bulk [--docs 100000] [--batch 1000]
 //! ```
 //!
 //! `writes`:
@@ -22,8 +23,9 @@
 //!   pgbench with the same client count, over loopback TCP (skipped with a note when
 //!   PostgreSQL is not installed).
 //!
-//! `replication`, `retention`, `geo`, `crdt`: see their modules.
+//! `replication`, `retention`, `geo`, `crdt`, `bulk`: see their modules.
 
+mod bulk;
 mod crdt;
 mod geo;
 mod load;
@@ -52,6 +54,8 @@ enum Bench {
     /// CRDT operations per second (library and HTTP) against plain writes, and the
     /// metadata per set element after a million operations on five leaders.
     Crdt(crdt::CrdtArgs),
+    /// Loading documents: the bulk API against single PUTs.
+    Bulk(bulk::BulkArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Retention(args) => retention::run(&args),
         Bench::Geo(args) => geo::run(&args),
         Bench::Crdt(args) => crdt::run(&args),
+        Bench::Bulk(args) => bulk::run(&args),
     }
 }
 

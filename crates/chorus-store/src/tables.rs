@@ -2,11 +2,13 @@
 //! [`Snapshot`] (one read transaction).
 //!
 //! **The by-sequence index** (the change feed): every time a key state is written,
-//! the key takes the next *change sequence* of this store, and its previous one is
-//! dropped, so `changes` lists every key ever written exactly once, in the order of
-//! its latest change, whatever the op log has collected. Keys whose states were
-//! collected (deleted documents) keep their place: a reader that resumes after
-//! their deletion still learns of it. Change sequences belong to one store file,
+//! the key takes the next *change sequence* of this store (kept in front of its state
+//! in `keys`), and its previous entry in `changes` is dropped, so `changes` lists
+//! every key ever written once, in the order of its latest change, whatever the op
+//! log has collected. Keys whose states were collected (deleted documents) keep their
+//! place: a reader that resumes after their deletion still learns of it. (A collected
+//! key written again leaves its old entry behind; readers skip an entry that is not
+//! its key's current change.) Change sequences belong to one store file,
 //! named by its random *feed id*: a cursor carries it, so a cursor from another node
 //! or from before a wipe is refused rather than misread.
 
@@ -27,8 +29,6 @@ const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts
 const PEERS: TableDefinition<u64, u64> = TableDefinition::new("peers");
 /// Change sequence → storage key of the document whose latest change it is.
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
-/// Storage key → its latest change sequence.
-const CHANGED: TableDefinition<&[u8], u64> = TableDefinition::new("changed");
 
 const META_FORMAT: &str = "format";
 const META_NODE: &str = "node";
@@ -78,6 +78,28 @@ fn storage_key(collection: &str, key: &str) -> Vec<u8> {
     out
 }
 
+/// A `keys` value: the key's latest change sequence, then its state.
+fn stored(seq: u64, state: &KeyState) -> Vec<u8> {
+    let mut out = seq.to_le_bytes().to_vec();
+    out.extend(codec::encode_key_state(state));
+    out
+}
+
+/// The change sequence of a `keys` value, and the bytes of its state.
+fn split_stored(bytes: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    let (seq, state) = bytes.split_at_checked(8).ok_or(StoreError::Corrupted {
+        table: "keys",
+        reason: "a value shorter than its change sequence".into(),
+    })?;
+    Ok((u64::from_le_bytes(seq.try_into().expect("8 bytes")), state))
+}
+
+/// The change sequence and the state of a `keys` value.
+fn unstored(bytes: &[u8]) -> Result<(u64, KeyState), StoreError> {
+    let (seq, state) = split_stored(bytes)?;
+    Ok((seq, codec::decode_key_state(state)?))
+}
+
 fn split_storage_key(bytes: &[u8]) -> Result<(String, String), StoreError> {
     let corrupted = |reason: &str| StoreError::Corrupted {
         table: "keys",
@@ -112,14 +134,18 @@ fn index_existing_keys(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         id: u64::from_le_bytes(id),
         last_seq: 0,
     };
-    let keys = txn.open_table(KEYS)?;
+    let mut keys = txn.open_table(KEYS)?;
     let mut changes = txn.open_table(CHANGES)?;
-    let mut changed = txn.open_table(CHANGED)?;
-    for entry in keys.iter()? {
-        let (key, _) = entry?;
+    let existing: Vec<(Vec<u8>, Vec<u8>)> = keys
+        .iter()?
+        .map(|entry| entry.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+        .collect::<Result<_, _>>()?;
+    for (key, state) in existing {
         feed.last_seq += 1;
-        changes.insert(feed.last_seq, key.value())?;
-        changed.insert(key.value(), feed.last_seq)?;
+        let mut value = feed.last_seq.to_le_bytes().to_vec();
+        value.extend(state);
+        keys.insert(key.as_slice(), value.as_slice())?;
+        changes.insert(feed.last_seq, key.as_slice())?;
     }
     meta.insert(META_FEED, feed.encode().as_slice())?;
     Ok(())
@@ -239,7 +265,6 @@ impl Store {
                 conflicts: txn.open_table(CONFLICTS)?,
                 peers: txn.open_table(PEERS)?,
                 changes: txn.open_table(CHANGES)?,
-                changed: txn.open_table(CHANGED)?,
                 feed,
                 feed_moved: false,
             };
@@ -276,7 +301,6 @@ pub struct Batch<'txn> {
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
     peers: Table<'txn, u64, u64>,
     changes: Table<'txn, u64, &'static [u8]>,
-    changed: Table<'txn, &'static [u8], u64>,
     feed: Feed,
     feed_moved: bool,
 }
@@ -288,7 +312,7 @@ impl Batch<'_> {
     }
     pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
         match self.keys.get(storage_key(collection, key).as_slice())? {
-            Some(bytes) => Ok(codec::decode_key_state(bytes.value())?),
+            Some(bytes) => Ok(unstored(bytes.value())?.1),
             None => Ok(KeyState::new()),
         }
     }
@@ -299,23 +323,22 @@ impl Batch<'_> {
         key: &str,
         state: &KeyState,
     ) -> Result<(), StoreError> {
-        let storage = storage_key(collection, key);
-        self.keys.insert(
-            storage.as_slice(),
-            codec::encode_key_state(state).as_slice(),
-        )?;
-        self.index_change(&storage)
+        self.store_state(&storage_key(collection, key), state)
     }
 
-    /// The key's latest change moves to the end of the feed.
-    fn index_change(&mut self, storage: &[u8]) -> Result<(), StoreError> {
+    /// Writes a key state; the key's latest change moves to the end of the feed.
+    fn store_state(&mut self, storage: &[u8], state: &KeyState) -> Result<(), StoreError> {
         self.feed.last_seq += 1;
         self.feed_moved = true;
-        if let Some(previous) = self.changed.insert(storage, self.feed.last_seq)? {
-            let previous = previous.value();
-            self.changes.remove(previous)?;
+        let seq = self.feed.last_seq;
+        let previous = self
+            .keys
+            .insert(storage, stored(seq, state).as_slice())?
+            .map(|old| split_stored(old.value()).map(|(seq, _)| seq));
+        if let Some(previous) = previous {
+            self.changes.remove(previous?)?;
         }
-        self.changes.insert(self.feed.last_seq, storage)?;
+        self.changes.insert(seq, storage)?;
         Ok(())
     }
 
@@ -378,7 +401,7 @@ impl Batch<'_> {
         let mut changes = Vec::new();
         for entry in self.keys.iter()? {
             let (key, bytes) = entry?;
-            let Ok(state) = codec::decode_key_state(bytes.value()) else {
+            let Ok((_, state)) = unstored(bytes.value()) else {
                 continue;
             };
             if let Some(new) = change(&state) {
@@ -393,11 +416,7 @@ impl Batch<'_> {
                 // What a read shows may change (a collected tombstone beside live
                 // versions): the feed lists the key again. A removed state was a
                 // deleted document, and reads of it still show nothing.
-                Some(state) => {
-                    self.keys
-                        .insert(key.as_slice(), codec::encode_key_state(state).as_slice())?;
-                    self.index_change(key)?;
-                }
+                Some(state) => self.store_state(key, state)?,
             }
         }
         Ok(changes.len() as u64)
@@ -446,17 +465,30 @@ impl Snapshot {
     }
 
     /// The documents in the order of their latest change, after change `after`:
-    /// `(change sequence, collection, key)`.
+    /// `(change sequence, collection, key)`. An entry left behind by a collected key
+    /// that was written again is skipped.
     pub fn changes_after(
         &self,
         after: u64,
     ) -> Result<impl Iterator<Item = Result<(u64, String, String), StoreError>> + '_, StoreError>
     {
         let range = self.changes.range(after.saturating_add(1)..)?;
-        Ok(range.map(|entry| {
-            let (seq, key) = entry?;
-            let (collection, key) = split_storage_key(key.value())?;
-            Ok((seq.value(), collection, key))
+        let current = move |seq: u64, storage: &[u8]| -> Result<bool, StoreError> {
+            Ok(match self.keys.get(storage)? {
+                Some(value) => split_stored(value.value())?.0 == seq,
+                None => true,
+            })
+        };
+        Ok(range.filter_map(move |entry| {
+            let item = entry.map_err(StoreError::from).and_then(|(seq, storage)| {
+                let (seq, storage) = (seq.value(), storage.value());
+                if !current(seq, storage)? {
+                    return Ok(None);
+                }
+                let (collection, key) = split_storage_key(storage)?;
+                Ok(Some((seq, collection, key)))
+            });
+            item.transpose()
         }))
     }
     pub fn meta(&self) -> Result<NodeMeta, StoreError> {
@@ -469,7 +501,7 @@ impl Snapshot {
 
     pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
         match self.keys.get(storage_key(collection, key).as_slice())? {
-            Some(bytes) => Ok(codec::decode_key_state(bytes.value())?),
+            Some(bytes) => Ok(unstored(bytes.value())?.1),
             None => Ok(KeyState::new()),
         }
     }
@@ -496,7 +528,7 @@ impl Snapshot {
         Ok(range.map(|entry| {
             let (k, v) = entry?;
             let (_, key) = split_storage_key(k.value())?;
-            Ok((key, codec::decode_key_state(v.value())?))
+            Ok((key, unstored(v.value())?.1))
         }))
     }
 
@@ -526,7 +558,7 @@ impl Snapshot {
         Ok(range.map(|entry| {
             let (k, v) = entry?;
             let (collection, key) = split_storage_key(k.value())?;
-            Ok((collection, key, codec::decode_key_state(v.value())?))
+            Ok((collection, key, unstored(v.value())?.1))
         }))
     }
 

@@ -154,3 +154,62 @@ proptest! {
         prop_assert_eq!(listed, expected);
     }
 }
+
+/// The by-sequence index lists each key once, at its latest write; a key collected
+/// away keeps its place, and written again it is listed once, at its new place.
+#[test]
+fn the_feed_lists_each_key_once_at_its_latest_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.redb"), meta).unwrap();
+    let put = |keys: &[&str]| {
+        store
+            .write(|batch| {
+                for key in keys {
+                    let mut state = KeyState::new();
+                    state
+                        .apply(&op(1, key, &format!("{{\"{key}\":1}}")))
+                        .unwrap();
+                    batch.put_key_state("docs", key, &state)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    };
+    let listed = || -> Vec<(u64, String)> {
+        let snapshot = store.read().unwrap();
+        let changes: Vec<_> = snapshot
+            .changes_after(0)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        changes
+            .into_iter()
+            .map(|(seq, _, key)| (seq, key))
+            .collect()
+    };
+    put(&["a", "b", "c"]);
+    put(&["a"]);
+    assert_eq!(
+        listed(),
+        [(2, "b".into()), (3, "c".into()), (4, "a".into())]
+    );
+    // Collect "b" away (as tombstone collection removes a deleted document).
+    store
+        .write(|batch| {
+            batch.rewrite_key_states(|state| {
+                let is_b = state.versions()[0].value.as_deref() == Some(br#"{"b":1}"#.as_slice());
+                is_b.then_some(None)
+            })?;
+            Ok(())
+        })
+        .ok();
+    assert_eq!(
+        store.read().unwrap().key_state("docs", "b").unwrap(),
+        KeyState::new()
+    );
+    assert_eq!(listed().len(), 3, "the collected key keeps its place");
+    put(&["b"]);
+    let keys: Vec<String> = listed().into_iter().map(|(_, k)| k).collect();
+    assert_eq!(keys.iter().filter(|k| *k == "b").count(), 1, "{keys:?}");
+    assert_eq!(keys.last().unwrap(), "b");
+}
