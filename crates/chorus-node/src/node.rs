@@ -548,6 +548,33 @@ impl Node {
         collection_config(&self.snapshot()?, collection)
     }
 
+    /// Every collection this node knows, in name order: those holding documents
+    /// (deleted ones too) and those with settings; not the reserved ones. Each with
+    /// its settings, and whether they were set explicitly.
+    pub fn collections(&self) -> Result<Vec<(String, CollectionConfig, bool)>, ReadError> {
+        let snapshot = self.snapshot()?;
+        let mut names: Vec<String> = snapshot
+            .collection_names()?
+            .into_iter()
+            .filter(|name| !name.starts_with('_'))
+            .collect();
+        for entry in snapshot.keys_from(SETTINGS_COLLECTION, Bound::Unbounded)? {
+            let (name, state) = entry?;
+            if !state.is_absent() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let (config, explicit) = collection_config(&snapshot, &name)?;
+                Ok((name, config, explicit))
+            })
+            .collect()
+    }
+
     /// Keys of present documents in order, starting after `after`, limited to those
     /// starting with `prefix`.
     pub fn list(

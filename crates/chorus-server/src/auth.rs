@@ -143,6 +143,7 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
             on(if reading { Right::Read } else { Right::Write }, collection)
         }
         ["v1", "collections", collection] if reading => on(Right::Read, collection),
+        ["v1", "collections"] if reading => Needed::Right(Right::Read, None),
         ["v1", "collections", ..] | ["v1", "cluster", ..] | ["v1", "tokens", ..] => {
             Needed::Right(Right::Admin, None)
         }

@@ -51,6 +51,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             insecure: config.insecure,
         }))
         .route("/v1/digest", get(digest))
+        .route("/v1/collections", get(list_collections))
         .route(
             "/v1/collections/{collection}",
             get(get_collection).put(put_collection),
@@ -324,6 +325,16 @@ fn collection_json(name: &str, config: &CollectionConfig, explicit: bool) -> Val
     out["name"] = json!(name);
     out["explicit"] = json!(explicit);
     out
+}
+
+/// `GET /v1/collections`: every collection the node knows, with its settings.
+async fn list_collections(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    let collections: Vec<Value> = node
+        .collections()?
+        .iter()
+        .map(|(name, config, explicit)| collection_json(name, config, *explicit))
+        .collect();
+    Ok(Json(json!({ "collections": collections })))
 }
 
 async fn get_collection(

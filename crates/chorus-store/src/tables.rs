@@ -532,6 +532,24 @@ impl Snapshot {
         }))
     }
 
+    /// The names of the collections holding at least one key state, in order: one
+    /// seek per collection, not a scan of their documents.
+    pub fn collection_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some(entry) = self.keys.range(from.as_slice()..)?.next() else {
+                return Ok(names);
+            };
+            let (key, _) = entry?;
+            let (collection, _) = split_storage_key(key.value())?;
+            // Past every key of this collection: its name, then a byte above 0.
+            from = collection.as_bytes().to_vec();
+            from.push(1);
+            names.push(collection);
+        }
+    }
+
     /// Every document of every collection, in storage order.
     pub fn all_keys(
         &self,

@@ -97,24 +97,173 @@ fn document_or_stdin(document: &str) -> anyhow::Result<Vec<u8>> {
     Ok(buffer)
 }
 
+/// How a write relates to what is there.
+pub enum Against<'a> {
+    /// The versions this context token covers.
+    Context(&'a str),
+    /// What the node shows now: read first, then write with that read's context.
+    Current,
+    /// Nothing: concurrent with every version (the API's write without context).
+    Blind,
+}
+
+impl Against<'_> {
+    /// The context token to send, reading the document first for `Current`.
+    fn context(
+        &self,
+        target: &Target,
+        collection: &str,
+        key: &str,
+    ) -> anyhow::Result<Option<String>> {
+        match self {
+            Against::Context(token) => Ok(Some((*token).to_owned())),
+            Against::Blind => Ok(None),
+            Against::Current => {
+                let read = target
+                    .client()?
+                    .call("GET", &doc_path(collection, key), None, None);
+                match read {
+                    Ok(doc) => Ok(doc["context"].as_str().map(str::to_owned)),
+                    // Absent or deleted: the 404 carries the context to write against.
+                    Err(Error::Api {
+                        status: 404, body, ..
+                    }) => Ok(body["context"].as_str().map(str::to_owned)),
+                    Err(error) => Err(anyhow!(error).context("reading the document first")),
+                }
+            }
+        }
+    }
+}
+
 pub fn put(
     target: &Target,
     collection: &str,
     key: &str,
     document: &str,
-    context: Option<&str>,
+    against: Against<'_>,
 ) -> anyhow::Result<()> {
     let body = document_or_stdin(document)?;
-    print(&target.call("PUT", &doc_path(collection, key), Some(&body), context)?)
+    let context = against.context(target, collection, key)?;
+    let path = doc_path(collection, key);
+    print(&target.call("PUT", &path, Some(&body), context.as_deref())?)
 }
 
 pub fn delete(
     target: &Target,
     collection: &str,
     key: &str,
-    context: Option<&str>,
+    against: Against<'_>,
 ) -> anyhow::Result<()> {
-    print(&target.call("DELETE", &doc_path(collection, key), None, context)?)
+    let context = against.context(target, collection, key)?;
+    let path = doc_path(collection, key);
+    print(&target.call("DELETE", &path, None, context.as_deref())?)
+}
+
+/// `chorus list`: every key of a collection (page by page), one a line.
+pub fn list(target: &Target, collection: &str, prefix: &str, json: bool) -> anyhow::Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!(
+            "/v1/docs/{}?prefix={}&limit=1000",
+            segment(collection),
+            segment(prefix)
+        );
+        if let Some(after) = &after {
+            path.push_str(&format!("&after={}", segment(after)));
+        }
+        let page = target.call("GET", &path, None, None)?;
+        for key in page["keys"].as_array().into_iter().flatten() {
+            if json {
+                println!("{key}");
+            } else {
+                println!("{}", key.as_str().unwrap_or_default());
+            }
+        }
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// `chorus changes`: the change feed as JSON lines, from `since`; with `follow`, it
+/// keeps waiting for more (long polls) until interrupted.
+pub fn changes(
+    target: &Target,
+    since: &str,
+    collection: Option<&str>,
+    include_docs: bool,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let mut cursor = since.to_owned();
+    loop {
+        let mut path = format!("/v1/changes?since={}&limit=1000", segment(&cursor));
+        if let Some(collection) = collection {
+            path.push_str(&format!("&collection={}", segment(collection)));
+        }
+        if include_docs {
+            path.push_str("&include_docs=true");
+        }
+        if follow {
+            path.push_str("&feed=longpoll&timeout_ms=30000");
+        }
+        let page = target.call("GET", &path, None, None)?;
+        let changes = page["changes"].as_array().cloned().unwrap_or_default();
+        for change in &changes {
+            println!("{change}");
+        }
+        std::io::Write::flush(&mut std::io::stdout())?;
+        cursor = page["next"].as_str().unwrap_or(&cursor).to_owned();
+        if !follow && changes.is_empty() {
+            eprintln!("next: {cursor}");
+            return Ok(());
+        }
+    }
+}
+
+/// `chorus collections`: every collection and its policy.
+pub fn collections(target: &Target, json: bool) -> anyhow::Result<()> {
+    let answer = target.call("GET", "/v1/collections", None, None)?;
+    if json {
+        return print(&answer);
+    }
+    println!("{:<32} {:<10} SETTINGS", "COLLECTION", "POLICY");
+    for c in answer["collections"].as_array().into_iter().flatten() {
+        let settings = if c["explicit"] == true {
+            "set"
+        } else {
+            "default"
+        };
+        println!(
+            "{:<32} {:<10} {settings}",
+            c["name"].as_str().unwrap_or_default(),
+            c["policy"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `chorus collections show C`.
+pub fn show_collection(target: &Target, collection: &str) -> anyhow::Result<()> {
+    print(&target.call(
+        "GET",
+        &format!("/v1/collections/{}", segment(collection)),
+        None,
+        None,
+    )?)
+}
+
+/// `chorus collections set C --policy P`: changes the policy, keeping the other
+/// settings.
+pub fn set_collection(target: &Target, collection: &str, policy: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/collections/{}", segment(collection));
+    let mut settings = target.call("GET", &path, None, None)?;
+    if let Some(object) = settings.as_object_mut() {
+        object.remove("name");
+        object.remove("explicit");
+        object.insert("policy".into(), serde_json::json!(policy));
+    }
+    print(&target.call("PUT", &path, Some(settings.to_string().as_bytes()), None)?)
 }
 
 pub fn ops(target: &Target, collection: &str, key: &str, operations: &str) -> anyhow::Result<()> {

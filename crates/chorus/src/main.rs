@@ -35,25 +35,72 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
-    /// Write a document. The document is the JSON argument, or stdin when it is `-`.
+    /// Write a document, replacing what the node shows (it reads first). The document
+    /// is the JSON argument, or stdin when it is `-`.
     Put {
         collection: String,
         key: String,
         /// The JSON document, or `-` to read it from stdin.
         document: String,
-        /// The context token of the read this write replaces; omit for a blind write.
-        #[arg(long)]
+        /// Replace exactly the versions this context token (from a read) covers.
+        #[arg(long, conflicts_with = "blind")]
         context: Option<String>,
+        /// Write without reading: concurrent with every version there (siblings).
+        #[arg(long)]
+        blind: bool,
         #[command(flatten)]
         target: client::Target,
     },
-    /// Delete a document (a tombstone that replicates).
+    /// Delete a document, replacing what the node shows (it reads first); the
+    /// tombstone replicates.
     Delete {
         collection: String,
         key: String,
-        /// The context token of the read this delete replaces; omit to delete blindly.
-        #[arg(long)]
+        /// Delete exactly the versions this context token (from a read) covers.
+        #[arg(long, conflicts_with = "blind")]
         context: Option<String>,
+        /// Delete without reading: concurrent with every version there.
+        #[arg(long)]
+        blind: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// List a collection's keys, one a line (every page).
+    List {
+        collection: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Print JSON strings.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Print the change feed as JSON lines, from a cursor (default: the start).
+    Changes {
+        /// The cursor to read after (`next` of an earlier read; 0: the start).
+        #[arg(long, default_value = "0")]
+        since: String,
+        /// Only this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Include each document as a read shows it.
+        #[arg(long)]
+        include_docs: bool,
+        /// Keep waiting for new changes until interrupted.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// List the collections and their policies; `show` or `set` one.
+    Collections {
+        #[command(subcommand)]
+        action: Option<CollectionsAction>,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: client::Target,
     },
@@ -96,6 +143,25 @@ enum Command {
         /// Show at most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        #[command(flatten)]
+        target: client::Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum CollectionsAction {
+    /// Show a collection's settings.
+    Show {
+        collection: String,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Set a collection's policy (siblings, lww, merge, custom, crdt), keeping its
+    /// other settings.
+    Set {
+        collection: String,
+        #[arg(long)]
+        policy: String,
         #[command(flatten)]
         target: client::Target,
     },
@@ -169,6 +235,15 @@ enum ConflictsAction {
     },
 }
 
+/// What a write from the command line replaces.
+fn against(context: Option<&str>, blind: bool) -> client::Against<'_> {
+    match (context, blind) {
+        (Some(token), _) => client::Against::Context(token),
+        (None, true) => client::Against::Blind,
+        (None, false) => client::Against::Current,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -184,14 +259,55 @@ fn main() -> ExitCode {
             key,
             document,
             context,
+            blind,
             target,
-        } => client::put(&target, &collection, &key, &document, context.as_deref()),
+        } => {
+            let against = against(context.as_deref(), blind);
+            client::put(&target, &collection, &key, &document, against)
+        }
         Command::Delete {
             collection,
             key,
             context,
+            blind,
             target,
-        } => client::delete(&target, &collection, &key, context.as_deref()),
+        } => client::delete(
+            &target,
+            &collection,
+            &key,
+            against(context.as_deref(), blind),
+        ),
+        Command::List {
+            collection,
+            prefix,
+            json,
+            target,
+        } => client::list(&target, &collection, &prefix, json),
+        Command::Changes {
+            since,
+            collection,
+            include_docs,
+            follow,
+            target,
+        } => client::changes(&target, &since, collection.as_deref(), include_docs, follow),
+        Command::Collections {
+            action: None,
+            json,
+            target,
+        } => client::collections(&target, json),
+        Command::Collections {
+            action: Some(CollectionsAction::Show { collection, target }),
+            ..
+        } => client::show_collection(&target, &collection),
+        Command::Collections {
+            action:
+                Some(CollectionsAction::Set {
+                    collection,
+                    policy,
+                    target,
+                }),
+            ..
+        } => client::set_collection(&target, &collection, &policy),
         Command::Ops {
             collection,
             key,

@@ -647,6 +647,55 @@ fn cli_client() {
     let bad = chorus(&["put", "cli", "k", "{oops"]);
     assert!(!bad.status.success());
 
+    // Without --context, put and delete replace what the node shows: two puts leave
+    // one version, a delete leaves none; --blind writes concurrently (siblings).
+    assert!(chorus(&["put", "cli", "r", "1"]).status.success());
+    assert!(chorus(&["put", "cli", "r", "2"]).status.success());
+    assert_eq!(versions(&node.url, "cli", "r"), [json!(2)]);
+    assert!(
+        chorus(&["put", "cli", "r", "3", "--blind"])
+            .status
+            .success()
+    );
+    assert_eq!(versions(&node.url, "cli", "r").len(), 2);
+    assert!(chorus(&["delete", "cli", "r"]).status.success());
+    assert_eq!(get(&format!("{}/v1/docs/cli/r", node.url)).status, 404);
+
+    // list, changes, collections.
+    assert!(chorus(&["put", "cli", "a/1", "{}"]).status.success());
+    let listed = String::from_utf8(chorus(&["list", "cli", "--prefix", "a/"]).stdout).unwrap();
+    assert_eq!(listed.lines().collect::<Vec<_>>(), ["a/1"]);
+    let feed = String::from_utf8(chorus(&["changes", "--collection", "cli"]).stdout).unwrap();
+    let keys: Vec<String> = feed
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        ["k", "r", "a/1"],
+        "each document once, by latest change: {feed}"
+    );
+    assert!(
+        chorus(&["collections", "set", "cli", "--policy", "lww"])
+            .status
+            .success()
+    );
+    let shown: Value =
+        serde_json::from_slice(&chorus(&["collections", "show", "cli"]).stdout).unwrap();
+    assert_eq!(shown["policy"], "lww");
+    let table = String::from_utf8(chorus(&["collections"]).stdout).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("cli") && l.contains("lww")),
+        "{table}"
+    );
+
     // CRDT operations, and their refusal in one line.
     let crdt = r#"{"policy":"crdt"}"#;
     assert_eq!(
@@ -682,6 +731,11 @@ fn cli_client() {
         "ops",
         "status",
         "conflicts",
+        "list",
+        "changes",
+        "collections",
+        "token",
+        "cluster",
     ] {
         let help = std::process::Command::new(CHORUS)
             .args([sub, "--help"])
