@@ -152,7 +152,7 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
         }
         ["v1", "conflicts", ..] => Needed::Right(Right::Admin, None),
         ["v1", "changes"] => Needed::Right(Right::Read, None),
-        ["v1", "status"] | ["v1", "digest"] | ["metrics"] => Needed::Token,
+        ["v1", "status"] | ["v1", "digest"] | ["metrics"] | [""] => Needed::Token,
         // A route not classified here (a new one) is for admins until it is.
         _ => Needed::Right(Right::Admin, None),
     }

@@ -15,6 +15,7 @@ mod auth;
 mod bulk;
 mod changes;
 mod connections;
+mod cors;
 mod error;
 mod extract;
 pub mod home;
@@ -25,6 +26,7 @@ mod routes;
 pub use connections::{
     BODY_READ_TIMEOUT_DEFAULT, CONNECTIONS_MAX_DEFAULT, HEADER_READ_TIMEOUT_DEFAULT,
 };
+pub use cors::CorsOrigins;
 pub use error::ApiError;
 pub use routes::router;
 
@@ -69,6 +71,8 @@ pub struct ServerConfig {
     pub insecure: bool,
     /// Requests a second each token may make on average (with tokens required).
     pub token_requests_per_s: Option<f64>,
+    /// Origins whose browser pages may call the API (CORS).
+    pub cors_origins: CorsOrigins,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +90,7 @@ impl Default for ServerConfig {
             peer_tls: false,
             insecure: false,
             token_requests_per_s: None,
+            cors_origins: CorsOrigins::default(),
         }
     }
 }

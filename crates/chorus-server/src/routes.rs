@@ -43,6 +43,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         })
     });
     Router::new()
+        .route("/", get(about))
         .route("/v1/status", get(status))
         .layer(Extension(Security {
             peer_tls: config.peer_tls,
@@ -103,11 +104,26 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             crate::auth::authorize,
         ))
         .layer(axum::middleware::from_fn(refuse_malformed_paths))
+        .layer(axum::middleware::from_fn_with_state(
+            config.cors_origins.clone(),
+            crate::cors::cors,
+        ))
         .layer(Extension(cluster))
         .with_state(node)
 }
 
 // ---- handlers ----------------------------------------------------------------------
+
+/// `GET /`: what this is, and where to go next.
+async fn about(State(node): State<Node>) -> Json<Value> {
+    Json(json!({
+        "chorus": "a multi-leader replicated JSON document database",
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": node.name(),
+        "api": "/v1 (docs/api.md; docs/openapi.json)",
+        "status": "/v1/status",
+    }))
+}
 
 /// How the node is protected, for the status (a node run with `--insecure` says so).
 #[derive(Clone, Copy)]

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// many); beyond it, 429 with Retry-After. Unlimited when not given.
     #[arg(long, requires = "auth", value_parser = positive_rate)]
     token_requests_per_s: Option<f64>,
+    /// An origin (`https://app.example.com`, or `*` for any) whose browser pages may
+    /// call the API (CORS); repeatable.
+    #[arg(long, value_name = "ORIGIN")]
+    cors_origin: Vec<String>,
     /// Run with plain, unauthenticated peer links or HTTP API on addresses reachable
     /// beyond this machine (refused without it). Anyone who can reach the ports can
     /// then read, write and replicate as a member.
@@ -204,6 +208,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: logs written to a file stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cluster = match (&args.cluster, &args.node) {
         (Some(path), Some(name)) => {
@@ -255,6 +261,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // The HTTP port first: a node that cannot listen leaves no data folder behind.
+    let listener = std::net::TcpListener::bind(&http)
+        .with_context(|| format!("cannot listen on {http}; is another node using it? (use --http)"))?;
+    listener.set_nonblocking(true)?;
     // Before anything records a metric (opening the store, replication).
     chorus_server::install_metrics();
     std::fs::create_dir_all(&args.data)
@@ -275,11 +285,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&http)
-            .await
-            .with_context(|| {
-                format!("cannot listen on {http}; is another node using it? (use --http)")
-            })?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let limits = EngineLimits {
             retention_entries_max: args.log_retention_entries,
             retention_bytes_max: args.log_retention_bytes,
@@ -336,6 +342,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             peer_tls: args.certs.is_some(),
             insecure: args.insecure,
             token_requests_per_s: args.token_requests_per_s,
+            cors_origins: chorus_server::CorsOrigins(Arc::new(args.cors_origin.clone())),
         };
         chorus_server::serve(listener, node, config, shutdown_signal()).await?;
         tracing::info!("stopped");

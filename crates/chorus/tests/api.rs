@@ -843,3 +843,71 @@ fn bulk_writes_and_reads() {
     let listed = get(&format!("{}/v1/docs/b", roomy.url)).body;
     assert_eq!(listed["keys"].as_array().unwrap().len(), 0, "{listed}");
 }
+
+/// Browser pages of an allowed origin get CORS answers (a preflight too, before any
+/// token check); other origins get none. `GET /` says what the node is. A node that
+/// cannot listen leaves no data folder behind.
+#[test]
+fn cors_the_root_and_a_failed_bind() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(
+        &dir.path().join("data"),
+        &["--cors-origin", "https://app.example", "--auth"],
+    );
+    let preflight = request(
+        "OPTIONS",
+        &format!("{}/v1/docs/c/k", node.url),
+        None,
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "PUT"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(preflight.status, 204, "{}", preflight.text);
+    let token = call(
+        "POST",
+        &format!("{}/v1/tokens", node.url),
+        Some(br#"{"name":"root","rights":"admin"}"#),
+        &[],
+    )
+    .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let answer = |origin: &str| {
+        agent
+            .get(&format!("{}/", node.url))
+            .header("Origin", origin)
+            .header("Authorization", &bearer)
+            .call()
+            .unwrap()
+    };
+    let allowed = answer("https://app.example");
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let root: Value = serde_json::from_str(&allowed.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(root["node"], "local");
+    let other = answer("https://evil.example");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // The port is taken by the node above: a second node fails and creates nothing.
+    let address = node.url.trim_start_matches("http://").to_owned();
+    let fresh = dir.path().join("never");
+    let out = std::process::Command::new(CHORUS)
+        .args(["serve", "--http", &address, "--data"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    assert!(!fresh.exists(), "a data folder was left behind");
+}
