@@ -26,7 +26,11 @@ const ALLOWED_HEADERS: &str =
     "authorization, content-type, chorus-context, chorus-lock-token, last-event-id";
 const EXPOSED_HEADERS: &str = "chorus-home, retry-after";
 
-pub(crate) async fn cors(State(origins): State<CorsOrigins>, request: Request, next: Next) -> Response {
+pub(crate) async fn cors(
+    State(origins): State<CorsOrigins>,
+    request: Request,
+    next: Next,
+) -> Response {
     let origin = request
         .headers()
         .get(header::ORIGIN)
@@ -51,7 +55,10 @@ pub(crate) async fn cors(State(origins): State<CorsOrigins>, request: Request, n
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(ALLOWED_HEADERS),
         );
-        headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
         response
     } else {
         next.run(request).await

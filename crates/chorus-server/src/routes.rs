@@ -80,6 +80,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/metrics", get(prometheus))
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -322,6 +323,7 @@ async fn digest(State(node): State<Node>) -> ApiResult<Json<Value>> {
 }
 
 async fn prometheus() -> Response {
+    metrics::record_process();
     match metrics::handle() {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

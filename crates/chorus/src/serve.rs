@@ -262,8 +262,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     // The HTTP port first: a node that cannot listen leaves no data folder behind.
-    let listener = std::net::TcpListener::bind(&http)
-        .with_context(|| format!("cannot listen on {http}; is another node using it? (use --http)"))?;
+    let listener = std::net::TcpListener::bind(&http).with_context(|| {
+        format!("cannot listen on {http}; is another node using it? (use --http)")
+    })?;
     listener.set_nonblocking(true)?;
     // Before anything records a metric (opening the store, replication).
     chorus_server::install_metrics();

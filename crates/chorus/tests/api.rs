@@ -596,6 +596,12 @@ fn status_digest_and_metrics() {
         "chorus_conflicts_total{collection=\"m\",policy=\"siblings\"} 1",
         "chorus_fsyncs_total",
         "chorus_commit_latency_seconds_bucket",
+        "# HELP chorus_writes_total",
+        "chorus_state_transfers_total 0",
+        "chorus_http_requests_total{route=\"/v1/docs/{collection}/{key}\",method=\"PUT\",status=\"200\"}",
+        "chorus_http_request_duration_seconds_bucket",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
     }
