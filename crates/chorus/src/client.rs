@@ -346,3 +346,132 @@ pub fn reload(target: &Target) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `chorus export`: every collection's settings, then every present document, as
+/// JSON lines on stdout (`{"collection", "settings"}`, then `{"collection", "key",
+/// "value"}` or, for a document with siblings, `{"collection", "key", "versions"}`).
+/// Reserved collections are not exported.
+pub fn export(target: &Target) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write as _;
+    let collections = target.call("GET", "/v1/collections", None, None)?;
+    for c in collections["collections"].as_array().into_iter().flatten() {
+        if c["explicit"] == true {
+            let mut settings = c.clone();
+            let name = settings["name"].take();
+            if let Some(object) = settings.as_object_mut() {
+                object.remove("name");
+                object.remove("explicit");
+            }
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"collection": name, "settings": settings})
+            )?;
+        }
+    }
+    let (mut cursor, mut documents) = ("0".to_owned(), 0u64);
+    loop {
+        let path = format!(
+            "/v1/changes?since={}&limit=1000&include_docs=true",
+            segment(&cursor)
+        );
+        let page = target.call("GET", &path, None, None)?;
+        let changes = page["changes"].as_array().cloned().unwrap_or_default();
+        for change in changes.iter().filter(|c| c["deleted"] == false) {
+            let doc = &change["doc"];
+            let mut line =
+                serde_json::json!({"collection": change["collection"], "key": change["key"]});
+            if doc.get("value").is_some() {
+                line["value"] = doc["value"].clone();
+            } else {
+                let versions: Vec<Value> = doc["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.get("value").cloned())
+                    .collect();
+                line["versions"] = Value::Array(versions);
+            }
+            writeln!(out, "{line}")?;
+            documents += 1;
+        }
+        if changes.is_empty() {
+            break;
+        }
+        cursor = page["next"].as_str().unwrap_or(&cursor).to_owned();
+    }
+    out.flush()?;
+    eprintln!("exported {documents} documents");
+    Ok(())
+}
+
+/// `chorus import`: JSON lines of `chorus export` from stdin: settings first, then
+/// documents in bulk requests of 1,000 (each written blind: a version per value).
+pub fn import(target: &Target) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let mut pending: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    let (mut written, mut refused) = (0u64, 0u64);
+    let mut flush = |collection: &str, docs: &mut Vec<Value>| -> anyhow::Result<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let body = serde_json::json!({"docs": std::mem::take(docs)}).to_string();
+        let answer = target.call(
+            "POST",
+            &format!("/v1/bulk/{}", segment(collection)),
+            Some(body.as_bytes()),
+            None,
+        )?;
+        for result in answer["results"].as_array().into_iter().flatten() {
+            if result.get("error").is_some() {
+                refused += 1;
+                eprintln!(
+                    "{collection}/{}: {}",
+                    result["key"].as_str().unwrap_or(""),
+                    result["message"]
+                );
+            } else {
+                written += 1;
+            }
+        }
+        Ok(())
+    };
+    for (number, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: Value = serde_json::from_str(&line)
+            .with_context(|| format!("line {}: not JSON", number + 1))?;
+        let collection = item["collection"]
+            .as_str()
+            .with_context(|| format!("line {}: no \"collection\"", number + 1))?
+            .to_owned();
+        if let Some(settings) = item.get("settings") {
+            let path = format!("/v1/collections/{}", segment(&collection));
+            target.call("PUT", &path, Some(settings.to_string().as_bytes()), None)?;
+            continue;
+        }
+        let values: Vec<Value> = match (item.get("value"), item.get("versions")) {
+            (Some(value), _) => vec![value.clone()],
+            (None, Some(Value::Array(versions))) => versions.clone(),
+            _ => anyhow::bail!("line {}: neither \"value\" nor \"versions\"", number + 1),
+        };
+        let docs = pending.entry(collection.clone()).or_default();
+        docs.extend(
+            values
+                .into_iter()
+                .map(|value| serde_json::json!({"key": item["key"], "value": value})),
+        );
+        if docs.len() >= 1000 {
+            flush(&collection, docs)?;
+        }
+    }
+    for (collection, docs) in &mut pending {
+        flush(collection, docs)?;
+    }
+    eprintln!("imported {written} versions; {refused} refused");
+    anyhow::ensure!(refused == 0, "{refused} versions were refused (above)");
+    Ok(())
+}

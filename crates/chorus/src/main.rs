@@ -126,6 +126,16 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Write every collection's settings and every document as JSON lines to stdout.
+    Export {
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Read JSON lines of `chorus export` from stdin and write them (in bulk).
+    Import {
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// Access tokens for nodes started with `--auth`: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -316,6 +326,8 @@ fn main() -> ExitCode {
         } => client::ops(&target, &collection, &key, &operations),
         Command::Status { target } => client::status(&target),
         Command::Reload { target } => client::reload(&target),
+        Command::Export { target } => client::export(&target),
+        Command::Import { target } => client::import(&target),
         Command::Token { action } => match action {
             TokenAction::Create {
                 name,

@@ -917,3 +917,59 @@ fn cors_the_root_and_a_failed_bind() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
     assert!(!fresh.exists(), "a data folder was left behind");
 }
+
+/// `chorus export` writes settings and documents as JSON lines (siblings as
+/// versions, deleted documents left out); `chorus import` of them into an empty node
+/// gives the same documents and settings.
+#[test]
+fn export_then_import_gives_the_same_documents() {
+    let (_a_dir, a) = node();
+    let (_b_dir, b) = node();
+    put(
+        &format!("{}/v1/collections/people", a.url),
+        r#"{"policy":"lww"}"#,
+    );
+    put(
+        &format!("{}/v1/docs/people/ada", a.url),
+        r#"{"name":"Ada"}"#,
+    );
+    put(&format!("{}/v1/docs/notes/n1", a.url), r#"{"v":1}"#);
+    put(&format!("{}/v1/docs/notes/n1", a.url), r#"{"v":2}"#); // blind: siblings
+    put(&format!("{}/v1/docs/notes/gone", a.url), "1");
+    let gone = get(&format!("{}/v1/docs/notes/gone", a.url)).body["context"].clone();
+    call(
+        "DELETE",
+        &format!("{}/v1/docs/notes/gone", a.url),
+        None,
+        &[("Chorus-Context", gone.as_str().unwrap())],
+    );
+    let exported = std::process::Command::new(CHORUS)
+        .args(["export", "--url", &a.url])
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{exported:?}");
+    let lines = String::from_utf8(exported.stdout.clone()).unwrap();
+    assert_eq!(lines.lines().count(), 3, "settings, ada, n1:\n{lines}");
+    let mut import = std::process::Command::new(CHORUS)
+        .args(["import", "--url", &b.url])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    import
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&exported.stdout)
+        .unwrap();
+    assert!(import.wait().unwrap().success());
+    assert_eq!(
+        get(&format!("{}/v1/collections/people", b.url)).body["policy"],
+        "lww"
+    );
+    assert_eq!(versions(&b.url, "people", "ada"), [json!({"name": "Ada"})]);
+    let mut n1 = versions(&b.url, "notes", "n1");
+    n1.sort_by_key(|v| v.to_string());
+    assert_eq!(n1, [json!({"v": 1}), json!({"v": 2})]);
+    assert_eq!(get(&format!("{}/v1/docs/notes/gone", b.url)).status, 404);
+}
