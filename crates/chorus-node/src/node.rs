@@ -75,6 +75,11 @@ pub enum ResolveError {
     NoSuchConflict(ConflictId),
     #[error("version {0} is not one of the conflict's versions")]
     NotInRecord(Dot),
+    #[error(
+        "conflict {0} is already resolved: none of its versions is in the document any more \
+         (read the document to see what replaced them)"
+    )]
+    AlreadyResolved(ConflictId),
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -733,6 +738,16 @@ impl Node {
         Ok(self.snapshot()?.conflict(id)?.map(shown_record))
     }
 
+    /// Whether a conflict is over: none of its versions is in its document any more
+    /// (a resolution, or any write that saw them, replaced them all).
+    pub fn is_resolved(&self, record: &ConflictRecord) -> Result<bool, ReadError> {
+        let state = self
+            .snapshot()?
+            .key_state(&record.collection, &record.key)?;
+        let live: Vec<Dot> = state.versions().iter().map(|v| v.dot).collect();
+        Ok(!record.versions.iter().any(|v| live.contains(&v.dot)))
+    }
+
     /// The write that ends conflict `id`: `resolution` (a new value, or one of the
     /// record's versions picked) replaces exactly the record's versions, as a write
     /// with their context would. Under `lww`, picking a losing version restores it:
@@ -743,6 +758,9 @@ impl Node {
         resolution: Resolution,
     ) -> Result<Write, ResolveError> {
         let record = self.conflict(id)?.ok_or(ResolveError::NoSuchConflict(id))?;
+        if self.is_resolved(&record)? {
+            return Err(ResolveError::AlreadyResolved(id));
+        }
         let value = match resolution {
             Resolution::Value(value) => Some(value),
             Resolution::Pick(dot) => record

@@ -87,6 +87,8 @@ pub fn conflict(node: &Node, record: &ConflictRecord) -> Value {
         "id": record.id.to_hex(),
         "collection": record.collection,
         "key": record.key,
+        // Over once none of its versions is in the document any more.
+        "resolved": node.is_resolved(record).unwrap_or(false),
         "policy": record.policy.name(),
         "versions": record.versions.iter().map(|v| version(node, v.dot, v.hlc, v.value.as_deref())).collect::<Vec<_>>(),
     });

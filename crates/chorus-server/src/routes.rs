@@ -250,6 +250,9 @@ async fn resolve_conflict(
     let ending = node.resolution(id, resolution).map_err(|e| match e {
         ResolveError::NoSuchConflict(_) => ApiError::not_found(e.to_string()),
         ResolveError::NotInRecord(_) => ApiError::bad_request(e.to_string()),
+        ResolveError::AlreadyResolved(_) => {
+            ApiError::new(StatusCode::CONFLICT, "already_resolved", e.to_string())
+        }
         ResolveError::Read(e) => e.into(),
     })?;
     Ok(Json(write(&node, ending).await?))

@@ -276,8 +276,26 @@ pub fn status(target: &Target) -> anyhow::Result<()> {
     print(&target.call("GET", "/v1/status", None, None)?)
 }
 
-pub fn conflicts(target: &Target, limit: usize) -> anyhow::Result<()> {
-    print(&target.call("GET", &format!("/v1/conflicts?limit={limit}"), None, None)?)
+/// Which conflict records `chorus conflicts` lists.
+pub struct ConflictsFilter<'a> {
+    pub collection: Option<&'a str>,
+    pub key: Option<&'a str>,
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
+pub fn conflicts(target: &Target, filter: &ConflictsFilter<'_>) -> anyhow::Result<()> {
+    let mut path = format!("/v1/conflicts?limit={}", filter.limit);
+    for (name, value) in [
+        ("collection", filter.collection),
+        ("key", filter.key),
+        ("after", filter.after),
+    ] {
+        if let Some(value) = value {
+            path.push_str(&format!("&{name}={}", segment(value)));
+        }
+    }
+    print(&target.call("GET", &path, None, None)?)
 }
 
 pub fn show_conflict(target: &Target, id: &str) -> anyhow::Result<()> {

@@ -150,9 +150,19 @@ enum Command {
     Conflicts {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
-        /// Show at most this many records.
+        /// Show at most this many records (1 to 1000); `next` in the answer is the
+        /// `--after` of the following page.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only the records of this collection.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Only the records of this key (with --collection).
+        #[arg(long, requires = "collection")]
+        key: Option<String>,
+        /// Start after this record id (paging).
+        #[arg(long)]
+        after: Option<String>,
         #[command(flatten)]
         target: client::Target,
     },
@@ -343,8 +353,19 @@ fn main() -> ExitCode {
         Command::Conflicts {
             action: None,
             limit,
+            collection,
+            key,
+            after,
             target,
-        } => client::conflicts(&target, limit),
+        } => {
+            let filter = client::ConflictsFilter {
+                collection: collection.as_deref(),
+                key: key.as_deref(),
+                after: after.as_deref(),
+                limit,
+            };
+            client::conflicts(&target, &filter)
+        }
         Command::Conflicts {
             action: Some(ConflictsAction::Show { id, target }),
             ..

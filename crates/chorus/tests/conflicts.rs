@@ -52,6 +52,7 @@ fn siblings_are_inspected_and_resolved() {
     let record = conflict_on(url, "s", "k");
     let id = record["id"].as_str().unwrap();
     assert_eq!(record["outcome"], "siblings");
+    assert_eq!(record["resolved"], false);
 
     let shown = get(&format!("{url}/v1/conflicts/{id}")).body;
     assert_eq!(shown["versions"].as_array().unwrap().len(), 2);
@@ -88,6 +89,16 @@ fn siblings_are_inspected_and_resolved() {
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert!(reply.body["context"].is_string());
     assert_eq!(versions(url, "s", "k"), [picked]);
+    // The log shows it resolved; resolving it again says so and changes nothing.
+    assert_eq!(
+        get(&format!("{url}/v1/conflicts/{id}")).body["resolved"],
+        true
+    );
+    let after = digest(url);
+    let again = resolve(url, id, &json!({"value": 3}));
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert_eq!(again.body["error"], "already_resolved");
+    assert_eq!(digest(url), after);
 
     let record = conflict_on(url, "s", "k2");
     let id = record["id"].as_str().unwrap();
