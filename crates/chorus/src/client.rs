@@ -272,8 +272,96 @@ pub fn ops(target: &Target, collection: &str, key: &str, operations: &str) -> an
     print(&target.call("POST", &path, Some(&body), None)?)
 }
 
-pub fn status(target: &Target) -> anyhow::Result<()> {
-    print(&target.call("GET", "/v1/status", None, None)?)
+/// `chorus status`: every node given (not only the first that answers), as a table
+/// of its peers (connected, lag) and links; `--json` prints the answers.
+pub fn status(target: &Target, json: bool) -> anyhow::Result<()> {
+    let answers: Vec<(String, anyhow::Result<Value>)> = target
+        .url
+        .iter()
+        .map(|url| {
+            let answer = target
+                .client_of([url.clone()])
+                .and_then(|client| call(&client, "GET", "/v1/status", None, None));
+            (url.clone(), answer)
+        })
+        .collect();
+    if json {
+        let all: Vec<Value> = answers
+            .iter()
+            .map(|(url, answer)| match answer {
+                Ok(status) => status.clone(),
+                Err(error) => serde_json::json!({"url": url, "error": format!("{error:#}")}),
+            })
+            .collect();
+        return print(&Value::Array(all));
+    }
+    println!(
+        "{:<16} {:<8} {:<16} {:>9} {:>8} {:>8}  LINKS",
+        "NODE", "LAST SEQ", "PEER", "CONNECTED", "LAG OPS", "LAG MS"
+    );
+    for (url, answer) in &answers {
+        let status = match answer {
+            Ok(status) => status,
+            Err(error) => {
+                println!("{url:<16} did not answer: {error:#}");
+                continue;
+            }
+        };
+        let node = status["node"].as_str().unwrap_or(url);
+        let seq = status["last_seq"].to_string();
+        let links = &status["links"];
+        let names = |field: &str| -> String {
+            let list: Vec<&str> = links[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            list.join(",")
+        };
+        let links = if links.is_null() {
+            String::new()
+        } else {
+            let unreachable = names("unreachable");
+            let mut text = format!("linked {}", names("actual"));
+            if !unreachable.is_empty() {
+                text.push_str(&format!("; unreachable {unreachable}"));
+            }
+            text
+        };
+        let peers = status["peers"].as_array().cloned().unwrap_or_default();
+        if peers.is_empty() {
+            println!(
+                "{node:<16} {seq:<8} {:<16} {:>9} {:>8} {:>8}  {links}",
+                "-", "-", "-", "-"
+            );
+        }
+        for (i, peer) in peers.iter().enumerate() {
+            let (node, seq, links) = if i == 0 {
+                (node, seq.as_str(), links.as_str())
+            } else {
+                ("", "", "")
+            };
+            println!(
+                "{node:<16} {seq:<8} {:<16} {:>9} {:>8} {:>8}  {links}",
+                peer["name"].as_str().unwrap_or(""),
+                if peer["connected"] == true {
+                    "yes"
+                } else {
+                    "no"
+                },
+                peer["lag_ops"],
+                peer["lag_ms"],
+            );
+        }
+    }
+    let failed = answers.iter().filter(|(_, a)| a.is_err()).count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} nodes did not answer",
+        answers.len()
+    );
+    Ok(())
 }
 
 /// Which conflict records `chorus conflicts` lists.

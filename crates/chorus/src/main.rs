@@ -115,8 +115,12 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
-    /// Show a node's status: its name, peers and their lag.
+    /// Show the status of every node given (`--url A,B,C`): its peers, their lag,
+    /// its links, as a table.
     Status {
+        /// Print the JSON answers (an array, one per node).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: client::Target,
     },
@@ -334,7 +338,7 @@ fn main() -> ExitCode {
             operations,
             target,
         } => client::ops(&target, &collection, &key, &operations),
-        Command::Status { target } => client::status(&target),
+        Command::Status { json, target } => client::status(&target, json),
         Command::Reload { target } => client::reload(&target),
         Command::Export { target } => client::export(&target),
         Command::Import { target } => client::import(&target),

@@ -634,7 +634,11 @@ fn cli_client() {
             .status
             .success()
     );
-    assert!(chorus(&["status"]).status.success());
+    let table = chorus(&["status"]);
+    assert!(table.status.success());
+    assert!(String::from_utf8_lossy(&table.stdout).contains("alpha"));
+    let json: Value = serde_json::from_slice(&chorus(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["node"], "alpha");
     assert!(chorus(&["conflicts"]).status.success());
     let ctx =
         serde_json::from_slice::<Value>(&chorus(&["get", "cli", "k"]).stdout).unwrap()["context"]

@@ -61,6 +61,17 @@ fn three_leaders_converge_with_siblings() {
         .collect();
     assert!(!logs[0]["conflicts"].as_array().unwrap().is_empty());
     assert!(logs.iter().all(|l| *l == logs[0]), "conflict logs differ");
+    // `chorus status` over every node at once: a row per peer, all connected.
+    let urls = (0..3).map(|i| cluster.url(i)).collect::<Vec<_>>().join(",");
+    let table = std::process::Command::new(CHORUS)
+        .args(["status", "--url", &urls])
+        .output()
+        .unwrap();
+    assert!(table.status.success(), "{table:?}");
+    let text = String::from_utf8(table.stdout).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 6, "two peers for each of three nodes:\n{text}");
+    assert!(rows.iter().all(|r| r.contains(" yes ")), "{text}");
 }
 
 /// Under lww every node shows the same winner per key, and every overwritten write
