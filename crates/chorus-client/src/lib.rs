@@ -242,6 +242,38 @@ impl Client {
         Attempt::Done(Ok(value))
     }
 
+    /// Streams the body of `GET path` from the first node (no failover: it is that
+    /// node's data) into `out`, e.g. a backup; returns the bytes written.
+    pub fn download(&self, path: &str, out: &mut impl std::io::Write) -> Result<u64, Error> {
+        let url = format!("{}{path}", self.urls[0]);
+        let mut request = ureq::http::Request::builder().method("GET").uri(&url);
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let unreachable = |why: String| Error::Unreachable {
+            tried: vec![(url.clone(), why)],
+        };
+        let request = request.body(()).map_err(|e| unreachable(e.to_string()))?;
+        let response = self
+            .agent
+            .run(request)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        if status != 200 {
+            let text = body.read_to_string().unwrap_or_default();
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(Error::Api {
+                status,
+                code: value["error"].as_str().unwrap_or("unknown").to_owned(),
+                message: value["message"].as_str().unwrap_or(&text).to_owned(),
+                body: value,
+            });
+        }
+        std::io::copy(&mut body.as_reader(), out)
+            .map_err(|e| unreachable(format!("the download was cut off: {e}")))
+    }
+
     /// Reads a document: `None` when it is absent or deleted.
     pub fn get(&self, collection: &str, key: &str) -> Result<Option<Value>, Error> {
         match self.call("GET", &doc_path(collection, key), None, None) {

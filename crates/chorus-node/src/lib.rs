@@ -45,5 +45,5 @@ pub use document::{
 pub use node::{
     BucketHashes, ConflictFilter, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, Replica,
     ReplicationStep, Resolution, ResolveError, STATE_BUCKETS, StateChunk, StoreFailure, Write,
-    WriteAck, WriteError, bucket_of, open,
+    WriteAck, WriteError, bucket_of, open, restore_backup,
 };

@@ -553,6 +553,12 @@ impl Node {
         collection_config(&self.snapshot()?, collection)
     }
 
+    /// Writes a consistent copy of this node's store to a new file at `path`,
+    /// durably, while the node keeps serving (`chorus backup`).
+    pub fn backup(&self, path: &Path) -> Result<(), ReadError> {
+        Ok(self.inner.store.backup_to(path)?)
+    }
+
     /// Every collection this node knows, in name order: those holding documents
     /// (deleted ones too) and those with settings; not the reserved ones. Each with
     /// its settings, and whether they were set explicitly.
@@ -1228,15 +1234,40 @@ fn collection_config(
     Ok((CollectionConfig::from_state(&state), !state.is_absent()))
 }
 
+/// Restores the backup at `backup` as the store file `store_path` (which must not
+/// exist) of a new replica: same data and name, a new node id and feed (see
+/// `Store::restore_as_new_replica`). Returns the restored node's meta.
+pub fn restore_backup(backup: &Path, store_path: &Path) -> Result<NodeMeta, OpenError> {
+    let shown = store_path.display().to_string();
+    let io =
+        |error: std::io::Error| OpenError::Store(StoreError::Storage(chorus_store::redb_io(error)));
+    if store_path.exists() {
+        return Err(OpenError::Store(StoreError::Corrupted {
+            table: "meta",
+            reason: format!("{shown} already holds a store; restore into an empty data folder"),
+        }));
+    }
+    let partial = store_path.with_extension("restoring");
+    std::fs::copy(backup, &partial).map_err(io)?;
+    let restored = Store::restore_as_new_replica(&partial, random_node_id()).and_then(|meta| {
+        std::fs::rename(&partial, store_path)
+            .map(|()| meta)
+            .map_err(io)
+    });
+    if restored.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    restored
+}
+
+fn random_node_id() -> u64 {
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).expect("the operating system's random source");
+    u64::from_le_bytes(id)
+}
+
 fn new_meta(config: &NodeConfig) -> NodeMeta {
-    let node_id = config.node_id.map_or_else(
-        || {
-            let mut id = [0u8; 8];
-            getrandom::fill(&mut id).expect("the operating system's random source");
-            u64::from_le_bytes(id)
-        },
-        |id| id.0,
-    );
+    let node_id = config.node_id.map_or_else(random_node_id, |id| id.0);
     NodeMeta {
         node_id,
         name: config.name.clone(),

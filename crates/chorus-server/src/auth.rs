@@ -144,9 +144,10 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
         }
         ["v1", "collections", collection] if reading => on(Right::Read, collection),
         ["v1", "collections"] if reading => Needed::Right(Right::Read, None),
-        ["v1", "collections", ..] | ["v1", "cluster", ..] | ["v1", "tokens", ..] => {
-            Needed::Right(Right::Admin, None)
-        }
+        ["v1", "collections", ..]
+        | ["v1", "cluster", ..]
+        | ["v1", "tokens", ..]
+        | ["v1", "backup"] => Needed::Right(Right::Admin, None),
         ["v1", "conflicts", ..] if reading => {
             Needed::Right(Right::Read, query_param(query, "collection"))
         }

@@ -77,6 +77,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             "/v1/cluster/reload",
             post(move || reload_cluster(config.reload_cluster.clone())),
         )
+        .route("/v1/backup", get(backup))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/metrics", get(prometheus))
@@ -317,6 +318,52 @@ async fn revoke_token(
     node.revoke_token(&name).await?;
     tracing::info!(target: "audit", token = name, "token revoked");
     Ok(Json(json!({ "revoked": name })))
+}
+
+/// `GET /v1/backup`: a consistent copy of the node's store (a redb file), taken
+/// while the node serves; staged in the temporary folder, then streamed.
+async fn backup(State(node): State<Node>) -> ApiResult<Response> {
+    let internal = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "backup_failed",
+            e.to_string(),
+        )
+    };
+    let staging = tempfile::tempdir().map_err(internal)?;
+    let path = staging.path().join("chorus.redb");
+    let copy = path.clone();
+    tokio::task::spawn_blocking(move || node.backup(&copy))
+        .await
+        .map_err(|e| internal(std::io::Error::other(e)))??;
+    let file = tokio::fs::File::open(&path).await.map_err(internal)?;
+    let length = file.metadata().await.map_err(internal)?.len();
+    // The staging folder lives as long as the stream, and goes with it.
+    let chunks = futures_util::stream::unfold((file, staging), |(mut file, staging)| async move {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 1 << 20];
+        match file.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), (file, staging)))
+            }
+            Err(e) => Some((Err(e), (file, staging))),
+        }
+    });
+    tracing::info!(target: "audit", bytes = length, "backup taken");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, length.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"chorus.redb\"".to_owned(),
+            ),
+        ],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 async fn digest(State(node): State<Node>) -> ApiResult<Json<Value>> {

@@ -56,6 +56,11 @@ pub enum StoreError {
     Corrupted { table: &'static str, reason: String },
 }
 
+/// A file error as a storage failure.
+pub fn redb_io(error: std::io::Error) -> redb::Error {
+    redb::Error::Io(error)
+}
+
 impl StoreError {
     /// True when the failure is the disk (or the user's quota) being full.
     pub fn is_disk_full(&self) -> bool {
@@ -86,6 +91,7 @@ macro_rules! storage_error_from {
     )*};
 }
 storage_error_from!(
+    redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,

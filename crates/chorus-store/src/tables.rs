@@ -118,6 +118,24 @@ pub struct Store {
     meta: NodeMeta,
 }
 
+/// Copies every row of `table` from `source` into `target`.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    source: &redb::ReadTransaction,
+    target: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<(), StoreError>
+where
+    for<'a> K::SelfType<'a>: std::borrow::Borrow<K::SelfType<'a>>,
+{
+    let from = source.open_table(table)?;
+    let mut to = target.open_table(table)?;
+    for entry in from.iter()? {
+        let (key, value) = entry?;
+        to.insert(key.value(), value.value())?;
+    }
+    Ok(())
+}
+
 /// Gives the feed an id and indexes every key already stored (a new store, or one
 /// written before the feed existed), in storage order.
 fn index_existing_keys(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
@@ -234,6 +252,78 @@ impl Store {
         index_existing_keys(&txn)?;
         txn.commit().map_err(StoreError::from)?;
         Ok(Store { db, meta })
+    }
+
+    /// Writes a consistent copy of the whole store (one read transaction) to a new
+    /// store file at `path`, durably. The node keeps serving meanwhile.
+    pub fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        let copy = Database::create(path)?;
+        let source = self.db.begin_read()?;
+        let target = copy.begin_write()?;
+        copy_table(&source, &target, META)?;
+        copy_table(&source, &target, KEYS)?;
+        copy_table(&source, &target, OPLOG)?;
+        copy_table(&source, &target, CONFLICTS)?;
+        copy_table(&source, &target, PEERS)?;
+        copy_table(&source, &target, CHANGES)?;
+        target.commit()?;
+        Ok(())
+    }
+
+    /// Makes the store at `path` (a backup being restored) a new replica: a new node
+    /// id `node_id` for the writes it makes from now on (its old id may have issued
+    /// writes after the backup was taken, which must never be issued twice), no
+    /// cursors of what peers acknowledged of it, and a new feed id (cursors of the
+    /// feed before the restore are refused). Its data and its name stay.
+    pub fn restore_as_new_replica(path: &Path, node_id: u64) -> Result<NodeMeta, OpenError> {
+        let shown = path.display().to_string();
+        let db = Database::open(path).map_err(|source| OpenError::Database {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut not_a_store = false;
+        let store = Store::init(db, shown.clone(), || {
+            not_a_store = true;
+            NodeMeta {
+                node_id,
+                name: String::new(),
+                hlc: 0,
+                next_seq: 1,
+                log_start: 1,
+                floor: Vec::new(),
+                applied: Vec::new(),
+            }
+        })?;
+        if not_a_store {
+            return Err(OpenError::Store(StoreError::Corrupted {
+                table: "meta",
+                reason: format!("{shown} is not a Chorus store (no format record)"),
+            }));
+        }
+        let meta = NodeMeta {
+            node_id,
+            ..store.meta.clone()
+        };
+        store.write(|batch| {
+            batch.set_meta(&meta)?;
+            let cursors: Vec<u64> = batch
+                .peers
+                .iter()?
+                .map(|entry| entry.map(|(peer, _)| peer.value()))
+                .collect::<Result<_, _>>()?;
+            for peer in cursors {
+                batch.peers.remove(peer)?;
+            }
+            let mut id = [0u8; 8];
+            getrandom::fill(&mut id).map_err(|e| StoreError::Corrupted {
+                table: "meta",
+                reason: format!("cannot draw the feed id: {e}"),
+            })?;
+            batch.feed.id = u64::from_le_bytes(id);
+            batch.feed_moved = true;
+            Ok(())
+        })?;
+        Ok(meta)
     }
 
     /// The node meta as it was when the store was opened.

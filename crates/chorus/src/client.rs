@@ -581,3 +581,37 @@ pub fn import(target: &Target) -> anyhow::Result<()> {
     anyhow::ensure!(refused == 0, "{refused} versions were refused (above)");
     Ok(())
 }
+
+/// `chorus backup`: a consistent copy of one node's store, written to `out` (made
+/// durable before the command succeeds).
+pub fn backup(target: &Target, out: &std::path::Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !out.exists(),
+        "{} exists; give a new file (a backup never overwrites)",
+        out.display()
+    );
+    let client = target.client_of(target.url.first().cloned())?;
+    let partial = out.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let written = client.download("/v1/backup", &mut file);
+    let finished = written.map_err(anyhow::Error::from).and_then(|bytes| {
+        file.sync_all()?;
+        std::fs::rename(&partial, out)?;
+        Ok(bytes)
+    });
+    match finished {
+        Ok(bytes) => {
+            eprintln!(
+                "backup of {} written to {} ({bytes} bytes)",
+                client.url(),
+                out.display()
+            );
+            Ok(())
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            Err(error.context("taking the backup"))
+        }
+    }
+}

@@ -130,6 +130,24 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Copy a running node's store, consistently, to a file (`chorus restore` puts it
+    /// back).
+    Backup {
+        /// The file to write (must not exist).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Restore a backup into an empty data folder, as a new replica of the same node
+    /// name (a new node id and change feed); start the node on it afterwards.
+    Restore {
+        /// The data folder of the node to start (must hold no store).
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// The backup file.
+        file: std::path::PathBuf,
+    },
     /// Write every collection's settings and every document as JSON lines to stdout.
     Export {
         #[command(flatten)]
@@ -340,6 +358,8 @@ fn main() -> ExitCode {
         } => client::ops(&target, &collection, &key, &operations),
         Command::Status { json, target } => client::status(&target, json),
         Command::Reload { target } => client::reload(&target),
+        Command::Backup { out, target } => client::backup(&target, &out),
+        Command::Restore { data, file } => serve::restore(&data, &file),
         Command::Export { target } => client::export(&target),
         Command::Import { target } => client::import(&target),
         Command::Token { action } => match action {

@@ -162,6 +162,22 @@ fn check_exposure(
     Ok(())
 }
 
+/// `chorus restore`: a backup into an empty data folder, as a new replica.
+pub fn restore(data: &Path, backup: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create the data folder {}", data.display()))?;
+    let meta = chorus_node::restore_backup(backup, &data.join(STORE_FILE))?;
+    println!(
+        "restored node {:?} into {} as a new replica (node id {:016x}); start it with \
+         chorus serve --data {} (and its --cluster/--node)",
+        meta.name,
+        data.display(),
+        meta.node_id,
+        data.display()
+    );
+    Ok(())
+}
+
 /// `chorus cluster certs`: the cluster's CA and a certificate per node.
 pub fn cluster_certs(cluster: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let config = ClusterConfig::load(cluster).map_err(anyhow::Error::msg)?;
