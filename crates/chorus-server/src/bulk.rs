@@ -15,7 +15,7 @@
 //! resolve by the collection's policy), and carry no lease tokens.
 
 use crate::error::ApiError;
-use crate::extract::{body, check_collection, json_document, path};
+use crate::extract::{collection_and_body, json_document};
 use crate::render;
 use axum::Json;
 use axum::body::Bytes;
@@ -101,9 +101,7 @@ pub(crate) async fn bulk_write(
     collection: Result<Path<String>, PathRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let collection = path(collection)?;
-    check_collection(&collection)?;
-    let bytes = body(bytes)?;
+    let (collection, bytes) = collection_and_body(collection, bytes)?;
     let request: BulkWrite = parse(
         &bytes,
         "the body must be {\"docs\": [{\"key\", \"value\"?, \"context\"?, \"deleted\"?}]}",
@@ -139,9 +137,7 @@ pub(crate) async fn bulk_get(
     collection: Result<Path<String>, PathRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let collection = path(collection)?;
-    check_collection(&collection)?;
-    let bytes = body(bytes)?;
+    let (collection, bytes) = collection_and_body(collection, bytes)?;
     let request: BulkGet = parse(&bytes, "the body must be {\"keys\": [KEY, ...]}")?;
     check_count(request.keys.len())?;
     let docs = node.get_many(&collection, &request.keys)?;

@@ -50,6 +50,17 @@ pub(crate) fn query<T>(extracted: Result<Query<T>, QueryRejection>) -> ApiResult
         .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
 }
 
+/// A request about one collection, with a body: the collection checked, the body
+/// read.
+pub(crate) fn collection_and_body(
+    collection: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<(String, Bytes)> {
+    let collection = path(collection)?;
+    check_collection(&collection)?;
+    Ok((collection, body(bytes)?))
+}
+
 pub(crate) fn body(extracted: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     extracted.map_err(|e| {
         let status = e.status();

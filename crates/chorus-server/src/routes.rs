@@ -420,9 +420,7 @@ async fn put_collection(
     collection: Result<Path<String>, PathRejection>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let collection = path(collection)?;
-    check_collection(&collection)?;
-    let bytes = body(bytes)?;
+    let (collection, bytes) = crate::extract::collection_and_body(collection, bytes)?;
     let config = CollectionConfig::from_json(&bytes).map_err(ApiError::bad_request)?;
     node.set_collection_async(&collection, &config).await?;
     Ok(Json(collection_json(&collection, &config, true)))

@@ -12,15 +12,6 @@ use std::net::TcpStream;
 use std::time::Duration;
 use support::*;
 
-fn peer_address(cluster: &Cluster, i: usize) -> String {
-    let text = std::fs::read_to_string(&cluster.file).unwrap();
-    let config: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("peer = "))
-        .collect();
-    config[i].trim_matches('"').to_owned()
-}
-
 fn connect(address: &str) -> TcpStream {
     let stream = TcpStream::connect(address).unwrap();
     stream
@@ -31,22 +22,6 @@ fn connect(address: &str) -> TcpStream {
 
 fn send(stream: &mut TcpStream, frame: &Frame) {
     stream.write_all(&frame.to_wire()).unwrap();
-}
-
-/// Reads one frame, piece by piece (`[length: u32] [more: u8] [bytes]`).
-fn receive(stream: &mut TcpStream) -> Option<Frame> {
-    let mut bytes = Vec::new();
-    loop {
-        let mut header = [0u8; 5];
-        stream.read_exact(&mut header).ok()?;
-        let length = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
-        let mut piece = vec![0u8; length];
-        stream.read_exact(&mut piece).ok()?;
-        bytes.extend(piece);
-        if header[4] == 0 {
-            return Some(Frame::decode(&bytes).unwrap());
-        }
-    }
 }
 
 fn hello_teaching(cluster: &str, protocol: u32, name: &str, names: usize) -> Frame {
@@ -71,7 +46,7 @@ fn hello(cluster: &str, protocol: u32, name: &str) -> Frame {
 #[test]
 fn foreign_peers_are_refused_with_a_reason() {
     let cluster = Cluster::start_plain(2, "topology = \"mesh\"");
-    let address = peer_address(&cluster, 0);
+    let address = cluster.peer_address(0);
     let cases = [
         (hello("other", PROTOCOL_VERSION, "n1"), "cluster"),
         (hello("chorus", PROTOCOL_VERSION + 1, "n1"), "protocol"),
@@ -88,7 +63,7 @@ fn foreign_peers_are_refused_with_a_reason() {
     for (frame, needle) in cases {
         let mut stream = connect(&address);
         send(&mut stream, &frame);
-        match receive(&mut stream) {
+        match receive_frame(&mut stream) {
             Some(Frame::Refused { reason }) => {
                 assert!(reason.contains(needle), "{reason:?} lacks {needle:?}")
             }
@@ -105,7 +80,7 @@ fn corrupt_frames_end_the_connection_and_change_nothing() {
     let cluster = Cluster::start_plain(2, "topology = \"mesh\"");
     cluster.wait_converged(Duration::from_secs(30));
     let before = digest(&cluster.url(0));
-    let address = peer_address(&cluster, 0);
+    let address = cluster.peer_address(0);
     // Pieces of 1 MiB that never end: refused once past what a handshake may take.
     let mut endless = Vec::new();
     for _ in 0..3 {
@@ -134,7 +109,7 @@ fn corrupt_frames_end_the_connection_and_change_nothing() {
     // A valid hello followed by a corrupt frame: the session ends.
     let mut stream = connect(&address);
     send(&mut stream, &hello("chorus", PROTOCOL_VERSION, "n1"));
-    assert!(matches!(receive(&mut stream), Some(Frame::Hello(_))));
+    assert!(matches!(receive_frame(&mut stream), Some(Frame::Hello(_))));
     stream.write_all(&[0, 0, 0, 2, 0, 1, 0xff]).unwrap();
     let mut sink = Vec::new();
     let _ = stream.read_to_end(&mut sink);

@@ -7,22 +7,13 @@ mod support;
 use chorus_core::{NodeId, VersionVector};
 use chorus_repl::{Frame, Hello, PROTOCOL_VERSION};
 use rustls::pki_types::ServerName;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-
-fn peer_address(cluster: &Cluster, i: usize) -> String {
-    let text = std::fs::read_to_string(&cluster.file).unwrap();
-    let peers: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("peer = "))
-        .collect();
-    peers[i].trim_matches('"').to_owned()
-}
 
 fn hello_as(name: &str) -> Frame {
     Frame::Hello(Hello {
@@ -33,23 +24,6 @@ fn hello_as(name: &str) -> Frame {
         applied: VersionVector::new(),
         names: vec![(NodeId(666), "mallory".into())],
     })
-}
-
-/// Reads one frame (`[length: u32] [more: u8] [bytes]` pieces), or `None` once the
-/// other side closed the connection or broke off the TLS session.
-fn receive(stream: &mut impl Read) -> Option<Frame> {
-    let mut bytes = Vec::new();
-    loop {
-        let mut header = [0u8; 5];
-        stream.read_exact(&mut header).ok()?;
-        let length = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
-        let mut piece = vec![0u8; length];
-        stream.read_exact(&mut piece).ok()?;
-        bytes.extend(piece);
-        if header[4] == 0 {
-            return Frame::decode(&bytes).ok();
-        }
-    }
 }
 
 /// A TLS connection to `address` as whoever holds `cert`/`key`, trusting `ca`.
@@ -84,7 +58,7 @@ fn only_members_speak_on_the_peer_port_and_each_only_as_itself() {
     put(&format!("{}/v1/docs/c/k", cluster.url(0)), r#"{"v":1}"#);
     cluster.wait_converged(Duration::from_secs(30));
     let before = digests(&cluster);
-    let target = peer_address(&cluster, 0);
+    let target = cluster.peer_address(0);
 
     // Plain TCP: the Hello of `n1` is not even a TLS handshake.
     let mut plain = TcpStream::connect(&target).unwrap();
@@ -92,7 +66,10 @@ fn only_members_speak_on_the_peer_port_and_each_only_as_itself() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let _ = plain.write_all(&hello_as("n1").to_wire());
-    assert!(receive(&mut plain).is_none(), "plain TCP got an answer");
+    assert!(
+        receive_frame(&mut plain).is_none(),
+        "plain TCP got an answer"
+    );
 
     // A certificate for `n1` from another CA (the attacker ran `cluster certs` too).
     let rogue = tempfile::tempdir().unwrap();
@@ -110,7 +87,7 @@ fn only_members_speak_on_the_peer_port_and_each_only_as_itself() {
     );
     let _ = forged.write_all(&hello_as("n1").to_wire());
     assert!(
-        receive(&mut forged).is_none(),
+        receive_frame(&mut forged).is_none(),
         "a foreign CA's certificate was answered"
     );
 
@@ -123,12 +100,12 @@ fn only_members_speak_on_the_peer_port_and_each_only_as_itself() {
         &certs.join("n2.key"),
     );
     impostor.write_all(&hello_as("n1").to_wire()).unwrap();
-    match receive(&mut impostor) {
+    match receive_frame(&mut impostor) {
         Some(Frame::Refused { reason }) => assert!(reason.contains("certificate"), "{reason}"),
         other => panic!("the impostor got {other:?}"),
     }
     assert!(
-        receive(&mut impostor).is_none(),
+        receive_frame(&mut impostor).is_none(),
         "the connection stays open"
     );
 
@@ -157,12 +134,7 @@ fn exposed_ports_need_protection_or_insecure() {
     let error = serve_fails(&["--http", "0.0.0.0:0"]);
     assert!(error.contains("--insecure"), "{error}");
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("cluster.toml");
-    std::fs::write(
-        &file,
-        "topology = \"mesh\"\n[[nodes]]\nname = \"a\"\nhttp = \"127.0.0.1:0\"\npeer = \"0.0.0.0:0\"\n",
-    )
-    .unwrap();
+    let file = one_node_cluster_file(dir.path(), "0.0.0.0:0");
     let file = file.to_str().unwrap();
     let error = serve_fails(&["--cluster", file, "--node", "a"]);
     assert!(error.contains("--certs"), "{error}");
@@ -293,15 +265,12 @@ fn every_endpoint_needs_a_token_with_the_right() {
     );
     // The tokens replicate: the reader works on the other node too, and a
     // revocation made on one node reaches the other.
+    let reader_on_b = || {
+        let url = format!("{b}/v1/docs/orders/o1");
+        call_as(Some(&reader), "GET", &url, None).status
+    };
     wait_until("the reader token on b", Duration::from_secs(30), || {
-        call_as(
-            Some(&reader),
-            "GET",
-            &format!("{b}/v1/docs/orders/o1"),
-            None,
-        )
-        .status
-            == 200
+        reader_on_b() == 200
     });
     let revoked = call_as(
         Some(&admin),
@@ -311,14 +280,7 @@ fn every_endpoint_needs_a_token_with_the_right() {
     );
     assert_eq!(revoked.status, 200, "{}", revoked.text);
     wait_until("the revocation on b", Duration::from_secs(30), || {
-        call_as(
-            Some(&reader),
-            "GET",
-            &format!("{b}/v1/docs/orders/o1"),
-            None,
-        )
-        .status
-            == 401
+        reader_on_b() == 401
     });
     let listed = call_as(Some(&admin), "GET", &format!("{b}/v1/tokens"), None);
     assert!(!listed.text.contains("sha256") && !listed.text.contains(&orders));
@@ -334,12 +296,7 @@ fn chorus(args: &[&str]) -> std::process::Output {
 #[test]
 fn the_api_serves_tokens_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("cluster.toml");
-    std::fs::write(
-        &file,
-        "topology = \"mesh\"\n[[nodes]]\nname = \"a\"\nhttp = \"127.0.0.1:0\"\npeer = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
+    let file = one_node_cluster_file(dir.path(), "127.0.0.1:0");
     let certs = dir.path().join("certs");
     let made = chorus(&[
         "cluster",

@@ -355,6 +355,16 @@ impl Cluster {
         self.nodes[i].url.clone()
     }
 
+    /// Node `i`'s peer address, from the cluster file.
+    pub fn peer_address(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.file).unwrap();
+        let peers: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("peer = "))
+            .collect();
+        peers[i].trim_matches('"').to_owned()
+    }
+
     /// Waits until every node has the same digest and no node lags behind a peer.
     pub fn wait_converged(&self, deadline: Duration) {
         wait_until("the cluster to converge", deadline, || {
@@ -397,4 +407,32 @@ pub fn signal(child: &Child, name: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{name} failed");
+}
+
+/// Reads one peer frame, piece by piece (`[length: u32] [more: u8] [bytes]`), or
+/// `None` once the other side closed the connection (or broke off its TLS session)
+/// or sent what is not a frame.
+pub fn receive_frame(stream: &mut impl std::io::Read) -> Option<chorus_repl::Frame> {
+    let mut bytes = Vec::new();
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).ok()?;
+        let length = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+        let mut piece = vec![0u8; length];
+        stream.read_exact(&mut piece).ok()?;
+        bytes.extend(piece);
+        if header[4] == 0 {
+            return chorus_repl::Frame::decode(&bytes).ok();
+        }
+    }
+}
+
+/// A cluster file of one node `a`, HTTP on loopback and its peer address `peer`.
+pub fn one_node_cluster_file(dir: &Path, peer: &str) -> PathBuf {
+    let file = dir.join("cluster.toml");
+    let text = format!(
+        "topology = \"mesh\"\n[[nodes]]\nname = \"a\"\nhttp = \"127.0.0.1:0\"\npeer = \"{peer}\"\n"
+    );
+    std::fs::write(&file, text).unwrap();
+    file
 }
