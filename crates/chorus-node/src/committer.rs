@@ -218,7 +218,28 @@ impl Committer {
                 }
                 Ok(())
             }
-            ReplicationStep::AdoptState { applied } => {
+            ReplicationStep::AdoptState {
+                applied,
+                buckets,
+                unchanged_since,
+            } => {
+                // The sender sent every key of `buckets` it holds, and the merge wrote
+                // each one here. A key there left unwritten since we compared is one
+                // the sender no longer holds: its versions the sender covers were
+                // deleted and collected there (a node back from an old backup, or
+                // away while a tombstone was collected), and go here too.
+                let asked: std::collections::HashSet<u8> = buckets.into_iter().collect();
+                let seen_there = |v: &Version| applied.covers(v.dot);
+                b.rewrite_key_states(|collection, key, seq, state| {
+                    let untouched = seq <= unchanged_since
+                        && asked.contains(&crate::node::bucket_of(collection, key));
+                    if !untouched || !state.versions().iter().any(seen_there) {
+                        return None;
+                    }
+                    let rest = state.without_versions(seen_there);
+                    Some((!rest.versions().is_empty()).then_some(rest))
+                })?;
+                self.configs.clear();
                 // What was merged has no entries in our log: it joins the floor, so a
                 // neighbour lacking it gets it by transfer from us in turn.
                 self.applied.join(&applied);
@@ -255,7 +276,7 @@ impl Committer {
                 // arrived in between (a write concurrent with the delete stands
                 // alone everywhere in the end). The node's vector still covers it.
                 let collectable = |v: &Version| v.is_tombstone() && stable.covers(v.dot);
-                let collected = b.rewrite_key_states(|state| {
+                let collected = b.rewrite_key_states(|_, _, _, state| {
                     if !state.versions().iter().any(collectable) {
                         return None;
                     }
@@ -284,11 +305,13 @@ impl Committer {
         state
             .merge_seen(incoming, &self.applied)
             .map_err(|e| corrupted_crdt(collection, key, e))?;
+        // Written even when unchanged: its new change sequence marks it as part of
+        // this transfer (see `AdoptState`).
+        b.put_key_state(collection, key, &state)?;
         if state == before {
             return Ok(());
         }
         let policy = self.policy(b, collection)?;
-        b.put_key_state(collection, key, &state)?;
         if collection == SETTINGS_COLLECTION {
             self.configs.remove(key);
         }

@@ -995,16 +995,19 @@ impl Replica<'_> {
             hashes,
             applied: vector(&meta.applied),
             through_seq: meta.next_seq - 1,
+            feed_seq: snapshot.feed()?.last_seq,
         })
     }
 
-    /// The buckets whose hashes differ between a peer's offer and this node.
-    pub fn wanted_buckets(&self, theirs: &[u64]) -> Result<Vec<u8>, ReadError> {
-        let ours = self.bucket_hashes()?.hashes;
-        Ok((0..STATE_BUCKETS)
-            .filter(|&b| theirs.get(b) != Some(&ours[b]))
+    /// The buckets whose hashes differ between a peer's offer and this node, and
+    /// this node's change sequence as it compared them.
+    pub fn wanted_buckets(&self, theirs: &[u64]) -> Result<(Vec<u8>, u64), ReadError> {
+        let ours = self.bucket_hashes()?;
+        let wanted = (0..STATE_BUCKETS)
+            .filter(|&b| theirs.get(b) != Some(&ours.hashes[b]))
             .map(|b| b as u8)
-            .collect())
+            .collect();
+        Ok((wanted, ours.feed_seq))
     }
 
     /// The next part of a state transfer to a peer, from `after`: key states of
@@ -1118,6 +1121,8 @@ pub struct BucketHashes {
     pub hashes: Vec<u64>,
     pub applied: VersionVector,
     pub through_seq: u64,
+    /// The change sequence of the snapshot hashed.
+    pub feed_seq: u64,
 }
 
 fn remote_request(

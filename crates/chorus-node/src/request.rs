@@ -151,7 +151,14 @@ pub enum ReplicationStep {
         conflicts: Vec<ConflictRecord>,
     },
     /// A transfer is complete: count `applied` as applied, and restart the op log.
-    AdoptState { applied: VersionVector },
+    /// A transfer is complete: `applied` joins what this node has applied; in
+    /// `buckets` (all the sender's keys were sent), a key not written since change
+    /// `unchanged_since` loses its versions `applied` covers (collected at the sender).
+    AdoptState {
+        applied: VersionVector,
+        buckets: Vec<u8>,
+        unchanged_since: u64,
+    },
     /// Collect op-log entries before `before_seq`.
     TruncateLog { before_seq: u64 },
     /// Collect deleted documents whose every version `stable` covers (every member

@@ -329,7 +329,11 @@ fn writes_during_a_transfer_depend_on_what_they_saw() {
     // Once adopted, the rights are b's to spend.
     let applied = a.replica().position().unwrap().applied;
     b.replica()
-        .replicate_blocking(ReplicationStep::AdoptState { applied })
+        .replicate_blocking(ReplicationStep::AdoptState {
+            applied,
+            buckets: vec![],
+            unchanged_since: 0,
+        })
         .unwrap();
     update(&b, &[("/stock", Update::BoundedAdd(-2))]).unwrap();
     assert_eq!(json_of(&b, "c1"), json!({"n": 3, "stock": 3}));

@@ -821,8 +821,14 @@ pub fn effect_of(
             peer,
             session,
             applied,
+            buckets,
+            as_of,
         } => commit(
-            ReplicationStep::AdoptState { applied },
+            ReplicationStep::AdoptState {
+                applied,
+                buckets,
+                unchanged_since: as_of,
+            },
             Then::StateAdopted { peer, session },
         ),
         Command::CollectTombstones { stable } => {
@@ -893,10 +899,11 @@ fn answer_read(node: &Node, command: Command) -> ReadAnswer {
         } => node
             .replica()
             .wanted_buckets(&hashes)
-            .map(|wanted| Event::BucketsCompared {
+            .map(|(wanted, as_of)| Event::BucketsCompared {
                 peer,
                 session,
                 wanted,
+                as_of,
             }),
         Command::ReadState {
             peer,

@@ -116,11 +116,14 @@ pub enum Event {
         applied: VersionVector,
         through_seq: u64,
     },
-    /// The answer to `CompareBuckets`: the buckets whose hashes differ from ours.
+    /// The answer to `CompareBuckets`: the buckets whose hashes differ from ours, and
+    /// our change sequence as we compared (`as_of`): a key of those buckets not
+    /// written since was not part of the transfer that follows.
     BucketsCompared {
         peer: String,
         session: u64,
         wanted: Vec<u8>,
+        as_of: u64,
     },
     /// The answer to `ReadState`: key states of the wanted buckets after the cursor,
     /// or, once those are all sent, records of the conflict log; and the cursor for
@@ -209,11 +212,16 @@ pub enum Command {
         conflicts: Vec<ConflictRecord>,
     },
     /// The transfer is complete: take `applied` as applied, and restart the local op
-    /// log after a gap (its neighbours then get the new state by transfer too).
+    /// log after a gap (its neighbours then get the new state by transfer too). The
+    /// sender sent every key of `buckets` it holds: a key of ours there that the
+    /// transfer did not write (unchanged since change `as_of`) is one the sender no
+    /// longer holds, and its versions the sender covers were collected there.
     AdoptState {
         peer: String,
         session: u64,
         applied: VersionVector,
+        buckets: Vec<u8>,
+        as_of: u64,
     },
     /// Collect op-log entries before `before_seq`.
     TruncateLog {
@@ -295,6 +303,8 @@ pub enum StateCursor {
 /// A state transfer from a peer, in progress.
 #[derive(Default)]
 struct IncomingState {
+    /// The buckets we asked for, and our change sequence as we compared.
+    compared: Option<(Vec<u8>, u64)>,
     /// `State` frames received in this transfer.
     received: u64,
     chunks: VecDeque<(Vec<KeyStateOf>, Vec<ConflictRecord>)>,
@@ -529,7 +539,8 @@ impl Engine {
                 peer,
                 session,
                 wanted,
-            } => self.on_buckets_compared(peer, session, wanted, &mut out),
+                as_of,
+            } => self.on_buckets_compared(peer, session, wanted, as_of, &mut out),
             Event::StateRead {
                 peer,
                 session,
@@ -732,9 +743,11 @@ impl Engine {
         peer: String,
         session: u64,
         wanted: Vec<u8>,
+        as_of: u64,
         out: &mut Vec<Command>,
     ) {
-        if self.session(&peer, session).is_some() {
+        if let Some(p) = self.session(&peer, session) {
+            p.incoming_state.compared = Some((wanted.clone(), as_of));
             self.send(&peer, Frame::StateWanted { buckets: wanted }, out);
         }
     }
@@ -1204,10 +1217,13 @@ impl Engine {
             });
         } else if let Some((applied, _)) = &incoming.end {
             incoming.adopting = true;
+            let (buckets, as_of) = incoming.compared.clone().unwrap_or_default();
             out.push(Command::AdoptState {
                 peer: peer.to_owned(),
                 session: p.session,
                 applied: applied.clone(),
+                buckets,
+                as_of,
             });
         }
     }
@@ -1942,6 +1958,7 @@ mod tests {
             peer: "b".into(),
             session: 1,
             wanted: vec![1],
+            as_of: 0,
         });
         assert_eq!(
             cmds,
@@ -2052,6 +2069,8 @@ mod tests {
             peer: "b".into(),
             session: 1,
             applied: applied.clone(),
+            buckets: vec![],
+            as_of: 0,
         };
         assert_eq!(e.handle(merged), [state_ack, adopt]);
         let cmds = e.handle(Event::StateAdopted {

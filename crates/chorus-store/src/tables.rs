@@ -481,35 +481,49 @@ impl Batch<'_> {
         Ok(removed)
     }
 
-    /// Rewrites key states: `change` returns `None` to keep one as it is,
-    /// `Some(None)` to remove it, `Some(Some(state))` to replace it. Returns how many
-    /// changed. A state that does not decode is kept (and reported when read).
+    /// Rewrites key states: `change(collection, key, change sequence, state)`
+    /// returns `None` to keep one as it is, `Some(None)` to remove it, `Some(Some(state))`
+    /// to replace it. Returns how many changed. A state that does not decode is kept
+    /// (and reported when read). A key changed or removed moves to the end of the feed
+    /// (a removed one reads as deleted there).
     pub fn rewrite_key_states(
         &mut self,
-        mut change: impl FnMut(&KeyState) -> Option<Option<KeyState>>,
+        mut change: impl FnMut(&str, &str, u64, &KeyState) -> Option<Option<KeyState>>,
     ) -> Result<u64, StoreError> {
         let mut changes = Vec::new();
         for entry in self.keys.iter()? {
             let (key, bytes) = entry?;
-            let Ok((_, state)) = unstored(bytes.value()) else {
+            let Ok((seq, state)) = unstored(bytes.value()) else {
                 continue;
             };
-            if let Some(new) = change(&state) {
+            let (collection, name) = split_storage_key(key.value())?;
+            if let Some(new) = change(&collection, &name, seq, &state) {
                 changes.push((key.value().to_vec(), new));
             }
         }
         for (key, new) in &changes {
             match new {
-                None => {
-                    self.keys.remove(key.as_slice())?;
-                }
-                // What a read shows may change (a collected tombstone beside live
-                // versions): the feed lists the key again. A removed state was a
-                // deleted document, and reads of it still show nothing.
+                None => self.remove_state(key)?,
                 Some(state) => self.store_state(key, state)?,
             }
         }
         Ok(changes.len() as u64)
+    }
+
+    /// Removes a key state; the key's entry moves to the end of the feed, where it
+    /// reads as deleted.
+    fn remove_state(&mut self, storage: &[u8]) -> Result<(), StoreError> {
+        let previous = self
+            .keys
+            .remove(storage)?
+            .map(|old| split_stored(old.value()).map(|(seq, _)| seq));
+        if let Some(previous) = previous {
+            self.changes.remove(previous?)?;
+        }
+        self.feed.last_seq += 1;
+        self.feed_moved = true;
+        self.changes.insert(self.feed.last_seq, storage)?;
+        Ok(())
     }
 
     /// Removes every op-log entry before `before_seq`; returns their dots.
