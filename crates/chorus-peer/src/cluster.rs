@@ -18,7 +18,7 @@
 //! Ring order is the order of `[[nodes]]`. Unknown keys are an error.
 
 use crate::emulation::LinkEmulation;
-use chorus_repl::{LinkPlan, Topology};
+use chorus_repl::{LinkPlan, Topology, TopologyError};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -82,38 +82,76 @@ pub struct ClusterConfig {
     pub emulate: Vec<(String, String, LinkEmulation)>,
 }
 
+/// Why a cluster file, or a change to it, is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read cluster file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("cluster file {path}: {error}")]
+    In {
+        path: String,
+        error: Box<ClusterError>,
+    },
+    /// The file's text or settings (the message says which and what to write).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("the new cluster file does not name this node {0:?}")]
+    NotNamed(String),
+    #[error("this node's peer address changes ({from} to {to}); restart it to move")]
+    PeerMoved { from: String, to: String },
+    #[error("the cluster name changes ({from:?} to {to:?}); restart every node to rename")]
+    Renamed { from: String, to: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("replication has stopped")]
+    Stopped,
+}
+
+fn invalid(message: impl Into<String>) -> ClusterError {
+    ClusterError::Invalid(message.into())
+}
+
 impl ClusterConfig {
-    pub fn load(path: &Path) -> Result<ClusterConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read cluster file {}: {e}", path.display()))?;
-        ClusterConfig::from_toml(&text).map_err(|e| format!("cluster file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<ClusterConfig, ClusterError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ClusterError::Read {
+            path: shown.clone(),
+            error,
+        })?;
+        ClusterConfig::from_toml(&text).map_err(|error| ClusterError::In {
+            path: shown,
+            error: Box::new(error),
+        })
     }
 
-    pub fn from_toml(text: &str) -> Result<ClusterConfig, String> {
-        let file: ClusterFile =
-            toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+    pub fn from_toml(text: &str) -> Result<ClusterConfig, ClusterError> {
+        let file: ClusterFile = toml::from_str(text).map_err(|e| invalid(e.to_string().trim()))?;
         let topology = match (file.topology.as_str(), file.hub, file.links) {
             ("mesh", None, None) => Topology::Mesh,
             ("ring", None, None) => Topology::Ring,
             ("star", Some(hub), None) => Topology::Star { hub },
-            ("star", None, _) => return Err("topology \"star\" needs hub = \"NAME\"".into()),
+            ("star", None, _) => return Err(invalid("topology \"star\" needs hub = \"NAME\"")),
             ("custom", None, Some(links)) => Topology::Custom {
                 links: links.into_iter().map(|[a, b]| (a, b)).collect(),
             },
             ("custom", _, None) => {
-                return Err("topology \"custom\" needs links = [[\"a\", \"b\"], ...]".into());
+                return Err(invalid(
+                    "topology \"custom\" needs links = [[\"a\", \"b\"], ...]",
+                ));
             }
             ("mesh" | "ring" | "star" | "custom", _, _) => {
-                return Err("hub is for star only, links for custom only".into());
+                return Err(invalid("hub is for star only, links for custom only"));
             }
             (other, _, _) => {
-                return Err(format!(
+                return Err(invalid(format!(
                     "unknown topology {other:?}; use mesh, ring, star or custom"
-                ));
+                )));
             }
         };
         if file.nodes.is_empty() {
-            return Err("the cluster has no [[nodes]]".into());
+            return Err(invalid("the cluster has no [[nodes]]"));
         }
         let config = ClusterConfig {
             name: file.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.into()),
@@ -148,20 +186,23 @@ impl ClusterConfig {
         for (a, b, conditions) in &config.emulate {
             for end in [a, b] {
                 if config.node(end).is_none() {
-                    return Err(format!(
+                    return Err(invalid(format!(
                         "[[emulate]] names {end:?}, not a node of the cluster"
-                    ));
+                    )));
                 }
             }
-            conditions.check()?;
+            conditions.check().map_err(invalid)?;
         }
         Ok(config)
     }
 
     /// The planned links, ready to be planned around unreachable nodes.
-    pub fn link_plan(&self) -> Result<LinkPlan, String> {
-        LinkPlan::new(&self.topology, &self.names(), self.standby_hub.as_deref())
-            .map_err(|e| e.to_string())
+    pub fn link_plan(&self) -> Result<LinkPlan, ClusterError> {
+        Ok(LinkPlan::new(
+            &self.topology,
+            &self.names(),
+            self.standby_hub.as_deref(),
+        )?)
     }
 
     /// The emulated conditions of the link between `a` and `b` (the last entry
@@ -186,26 +227,22 @@ impl ClusterConfig {
     /// Why node `me` running under this file cannot take `new` without a restart,
     /// if it cannot: `new` must name it, at the same peer address, in a cluster of
     /// the same name.
-    pub fn check_reload(&self, new: &ClusterConfig, me: &str) -> Result<(), String> {
+    pub fn check_reload(&self, new: &ClusterConfig, me: &str) -> Result<(), ClusterError> {
         match (self.node(me), new.node(me)) {
-            (_, None) => {
-                return Err(format!(
-                    "the new cluster file does not name this node {me:?}"
-                ));
-            }
+            (_, None) => return Err(ClusterError::NotNamed(me.to_owned())),
             (Some(old), Some(new)) if old.peer != new.peer => {
-                return Err(format!(
-                    "this node's peer address changes ({} to {}); restart it to move",
-                    old.peer, new.peer
-                ));
+                return Err(ClusterError::PeerMoved {
+                    from: old.peer.clone(),
+                    to: new.peer.clone(),
+                });
             }
             _ => {}
         }
         if new.name != self.name {
-            return Err(format!(
-                "the cluster name changes ({:?} to {:?}); restart every node to rename",
-                self.name, new.name
-            ));
+            return Err(ClusterError::Renamed {
+                from: self.name.clone(),
+                to: new.name.clone(),
+            });
         }
         Ok(())
     }
@@ -273,7 +310,7 @@ peer = "127.0.0.1:7103"
     #[test]
     fn refuses_bad_files() {
         let bad = |text: String, needle: &str| {
-            let err = ClusterConfig::from_toml(&text).unwrap_err();
+            let err = ClusterConfig::from_toml(&text).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         };
         bad(

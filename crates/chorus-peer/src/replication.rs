@@ -31,7 +31,7 @@
 //! `HANDSHAKES_MAX` at once, each holding at most `HELLO_BYTES_MAX` for at most
 //! `HANDSHAKE_TIMEOUT`.
 
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, ClusterError};
 use crate::emulation::{LinkEmulation, SplitMix};
 use crate::tls::PeerTls;
 use chorus_core::PhysicalClock;
@@ -125,7 +125,7 @@ enum Msg {
     },
     Reconfigure {
         config: ClusterConfig,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ClusterError>>,
     },
 }
 
@@ -194,15 +194,13 @@ impl Replication {
     /// Changes the cluster while running: nodes join or leave, links and link
     /// emulation change. This node's own name, peer address and the cluster name
     /// cannot change without a restart.
-    pub async fn reconfigure(&self, config: ClusterConfig) -> Result<(), String> {
+    pub async fn reconfigure(&self, config: ClusterConfig) -> Result<(), ClusterError> {
         let (reply, answer) = oneshot::channel();
         self.actor
             .send(Msg::Reconfigure { config, reply })
             .await
-            .map_err(|_| "replication has stopped".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "replication has stopped".to_owned())?
+            .map_err(|_| ClusterError::Stopped)?;
+        answer.await.map_err(|_| ClusterError::Stopped)?
     }
 }
 
@@ -250,11 +248,11 @@ impl Shared {
     }
 
     /// Loads the certificates again (at start and on reload), if TLS is on.
-    fn load_tls(&self) -> Result<(), String> {
+    fn load_tls(&self) -> Result<(), ClusterError> {
         let Some(dir) = &self.certs else {
             return Ok(());
         };
-        let tls = PeerTls::load(dir, &self.me).map_err(|e| e.to_string())?;
+        let tls = PeerTls::load(dir, &self.me)?;
         *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(tls));
         Ok(())
     }
@@ -552,7 +550,7 @@ impl Actor {
         &mut self,
         config: ClusterConfig,
         events: &mut VecDeque<Event>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ClusterError> {
         let current = self.shared.cluster();
         let me = &self.shared.me;
         current.check_reload(&config, me)?;

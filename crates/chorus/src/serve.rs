@@ -180,7 +180,7 @@ pub fn restore(data: &Path, backup: &Path) -> anyhow::Result<()> {
 
 /// `chorus cluster certs`: the cluster's CA and a certificate per node.
 pub fn cluster_certs(cluster: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    let config = ClusterConfig::load(cluster).map_err(anyhow::Error::msg)?;
+    let config = ClusterConfig::load(cluster)?;
     let host = |address: &str| {
         let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
         host.trim_start_matches('[')
@@ -229,7 +229,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .init();
     let cluster = match (&args.cluster, &args.node) {
         (Some(path), Some(name)) => {
-            let cluster = ClusterConfig::load(path).map_err(anyhow::Error::msg)?;
+            let cluster = ClusterConfig::load(path)?;
             if cluster.node(name).is_none() {
                 bail!(
                     "node {name:?} is not in the cluster file {}",
@@ -392,9 +392,12 @@ fn reload_from(path: PathBuf, replication: Arc<Replication>) -> chorus_server::R
 }
 
 async fn reload(path: &Path, replication: &Replication) -> Result<Vec<String>, String> {
-    let cluster = ClusterConfig::load(path)?;
+    let cluster = ClusterConfig::load(path).map_err(|e| e.to_string())?;
     let names = cluster.names();
-    replication.reconfigure(cluster).await?;
+    replication
+        .reconfigure(cluster)
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!(file = %path.display(), nodes = ?names, "cluster file reloaded");
     Ok(names)
 }
