@@ -42,7 +42,8 @@ use chorus_repl::frame::{
     FRAME_BYTES_MAX, HELLO_BYTES_MAX, HELLO_NAMES_MAX, NODE_NAME_BYTES_MAX, PIECE_BYTES_MAX,
 };
 use chorus_repl::{
-    Command, Engine, Event, Frame, Hello, LinkKeeper, Membership, PROTOCOL_VERSION, PeerStatus,
+    Command, Engine, Event, Frame, Hello, LinkKeeper, Membership, PROTOCOL_VERSION, PeerName,
+    PeerStatus,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -321,9 +322,9 @@ pub fn hello(node: &Node, cluster: &str, me: &str) -> Result<Hello, ReadError> {
 
 fn membership(cluster: &ClusterConfig, me: &str) -> Membership {
     Membership {
-        me: me.to_owned(),
-        neighbours: cluster.neighbours(me),
-        members: cluster.names(),
+        me: me.into(),
+        neighbours: cluster.neighbours(me).into_iter().map(Into::into).collect(),
+        members: cluster.names().into_iter().map(Into::into).collect(),
     }
 }
 
@@ -494,7 +495,7 @@ impl Actor {
         });
         tracing::info!(peer, acked_seq, "peer connected");
         Some(Event::Connected {
-            peer,
+            peer: peer.into(),
             hello,
             acked_seq,
         })
@@ -511,7 +512,7 @@ impl Actor {
         let link = self.keeper.down(&peer, is_it, self.shared.now_ms())?;
         drop(link);
         tracing::info!(peer, reason, "lost the link");
-        Some(Event::Disconnected { peer })
+        Some(Event::Disconnected { peer: peer.into() })
     }
 
     /// Plans the links anew and follows the plan: starts and stops dialers, and
@@ -541,7 +542,7 @@ impl Actor {
             .map(|(peer, link, reason)| {
                 tracing::info!(peer, reason, "closing the link");
                 drop(link);
-                Event::Disconnected { peer }
+                Event::Disconnected { peer: peer.into() }
             })
             .collect()
     }
@@ -602,7 +603,7 @@ impl Actor {
     fn publish_peers(&self) {
         let peers = self.engine.peers();
         for p in &peers {
-            let peer = p.name.clone();
+            let peer = p.name.to_string();
             metrics::gauge!("chorus_peer_connected", "peer" => peer.clone())
                 .set(u8::from(p.connected));
             metrics::gauge!("chorus_peer_lag_ops", "peer" => peer.clone()).set(p.lag_ops as f64);
@@ -645,11 +646,12 @@ impl Actor {
                     return;
                 };
                 if link.writer.try_send(frame).is_err() {
-                    events.extend(self.lose(peer, |_| true, "the peer is not reading"));
+                    let reason = "the peer is not reading";
+                    events.extend(self.lose(peer.to_string(), |_| true, reason));
                 }
             }
             Effect::Disconnect { peer, reason } => {
-                events.extend(self.lose(peer, |_| true, &reason))
+                events.extend(self.lose(peer.to_string(), |_| true, &reason))
             }
             Effect::Apply {
                 peer,
@@ -662,7 +664,7 @@ impl Actor {
                         Ok(outcome) => Msg::Event(applied_event(peer, session, outcome)),
                         // Not acknowledged: the peer sends these again next session.
                         Err(error) => Msg::Drop {
-                            peer,
+                            peer: peer.to_string(),
                             reason: format!("cannot apply its entries: {error}"),
                         },
                     };
@@ -671,11 +673,11 @@ impl Actor {
             }
             Effect::Commit { step, then } => {
                 if let Then::StateAdopted { peer, .. } = &then {
-                    tracing::info!(peer, "state transfer complete");
+                    tracing::info!(%peer, "state transfer complete");
                     metrics::counter!("chorus_state_transfers_total").increment(1);
                 }
                 match then.peer() {
-                    Some(peer) => replicate_then(shared, peer, step, then),
+                    Some(peer) => replicate_then(shared, peer.to_string(), step, then),
                     None => replicate_in_background(shared, step),
                 }
             }
@@ -694,12 +696,12 @@ pub enum Effect {
     /// drives the engine (a large store would stall every link meanwhile).
     Scan(Scan),
     /// Send a frame on the link to `peer`.
-    Send { peer: String, frame: Frame },
+    Send { peer: PeerName, frame: Frame },
     /// End the link to `peer`.
-    Disconnect { peer: String, reason: String },
+    Disconnect { peer: PeerName, reason: String },
     /// Apply a peer's entries, then tell the engine [`applied_event`].
     Apply {
-        peer: String,
+        peer: PeerName,
         session: u64,
         entries: Vec<Entry>,
     },
@@ -729,15 +731,15 @@ pub enum Then {
     /// The log was truncated: the node's log position changed.
     Truncated,
     /// Part of a transfer from `peer` was merged.
-    StateMerged { peer: String, session: u64 },
+    StateMerged { peer: PeerName, session: u64 },
     /// A transfer from `peer` was adopted.
-    StateAdopted { peer: String, session: u64 },
+    StateAdopted { peer: PeerName, session: u64 },
 }
 
 impl Then {
     /// The peer whose session the step belongs to: a failed commit ends that link
     /// (the peer starts over next session).
-    pub fn peer(&self) -> Option<String> {
+    pub fn peer(&self) -> Option<PeerName> {
         match self {
             Then::StateMerged { peer, .. } | Then::StateAdopted { peer, .. } => Some(peer.clone()),
             Then::Nothing | Then::Truncated => None,
@@ -843,7 +845,7 @@ pub fn effect_of(
 }
 
 /// The event that tells the engine what a batch of `peer`'s entries did.
-pub fn applied_event(peer: String, session: u64, outcome: RemoteOutcome) -> Event {
+pub fn applied_event(peer: PeerName, session: u64, outcome: RemoteOutcome) -> Event {
     Event::Applied {
         peer,
         session,
@@ -1188,12 +1190,12 @@ async fn run_connection(
                 let peer = reader_peer.clone();
                 // A full queue means the actor is busy and will not time anyone out
                 // meanwhile; dropping this one is harmless.
-                let _ = actor.try_send(Msg::Event(Event::Heard { peer }));
+                let _ = actor.try_send(Msg::Event(Event::Heard { peer: peer.into() }));
             };
             match read_frame(&mut read_half, FRAME_BYTES_MAX, heard).await {
                 Ok(frame) => {
                     let event = Event::Received {
-                        peer: reader_peer.clone(),
+                        peer: reader_peer.as_str().into(),
                         frame,
                     };
                     if actor.send(Msg::Event(event)).await.is_err() {

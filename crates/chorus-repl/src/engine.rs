@@ -17,6 +17,7 @@
 //! again after progress. The `Ack` never covers a waiting entry, so a crash loses
 //! nothing: the sender resends from the acknowledged cursor.
 
+use crate::PeerName;
 use crate::frame::{Frame, Hello};
 use chorus_core::{ConflictId, ConflictRecord, Dot, Entry, KeyState, VersionVector};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -72,32 +73,32 @@ impl Default for EngineLimits {
 pub enum Event {
     /// A session with `peer` began; `acked_seq` is the cursor it acknowledged before.
     Connected {
-        peer: String,
+        peer: PeerName,
         hello: Hello,
         acked_seq: u64,
     },
     Disconnected {
-        peer: String,
+        peer: PeerName,
     },
     Received {
-        peer: String,
+        peer: PeerName,
         frame: Frame,
     },
     /// A piece of a frame from `peer` arrived, the frame not yet whole: the peer is
     /// alive, however long a large frame takes to cross its link.
     Heard {
-        peer: String,
+        peer: PeerName,
     },
     /// The answer to `ReadLog`: entries after `after_seq`, and how far the log was read.
     LogRead {
-        peer: String,
+        peer: PeerName,
         session: u64,
         entries: Vec<(u64, Entry)>,
         through_seq: u64,
     },
     /// The answer to `Apply`: what the node has applied now, and which entries wait.
     Applied {
-        peer: String,
+        peer: PeerName,
         session: u64,
         applied: VersionVector,
         waiting: Vec<Dot>,
@@ -110,7 +111,7 @@ pub enum Event {
     /// The answer to `ReadBuckets`: a hash of the key states in each bucket, and
     /// what they reflect (`applied`, our log through `through_seq`).
     BucketsRead {
-        peer: String,
+        peer: PeerName,
         session: u64,
         hashes: Vec<u64>,
         applied: VersionVector,
@@ -120,7 +121,7 @@ pub enum Event {
     /// our change sequence as we compared (`as_of`): a key of those buckets not
     /// written since was not part of the transfer that follows.
     BucketsCompared {
-        peer: String,
+        peer: PeerName,
         session: u64,
         wanted: Vec<u8>,
         as_of: u64,
@@ -129,7 +130,7 @@ pub enum Event {
     /// or, once those are all sent, records of the conflict log; and the cursor for
     /// the next read (`None`: that was the last).
     StateRead {
-        peer: String,
+        peer: PeerName,
         session: u64,
         keys: Vec<(String, String, KeyState)>,
         conflicts: Vec<ConflictRecord>,
@@ -141,12 +142,12 @@ pub enum Event {
     },
     /// The answer to `MergeState`.
     StateMerged {
-        peer: String,
+        peer: PeerName,
         session: u64,
     },
     /// The answer to `AdoptState`: what the node has applied now.
     StateAdopted {
-        peer: String,
+        peer: PeerName,
         session: u64,
         applied: VersionVector,
     },
@@ -162,43 +163,43 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     Send {
-        peer: String,
+        peer: PeerName,
         frame: Frame,
     },
     ReadLog {
-        peer: String,
+        peer: PeerName,
         session: u64,
         after_seq: u64,
         max_entries: usize,
     },
     Apply {
-        peer: String,
+        peer: PeerName,
         session: u64,
         entries: Vec<Entry>,
     },
     SaveCursor {
-        peer: String,
+        peer: PeerName,
         seq: u64,
     },
     Disconnect {
-        peer: String,
+        peer: PeerName,
         reason: String,
     },
     /// Hash our key states by bucket, to offer a transfer.
     ReadBuckets {
-        peer: String,
+        peer: PeerName,
         session: u64,
     },
     /// Compare a peer's bucket hashes with ours, to ask for the buckets that differ.
     CompareBuckets {
-        peer: String,
+        peer: PeerName,
         session: u64,
         hashes: Vec<u64>,
     },
     /// Read the next part of a transfer from `after`: key states of `buckets`, then
     /// conflict records, a frame's worth.
     ReadState {
-        peer: String,
+        peer: PeerName,
         session: u64,
         after: StateCursor,
         max_keys: usize,
@@ -206,7 +207,7 @@ pub enum Command {
     },
     /// Merge key states and conflict records received in a transfer.
     MergeState {
-        peer: String,
+        peer: PeerName,
         session: u64,
         keys: Vec<(String, String, KeyState)>,
         conflicts: Vec<ConflictRecord>,
@@ -217,7 +218,7 @@ pub enum Command {
     /// transfer did not write (unchanged since change `as_of`) is one the sender no
     /// longer holds, and its versions the sender covers were collected there.
     AdoptState {
-        peer: String,
+        peer: PeerName,
         session: u64,
         applied: VersionVector,
         buckets: Vec<u8>,
@@ -236,7 +237,7 @@ pub enum Command {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus {
-    pub name: String,
+    pub name: PeerName,
     pub connected: bool,
     /// Entries of our log the peer has not acknowledged.
     pub lag_ops: u64,
@@ -398,9 +399,9 @@ impl Peer {
 /// cluster (whose applied vectors decide what is causally stable).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Membership {
-    pub me: String,
-    pub neighbours: Vec<String>,
-    pub members: Vec<String>,
+    pub me: PeerName,
+    pub neighbours: Vec<PeerName>,
+    pub members: Vec<PeerName>,
 }
 
 /// Where an `Entries` frame sits in the sender's op log.
@@ -413,15 +414,15 @@ struct EntriesSpan {
 
 pub struct Engine {
     limits: EngineLimits,
-    me: String,
+    me: PeerName,
     /// The planned neighbours: kept (with their cursors) while disconnected.
-    planned: BTreeSet<String>,
+    planned: BTreeSet<PeerName>,
     /// Planned neighbours, and any other node while a link to it is up.
-    peers: BTreeMap<String, Peer>,
+    peers: BTreeMap<PeerName, Peer>,
     log: LogPosition,
     /// The newest applied vector known for each member (ours included), learned
     /// from `Known` frames; their meet is what every member has applied.
-    known: BTreeMap<String, VersionVector>,
+    known: BTreeMap<PeerName, VersionVector>,
     /// The stable vector last handed to the node for tombstone collection, and when.
     stable_collected: VersionVector,
     last_collection_ms: u64,
@@ -565,7 +566,13 @@ impl Engine {
     }
 
     /// A link came up: a new session starts from the peer's acknowledged cursor.
-    fn on_connected(&mut self, peer: String, hello: Hello, acked_seq: u64, out: &mut Vec<Command>) {
+    fn on_connected(
+        &mut self,
+        peer: PeerName,
+        hello: Hello,
+        acked_seq: u64,
+        out: &mut Vec<Command>,
+    ) {
         let session = self.next_session;
         self.next_session += 1;
         let fresh = hello.applied.is_empty() && !self.log.applied.is_empty();
@@ -589,7 +596,7 @@ impl Engine {
 
     /// A link went down: a planned peer is kept (its session resumes later), a
     /// link around a failure is forgotten.
-    fn on_disconnected(&mut self, peer: String) {
+    fn on_disconnected(&mut self, peer: PeerName) {
         if !self.planned.contains(&peer) {
             // A link around a failure, or from a node that left: its cursor
             // is stored, and it holds back nothing once the link is gone.
@@ -619,7 +626,7 @@ impl Engine {
     }
 
     /// Part of a large frame arrived: the peer is alive.
-    fn on_heard(&mut self, peer: String) {
+    fn on_heard(&mut self, peer: PeerName) {
         if let Some(p) = self.peers.get_mut(&peer).filter(|p| p.connected) {
             p.last_heard_ms = self.now_ms;
         }
@@ -628,7 +635,7 @@ impl Engine {
     /// Entries read for a peer: send what it lacks, and read on within the window.
     fn on_log_read(
         &mut self,
-        peer: String,
+        peer: PeerName,
         session: u64,
         entries: Vec<(u64, Entry)>,
         through_seq: u64,
@@ -649,7 +656,7 @@ impl Engine {
     /// what progress may have freed.
     fn on_applied(
         &mut self,
-        peer: String,
+        peer: PeerName,
         session: u64,
         applied: VersionVector,
         waiting: Vec<Dot>,
@@ -707,7 +714,7 @@ impl Engine {
         self.log.log_start = self.log.log_start.max(position.log_start);
         self.log.applied.join(&position.applied);
         self.log.floor.join(&position.floor);
-        let names: Vec<String> = self.peers.keys().cloned().collect();
+        let names: Vec<PeerName> = self.peers.keys().cloned().collect();
         for name in names {
             self.track_lag(&name);
             self.maybe_read(&name, out);
@@ -723,7 +730,7 @@ impl Engine {
     /// Our bucket hashes were read: offer them to the peer.
     fn on_buckets_read(
         &mut self,
-        peer: String,
+        peer: PeerName,
         session: u64,
         hashes: Vec<u64>,
         applied: VersionVector,
@@ -740,7 +747,7 @@ impl Engine {
     /// The peer's offer was compared: ask for the buckets that differ.
     fn on_buckets_compared(
         &mut self,
-        peer: String,
+        peer: PeerName,
         session: u64,
         wanted: Vec<u8>,
         as_of: u64,
@@ -755,7 +762,7 @@ impl Engine {
     /// A part of a transfer was read: send it, and end the transfer after the last.
     fn on_state_read(
         &mut self,
-        peer: String,
+        peer: PeerName,
         session: u64,
         keys: Vec<(String, String, KeyState)>,
         conflicts: Vec<ConflictRecord>,
@@ -778,7 +785,7 @@ impl Engine {
     }
 
     /// A part of an incoming transfer was merged: acknowledge it, merge the next.
-    fn on_state_merged(&mut self, peer: String, session: u64, out: &mut Vec<Command>) {
+    fn on_state_merged(&mut self, peer: PeerName, session: u64, out: &mut Vec<Command>) {
         let Some(p) = self.session(&peer, session) else {
             return;
         };
@@ -791,7 +798,7 @@ impl Engine {
     /// waited.
     fn on_state_adopted(
         &mut self,
-        peer: String,
+        peer: PeerName,
         session: u64,
         applied: VersionVector,
         out: &mut Vec<Command>,
@@ -825,7 +832,7 @@ impl Engine {
     fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Command>) {
         self.now_ms = self.now_ms.max(now_ms);
         self.collect_log(out);
-        let names: Vec<String> = self.peers.keys().cloned().collect();
+        let names: Vec<PeerName> = self.peers.keys().cloned().collect();
         for name in names {
             let p = &self.peers[&name];
             if !p.connected {
@@ -885,7 +892,7 @@ impl Engine {
                 self.try_merge(peer, out);
             }
             Frame::StateOffer { hashes } => out.push(Command::CompareBuckets {
-                peer: peer.to_owned(),
+                peer: peer.into(),
                 session: p.session,
                 hashes,
             }),
@@ -940,7 +947,7 @@ impl Engine {
             p.connected = false;
         }
         out.push(Command::Disconnect {
-            peer: peer.to_owned(),
+            peer: peer.into(),
             reason,
         });
     }
@@ -1022,7 +1029,7 @@ impl Engine {
         if through_seq > p.acked_seq {
             p.acked_seq = through_seq;
             out.push(Command::SaveCursor {
-                peer: peer.to_owned(),
+                peer: peer.into(),
                 seq: through_seq,
             });
         }
@@ -1033,7 +1040,7 @@ impl Engine {
     /// A neighbour's table of what every member has applied: learned, for stability.
     fn on_known(&mut self, table: Vec<(String, VersionVector)>) {
         for (name, vv) in table {
-            if let Some(known) = self.known.get_mut(&name) {
+            if let Some(known) = self.known.get_mut(name.as_str()) {
                 known.join(&vv);
             }
         }
@@ -1041,7 +1048,7 @@ impl Engine {
 
     /// After progress made through `peer`, retries what other peers' entries wait for.
     fn retry_others(&mut self, peer: &str, out: &mut Vec<Command>) {
-        let others: Vec<String> = self
+        let others: Vec<PeerName> = self
             .peers
             .iter()
             .filter(|(n, p)| *n != peer && (!p.waiting.is_empty() || p.applying.is_some()))
@@ -1078,7 +1085,7 @@ impl Engine {
         let entries = batch.iter().map(|(_, e)| e.clone()).collect();
         p.applying = Some((batch, through));
         out.push(Command::Apply {
-            peer: peer.to_owned(),
+            peer: peer.into(),
             session: p.session,
             entries,
         });
@@ -1107,7 +1114,7 @@ impl Engine {
             if !transfer.offered {
                 transfer.offered = true;
                 out.push(Command::ReadBuckets {
-                    peer: peer.to_owned(),
+                    peer: peer.into(),
                     session: p.session,
                 });
             } else if let Some(buckets) = &transfer.wanted
@@ -1117,7 +1124,7 @@ impl Engine {
                 transfer.reading = true;
                 let (after, buckets) = (transfer.after.clone(), buckets.clone());
                 out.push(Command::ReadState {
-                    peer: peer.to_owned(),
+                    peer: peer.into(),
                     session: p.session,
                     after,
                     max_keys,
@@ -1137,7 +1144,7 @@ impl Engine {
         if p.in_flight.len() < window && p.read_seq < last_seq {
             p.reading = true;
             out.push(Command::ReadLog {
-                peer: peer.to_owned(),
+                peer: peer.into(),
                 session: p.session,
                 after_seq: p.read_seq,
                 max_entries,
@@ -1210,7 +1217,7 @@ impl Engine {
         if let Some((keys, conflicts)) = incoming.chunks.pop_front() {
             incoming.merging = true;
             out.push(Command::MergeState {
-                peer: peer.to_owned(),
+                peer: peer.into(),
                 session: p.session,
                 keys,
                 conflicts,
@@ -1219,7 +1226,7 @@ impl Engine {
             incoming.adopting = true;
             let (buckets, as_of) = incoming.compared.clone().unwrap_or_default();
             out.push(Command::AdoptState {
-                peer: peer.to_owned(),
+                peer: peer.into(),
                 session: p.session,
                 applied: applied.clone(),
                 buckets,
@@ -1243,9 +1250,9 @@ impl Engine {
         let table: Vec<(String, VersionVector)> = self
             .known
             .iter()
-            .map(|(n, vv)| (n.clone(), vv.clone()))
+            .map(|(n, vv)| (n.to_string(), vv.clone()))
             .collect();
-        let connected: Vec<String> = self
+        let connected: Vec<PeerName> = self
             .peers
             .iter()
             .filter(|(_, p)| p.connected)
@@ -1289,7 +1296,7 @@ impl Engine {
             p.last_sent_ms = self.now_ms;
         }
         out.push(Command::Send {
-            peer: peer.to_owned(),
+            peer: peer.into(),
             frame,
         });
     }
@@ -1339,7 +1346,7 @@ mod tests {
 
     /// Node "a" with neighbours `peers`; the cluster is "a" and them.
     fn members(peers: &[&str]) -> Membership {
-        let neighbours: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        let neighbours: Vec<PeerName> = peers.iter().map(|&p| p.into()).collect();
         let mut members = neighbours.clone();
         members.push("a".into());
         Membership {
@@ -1775,7 +1782,7 @@ mod tests {
         assert_eq!(e.peers().len(), 2);
         e.handle(Event::Disconnected { peer: "c".into() });
         e.handle(Event::Disconnected { peer: "b".into() });
-        let names: Vec<String> = e.peers().into_iter().map(|p| p.name).collect();
+        let names: Vec<PeerName> = e.peers().into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["b"]);
         // Collection waits for the planned neighbour only.
         assert!(e.handle(Event::Tick { now_ms: 1 }).is_empty());
@@ -1783,7 +1790,7 @@ mod tests {
         e.handle(Event::Reconfigured {
             membership: members(&["c", "d"]),
         });
-        let names: Vec<String> = e.peers().into_iter().map(|p| p.name).collect();
+        let names: Vec<PeerName> = e.peers().into_iter().map(|p| p.name).collect();
         assert_eq!(names, ["c", "d"]);
         assert!(e.stable().is_empty(), "new members not heard of yet");
     }

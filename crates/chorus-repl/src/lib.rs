@@ -26,6 +26,7 @@ pub mod engine;
 pub mod frame;
 pub mod keeper;
 pub mod links;
+mod peer_name;
 pub mod topology;
 
 pub use engine::{
@@ -34,4 +35,5 @@ pub use engine::{
 pub use frame::{Frame, FrameError, Hello, PROTOCOL_VERSION};
 pub use keeper::{Admission, Changes, LinkKeeper, LinkStatus};
 pub use links::{LinkPlan, Plan};
+pub use peer_name::PeerName;
 pub use topology::{Topology, TopologyError};

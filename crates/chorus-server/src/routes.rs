@@ -152,7 +152,7 @@ async fn status(
         "node": status.name,
         "node_id": status.node_id.to_string(),
         "peers": peers.iter().map(|p| json!({
-            "name": p.name,
+            "name": p.name.as_str(),
             "connected": p.connected,
             "lag_ops": p.lag_ops,
             "lag_ms": p.lag_ms,

@@ -22,9 +22,14 @@ impl ClusterFile {
 
     pub fn membership(&self, me: &str) -> Membership {
         Membership {
-            me: me.to_owned(),
-            neighbours: self.plan().planned(me).into_iter().collect(),
-            members: self.members.clone(),
+            me: me.into(),
+            neighbours: self
+                .plan()
+                .planned(me)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            members: self.members.iter().map(Into::into).collect(),
         }
     }
 

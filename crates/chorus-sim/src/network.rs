@@ -141,7 +141,7 @@ impl Sim {
                 .peer_cursor(self.nodes[j].id)
                 .expect("reads work");
             let connected = Event::Connected {
-                peer,
+                peer: peer.into(),
                 hello: theirs,
                 acked_seq,
             };
@@ -165,7 +165,7 @@ impl Sim {
                 continue;
             };
             if r.keeper.down(&peer, |h| *h == id, now).is_some() {
-                self.handle(me, Event::Disconnected { peer });
+                self.handle(me, Event::Disconnected { peer: peer.into() });
                 self.follow(me);
             }
         }
@@ -209,7 +209,7 @@ impl Sim {
             r.dialers.insert(peer, Dialer::now(now));
         }
         for (peer, id, _reason) in changes.closed {
-            self.handle(i, Event::Disconnected { peer });
+            self.handle(i, Event::Disconnected { peer: peer.into() });
             self.close_session(id);
         }
     }
@@ -281,7 +281,7 @@ impl Sim {
         self.report.frames_delivered += 1;
         let peer = self.nodes[msg.from].name.clone();
         let received = Event::Received {
-            peer,
+            peer: peer.into(),
             frame: msg.frame,
         };
         self.handle(msg.to, received);
