@@ -230,15 +230,21 @@ impl Committer {
                 // away while a tombstone was collected), and go here too.
                 let asked: std::collections::HashSet<u8> = buckets.into_iter().collect();
                 let seen_there = |v: &Version| applied.covers(v.dot);
-                b.rewrite_key_states(|collection, key, seq, state| {
-                    let untouched = seq <= unchanged_since
-                        && asked.contains(&crate::node::bucket_of(collection, key));
-                    if !untouched || !state.versions().iter().any(seen_there) {
-                        return None;
-                    }
-                    let rest = state.without_versions(seen_there);
-                    Some((!rest.versions().is_empty()).then_some(rest))
-                })?;
+                if !asked.is_empty() && unchanged_since > 0 {
+                    b.rewrite_key_states(
+                        |collection, key, seq| {
+                            seq <= unchanged_since
+                                && asked.contains(&crate::node::bucket_of(collection, key))
+                        },
+                        |_, _, state| {
+                            if !state.versions().iter().any(seen_there) {
+                                return None;
+                            }
+                            let rest = state.without_versions(seen_there);
+                            Some((!rest.versions().is_empty()).then_some(rest))
+                        },
+                    )?;
+                }
                 self.configs.clear();
                 // What was merged has no entries in our log: it joins the floor, so a
                 // neighbour lacking it gets it by transfer from us in turn.
@@ -276,13 +282,16 @@ impl Committer {
                 // arrived in between (a write concurrent with the delete stands
                 // alone everywhere in the end). The node's vector still covers it.
                 let collectable = |v: &Version| v.is_tombstone() && stable.covers(v.dot);
-                let collected = b.rewrite_key_states(|_, _, _, state| {
-                    if !state.versions().iter().any(collectable) {
-                        return None;
-                    }
-                    let rest = state.without_versions(collectable);
-                    Some((!rest.versions().is_empty()).then_some(rest))
-                })?;
+                let collected = b.rewrite_key_states(
+                    |_, _, _| true,
+                    |_, _, state| {
+                        if !state.versions().iter().any(collectable) {
+                            return None;
+                        }
+                        let rest = state.without_versions(collectable);
+                        Some((!rest.versions().is_empty()).then_some(rest))
+                    },
+                )?;
                 metrics::counter!("chorus_tombstones_collected_total").increment(collected);
                 self.configs.clear();
                 Ok(())

@@ -481,23 +481,31 @@ impl Batch<'_> {
         Ok(removed)
     }
 
-    /// Rewrites key states: `change(collection, key, change sequence, state)`
-    /// returns `None` to keep one as it is, `Some(None)` to remove it, `Some(Some(state))`
-    /// to replace it. Returns how many changed. A state that does not decode is kept
-    /// (and reported when read). A key changed or removed moves to the end of the feed
-    /// (a removed one reads as deleted there).
+    /// Rewrites key states: of the keys `examine(collection, key, change sequence)`
+    /// picks (before their states are decoded), `change(collection, key, state)`
+    /// returns `None` to keep one as it is, `Some(None)` to remove it,
+    /// `Some(Some(state))` to replace it. Returns how many changed. A state that does
+    /// not decode is kept (and reported when read). A key changed or removed moves to
+    /// the end of the feed (a removed one reads as deleted there).
     pub fn rewrite_key_states(
         &mut self,
-        mut change: impl FnMut(&str, &str, u64, &KeyState) -> Option<Option<KeyState>>,
+        mut examine: impl FnMut(&str, &str, u64) -> bool,
+        mut change: impl FnMut(&str, &str, &KeyState) -> Option<Option<KeyState>>,
     ) -> Result<u64, StoreError> {
         let mut changes = Vec::new();
         for entry in self.keys.iter()? {
             let (key, bytes) = entry?;
-            let Ok((seq, state)) = unstored(bytes.value()) else {
+            let (collection, name) = split_storage_key(key.value())?;
+            let Ok((seq, state_bytes)) = split_stored(bytes.value()) else {
                 continue;
             };
-            let (collection, name) = split_storage_key(key.value())?;
-            if let Some(new) = change(&collection, &name, seq, &state) {
+            if !examine(&collection, &name, seq) {
+                continue;
+            }
+            let Ok(state) = codec::decode_key_state(state_bytes) else {
+                continue;
+            };
+            if let Some(new) = change(&collection, &name, &state) {
                 changes.push((key.value().to_vec(), new));
             }
         }

@@ -196,7 +196,7 @@ fn the_feed_lists_each_key_once_at_its_latest_write() {
     // Collect "b" away (as tombstone collection removes a deleted document).
     store
         .write(|batch| {
-            batch.rewrite_key_states(|_, key, _, _| (key == "b").then_some(None))?;
+            batch.rewrite_key_states(|_, key, _| key == "b", |_, _, _| Some(None))?;
             Ok(())
         })
         .ok();
