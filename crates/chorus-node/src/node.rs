@@ -1243,22 +1243,28 @@ fn collection_config(
 /// exist) of a new replica: same data and name, a new node id and feed (see
 /// `Store::restore_as_new_replica`). Returns the restored node's meta.
 pub fn restore_backup(backup: &Path, store_path: &Path) -> Result<NodeMeta, OpenError> {
-    let shown = store_path.display().to_string();
-    let io =
-        |error: std::io::Error| OpenError::Store(StoreError::Storage(chorus_store::redb_io(error)));
+    let io = |error: std::io::Error| OpenError::Store(error.into());
     if store_path.exists() {
-        return Err(OpenError::Store(StoreError::Corrupted {
-            table: "meta",
-            reason: format!("{shown} already holds a store; restore into an empty data folder"),
-        }));
+        return Err(OpenError::Occupied {
+            path: store_path.display().to_string(),
+        });
     }
     let partial = store_path.with_extension("restoring");
     std::fs::copy(backup, &partial).map_err(io)?;
-    let restored = Store::restore_as_new_replica(&partial, random_node_id()).and_then(|meta| {
-        std::fs::rename(&partial, store_path)
-            .map(|()| meta)
-            .map_err(io)
-    });
+    // The copy is named for what it came from: a file redb cannot open is no backup.
+    let not_a_backup = |error| match error {
+        OpenError::Database { .. } | OpenError::NotAStore { .. } => OpenError::NotAStore {
+            path: backup.display().to_string(),
+        },
+        other => other,
+    };
+    let restored = Store::restore_as_new_replica(&partial, random_node_id())
+        .map_err(not_a_backup)
+        .and_then(|meta| {
+            std::fs::rename(&partial, store_path)
+                .map(|()| meta)
+                .map_err(io)
+        });
     if restored.is_err() {
         let _ = std::fs::remove_file(&partial);
     }

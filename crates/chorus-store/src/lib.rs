@@ -44,6 +44,12 @@ pub enum OpenError {
         found: u32,
         supported: u32,
     },
+    /// A restore into a place that already holds a store.
+    #[error("{path} already holds a store; restore into an empty data folder")]
+    Occupied { path: String },
+    /// A file given as a backup that is not a Chorus store.
+    #[error("{path} is not a Chorus store (no format record)")]
+    NotAStore { path: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -56,9 +62,10 @@ pub enum StoreError {
     Corrupted { table: &'static str, reason: String },
 }
 
-/// A file error as a storage failure.
-pub fn redb_io(error: std::io::Error) -> redb::Error {
-    redb::Error::Io(error)
+impl From<std::io::Error> for StoreError {
+    fn from(error: std::io::Error) -> StoreError {
+        StoreError::Storage(redb::Error::Io(error))
+    }
 }
 
 impl StoreError {

@@ -295,10 +295,7 @@ impl Store {
             }
         })?;
         if not_a_store {
-            return Err(OpenError::Store(StoreError::Corrupted {
-                table: "meta",
-                reason: format!("{shown} is not a Chorus store (no format record)"),
-            }));
+            return Err(OpenError::NotAStore { path: shown });
         }
         let meta = NodeMeta {
             node_id,

@@ -76,6 +76,13 @@ fn a_node_restored_from_an_older_backup_rejoins_without_loss() {
         backup.to_str().unwrap(),
     ]);
     assert!(restored.status.success(), "{restored:?}");
+    // A file that is no backup is refused, and leaves nothing behind.
+    let elsewhere = cluster.dir.path().join("not-restored");
+    let file = cluster.file.to_str().unwrap().to_owned();
+    let refused = chorus(&["restore", "--data", elsewhere.to_str().unwrap(), &file]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a Chorus store"));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     // Restoring over a store is refused.
     let again = chorus(&[
         "restore",
