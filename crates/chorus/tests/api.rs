@@ -852,6 +852,21 @@ fn bulk_writes_and_reads() {
     assert!(reply.text.contains("10000"), "{}", reply.text);
     let listed = get(&format!("{}/v1/docs/b", roomy.url)).body;
     assert_eq!(listed["keys"].as_array().unwrap().len(), 0, "{listed}");
+    // Exactly the limit is taken, every item written.
+    let at_limit: Vec<Value> = (0..10_000)
+        .map(|i| json!({"key": format!("k{i}"), "value": 1}))
+        .collect();
+    let body = json!({"docs": at_limit}).to_string();
+    let reply = call(
+        "POST",
+        &format!("{}/v1/bulk/b", roomy.url),
+        Some(body.as_bytes()),
+        &[],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let results = reply.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10_000);
+    assert!(results.iter().all(|r| r["context"].is_string()));
 }
 
 /// Browser pages of an allowed origin get CORS answers (a preflight too, before any
