@@ -232,10 +232,21 @@ impl Cluster {
         Cluster::launch(count, topology, &[], false)
     }
 
+    /// Like `start`, with the nodes named `names` (as the docs' examples name them).
+    pub fn start_named(names: &[&str], topology: &str) -> Cluster {
+        let names = names.iter().map(|n| n.to_string()).collect();
+        Cluster::launch_named(names, topology, &[], true)
+    }
+
     fn launch(count: usize, topology: &str, args: &[&str], tls: bool) -> Cluster {
+        let names = (0..count).map(|i| format!("n{i}")).collect();
+        Cluster::launch_named(names, topology, args, tls)
+    }
+
+    fn launch_named(names: Vec<String>, topology: &str, args: &[&str], tls: bool) -> Cluster {
+        let count = names.len();
         let dir = tempfile::tempdir().unwrap();
         let certs = tls.then(|| dir.path().join("certs"));
-        let names: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
         let file = dir.path().join("cluster.toml");
         let args = args.iter().map(|a| a.to_string()).collect();
         let mut cluster = Cluster {
