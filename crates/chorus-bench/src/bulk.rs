@@ -4,7 +4,9 @@
 //! process: `bulk` with `POST /v1/bulk/{c}` requests of `--batch` documents from
 //! `--clients` threads; `single` with one PUT per document from the same number of
 //! threads (the closed loop of `writes`). The figure is documents per second, and
-//! their ratio.
+//! their ratio. Then the bulk-loaded node is read back whole, with documents, by the
+//! change feed from cursor 0 and by a range read, for the feed's cost against a plain
+//! scan.
 
 use crate::{InProcessServer, agent, document};
 use anyhow::Context as _;
@@ -55,6 +57,32 @@ fn load(
     Ok(docs as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Reads every page of `url` (pages of 1,000 items under `field`; `next` gives the
+/// query of the following page, `None` at the end) on one client; returns items/s.
+fn read_all(
+    http: &ureq::Agent,
+    url: &str,
+    field: &str,
+    next: impl Fn(&serde_json::Value) -> Option<String>,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let (mut items, mut query) = (0usize, None);
+    loop {
+        let page_url = match &query {
+            Some(q) => format!("{url}&limit=1000&{q}"),
+            None => format!("{url}&limit=1000"),
+        };
+        let page: serde_json::Value = http.get(&page_url).call()?.body_mut().read_json()?;
+        let count = page[field].as_array().map_or(0, Vec::len);
+        items += count;
+        query = next(&page);
+        if count == 0 || query.is_none() {
+            break;
+        }
+    }
+    Ok(items as f64 / started.elapsed().as_secs_f64())
+}
+
 pub fn run(args: &BulkArgs) -> anyhow::Result<()> {
     println!(
         "loading {} documents of ~{} B over HTTP, {} clients: bulk requests of {} against single PUTs",
@@ -85,8 +113,25 @@ pub fn run(args: &BulkArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })?;
-    server.stop()?;
     println!("{:>8}: {bulk:>9.0} documents/s", "bulk");
+    let feed = read_all(
+        &http,
+        &format!("{}/v1/changes?include_docs=true", server.url),
+        "changes",
+        |page| page["next"].as_str().map(|next| format!("since={next}")),
+    )?;
+    let range = read_all(
+        &http,
+        &format!("{}/v1/docs/bench?include_docs=true", server.url),
+        "docs",
+        |page| page["next"].as_str().map(|next| format!("after={next}")),
+    )?;
+    server.stop()?;
+    println!(
+        "reading them back with their documents, pages of 1,000: the change feed from 0 {feed:.0}/s, \
+         a range read {range:.0}/s (feed ÷ range {:.2})",
+        feed / range
+    );
 
     let server = InProcessServer::start(chorus_node::open(dir.path().join("single.redb"))?)?;
     let single = load(args.docs, 1, args.clients, |k, _| {

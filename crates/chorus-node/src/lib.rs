@@ -40,7 +40,8 @@ pub use chorus_repl::{LogPosition, PeerStatus, StateCursor};
 pub use chorus_store::{Feed, OpenError};
 pub use collections::{CollectionConfig, Home, check_collection_name};
 pub use document::{
-    Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, KeysPage, document_bytes,
+    Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, DocumentsPage, KeysPage,
+    document_bytes,
 };
 pub use node::{
     BucketHashes, ConflictFilter, Node, NodeConfig, NodeStatus, ReadError, RemoteOutcome, Replica,

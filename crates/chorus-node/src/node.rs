@@ -3,7 +3,9 @@
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION, check_collection_name};
 use crate::committer::Committer;
 use crate::custom::{MergeHandler, Script};
-use crate::document::{Change, ChangesPage, ConflictsPage, Context, Document, KeysPage};
+use crate::document::{
+    Change, ChangesPage, ConflictsPage, Context, Document, DocumentsPage, KeysPage,
+};
 use crate::limits::{
     CLOCK_DRIFT_MS_MAX, CRDT_VALUE_BYTES_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX,
     KEY_STATE_BYTES_MAX, LIST_SCAN_KEYS_MAX, PAGE_ITEMS_MAX, WRITE_OPERATIONS_MAX,
@@ -595,29 +597,37 @@ impl Node {
         after: Option<&str>,
         limit: usize,
     ) -> Result<KeysPage, ReadError> {
-        let limit = limit.clamp(1, PAGE_ITEMS_MAX);
         let snapshot = self.snapshot()?;
-        let start = match after {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix),
-        };
-        let mut keys = Vec::new();
-        for (scanned, entry) in snapshot.keys_from(collection, start)?.enumerate() {
-            let (key, state) = entry?;
-            if !key.starts_with(prefix) {
-                break;
-            }
-            if !state.is_absent() {
-                keys.push(key.clone());
-            }
-            if keys.len() == limit || scanned + 1 == LIST_SCAN_KEYS_MAX {
-                return Ok(KeysPage {
-                    keys,
-                    next: Some(key),
-                });
-            }
-        }
-        Ok(KeysPage { keys, next: None })
+        let (keys, next) = scan_present(&snapshot, collection, prefix, after, limit, |key, _| {
+            Ok(key)
+        })?;
+        Ok(KeysPage { keys, next })
+    }
+
+    /// Like [`Node::list`], with each document as [`Node::get`] reads it, all from
+    /// one snapshot (a range read).
+    pub fn list_documents(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<DocumentsPage, ReadError> {
+        let snapshot = self.snapshot()?;
+        let config = collection_config(&snapshot, collection)?.0;
+        let handler = self.merge_handler(collection, &config);
+        let (docs, next) =
+            scan_present(&snapshot, collection, prefix, after, limit, |key, state| {
+                Ok(Document::from_state(
+                    collection,
+                    &key,
+                    &config,
+                    state,
+                    handler.as_deref(),
+                ))
+            })?;
+        metrics::counter!("chorus_reads_total").increment(docs.len() as u64);
+        Ok(DocumentsPage { docs, next })
     }
 
     /// Where this node's change feed stands: its id and last change sequence.
@@ -1229,6 +1239,40 @@ fn check_key(key: &str) -> Result<(), String> {
         return Err(format!("key must be 1 to {KEY_BYTES_MAX} bytes"));
     }
     Ok(())
+}
+
+/// The present documents of `collection` in key order, after `after`, whose key
+/// starts with `prefix`, each made into an item by `item`: at most `limit` (clamped to
+/// 1..=`PAGE_ITEMS_MAX`) items, examining at most `LIST_SCAN_KEYS_MAX` keys. The
+/// second value is the `after` of the next page, `None` when the range is done.
+fn scan_present<T>(
+    snapshot: &Snapshot,
+    collection: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    mut item: impl FnMut(String, &KeyState) -> Result<T, ReadError>,
+) -> Result<(Vec<T>, Option<String>), ReadError> {
+    let limit = limit.clamp(1, PAGE_ITEMS_MAX);
+    let start = match after {
+        Some(after) if after >= prefix => Bound::Excluded(after),
+        _ => Bound::Included(prefix),
+    };
+    let mut items = Vec::new();
+    for (scanned, entry) in snapshot.keys_from(collection, start)?.enumerate() {
+        let (key, state) = entry?;
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let last = key.clone();
+        if !state.is_absent() {
+            items.push(item(key, &state)?);
+        }
+        if items.len() == limit || scanned + 1 == LIST_SCAN_KEYS_MAX {
+            return Ok((items, Some(last)));
+        }
+    }
+    Ok((items, None))
 }
 
 fn collection_config(

@@ -174,6 +174,14 @@ pub struct KeysPage {
     pub next: Option<String>,
 }
 
+/// A page of documents of one collection, in key order (a range read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentsPage {
+    pub docs: Vec<Document>,
+    /// Pass as `after` for the next page; `None` when the range is complete.
+    pub next: Option<String>,
+}
+
 /// One entry of the change feed: a document, at its latest change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {

@@ -819,8 +819,12 @@ struct ListQuery {
     prefix: String,
     after: Option<String>,
     limit: Option<usize>,
+    #[serde(default)]
+    include_docs: bool,
 }
 
+/// `GET /v1/docs/{c}`: the keys of present documents in order (a page); with
+/// `include_docs=true` also each document as a read shows it, from one snapshot.
 async fn list_docs(
     State(node): State<Node>,
     collection: Result<Path<String>, PathRejection>,
@@ -829,13 +833,21 @@ async fn list_docs(
     let collection = path(collection)?;
     check_collection(&collection)?;
     let q = query(params)?;
-    let page = node.list(
-        &collection,
-        &q.prefix,
-        q.after.as_deref(),
-        page_limit(q.limit)?,
-    )?;
-    Ok(Json(json!({ "keys": page.keys, "next": page.next })))
+    let (after, limit) = (q.after.as_deref(), page_limit(q.limit)?);
+    if !q.include_docs {
+        let page = node.list(&collection, &q.prefix, after, limit)?;
+        return Ok(Json(json!({ "keys": page.keys, "next": page.next })));
+    }
+    let page = node.list_documents(&collection, &q.prefix, after, limit)?;
+    let keys: Vec<&str> = page.docs.iter().map(|d| d.key.as_str()).collect();
+    let docs: Vec<Value> = page
+        .docs
+        .iter()
+        .map(|doc| render::document(&node, doc))
+        .collect();
+    Ok(Json(
+        json!({ "keys": keys, "docs": docs, "next": page.next }),
+    ))
 }
 
 #[derive(Deserialize)]

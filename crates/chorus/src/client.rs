@@ -159,8 +159,20 @@ pub fn delete(
     print(&target.call("DELETE", &path, None, context.as_deref())?)
 }
 
+/// What `chorus list` prints, one line per document.
+pub enum Listing {
+    Keys,
+    KeysAsJson,
+    Documents,
+}
+
 /// `chorus list`: every key of a collection (page by page), one a line.
-pub fn list(target: &Target, collection: &str, prefix: &str, json: bool) -> anyhow::Result<()> {
+pub fn list(
+    target: &Target,
+    collection: &str,
+    prefix: &str,
+    listing: Listing,
+) -> anyhow::Result<()> {
     let mut after: Option<String> = None;
     loop {
         let mut path = format!(
@@ -171,12 +183,18 @@ pub fn list(target: &Target, collection: &str, prefix: &str, json: bool) -> anyh
         if let Some(after) = &after {
             path.push_str(&format!("&after={}", segment(after)));
         }
+        if matches!(listing, Listing::Documents) {
+            path.push_str("&include_docs=true");
+        }
         let page = target.call("GET", &path, None, None)?;
-        for key in page["keys"].as_array().into_iter().flatten() {
-            if json {
-                println!("{key}");
-            } else {
-                println!("{}", key.as_str().unwrap_or_default());
+        let field = match listing {
+            Listing::Documents => "docs",
+            Listing::Keys | Listing::KeysAsJson => "keys",
+        };
+        for item in page[field].as_array().into_iter().flatten() {
+            match (&listing, item.as_str()) {
+                (Listing::Keys, Some(key)) => println!("{key}"),
+                _ => println!("{item}"),
             }
         }
         match page["next"].as_str() {

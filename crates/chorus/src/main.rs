@@ -65,15 +65,19 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
-    /// List a collection's keys, one a line (every page).
+    /// List a collection's keys, one a line (every page); with --docs, its documents.
     List {
         collection: String,
         /// Only keys starting with this.
         #[arg(long, default_value = "")]
         prefix: String,
         /// Print JSON strings.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "docs")]
         json: bool,
+        /// Print each document as a read shows it, one JSON object a line (a range
+        /// read: each page of 1,000 from one snapshot).
+        #[arg(long)]
+        docs: bool,
         #[command(flatten)]
         target: client::Target,
     },
@@ -323,8 +327,16 @@ fn main() -> ExitCode {
             collection,
             prefix,
             json,
+            docs,
             target,
-        } => client::list(&target, &collection, &prefix, json),
+        } => {
+            let listing = match (docs, json) {
+                (true, _) => client::Listing::Documents,
+                (false, true) => client::Listing::KeysAsJson,
+                (false, false) => client::Listing::Keys,
+            };
+            client::list(&target, &collection, &prefix, listing)
+        }
         Command::Changes {
             since,
             collection,

@@ -99,6 +99,28 @@ fn generated_keys_and_listing() {
     assert_eq!(page.body["keys"], json!(["b3"]));
     assert_eq!(page.body["next"], Value::Null);
 
+    // A range read: the same pages, each document as a read shows it, deleted ones
+    // skipped, siblings shown as siblings.
+    let b2 = format!("{}/v1/docs/list/b2", node.url);
+    let context = get(&b2).body["context"].as_str().unwrap().to_owned();
+    call("DELETE", &b2, None, &[("Chorus-Context", &context)]);
+    put(&format!("{}/v1/docs/list/b3", node.url), r#"{"v":3}"#);
+    put(&format!("{}/v1/docs/list/b4", node.url), r#"{"v":4}"#);
+    let range = format!("{}/v1/docs/list?prefix=b&include_docs=true", node.url);
+    let page = get(&format!("{range}&limit=2"));
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(page.body["keys"], json!(["b1", "b3"]));
+    let docs = page.body["docs"].as_array().unwrap();
+    assert_eq!(docs[0], get(&format!("{}/v1/docs/list/b1", node.url)).body);
+    assert_eq!(docs[1]["conflict"], true, "two blind writes: {}", docs[1]);
+    assert_eq!(docs[1]["versions"].as_array().unwrap().len(), 2);
+    let next = page.body["next"].as_str().unwrap();
+    let page = get(&format!("{range}&after={next}"));
+    assert_eq!(page.body["docs"][0]["value"], json!({"v": 4}));
+    assert_eq!(page.body["next"], Value::Null);
+    let bad = get(&format!("{range}&include_docs=maybe"));
+    assert_eq!(bad.status, 400, "{}", bad.text);
+
     // Keys may hold any character when percent-encoded.
     let odd = format!("{}/v1/docs/list/a%2Fb%20c", node.url);
     assert_eq!(put(&odd, "1").status, 200);
