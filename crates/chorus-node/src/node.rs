@@ -1003,8 +1003,8 @@ impl Replica<'_> {
         let meta = snapshot.meta()?;
         Ok(BucketHashes {
             hashes,
-            applied: vector(&meta.applied),
-            through_seq: meta.next_seq - 1,
+            floor: vector(&meta.floor),
+            log_start: meta.log_start,
             feed_seq: snapshot.feed()?.last_seq,
         })
     }
@@ -1129,8 +1129,10 @@ pub fn bucket_of(collection: &str, key: &str) -> u8 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BucketHashes {
     pub hashes: Vec<u64>,
-    pub applied: VersionVector,
-    pub through_seq: u64,
+    /// What the hashed states reflect that the op log no longer holds.
+    pub floor: VersionVector,
+    /// The first sequence still in the op log.
+    pub log_start: u64,
     /// The change sequence of the snapshot hashed.
     pub feed_seq: u64,
 }

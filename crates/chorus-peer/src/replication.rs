@@ -888,8 +888,8 @@ fn answer_read(node: &Node, command: Command) -> ReadAnswer {
                 peer,
                 session,
                 hashes: b.hashes,
-                applied: b.applied,
-                through_seq: b.through_seq,
+                floor: b.floor,
+                log_start: b.log_start,
             })
         }
         Command::CompareBuckets {

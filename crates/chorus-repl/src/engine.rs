@@ -108,14 +108,15 @@ pub enum Event {
     Committed {
         position: LogPosition,
     },
-    /// The answer to `ReadBuckets`: a hash of the key states in each bucket, and
-    /// what they reflect (`applied`, our log through `through_seq`).
+    /// The answer to `ReadBuckets`: a hash of the key states in each bucket, and,
+    /// as of those states, our floor (what they reflect that our log no longer
+    /// holds) and the first sequence still in our log.
     BucketsRead {
         peer: PeerName,
         session: u64,
         hashes: Vec<u64>,
-        applied: VersionVector,
-        through_seq: u64,
+        floor: VersionVector,
+        log_start: u64,
     },
     /// The answer to `CompareBuckets`: the buckets whose hashes differ from ours, and
     /// our change sequence as we compared (`as_of`): a key of those buckets not
@@ -277,7 +278,8 @@ struct OutgoingState {
     wanted: Option<Vec<u8>>,
     /// Where the next read starts.
     after: StateCursor,
-    /// What the transferred states reflect (read with the bucket hashes).
+    /// Read with the bucket hashes: the floor the peer adopts, and the sequence
+    /// streaming resumes after (just before our log start).
     snapshot: Option<(VersionVector, u64)>,
     reading: bool,
     /// `State` frames not yet acknowledged.
@@ -533,9 +535,9 @@ impl Engine {
                 peer,
                 session,
                 hashes,
-                applied,
-                through_seq,
-            } => self.on_buckets_read(peer, session, hashes, applied, through_seq, &mut out),
+                floor,
+                log_start,
+            } => self.on_buckets_read(peer, session, hashes, floor, log_start, &mut out),
             Event::BucketsCompared {
                 peer,
                 session,
@@ -733,14 +735,16 @@ impl Engine {
         peer: PeerName,
         session: u64,
         hashes: Vec<u64>,
-        applied: VersionVector,
-        through_seq: u64,
+        floor: VersionVector,
+        log_start: u64,
         out: &mut Vec<Command>,
     ) {
         let Some(transfer) = self.outgoing(&peer, session) else {
             return;
         };
-        transfer.snapshot = Some((applied, through_seq));
+        // The peer takes only the floor on our word; every entry our log holds
+        // follows the states as itself (see `Frame::StateEnd`).
+        transfer.snapshot = Some((floor, log_start.saturating_sub(1)));
         self.send(&peer, Frame::StateOffer { hashes }, out);
     }
 
@@ -912,13 +916,13 @@ impl Engine {
                 self.maybe_read(peer, out);
             }
             Frame::StateEnd {
-                applied,
+                floor,
                 through_seq,
                 chunks,
             } => {
                 let received = std::mem::take(&mut p.incoming_state.received);
                 if chunks != received {
-                    // A part was lost or overtaken: adopting `applied` would claim
+                    // A part was lost or overtaken: adopting `floor` would claim
                     // states never merged. The next session transfers again.
                     let reason =
                         format!("state transfer incomplete: {received} of {chunks} parts arrived");
@@ -927,7 +931,7 @@ impl Engine {
                 }
                 // Entries that follow continue from where the states end.
                 p.expect_from = Some(through_seq);
-                p.incoming_state.end = Some((applied, through_seq));
+                p.incoming_state.end = Some((floor, through_seq));
                 self.try_merge(peer, out);
             }
             Frame::Known { table } => self.on_known(table),
@@ -1181,8 +1185,8 @@ impl Engine {
         self.send(peer, frame, out);
     }
 
-    /// Ends a transfer to `peer`: `StateEnd`, then streaming resumes after what the
-    /// states reflect. Within this session the peer counts as having it (a failed
+    /// Ends a transfer to `peer`: `StateEnd`, then streaming resumes at our log's
+    /// start. Within this session the peer counts as having the floor (a failed
     /// adoption ends the session, and the next handshake tells the truth).
     fn finish_transfer(&mut self, peer: &str, out: &mut Vec<Command>) {
         let Some(p) = self.peers.get_mut(peer) else {
@@ -1191,13 +1195,13 @@ impl Engine {
         let Some(transfer) = p.outgoing_state.take() else {
             return;
         };
-        let (applied, through_seq) = transfer.snapshot.expect("the offer reads the snapshot");
+        let (floor, through_seq) = transfer.snapshot.expect("the offer reads the snapshot");
         p.read_seq = through_seq;
         p.sent_first = true;
         p.in_flight.push_back(through_seq);
-        p.applied.join(&applied);
+        p.applied.join(&floor);
         let end = Frame::StateEnd {
-            applied,
+            floor,
             through_seq,
             chunks: transfer.sent,
         };
@@ -1606,7 +1610,7 @@ mod tests {
             conflicts: vec![],
         }));
         e.handle(from_c(Frame::StateEnd {
-            applied: with_x.clone(),
+            floor: with_x.clone(),
             through_seq: 4,
             chunks: 1,
         }));
@@ -1797,15 +1801,17 @@ mod tests {
 
     /// A peer lacking what only our state holds (the floor) gets a transfer: bucket
     /// hashes first, then the key states of the buckets it wants in chunks within the
-    /// window, the conflict log with the last, then `StateEnd`, after which streaming
-    /// resumes from the snapshot's sequence.
+    /// window, the conflict log with the last, then `StateEnd` with the floor only,
+    /// after which every entry of our log streams from its start, as itself.
     #[test]
     fn a_peer_behind_the_floor_gets_a_state_transfer() {
         let floor = VersionVector::from_entries([(NodeId(1), 5)]);
+        // However much we believe we applied (here far more than our log and floor
+        // hold, as a bug might), the peer is told only the floor.
         let log = LogPosition {
             last_seq: 9,
             log_start: 6,
-            applied: floor.clone(),
+            applied: VersionVector::from_entries([(NodeId(1), 1000)]),
             floor: floor.clone(),
         };
         let mut e = Engine::new(
@@ -1833,8 +1839,8 @@ mod tests {
             peer: "b".into(),
             session: 1,
             hashes: hashes.clone(),
-            applied: floor.clone(),
-            through_seq: 9,
+            floor: floor.clone(),
+            log_start: 6,
         });
         assert_eq!(cmds, [send(Frame::StateOffer { hashes })]);
         let read = |after| Command::ReadState {
@@ -1866,28 +1872,36 @@ mod tests {
             [state.clone(), read(key)]
         );
         let end = send(Frame::StateEnd {
-            applied: floor.clone(),
-            through_seq: 9,
+            floor: floor.clone(),
+            through_seq: 5,
             chunks: 2,
         });
-        assert_eq!(e.handle(chunk(None)), [state, end]);
+        let stream = Command::ReadLog {
+            peer: "b".into(),
+            session: 1,
+            after_seq: 5,
+            max_entries: 256,
+        };
+        assert_eq!(e.handle(chunk(None)), [state, end, stream]);
         assert!(e.peers()[0].lag_ops > 0, "not acknowledged yet");
         let ack = Frame::Ack {
             applied: floor.clone(),
-            through_seq: 9,
+            through_seq: 5,
         };
         let cmds = e.handle(Event::Received {
             peer: "b".into(),
             frame: ack,
         });
+        let save = Command::SaveCursor {
+            peer: "b".into(),
+            seq: 5,
+        };
+        assert_eq!(cmds, [save]);
         assert_eq!(
-            cmds,
-            [Command::SaveCursor {
-                peer: "b".into(),
-                seq: 9
-            }]
+            e.peers()[0].lag_ops,
+            4,
+            "entries 6 to 9 follow as themselves"
         );
-        assert_eq!(e.peers()[0].lag_ops, 0);
     }
 
     /// When no bucket differs, only the conflict log is read and sent before the
@@ -1908,8 +1922,8 @@ mod tests {
             peer: "b".into(),
             session: 1,
             hashes: vec![],
-            applied: floor.clone(),
-            through_seq: 9,
+            floor: floor.clone(),
+            log_start: 6,
         };
         e.handle(read);
         let cmds = e.handle(Event::Received {
@@ -1932,8 +1946,8 @@ mod tests {
             next: None,
         });
         let end = Frame::StateEnd {
-            applied: floor,
-            through_seq: 9,
+            floor,
+            through_seq: 5,
             chunks: 1,
         };
         let state = Frame::State {
@@ -1944,7 +1958,13 @@ mod tests {
             peer: "b".into(),
             frame,
         };
-        assert_eq!(cmds, [send(state), send(end)]);
+        let stream = Command::ReadLog {
+            peer: "b".into(),
+            session: 1,
+            after_seq: 5,
+            max_entries: 256,
+        };
+        assert_eq!(cmds, [send(state), send(end), stream]);
 
         let mut receiver = engine(0);
         connect(&mut receiver, &[], 0);
@@ -2017,7 +2037,7 @@ mod tests {
         let (mut e, received, state) = receiving_a_transfer();
         assert_eq!(e.handle(received(state)).len(), 1, "merged");
         let end = Frame::StateEnd {
-            applied: VersionVector::from_entries([(NodeId(1), 5)]),
+            floor: VersionVector::from_entries([(NodeId(1), 5)]),
             through_seq: 9,
             chunks: 2,
         };
@@ -2057,7 +2077,7 @@ mod tests {
         let applied = VersionVector::from_entries([(NodeId(1), 5)]);
         assert!(
             e.handle(received(Frame::StateEnd {
-                applied: applied.clone(),
+                floor: applied.clone(),
                 through_seq: 9,
                 chunks: 2,
             }))

@@ -99,14 +99,17 @@ pub enum Frame {
     },
     /// The receiver merged one `State` frame (flow control for the transfer).
     StateAck,
-    /// The end of a state transfer: the states sent reflect every entry `applied`
-    /// covers, which the sender's log holds through `through_seq`; streaming resumes
-    /// after it.
+    /// The end of a state transfer. The states sent reflect everything the sender
+    /// applied; of that, the receiver takes on the sender's word only `floor`, what
+    /// the sender's log no longer holds (collected entries, states it adopted).
+    /// Streaming resumes after `through_seq`, just before the sender's log start, so
+    /// every entry the log still holds arrives as itself: a sender whose idea of what
+    /// it applied is wrong cannot make the receiver skip an entry.
     ///
     /// `chunks` counts the `State` frames of the transfer: a receiver that got
-    /// another number (a frame lost or overtaken) must not adopt `applied`.
+    /// another number (a frame lost or overtaken) must not adopt `floor`.
     StateEnd {
-        applied: VersionVector,
+        floor: VersionVector,
         through_seq: u64,
         chunks: u64,
     },
@@ -236,11 +239,11 @@ impl Frame {
             },
             Frame::StateAck => FrameV1::StateAck,
             Frame::StateEnd {
-                applied,
+                floor,
                 through_seq,
                 chunks,
             } => FrameV1::StateEnd {
-                applied: vv_v1(applied),
+                applied: vv_v1(floor),
                 through_seq: *through_seq,
                 chunks: *chunks,
             },
@@ -346,7 +349,7 @@ impl Frame {
                 through_seq,
                 chunks,
             } => Frame::StateEnd {
-                applied: vv_from(&applied),
+                floor: vv_from(&applied),
                 through_seq,
                 chunks,
             },
@@ -415,7 +418,7 @@ mod tests {
             },
             Frame::StateAck,
             Frame::StateEnd {
-                applied: VersionVector::from_entries([(NodeId(1), 2)]),
+                floor: VersionVector::from_entries([(NodeId(1), 2)]),
                 through_seq: 9,
                 chunks: 3,
             },
