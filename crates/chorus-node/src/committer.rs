@@ -43,6 +43,7 @@ fn is_retention_key(collection: &str, key: &str) -> bool {
     collection == RETENTION_COLLECTION && key == RETENTION_KEY
 }
 
+use crate::devices::{self, DEVICES_COLLECTION, Taken, Upload, UploadOutcome};
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, KEY_VERSIONS_WARN};
 use crate::merge;
@@ -66,6 +67,7 @@ use tokio::sync::{mpsc, watch};
 enum Produced {
     Local(Result<WriteAck, WriteError>),
     Remote(RemoteOutcome),
+    Upload(Vec<UploadOutcome>),
     Done,
 }
 
@@ -165,6 +167,14 @@ impl Committer {
                         (ReplyTo::Remote(reply), Produced::Remote(outcome)) => {
                             let _ = reply.send(Ok(outcome));
                         }
+                        (ReplyTo::Upload(reply), Produced::Upload(outcomes)) => {
+                            let taken = outcomes
+                                .iter()
+                                .filter(|o| matches!(o, UploadOutcome::Taken { .. }))
+                                .count();
+                            metrics::counter!("chorus_writes_total").increment(taken as u64);
+                            let _ = reply.send(Ok(outcomes));
+                        }
                         (ReplyTo::Done(reply), Produced::Done) => {
                             let _ = reply.send(Ok(()));
                         }
@@ -201,7 +211,62 @@ impl Committer {
                 self.apply_step(b, step)?;
                 Produced::Done
             }
+            Job::Upload(upload) => Produced::Upload(self.apply_upload(b, upload)?),
         })
+    }
+
+    /// Takes a device's writes that this node's record of the device does not
+    /// cover, then moves the record past them, all in this batch's commit.
+    fn apply_upload(
+        &mut self,
+        b: &mut Batch<'_>,
+        upload: Upload,
+    ) -> Result<Vec<UploadOutcome>, StoreError> {
+        let record = devices::record_key(upload.device, self.node_id, &upload.collection);
+        let before = Taken::of(&b.key_state(DEVICES_COLLECTION, &record)?);
+        let mut outcomes = Vec::with_capacity(upload.writes.len());
+        let mut now = Taken {
+            through: before.through,
+            dots: Default::default(),
+        };
+        for w in upload.writes {
+            let seq = w.seq;
+            if let Some(taken) = before.outcome(seq) {
+                outcomes.push(taken);
+                continue;
+            }
+            now.through = seq;
+            let write = Write {
+                collection: upload.collection.clone(),
+                key: Some(w.key),
+                value: w.value,
+                context: w.context,
+            };
+            outcomes.push(match self.apply_local(b, &write, false)? {
+                Ok(ack) => {
+                    now.dots.insert(seq, ack.dot);
+                    UploadOutcome::Taken { seq, ack }
+                }
+                Err(error) => UploadOutcome::Refused { seq, error },
+            });
+        }
+        if now.through > before.through {
+            let write = Write {
+                collection: DEVICES_COLLECTION.into(),
+                key: Some(record),
+                value: Some(now.to_json()),
+                context: None,
+            };
+            // A small JSON document replacing this node's own record: only a corrupt
+            // stored record can refuse it, and then the whole batch must not commit.
+            if let Err(refused) = self.apply_local(b, &write, true)? {
+                return Err(StoreError::Corrupted {
+                    table: "keys",
+                    reason: format!("the record of device {}: {refused}", upload.device),
+                });
+            }
+        }
+        Ok(outcomes)
     }
 
     fn apply_step(&mut self, b: &mut Batch<'_>, step: ReplicationStep) -> Result<(), StoreError> {
@@ -810,6 +875,9 @@ fn refuse(reply: ReplyTo, failure: StoreFailure) {
             let _ = reply.send(Err(failure.error()));
         }
         ReplyTo::Remote(reply) => {
+            let _ = reply.send(Err(failure.error()));
+        }
+        ReplyTo::Upload(reply) => {
             let _ = reply.send(Err(failure.error()));
         }
         ReplyTo::Done(reply) => {

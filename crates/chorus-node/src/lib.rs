@@ -19,6 +19,7 @@
 //! after an I/O error is not trusted (the same rule redb follows).
 
 mod committer;
+pub mod devices;
 pub mod leases;
 pub mod limits;
 mod node;

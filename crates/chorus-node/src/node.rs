@@ -402,7 +402,7 @@ impl Node {
     }
 
     /// Queues a request for the committer and waits for its answer.
-    async fn submit<T>(
+    pub(crate) async fn submit<T>(
         &self,
         request: Request,
         reply: oneshot::Receiver<Result<T, WriteError>>,
@@ -449,6 +449,13 @@ impl Node {
     }
 
     fn request(&self, write: Write, supersede_current: bool) -> Result<PendingRequest, WriteError> {
+        self.check_write(&write)?;
+        Ok(pending(write, supersede_current))
+    }
+
+    /// Refuses a write whose names or document are not acceptable, before it is
+    /// queued.
+    pub(crate) fn check_write(&self, write: &Write) -> Result<(), WriteError> {
         check_collection_name(&write.collection).map_err(WriteError::Invalid)?;
         if let Some(key) = &write.key {
             check_key(key).map_err(WriteError::Invalid)?;
@@ -462,7 +469,7 @@ impl Node {
             }
             crate::json::check_document(value).map_err(|e| WriteError::Invalid(e.to_string()))?;
         }
-        Ok(pending(write, supersede_current))
+        Ok(())
     }
 
     // ---- reads --------------------------------------------------------------------

@@ -9,6 +9,7 @@
 //!
 //! [`Node`]: crate::Node
 
+use crate::devices::{Upload, UploadOutcome};
 use crate::document::Context;
 use chorus_core::crdt::{self, Operation};
 use chorus_core::{ConflictRecord, Dot, Entry, Hlc, KeyState, NodeId, VersionVector};
@@ -150,7 +151,6 @@ pub enum ReplicationStep {
         keys: Vec<(String, String, KeyState)>,
         conflicts: Vec<ConflictRecord>,
     },
-    /// A transfer is complete: count `applied` as applied, and restart the op log.
     /// A transfer is complete: `applied` joins what this node has applied; in
     /// `buckets` (all the sender's keys were sent), a key not written since change
     /// `unchanged_since` loses its versions `applied` covers (collected at the sender).
@@ -205,11 +205,15 @@ pub(crate) enum Job {
         entries: Vec<Entry>,
     },
     Step(ReplicationStep),
+    /// A device's writes, taken in one commit with this node's record of the device
+    /// (see [`crate::devices`]).
+    Upload(Upload),
 }
 
 pub(crate) enum ReplyTo {
     Local(Reply<WriteAck>),
     Remote(Reply<RemoteOutcome>),
+    Upload(Reply<Vec<UploadOutcome>>),
     /// Told when the job is committed (a dropped receiver is fine: nobody waits).
     Done(Reply<()>),
 }

@@ -138,7 +138,9 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
     let on = |right, collection: &str| Needed::Right(right, Some(collection.to_owned()));
     match segments.as_slice() {
         ["v1", "bulk", collection, "get"] => on(Right::Read, collection),
-        ["v1", "bulk", collection] => on(Right::Write, collection),
+        ["v1", "bulk", collection] | ["v1", "devices", "upload", collection] => {
+            on(Right::Write, collection)
+        }
         ["v1", "docs", collection, ..] | ["v1", "locks", collection, ..] => {
             on(if reading { Right::Read } else { Right::Write }, collection)
         }
@@ -152,7 +154,7 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
             Needed::Right(Right::Read, query_param(query, "collection"))
         }
         ["v1", "conflicts", ..] => Needed::Right(Right::Admin, None),
-        ["v1", "changes"] => Needed::Right(Right::Read, None),
+        ["v1", "changes"] => Needed::Right(Right::Read, query_param(query, "collection")),
         ["v1", "status"] | ["v1", "digest"] | ["metrics"] | [""] => Needed::Token,
         // A route not classified here (a new one) is for admins until it is.
         _ => Needed::Right(Right::Admin, None),

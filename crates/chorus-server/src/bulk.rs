@@ -51,7 +51,7 @@ struct BulkGet {
     keys: Vec<String>,
 }
 
-fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], usage: &str) -> ApiResult<T> {
+pub(crate) fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], usage: &str) -> ApiResult<T> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("{usage}: {e}")))
 }
 
@@ -66,7 +66,25 @@ fn check_count(count: usize) -> ApiResult<()> {
 
 /// The write an item asks for, or why it cannot be made.
 fn item_write(collection: &str, item: &BulkDoc) -> ApiResult<Write> {
-    let value = match (&item.value, item.deleted) {
+    document_write(
+        collection,
+        &item.key,
+        item.value.as_deref(),
+        item.context.as_deref(),
+        item.deleted,
+    )
+}
+
+/// The write of `key` in `collection` that a request item asks for: `value` (a JSON
+/// document) or `deleted`, against `context` (a read's token) if given.
+pub(crate) fn document_write(
+    collection: &str,
+    key: &str,
+    value: Option<&RawValue>,
+    context: Option<&str>,
+    deleted: bool,
+) -> ApiResult<Write> {
+    let value = match (value, deleted) {
         (Some(_), true) => {
             return Err(ApiError::bad_request("give value or deleted, not both"));
         }
@@ -78,14 +96,12 @@ fn item_write(collection: &str, item: &BulkDoc) -> ApiResult<Write> {
             ));
         }
     };
-    let context = item
-        .context
-        .as_deref()
-        .map(|text| render::parse_token(text, collection, &item.key))
+    let context = context
+        .map(|text| render::parse_token(text, collection, key))
         .transpose()?;
     Ok(Write {
         collection: collection.to_owned(),
-        key: Some(item.key.clone()),
+        key: Some(key.to_owned()),
         value,
         context,
     })

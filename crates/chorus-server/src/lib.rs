@@ -16,6 +16,7 @@ mod bulk;
 mod changes;
 mod connections;
 mod cors;
+mod devices;
 mod error;
 mod extract;
 pub mod home;

@@ -65,6 +65,10 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         .route("/v1/docs/{collection}/{key}/ops", post(apply_ops))
         .route("/v1/bulk/{collection}", post(crate::bulk::bulk_write))
         .route("/v1/bulk/{collection}/get", post(crate::bulk::bulk_get))
+        .route(
+            "/v1/devices/upload/{collection}",
+            post(crate::devices::upload),
+        )
         .route("/v1/changes", get(changes::changes))
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/conflicts/{id}", get(get_conflict))
@@ -116,15 +120,19 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
 
 // ---- handlers ----------------------------------------------------------------------
 
-/// `GET /`: what this is, and where to go next.
-async fn about(State(node): State<Node>) -> Json<Value> {
-    Json(json!({
+/// `GET /`: what this is, and where to go next; the feed's id (the part before `-`
+/// of its cursors), so that a client holding cursors of several nodes picks this
+/// node's.
+async fn about(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    let feed = node.feed()?;
+    Ok(Json(json!({
         "chorus": "a multi-leader replicated JSON document database",
         "version": env!("CARGO_PKG_VERSION"),
         "node": node.name(),
+        "feed": format!("{:016x}", feed.id),
         "api": "/v1 (docs/api.md; docs/openapi.json)",
         "status": "/v1/status",
-    }))
+    })))
 }
 
 /// How the node is protected, for the status (a node run with `--insecure` says so).

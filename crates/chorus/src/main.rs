@@ -5,6 +5,7 @@
 
 mod client;
 mod demo;
+mod device;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -162,6 +163,9 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// A device replica: a local store that works offline and syncs with any node
+    /// (`docs/devices.md`).
+    Device(device::DeviceArgs),
     /// Access tokens for nodes started with `--auth`: create, list, revoke.
     Token {
         #[command(subcommand)]
@@ -374,6 +378,7 @@ fn main() -> ExitCode {
         Command::Restore { data, file } => serve::restore(&data, &file),
         Command::Export { target } => client::export(&target),
         Command::Import { target } => client::import(&target),
+        Command::Device(args) => device::run(args),
         Command::Token { action } => match action {
             TokenAction::Create {
                 name,

@@ -1,0 +1,439 @@
+//! Syncing a device with a node: upload what is pending, then download what changed.
+//!
+//! ```text
+//!  GET /                                  ─▶ the node's name and feed id
+//!  POST /v1/devices/upload/{c}  (per collection, pending writes in seq order)
+//!  POST /v1/bulk/{c}/get        (the uploaded documents as the node now reads them)
+//!  GET /v1/changes?since=CURSOR&collection=C&prefix=P&include_docs=true  (pages)
+//! ```
+//!
+//! Cursors are kept per node feed and per subscription entry, so a device that moves
+//! between nodes resumes each node's feed where it left it. A node whose feed the
+//! device has no cursor for (first contact; a node restored or wiped: its feed id
+//! changed) is read from the start: the feed then lists every document the node
+//! holds once, whatever it collected from its op log (a snapshot, not a log), and
+//! documents of the subscription the node no longer holds at all (deleted, and the
+//! deletion collected) are dropped from the device, unless the device wrote them.
+//!
+//! **Invariant:** the device adds a node to a pending write's `in_doubt_at` (durably)
+//! before sending it there, and removes it only on an answer that says the node did
+//! not take it (the node refused before writing, or could not be reached).
+
+use crate::DeviceError;
+use crate::local::{Local, Pending, Record};
+use chorus_client::{Client, Error as ClientError, segment};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Writes per upload request, and documents per feed page.
+const PAGE_ITEMS: usize = 1000;
+
+/// What a device holds: whole collections, or the keys of a collection with a prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// `(collection, key prefix)`; an empty prefix is the whole collection.
+    pub entries: Vec<(String, String)>,
+}
+
+impl Subscription {
+    /// Whole collections.
+    pub fn collections<I, S>(names: I) -> Subscription
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Subscription {
+            entries: names
+                .into_iter()
+                .map(|n| (n.into(), String::new()))
+                .collect(),
+        }
+    }
+
+    /// The same collections, only keys starting with `prefix`.
+    pub fn with_prefix(mut self, prefix: &str) -> Subscription {
+        for (_, p) in &mut self.entries {
+            *p = prefix.to_owned();
+        }
+        self
+    }
+}
+
+/// Credentials for the nodes.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Access {
+    pub token: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// How far a sync has come.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The node being synced with.
+    pub node: String,
+    /// Writes the node answered for (taken, taken before, or refused).
+    pub uploaded: usize,
+    /// Documents downloaded.
+    pub downloaded: usize,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub progress: Progress,
+    /// Writes taken now.
+    pub taken: usize,
+    /// Writes a node had taken before (an upload whose answer was lost, retried).
+    pub taken_before: usize,
+    /// Writes refused (see `Device::rejected`).
+    pub rejected: usize,
+    /// Writes left pending because a node that may hold them could not confirm.
+    pub in_doubt: usize,
+    /// Subscription entries read from the start of the node's feed.
+    pub snapshots: usize,
+    /// Documents dropped because the node no longer holds them.
+    pub removed: usize,
+}
+
+/// Syncs with the first of `urls` that answers.
+pub(crate) fn sync(
+    local: &Local,
+    urls: &[String],
+    access: &Access,
+    subscription: &Subscription,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SyncReport, DeviceError> {
+    let mut tried = Vec::new();
+    for url in urls {
+        let mut client = Client::new([url.as_str()])?;
+        if let Some(pem) = &access.ca_pem {
+            client = client.with_ca(pem)?;
+        }
+        if let Some(token) = &access.token {
+            client = client.with_header("Authorization", &format!("Bearer {token}"));
+        }
+        match sync_with(local, &client, subscription, progress) {
+            Ok(report) => return Ok(report),
+            // Down, or cut off mid-way: what was sent is remembered; try the next.
+            Err(DeviceError::Sync(
+                e @ (ClientError::Unreachable { .. } | ClientError::Uncertain { .. }),
+            )) => tried.push(format!("{url}: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(DeviceError::Protocol(format!(
+        "no node could be synced with: {}",
+        tried.join("; ")
+    )))
+}
+
+fn sync_with(
+    local: &Local,
+    client: &Client,
+    subscription: &Subscription,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<SyncReport, DeviceError> {
+    let about = client.call("GET", "/", None, None)?;
+    let (Some(node), Some(feed)) = (about["node"].as_str(), about["feed"].as_str()) else {
+        return Err(DeviceError::Protocol(format!(
+            "{} is not a Chorus node of this version (GET / answered {about})",
+            client.url()
+        )));
+    };
+    let mut report = SyncReport {
+        progress: Progress {
+            node: node.to_owned(),
+            ..Progress::default()
+        },
+        ..SyncReport::default()
+    };
+    // Writes that waited beside a sent one become uploadable once it is answered:
+    // a few rounds take them in the same sync.
+    for _ in 0..3 {
+        if !upload(local, client, node, &mut report, progress)? {
+            break;
+        }
+    }
+    for (collection, prefix) in &subscription.entries {
+        download(
+            local,
+            client,
+            feed,
+            collection,
+            prefix,
+            &mut report,
+            progress,
+        )?;
+    }
+    Ok(report)
+}
+
+/// Uploads every pending write (per collection, in seq order); answers whether any
+/// was answered.
+fn upload(
+    local: &Local,
+    client: &Client,
+    node: &str,
+    report: &mut SyncReport,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<bool, DeviceError> {
+    let mut by_collection: BTreeMap<String, Vec<(String, Pending)>> = BTreeMap::new();
+    for (collection, key, record) in local.pending_records()? {
+        if let Some(write) = record.pending {
+            by_collection
+                .entry(collection)
+                .or_default()
+                .push((key, write));
+        }
+    }
+    let device = local.id();
+    let mut answered = false;
+    for (collection, mut writes) in by_collection {
+        writes.sort_by_key(|(_, w)| w.seq);
+        for batch in writes.chunks(PAGE_ITEMS) {
+            mark_sent(local, &collection, batch, node, true)?;
+            let in_doubt_at: BTreeSet<&str> = batch
+                .iter()
+                .flat_map(|(_, w)| w.in_doubt_at.iter().map(String::as_str))
+                .filter(|n| *n != node)
+                .collect();
+            let items: Vec<Value> = batch.iter().map(|(key, w)| upload_item(key, w)).collect();
+            let body =
+                json!({"device": device, "writes": items, "in_doubt_at": in_doubt_at}).to_string();
+            let path = format!("/v1/devices/upload/{}", segment(&collection));
+            let answer = match client.call("POST", &path, Some(body.as_bytes()), None) {
+                Ok(answer) => answer,
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    // Refused before writing (503, e.g. in doubt elsewhere) or never
+                    // sent: this node did not take them.
+                    mark_sent(local, &collection, batch, node, false)?;
+                    report.in_doubt += batch.len();
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            report.progress.bytes_up += body.len() as u64;
+            answered = true;
+            let keys: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+            let reads = client
+                .call(
+                    "POST",
+                    &format!("/v1/bulk/{}/get", segment(&collection)),
+                    Some(json!({ "keys": keys }).to_string().as_bytes()),
+                    None,
+                )
+                .ok();
+            settle(local, &collection, batch, &answer, reads.as_ref(), report)?;
+            progress(&report.progress);
+        }
+    }
+    Ok(answered)
+}
+
+fn upload_item(key: &str, write: &Pending) -> Value {
+    let mut item = json!({"seq": write.seq, "key": key});
+    match &write.value {
+        Some(value) => item["value"] = value.clone(),
+        None => item["deleted"] = json!(true),
+    }
+    if let Some(context) = &write.context {
+        item["context"] = json!(context);
+    }
+    if !write.covers.is_empty() {
+        item["covers"] = json!(write.covers);
+    }
+    item
+}
+
+/// Adds `node` to (or, `sent == false`, removes it from) the `in_doubt_at` of the
+/// batch's writes, durably.
+fn mark_sent(
+    local: &Local,
+    collection: &str,
+    batch: &[(String, Pending)],
+    node: &str,
+    sent: bool,
+) -> Result<(), DeviceError> {
+    let txn = local.begin()?;
+    for (key, write) in batch {
+        let Some(mut record) = txn.record(collection, key)? else {
+            continue;
+        };
+        let Some(pending) = record.pending.as_mut().filter(|p| p.seq == write.seq) else {
+            continue;
+        };
+        let listed = pending.in_doubt_at.iter().any(|n| n == node);
+        match (sent, listed) {
+            (true, false) => pending.in_doubt_at.push(node.to_owned()),
+            (false, true) => pending.in_doubt_at.retain(|n| n != node),
+            _ => continue,
+        }
+        txn.put_record(collection, key, &mut record)?;
+    }
+    txn.commit()
+}
+
+/// Records the node's answer for a batch, with the documents as it now reads them
+/// (`reads`, when the read succeeded), in one transaction.
+fn settle(
+    local: &Local,
+    collection: &str,
+    batch: &[(String, Pending)],
+    answer: &Value,
+    reads: Option<&Value>,
+    report: &mut SyncReport,
+) -> Result<(), DeviceError> {
+    let results: BTreeMap<u64, &Value> = answer["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["seq"].as_u64()?, r)))
+        .collect();
+    let fresh: BTreeMap<&str, &Value> = reads
+        .and_then(|r| r["docs"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|d| Some((d["key"].as_str()?, d)))
+        .collect();
+    let txn = local.begin()?;
+    for (key, write) in batch {
+        let Some(result) = results.get(&write.seq) else {
+            continue;
+        };
+        let Some(mut record) = txn.record(collection, key)? else {
+            continue;
+        };
+        if record.pending.as_ref().map(|p| p.seq) != Some(write.seq) {
+            continue;
+        }
+        report.progress.uploaded += 1;
+        let dot = result["dot"].as_str().map(str::to_owned);
+        if let Some(error) = result["error"].as_str() {
+            let message = result["message"].as_str().unwrap_or_default();
+            txn.reject(collection, key, write, error, message)?;
+            report.rejected += 1;
+        } else if result["taken"] == "before" {
+            report.taken_before += 1;
+        } else {
+            report.taken += 1;
+        }
+        // The write beside it saw it: it replaces it too.
+        record.pending = record.next.take().map(|mut next| {
+            if result["error"].is_null() {
+                next.covers.extend(dot);
+            }
+            next
+        });
+        if let Some(read) = fresh.get(key.as_str()) {
+            record.server = Some(server_copy(read));
+        }
+        txn.put_record(collection, key, &mut record)?;
+    }
+    txn.commit()
+}
+
+/// The server's read as the device keeps it: a READ, or `{"deleted": true, "context"}`.
+fn server_copy(read: &Value) -> Value {
+    if read["error"] == "not_found" || read["deleted"] == true {
+        json!({"deleted": true, "context": read["context"]})
+    } else {
+        let mut copy = read.clone();
+        if let Some(object) = copy.as_object_mut() {
+            object.remove("key");
+        }
+        copy
+    }
+}
+
+/// Reads one subscription entry of the node's feed from the device's cursor (from
+/// the start when it has none for this feed), page by page, each page stored with
+/// the cursor after it.
+fn download(
+    local: &Local,
+    client: &Client,
+    feed: &str,
+    collection: &str,
+    prefix: &str,
+    report: &mut SyncReport,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(), DeviceError> {
+    let cursor_name = format!("{feed}/{collection}/{prefix}");
+    let mut cursors = local.meta("cursors")?.unwrap_or_else(|| json!({}));
+    let mut since = cursors[&cursor_name].as_str().unwrap_or("0").to_owned();
+    let snapshot = since == "0";
+    let mut seen = BTreeSet::new();
+    report.snapshots += usize::from(snapshot);
+    loop {
+        let path = format!(
+            "/v1/changes?since={}&limit={PAGE_ITEMS}&include_docs=true&collection={}&prefix={}",
+            segment(&since),
+            segment(collection),
+            segment(prefix)
+        );
+        let page = client.call("GET", &path, None, None)?;
+        report.progress.bytes_down += page.to_string().len() as u64;
+        let changes = page["changes"].as_array().cloned().unwrap_or_default();
+        let next = page["next"].as_str().unwrap_or(&since).to_owned();
+        let txn = local.begin()?;
+        for change in &changes {
+            let Some(key) = change["key"].as_str() else {
+                continue;
+            };
+            seen.insert(key.to_owned());
+            let copy = match change["deleted"] == true {
+                true => json!({"deleted": true, "context": change["context"]}),
+                false => server_copy(&change["doc"]),
+            };
+            let mut record = txn.record(collection, key)?.unwrap_or_default();
+            if record.server.as_ref() != Some(&copy) {
+                record.server = Some(copy);
+                txn.put_record(collection, key, &mut record)?;
+            }
+        }
+        cursors[&cursor_name] = json!(next);
+        txn.set_meta("cursors", &cursors)?;
+        txn.commit()?;
+        report.progress.downloaded += changes.len();
+        progress(&report.progress);
+        if changes.is_empty() && next == since {
+            break;
+        }
+        since = next;
+    }
+    if snapshot {
+        sweep(local, collection, prefix, &seen, report)?;
+    }
+    Ok(())
+}
+
+/// After reading a whole feed: documents the node no longer holds at all (deleted,
+/// and the deletion collected) leave the device, unless the device wrote them (the
+/// write then goes up against the context it had, and the node records the conflict
+/// with the deletion).
+fn sweep(
+    local: &Local,
+    collection: &str,
+    prefix: &str,
+    seen: &BTreeSet<String>,
+    report: &mut SyncReport,
+) -> Result<(), DeviceError> {
+    let txn = local.begin()?;
+    for key in local.doc_keys(collection, prefix)? {
+        if seen.contains(&key) {
+            continue;
+        }
+        let Some(mut record) = txn.record(collection, &key)? else {
+            continue;
+        };
+        if record.pending.is_none() && record.next.is_none() {
+            txn.remove_record(collection, &key)?;
+            report.removed += 1;
+        } else if record.server.is_some() {
+            record.server = None;
+            txn.put_record(collection, &key, &mut Record { ..record })?;
+        }
+    }
+    txn.commit()
+}

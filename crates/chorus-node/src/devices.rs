@@ -1,0 +1,244 @@
+//! Uploads from device replicas (see `docs/design/devices.md`).
+//!
+//! A device is not a member of the cluster: it is a client of the servers' dots. The
+//! node that takes its upload gives each write a dot of its own, judged against the
+//! context the device read, so no version vector or key state ever names a device.
+//!
+//! A device numbers its writes (`seq`, increasing per device). A node takes an
+//! upload of one collection **in one commit together with its record of the device**:
+//! the document `_devices/{device}/{node}/{collection}` of a reserved collection,
+//! written only by this node, holding the greatest `seq` it took (`through`) and the
+//! dots it gave the writes of that last upload (`dots`), so that a device that never
+//! got the answer learns them from a retry.
+//!
+//! **Invariant:** a write whose `seq` a node's record covers was taken by that node,
+//! and is never taken again by it: an upload cut off and retried on the same node
+//! answers "taken before" for what was committed. The record replicates like any
+//! document, so another node can tell from it what a node it cannot reach took (the
+//! device names that node as `in_doubt_at` when it retries elsewhere).
+
+use crate::document::Context;
+use crate::node::{Node, ReadError};
+use crate::request::{Job, ReplyTo, Request, Write, WriteAck, WriteError};
+use chorus_core::{Dot, KeyState, NodeId, Policy};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use tokio::sync::oneshot;
+
+/// The reserved collection of nodes' records of devices.
+pub const DEVICES_COLLECTION: &str = "_devices";
+/// Writes one upload may carry.
+pub const UPLOAD_WRITES_MAX: usize = 10_000;
+
+/// A device's id: 128 random bits, written as 32 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceId(pub u128);
+
+impl DeviceId {
+    /// Parses 32 hex digits.
+    pub fn parse(text: &str) -> Option<DeviceId> {
+        let valid = text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        valid
+            .then(|| u128::from_str_radix(text, 16).ok())
+            .flatten()
+            .map(DeviceId)
+    }
+
+    /// A new random id.
+    pub fn random() -> Result<DeviceId, getrandom::Error> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)?;
+        Ok(DeviceId(u128::from_le_bytes(bytes)))
+    }
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// One write of a device, as it uploads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceWrite {
+    /// The device's number for the write: increasing per device.
+    pub seq: u64,
+    pub key: String,
+    /// The JSON document, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+    /// The context of the read the device made the write against (`None`: blind).
+    pub context: Option<Context>,
+}
+
+/// The writes of one device to one collection, to take together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upload {
+    pub device: DeviceId,
+    pub collection: String,
+    /// In increasing `seq` order.
+    pub writes: Vec<DeviceWrite>,
+}
+
+/// What became of one uploaded write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// Taken now: its dot, and the document's context after it.
+    Taken { seq: u64, ack: WriteAck },
+    /// Taken by an earlier upload (this node's, or the named node's, record covers
+    /// it), with its dot when the record still names it (it names those of the
+    /// taker's last upload of the device): read the document to see it.
+    TakenBefore { seq: u64, dot: Option<Dot> },
+    /// Refused; it changed nothing (the device should not send it again).
+    Refused { seq: u64, error: WriteError },
+}
+
+impl UploadOutcome {
+    pub fn seq(&self) -> u64 {
+        match self {
+            UploadOutcome::Taken { seq, .. }
+            | UploadOutcome::TakenBefore { seq, .. }
+            | UploadOutcome::Refused { seq, .. } => *seq,
+        }
+    }
+}
+
+/// The key of `node`'s record of `device` in `collection`.
+pub(crate) fn record_key(device: DeviceId, node: NodeId, collection: &str) -> String {
+    format!("{device}/{node}/{collection}")
+}
+
+/// What a node's record says it took of one device in one collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// Every `seq` up to this was taken (0: none).
+    pub through: u64,
+    /// The dots given to the writes of the last upload taken.
+    pub dots: BTreeMap<u64, Dot>,
+}
+
+impl Taken {
+    /// The record a key state of `_devices` holds (its newest version).
+    pub(crate) fn of(state: &KeyState) -> Taken {
+        let Some(record) = Policy::Lww
+            .winner(state.versions())
+            .and_then(|v| v.value.as_deref())
+            .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
+        else {
+            return Taken::default();
+        };
+        let dots = record["dots"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(seq, dot)| Some((seq.parse().ok()?, Dot::parse(dot.as_str()?)?)))
+            .collect();
+        Taken {
+            through: record["through"].as_u64().unwrap_or(0),
+            dots,
+        }
+    }
+
+    /// The record's document.
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        let dots: serde_json::Map<String, Value> = self
+            .dots
+            .iter()
+            .map(|(seq, dot)| (seq.to_string(), Value::String(dot.to_string())))
+            .collect();
+        serde_json::json!({ "through": self.through, "dots": dots })
+            .to_string()
+            .into_bytes()
+    }
+
+    /// What this record says of write `seq`, if it covers it.
+    pub fn outcome(&self, seq: u64) -> Option<UploadOutcome> {
+        (seq <= self.through).then(|| UploadOutcome::TakenBefore {
+            seq,
+            dot: self.dots.get(&seq).copied(),
+        })
+    }
+}
+
+impl Node {
+    /// Takes a device's writes to one collection, all in one commit with this node's
+    /// record of the device; answers each in order. Writes the record covers are
+    /// answered [`UploadOutcome::TakenBefore`] and not taken again. A malformed write
+    /// refuses the whole upload, changing nothing.
+    pub async fn upload(&self, upload: Upload) -> Result<Vec<UploadOutcome>, WriteError> {
+        self.check_upload(&upload)?;
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            job: Job::Upload(upload),
+            reply: ReplyTo::Upload(reply),
+        };
+        self.submit(request, answer).await
+    }
+
+    fn check_upload(&self, upload: &Upload) -> Result<(), WriteError> {
+        if upload.writes.len() > UPLOAD_WRITES_MAX {
+            return Err(WriteError::Invalid(format!(
+                "an upload carries at most {UPLOAD_WRITES_MAX} writes; got {}",
+                upload.writes.len()
+            )));
+        }
+        if upload.writes.windows(2).any(|w| w[0].seq >= w[1].seq) {
+            return Err(WriteError::Invalid(
+                "an upload's writes must be in increasing seq order".into(),
+            ));
+        }
+        for w in &upload.writes {
+            self.check_write(&Write {
+                collection: upload.collection.clone(),
+                key: Some(w.key.clone()),
+                value: w.value.clone(),
+                context: None,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What the node `taker` took of `device` in `collection`, as far as this node
+    /// knows (records replicate like documents).
+    pub fn device_taken(
+        &self,
+        device: DeviceId,
+        taker: NodeId,
+        collection: &str,
+    ) -> Result<Taken, ReadError> {
+        let key = record_key(device, taker, collection);
+        let state = self.snapshot()?.key_state(DEVICES_COLLECTION, &key)?;
+        Ok(Taken::of(&state))
+    }
+
+    /// Devices some node has taken writes from, as this node knows them.
+    pub fn devices_seen(&self) -> Result<usize, ReadError> {
+        let snapshot = self.snapshot()?;
+        let mut devices = std::collections::BTreeSet::new();
+        for entry in snapshot.keys_from(DEVICES_COLLECTION, std::ops::Bound::Unbounded)? {
+            let (key, _) = entry?;
+            devices.insert(key.split('/').next().unwrap_or_default().to_owned());
+        }
+        Ok(devices.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_are_32_hex_digits() {
+        let id = DeviceId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(id.to_string(), "0123456789abcdef0011223344556677");
+        assert_eq!(DeviceId::parse(&id.to_string()), Some(id));
+        for bad in [
+            "",
+            "0123",
+            "0123456789abcdef001122334455667g",
+            "+123456789abcdef0011223344556677",
+        ] {
+            assert_eq!(DeviceId::parse(bad), None, "{bad:?}");
+        }
+        assert_ne!(DeviceId::random().unwrap(), DeviceId::random().unwrap());
+    }
+}

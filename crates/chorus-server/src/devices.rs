@@ -1,0 +1,187 @@
+//! Uploads of device replicas (`docs/design/devices.md`); they download through the
+//! change feed.
+//!
+//! ```text
+//!  POST /v1/devices/upload/{c}  {"device", "writes": [{"seq", "key", "value"? | "deleted"?,
+//!                                "context"?, "covers"?: [DOT]}], "in_doubt_at"?: [NODE]}
+//!        ─▶ (in doubt at other nodes: their records of the device decide)
+//!        ─▶ Node::upload: the writes and this node's record of the device, one commit
+//!        ◀─ {"node", "results": [{"seq", "key", "context", "dot"} | {"seq", "taken": "before", "dot"?}
+//!                                | {"seq", "error", "message"}]}  (seq order)
+//! ```
+//!
+//! A write replaces what its `context` (the token of the read the device showed)
+//! covers, and the device's own earlier writes named in `covers` (dots servers gave
+//! them), which its context cannot name.
+//!
+//! **In doubt.** A device whose upload to node N went unanswered names N when it
+//! retries elsewhere. The node asked takes only what N's record (replicated like a
+//! document, in the same commit as N's writes) shows N did not take, and only when N
+//! is not a member any more or its record covers the writes: while N is a member
+//! whose record here does not cover them, N may have taken them without the record
+//! having arrived yet, so the answer is 503 `in_doubt` (retry on N, or later) and
+//! nothing is taken twice.
+
+use crate::bulk::{document_write, parse};
+use crate::error::ApiError;
+use crate::extract::collection_and_body;
+use crate::render;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use chorus_node::devices::{DeviceId, DeviceWrite, Taken, Upload, UploadOutcome};
+use chorus_node::{Context, Dot, Node};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadRequest {
+    device: String,
+    writes: Vec<UploadItem>,
+    #[serde(default)]
+    in_doubt_at: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadItem {
+    seq: u64,
+    key: String,
+    value: Option<Box<RawValue>>,
+    context: Option<String>,
+    #[serde(default)]
+    covers: Vec<String>,
+    #[serde(default)]
+    deleted: bool,
+}
+
+const USAGE: &str = "the body must be {\"device\": 32 hex digits, \"writes\": [{\"seq\", \"key\", \
+                     \"value\"? or \"deleted\"?, \"context\"?, \"covers\"?}], \"in_doubt_at\"?: [NODE]}";
+
+/// The write an item asks for: its document and its context (the read's token,
+/// plus the dots it covers).
+fn device_write(collection: &str, item: &UploadItem) -> ApiResult<DeviceWrite> {
+    let write = document_write(
+        collection,
+        &item.key,
+        item.value.as_deref(),
+        item.context.as_deref(),
+        item.deleted,
+    )?;
+    let mut seen = write
+        .context
+        .map(|c| c.vector().clone())
+        .unwrap_or_default();
+    for text in &item.covers {
+        let dot = Dot::parse(text)
+            .ok_or_else(|| ApiError::bad_request("covers holds dots, NODE:COUNTER"))?;
+        seen.add(dot);
+    }
+    Ok(DeviceWrite {
+        seq: item.seq,
+        key: item.key.clone(),
+        value: write.value,
+        context: (!seen.is_empty()).then(|| Context::new(seen)),
+    })
+}
+
+/// `POST /v1/devices/upload/{c}`.
+pub(crate) async fn upload(
+    State(node): State<Node>,
+    Extension(cluster): Extension<Option<Arc<crate::home::Forwarding>>>,
+    collection: Result<Path<String>, PathRejection>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let (collection, bytes) = collection_and_body(collection, bytes)?;
+    let request: UploadRequest = parse(&bytes, USAGE)?;
+    let device = DeviceId::parse(&request.device)
+        .ok_or_else(|| ApiError::bad_request("device must be 32 hex digits"))?;
+    let mut writes = request
+        .writes
+        .iter()
+        .map(|item| {
+            device_write(&collection, item)
+                .map_err(|e| ApiError::bad_request(format!("write {}: {}", item.seq, e.message)))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let mut outcomes = Vec::new();
+    for taker in request.in_doubt_at.iter().filter(|n| *n != node.name()) {
+        let taken = taken_by(&node, device, taker, &collection)?;
+        let (before, after): (Vec<_>, Vec<_>) = writes
+            .into_iter()
+            .partition(|w| taken.outcome(w.seq).is_some());
+        outcomes.extend(before.iter().filter_map(|w| taken.outcome(w.seq)));
+        let member = cluster.as_ref().is_some_and(|c| {
+            c.cluster
+                .peer_status()
+                .iter()
+                .any(|p| p.name.as_str() == taker)
+        });
+        if member && !after.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "in_doubt",
+                format!(
+                    "node {taker} may have taken writes {} to {} of this upload and has not \
+                     confirmed them here yet: retry on {taker}, or here later",
+                    after[0].seq,
+                    after[after.len() - 1].seq
+                ),
+            ));
+        }
+        writes = after;
+    }
+    let count = writes.len();
+    outcomes.extend(
+        node.upload(Upload {
+            device,
+            collection: collection.clone(),
+            writes,
+        })
+        .await?,
+    );
+    metrics::counter!("chorus_device_uploads_total").increment(1);
+    metrics::counter!("chorus_device_upload_writes_total").increment(count as u64);
+    outcomes.sort_by_key(UploadOutcome::seq);
+    let results: Vec<Value> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            UploadOutcome::Taken { seq, ack } => json!({
+                "seq": seq,
+                "key": ack.key,
+                "context": render::token(&ack.context, &collection, &ack.key),
+                "dot": ack.dot.to_string(),
+            }),
+            UploadOutcome::TakenBefore { seq, dot } => {
+                json!({"seq": seq, "taken": "before", "dot": dot.map(|d| d.to_string())})
+            }
+            UploadOutcome::Refused { seq, error } => {
+                let error = ApiError::from(error);
+                json!({"seq": seq, "error": error.code, "message": error.message})
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "node": node.name(), "results": results })))
+}
+
+/// What the node named `taker` took of `device` in `collection`, by its record as
+/// this node has it (of the ids the name had, the one that took the most).
+fn taken_by(node: &Node, device: DeviceId, taker: &str, collection: &str) -> ApiResult<Taken> {
+    let mut taken = Taken::default();
+    for (id, name) in node.replica().known_names() {
+        if name == taker {
+            let theirs = node.device_taken(device, id, collection)?;
+            if theirs.through > taken.through {
+                taken = theirs;
+            }
+        }
+    }
+    Ok(taken)
+}

@@ -1,0 +1,161 @@
+//! `chorus device`: a device replica at the command line (`docs/devices.md`).
+
+use crate::client::Target;
+use anyhow::Context as _;
+use chorus_device::{Device, LocalDocument, Progress, Subscription};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct DeviceArgs {
+    /// The device's local store (created on first use).
+    #[arg(long)]
+    local: PathBuf,
+    #[command(subcommand)]
+    action: DeviceAction,
+}
+
+#[derive(clap::Subcommand)]
+enum DeviceAction {
+    /// Read a document as this device shows it (its own unsynced write, if any).
+    Get { collection: String, key: String },
+    /// Write a JSON document locally (no network needed); it replaces what this
+    /// device shows and goes up at the next sync.
+    Put {
+        collection: String,
+        key: String,
+        value: String,
+    },
+    /// Delete a document locally; the deletion goes up at the next sync.
+    Delete { collection: String, key: String },
+    /// List the keys of a collection held on this device.
+    List {
+        collection: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Show the writes not taken by a server yet, and those servers refused.
+    Pending,
+    /// Sync with a cluster: upload pending writes, download what changed in the
+    /// subscription; exits when caught up (`--live` keeps syncing).
+    Sync {
+        /// Collections this device holds (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        collections: Vec<String>,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Keep syncing, every `--interval-ms`, until interrupted.
+        #[arg(long)]
+        live: bool,
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
+    let device = Device::open(&args.local)?;
+    match args.action {
+        DeviceAction::Get { collection, key } => match device.get(&collection, &key)? {
+            Some(doc) => print_json(&document_json(&doc)),
+            None => anyhow::bail!("{collection}/{key} is not on this device (absent or deleted)"),
+        },
+        DeviceAction::Put {
+            collection,
+            key,
+            value,
+        } => {
+            let value: Value = serde_json::from_str(&value)
+                .with_context(|| format!("the document is not JSON: {value}"))?;
+            device.put(&collection, &key, &value)?;
+            print_json(&json!({"key": key, "pending": device.pending()?}));
+        }
+        DeviceAction::Delete { collection, key } => {
+            device.delete(&collection, &key)?;
+            print_json(&json!({"key": key, "deleted": true, "pending": device.pending()?}));
+        }
+        DeviceAction::List { collection, prefix } => {
+            for key in device.list(&collection, &prefix)? {
+                println!("{key}");
+            }
+        }
+        DeviceAction::Pending => {
+            let rejected: Vec<Value> = device
+                .rejected()?
+                .iter()
+                .map(|r| json!({"collection": r.collection, "key": r.key, "error": r.error, "message": r.message}))
+                .collect();
+            print_json(&json!({"pending": device.pending()?, "rejected": rejected}));
+        }
+        DeviceAction::Sync {
+            collections,
+            prefix,
+            live,
+            interval_ms,
+            target,
+        } => {
+            let subscription = Subscription::collections(collections).with_prefix(&prefix);
+            let ca = target
+                .ca
+                .as_ref()
+                .map(|path| {
+                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+                })
+                .transpose()?;
+            loop {
+                let report = device.sync_with(
+                    &target.url,
+                    target.token.as_deref(),
+                    ca.as_deref(),
+                    &subscription,
+                    &mut show_progress,
+                )?;
+                eprintln!();
+                print_json(&json!({
+                    "node": report.progress.node,
+                    "taken": report.taken,
+                    "taken_before": report.taken_before,
+                    "rejected": report.rejected,
+                    "in_doubt": report.in_doubt,
+                    "downloaded": report.progress.downloaded,
+                    "snapshots": report.snapshots,
+                    "removed": report.removed,
+                    "bytes_up": report.progress.bytes_up,
+                    "bytes_down": report.progress.bytes_down,
+                    "pending": device.pending()?,
+                }));
+                if !live {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show_progress(p: &Progress) {
+    eprint!(
+        "\r{}: {} up, {} down ({} B up, {} B down)",
+        p.node, p.uploaded, p.downloaded, p.bytes_up, p.bytes_down
+    );
+}
+
+fn document_json(doc: &LocalDocument) -> Value {
+    json!({
+        "key": doc.key,
+        "value": doc.value,
+        "versions": doc.versions,
+        "conflict": doc.conflict,
+        "pending": doc.pending,
+    })
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values print")
+    );
+}

@@ -1,0 +1,279 @@
+//! Device replicas against real `chorus serve` processes: offline writes synced
+//! through any node (one of them killed meanwhile), uploads retried without
+//! duplicates, in-doubt uploads, and tokens bounding what a device may do.
+
+mod support;
+
+use chorus_device::{Device, Subscription};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use support::*;
+
+fn open_device(dir: &tempfile::TempDir, i: usize) -> Device {
+    Device::open(dir.path().join(format!("device-{i}.redb"))).unwrap()
+}
+
+/// Sorted JSON texts of the values of a server read's versions.
+fn server_values(read: &Value) -> Vec<String> {
+    let mut values: Vec<String> = read["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| !v["value"].is_null())
+        .map(|v| v["value"].to_string())
+        .collect();
+    values.sort();
+    values
+}
+
+fn device_values(device: &Device, collection: &str, key: &str) -> Vec<String> {
+    let mut values: Vec<String> = device
+        .get(collection, key)
+        .unwrap()
+        .map(|d| d.versions.iter().map(Value::to_string).collect())
+        .unwrap_or_default();
+    values.sort();
+    values
+}
+
+/// Twelve devices write offline (private documents, and shared ones concurrently),
+/// then sync through different nodes while one node is killed: every write reaches
+/// every node, and after a second sync every device holds what the servers hold,
+/// concurrent writes as siblings on both sides.
+#[test]
+fn offline_devices_sync_through_any_node_and_converge() {
+    let mut cluster = Cluster::start(3, "topology = \"mesh\"");
+    let dir = tempfile::tempdir().unwrap();
+    let devices: Vec<Device> = (0..12).map(|i| open_device(&dir, i)).collect();
+    let subscription = Subscription::collections(["notes"]);
+    for (i, device) in devices.iter().enumerate() {
+        for j in 0..5 {
+            let value = json!({"device": i, "n": j});
+            device
+                .put("notes", &format!("d{i:02}-{j}"), &value)
+                .unwrap();
+        }
+        device.delete("notes", &format!("d{i:02}-4")).unwrap();
+        let shared = format!("shared-{}", i % 3);
+        device.put("notes", &shared, &json!({"by": i})).unwrap();
+        assert_eq!(device.pending().unwrap(), 6);
+    }
+    // Node 2 dies: devices that start there move on to the next URL they were given.
+    cluster.nodes[2].kill();
+    for (i, device) in devices.iter().enumerate() {
+        let urls = [cluster.url(i % 3), cluster.url((i + 1) % 3)];
+        let report = device
+            .sync(&urls, &subscription, &mut |_| {})
+            .unwrap_or_else(|e| panic!("device {i}: {e}"));
+        assert_eq!(report.taken, 6, "device {i}: {report:?}");
+        assert_eq!(device.pending().unwrap(), 0);
+    }
+    cluster.restart(2);
+    cluster.wait_converged(Duration::from_secs(60));
+    for (i, device) in devices.iter().enumerate() {
+        let urls = [cluster.url((i + 2) % 3)];
+        device.sync(&urls, &subscription, &mut |_| {}).unwrap();
+    }
+
+    let server_keys: BTreeSet<String> = (0..3)
+        .flat_map(|n| {
+            let list = get(&format!("{}/v1/docs/notes?limit=1000", cluster.url(n)));
+            list.body["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(server_keys.len(), 12 * 4 + 3, "{server_keys:?}");
+    for n in 0..3 {
+        for i in 0..12 {
+            let read = get(&format!("{}/v1/docs/notes/d{i:02}-0", cluster.url(n)));
+            assert_eq!(read.body["value"], json!({"device": i, "n": 0}), "node {n}");
+            let deleted = get(&format!("{}/v1/docs/notes/d{i:02}-4", cluster.url(n)));
+            assert_eq!(deleted.status, 404, "node {n}: {}", deleted.text);
+        }
+        for s in 0..3 {
+            let read = get(&format!("{}/v1/docs/notes/shared-{s}", cluster.url(n)));
+            assert_eq!(
+                server_values(&read.body).len(),
+                4,
+                "four devices wrote shared-{s} concurrently: siblings on node {n}"
+            );
+        }
+    }
+    let base = cluster.url(0);
+    for (i, device) in devices.iter().enumerate() {
+        let held: BTreeSet<String> = device.list("notes", "").unwrap().into_iter().collect();
+        assert_eq!(held, server_keys, "device {i} holds what the servers hold");
+        for key in &server_keys {
+            let read = get(&format!("{base}/v1/docs/notes/{key}"));
+            assert_eq!(
+                device_values(device, "notes", key),
+                server_values(&read.body),
+                "device {i}, {key}"
+            );
+        }
+    }
+
+    // A device resolves a shared document by writing over what it shows: every
+    // node and, after syncing, every device shows the one value.
+    devices[0]
+        .put("notes", "shared-0", &json!({"by": "resolved"}))
+        .unwrap();
+    devices[0]
+        .sync(&[cluster.url(1)], &subscription, &mut |_| {})
+        .unwrap();
+    cluster.wait_converged(Duration::from_secs(60));
+    for n in 0..3 {
+        let read = get(&format!("{}/v1/docs/notes/shared-0", cluster.url(n)));
+        assert_eq!(
+            read.body["value"],
+            json!({"by": "resolved"}),
+            "{}",
+            read.text
+        );
+    }
+    devices[5]
+        .sync(&[cluster.url(2)], &subscription, &mut |_| {})
+        .unwrap();
+    let shown = devices[5].get("notes", "shared-0").unwrap().unwrap();
+    assert_eq!(shown.versions, [json!({"by": "resolved"})]);
+}
+
+fn upload(base: &str, body: Value) -> Reply {
+    call(
+        "POST",
+        &format!("{base}/v1/devices/upload/notes"),
+        Some(body.to_string().as_bytes()),
+        &[],
+    )
+}
+
+/// An upload whose answer was lost is sent again, to the same node and to another:
+/// each write is taken once. While the node it was first sent to may hold it
+/// unconfirmed, another node refuses to take it (503 `in_doubt`); bad uploads
+/// change nothing.
+#[test]
+fn an_upload_retried_anywhere_is_taken_once() {
+    let cluster = Cluster::start(2, "topology = \"mesh\"");
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let device = "00112233445566778899aabbccddeeff";
+    let first = json!({"device": device, "writes": [
+        {"seq": 1, "key": "k1", "value": {"v": 1}},
+        {"seq": 2, "key": "k2", "value": {"v": 2}},
+    ]});
+    let taken = upload(&a, first.clone());
+    assert_eq!(taken.status, 200, "{}", taken.text);
+    let dot = taken.body["results"][0]["dot"].clone();
+    assert!(dot.is_string(), "{}", taken.text);
+    // The answer was lost: the same upload again, to the same node.
+    let again = upload(&a, first.clone());
+    assert_eq!(
+        again.body["results"][0],
+        json!({"seq": 1, "taken": "before", "dot": dot})
+    );
+    assert_eq!(again.body["results"][1]["taken"], "before");
+
+    // To the other node, naming the first as in doubt: once its record arrived,
+    // the writes are known taken there.
+    cluster.wait_converged(Duration::from_secs(60));
+    let mut elsewhere = first.clone();
+    elsewhere["in_doubt_at"] = json!(["n0"]);
+    let answer = upload(&b, elsewhere);
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.body["results"][0],
+        json!({"seq": 1, "taken": "before", "dot": dot})
+    );
+    cluster.wait_converged(Duration::from_secs(60));
+    for base in [&a, &b] {
+        assert_eq!(versions(base, "notes", "k1"), [json!({"v": 1})]);
+    }
+
+    // A write n0 never got, said to be in doubt there: n0 is a member that has not
+    // confirmed it, so n1 refuses; without the doubt (or naming a node that is not a
+    // member) it is taken.
+    let digest_before = digest(&b);
+    let doubtful = json!({"device": device, "in_doubt_at": ["n0"], "writes": [
+        {"seq": 3, "key": "k3", "value": {"v": 3}}]});
+    let refused = upload(&b, doubtful);
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert_eq!(refused.body["error"], "in_doubt");
+    assert_eq!(digest(&b), digest_before);
+    let gone = json!({"device": device, "in_doubt_at": ["gone"], "writes": [
+        {"seq": 3, "key": "k3", "value": {"v": 3}}]});
+    assert_eq!(upload(&b, gone).body["results"][0]["key"], "k3");
+
+    // Bad uploads: refused whole, nothing changed.
+    cluster.wait_converged(Duration::from_secs(60));
+    let digest_before = digest(&a);
+    for bad in [
+        json!({"device": "not-hex", "writes": []}),
+        json!({"device": device, "writes": [{"seq": 9, "key": "x", "value": {}}, {"seq": 8, "key": "y", "value": {}}]}),
+        json!({"device": device, "writes": [{"seq": 10, "key": "x"}]}),
+        json!({"device": device, "writes": [{"seq": 10, "key": "x", "value": {}, "covers": ["nonsense"]}]}),
+        json!({"device": device, "writes": [{"seq": 10, "key": "x", "value": {}, "context": "garbage"}]}),
+        json!({"device": device, "writes": [], "extra": 1}),
+    ] {
+        let reply = upload(&a, bad.clone());
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.text);
+    }
+    assert_eq!(digest(&a), digest_before);
+}
+
+/// A device's token bounds what it may sync: it reads and writes its collection,
+/// is refused another, and once revoked can sync no more.
+#[test]
+fn a_device_syncs_only_what_its_token_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &["--auth"]);
+    let admin = call(
+        "POST",
+        &format!("{}/v1/tokens", node.url),
+        Some(br#"{"name": "root", "rights": "admin"}"#),
+        &[],
+    );
+    let admin = format!("Bearer {}", admin.body["token"].as_str().unwrap());
+    let phone = call(
+        "POST",
+        &format!("{}/v1/tokens", node.url),
+        Some(br#"{"name": "phone", "rights": "read:notes,write:notes"}"#),
+        &[("Authorization", &admin)],
+    );
+    let token = phone.body["token"].as_str().unwrap().to_owned();
+    let device = open_device(&dir, 0);
+    device.put("notes", "n1", &json!({"t": 1})).unwrap();
+    let urls = [node.url.clone()];
+    let notes = Subscription::collections(["notes"]);
+    let report = device
+        .sync_with(&urls, Some(&token), None, &notes, &mut |_| {})
+        .unwrap();
+    assert_eq!(report.taken, 1);
+
+    device.put("secrets", "s1", &json!({"t": 1})).unwrap();
+    let secrets = Subscription::collections(["secrets"]);
+    let refused = device
+        .sync_with(&urls, Some(&token), None, &secrets, &mut |_| {})
+        .unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused}");
+    assert_eq!(
+        device.pending().unwrap(),
+        1,
+        "the refused write stays pending"
+    );
+
+    let revoked = call(
+        "DELETE",
+        &format!("{}/v1/tokens/phone", node.url),
+        None,
+        &[("Authorization", &admin)],
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    let refused = device
+        .sync_with(&urls, Some(&token), None, &notes, &mut |_| {})
+        .unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+}
