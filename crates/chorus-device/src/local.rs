@@ -282,23 +282,36 @@ impl Local {
         txn.commit()
     }
 
+    /// Keys of the documents the device shows (present) in `collection` starting
+    /// with `prefix`.
     pub fn list(&self, collection: &str, prefix: &str) -> Result<Vec<String>, DeviceError> {
+        Ok(self
+            .records(collection, prefix)?
+            .into_iter()
+            .filter(|(key, record)| shown(collection, key, record).is_some())
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// The records held in `collection` whose key starts with `prefix`, in key order.
+    pub fn records(
+        &self,
+        collection: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Record)>, DeviceError> {
         let r = self.db.begin_read()?;
         let table = r.open_table(DOCS)?;
         let start = doc_id(collection, prefix);
-        let mut keys = Vec::new();
+        let mut records = Vec::new();
         for entry in table.range(start.as_str()..)? {
             let (id, value) = entry?;
             let (c, k) = split_id(id.value());
             if c != collection || !k.starts_with(prefix) {
                 break;
             }
-            let record = Record::from_bytes(value.value())?;
-            if shown(&c, &k, &record).is_some() {
-                keys.push(k);
-            }
+            records.push((k, Record::from_bytes(value.value())?));
         }
-        Ok(keys)
+        Ok(records)
     }
 
     pub fn changes(&self, after: u64, limit: usize) -> Result<Vec<LocalChange>, DeviceError> {
@@ -359,23 +372,6 @@ impl Local {
             });
         }
         Ok(out)
-    }
-
-    /// Ids of the documents held in `collection` whose key starts with `prefix`.
-    pub fn doc_keys(&self, collection: &str, prefix: &str) -> Result<Vec<String>, DeviceError> {
-        let r = self.db.begin_read()?;
-        let table = r.open_table(DOCS)?;
-        let start = doc_id(collection, prefix);
-        let mut keys = Vec::new();
-        for entry in table.range(start.as_str()..)? {
-            let (id, _) = entry?;
-            let (c, k) = split_id(id.value());
-            if c != collection || !k.starts_with(prefix) {
-                break;
-            }
-            keys.push(k);
-        }
-        Ok(keys)
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<Value>, DeviceError> {

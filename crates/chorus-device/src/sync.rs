@@ -20,7 +20,7 @@
 //! not take it (the node refused before writing, or could not be reached).
 
 use crate::DeviceError;
-use crate::local::{Local, Pending, Record};
+use crate::local::{Local, Pending};
 use chorus_client::{Client, Error as ClientError, segment};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -420,11 +420,12 @@ fn sweep(
     report: &mut SyncReport,
 ) -> Result<(), DeviceError> {
     let txn = local.begin()?;
-    for key in local.doc_keys(collection, prefix)? {
-        if seen.contains(&key) {
-            continue;
-        }
-        let Some(mut record) = txn.record(collection, &key)? else {
+    for (key, _) in local.records(collection, prefix)? {
+        // Read again within the transaction: the app may have written meanwhile.
+        let Some(mut record) = txn
+            .record(collection, &key)?
+            .filter(|_| !seen.contains(&key))
+        else {
             continue;
         };
         if record.pending.is_none() && record.next.is_none() {
@@ -432,7 +433,7 @@ fn sweep(
             report.removed += 1;
         } else if record.server.is_some() {
             record.server = None;
-            txn.put_record(collection, &key, &mut Record { ..record })?;
+            txn.put_record(collection, &key, &mut record)?;
         }
     }
     txn.commit()

@@ -71,6 +71,24 @@ const METRICS: &[(&str, Kind, bool, &str)] = &[
         "Documents in bulk writes.",
     ),
     (
+        "chorus_device_uploads_total",
+        Kind::Counter,
+        false,
+        "Uploads of device replicas answered.",
+    ),
+    (
+        "chorus_device_upload_writes_total",
+        Kind::Counter,
+        false,
+        "Writes of device uploads this node took or answered as taken before.",
+    ),
+    (
+        "chorus_devices_seen",
+        Kind::Gauge,
+        false,
+        "Devices some node of the cluster took writes from (by their records here).",
+    ),
+    (
         "chorus_conflicts_total",
         Kind::Counter,
         true,

@@ -156,6 +156,7 @@ async fn status(
         .map(|c| c.cluster.peer_status())
         .unwrap_or_default();
     let links = cluster.as_ref().map(|c| c.cluster.link_status());
+    let devices_seen = node.devices_seen()?;
     Ok(Json(json!({
         "node": status.name,
         "node_id": status.node_id.to_string(),
@@ -189,6 +190,7 @@ async fn status(
             "unreachable": l.unreachable,
             "heal_after_ms": l.heal_after_ms,
         })),
+        "devices": {"seen": devices_seen},
         "security": {
             "peer_tls": security.peer_tls,
             "http_tls": security.http_tls,
@@ -380,8 +382,11 @@ async fn digest(State(node): State<Node>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "digest": hex })))
 }
 
-async fn prometheus() -> Response {
+async fn prometheus(State(node): State<Node>) -> Response {
     metrics::record_process();
+    if let Ok(seen) = node.devices_seen() {
+        ::metrics::gauge!("chorus_devices_seen").set(seen as f64);
+    }
     match metrics::handle() {
         Some(handle) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
