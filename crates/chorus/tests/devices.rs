@@ -277,3 +277,104 @@ fn a_device_syncs_only_what_its_token_allows() {
         .unwrap_err();
     assert!(refused.to_string().contains("401"), "{refused}");
 }
+
+fn delete_read(base: &str, key: &str) {
+    let url = format!("{base}/v1/docs/notes/{key}");
+    let context = get(&url).body["context"].as_str().unwrap().to_owned();
+    let deleted = call("DELETE", &url, None, &[("Chorus-Context", &context)]);
+    assert_eq!(deleted.status, 200, "{}", deleted.text);
+}
+
+/// A device away past every retention bound (the op log collected, deletions and
+/// their tombstones collected) loses none of its writes: a document changed
+/// meanwhile keeps both versions, a document deleted and collected meanwhile gets the
+/// device's write back (not dropped), a new one is taken; and the device learns of
+/// the deletions it did not write over.
+#[test]
+fn a_device_away_past_every_retention_bound_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounds = [
+        "--log-retention-entries",
+        "10",
+        "--tombstone-collection-ms",
+        "100",
+    ];
+    let cluster = Cluster::start_with(1, "topology = \"mesh\"", &bounds);
+    let url = cluster.url(0);
+    for key in ["changed", "deleted-written", "deleted"] {
+        put(&format!("{url}/v1/docs/notes/{key}"), r#"{"v":"before"}"#);
+    }
+    let device = open_device(&dir, 0);
+    let notes = Subscription::collections(["notes"]);
+    device
+        .sync(std::slice::from_ref(&url), &notes, &mut |_| {})
+        .unwrap();
+    assert_eq!(device.list("notes", "").unwrap().len(), 3);
+
+    // Offline, the device writes; meanwhile the server changes and deletes, writes
+    // far past the log's bound, and collects the tombstones.
+    device
+        .put("notes", "changed", &json!({"v": "device"}))
+        .unwrap();
+    device
+        .put("notes", "deleted-written", &json!({"v": "device"}))
+        .unwrap();
+    device.put("notes", "new", &json!({"v": "device"})).unwrap();
+    let changed = format!("{url}/v1/docs/notes/changed");
+    let context = get(&changed).body["context"].as_str().unwrap().to_owned();
+    assert_eq!(
+        put_with_context(&changed, r#"{"v":"server"}"#, &context).status,
+        200
+    );
+    delete_read(&url, "deleted-written");
+    delete_read(&url, "deleted");
+    for i in 0..50 {
+        put(&format!("{url}/v1/docs/other/k{i}"), "{}");
+    }
+    wait_until(
+        "the tombstones to be collected",
+        Duration::from_secs(60),
+        || {
+            get(&format!("{url}/metrics"))
+                .text
+                .lines()
+                .any(|l| l.starts_with("chorus_tombstones_collected_total ") && !l.ends_with(" 0"))
+        },
+    );
+    let status = get(&format!("{url}/v1/status")).body;
+    assert!(
+        status["log_start"].as_u64().unwrap() > 5,
+        "the log was collected: {status}"
+    );
+
+    let report = device
+        .sync(std::slice::from_ref(&url), &notes, &mut |_| {})
+        .unwrap();
+    assert_eq!(report.taken, 3, "{report:?}");
+    assert_eq!(device.pending().unwrap(), 0);
+    let mut both = server_values(&get(&changed).body);
+    both.sort();
+    assert_eq!(
+        both,
+        [r#"{"v":"device"}"#, r#"{"v":"server"}"#],
+        "concurrent: both kept"
+    );
+    assert_eq!(device_values(&device, "notes", "changed"), both);
+    let written = get(&format!("{url}/v1/docs/notes/deleted-written")).body;
+    assert_eq!(
+        written["value"],
+        json!({"v": "device"}),
+        "not dropped: {written}"
+    );
+    assert_eq!(
+        get(&format!("{url}/v1/docs/notes/new")).body["value"],
+        json!({"v": "device"})
+    );
+    assert_eq!(
+        device.get("notes", "deleted").unwrap(),
+        None,
+        "the deletion reached it"
+    );
+    let held: Vec<String> = device.list("notes", "").unwrap();
+    assert_eq!(held, ["changed", "deleted-written", "new"]);
+}
