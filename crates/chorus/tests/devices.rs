@@ -378,3 +378,189 @@ fn a_device_away_past_every_retention_bound_loses_nothing() {
     let held: Vec<String> = device.list("notes", "").unwrap();
     assert_eq!(held, ["changed", "deleted-written", "new"]);
 }
+
+/// Device processes (`chorus device sync`) killed with SIGKILL in the middle of
+/// their uploads, then synced again through other nodes: every write is on every
+/// node exactly once, and nothing stays pending.
+#[test]
+fn devices_killed_mid_upload_lose_nothing_and_duplicate_nothing() {
+    let cluster = Cluster::start(3, "topology = \"mesh\"");
+    let dir = tempfile::tempdir().unwrap();
+    let (devices, writes) = (4, 1_500); // two upload requests each
+    for i in 0..devices {
+        let device = open_device(&dir, i);
+        for j in 0..writes {
+            device
+                .put(
+                    "notes",
+                    &format!("p{i}-{j:04}"),
+                    &json!({"device": i, "n": j}),
+                )
+                .unwrap();
+        }
+    }
+    for i in 0..devices {
+        let path = dir.path().join(format!("device-{i}.redb"));
+        let mut sync = std::process::Command::new(CHORUS)
+            .args(["device", "--local", path.to_str().unwrap(), "sync"])
+            .args(["--collections", "notes", "--url", &cluster.url(i % 3)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if i % 2 == 0 {
+            // Killed once its first upload is committed: the answer may be lost.
+            let first = format!("{}/v1/docs/notes/p{i}-0000", cluster.url(i % 3));
+            wait_until("the first upload", Duration::from_secs(60), || {
+                sync.try_wait().unwrap().is_some() || get(&first).status == 200
+            });
+            let _ = sync.kill();
+        }
+        sync.wait().unwrap();
+    }
+    let notes = Subscription::collections(["notes"]);
+    for i in 0..devices {
+        let device = open_device(&dir, i);
+        let urls = [cluster.url((i + 1) % 3)];
+        // A node that may hold an upload the device sent elsewhere answers 503 until
+        // that node's record arrives: sync again until nothing is pending.
+        wait_until(
+            "the device's writes to be taken",
+            Duration::from_secs(60),
+            || {
+                let _ = device.sync(&urls, &notes, &mut |_| {});
+                device.pending().unwrap() == 0
+            },
+        );
+        assert!(device.rejected().unwrap().is_empty());
+    }
+    cluster.wait_converged(Duration::from_secs(60));
+    for n in 0..3 {
+        let base = cluster.url(n);
+        for i in 0..devices {
+            for j in [0, writes / 2, writes - 1] {
+                let read = get(&format!("{base}/v1/docs/notes/p{i}-{j:04}"));
+                assert_eq!(
+                    server_values(&read.body),
+                    [json!({"device": i, "n": j}).to_string()],
+                    "node {n}: exactly one version"
+                );
+            }
+        }
+        let listed = call(
+            "POST",
+            &format!("{base}/v1/bulk/notes/get"),
+            Some(
+                json!({"keys": (0..writes).map(|j| format!("p0-{j:04}")).collect::<Vec<_>>()})
+                    .to_string()
+                    .as_bytes(),
+            ),
+            &[],
+        );
+        let docs = listed.body["docs"].as_array().unwrap();
+        assert!(
+            docs.iter()
+                .all(|d| d["versions"].as_array().map(Vec::len) == Some(1)),
+            "node {n}: every write of a killed device once"
+        );
+    }
+}
+
+/// A loopback proxy to `target` that passes every exchange through, except that it
+/// drops the answers of uploads: the node takes them, the device never hears.
+fn answer_dropping_proxy(target: String) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let mut reader = BufReader::new(client.try_clone().unwrap());
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if !line.to_ascii_lowercase().starts_with("connection:") {
+                    head.push_str(&line);
+                }
+            }
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let mut node =
+                std::net::TcpStream::connect(target.trim_start_matches("http://")).unwrap();
+            node.write_all(format!("{head}connection: close\r\n\r\n").as_bytes())
+                .unwrap();
+            node.write_all(&body).unwrap();
+            let mut answer = Vec::new();
+            node.read_to_end(&mut answer).unwrap();
+            if !head.starts_with("POST /v1/devices/upload/") {
+                let _ = client.write_all(&answer);
+            }
+        }
+    });
+    url
+}
+
+/// An upload whose answer is lost leaves the write in doubt at the node that took
+/// it: another node refuses it until that node's record arrives, then answers that
+/// it was taken (with its dot); a later write of the device, made meanwhile, then
+/// replaces it. One version at the end, nothing lost, nothing twice.
+#[test]
+fn a_lost_upload_answer_is_settled_on_another_node() {
+    let cluster = Cluster::start(2, "topology = \"mesh\"");
+    let dir = tempfile::tempdir().unwrap();
+    let device = open_device(&dir, 0);
+    let notes = Subscription::collections(["notes"]);
+    device.put("notes", "n", &json!({"v": 1})).unwrap();
+    let proxy = answer_dropping_proxy(cluster.url(0));
+    let lost = device.sync(&[proxy], &notes, &mut |_| {}).unwrap_err();
+    assert!(lost.to_string().contains("may or may not"), "{lost}");
+    assert_eq!(device.pending().unwrap(), 1, "in doubt, kept");
+    let taken = get(&format!("{}/v1/docs/notes/n", cluster.url(0)));
+    assert_eq!(taken.body["value"], json!({"v": 1}), "n0 took it");
+
+    // Edited again meanwhile: the new value waits beside the one in doubt.
+    device.put("notes", "n", &json!({"v": 2})).unwrap();
+    assert_eq!(device.pending().unwrap(), 2);
+    assert_eq!(
+        device.get("notes", "n").unwrap().unwrap().value,
+        Some(json!({"v": 2}))
+    );
+    let other = [cluster.url(1)];
+    let mut taken_before = 0;
+    wait_until(
+        "the write in doubt to be settled",
+        Duration::from_secs(60),
+        || {
+            if let Ok(report) = device.sync(&other, &notes, &mut |_| {}) {
+                taken_before += report.taken_before;
+            }
+            device.pending().unwrap() == 0
+        },
+    );
+    assert_eq!(taken_before, 1, "answered taken before, not taken again");
+    cluster.wait_converged(Duration::from_secs(60));
+    for n in 0..2 {
+        let read = get(&format!("{}/v1/docs/notes/n", cluster.url(n)));
+        assert_eq!(
+            server_values(&read.body),
+            [r#"{"v":2}"#],
+            "node {n}: {}",
+            read.text
+        );
+    }
+    assert_eq!(
+        device.get("notes", "n").unwrap().unwrap().versions,
+        [json!({"v": 2})]
+    );
+}
