@@ -54,8 +54,8 @@ use crate::request::{
 use chorus_core::crdt::{self, Operation};
 use chorus_core::key_state::value_bytes;
 use chorus_core::{
-    ConflictRecord, Dot, Entry, EntryBody, HlcClock, KeyState, NodeId, Op, Outcome, PhysicalClock,
-    Policy, Version, VersionVector,
+    ConflictRecord, Dot, Entry, EntryBody, Hlc, HlcClock, KeyState, NodeId, Op, Outcome,
+    PhysicalClock, Policy, Version, VersionVector,
 };
 use chorus_store::{Batch, NodeMeta, Store, StoreError};
 use std::collections::HashMap;
@@ -473,6 +473,9 @@ impl Committer {
             value,
         };
         let overwritten = state.versions().to_vec();
+        let deletion = (policy != Policy::Crdt)
+            .then(|| collected_deletion(&op.context, &state, &self.applied))
+            .flatten();
         if let Err(corrupted) = apply_own(&mut state, &op) {
             return Ok(Err(corrupted));
         }
@@ -484,6 +487,29 @@ impl Committer {
             }));
         }
         let mut conflicts = self.settle(b, &op, &state)?;
+        if let Some(deleted) = deletion {
+            // Written against versions whose deletion was collected here: the write
+            // stands, and the deletion it overrode is on record (not silently undone).
+            let deleted = Version {
+                dot: deleted,
+                hlc: Hlc(0),
+                value: None,
+            };
+            let written = Version {
+                dot: op.dot,
+                hlc,
+                value: op.value.clone(),
+            };
+            let mut versions = vec![deleted, written];
+            versions.sort_by_key(|v| v.dot);
+            conflicts.push(ConflictRecord::new(
+                &op.collection,
+                &op.key,
+                policy,
+                versions,
+                Outcome::Winner(op.dot),
+            ));
+        }
         if overwrites && overwritten.iter().any(|v| !v.is_tombstone()) {
             let version = Version {
                 dot: op.dot,
@@ -824,6 +850,27 @@ fn local_key_state(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The dot a write's `context` names of this key's history that this node has
+/// applied but the key no longer holds, when the key holds no version at all: the
+/// document was deleted and its tombstone collected after the writer read it (the
+/// greatest such dot stands for what the writer saw). `None` otherwise.
+fn collected_deletion(
+    context: &VersionVector,
+    state: &KeyState,
+    applied: &VersionVector,
+) -> Option<Dot> {
+    if !state.versions().is_empty() {
+        return None;
+    }
+    context
+        .iter()
+        .filter(|&(node, counter)| {
+            counter > state.context().get(node) && counter <= applied.get(node)
+        })
+        .map(|(node, counter)| Dot { node, counter })
+        .max()
 }
 
 /// Applies an op this node just made to `state`. Its dot is fresh, so it always

@@ -193,3 +193,50 @@ async fn conflict_logs_prune_alike_by_a_replicated_watermark() {
     assert_eq!(c.conflict(record.id).unwrap(), None);
     assert_eq!(c.digest().unwrap(), a.digest().unwrap());
 }
+
+/// A write made against a read of a document whose deletion was collected since is
+/// taken (nothing the writer meant is dropped) and the conflict with that deletion
+/// is recorded (nothing comes back silently); a write naming no history is just a
+/// new document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_against_a_collected_deletion_is_recorded() {
+    use chorus_node::{ConflictFilter, Outcome, ReplicationStep};
+    let (_dir, a) = temp_node();
+    let read = tokio::task::block_in_place(|| {
+        a.put("docs", "k", br#"{"v":"read"}"#, None).unwrap();
+        a.put("docs", "fresh", br#"{"v":"read"}"#, None).unwrap();
+        let read = a.get("docs", "k").unwrap().context;
+        a.delete("docs", "k", Some(&read)).unwrap();
+        let fresh = a.get("docs", "fresh").unwrap().context;
+        a.delete("docs", "fresh", Some(&fresh)).unwrap();
+        read
+    });
+    let stable = a.replica().position().unwrap().applied;
+    a.replica()
+        .replicate(ReplicationStep::CollectTombstones { stable })
+        .await
+        .unwrap();
+    let records = |key: &str| {
+        let filter = ConflictFilter {
+            collection: Some("docs".into()),
+            key: Some(key.into()),
+        };
+        a.conflicts(None, 100, &filter).unwrap().conflicts
+    };
+    tokio::task::block_in_place(|| {
+        let ack = a.put("docs", "k", br#"{"v":"late"}"#, Some(&read)).unwrap();
+        assert_eq!(
+            a.get("docs", "k").unwrap().value(),
+            Some(&br#"{"v":"late"}"#[..])
+        );
+        let recorded = records("k");
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].outcome, Outcome::Winner(ack.dot));
+        assert!(recorded[0].versions.iter().any(|v| v.is_tombstone()));
+        a.put("docs", "fresh", br#"{"v":"new"}"#, None).unwrap();
+        assert!(
+            records("fresh").is_empty(),
+            "a blind write claims no history"
+        );
+    });
+}

@@ -37,7 +37,7 @@ fn device_values(device: &Device, collection: &str, key: &str) -> Vec<String> {
     values
 }
 
-/// Twelve devices write offline (private documents, and shared ones concurrently),
+/// Fifty-one devices write offline (private documents, and shared ones concurrently),
 /// then sync through different nodes while one node is killed: every write reaches
 /// every node, and after a second sync every device holds what the servers hold,
 /// concurrent writes as siblings on both sides.
@@ -45,7 +45,8 @@ fn device_values(device: &Device, collection: &str, key: &str) -> Vec<String> {
 fn offline_devices_sync_through_any_node_and_converge() {
     let mut cluster = Cluster::start(3, "topology = \"mesh\"");
     let dir = tempfile::tempdir().unwrap();
-    let devices: Vec<Device> = (0..12).map(|i| open_device(&dir, i)).collect();
+    const DEVICES: usize = 51;
+    let devices: Vec<Device> = (0..DEVICES).map(|i| open_device(&dir, i)).collect();
     let subscription = Subscription::collections(["notes"]);
     for (i, device) in devices.iter().enumerate() {
         for j in 0..5 {
@@ -87,9 +88,9 @@ fn offline_devices_sync_through_any_node_and_converge() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_eq!(server_keys.len(), 12 * 4 + 3, "{server_keys:?}");
+    assert_eq!(server_keys.len(), DEVICES * 4 + 3, "{server_keys:?}");
     for n in 0..3 {
-        for i in 0..12 {
+        for i in 0..DEVICES {
             let read = get(&format!("{}/v1/docs/notes/d{i:02}-0", cluster.url(n)));
             assert_eq!(read.body["value"], json!({"device": i, "n": 0}), "node {n}");
             let deleted = get(&format!("{}/v1/docs/notes/d{i:02}-4", cluster.url(n)));
@@ -99,8 +100,8 @@ fn offline_devices_sync_through_any_node_and_converge() {
             let read = get(&format!("{}/v1/docs/notes/shared-{s}", cluster.url(n)));
             assert_eq!(
                 server_values(&read.body).len(),
-                4,
-                "four devices wrote shared-{s} concurrently: siblings on node {n}"
+                DEVICES / 3,
+                "a third of the devices wrote shared-{s} concurrently: siblings on node {n}"
             );
         }
     }
@@ -288,8 +289,9 @@ fn delete_read(base: &str, key: &str) {
 /// A device away past every retention bound (the op log collected, deletions and
 /// their tombstones collected) loses none of its writes: a document changed
 /// meanwhile keeps both versions, a document deleted and collected meanwhile gets the
-/// device's write back (not dropped), a new one is taken; and the device learns of
-/// the deletions it did not write over.
+/// device's write back (not dropped) with the deletion it overrode in the conflict
+/// log (not silently), a new one is taken; and the device learns of the deletions it
+/// did not write over.
 #[test]
 fn a_device_away_past_every_retention_bound_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -366,6 +368,22 @@ fn a_device_away_past_every_retention_bound_loses_nothing() {
         json!({"v": "device"}),
         "not dropped: {written}"
     );
+    // ... and not silently brought back: the deletion it overrode is on record.
+    let log = get(&format!(
+        "{url}/v1/conflicts?collection=notes&key=deleted-written"
+    ))
+    .body;
+    let records = log["conflicts"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{log}");
+    assert_eq!(records[0]["outcome"], "winner", "{log}");
+    assert_eq!(records[0]["resolved"], false, "{log}");
+    let deleted = records[0]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["deleted"] == true)
+        .count();
+    assert_eq!(deleted, 1, "the deletion, beside the device's write: {log}");
     assert_eq!(
         get(&format!("{url}/v1/docs/notes/new")).body["value"],
         json!({"v": "device"})
