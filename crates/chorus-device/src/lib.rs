@@ -131,6 +131,13 @@ impl Device {
         self.local.pending_count()
     }
 
+    /// How many of this device's writes a node took that not every member of the
+    /// cluster is known to have yet: the device keeps them, to upload again should
+    /// that node lose them (restored from an older backup, or replaced).
+    pub fn unconfirmed(&self) -> Result<usize, DeviceError> {
+        Ok(self.local.taken()?.len())
+    }
+
     /// Writes servers refused (they changed nothing there), with why.
     pub fn rejected(&self) -> Result<Vec<Rejected>, DeviceError> {
         self.local.rejected()

@@ -7,7 +7,10 @@
 //! - `changes`: local change sequence → `COLLECTION \0 KEY`, one entry per document
 //!   (its latest change), so the local feed lists each document once;
 //! - `meta`: the device's id and counters, and the cursors (`cursors`);
-//! - `rejected`: write seq → a write a server refused, with why.
+//! - `rejected`: write seq → a write a server refused, with why;
+//! - `taken`: write seq → a write a node took, kept (with its dot, and the node's
+//!   name and feed) until every member has it, so that it can go up again if that
+//!   node loses it (restored from an older backup, or replaced).
 //!
 //! **Invariants:** a document's record and its `changes` entry change in the same
 //! transaction; a pending write that was sent (`in_doubt_at` not empty) is never
@@ -23,6 +26,7 @@ const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
 const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const REJECTED: TableDefinition<u64, &[u8]> = TableDefinition::new("rejected");
+const TAKEN: TableDefinition<u64, &[u8]> = TableDefinition::new("taken");
 
 /// A write of this device no server has taken yet.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,6 +134,48 @@ fn server_versions(server: Option<&Value>) -> impl Iterator<Item = &Value> {
         .flatten()
 }
 
+/// A write a node took, kept until every member has it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Taken {
+    pub collection: String,
+    pub key: String,
+    /// The node that took it, and its feed id then.
+    pub node: String,
+    pub feed: String,
+    /// The dot it got (`NODE:COUNTER`).
+    pub dot: String,
+    pub write: Pending,
+}
+
+impl Taken {
+    fn to_bytes(&self) -> Vec<u8> {
+        json!({
+            "collection": self.collection,
+            "key": self.key,
+            "node": self.node,
+            "feed": self.feed,
+            "dot": self.dot,
+            "write": self.write.to_json(),
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Result<Taken, DeviceError> {
+        let corrupt = || DeviceError::Corrupt("a taken write".into());
+        let v: Value = serde_json::from_slice(bytes).map_err(|_| corrupt())?;
+        let text = |f: &str| v[f].as_str().map(str::to_owned).ok_or_else(corrupt);
+        Ok(Taken {
+            collection: text("collection")?,
+            key: text("key")?,
+            node: text("node")?,
+            feed: text("feed")?,
+            dot: text("dot")?,
+            write: Pending::from_json(&v["write"]).ok_or_else(corrupt)?,
+        })
+    }
+}
+
 /// A document as the device shows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LocalDocument {
@@ -211,6 +257,7 @@ impl Local {
             w.open_table(DOCS)?;
             w.open_table(CHANGES)?;
             w.open_table(REJECTED)?;
+            w.open_table(TAKEN)?;
         }
         txn.commit()?;
         Ok(Local { db, id })
@@ -374,6 +421,17 @@ impl Local {
         Ok(out)
     }
 
+    /// Writes nodes took that not every member is known to have yet.
+    pub fn taken(&self) -> Result<Vec<Taken>, DeviceError> {
+        let r = self.db.begin_read()?;
+        let table = r.open_table(TAKEN)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(Taken::from_bytes(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
     pub fn meta(&self, name: &str) -> Result<Option<Value>, DeviceError> {
         let r = self.db.begin_read()?;
         let table = r.open_table(META)?;
@@ -516,6 +574,39 @@ impl Txn {
         });
         table.insert(write.seq, value.to_string().as_bytes())?;
         Ok(())
+    }
+
+    pub fn remember_taken(&self, taken: &Taken) -> Result<(), DeviceError> {
+        let mut table = self.0.open_table(TAKEN)?;
+        table.insert(taken.write.seq, taken.to_bytes().as_slice())?;
+        Ok(())
+    }
+
+    pub fn forget_taken(&self, seq: u64) -> Result<(), DeviceError> {
+        self.0.open_table(TAKEN)?.remove(seq)?;
+        Ok(())
+    }
+
+    /// Queues `write` again as the document's pending write, with a new seq, unless
+    /// the device wrote the document since (that write replaces it). Answers whether
+    /// it was queued.
+    pub fn requeue(
+        &self,
+        collection: &str,
+        key: &str,
+        write: &Pending,
+    ) -> Result<bool, DeviceError> {
+        let mut record = self.record(collection, key)?.unwrap_or_default();
+        if record.pending.is_some() || record.next.is_some() {
+            return Ok(false);
+        }
+        record.pending = Some(Pending {
+            seq: self.next_counter("next_seq")?,
+            in_doubt_at: Vec::new(),
+            ..write.clone()
+        });
+        self.put_record(collection, key, &mut record)?;
+        Ok(true)
     }
 
     pub fn commit(self) -> Result<(), DeviceError> {

@@ -20,7 +20,7 @@
 //! not take it (the node refused before writing, or could not be reached).
 
 use crate::DeviceError;
-use crate::local::{Local, Pending};
+use crate::local::{Local, Pending, Taken};
 use chorus_client::{Client, Error as ClientError, segment};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,6 +95,9 @@ pub struct SyncReport {
     pub snapshots: usize,
     /// Documents dropped because the node no longer holds them.
     pub removed: usize,
+    /// Taken writes queued again because the node that took them lost them (it was
+    /// restored from an older backup, or replaced, before any other member had them).
+    pub requeued: usize,
 }
 
 /// Syncs with the first of `urls` that answers.
@@ -149,10 +152,11 @@ fn sync_with(
         },
         ..SyncReport::default()
     };
+    check_taken(local, node, feed, &about, &mut report)?;
     // Writes that waited beside a sent one become uploadable once it is answered:
     // a few rounds take them in the same sync.
     for _ in 0..3 {
-        if !upload(local, client, node, &mut report, progress)? {
+        if !upload(local, client, (node, feed), &mut report, progress)? {
             break;
         }
     }
@@ -175,7 +179,7 @@ fn sync_with(
 fn upload(
     local: &Local,
     client: &Client,
-    node: &str,
+    (node, feed): (&str, &str),
     report: &mut SyncReport,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<bool, DeviceError> {
@@ -225,7 +229,16 @@ fn upload(
                     None,
                 )
                 .ok();
-            settle(local, &collection, batch, &answer, reads.as_ref(), report)?;
+            let taker = (node, feed);
+            settle(
+                local,
+                &collection,
+                batch,
+                taker,
+                &answer,
+                reads.as_ref(),
+                report,
+            )?;
             progress(&report.progress);
         }
     }
@@ -281,6 +294,7 @@ fn settle(
     local: &Local,
     collection: &str,
     batch: &[(String, Pending)],
+    (node, feed): (&str, &str),
     answer: &Value,
     reads: Option<&Value>,
     report: &mut SyncReport,
@@ -314,10 +328,22 @@ fn settle(
             let message = result["message"].as_str().unwrap_or_default();
             txn.reject(collection, key, write, error, message)?;
             report.rejected += 1;
-        } else if result["taken"] == "before" {
-            report.taken_before += 1;
         } else {
-            report.taken += 1;
+            if result["taken"] == "before" {
+                report.taken_before += 1;
+            } else {
+                report.taken += 1;
+            }
+            if let Some(dot) = &dot {
+                txn.remember_taken(&Taken {
+                    collection: collection.to_owned(),
+                    key: key.clone(),
+                    node: node.to_owned(),
+                    feed: feed.to_owned(),
+                    dot: dot.clone(),
+                    write: write.clone(),
+                })?;
+            }
         }
         // The write beside it saw it: it replaces it too.
         record.pending = record.next.take().map(|mut next| {
@@ -330,6 +356,43 @@ fn settle(
             record.server = Some(server_copy(read));
         }
         txn.put_record(collection, key, &mut record)?;
+    }
+    txn.commit()
+}
+
+/// Forgets the taken writes every member has (the node's `stable` covers them), and
+/// queues again those this node took and lost: its feed is not the one it had when
+/// it took them (restored from an older backup, or replaced), no member it has heard
+/// from has them (beyond `seen`), and the members agree on that (`stable` equals
+/// `seen` for the write's origin), so no member can still bring them.
+fn check_taken(
+    local: &Local,
+    node: &str,
+    feed: &str,
+    about: &Value,
+    report: &mut SyncReport,
+) -> Result<(), DeviceError> {
+    let counter = |vector: &str, origin: &str| about[vector][origin].as_u64().unwrap_or(0);
+    let taken = local.taken()?;
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let txn = local.begin()?;
+    for t in taken {
+        let Some((origin, n)) = t.dot.split_once(':') else {
+            txn.forget_taken(t.write.seq)?;
+            continue;
+        };
+        let n: u64 = n.parse().unwrap_or(0);
+        let (stable, seen) = (counter("stable", origin), counter("seen", origin));
+        if n <= stable {
+            txn.forget_taken(t.write.seq)?;
+        } else if t.node == node && t.feed != feed && n > seen && stable == seen {
+            if txn.requeue(&t.collection, &t.key, &t.write)? {
+                report.requeued += 1;
+            }
+            txn.forget_taken(t.write.seq)?;
+        }
     }
     txn.commit()
 }

@@ -43,7 +43,7 @@ use chorus_repl::frame::{
 };
 use chorus_repl::{
     Command, Engine, Event, Frame, Hello, LinkKeeper, Membership, PROTOCOL_VERSION, PeerName,
-    PeerStatus,
+    PeerStatus, Stability,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -146,6 +146,14 @@ impl Drop for Link {
     }
 }
 
+/// What the actor publishes for readers of the runtime's state.
+#[derive(Default)]
+struct Published {
+    peers: Vec<PeerStatus>,
+    links: LinkStatus,
+    stability: Stability,
+}
+
 /// A running replication runtime; dropping it stops every task.
 pub struct Replication {
     tasks: Vec<JoinHandle<()>>,
@@ -174,22 +182,21 @@ impl Replication {
 
     /// The replication state of each peer, as the engine last reported it.
     pub fn peer_status(&self) -> Vec<PeerStatus> {
-        self.shared
-            .status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
+        self.published().peers.clone()
     }
 
     /// The links as last planned and followed.
     pub fn link_status(&self) -> LinkStatus {
-        self.shared
-            .status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clone()
+        self.published().links.clone()
+    }
+
+    /// How far the members' histories agree, as the engine last reported it.
+    pub fn stability(&self) -> Stability {
+        self.published().stability.clone()
+    }
+
+    fn published(&self) -> std::sync::RwLockReadGuard<'_, Published> {
+        self.shared.status.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes the cluster while running: nodes join or leave, links and link
@@ -216,7 +223,7 @@ struct Shared {
     linked: watch::Receiver<BTreeSet<String>>,
     /// What the actor last published of its peers and links (for `/v1/status`);
     /// only the actor writes it.
-    status: Arc<RwLock<(Vec<PeerStatus>, LinkStatus)>>,
+    status: Arc<RwLock<Published>>,
     started: Instant,
     /// The certificates folder, and the TLS settings last loaded from it (a reload
     /// loads them again).
@@ -596,10 +603,11 @@ impl Actor {
             .status
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .1 = status;
+            .links = status;
     }
 
-    /// Publishes the engine's view of each peer, for status and metrics.
+    /// Publishes the engine's view of each peer (for status and metrics) and of how
+    /// far the members agree.
     fn publish_peers(&self) {
         let peers = self.engine.peers();
         for p in &peers {
@@ -613,11 +621,13 @@ impl Actor {
             metrics::counter!("chorus_replication_entries_received_total", "peer" => peer)
                 .absolute(p.entries_received);
         }
-        self.shared
+        let mut published = self
+            .shared
             .status
             .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .0 = peers;
+            .unwrap_or_else(|e| e.into_inner());
+        published.peers = peers;
+        published.stability = self.engine.stability();
     }
 
     fn execute(&mut self, command: Command, events: &mut VecDeque<Event>) {

@@ -251,6 +251,17 @@ pub struct PeerStatus {
     pub syncing: bool,
 }
 
+/// How far the members' histories agree, by the applied vectors they gossip: a
+/// write `stable` covers is on every member (a member that loses its disk cannot
+/// take it with it); one beyond `seen` is on no member this node has heard from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stability {
+    /// The meet of the members' applied vectors (empty until every member was heard).
+    pub stable: VersionVector,
+    /// The join of them, this node's own included.
+    pub seen: VersionVector,
+}
+
 /// Where a node's op log stands.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct LogPosition {
@@ -485,6 +496,19 @@ impl Engine {
             return VersionVector::new();
         };
         vectors.fold(first.clone(), |acc, vv| acc.meet(vv))
+    }
+
+    /// What every member has applied and what some member has, as far as this node
+    /// knows (see [`Stability`]).
+    pub fn stability(&self) -> Stability {
+        let mut seen = self.log.applied.clone();
+        for vv in self.known.values() {
+            seen.join(vv);
+        }
+        Stability {
+            stable: self.stable(),
+            seen,
+        }
     }
 
     pub fn peers(&self) -> Vec<PeerStatus> {

@@ -30,7 +30,8 @@ mod peer_name;
 pub mod topology;
 
 pub use engine::{
-    Command, Engine, EngineLimits, Event, LogPosition, Membership, PeerStatus, StateCursor,
+    Command, Engine, EngineLimits, Event, LogPosition, Membership, PeerStatus, Stability,
+    StateCursor,
 };
 pub use frame::{Frame, FrameError, Hello, PROTOCOL_VERSION};
 pub use keeper::{Admission, Changes, LinkKeeper, LinkStatus};

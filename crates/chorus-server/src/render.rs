@@ -5,6 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chorus_node::{
     Change, ConflictRecord, Context, DocVersion, Document, Hlc, Node, NodeId, Outcome,
+    VersionVector,
 };
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -101,6 +102,14 @@ pub fn conflict(node: &Node, record: &ConflictRecord) -> Value {
         }
     }
     out
+}
+
+/// A version vector as `{NODE_ID: counter}` (node ids as 16 hex digits).
+pub fn vector(vv: &VersionVector) -> Value {
+    vv.iter()
+        .map(|(node, counter)| (node.to_string(), json!(counter)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// A feed cursor: the feed's id and a change sequence (`0` is the start of any feed).

@@ -122,14 +122,31 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
 
 /// `GET /`: what this is, and where to go next; the feed's id (the part before `-`
 /// of its cursors), so that a client holding cursors of several nodes picks this
-/// node's.
-async fn about(State(node): State<Node>) -> ApiResult<Json<Value>> {
+/// node's; and how far the members' histories agree (`stable`: on every member,
+/// `seen`: on some), for devices deciding whether a write they gave a node is safe.
+async fn about(
+    State(node): State<Node>,
+    Extension(cluster): Extension<ClusterRef>,
+) -> ApiResult<Json<Value>> {
     let feed = node.feed()?;
+    let (stable, seen) = match &cluster {
+        Some(c) => {
+            let stability = c.cluster.stability();
+            (stability.stable, stability.seen)
+        }
+        // Alone, this node is every member.
+        None => {
+            let applied = node.replica().position()?.applied;
+            (applied.clone(), applied)
+        }
+    };
     Ok(Json(json!({
         "chorus": "a multi-leader replicated JSON document database",
         "version": env!("CARGO_PKG_VERSION"),
         "node": node.name(),
         "feed": format!("{:016x}", feed.id),
+        "stable": render::vector(&stable),
+        "seen": render::vector(&seen),
         "api": "/v1 (docs/api.md; docs/openapi.json)",
         "status": "/v1/status",
     })))

@@ -122,6 +122,8 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     "downloaded": report.progress.downloaded,
                     "snapshots": report.snapshots,
                     "removed": report.removed,
+                    "requeued": report.requeued,
+                    "unconfirmed": device.unconfirmed()?,
                     "bytes_up": report.progress.bytes_up,
                     "bytes_down": report.progress.bytes_down,
                     "pending": device.pending()?,

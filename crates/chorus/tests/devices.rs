@@ -453,6 +453,18 @@ fn devices_killed_mid_upload_lose_nothing_and_duplicate_nothing() {
         assert!(device.rejected().unwrap().is_empty());
     }
     cluster.wait_converged(Duration::from_secs(60));
+    for i in 0..devices {
+        // Once every member has them, devices stop keeping the writes they gave.
+        let device = open_device(&dir, i);
+        wait_until(
+            "every member to have the writes",
+            Duration::from_secs(60),
+            || {
+                let _ = device.sync(&[cluster.url(i % 3)], &notes, &mut |_| {});
+                device.unconfirmed().unwrap() == 0
+            },
+        );
+    }
     for n in 0..3 {
         let base = cluster.url(n);
         for i in 0..devices {
@@ -581,4 +593,65 @@ fn a_lost_upload_answer_is_settled_on_another_node() {
         device.get("notes", "n").unwrap().unwrap().versions,
         [json!({"v": 2})]
     );
+}
+
+/// A node takes a device's write and is then restored from an older backup before
+/// any other member had the write: the device notices (the node's feed is another)
+/// and uploads the write again. Nothing the device was told was taken is lost.
+#[test]
+fn a_write_a_restored_node_lost_goes_up_again() {
+    // n0 and n1 cannot reach each other: what n0 takes stays on n0.
+    let cut = "topology = \"mesh\"\n[[emulate]]\nlink = [\"n0\", \"n1\"]\npartitioned = true\n";
+    let mut cluster = Cluster::start(2, cut);
+    let n0 = cluster.url(0);
+    assert_eq!(put(&format!("{n0}/v1/docs/notes/old"), "{}").status, 200);
+    let backup = cluster.dir.path().join("n0.backup");
+    let taken = std::process::Command::new(CHORUS)
+        .args(["backup", "--url", &n0, "--out", backup.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(taken.status.success(), "{taken:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let device = open_device(&dir, 0);
+    let notes = Subscription::collections(["notes"]);
+    device.put("notes", "w", &json!({"v": "device"})).unwrap();
+    let report = device
+        .sync(std::slice::from_ref(&n0), &notes, &mut |_| {})
+        .unwrap();
+    assert_eq!(report.taken, 1);
+
+    // n0 dies and comes back from the backup, which lacks the write; the cut heals.
+    cluster.nodes[0].kill();
+    let data = cluster.nodes[0].data.clone();
+    std::fs::remove_dir_all(&data).unwrap();
+    let restored = std::process::Command::new(CHORUS)
+        .args(["restore", "--data", data.to_str().unwrap()])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "{restored:?}");
+    cluster.reconfigure("topology = \"mesh\"\n", &[1]);
+    cluster.restart(0);
+    cluster.wait_converged(Duration::from_secs(60));
+    let n0 = cluster.url(0);
+    assert_eq!(get(&format!("{n0}/v1/docs/notes/w")).status, 404, "lost");
+
+    let mut requeued = 0;
+    wait_until(
+        "the lost write to go up again",
+        Duration::from_secs(60),
+        || {
+            if let Ok(report) = device.sync(std::slice::from_ref(&n0), &notes, &mut |_| {}) {
+                requeued += report.requeued;
+            }
+            get(&format!("{n0}/v1/docs/notes/w")).status == 200
+        },
+    );
+    assert_eq!(requeued, 1);
+    cluster.wait_converged(Duration::from_secs(60));
+    for n in 0..2 {
+        let read = get(&format!("{}/v1/docs/notes/w", cluster.url(n)));
+        assert_eq!(server_values(&read.body), [r#"{"v":"device"}"#], "node {n}");
+    }
 }
