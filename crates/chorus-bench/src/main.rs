@@ -8,6 +8,7 @@
 //! cargo run --release -p chorus-bench -- geo [--delays-ms 40,70,90]
 //! cargo run --release -p chorus-bench -- crdt [--seconds 5] [--ops 1000000]
 //! cargo run --release -p chorus-bench -- bulk [--docs 100000] [--batch 1000]
+//! cargo run --release -p chorus-bench -- devices [--docs 100000] [--devices 10000]
 //! ```
 //!
 //! `writes`:
@@ -23,10 +24,11 @@
 //!   pgbench with the same client count, over loopback TCP (skipped with a note when
 //!   PostgreSQL is not installed).
 //!
-//! `replication`, `retention`, `geo`, `crdt`, `bulk`: see their modules.
+//! `replication`, `retention`, `geo`, `crdt`, `bulk`, `devices`: see their modules.
 
 mod bulk;
 mod crdt;
+mod devices;
 mod geo;
 mod load;
 mod postgres;
@@ -56,6 +58,8 @@ enum Bench {
     Crdt(crdt::CrdtArgs),
     /// Loading documents: the bulk API against single PUTs.
     Bulk(bulk::BulkArgs),
+    /// Device replicas: initial sync, catch-up, metadata with many devices.
+    Devices(devices::DevicesArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Geo(args) => geo::run(&args),
         Bench::Crdt(args) => crdt::run(&args),
         Bench::Bulk(args) => bulk::run(&args),
+        Bench::Devices(args) => devices::run(&args),
     }
 }
 

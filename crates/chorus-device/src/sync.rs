@@ -1,19 +1,20 @@
 //! Syncing a device with a node: upload what is pending, then download what changed.
 //!
 //! ```text
-//!  GET /                                  ─▶ the node's name and feed id
-//!  POST /v1/devices/upload/{c}  (per collection, pending writes in seq order)
-//!  POST /v1/bulk/{c}/get        (the uploaded documents as the node now reads them)
+//!  GET /                         ─▶ the node's name, feed id and position, stability
+//!  POST /v1/devices/upload/{c}   (per collection, pending writes in seq order)
+//!  POST /v1/bulk/{c}/get         (the uploaded documents as the node now reads them)
+//!  GET /v1/docs/{c}?prefix=P&include_docs=true   (a snapshot, when there is no cursor)
 //!  GET /v1/changes?since=CURSOR&collection=C&prefix=P&include_docs=true  (pages)
 //! ```
 //!
 //! Cursors are kept per node feed and per subscription entry, so a device that moves
-//! between nodes resumes each node's feed where it left it. A node whose feed the
-//! device has no cursor for (first contact; a node restored or wiped: its feed id
-//! changed) is read from the start: the feed then lists every document the node
-//! holds once, whatever it collected from its op log (a snapshot, not a log), and
-//! documents of the subscription the node no longer holds at all (deleted, and the
-//! deletion collected) are dropped from the device, unless the device wrote them.
+//! between nodes resumes each node's feed where it left it. With no cursor for a
+//! node's feed (first contact; a node restored or wiped: its feed id changed), the
+//! device reads a snapshot of the entry by key range (its cost is the entry's size,
+//! not the node's history: it never reads a log), drops the documents of the entry
+//! the node does not show unless it wrote them, and follows the feed from where it
+//! stood before the snapshot.
 //!
 //! **Invariant:** the device adds a node to a pending write's `in_doubt_at` (durably)
 //! before sending it there, and removes it only on an answer that says the node did
@@ -164,7 +165,7 @@ fn sync_with(
         download(
             local,
             client,
-            feed,
+            &about,
             collection,
             prefix,
             &mut report,
@@ -410,24 +411,30 @@ fn server_copy(read: &Value) -> Value {
     }
 }
 
-/// Reads one subscription entry of the node's feed from the device's cursor (from
-/// the start when it has none for this feed), page by page, each page stored with
-/// the cursor after it.
+/// Brings one subscription entry up to date from the node: from the device's cursor
+/// on the node's feed, or, without one, by a snapshot first (see [`snapshot`]), each
+/// page stored with the cursor after it.
 fn download(
     local: &Local,
     client: &Client,
-    feed: &str,
+    about: &Value,
     collection: &str,
     prefix: &str,
     report: &mut SyncReport,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<(), DeviceError> {
+    let feed = about["feed"].as_str().unwrap_or_default();
     let cursor_name = format!("{feed}/{collection}/{prefix}");
     let mut cursors = local.meta("cursors")?.unwrap_or_else(|| json!({}));
-    let mut since = cursors[&cursor_name].as_str().unwrap_or("0").to_owned();
-    let snapshot = since == "0";
-    let mut seen = BTreeSet::new();
-    report.snapshots += usize::from(snapshot);
+    let mut since = match cursors[&cursor_name].as_str() {
+        Some(cursor) => cursor.to_owned(),
+        None => {
+            report.snapshots += 1;
+            snapshot(local, client, collection, prefix, report, progress)?;
+            // Taken before the snapshot: what changed while it was read follows.
+            about["feed_last"].as_str().unwrap_or("0").to_owned()
+        }
+    };
     loop {
         let path = format!(
             "/v1/changes?since={}&limit={PAGE_ITEMS}&include_docs=true&collection={}&prefix={}",
@@ -444,16 +451,11 @@ fn download(
             let Some(key) = change["key"].as_str() else {
                 continue;
             };
-            seen.insert(key.to_owned());
             let copy = match change["deleted"] == true {
                 true => json!({"deleted": true, "context": change["context"]}),
                 false => server_copy(&change["doc"]),
             };
-            let mut record = txn.record(collection, key)?.unwrap_or_default();
-            if record.server.as_ref() != Some(&copy) {
-                record.server = Some(copy);
-                txn.put_record(collection, key, &mut record)?;
-            }
+            store_copy(&txn, collection, key, copy)?;
         }
         cursors[&cursor_name] = json!(next);
         txn.set_meta("cursors", &cursors)?;
@@ -461,20 +463,76 @@ fn download(
         report.progress.downloaded += changes.len();
         progress(&report.progress);
         if changes.is_empty() && next == since {
-            break;
+            return Ok(());
         }
         since = next;
     }
-    if snapshot {
-        sweep(local, collection, prefix, &seen, report)?;
+}
+
+/// Stores the server's copy of a document, unless it holds that already.
+fn store_copy(
+    txn: &crate::local::Txn,
+    collection: &str,
+    key: &str,
+    copy: Value,
+) -> Result<(), DeviceError> {
+    let mut record = txn.record(collection, key)?.unwrap_or_default();
+    if record.server.as_ref() != Some(&copy) {
+        record.server = Some(copy);
+        txn.put_record(collection, key, &mut record)?;
     }
     Ok(())
 }
 
-/// After reading a whole feed: documents the node no longer holds at all (deleted,
-/// and the deletion collected) leave the device, unless the device wrote them (the
-/// write then goes up against the context it had, and the node records the conflict
-/// with the deletion).
+/// Reads every present document of the entry by key range (`GET /v1/docs/{c}?prefix=
+/// &include_docs=true`, pages from one snapshot each): a cost in the entry's size,
+/// however large the rest of the database or however long the node's history. Then
+/// the documents the device holds that the node does not show are dropped (see
+/// [`sweep`]).
+fn snapshot(
+    local: &Local,
+    client: &Client,
+    collection: &str,
+    prefix: &str,
+    report: &mut SyncReport,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(), DeviceError> {
+    let mut seen = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = format!(
+            "/v1/docs/{}?prefix={}&limit={PAGE_ITEMS}&include_docs=true",
+            segment(collection),
+            segment(prefix)
+        );
+        if let Some(after) = &after {
+            path.push_str(&format!("&after={}", segment(after)));
+        }
+        let page = client.call("GET", &path, None, None)?;
+        report.progress.bytes_down += page.to_string().len() as u64;
+        let docs = page["docs"].as_array().cloned().unwrap_or_default();
+        let txn = local.begin()?;
+        for doc in &docs {
+            let Some(key) = doc["key"].as_str() else {
+                continue;
+            };
+            seen.insert(key.to_owned());
+            store_copy(&txn, collection, key, server_copy(doc))?;
+        }
+        txn.commit()?;
+        report.progress.downloaded += docs.len();
+        progress(&report.progress);
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return sweep(local, collection, prefix, &seen, report),
+        }
+    }
+}
+
+/// After a snapshot: documents the node does not show (deleted, whether or not the
+/// deletion was collected) leave the device, unless the device wrote them (the write
+/// then goes up against the context it had: beside the deletion, or, once that was
+/// collected, recorded as a conflict with it).
 fn sweep(
     local: &Local,
     collection: &str,

@@ -145,6 +145,7 @@ async fn about(
         "version": env!("CARGO_PKG_VERSION"),
         "node": node.name(),
         "feed": format!("{:016x}", feed.id),
+        "feed_last": render::cursor(feed.id, feed.last_seq),
         "stable": render::vector(&stable),
         "seen": render::vector(&seen),
         "api": "/v1 (docs/api.md; docs/openapi.json)",

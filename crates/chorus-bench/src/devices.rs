@@ -1,0 +1,167 @@
+//! `devices`: device replicas against a node in this process.
+//!
+//! - *Initial sync*: `--docs` documents bulk-loaded on the node, then a fresh device
+//!   syncs them all; *catch-up*: `--changes` documents changed on the node, then the
+//!   device syncs again. Figures: documents per second, and the bytes the device
+//!   downloaded against the bytes of the documents themselves (the ratio is the
+//!   protocol's overhead: versions, dots, contexts, JSON framing).
+//! - *Metadata per document*: `--devices` distinct devices each write once to one of
+//!   `--shared` documents (each write replacing what the device read), against the
+//!   same writes made by one device, in the same run. Figures: a read's context token
+//!   bytes and versions per document in both cases, and the node's upload records
+//!   (one per device, node and collection).
+
+use crate::{InProcessServer, agent, document};
+use anyhow::Context as _;
+use chorus_device::{Device, Subscription};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct DevicesArgs {
+    /// Documents of the initial sync.
+    #[arg(long, default_value_t = 100_000)]
+    docs: u64,
+    /// Documents changed before the catch-up.
+    #[arg(long, default_value_t = 10_000)]
+    changes: u64,
+    /// Distinct devices writing the shared documents.
+    #[arg(long, default_value_t = 10_000)]
+    devices: u64,
+    /// Documents they write.
+    #[arg(long, default_value_t = 1_000)]
+    shared: u64,
+}
+
+pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = InProcessServer::start(chorus_node::open(dir.path().join("node.redb"))?)?;
+    let http = agent(1);
+    let urls = [server.url.clone()];
+    let load = |first: u64, count: u64, round: u64| -> anyhow::Result<u64> {
+        let mut bytes = 0;
+        for start in (first..first + count).step_by(1000) {
+            let end = (start + 1000).min(first + count);
+            let docs: Vec<String> = (start..end)
+                .map(|k| document(k, round))
+                .inspect(|d| bytes += d.len() as u64)
+                .enumerate()
+                .map(|(i, d)| format!("{{\"key\":\"key-{}\",\"value\":{d}}}", start + i as u64))
+                .collect();
+            let body = format!("{{\"docs\":[{}]}}", docs.join(","));
+            let response = http
+                .post(&format!("{}/v1/bulk/bench", server.url))
+                .header("Content-Type", "application/json")
+                .send(body.as_bytes())
+                .context("POST /v1/bulk")?;
+            anyhow::ensure!(response.status() == 200, "HTTP {}", response.status());
+        }
+        Ok(bytes)
+    };
+
+    println!(
+        "initial sync of {} documents of ~{} B to a fresh device",
+        args.docs,
+        document(0, 0).len()
+    );
+    let docs_bytes = load(0, args.docs, 0)?;
+    let device = Device::open(dir.path().join("device.redb"))?;
+    let subscription = Subscription::collections(["bench"]);
+    let started = Instant::now();
+    let report = device.sync(&urls, &subscription, &mut |_| {})?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "  {:.1} s, {:.0} documents/s; downloaded {} B for {} B of documents ({:.2}×)",
+        seconds,
+        report.progress.downloaded as f64 / seconds,
+        report.progress.bytes_down,
+        docs_bytes,
+        report.progress.bytes_down as f64 / docs_bytes as f64
+    );
+
+    println!("catch-up after {} changed documents", args.changes);
+    let changed_bytes = load(0, args.changes, 1)?;
+    let started = Instant::now();
+    let report = device.sync(&urls, &subscription, &mut |_| {})?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "  {:.2} s, {} documents, {:.0} documents/s; downloaded {} B for {} B of changes ({:.2}×)",
+        seconds,
+        report.progress.downloaded,
+        report.progress.downloaded as f64 / seconds,
+        report.progress.bytes_down,
+        changed_bytes,
+        report.progress.bytes_down as f64 / changed_bytes as f64
+    );
+
+    println!(
+        "metadata per document: {} writes to {} documents by {} devices, against one device",
+        args.devices, args.shared, args.devices
+    );
+    let many = shared_writes(&dir, &urls, "many", args, args.devices)?;
+    let one = shared_writes(&dir, &urls, "one", args, 1)?;
+    println!(
+        "  {} devices: {:.1} B of context and {:.2} versions per document; one device: {:.1} B and {:.2} (ratio {:.2})",
+        args.devices,
+        many.0,
+        many.1,
+        one.0,
+        one.1,
+        many.0 / one.0
+    );
+    let status: serde_json::Value = http
+        .get(&format!("{}/v1/status", server.url))
+        .call()?
+        .body_mut()
+        .read_json()?;
+    println!(
+        "  the node's records of devices: {} devices seen (one small document each per collection)",
+        status["devices"]["seen"]
+    );
+    server.stop()
+}
+
+/// `args.devices` writes to `args.shared` documents of `collection`, made in turn by
+/// `devices` devices (each holding only the document it writes: a prefix
+/// subscription), each write replacing what its device read; returns the mean
+/// context-token bytes and versions per document as the node then reads them.
+fn shared_writes(
+    dir: &tempfile::TempDir,
+    urls: &[String],
+    collection: &str,
+    args: &DevicesArgs,
+    devices: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let open = |d: u64| Device::open(dir.path().join(format!("{collection}-{d}.redb")));
+    let mut reused = None;
+    for w in 0..args.devices {
+        let key = format!("shared-{:06}", w % args.shared);
+        let subscription = Subscription::collections([collection]).with_prefix(&key);
+        let own;
+        let device = match devices {
+            1 => {
+                if reused.is_none() {
+                    reused = Some(open(0)?);
+                }
+                reused.as_ref().expect("just opened")
+            }
+            _ => {
+                own = open(w % devices)?;
+                &own
+            }
+        };
+        device.sync(urls, &subscription, &mut |_| {})?;
+        device.put(collection, &key, &serde_json::json!({"by": w}))?;
+        device.sync(urls, &subscription, &mut |_| {})?;
+    }
+    let client = chorus_client::Client::new(urls.iter().cloned())?;
+    let (mut context_bytes, mut versions) = (0usize, 0usize);
+    for s in 0..args.shared {
+        let read = client
+            .get(collection, &format!("shared-{s:06}"))?
+            .context("a shared document")?;
+        context_bytes += read["context"].as_str().map_or(0, str::len);
+        versions += read["versions"].as_array().map_or(0, Vec::len);
+    }
+    let n = args.shared as f64;
+    Ok((context_bytes as f64 / n, versions as f64 / n))
+}
