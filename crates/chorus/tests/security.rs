@@ -200,7 +200,8 @@ fn every_endpoint_needs_a_token_with_the_right() {
     assert_eq!(put.status, 200, "{}", put.text);
     let (name, _) = admin.split_once('.').unwrap();
     let unknown = format!("{name}.{}", "0".repeat(32));
-    let endpoints: [(&str, &str, Option<&str>, &str); 14] = [
+    let upload = r#"{"device":"00112233445566778899aabbccddeeff","writes":[{"seq":1,"key":"u1","value":{}}]}"#;
+    let endpoints: [(&str, &str, Option<&str>, &str); 18] = [
         ("GET", "/v1/docs/users/u1", None, "orders"),
         ("PUT", "/v1/docs/users/u1", Some(r#"{"n":1}"#), "reader"),
         ("DELETE", "/v1/docs/orders/o1", None, "reader"),
@@ -213,6 +214,15 @@ fn every_endpoint_needs_a_token_with_the_right() {
             "orders",
         ),
         ("GET", "/v1/changes", None, "orders"),
+        ("GET", "/v1/changes?collection=users", None, "orders"),
+        ("POST", "/v1/devices/upload/users", Some(upload), "orders"),
+        ("POST", "/v1/bulk/users", Some(r#"{"docs":[]}"#), "reader"),
+        (
+            "POST",
+            "/v1/bulk/users/get",
+            Some(r#"{"keys":[]}"#),
+            "orders",
+        ),
         ("GET", "/v1/conflicts", None, "orders"),
         ("POST", "/v1/conflicts/00/resolve", Some("{}"), "reader"),
         ("POST", "/v1/locks/orders/o1", Some("{}"), "reader"),
@@ -248,6 +258,14 @@ fn every_endpoint_needs_a_token_with_the_right() {
             assert!(reply.body["message"].is_string(), "{}", reply.text);
         }
     }
+    // A feed filtered to a collection needs only read on it.
+    let own = call_as(
+        Some(&orders),
+        "GET",
+        &format!("{a}/v1/changes?collection=orders"),
+        None,
+    );
+    assert_eq!(own.status, 200, "{}", own.text);
     for path in ["/v1/status", "/v1/digest", "/metrics"] {
         assert_eq!(
             call_as(None, "GET", &format!("{a}{path}"), None).status,
