@@ -10,6 +10,10 @@
 //!   same writes made by one device, in the same run. Figures: a read's context token
 //!   bytes and versions per document in both cases, and the node's upload records
 //!   (one per device, node and collection).
+//! - *Against PouchDB*, in the same run, when `bench/pouchdb` has its packages
+//!   (`npm ci --prefix bench/pouchdb`) and `node` is on the PATH: the same documents,
+//!   initial sync and catch-up, PouchDB replicating from express-pouchdb, both on
+//!   leveldb (`bench/pouchdb/sync.mjs`).
 
 use crate::{InProcessServer, agent, document};
 use anyhow::Context as _;
@@ -68,7 +72,8 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
     let subscription = Subscription::collections(["bench"]);
     let started = Instant::now();
     let report = device.sync(&urls, &subscription, &mut |_| {})?;
-    let seconds = started.elapsed().as_secs_f64();
+    let initial_seconds = started.elapsed().as_secs_f64();
+    let seconds = initial_seconds;
     println!(
         "  {:.1} s, {:.0} documents/s; downloaded {} B for {} B of documents ({:.2}×)",
         seconds,
@@ -92,6 +97,12 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
         changed_bytes,
         report.progress.bytes_down as f64 / changed_bytes as f64
     );
+
+    let chorus = (
+        args.docs as f64 / initial_seconds,
+        args.changes as f64 / seconds,
+    );
+    compare_with_pouchdb(args, chorus)?;
 
     println!(
         "metadata per document: {} writes to {} documents by {} devices, against one device",
@@ -164,4 +175,54 @@ fn shared_writes(
     }
     let n = args.shared as f64;
     Ok((context_bytes as f64 / n, versions as f64 / n))
+}
+
+/// Runs the PouchDB side (`bench/pouchdb/sync.mjs`) when it is installed, and prints
+/// Chorus's documents per second against it (`chorus`: initial, catch-up).
+fn compare_with_pouchdb(args: &DevicesArgs, chorus: (f64, f64)) -> anyhow::Result<()> {
+    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/pouchdb");
+    if !bench.join("node_modules").exists() {
+        println!(
+            "PouchDB: skipped (install it with `npm ci --prefix bench/pouchdb`; needs Node.js)"
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let output = std::process::Command::new("node")
+        .arg(bench.join("sync.mjs"))
+        .args(["--docs", &args.docs.to_string()])
+        .args(["--changes", &args.changes.to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .context("running node bench/pouchdb/sync.mjs")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the PouchDB run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let figures: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "PouchDB printed {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })?;
+    let rate = |docs: &str, seconds: &str| {
+        figures[docs].as_f64().unwrap_or(0.0) / figures[seconds].as_f64().unwrap_or(f64::NAN)
+    };
+    let (initial, catchup) = (
+        rate("initial_docs", "initial_seconds"),
+        rate("catchup_docs", "catchup_seconds"),
+    );
+    println!(
+        "PouchDB (leveldb, from express-pouchdb): initial sync {initial:.0} documents/s \
+         ({} B, gzip on the wire), catch-up {catchup:.0} documents/s ({} B)",
+        figures["initial_bytes"], figures["catchup_bytes"]
+    );
+    println!(
+        "Chorus ÷ PouchDB (documents/s): initial sync {:.2}, catch-up {:.2}",
+        chorus.0 / initial,
+        chorus.1 / catchup
+    );
+    Ok(())
 }
