@@ -18,7 +18,44 @@
 use crate::{InProcessServer, agent, document};
 use anyhow::Context as _;
 use chorus_device::{Device, Subscription};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+/// A loopback proxy to `target` counting the bytes it passes back to clients; its
+/// URL and the counter.
+fn counting_proxy(target: &str) -> anyhow::Result<(String, Arc<AtomicU64>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let target = target.trim_start_matches("http://").to_owned();
+    let counted = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&counted);
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(&target) else {
+                continue;
+            };
+            let (mut up_from, mut up_to) = (
+                client.try_clone().expect("a socket"),
+                server.try_clone().expect("a socket"),
+            );
+            std::thread::spawn(move || std::io::copy(&mut up_from, &mut up_to));
+            let count = Arc::clone(&count);
+            std::thread::spawn(move || {
+                let (mut from, mut to) = (server, client);
+                let mut buffer = vec![0u8; 64 * 1024];
+                while let Ok(n) = std::io::Read::read(&mut from, &mut buffer) {
+                    if n == 0 || std::io::Write::write_all(&mut to, &buffer[..n]).is_err() {
+                        break;
+                    }
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                let _ = to.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    Ok((url, counted))
+}
 
 #[derive(clap::Args)]
 pub struct DevicesArgs {
@@ -40,7 +77,10 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = InProcessServer::start(chorus_node::open(dir.path().join("node.redb"))?)?;
     let http = agent(1);
-    let urls = [server.url.clone()];
+    // The device talks through a proxy that counts the bytes on the wire (answers
+    // are gzipped for it).
+    let (proxy, wire) = counting_proxy(&server.url)?;
+    let urls = [proxy];
     let load = |first: u64, count: u64, round: u64| -> anyhow::Result<u64> {
         let mut bytes = 0;
         for start in (first..first + count).step_by(1000) {
@@ -71,31 +111,39 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
     let device = Device::open(dir.path().join("device.redb"))?;
     let subscription = Subscription::collections(["bench"]);
     let started = Instant::now();
+    wire.store(0, Ordering::Relaxed);
     let report = device.sync(&urls, &subscription, &mut |_| {})?;
     let initial_seconds = started.elapsed().as_secs_f64();
     let seconds = initial_seconds;
+    let on_wire = wire.swap(0, Ordering::Relaxed);
     println!(
-        "  {:.1} s, {:.0} documents/s; downloaded {} B for {} B of documents ({:.2}×)",
+        "  {:.1} s, {:.0} documents/s; {} B of JSON for {} B of documents ({:.2}×), {} B on the wire ({:.2}×)",
         seconds,
         report.progress.downloaded as f64 / seconds,
         report.progress.bytes_down,
         docs_bytes,
-        report.progress.bytes_down as f64 / docs_bytes as f64
+        report.progress.bytes_down as f64 / docs_bytes as f64,
+        on_wire,
+        on_wire as f64 / docs_bytes as f64
     );
 
     println!("catch-up after {} changed documents", args.changes);
     let changed_bytes = load(0, args.changes, 1)?;
+    wire.store(0, Ordering::Relaxed);
     let started = Instant::now();
     let report = device.sync(&urls, &subscription, &mut |_| {})?;
     let seconds = started.elapsed().as_secs_f64();
+    let on_wire = wire.swap(0, Ordering::Relaxed);
     println!(
-        "  {:.2} s, {} documents, {:.0} documents/s; downloaded {} B for {} B of changes ({:.2}×)",
+        "  {:.2} s, {} documents, {:.0} documents/s; {} B of JSON for {} B of changes ({:.2}×), {} B on the wire ({:.2}×)",
         seconds,
         report.progress.downloaded,
         report.progress.downloaded as f64 / seconds,
         report.progress.bytes_down,
         changed_bytes,
-        report.progress.bytes_down as f64 / changed_bytes as f64
+        report.progress.bytes_down as f64 / changed_bytes as f64,
+        on_wire,
+        on_wire as f64 / changed_bytes as f64
     );
 
     let chorus = (

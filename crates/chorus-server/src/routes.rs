@@ -25,6 +25,7 @@ use chorus_node::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 
 type ApiResult<T = Response> = Result<T, ApiError>;
 /// The node's cluster, when it has one (for status, and routing writes to home
@@ -115,6 +116,15 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             crate::cors::cors,
         ))
         .layer(Extension(cluster))
+        // Answers are gzipped for clients that accept it (devices on slow links read
+        // pages of documents); event streams, tiny answers and backups (store pages,
+        // large, written byte for byte) are not.
+        .layer(
+            tower_http::compression::CompressionLayer::new().compress_when(
+                DefaultPredicate::new()
+                    .and(NotForContentType::const_new("application/octet-stream")),
+            ),
+        )
         .with_state(node)
 }
 
@@ -379,6 +389,8 @@ async fn backup(State(node): State<Node>) -> ApiResult<Response> {
             Err(e) => Some((Err(e), (file, staging))),
         }
     });
+    // Ended for good once it ends (a body may be polled again after its end).
+    let chunks = futures_util::StreamExt::fuse(chunks);
     tracing::info!(target: "audit", bytes = length, "backup taken");
     Ok((
         [

@@ -1014,3 +1014,47 @@ fn export_then_import_gives_the_same_documents() {
     assert_eq!(n1, [json!({"v": 1}), json!({"v": 2})]);
     assert_eq!(get(&format!("{}/v1/docs/notes/gone", b.url)).status, 404);
 }
+
+/// The head of the answer to a raw `GET path` sent with `headers`, lower-cased.
+fn answer_head(base: &str, path: &str, headers: &str) -> String {
+    use std::io::{Read, Write};
+    let at = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(at).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {at}\r\n{headers}\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// Answers are gzipped for clients that accept it, and only for them; event
+/// streams are not (each event must leave at once).
+#[test]
+fn answers_are_compressed_for_clients_that_accept_it() {
+    let (_dir, node) = node();
+    for k in 0..20 {
+        put(
+            &format!("{}/v1/docs/c/k{k}", node.url),
+            r#"{"text":"some words"}"#,
+        );
+    }
+    let page = "/v1/docs/c?include_docs=true";
+    let gzip = "Accept-Encoding: gzip\r\n";
+    assert!(answer_head(&node.url, page, gzip).contains("content-encoding: gzip"));
+    assert!(!answer_head(&node.url, page, "").contains("content-encoding"));
+    let stream = answer_head(
+        &node.url,
+        "/v1/changes?since=0",
+        "Accept-Encoding: gzip\r\nAccept: text/event-stream\r\n",
+    );
+    assert!(stream.contains("text/event-stream"), "{stream}");
+    assert!(!stream.contains("content-encoding"), "{stream}");
+    // The Rust client asks for it and reads it back as written.
+    let read = get(&format!("{}{page}", node.url));
+    assert_eq!(read.body["docs"].as_array().unwrap().len(), 20);
+}
