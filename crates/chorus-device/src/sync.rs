@@ -210,14 +210,19 @@ fn upload(
             let path = format!("/v1/devices/upload/{}", segment(&collection));
             let answer = match client.call("POST", &path, Some(body.as_bytes()), None) {
                 Ok(answer) => answer,
-                Err(e @ ClientError::Unreachable { .. }) => {
-                    // Refused before writing (503, e.g. in doubt elsewhere) or never
-                    // sent: this node did not take them.
-                    mark_sent(local, &collection, batch, node, false)?;
-                    report.in_doubt += batch.len();
+                // Sent, and no answer from the node: it may have taken them.
+                Err(e @ (ClientError::Uncertain { .. } | ClientError::NotJson { .. })) => {
                     return Err(e.into());
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // Never sent, or refused before writing (an error answer; 503 when
+                    // they are in doubt elsewhere): this node did not take them.
+                    mark_sent(local, &collection, batch, node, false)?;
+                    if matches!(e, ClientError::Unreachable { .. }) {
+                        report.in_doubt += batch.len();
+                    }
+                    return Err(e.into());
+                }
             };
             report.progress.bytes_up += body.len() as u64;
             answered = true;

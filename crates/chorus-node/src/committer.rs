@@ -47,6 +47,7 @@ use crate::devices::{self, DEVICES_COLLECTION, Taken, Upload, UploadOutcome};
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, KEY_VERSIONS_WARN};
 use crate::merge;
+use crate::node::check_write;
 use crate::request::{
     ConflictCounts, Job, RemoteOutcome, ReplicationStep, ReplyTo, Request, StoreFailure,
     StoreHealth, Write, WriteAck, WriteError,
@@ -227,7 +228,7 @@ impl Committer {
         let mut outcomes = Vec::with_capacity(upload.writes.len());
         let mut now = Taken {
             through: before.through,
-            dots: Default::default(),
+            ..Taken::default()
         };
         for w in upload.writes {
             let seq = w.seq;
@@ -242,12 +243,19 @@ impl Committer {
                 value: w.value,
                 context: w.context,
             };
-            outcomes.push(match self.apply_local(b, &write, false)? {
+            let taken = match check_write(&write) {
+                Ok(()) => self.apply_local(b, &write, false)?,
+                Err(refused) => Err(refused),
+            };
+            outcomes.push(match taken {
                 Ok(ack) => {
                     now.dots.insert(seq, ack.dot);
                     UploadOutcome::Taken { seq, ack }
                 }
-                Err(error) => UploadOutcome::Refused { seq, error },
+                Err(error) => {
+                    now.refused.insert(seq, error.to_string());
+                    UploadOutcome::Refused { seq, error }
+                }
             });
         }
         if now.through > before.through {

@@ -7,9 +7,11 @@
 //! A device numbers its writes (`seq`, increasing per device). A node takes an
 //! upload of one collection **in one commit together with its record of the device**:
 //! the document `_devices/{device}/{node}/{collection}` of a reserved collection,
-//! written only by this node, holding the greatest `seq` it took (`through`) and the
-//! dots it gave the writes of that last upload (`dots`), so that a device that never
-//! got the answer learns them from a retry.
+//! written only by this node, holding the greatest `seq` it answered for (`through`)
+//! and, for the writes of that last upload, the dots it gave them (`dots`) and why
+//! it refused any (`refused`), so that a device that never got the answer learns it
+//! from a retry. A write is refused on its own (a key or document the node does not
+//! accept, a write the collection refuses): the others of the upload are taken.
 //!
 //! **Invariant:** a write whose `seq` a node's record covers was taken by that node,
 //! and is never taken again by it: an upload cut off and retried on the same node
@@ -19,7 +21,7 @@
 
 use crate::document::Context;
 use crate::node::{Node, ReadError};
-use crate::request::{Job, ReplyTo, Request, Write, WriteAck, WriteError};
+use crate::request::{Job, ReplyTo, Request, WriteAck, WriteError};
 use chorus_core::{Dot, KeyState, NodeId, Policy};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -110,10 +112,12 @@ pub(crate) fn record_key(device: DeviceId, node: NodeId, collection: &str) -> St
 /// What a node's record says it took of one device in one collection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Taken {
-    /// Every `seq` up to this was taken (0: none).
+    /// Every `seq` up to this was answered for (0: none).
     pub through: u64,
     /// The dots given to the writes of the last upload taken.
     pub dots: BTreeMap<u64, Dot>,
+    /// Why writes of the last upload were refused.
+    pub refused: BTreeMap<u64, String>,
 }
 
 impl Taken {
@@ -132,9 +136,16 @@ impl Taken {
             .flatten()
             .filter_map(|(seq, dot)| Some((seq.parse().ok()?, Dot::parse(dot.as_str()?)?)))
             .collect();
+        let refused = record["refused"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(seq, why)| Some((seq.parse().ok()?, why.as_str()?.to_owned())))
+            .collect();
         Taken {
             through: record["through"].as_u64().unwrap_or(0),
             dots,
+            refused,
         }
     }
 
@@ -145,13 +156,24 @@ impl Taken {
             .iter()
             .map(|(seq, dot)| (seq.to_string(), Value::String(dot.to_string())))
             .collect();
-        serde_json::json!({ "through": self.through, "dots": dots })
+        let refused: serde_json::Map<String, Value> = self
+            .refused
+            .iter()
+            .map(|(seq, why)| (seq.to_string(), Value::String(why.clone())))
+            .collect();
+        serde_json::json!({ "through": self.through, "dots": dots, "refused": refused })
             .to_string()
             .into_bytes()
     }
 
     /// What this record says of write `seq`, if it covers it.
     pub fn outcome(&self, seq: u64) -> Option<UploadOutcome> {
+        if let Some(why) = self.refused.get(&seq) {
+            return Some(UploadOutcome::Refused {
+                seq,
+                error: WriteError::Invalid(format!("refused before: {why}")),
+            });
+        }
         (seq <= self.through).then(|| UploadOutcome::TakenBefore {
             seq,
             dot: self.dots.get(&seq).copied(),
@@ -162,8 +184,8 @@ impl Taken {
 impl Node {
     /// Takes a device's writes to one collection, all in one commit with this node's
     /// record of the device; answers each in order. Writes the record covers are
-    /// answered [`UploadOutcome::TakenBefore`] and not taken again. A malformed write
-    /// refuses the whole upload, changing nothing.
+    /// answered [`UploadOutcome::TakenBefore`] and not taken again; a write the node
+    /// does not accept is refused on its own.
     pub async fn upload(&self, upload: Upload) -> Result<Vec<UploadOutcome>, WriteError> {
         self.check_upload(&upload)?;
         let (reply, answer) = oneshot::channel();
@@ -186,15 +208,7 @@ impl Node {
                 "an upload's writes must be in increasing seq order".into(),
             ));
         }
-        for w in &upload.writes {
-            self.check_write(&Write {
-                collection: upload.collection.clone(),
-                key: Some(w.key.clone()),
-                value: w.value.clone(),
-                context: None,
-            })?;
-        }
-        Ok(())
+        crate::collections::check_collection_name(&upload.collection).map_err(WriteError::Invalid)
     }
 
     /// What the node `taker` took of `device` in `collection`, as far as this node

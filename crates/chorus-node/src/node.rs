@@ -449,27 +449,8 @@ impl Node {
     }
 
     fn request(&self, write: Write, supersede_current: bool) -> Result<PendingRequest, WriteError> {
-        self.check_write(&write)?;
+        check_write(&write)?;
         Ok(pending(write, supersede_current))
-    }
-
-    /// Refuses a write whose names or document are not acceptable, before it is
-    /// queued.
-    pub(crate) fn check_write(&self, write: &Write) -> Result<(), WriteError> {
-        check_collection_name(&write.collection).map_err(WriteError::Invalid)?;
-        if let Some(key) = &write.key {
-            check_key(key).map_err(WriteError::Invalid)?;
-        }
-        if let Some(value) = &write.value {
-            if value.len() > DOCUMENT_BYTES_MAX {
-                return Err(WriteError::TooLarge {
-                    bytes: value.len(),
-                    max: DOCUMENT_BYTES_MAX,
-                });
-            }
-            crate::json::check_document(value).map_err(|e| WriteError::Invalid(e.to_string()))?;
-        }
-        Ok(())
     }
 
     // ---- reads --------------------------------------------------------------------
@@ -1241,6 +1222,25 @@ fn shown_record(mut record: ConflictRecord) -> ConflictRecord {
         version.value = version.value.take().map(shown);
     }
     record
+}
+
+/// Refuses a write whose names or document are not acceptable, before it is queued
+/// (and, for device uploads, before it is applied).
+pub(crate) fn check_write(write: &Write) -> Result<(), WriteError> {
+    check_collection_name(&write.collection).map_err(WriteError::Invalid)?;
+    if let Some(key) = &write.key {
+        check_key(key).map_err(WriteError::Invalid)?;
+    }
+    if let Some(value) = &write.value {
+        if value.len() > DOCUMENT_BYTES_MAX {
+            return Err(WriteError::TooLarge {
+                bytes: value.len(),
+                max: DOCUMENT_BYTES_MAX,
+            });
+        }
+        crate::json::check_document(value).map_err(|e| WriteError::Invalid(e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn check_key(key: &str) -> Result<(), String> {

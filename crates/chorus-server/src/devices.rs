@@ -12,7 +12,9 @@
 //!
 //! A write replaces what its `context` (the token of the read the device showed)
 //! covers, and the device's own earlier writes named in `covers` (dots servers gave
-//! them), which its context cannot name.
+//! them), which its context cannot name. A write that cannot be read or taken is
+//! refused on its own (an error in its result); the request fails whole only when it
+//! is not an upload at all (not JSON, a bad device id, writes out of order).
 //!
 //! **In doubt.** A device whose upload to node N went unanswered names N when it
 //! retries elsewhere. The node asked takes only what N's record (replicated like a
@@ -103,15 +105,18 @@ pub(crate) async fn upload(
     let request: UploadRequest = parse(&bytes, USAGE)?;
     let device = DeviceId::parse(&request.device)
         .ok_or_else(|| ApiError::bad_request("device must be 32 hex digits"))?;
-    let mut writes = request
-        .writes
-        .iter()
-        .map(|item| {
-            device_write(&collection, item)
-                .map_err(|e| ApiError::bad_request(format!("write {}: {}", item.seq, e.message)))
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
+    // A write that cannot be read is refused on its own; the others go on.
     let mut outcomes = Vec::new();
+    let mut writes = Vec::with_capacity(request.writes.len());
+    for item in &request.writes {
+        match device_write(&collection, item) {
+            Ok(write) => writes.push(write),
+            Err(e) => outcomes.push(UploadOutcome::Refused {
+                seq: item.seq,
+                error: chorus_node::WriteError::Invalid(e.message),
+            }),
+        }
+    }
     for taker in request.in_doubt_at.iter().filter(|n| *n != node.name()) {
         let taken = taken_by(&node, device, taker, &collection)?;
         let (before, after): (Vec<_>, Vec<_>) = writes

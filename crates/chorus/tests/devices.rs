@@ -208,21 +208,54 @@ fn an_upload_retried_anywhere_is_taken_once() {
         {"seq": 3, "key": "k3", "value": {"v": 3}}]});
     assert_eq!(upload(&b, gone).body["results"][0]["key"], "k3");
 
-    // Bad uploads: refused whole, nothing changed.
+    // What is not an upload is refused whole; a write that cannot be read is refused
+    // on its own: nothing changes either way.
     cluster.wait_converged(Duration::from_secs(60));
     let digest_before = digest(&a);
     for bad in [
         json!({"device": "not-hex", "writes": []}),
         json!({"device": device, "writes": [{"seq": 9, "key": "x", "value": {}}, {"seq": 8, "key": "y", "value": {}}]}),
-        json!({"device": device, "writes": [{"seq": 10, "key": "x"}]}),
-        json!({"device": device, "writes": [{"seq": 10, "key": "x", "value": {}, "covers": ["nonsense"]}]}),
-        json!({"device": device, "writes": [{"seq": 10, "key": "x", "value": {}, "context": "garbage"}]}),
         json!({"device": device, "writes": [], "extra": 1}),
     ] {
         let reply = upload(&a, bad.clone());
         assert_eq!(reply.status, 400, "{bad}: {}", reply.text);
     }
+    for bad in [
+        json!({"seq": 10, "key": "x"}),
+        json!({"seq": 10, "key": "x", "value": {}, "covers": ["nonsense"]}),
+        json!({"seq": 10, "key": "x", "value": {}, "context": "garbage"}),
+    ] {
+        let reply = upload(&a, json!({"device": device, "writes": [bad]}));
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(
+            reply.body["results"][0]["error"], "bad_request",
+            "{}",
+            reply.text
+        );
+    }
     assert_eq!(digest(&a), digest_before);
+
+    // A write the node does not accept is refused on its own, also when retried; the
+    // others of the upload are taken.
+    let long = "k".repeat(2000);
+    let mixed = json!({"device": device, "writes": [
+        {"seq": 20, "key": long, "value": {}},
+        {"seq": 21, "key": "k21", "value": {"v": 21}},
+    ]});
+    for _ in 0..2 {
+        let reply = upload(&a, mixed.clone());
+        assert_eq!(
+            reply.body["results"][0]["error"], "bad_request",
+            "{}",
+            reply.text
+        );
+        assert!(
+            reply.body["results"][1]["error"].is_null(),
+            "{}",
+            reply.text
+        );
+    }
+    assert_eq!(versions(&a, "notes", "k21"), [json!({"v": 21})]);
 }
 
 /// A device's token bounds what it may sync: it reads and writes its collection,
@@ -654,4 +687,32 @@ fn a_write_a_restored_node_lost_goes_up_again() {
         let read = get(&format!("{}/v1/docs/notes/w", cluster.url(n)));
         assert_eq!(server_values(&read.body), [r#"{"v":"device"}"#], "node {n}");
     }
+}
+
+/// A write the node refuses (here a key longer than keys may be) is set aside, with
+/// why, and the device's other writes go up: one bad write never blocks a device.
+#[test]
+fn a_refused_write_is_set_aside_and_the_others_go_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    let device = open_device(&dir, 0);
+    let long = "k".repeat(2000);
+    device
+        .put("notes", &long, &json!({"v": "too long a key"}))
+        .unwrap();
+    device.put("notes", "fine", &json!({"v": "fine"})).unwrap();
+    let notes = Subscription::collections(["notes"]);
+    let report = device
+        .sync(std::slice::from_ref(&node.url), &notes, &mut |_| {})
+        .unwrap();
+    assert_eq!((report.taken, report.rejected), (1, 1), "{report:?}");
+    assert_eq!(device.pending().unwrap(), 0);
+    let rejected = device.rejected().unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].key, long);
+    assert!(rejected[0].message.contains("key"), "{rejected:?}");
+    assert_eq!(
+        get(&format!("{}/v1/docs/notes/fine", node.url)).body["value"],
+        json!({"v": "fine"})
+    );
 }
