@@ -81,6 +81,19 @@ pub struct Upload {
     pub writes: Vec<DeviceWrite>,
 }
 
+/// Writes a device says are in doubt at `taker`, a member that has not confirmed
+/// them here: `seqs` (first, last) cannot be taken now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "node {taker} may have taken writes {} to {} of this upload ({reason}): retry on {taker}, or here later",
+    seqs.0, seqs.1
+)]
+pub struct InDoubt {
+    pub taker: String,
+    pub seqs: (u64, u64),
+    pub reason: String,
+}
+
 /// What became of one uploaded write.
 #[derive(Debug, PartialEq, Eq)]
 pub enum UploadOutcome {
@@ -209,6 +222,75 @@ impl Node {
             ));
         }
         crate::collections::check_collection_name(&upload.collection).map_err(WriteError::Invalid)
+    }
+
+    /// [`Node::upload`], blocking.
+    pub fn upload_blocking(&self, upload: Upload) -> Result<Vec<UploadOutcome>, WriteError> {
+        self.check_upload(&upload)?;
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            job: Job::Upload(upload),
+            reply: ReplyTo::Upload(reply),
+        };
+        self.submit_blocking(request, answer)
+    }
+
+    /// Settles what a device says is in doubt at other nodes (`in_doubt_at`, names)
+    /// before this node takes `writes`: a write a named node's record (as this node
+    /// has it) covers is answered from that record; the rest are returned to take,
+    /// unless a named node that is a member (`is_member`) has not confirmed them:
+    /// it may hold them with its record still on its way, so nothing may be taken.
+    pub fn settle_doubt(
+        &self,
+        device: DeviceId,
+        collection: &str,
+        mut writes: Vec<DeviceWrite>,
+        in_doubt_at: &[String],
+        is_member: &dyn Fn(&str) -> bool,
+    ) -> Result<(Vec<UploadOutcome>, Vec<DeviceWrite>), InDoubt> {
+        let mut answered = Vec::new();
+        for taker in in_doubt_at.iter().filter(|n| *n != self.name()) {
+            let taken = self
+                .taken_by(device, taker, collection)
+                .map_err(|e| InDoubt {
+                    taker: taker.clone(),
+                    seqs: (0, 0),
+                    reason: e.to_string(),
+                })?;
+            let (before, after): (Vec<_>, Vec<_>) = writes
+                .into_iter()
+                .partition(|w| taken.outcome(w.seq).is_some());
+            answered.extend(before.iter().filter_map(|w| taken.outcome(w.seq)));
+            if is_member(taker) && !after.is_empty() {
+                return Err(InDoubt {
+                    taker: taker.clone(),
+                    seqs: (after[0].seq, after[after.len() - 1].seq),
+                    reason: "it has not confirmed them here yet".into(),
+                });
+            }
+            writes = after;
+        }
+        Ok((answered, writes))
+    }
+
+    /// What the node named `taker` took of `device` in `collection`, by its record as
+    /// this node has it (of the ids the name had, the one that answered for most).
+    fn taken_by(
+        &self,
+        device: DeviceId,
+        taker: &str,
+        collection: &str,
+    ) -> Result<Taken, ReadError> {
+        let mut taken = Taken::default();
+        for (id, name) in self.replica().known_names() {
+            if name == taker {
+                let theirs = self.device_taken(device, id, collection)?;
+                if theirs.through > taken.through {
+                    taken = theirs;
+                }
+            }
+        }
+        Ok(taken)
     }
 
     /// What the node `taker` took of `device` in `collection`, as far as this node

@@ -390,7 +390,7 @@ impl Node {
     }
 
     /// Queues a request for the committer and waits for its answer. Blocking.
-    fn submit_blocking<T>(
+    pub(crate) fn submit_blocking<T>(
         &self,
         request: Request,
         reply: oneshot::Receiver<Result<T, WriteError>>,

@@ -33,7 +33,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use chorus_node::devices::{DeviceId, DeviceWrite, Taken, Upload, UploadOutcome};
+use chorus_node::devices::{DeviceId, DeviceWrite, Upload, UploadOutcome};
 use chorus_node::{Context, Dot, Node};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -117,32 +117,30 @@ pub(crate) async fn upload(
             }),
         }
     }
-    for taker in request.in_doubt_at.iter().filter(|n| *n != node.name()) {
-        let taken = taken_by(&node, device, taker, &collection)?;
-        let (before, after): (Vec<_>, Vec<_>) = writes
-            .into_iter()
-            .partition(|w| taken.outcome(w.seq).is_some());
-        outcomes.extend(before.iter().filter_map(|w| taken.outcome(w.seq)));
-        let member = cluster.as_ref().is_some_and(|c| {
+    let is_member = |name: &str| {
+        cluster.as_ref().is_some_and(|c| {
             c.cluster
                 .peer_status()
                 .iter()
-                .any(|p| p.name.as_str() == taker)
-        });
-        if member && !after.is_empty() {
-            return Err(ApiError::new(
+                .any(|p| p.name.as_str() == name)
+        })
+    };
+    let (answered, writes) = node
+        .settle_doubt(
+            device,
+            &collection,
+            writes,
+            &request.in_doubt_at,
+            &is_member,
+        )
+        .map_err(|doubt| {
+            ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "in_doubt",
-                format!(
-                    "node {taker} may have taken writes {} to {} of this upload and has not \
-                     confirmed them here yet: retry on {taker}, or here later",
-                    after[0].seq,
-                    after[after.len() - 1].seq
-                ),
-            ));
-        }
-        writes = after;
-    }
+                doubt.to_string(),
+            )
+        })?;
+    outcomes.extend(answered);
     let count = writes.len();
     outcomes.extend(
         node.upload(Upload {
@@ -174,19 +172,4 @@ pub(crate) async fn upload(
         })
         .collect();
     Ok(Json(json!({ "node": node.name(), "results": results })))
-}
-
-/// What the node named `taker` took of `device` in `collection`, by its record as
-/// this node has it (of the ids the name had, the one that took the most).
-fn taken_by(node: &Node, device: DeviceId, taker: &str, collection: &str) -> ApiResult<Taken> {
-    let mut taken = Taken::default();
-    for (id, name) in node.replica().known_names() {
-        if name == taker {
-            let theirs = node.device_taken(device, id, collection)?;
-            if theirs.through > taken.through {
-                taken = theirs;
-            }
-        }
-    }
-    Ok(taken)
 }

@@ -167,7 +167,14 @@ fn check_no_write_lost(sim: &Sim, conflicts: &[ConflictRecord]) -> Result<(), St
             .acked
             .iter()
             .filter(same_key)
-            .any(|w| w.dot != acked.dot && w.superseded.covers(acked.dot));
+            .any(|w| w.dot != acked.dot && w.superseded.covers(acked.dot))
+            || sim.devices.as_ref().is_some_and(|d| {
+                d.superseding_without_dot.iter().any(|(key, seen)| {
+                    acked.collection == crate::devices::DEVICE_COLLECTION
+                        && *key == acked.key
+                        && seen.covers(acked.dot)
+                })
+            });
         let logged = conflicts.iter().any(|c| {
             c.versions
                 .iter()

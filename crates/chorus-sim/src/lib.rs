@@ -18,7 +18,8 @@
 //!   drained member leaves; each node reloads the new file at its own moment;
 //! - **clients**: writes and deletes with and without contexts (fresh and stale), on a
 //!   `siblings` and an `lww` collection, and on a collection with a home, routed as
-//!   the server routes them (`Home::order`: to the first reachable node).
+//!   the server routes them (`Home::order`: to the first reachable node); with
+//!   [`Sim::with_devices`], device replicas uploading to any node (`devices`).
 //!
 //! After the faults stop, the network heals and every member restarts and reloads;
 //! the run then checks ([`checks`]) that all replicas converge (equal digests and
@@ -30,6 +31,7 @@
 //! run is deterministic.
 
 pub mod checks;
+mod devices;
 pub mod disk;
 mod membership;
 mod network;
@@ -82,6 +84,11 @@ pub struct Report {
     pub home_writes_uncertain: u64,
     /// Links dialled around unreachable nodes (beyond the planned neighbours).
     pub healing_links: u64,
+    /// With devices: writes taken, uploads whose answer was lost, uploads refused
+    /// while in doubt at another node.
+    pub device_writes_taken: u64,
+    pub device_answers_lost: u64,
+    pub device_in_doubt_refusals: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub sim_ms: u64,
 }
@@ -100,6 +107,9 @@ impl Report {
         self.home_writes_failed_over += other.home_writes_failed_over;
         self.home_writes_uncertain += other.home_writes_uncertain;
         self.healing_links += other.healing_links;
+        self.device_writes_taken += other.device_writes_taken;
+        self.device_answers_lost += other.device_answers_lost;
+        self.device_in_doubt_refusals += other.device_in_doubt_refusals;
         self.sim_ms += other.sim_ms;
         for (kind, n) in &other.faults {
             *self.faults.entry(kind).or_default() += n;
@@ -162,6 +172,10 @@ pub struct Sim {
     prune_rng: Rng,
     /// Draws when nodes join and leave, and when reloads happen.
     membership_rng: Rng,
+    /// Draws of the devices' workload ([`Sim::with_devices`]).
+    device_rng: Rng,
+    /// Device replicas, when the workload has them.
+    devices: Option<devices::Devices>,
     now_ms: Arc<AtomicU64>,
     nodes: Vec<SimNode>,
     /// The cluster file as the operator last wrote it.
@@ -279,6 +293,8 @@ impl Sim {
             topology_rng,
             prune_rng: Rng::new(seed ^ 0x5252_5252_5252_5252),
             membership_rng: Rng::new(seed ^ 0x6060_6060_6060_6060),
+            device_rng: Rng::new(seed ^ 0x4d4d_4d4d_4d4d_4d4d),
+            devices: None,
             now_ms,
             nodes,
             cluster,
@@ -334,6 +350,10 @@ impl Sim {
             ..NodeConfig::default()
         };
         let node = Node::open_backend(n.disk.clone(), config).expect("a simulated disk opens");
+        // As handshakes teach a runtime's node the names of the others.
+        for other in &self.nodes {
+            node.replica().learn_name(other.id, &other.name);
+        }
         let position = node.replica().position().expect("reads work");
         let cluster = self.cluster.clone();
         let membership = cluster.membership(&n.name);
@@ -392,12 +412,24 @@ impl Sim {
             if self.rng.chance(4) {
                 self.inject_fault();
             }
+            if self.devices.is_some() && self.device_rng.chance(25) {
+                self.device_op()?;
+            }
             self.maybe_change_cluster();
             self.maybe_prune_conflicts();
         }
         self.heal_all();
         self.settle()?;
+        if self.devices.is_some() {
+            self.flush_devices()?;
+            self.settle()?;
+            let devices = self.devices.as_ref().expect("on");
+            self.report.device_writes_taken = devices.taken.len() as u64;
+            self.report.device_answers_lost = devices.answers_lost;
+            self.report.device_in_doubt_refusals = devices.in_doubt_refusals;
+        }
         checks::check(&self)?;
+        devices::check_no_duplicate(&self)?;
         self.report.writes_acked = self.acked.len() as u64;
         self.report.sim_ms = self.now();
         Ok(self.report)

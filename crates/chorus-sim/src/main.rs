@@ -22,6 +22,9 @@ struct Args {
     /// Add CRDT operations (counters, sets) to the workload.
     #[arg(long)]
     crdt: bool,
+    /// Add device replicas uploading to any node, answers lost now and then.
+    #[arg(long)]
+    devices: bool,
     /// Steps of client operations and faults per seed.
     #[arg(long, default_value_t = chorus_sim::DEFAULT_STEPS)]
     steps: u64,
@@ -38,6 +41,11 @@ fn main() -> ExitCode {
     for seed in seeds {
         let sim = chorus_sim::Sim::new(seed);
         let sim = if args.crdt { sim.with_crdt() } else { sim };
+        let sim = if args.devices {
+            sim.with_devices()
+        } else {
+            sim
+        };
         match sim.run(args.steps) {
             Ok(report) => {
                 runs += 1;
@@ -46,9 +54,10 @@ fn main() -> ExitCode {
             Err(failure) => {
                 eprintln!("seed {seed} failed: {failure}");
                 eprintln!(
-                    "replay: cargo run --release -p chorus-sim -- --seed {seed} --steps {}{}",
+                    "replay: cargo run --release -p chorus-sim -- --seed {seed} --steps {}{}{}",
                     args.steps,
-                    if args.crdt { " --crdt" } else { "" }
+                    if args.crdt { " --crdt" } else { "" },
+                    if args.devices { " --devices" } else { "" }
                 );
                 return ExitCode::FAILURE;
             }
@@ -76,6 +85,12 @@ fn main() -> ExitCode {
         totals.home_writes_failed_over,
         totals.home_writes_uncertain
     );
+    if args.devices {
+        println!(
+            "devices: {} writes taken, {} upload answers lost, {} uploads refused while in doubt elsewhere",
+            totals.device_writes_taken, totals.device_answers_lost, totals.device_in_doubt_refusals
+        );
+    }
     println!("faults injected:");
     for (kind, n) in &totals.faults {
         println!("  {kind}: {n}");
