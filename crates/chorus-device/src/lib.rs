@@ -126,6 +126,11 @@ impl Device {
         self.local.changes(after, limit)
     }
 
+    /// The collections this device holds documents of (or has written), in order.
+    pub fn collections(&self) -> Result<Vec<String>, DeviceError> {
+        self.local.collections()
+    }
+
     /// How many of this device's writes no server has taken yet.
     pub fn pending(&self) -> Result<usize, DeviceError> {
         self.local.pending_count()

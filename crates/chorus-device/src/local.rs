@@ -377,6 +377,20 @@ impl Local {
         Ok(changes)
     }
 
+    /// The collections the device holds documents of, in order.
+    pub fn collections(&self) -> Result<Vec<String>, DeviceError> {
+        let r = self.db.begin_read()?;
+        let table = r.open_table(DOCS)?;
+        let mut names: Vec<String> = Vec::new();
+        for entry in table.iter()? {
+            let (collection, _) = split_id(entry?.0.value());
+            if names.last() != Some(&collection) {
+                names.push(collection);
+            }
+        }
+        Ok(names)
+    }
+
     /// Every record with a write to upload, by collection, in seq order.
     pub fn pending_records(&self) -> Result<Vec<(String, String, Record)>, DeviceError> {
         let r = self.db.begin_read()?;

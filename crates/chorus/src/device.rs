@@ -39,8 +39,9 @@ enum DeviceAction {
     /// Sync with a cluster: upload pending writes, download what changed in the
     /// subscription; exits when caught up (`--live` keeps syncing).
     Sync {
-        /// Collections this device holds (comma-separated).
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// Collections this device holds (comma-separated); by default, those it
+        /// holds documents of already.
+        #[arg(long, value_delimiter = ',')]
         collections: Vec<String>,
         /// Only keys starting with this.
         #[arg(long, default_value = "")]
@@ -96,6 +97,15 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
             interval_ms,
             target,
         } => {
+            let collections = match collections.is_empty() {
+                true => device.collections()?,
+                false => collections,
+            };
+            if collections.is_empty() {
+                anyhow::bail!(
+                    "this device holds no collection yet: name the ones to sync with --collections A,B"
+                );
+            }
             let subscription = Subscription::collections(collections).with_prefix(&prefix);
             let ca = target
                 .ca

@@ -256,6 +256,21 @@ fn an_upload_retried_anywhere_is_taken_once() {
         );
     }
     assert_eq!(versions(&a, "notes", "k21"), [json!({"v": 21})]);
+
+    // At most 10,000 writes an upload, taken whole; one more is refused whole.
+    let writes = |n: u64| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"seq": 100 + i, "key": format!("bulk-{i}"), "value": {"i": i}}))
+            .collect()
+    };
+    let other = "ffeeddccbbaa99887766554433221100";
+    let over = upload(&a, json!({"device": other, "writes": writes(10_001)}));
+    assert_eq!(over.status, 400, "{}", over.text);
+    let at = upload(&a, json!({"device": other, "writes": writes(10_000)}));
+    assert_eq!(at.status, 200, "{}", at.text);
+    let results = at.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10_000);
+    assert!(results.iter().all(|r| r["dot"].is_string()), "all taken");
 }
 
 /// A device's token bounds what it may sync: it reads and writes its collection,
