@@ -110,47 +110,27 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
     let docs_bytes = load(0, args.docs, 0)?;
     let device = Device::open(dir.path().join("device.redb"))?;
     let subscription = Subscription::collections(["bench"]);
-    let started = Instant::now();
-    wire.store(0, Ordering::Relaxed);
-    let report = device.sync(&urls, &subscription, &mut |_| {})?;
-    let initial_seconds = started.elapsed().as_secs_f64();
-    let seconds = initial_seconds;
-    let on_wire = wire.swap(0, Ordering::Relaxed);
-    println!(
-        "  {:.1} s, {:.0} documents/s; {} B of JSON for {} B of documents ({:.2}×), {} B on the wire ({:.2}×)",
-        seconds,
-        report.progress.downloaded as f64 / seconds,
-        report.progress.bytes_down,
+    let initial = timed_sync(
+        &device,
+        &urls,
+        &subscription,
+        &wire,
         docs_bytes,
-        report.progress.bytes_down as f64 / docs_bytes as f64,
-        on_wire,
-        on_wire as f64 / docs_bytes as f64
-    );
+        "documents",
+    )?;
 
     println!("catch-up after {} changed documents", args.changes);
     let changed_bytes = load(0, args.changes, 1)?;
-    wire.store(0, Ordering::Relaxed);
-    let started = Instant::now();
-    let report = device.sync(&urls, &subscription, &mut |_| {})?;
-    let seconds = started.elapsed().as_secs_f64();
-    let on_wire = wire.swap(0, Ordering::Relaxed);
-    println!(
-        "  {:.2} s, {} documents, {:.0} documents/s; {} B of JSON for {} B of changes ({:.2}×), {} B on the wire ({:.2}×)",
-        seconds,
-        report.progress.downloaded,
-        report.progress.downloaded as f64 / seconds,
-        report.progress.bytes_down,
+    let catchup = timed_sync(
+        &device,
+        &urls,
+        &subscription,
+        &wire,
         changed_bytes,
-        report.progress.bytes_down as f64 / changed_bytes as f64,
-        on_wire,
-        on_wire as f64 / changed_bytes as f64
-    );
+        "changes",
+    )?;
 
-    let chorus = (
-        args.docs as f64 / initial_seconds,
-        args.changes as f64 / seconds,
-    );
-    compare_with_pouchdb(args, chorus)?;
+    compare_with_pouchdb(args, (initial, catchup))?;
 
     println!(
         "metadata per document: {} writes to {} documents by {} devices, against one device",
@@ -179,6 +159,33 @@ pub fn run(args: &DevicesArgs) -> anyhow::Result<()> {
         status["devices"]["seen"]
     );
     server.stop()
+}
+
+/// Syncs `device` once and prints the time, documents per second, and the bytes
+/// downloaded (as JSON, and on the wire) against `source_bytes`, the bytes of what
+/// changed; returns documents per second.
+fn timed_sync(
+    device: &Device,
+    urls: &[String],
+    subscription: &Subscription,
+    wire: &AtomicU64,
+    source_bytes: u64,
+    what: &str,
+) -> anyhow::Result<f64> {
+    wire.store(0, Ordering::Relaxed);
+    let started = Instant::now();
+    let report = device.sync(urls, subscription, &mut |_| {})?;
+    let seconds = started.elapsed().as_secs_f64();
+    let on_wire = wire.swap(0, Ordering::Relaxed);
+    let per_s = report.progress.downloaded as f64 / seconds;
+    let json = report.progress.bytes_down;
+    println!(
+        "  {seconds:.2} s, {} documents, {per_s:.0} documents/s; {json} B of JSON for {source_bytes} B of {what} ({:.2}×), {on_wire} B on the wire ({:.2}×)",
+        report.progress.downloaded,
+        json as f64 / source_bytes as f64,
+        on_wire as f64 / source_bytes as f64
+    );
+    Ok(per_s)
 }
 
 /// `args.devices` writes to `args.shared` documents of `collection`, made in turn by

@@ -447,16 +447,22 @@ impl Local {
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<Value>, DeviceError> {
-        let r = self.db.begin_read()?;
-        let table = r.open_table(META)?;
-        let value = table.get(name)?;
-        value
-            .map(|v| {
-                serde_json::from_slice(v.value())
-                    .map_err(|e| DeviceError::Corrupt(format!("meta {name}: {e}")))
-            })
-            .transpose()
+        read_meta(&self.db.begin_read()?.open_table(META)?, name)
     }
+}
+
+/// A `meta` record, decoded.
+fn read_meta(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &str,
+) -> Result<Option<Value>, DeviceError> {
+    let value = table.get(name)?;
+    value
+        .map(|v| {
+            serde_json::from_slice(v.value())
+                .map_err(|e| DeviceError::Corrupt(format!("meta {name}: {e}")))
+        })
+        .transpose()
 }
 
 /// The document as the device shows `record`, `None` when absent or deleted.
@@ -504,14 +510,7 @@ fn shown(collection: &str, key: &str, record: &Record) -> Option<LocalDocument> 
 
 impl Txn {
     fn meta(&self, name: &str) -> Result<Option<Value>, DeviceError> {
-        let table = self.0.open_table(META)?;
-        let value = table.get(name)?;
-        value
-            .map(|v| {
-                serde_json::from_slice(v.value())
-                    .map_err(|e| DeviceError::Corrupt(format!("meta {name}: {e}")))
-            })
-            .transpose()
+        read_meta(&self.0.open_table(META)?, name)
     }
 
     pub fn set_meta(&self, name: &str, value: &Value) -> Result<(), DeviceError> {
