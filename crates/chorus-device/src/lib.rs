@@ -169,6 +169,25 @@ impl Device {
         )
     }
 
+    /// Waits, at most `timeout_ms` (capped at a minute), until a node of `urls` has
+    /// something new in the subscription's first entry, by a long poll of its change
+    /// feed, for a live sync: sync, wait, sync again. Returns at once when the device
+    /// has not synced with that node yet.
+    pub fn wait_for_changes(
+        &self,
+        urls: &[String],
+        token: Option<&str>,
+        ca_pem: Option<&[u8]>,
+        subscription: &Subscription,
+        timeout_ms: u64,
+    ) -> Result<(), DeviceError> {
+        let access = sync::Access {
+            token: token.map(str::to_owned),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+        };
+        sync::wait_for_changes(&self.local, urls, &access, subscription, timeout_ms)
+    }
+
     /// [`Device::sync`] with an access token (`NAME.SECRET`) and, for `https://`
     /// nodes, the CA certificate (PEM) to trust.
     pub fn sync_with(

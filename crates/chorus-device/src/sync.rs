@@ -67,6 +67,67 @@ pub(crate) struct Access {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+impl Access {
+    /// A client of the one node at `url`, with these credentials.
+    fn client(&self, url: &str) -> Result<Client, DeviceError> {
+        let mut client = Client::new([url])?;
+        if let Some(pem) = &self.ca_pem {
+            client = client.with_ca(pem)?;
+        }
+        if let Some(token) = &self.token {
+            client = client.with_header("Authorization", &format!("Bearer {token}"));
+        }
+        Ok(client)
+    }
+}
+
+/// Waits (at most `timeout_ms`, at most a minute) until the first node of `urls`
+/// that answers has a change after the device's cursor in the subscription's first
+/// entry (a long poll of its feed); answers at once when the device has no cursor
+/// for that node, so a sync reads it.
+pub(crate) fn wait_for_changes(
+    local: &Local,
+    urls: &[String],
+    access: &Access,
+    subscription: &Subscription,
+    timeout_ms: u64,
+) -> Result<(), DeviceError> {
+    let Some((collection, prefix)) = subscription.entries.first() else {
+        return Ok(());
+    };
+    let mut tried = Vec::new();
+    for url in urls {
+        let client = access.client(url)?;
+        let about = match client.call("GET", "/", None, None) {
+            Ok(about) => about,
+            Err(e) => {
+                tried.push(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        let feed = about["feed"].as_str().unwrap_or_default();
+        let cursors = local.meta("cursors")?.unwrap_or_else(|| json!({}));
+        let Some(since) = cursors[format!("{feed}/{collection}/{prefix}")].as_str() else {
+            return Ok(());
+        };
+        let path = format!(
+            "/v1/changes?since={}&limit=1&feed=longpoll&timeout_ms={}&collection={}&prefix={}",
+            segment(since),
+            timeout_ms.min(60_000),
+            segment(collection),
+            segment(prefix)
+        );
+        return match client.call("GET", &path, None, None) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+    }
+    Err(DeviceError::Protocol(format!(
+        "no node could be reached: {}",
+        tried.join("; ")
+    )))
+}
+
 /// How far a sync has come.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -111,13 +172,7 @@ pub(crate) fn sync(
 ) -> Result<SyncReport, DeviceError> {
     let mut tried = Vec::new();
     for url in urls {
-        let mut client = Client::new([url.as_str()])?;
-        if let Some(pem) = &access.ca_pem {
-            client = client.with_ca(pem)?;
-        }
-        if let Some(token) = &access.token {
-            client = client.with_header("Authorization", &format!("Bearer {token}"));
-        }
+        let client = access.client(url)?;
         match sync_with(local, &client, subscription, progress) {
             Ok(report) => return Ok(report),
             // Down, or cut off mid-way: what was sent is remembered; try the next.

@@ -46,9 +46,12 @@ enum DeviceAction {
         /// Only keys starting with this.
         #[arg(long, default_value = "")]
         prefix: String,
-        /// Keep syncing, every `--interval-ms`, until interrupted.
+        /// Keep syncing until interrupted: at once when the node has news (a long poll
+        /// of its feed), and at least every `--interval-ms` (what this device wrote).
         #[arg(long)]
         live: bool,
+        /// With --live: the longest wait between two syncs (at most a minute is
+        /// waited on a node at a time).
         #[arg(long, default_value_t = 2000)]
         interval_ms: u64,
         #[command(flatten)]
@@ -114,15 +117,22 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
                 })
                 .transpose()?;
+            let urls = &target.url;
+            let (token, ca) = (target.token.as_deref(), ca.as_deref());
             loop {
-                let report = device.sync_with(
-                    &target.url,
-                    target.token.as_deref(),
-                    ca.as_deref(),
-                    &subscription,
-                    &mut show_progress,
-                )?;
+                let synced = device.sync_with(urls, token, ca, &subscription, &mut show_progress);
                 eprintln!();
+                let report = match (synced, live) {
+                    (Ok(report), _) => report,
+                    (Err(e), false) => return Err(e.into()),
+                    // Live, a failed round (every node down, a lost answer) is said
+                    // and tried again after the interval.
+                    (Err(e), true) => {
+                        eprintln!("chorus device: {e}; trying again in {interval_ms} ms");
+                        std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+                        continue;
+                    }
+                };
                 print_json(&json!({
                     "node": report.progress.node,
                     "taken": report.taken,
@@ -141,7 +151,13 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 if !live {
                     return Ok(());
                 }
-                std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+                // Until the node has news (a long poll), or the interval passes: then
+                // what was written here meanwhile goes up too.
+                if let Err(e) = device.wait_for_changes(urls, token, ca, &subscription, interval_ms)
+                {
+                    eprintln!("chorus device: {e}; trying again in {interval_ms} ms");
+                    std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+                }
             }
         }
     }

@@ -731,3 +731,63 @@ fn a_refused_write_is_set_aside_and_the_others_go_up() {
         json!({"v": "fine"})
     );
 }
+
+/// `chorus device sync --live` hears of a change on the node as it happens (a long
+/// poll of the feed), long before its interval: here ten minutes, so only the long
+/// poll can bring the change within the deadline.
+#[test]
+fn a_live_device_hears_of_changes_as_they_happen() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    let file = dir.path().join("live.redb");
+    let mut live = std::process::Command::new(CHORUS)
+        .args([
+            "device",
+            "--local",
+            file.to_str().unwrap(),
+            "sync",
+            "--live",
+        ])
+        .args([
+            "--collections",
+            "notes",
+            "--interval-ms",
+            "600000",
+            "--url",
+            &node.url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = live.stdout.take().unwrap();
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = std::sync::Arc::clone(&printed);
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    });
+    let reports = || printed.lock().unwrap().matches("\"pending\"").count();
+    wait_until("the first sync", Duration::from_secs(60), || reports() >= 1);
+    put(&format!("{}/v1/docs/notes/news", node.url), r#"{"v":1}"#);
+    wait_until(
+        "the change to reach the device",
+        Duration::from_secs(60),
+        || printed.lock().unwrap().contains("\"downloaded\": 1"),
+    );
+    let _ = live.kill();
+    let _ = live.wait();
+    let device = Device::open(&file).unwrap();
+    assert_eq!(
+        device.get("notes", "news").unwrap().unwrap().value,
+        Some(json!({"v": 1}))
+    );
+}
