@@ -253,7 +253,11 @@ fn upload(
     for (collection, mut writes) in by_collection {
         writes.sort_by_key(|(_, w)| w.seq);
         for batch in writes.chunks(PAGE_ITEMS) {
-            mark_sent(local, &collection, batch, node, true)?;
+            let batch = mark_sent(local, &collection, batch, node, true)?;
+            if batch.is_empty() {
+                continue;
+            }
+            let batch = batch.as_slice();
             let in_doubt_at: BTreeSet<&str> = batch
                 .iter()
                 .flat_map(|(_, w)| w.in_doubt_at.iter().map(String::as_str))
@@ -322,15 +326,18 @@ fn upload_item(key: &str, write: &Pending) -> Value {
 }
 
 /// Adds `node` to (or, `sent == false`, removes it from) the `in_doubt_at` of the
-/// batch's writes, durably.
+/// batch's writes that are still pending, durably; answers those writes as they now
+/// stand (the app may have replaced one in place since the batch was read: that one
+/// is not sent).
 fn mark_sent(
     local: &Local,
     collection: &str,
     batch: &[(String, Pending)],
     node: &str,
     sent: bool,
-) -> Result<(), DeviceError> {
+) -> Result<Vec<(String, Pending)>, DeviceError> {
     let txn = local.begin()?;
+    let mut marked = Vec::with_capacity(batch.len());
     for (key, write) in batch {
         let Some(mut record) = txn.record(collection, key)? else {
             continue;
@@ -339,14 +346,24 @@ fn mark_sent(
             continue;
         };
         let listed = pending.in_doubt_at.iter().any(|n| n == node);
-        match (sent, listed) {
-            (true, false) => pending.in_doubt_at.push(node.to_owned()),
-            (false, true) => pending.in_doubt_at.retain(|n| n != node),
-            _ => continue,
+        let changed = match (sent, listed) {
+            (true, false) => {
+                pending.in_doubt_at.push(node.to_owned());
+                true
+            }
+            (false, true) => {
+                pending.in_doubt_at.retain(|n| n != node);
+                true
+            }
+            _ => false,
+        };
+        marked.push((key.clone(), pending.clone()));
+        if changed {
+            txn.put_record(collection, key, &mut record)?;
         }
-        txn.put_record(collection, key, &mut record)?;
     }
-    txn.commit()
+    txn.commit()?;
+    Ok(marked)
 }
 
 /// Records the node's answer for a batch, with the documents as it now reads them
@@ -618,4 +635,33 @@ fn sweep(
         }
     }
     txn.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write the app replaced in place after an upload batch was read is not sent
+    /// (the value it replaced would go up, and the new one stand beside it); the
+    /// write still pending is marked as sent to the node before it goes.
+    #[test]
+    fn only_writes_still_pending_are_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(&dir.path().join("d.device")).unwrap();
+        local.write("c", "a", Some(&json!(1))).unwrap();
+        local.write("c", "b", Some(&json!(1))).unwrap();
+        let batch: Vec<(String, Pending)> = local
+            .pending_records()
+            .unwrap()
+            .into_iter()
+            .map(|(_, key, record)| (key, record.pending.unwrap()))
+            .collect();
+        local.write("c", "a", Some(&json!(2))).unwrap();
+        let sent = mark_sent(&local, "c", &batch, "n0", true).unwrap();
+        let keys: Vec<&str> = sent.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b"]);
+        assert_eq!(sent[0].1.in_doubt_at, ["n0"]);
+        let unsent = mark_sent(&local, "c", &sent, "n0", false).unwrap();
+        assert!(unsent[0].1.in_doubt_at.is_empty());
+    }
 }
