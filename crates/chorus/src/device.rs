@@ -34,6 +34,12 @@ enum DeviceAction {
         #[arg(long, default_value = "")]
         prefix: String,
     },
+    /// The device's own change feed, a JSON line per document changed here (by this
+    /// device's writes or by syncs) after local change `--after`, at its latest change.
+    Changes {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
     /// Show the writes not taken by a server yet, and those servers refused.
     Pending,
     /// Sync with a cluster: upload pending writes, download what changed in the
@@ -83,6 +89,20 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
         DeviceAction::List { collection, prefix } => {
             for key in device.list(&collection, &prefix)? {
                 println!("{key}");
+            }
+        }
+        DeviceAction::Changes { after } => {
+            let mut after = after;
+            loop {
+                let page = device.changes(after, 1000)?;
+                let Some(last) = page.last() else {
+                    return Ok(());
+                };
+                after = last.seq;
+                for change in &page {
+                    let line = json!({"seq": change.seq, "collection": change.collection, "key": change.key});
+                    println!("{line}");
+                }
             }
         }
         DeviceAction::Pending => {
