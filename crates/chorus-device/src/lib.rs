@@ -181,10 +181,7 @@ impl Device {
         subscription: &Subscription,
         timeout_ms: u64,
     ) -> Result<(), DeviceError> {
-        let access = sync::Access {
-            token: token.map(str::to_owned),
-            ca_pem: ca_pem.map(<[u8]>::to_vec),
-        };
+        let access = sync::Access::new(token, ca_pem);
         sync::wait_for_changes(&self.local, urls, &access, subscription, timeout_ms)
     }
 
@@ -198,10 +195,7 @@ impl Device {
         subscription: &Subscription,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<SyncReport, DeviceError> {
-        let access = sync::Access {
-            token: token.map(str::to_owned),
-            ca_pem: ca_pem.map(<[u8]>::to_vec),
-        };
+        let access = sync::Access::new(token, ca_pem);
         sync::sync(&self.local, urls, &access, subscription, progress)
     }
 }

@@ -68,6 +68,13 @@ pub(crate) struct Access {
 }
 
 impl Access {
+    pub(crate) fn new(token: Option<&str>, ca_pem: Option<&[u8]>) -> Access {
+        Access {
+            token: token.map(str::to_owned),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
+        }
+    }
+
     /// A client of the one node at `url`, with these credentials.
     fn client(&self, url: &str) -> Result<Client, DeviceError> {
         let mut client = Client::new([url])?;

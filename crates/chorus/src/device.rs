@@ -148,8 +148,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     // Live, a failed round (every node down, a lost answer) is said
                     // and tried again after the interval.
                     (Err(e), true) => {
-                        eprintln!("chorus device: {e}; trying again in {interval_ms} ms");
-                        std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+                        pause_after(&e, interval_ms);
                         continue;
                     }
                 };
@@ -175,13 +174,18 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 // what was written here meanwhile goes up too.
                 if let Err(e) = device.wait_for_changes(urls, token, ca, &subscription, interval_ms)
                 {
-                    eprintln!("chorus device: {e}; trying again in {interval_ms} ms");
-                    std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+                    pause_after(&e, interval_ms);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// In live mode: says what failed, and waits `interval_ms` before the next round.
+fn pause_after(error: &chorus_device::DeviceError, interval_ms: u64) {
+    eprintln!("chorus device: {error}; trying again in {interval_ms} ms");
+    std::thread::sleep(std::time::Duration::from_millis(interval_ms));
 }
 
 fn show_progress(p: &Progress) {
