@@ -174,24 +174,19 @@ impl Sim {
         self.fault("node left");
     }
 
-    /// Whether another running member has applied every write of node `i`.
+    /// Whether another running member has applied everything node `i` has: its own
+    /// writes, and those of others it holds (perhaps of a member that left before
+    /// it, drained into it alone).
     fn drained(&self, i: usize) -> bool {
         let Some(r) = self.nodes[i].running.as_ref() else {
             return false;
         };
-        let id = self.nodes[i].id;
-        let written = r
-            .node
-            .replica()
-            .position()
-            .expect("reads work")
-            .applied
-            .get(id);
+        let held = r.node.replica().position().expect("reads work").applied;
         self.members().into_iter().any(|j| {
             j != i
                 && self.nodes[j].running.as_ref().is_some_and(|o| {
                     let applied = o.node.replica().position().expect("reads work").applied;
-                    applied.get(id) >= written
+                    applied.dominates(&held)
                 })
         })
     }
