@@ -509,7 +509,7 @@ fn shown(collection: &str, key: &str, record: &Record) -> Option<LocalDocument> 
 }
 
 impl Txn {
-    fn meta(&self, name: &str) -> Result<Option<Value>, DeviceError> {
+    pub fn meta(&self, name: &str) -> Result<Option<Value>, DeviceError> {
         read_meta(&self.0.open_table(META)?, name)
     }
 

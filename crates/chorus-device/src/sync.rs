@@ -223,6 +223,7 @@ fn sync_with(
             break;
         }
     }
+    acknowledge(local, client, node)?;
     for (collection, prefix) in &subscription.entries {
         download(
             local,
@@ -271,8 +272,10 @@ fn upload(
                 .filter(|n| *n != node)
                 .collect();
             let items: Vec<Value> = batch.iter().map(|(key, w)| upload_item(key, w)).collect();
-            let body =
-                json!({"device": device, "writes": items, "in_doubt_at": in_doubt_at}).to_string();
+            let acked = answers(local, node, &collection)?.1;
+            let body = json!({"device": device, "writes": items, "in_doubt_at": in_doubt_at,
+                              "acked": acked})
+            .to_string();
             let path = format!("/v1/devices/upload/{}", segment(&collection));
             let answer = match client.call("POST", &path, Some(body.as_bytes()), None) {
                 Ok(answer) => answer,
@@ -315,6 +318,46 @@ fn upload(
         }
     }
     Ok(answered)
+}
+
+/// The greatest seq `node` answered in `collection` (0: none), and the greatest it
+/// was told the device received.
+fn answers(local: &Local, node: &str, collection: &str) -> Result<(u64, u64), DeviceError> {
+    let answers = local.meta("answers")?.unwrap_or_else(|| json!({}));
+    let entry = &answers[format!("{node}/{collection}")];
+    Ok((
+        entry["answered"].as_u64().unwrap_or(0),
+        entry["acked"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Tells `node` which of its answers the device received, where it does not know yet
+/// (an upload carries it too): its record of the device can then expire (see
+/// `chorus_node::devices`, "Expiry").
+fn acknowledge(local: &Local, client: &Client, node: &str) -> Result<(), DeviceError> {
+    let answers = local.meta("answers")?.unwrap_or_else(|| json!({}));
+    let device = local.id();
+    for (name, entry) in answers.as_object().into_iter().flatten() {
+        let Some(collection) = name
+            .strip_prefix(node)
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
+            continue;
+        };
+        let answered = entry["answered"].as_u64().unwrap_or(0);
+        if answered <= entry["acked"].as_u64().unwrap_or(0) {
+            continue;
+        }
+        let body = json!({"device": device, "writes": [], "acked": answered}).to_string();
+        let path = format!("/v1/devices/upload/{}", segment(collection));
+        client.call("POST", &path, Some(body.as_bytes()), None)?;
+        let txn = local.begin()?;
+        let mut answers = txn.meta("answers")?.unwrap_or_else(|| json!({}));
+        answers[name]["acked"] = json!(answered);
+        txn.set_meta("answers", &answers)?;
+        txn.commit()?;
+    }
+    Ok(())
 }
 
 fn upload_item(key: &str, write: &Pending) -> Value {
@@ -397,6 +440,14 @@ fn settle(
         .filter_map(|d| Some((d["key"].as_str()?, d)))
         .collect();
     let txn = local.begin()?;
+    if let Some(&last) = results.keys().next_back() {
+        let mut answers = txn.meta("answers")?.unwrap_or_else(|| json!({}));
+        let entry = &mut answers[format!("{node}/{collection}")];
+        if entry["answered"].as_u64().unwrap_or(0) < last {
+            entry["answered"] = json!(last);
+            txn.set_meta("answers", &answers)?;
+        }
+    }
     for (key, write) in batch {
         let Some(result) = results.get(&write.seq) else {
             continue;

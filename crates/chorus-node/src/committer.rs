@@ -213,6 +213,10 @@ impl Committer {
                 Produced::Done
             }
             Job::Upload(upload) => Produced::Upload(self.apply_upload(b, upload)?),
+            Job::ExpireDeviceRecords { keys, before_ms } => {
+                self.expire_device_records(b, &keys, before_ms)?;
+                Produced::Done
+            }
         })
     }
 
@@ -230,6 +234,7 @@ impl Committer {
             through: before.through,
             ..Taken::default()
         };
+        let mut wrote = false;
         for w in upload.writes {
             let seq = w.seq;
             if let Some(taken) = before.outcome(seq) {
@@ -237,6 +242,7 @@ impl Committer {
                 continue;
             }
             now.through = seq;
+            wrote = true;
             let write = Write {
                 collection: upload.collection.clone(),
                 key: Some(w.key),
@@ -258,7 +264,13 @@ impl Committer {
                 }
             });
         }
-        if now.through > before.through {
+        if !wrote {
+            // Only answers of earlier uploads, or an acknowledgement alone: the record
+            // keeps its answers (a record that does not exist is not started).
+            now = before.clone();
+        }
+        now.acked = before.acked.max(upload.acked).min(now.through);
+        if wrote || now.acked > before.acked {
             let write = Write {
                 collection: DEVICES_COLLECTION.into(),
                 key: Some(record),
@@ -275,6 +287,36 @@ impl Committer {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Deletes the records `keys` of devices that can still go (see
+    /// [`crate::devices`], "Expiry"): one an upload changed since they were picked
+    /// stays.
+    fn expire_device_records(
+        &mut self,
+        b: &mut Batch<'_>,
+        keys: &[String],
+        before_ms: u64,
+    ) -> Result<(), StoreError> {
+        for key in keys {
+            if !Taken::expired(&b.key_state(DEVICES_COLLECTION, key)?, before_ms) {
+                continue;
+            }
+            let delete = Write {
+                collection: DEVICES_COLLECTION.into(),
+                key: Some(key.clone()),
+                value: None,
+                context: None,
+            };
+            if let Err(refused) = self.apply_local(b, &delete, true)? {
+                return Err(StoreError::Corrupted {
+                    table: "keys",
+                    reason: format!("the record of a device, {key}: {refused}"),
+                });
+            }
+            metrics::counter!("chorus_device_records_expired_total").increment(1);
+        }
+        Ok(())
     }
 
     fn apply_step(&mut self, b: &mut Batch<'_>, step: ReplicationStep) -> Result<(), StoreError> {

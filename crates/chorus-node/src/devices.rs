@@ -18,11 +18,20 @@
 //! answers "taken before" for what was committed. The record replicates like any
 //! document, so another node can tell from it what a node it cannot reach took (the
 //! device names that node as `in_doubt_at` when it retries elsewhere).
+//!
+//! **Expiry.** A device acknowledges the answers it received (`acked`, the greatest
+//! `seq` it has an answer for from this node, sent with its next upload or alone). A
+//! record whose answers were all acknowledged (`acked >= through`) is needed no more:
+//! the device holds no write in doubt at this node that the record covers, and never
+//! sends a settled `seq` again (a write queued again gets a new one). Such a record is
+//! deleted once untouched for the node's retention (`Node::expire_device_records`),
+//! and a later upload starts a new one. A record not acknowledged is kept: the
+//! device may be away with a write in doubt here, and only the record can answer it.
 
 use crate::document::Context;
 use crate::node::{Node, ReadError};
 use crate::request::{Job, ReplyTo, Request, WriteAck, WriteError};
-use chorus_core::{Dot, KeyState, NodeId, Policy};
+use chorus_core::{Dot, KeyState, NodeId, Policy, VersionVector};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tokio::sync::oneshot;
@@ -79,6 +88,9 @@ pub struct Upload {
     pub collection: String,
     /// In increasing `seq` order.
     pub writes: Vec<DeviceWrite>,
+    /// The greatest `seq` the device has this node's answer for (0: none): the
+    /// answers of the record up to it are needed no more.
+    pub acked: u64,
 }
 
 /// Writes a device says are in doubt at `taker`, a member that has not confirmed
@@ -92,6 +104,15 @@ pub struct InDoubt {
     pub taker: String,
     pub seqs: (u64, u64),
     pub reason: String,
+}
+
+/// Why records of devices could not be expired.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpireError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 /// What became of one uploaded write.
@@ -131,6 +152,8 @@ pub struct Taken {
     pub dots: BTreeMap<u64, Dot>,
     /// Why writes of the last upload were refused.
     pub refused: BTreeMap<u64, String>,
+    /// The device has the answers for every `seq` up to this.
+    pub acked: u64,
 }
 
 impl Taken {
@@ -159,7 +182,18 @@ impl Taken {
             through: record["through"].as_u64().unwrap_or(0),
             dots,
             refused,
+            acked: record["acked"].as_u64().unwrap_or(0),
         }
+    }
+
+    /// Whether the record `state` holds can go: every answer it keeps was
+    /// acknowledged, and it was last written before `before_ms` (wall clock).
+    pub(crate) fn expired(state: &KeyState, before_ms: u64) -> bool {
+        let Some(newest) = Policy::Lww.winner(state.versions()) else {
+            return false;
+        };
+        let taken = Taken::of(state);
+        newest.value.is_some() && taken.acked >= taken.through && newest.hlc.wall_ms() < before_ms
     }
 
     /// The record's document.
@@ -174,9 +208,14 @@ impl Taken {
             .iter()
             .map(|(seq, why)| (seq.to_string(), Value::String(why.clone())))
             .collect();
-        serde_json::json!({ "through": self.through, "dots": dots, "refused": refused })
-            .to_string()
-            .into_bytes()
+        serde_json::json!({
+            "through": self.through,
+            "dots": dots,
+            "refused": refused,
+            "acked": self.acked,
+        })
+        .to_string()
+        .into_bytes()
     }
 
     /// What this record says of write `seq`, if it covers it.
@@ -238,8 +277,9 @@ impl Node {
     /// Settles what a device says is in doubt at other nodes (`in_doubt_at`, names)
     /// before this node takes `writes`: a write a named node's record (as this node
     /// has it) covers is answered from that record; the rest are returned to take,
-    /// unless a named node that is a member (`is_member`) has not confirmed them:
-    /// it may hold them with its record still on its way, so nothing may be taken.
+    /// unless the named node may still hold them with its record on its way: it is
+    /// a member (`is_member`), or it left but some member is known (`seen`: what the
+    /// members have applied, joined) to have applied writes of it this node has not.
     pub fn settle_doubt(
         &self,
         device: DeviceId,
@@ -247,26 +287,44 @@ impl Node {
         mut writes: Vec<DeviceWrite>,
         in_doubt_at: &[String],
         is_member: &dyn Fn(&str) -> bool,
+        seen: &VersionVector,
     ) -> Result<(Vec<UploadOutcome>, Vec<DeviceWrite>), InDoubt> {
         let mut answered = Vec::new();
         for taker in in_doubt_at.iter().filter(|n| *n != self.name()) {
+            let in_doubt = |seqs, reason: String| InDoubt {
+                taker: taker.clone(),
+                seqs,
+                reason,
+            };
             let taken = self
                 .taken_by(device, taker, collection)
-                .map_err(|e| InDoubt {
-                    taker: taker.clone(),
-                    seqs: (0, 0),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| in_doubt((0, 0), e.to_string()))?;
             let (before, after): (Vec<_>, Vec<_>) = writes
                 .into_iter()
                 .partition(|w| taken.outcome(w.seq).is_some());
             answered.extend(before.iter().filter_map(|w| taken.outcome(w.seq)));
-            if is_member(taker) && !after.is_empty() {
-                return Err(InDoubt {
-                    taker: taker.clone(),
-                    seqs: (after[0].seq, after[after.len() - 1].seq),
-                    reason: "it has not confirmed them here yet".into(),
-                });
+            if let (Some(first), Some(last)) = (after.first(), after.last()) {
+                let seqs = (first.seq, last.seq);
+                if is_member(taker) {
+                    let reason = "it has not confirmed them here yet".to_owned();
+                    return Err(in_doubt(seqs, reason));
+                }
+                let applied = self
+                    .replica()
+                    .position()
+                    .map_err(|e| in_doubt(seqs, e.to_string()))?
+                    .applied;
+                let behind = self
+                    .replica()
+                    .known_names()
+                    .into_iter()
+                    .any(|(id, name)| name == *taker && seen.get(id) > applied.get(id));
+                if behind {
+                    let reason = "it left the cluster, and members have writes of it that \
+                                  have not arrived here yet"
+                        .to_owned();
+                    return Err(in_doubt(seqs, reason));
+                }
             }
             writes = after;
         }
@@ -306,13 +364,49 @@ impl Node {
         Ok(Taken::of(&state))
     }
 
-    /// Devices some node has taken writes from, as this node knows them.
+    /// Deletes this node's records of devices that acknowledged every answer and
+    /// uploaded nothing since `before_ms` (see the module's "Expiry"); answers how
+    /// many it deleted. Blocking (from async code, call it in `spawn_blocking`).
+    pub fn expire_device_records(&self, before_ms: u64) -> Result<usize, ExpireError> {
+        let keys = self.expired_device_records(before_ms)?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let count = keys.len();
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            job: Job::ExpireDeviceRecords { keys, before_ms },
+            reply: ReplyTo::Done(reply),
+        };
+        self.submit_blocking(request, answer)?;
+        Ok(count)
+    }
+
+    /// The keys of this node's records that can go (the committer checks each again).
+    fn expired_device_records(&self, before_ms: u64) -> Result<Vec<String>, ReadError> {
+        let me = self.node_id().to_string();
+        let mut keys = Vec::new();
+        for entry in self
+            .snapshot()?
+            .keys_from(DEVICES_COLLECTION, std::ops::Bound::Unbounded)?
+        {
+            let (key, state) = entry?;
+            if key.split('/').nth(1) == Some(me.as_str()) && Taken::expired(&state, before_ms) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Devices some node holds a record of (one not expired), as this node knows them.
     pub fn devices_seen(&self) -> Result<usize, ReadError> {
         let snapshot = self.snapshot()?;
         let mut devices = std::collections::BTreeSet::new();
         for entry in snapshot.keys_from(DEVICES_COLLECTION, std::ops::Bound::Unbounded)? {
-            let (key, _) = entry?;
-            devices.insert(key.split('/').next().unwrap_or_default().to_owned());
+            let (key, state) = entry?;
+            if !state.is_absent() {
+                devices.insert(key.split('/').next().unwrap_or_default().to_owned());
+            }
         }
         Ok(devices.len())
     }

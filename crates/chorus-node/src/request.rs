@@ -208,6 +208,12 @@ pub(crate) enum Job {
     /// A device's writes, taken in one commit with this node's record of the device
     /// (see [`crate::devices`]).
     Upload(Upload),
+    /// Delete these records of devices of this node's, each if it can still go (see
+    /// [`crate::devices`], "Expiry").
+    ExpireDeviceRecords {
+        keys: Vec<String>,
+        before_ms: u64,
+    },
 }
 
 pub(crate) enum ReplyTo {

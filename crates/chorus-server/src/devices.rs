@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  POST /v1/devices/upload/{c}  {"device", "writes": [{"seq", "key", "value"? | "deleted"?,
-//!                                "context"?, "covers"?: [DOT]}], "in_doubt_at"?: [NODE]}
+//!                                "context"?, "covers"?: [DOT]}], "in_doubt_at"?: [NODE],
+//!                                "acked"?: SEQ}
 //!        ─▶ (in doubt at other nodes: their records of the device decide)
 //!        ─▶ Node::upload: the writes and this node's record of the device, one commit
 //!        ◀─ {"node", "results": [{"seq", "key", "context", "dot"} | {"seq", "taken": "before", "dot"?}
@@ -49,6 +50,9 @@ struct UploadRequest {
     writes: Vec<UploadItem>,
     #[serde(default)]
     in_doubt_at: Vec<String>,
+    /// The greatest seq the device has this node's answer for.
+    #[serde(default)]
+    acked: u64,
 }
 
 #[derive(Deserialize)]
@@ -65,7 +69,7 @@ struct UploadItem {
 }
 
 const USAGE: &str = "the body must be {\"device\": 32 hex digits, \"writes\": [{\"seq\", \"key\", \
-                     \"value\"? or \"deleted\"?, \"context\"?, \"covers\"?}], \"in_doubt_at\"?: [NODE]}";
+                     \"value\"? or \"deleted\"?, \"context\"?, \"covers\"?}], \"in_doubt_at\"?: [NODE], \"acked\"?: SEQ}";
 
 /// The write an item asks for: its document and its context (the read's token,
 /// plus the dots it covers).
@@ -125,6 +129,10 @@ pub(crate) async fn upload(
                 .any(|p| p.name.as_str() == name)
         })
     };
+    let seen = cluster
+        .as_ref()
+        .map(|c| c.cluster.stability().seen)
+        .unwrap_or_default();
     let (answered, writes) = node
         .settle_doubt(
             device,
@@ -132,6 +140,7 @@ pub(crate) async fn upload(
             writes,
             &request.in_doubt_at,
             &is_member,
+            &seen,
         )
         .map_err(|doubt| {
             ApiError::new(
@@ -147,6 +156,7 @@ pub(crate) async fn upload(
             device,
             collection: collection.clone(),
             writes,
+            acked: request.acked,
         })
         .await?,
     );

@@ -89,6 +89,8 @@ pub struct Report {
     pub device_writes_taken: u64,
     pub device_answers_lost: u64,
     pub device_in_doubt_refusals: u64,
+    /// With devices: records of devices the nodes expired.
+    pub device_records_expired: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub sim_ms: u64,
 }
@@ -110,6 +112,7 @@ impl Report {
         self.device_writes_taken += other.device_writes_taken;
         self.device_answers_lost += other.device_answers_lost;
         self.device_in_doubt_refusals += other.device_in_doubt_refusals;
+        self.device_records_expired += other.device_records_expired;
         self.sim_ms += other.sim_ms;
         for (kind, n) in &other.faults {
             *self.faults.entry(kind).or_default() += n;

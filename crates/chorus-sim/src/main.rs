@@ -87,8 +87,12 @@ fn main() -> ExitCode {
     );
     if args.devices {
         println!(
-            "devices: {} writes taken, {} upload answers lost, {} uploads refused while in doubt elsewhere",
-            totals.device_writes_taken, totals.device_answers_lost, totals.device_in_doubt_refusals
+            "devices: {} writes taken, {} upload answers lost, {} uploads refused while in doubt elsewhere, \
+             {} records of devices expired",
+            totals.device_writes_taken,
+            totals.device_answers_lost,
+            totals.device_in_doubt_refusals,
+            totals.device_records_expired
         );
     }
     println!("faults injected:");

@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// involve (by its HLC); the values of lww losers can be restored until then.
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     conflict_retention_s: u64,
+    /// How long this node keeps its record of a device that received every answer
+    /// and uploaded nothing since, in seconds (a record still needed is kept).
+    #[arg(long, default_value_t = 90 * 24 * 3600)]
+    device_record_retention_s: u64,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, default_value_t = chorus_node::limits::DOCUMENT_BYTES_MAX)]
     body_bytes_max: usize,
@@ -330,9 +334,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
             _ => None,
         };
-        tokio::spawn(prune_conflicts(
+        tokio::spawn(apply_retention(
             node.clone(),
             Duration::from_secs(args.conflict_retention_s),
+            Duration::from_secs(args.device_record_retention_s),
         ));
         let address = listener.local_addr()?;
         println!(
@@ -415,10 +420,11 @@ async fn reload_on_hangup(reload: chorus_server::ReloadCluster) {
     }
 }
 
-/// Applies the conflict log's retention: every tenth of it (between 1 s and 10 min),
-/// removes the records older than `retention`.
-async fn prune_conflicts(node: Node, retention: Duration) {
-    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+/// Applies the conflict log's retention and the retention of device records: every
+/// tenth of each (between 1 s and 10 min), removes what is older.
+async fn apply_retention(node: Node, conflicts: Duration, device_records: Duration) {
+    let period = (conflicts.min(device_records) / 10)
+        .clamp(Duration::from_secs(1), Duration::from_secs(600));
     let mut interval = tokio::time::interval(period);
     loop {
         interval.tick().await;
@@ -426,9 +432,16 @@ async fn prune_conflicts(node: Node, retention: Duration) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        let before = now_ms.saturating_sub(retention.as_millis() as u64);
-        if let Err(error) = node.prune_conflicts(before).await {
+        let before = |retention: Duration| now_ms.saturating_sub(retention.as_millis() as u64);
+        if let Err(error) = node.prune_conflicts(before(conflicts)).await {
             tracing::warn!(%error, "cannot prune the conflict log");
+        }
+        let (expiring, before_ms) = (node.clone(), before(device_records));
+        match tokio::task::spawn_blocking(move || expiring.expire_device_records(before_ms)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(count)) => tracing::info!(count, "expired records of devices"),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot expire records of devices"),
+            Err(error) => tracing::warn!(%error, "the expiry of device records stopped"),
         }
     }
 }

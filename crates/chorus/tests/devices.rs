@@ -732,6 +732,36 @@ fn a_refused_write_is_set_aside_and_the_others_go_up() {
     );
 }
 
+/// A node's record of a device goes once the device acknowledged its answers and
+/// the retention passed (here one second); the device's next upload starts a new
+/// one, and nothing it wrote is touched.
+#[test]
+fn a_device_record_expires_once_its_answers_were_received() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(
+        &dir.path().join("data"),
+        &["--device-record-retention-s", "1"],
+    );
+    let device = open_device(&dir, 0);
+    let notes = Subscription::collections(["notes"]);
+    let urls = std::slice::from_ref(&node.url);
+    let devices_seen = || get(&format!("{}/v1/status", node.url)).body["devices"]["seen"].clone();
+    device.put("notes", "a", &json!({"v": 1})).unwrap();
+    device.sync(urls, &notes, &mut |_| {}).unwrap();
+    assert_eq!(devices_seen(), json!(1));
+    wait_until("the record to expire", Duration::from_secs(60), || {
+        devices_seen() == json!(0)
+    });
+    device.put("notes", "b", &json!({"v": 2})).unwrap();
+    let report = device.sync(urls, &notes, &mut |_| {}).unwrap();
+    assert_eq!(report.taken, 1, "{report:?}");
+    assert_eq!(devices_seen(), json!(1));
+    for (key, value) in [("a", 1), ("b", 2)] {
+        let read = get(&format!("{}/v1/docs/notes/{key}", node.url));
+        assert_eq!(read.body["value"], json!({"v": value}), "{}", read.text);
+    }
+}
+
 /// `chorus device sync --live` hears of a change on the node as it happens (a long
 /// poll of the feed), long before its interval: here ten minutes, so only the long
 /// poll can bring the change within the deadline.
