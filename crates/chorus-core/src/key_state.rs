@@ -134,10 +134,8 @@ impl KeyState {
                     hlc: op.hlc,
                     map: crdt::Map::default(),
                 });
-                let mut seen = op.context.clone();
-                seen.add(op.dot);
                 for change in &delta.changes {
-                    doc.map.apply(change, op.dot, op.hlc, &seen);
+                    doc.map.apply(change, op.dot, op.hlc, &op.context);
                 }
                 doc.dot = doc.dot.max(op.dot);
                 doc.hlc = doc.hlc.max(op.hlc);

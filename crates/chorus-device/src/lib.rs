@@ -28,6 +28,7 @@
 //!   while that node may have (see `chorus_server::devices`).
 
 mod local;
+mod ops;
 mod sync;
 
 pub use local::{LocalChange, LocalDocument, Rejected};
@@ -113,6 +114,21 @@ impl Device {
     /// Deletes the document as this device shows it. Durable when it returns.
     pub fn delete(&self, collection: &str, key: &str) -> Result<(), DeviceError> {
         self.local.write(collection, key, None)
+    }
+
+    /// CRDT operations on a document of a `crdt` collection, as
+    /// `POST /v1/docs/{c}/{key}/ops` takes them (`[{"op": "counter.add", "path":
+    /// "/views", "by": 1}]`): shown at once, uploaded as operations made against the
+    /// read the device holds, so they merge with what others did meanwhile (a set
+    /// remove removes only what this device saw). Durable when it returns. After a
+    /// whole-document write not synced yet, they apply to that document instead.
+    pub fn update(
+        &self,
+        collection: &str,
+        key: &str,
+        operations: &[serde_json::Value],
+    ) -> Result<(), DeviceError> {
+        self.local.update(collection, key, operations)
     }
 
     /// Keys of present documents of `collection` starting with `prefix`, in order.

@@ -33,8 +33,11 @@ const TAKEN: TableDefinition<u64, &[u8]> = TableDefinition::new("taken");
 pub(crate) struct Pending {
     /// The device's number for it (increasing).
     pub seq: u64,
-    /// The document, or `None` for a delete.
+    /// The document, or `None` for a delete. For operations: the document as the
+    /// device shows it with them applied.
     pub value: Option<Value>,
+    /// CRDT operations to upload instead of the value (empty: a whole document).
+    pub ops: Vec<Value>,
     /// The context token of the server read it replaced (`None`: nothing known).
     pub context: Option<String>,
     /// Dots of the device's own earlier writes it replaces (servers gave them).
@@ -50,6 +53,7 @@ impl Pending {
         json!({
             "seq": self.seq,
             "value": self.value,
+            "ops": self.ops,
             "context": self.context,
             "covers": self.covers,
             "replaced": self.replaced,
@@ -69,6 +73,7 @@ impl Pending {
         Some(Pending {
             seq: v["seq"].as_u64()?,
             value: Some(v["value"].clone()).filter(|v| !v.is_null()),
+            ops: v["ops"].as_array().cloned().unwrap_or_default(),
             context: v["context"].as_str().map(str::to_owned),
             covers: strings("covers"),
             replaced: strings("replaced"),
@@ -290,6 +295,46 @@ impl Local {
         key: &str,
         value: Option<&Value>,
     ) -> Result<(), DeviceError> {
+        self.change(collection, key, |_| Ok((value.cloned(), Vec::new())))
+    }
+
+    /// Records CRDT operations on a document: shown at once (applied to what the
+    /// device shows), uploaded as operations. Operations after others not sent yet
+    /// join them, so they go up as one write.
+    pub fn update(&self, collection: &str, key: &str, ops: &[Value]) -> Result<(), DeviceError> {
+        if ops.is_empty() {
+            return Err(DeviceError::Invalid("give at least one operation".into()));
+        }
+        self.change(collection, key, |record| {
+            let shown = shown(collection, key, record).and_then(|d| d.value);
+            let mut value = shown.unwrap_or_else(|| json!({}));
+            for op in ops {
+                crate::ops::apply(&mut value, op).map_err(DeviceError::Invalid)?;
+            }
+            match record.shown_write() {
+                // Not sent yet: the operations join it. A whole document not sent
+                // yet stays one, with the operations applied to it.
+                Some(unsent) if unsent.in_doubt_at.is_empty() => {
+                    if unsent.ops.is_empty() {
+                        return Ok((Some(value), Vec::new()));
+                    }
+                    let mut all = unsent.ops.clone();
+                    all.extend_from_slice(ops);
+                    Ok((Some(value), all))
+                }
+                _ => Ok((Some(value), ops.to_vec())),
+            }
+        })
+    }
+
+    /// Records a local write of the document: `make` gives its value and operations
+    /// from the record as it stands.
+    fn change(
+        &self,
+        collection: &str,
+        key: &str,
+        make: impl FnOnce(&Record) -> Result<(Option<Value>, Vec<Value>), DeviceError>,
+    ) -> Result<(), DeviceError> {
         if collection.is_empty() || key.is_empty() {
             return Err(DeviceError::Invalid(
                 "collection and key must not be empty".into(),
@@ -297,6 +342,7 @@ impl Local {
         }
         let txn = self.begin()?;
         let mut record = txn.record(collection, key)?.unwrap_or_default();
+        let (value, ops) = make(&record)?;
         let seq = txn.next_counter("next_seq")?;
         // The write replaces what the device shows: the server read it holds (all of
         // it: its own write's context too), and its own earlier write, which is
@@ -315,7 +361,8 @@ impl Local {
         replaced.dedup();
         let write = Pending {
             seq,
-            value: value.cloned(),
+            value,
+            ops,
             context,
             covers,
             replaced,
@@ -488,6 +535,10 @@ fn shown(collection: &str, key: &str, record: &Record) -> Option<LocalDocument> 
                 .map(|v| v["value"].clone())
                 .collect();
             let own_value = own.value.clone()?;
+            if !own.ops.is_empty() {
+                // Operations merge with the server's document: one version.
+                return document(Some(own_value.clone()), vec![own_value], false, true);
+            }
             let conflict = !beside.is_empty();
             let mut versions = vec![own_value.clone()];
             versions.extend(beside);

@@ -363,6 +363,7 @@ fn acknowledge(local: &Local, client: &Client, node: &str) -> Result<(), DeviceE
 fn upload_item(key: &str, write: &Pending) -> Value {
     let mut item = json!({"seq": write.seq, "key": key});
     match &write.value {
+        _ if !write.ops.is_empty() => item["ops"] = json!(write.ops),
         Some(value) => item["value"] = value.clone(),
         None => item["deleted"] = json!(true),
     }

@@ -43,11 +43,11 @@ fn is_retention_key(collection: &str, key: &str) -> bool {
     collection == RETENTION_COLLECTION && key == RETENTION_KEY
 }
 
-use crate::devices::{self, DEVICES_COLLECTION, Taken, Upload, UploadOutcome};
+use crate::devices::{self, Change, DEVICES_COLLECTION, Taken, Upload, UploadOutcome};
 use crate::document::Context;
 use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, KEY_VERSIONS_WARN};
 use crate::merge;
-use crate::node::check_write;
+use crate::node::{check_update, check_write};
 use crate::request::{
     ConflictCounts, Job, RemoteOutcome, ReplicationStep, ReplyTo, Request, StoreFailure,
     StoreHealth, Write, WriteAck, WriteError,
@@ -206,7 +206,8 @@ impl Committer {
                 collection,
                 key,
                 operations,
-            } => Produced::Local(self.apply_update(b, collection, key, &operations)?),
+                read,
+            } => Produced::Local(self.apply_update(b, collection, key, &operations, read)?),
             Job::Remote { entries } => Produced::Remote(self.apply_remote(b, entries)?),
             Job::Step(step) => {
                 self.apply_step(b, step)?;
@@ -243,15 +244,28 @@ impl Committer {
             }
             now.through = seq;
             wrote = true;
-            let write = Write {
-                collection: upload.collection.clone(),
-                key: Some(w.key),
-                value: w.value,
-                context: w.context,
-            };
-            let taken = match check_write(&write) {
-                Ok(()) => self.apply_local(b, &write, false)?,
-                Err(refused) => Err(refused),
+            let taken = match w.change {
+                Change::Document(value) => {
+                    let write = Write {
+                        collection: upload.collection.clone(),
+                        key: Some(w.key),
+                        value,
+                        context: w.context,
+                    };
+                    match check_write(&write) {
+                        Ok(()) => self.apply_local(b, &write, false)?,
+                        Err(refused) => Err(refused),
+                    }
+                }
+                Change::Operations(operations) => {
+                    let collection = upload.collection.clone();
+                    match check_update(&collection, &w.key, &operations) {
+                        Ok(()) => {
+                            self.apply_update(b, collection, w.key, &operations, w.context)?
+                        }
+                        Err(refused) => Err(refused),
+                    }
+                }
             };
             outcomes.push(match taken {
                 Ok(ack) => {
@@ -589,6 +603,7 @@ impl Committer {
         collection: String,
         key: String,
         operations: &[Operation],
+        read: Option<Context>,
     ) -> Result<Result<WriteAck, WriteError>, StoreError> {
         let policy = self.policy(b, &collection)?;
         if policy != Policy::Crdt {
@@ -611,6 +626,12 @@ impl Committer {
                  bounded counter's rights must not be spent on what it holds yet; retry shortly"
                     .into(),
             )));
+        };
+        // Made against an older read: what it removes or replaces is what that read
+        // saw (a bounded counter's rights are this node's whatever the read).
+        let context = match read {
+            Some(read) => context.meet(read.vector()),
+            None => context,
         };
         let hlc = self.clock.tick(self.physical.now_ms());
         let dot = self.next_dot();

@@ -31,6 +31,7 @@
 use crate::document::Context;
 use crate::node::{Node, ReadError};
 use crate::request::{Job, ReplyTo, Request, WriteAck, WriteError};
+use chorus_core::crdt::Operation;
 use chorus_core::{Dot, KeyState, NodeId, Policy, VersionVector};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -75,10 +76,18 @@ pub struct DeviceWrite {
     /// The device's number for the write: increasing per device.
     pub seq: u64,
     pub key: String,
-    /// The JSON document, or `None` to delete.
-    pub value: Option<Vec<u8>>,
+    pub change: Change,
     /// The context of the read the device made the write against (`None`: blind).
     pub context: Option<Context>,
+}
+
+/// What a device's write does to its document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The whole JSON document, or `None` to delete.
+    Document(Option<Vec<u8>>),
+    /// CRDT operations (a `crdt` collection), made against the write's context.
+    Operations(Vec<Operation>),
 }
 
 /// The writes of one device to one collection, to take together.

@@ -270,18 +270,21 @@ impl Node {
         key: &str,
         operations: Vec<Operation>,
     ) -> Result<WriteAck, WriteError> {
-        let (request, reply) = self.update_request(collection, key, operations)?;
+        let (request, reply) = self.update_request(collection, key, operations, None)?;
         self.submit_blocking(request, reply)
     }
 
-    /// [`Node::update`] for async callers.
+    /// [`Node::update`] for async callers; with `read`, the operations were made
+    /// against that read of the document: a remove or a register set replaces only
+    /// what it covers, and what the node holds beyond it stays (added concurrently).
     pub async fn update_async(
         &self,
         collection: &str,
         key: &str,
         operations: Vec<Operation>,
+        read: Option<Context>,
     ) -> Result<WriteAck, WriteError> {
-        let (request, reply) = self.update_request(collection, key, operations)?;
+        let (request, reply) = self.update_request(collection, key, operations, read)?;
         self.submit(request, reply).await
     }
 
@@ -290,36 +293,14 @@ impl Node {
         collection: &str,
         key: &str,
         operations: Vec<Operation>,
+        read: Option<Context>,
     ) -> Result<PendingRequest, WriteError> {
-        check_collection_name(collection).map_err(WriteError::Invalid)?;
-        check_key(key).map_err(WriteError::Invalid)?;
-        if operations.is_empty() || operations.len() > WRITE_OPERATIONS_MAX {
-            return Err(WriteError::Invalid(format!(
-                "give 1 to {WRITE_OPERATIONS_MAX} operations, not {}",
-                operations.len()
-            )));
-        }
-        if let Some(large) = operations
-            .iter()
-            .find(|o| o.value_bytes() > CRDT_VALUE_BYTES_MAX)
-        {
-            return Err(WriteError::Invalid(format!(
-                "a set element or register value of {} bytes is over the {CRDT_VALUE_BYTES_MAX} \
-                 a CRDT document takes; keep large content in a plain document and name it",
-                large.value_bytes()
-            )));
-        }
-        let bytes: usize = operations.iter().map(Operation::bytes).sum();
-        if bytes > DOCUMENT_BYTES_MAX {
-            return Err(WriteError::TooLarge {
-                bytes,
-                max: DOCUMENT_BYTES_MAX,
-            });
-        }
+        check_update(collection, key, &operations)?;
         Ok(local_job(Job::Update {
             collection: collection.to_owned(),
             key: key.to_owned(),
             operations,
+            read,
         }))
     }
 
@@ -1226,6 +1207,41 @@ fn shown_record(mut record: ConflictRecord) -> ConflictRecord {
 
 /// Refuses a write whose names or document are not acceptable, before it is queued
 /// (and, for device uploads, before it is applied).
+/// Whether CRDT operations on `collection`/`key` are acceptable before the
+/// committer looks at the document (names, count, sizes).
+pub(crate) fn check_update(
+    collection: &str,
+    key: &str,
+    operations: &[Operation],
+) -> Result<(), WriteError> {
+    check_collection_name(collection).map_err(WriteError::Invalid)?;
+    check_key(key).map_err(WriteError::Invalid)?;
+    if operations.is_empty() || operations.len() > WRITE_OPERATIONS_MAX {
+        return Err(WriteError::Invalid(format!(
+            "give 1 to {WRITE_OPERATIONS_MAX} operations, not {}",
+            operations.len()
+        )));
+    }
+    if let Some(large) = operations
+        .iter()
+        .find(|o| o.value_bytes() > CRDT_VALUE_BYTES_MAX)
+    {
+        return Err(WriteError::Invalid(format!(
+            "a set element or register value of {} bytes is over the {CRDT_VALUE_BYTES_MAX} \
+                 a CRDT document takes; keep large content in a plain document and name it",
+            large.value_bytes()
+        )));
+    }
+    let bytes: usize = operations.iter().map(Operation::bytes).sum();
+    if bytes > DOCUMENT_BYTES_MAX {
+        return Err(WriteError::TooLarge {
+            bytes,
+            max: DOCUMENT_BYTES_MAX,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn check_write(write: &Write) -> Result<(), WriteError> {
     check_collection_name(&write.collection).map_err(WriteError::Invalid)?;
     if let Some(key) = &write.key {

@@ -200,6 +200,8 @@ pub(crate) enum Job {
         collection: String,
         key: String,
         operations: Vec<Operation>,
+        /// The read the operations were made against (`None`: what the node holds).
+        read: Option<Context>,
     },
     Remote {
         entries: Vec<Entry>,

@@ -366,3 +366,28 @@ fn equal_documents_hash_equal() {
         b.replica().bucket_hashes().unwrap().hashes
     );
 }
+
+/// Operations made against an older read remove and replace only what that read
+/// saw: an element added since stays.
+#[test]
+fn operations_against_an_older_read_keep_what_it_did_not_see() {
+    let (_dir, node) = temp_node();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let apple = || Update::SetAdd(br#""apple""#.to_vec());
+    let first = update(&node, &[("/items", apple())]).unwrap();
+    let old = first.context.clone();
+    update(&node, &[("/items", apple())]).unwrap();
+    let remove = vec![op("/items", Update::SetRemove(br#""apple""#.to_vec()))];
+    rt.block_on(node.update_async("carts", "c1", remove.clone(), Some(old)))
+        .unwrap();
+    assert_eq!(
+        json_of(&node, "c1"),
+        json!({"items": ["apple"]}),
+        "added since"
+    );
+    rt.block_on(node.update_async("carts", "c1", remove, None))
+        .unwrap();
+    assert_eq!(json_of(&node, "c1"), Value::Null, "nothing left");
+}

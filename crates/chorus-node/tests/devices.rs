@@ -1,7 +1,7 @@
 //! A node's records of devices: retries answered from the record, acknowledgements,
 //! and expiry (`chorus_node::devices`).
 
-use chorus_node::devices::{DeviceId, DeviceWrite, Upload, UploadOutcome};
+use chorus_node::devices::{Change, DeviceId, DeviceWrite, Upload, UploadOutcome};
 use chorus_node::{Node, open};
 
 const DEVICE: DeviceId = DeviceId(0xd);
@@ -18,7 +18,7 @@ fn upload(node: &Node, seqs: &[u64], acked: u64) -> Vec<UploadOutcome> {
         .map(|&seq| DeviceWrite {
             seq,
             key: format!("k{seq}"),
-            value: Some(format!("{{\"seq\":{seq}}}").into_bytes()),
+            change: Change::Document(Some(format!("{{\"seq\":{seq}}}").into_bytes())),
             context: None,
         })
         .collect();

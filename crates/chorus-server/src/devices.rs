@@ -2,7 +2,7 @@
 //! change feed.
 //!
 //! ```text
-//!  POST /v1/devices/upload/{c}  {"device", "writes": [{"seq", "key", "value"? | "deleted"?,
+//!  POST /v1/devices/upload/{c}  {"device", "writes": [{"seq", "key", "value"? | "deleted"? | "ops"?,
 //!                                "context"?, "covers"?: [DOT]}], "in_doubt_at"?: [NODE],
 //!                                "acked"?: SEQ}
 //!        ─▶ (in doubt at other nodes: their records of the device decide)
@@ -34,7 +34,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use chorus_node::devices::{DeviceId, DeviceWrite, Upload, UploadOutcome};
+use chorus_node::crdt_json::parse_operations;
+use chorus_node::devices::{Change, DeviceId, DeviceWrite, Upload, UploadOutcome};
 use chorus_node::{Context, Dot, Node};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -66,25 +67,47 @@ struct UploadItem {
     covers: Vec<String>,
     #[serde(default)]
     deleted: bool,
+    /// CRDT operations, instead of a value.
+    ops: Option<Box<RawValue>>,
 }
 
 const USAGE: &str = "the body must be {\"device\": 32 hex digits, \"writes\": [{\"seq\", \"key\", \
-                     \"value\"? or \"deleted\"?, \"context\"?, \"covers\"?}], \"in_doubt_at\"?: [NODE], \"acked\"?: SEQ}";
+                     \"value\"? or \"deleted\"? or \"ops\"?, \"context\"?, \"covers\"?}], \"in_doubt_at\"?: [NODE], \"acked\"?: SEQ}";
 
-/// The write an item asks for: its document and its context (the read's token,
-/// plus the dots it covers).
-fn device_write(collection: &str, item: &UploadItem) -> ApiResult<DeviceWrite> {
-    let write = document_write(
-        collection,
-        &item.key,
-        item.value.as_deref(),
-        item.context.as_deref(),
-        item.deleted,
-    )?;
-    let mut seen = write
-        .context
-        .map(|c| c.vector().clone())
-        .unwrap_or_default();
+/// The write an item asks for: its document or its CRDT operations, and its context
+/// (the read's token, plus the dots it covers).
+fn device_write(node: &Node, collection: &str, item: &UploadItem) -> ApiResult<DeviceWrite> {
+    let (change, context) = match &item.ops {
+        Some(ops) => {
+            if item.value.is_some() || item.deleted {
+                return Err(ApiError::bad_request(
+                    "give ops, value or deleted: one of them",
+                ));
+            }
+            let names = node.replica().known_names();
+            let operations = parse_operations(ops.get().as_bytes(), |name| {
+                names.iter().find(|(_, n)| n == name).map(|(id, _)| *id)
+            })
+            .map_err(ApiError::bad_request)?;
+            let context = item
+                .context
+                .as_deref()
+                .map(|text| render::parse_token(text, collection, &item.key))
+                .transpose()?;
+            (Change::Operations(operations), context)
+        }
+        None => {
+            let write = document_write(
+                collection,
+                &item.key,
+                item.value.as_deref(),
+                item.context.as_deref(),
+                item.deleted,
+            )?;
+            (Change::Document(write.value), write.context)
+        }
+    };
+    let mut seen = context.map(|c| c.vector().clone()).unwrap_or_default();
     for text in &item.covers {
         let dot = Dot::parse(text)
             .ok_or_else(|| ApiError::bad_request("covers holds dots, NODE:COUNTER"))?;
@@ -93,7 +116,7 @@ fn device_write(collection: &str, item: &UploadItem) -> ApiResult<DeviceWrite> {
     Ok(DeviceWrite {
         seq: item.seq,
         key: item.key.clone(),
-        value: write.value,
+        change,
         context: (!seen.is_empty()).then(|| Context::new(seen)),
     })
 }
@@ -113,7 +136,7 @@ pub(crate) async fn upload(
     let mut outcomes = Vec::new();
     let mut writes = Vec::with_capacity(request.writes.len());
     for item in &request.writes {
-        match device_write(&collection, item) {
+        match device_write(&node, &collection, item) {
             Ok(write) => writes.push(write),
             Err(e) => outcomes.push(UploadOutcome::Refused {
                 seq: item.seq,

@@ -539,8 +539,9 @@ async fn delete_doc(
     write_document(&node, cluster.as_ref(), &headers, "DELETE", w).await
 }
 
-/// CRDT operations on one document of a `crdt` collection, applied all or none.
-/// Answers the write's context and the document as this node now holds it.
+/// CRDT operations on one document of a `crdt` collection, applied all or none,
+/// against the read named by the `Chorus-Context` header if there is one. Answers
+/// the write's context and the document as this node now holds it.
 async fn apply_ops(
     State(node): State<Node>,
     Extension(cluster): Extension<ClusterRef>,
@@ -574,7 +575,8 @@ async fn apply_ops(
         return Ok(forwarded);
     }
     check_fencing(&node, &headers, &collection, &key)?;
-    let ack = match node.update_async(&collection, &key, operations).await {
+    let read = crate::extract::context(&headers, &collection, &key)?;
+    let ack = match node.update_async(&collection, &key, operations, read).await {
         Ok(ack) => ack,
         Err(WriteError::Refused(refused)) => {
             // Name the nodes holding a bounded counter's rights, not their ids.

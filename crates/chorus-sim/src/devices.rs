@@ -13,7 +13,7 @@
 
 use crate::{Acked, Sim};
 use chorus_core::{Dot, PhysicalClock, VersionVector};
-use chorus_node::devices::{DeviceId, DeviceWrite, Upload, UploadOutcome};
+use chorus_node::devices::{Change, DeviceId, DeviceWrite, Upload, UploadOutcome};
 use chorus_node::{Context, WriteError};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -153,7 +153,7 @@ impl Sim {
                 let write = DeviceWrite {
                     seq: p.seq,
                     key: key.clone(),
-                    value: Some(p.value.clone()),
+                    change: Change::Document(Some(p.value.clone())),
                     context: p.context.clone(),
                 };
                 (key.clone(), write)
@@ -211,7 +211,7 @@ impl Sim {
         for w in &to_take {
             let pending = devices.devices[d].pending.get(&w.key);
             if pending.is_some_and(|p| p.in_doubt_at.iter().any(|n| !members.contains(n))) {
-                devices.may_show_twice.extend(w.value.clone());
+                devices.may_show_twice.extend(written(w));
             }
         }
         if !to_take.is_empty() {
@@ -307,7 +307,7 @@ impl Sim {
                 dot,
                 collection: DEVICE_COLLECTION.into(),
                 key: key.clone(),
-                value: write.value.clone(),
+                value: written(write),
                 superseded: write
                     .context
                     .as_ref()
@@ -345,6 +345,14 @@ impl Sim {
             self.advance(1_000);
         }
         Err("device writes still pending after the cluster healed".into())
+    }
+}
+
+/// The document a device write puts (devices here write whole documents).
+fn written(write: &DeviceWrite) -> Option<Vec<u8>> {
+    match &write.change {
+        Change::Document(value) => value.clone(),
+        Change::Operations(_) => None,
     }
 }
 

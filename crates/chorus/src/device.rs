@@ -28,6 +28,14 @@ enum DeviceAction {
     },
     /// Delete a document locally; the deletion goes up at the next sync.
     Delete { collection: String, key: String },
+    /// CRDT operations on a document of a `crdt` collection, e.g.
+    /// '[{"op":"counter.add","path":"/views","by":1}]': shown at once, uploaded as
+    /// operations at the next sync (they merge with what others did meanwhile).
+    Ops {
+        collection: String,
+        key: String,
+        operations: String,
+    },
     /// List the keys of a collection held on this device.
     List {
         collection: String,
@@ -85,6 +93,18 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<()> {
         DeviceAction::Delete { collection, key } => {
             device.delete(&collection, &key)?;
             print_json(&json!({"key": key, "deleted": true, "pending": device.pending()?}));
+        }
+        DeviceAction::Ops {
+            collection,
+            key,
+            operations,
+        } => {
+            let operations: Vec<Value> = serde_json::from_str(&operations).with_context(|| {
+                format!("the operations are not a JSON array of objects: {operations}")
+            })?;
+            device.update(&collection, &key, &operations)?;
+            let shown = device.get(&collection, &key)?.and_then(|d| d.value);
+            print_json(&json!({"key": key, "value": shown, "pending": device.pending()?}));
         }
         DeviceAction::List { collection, prefix } => {
             for key in device.list(&collection, &prefix)? {

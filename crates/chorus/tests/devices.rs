@@ -732,6 +732,105 @@ fn a_refused_write_is_set_aside_and_the_others_go_up() {
     );
 }
 
+/// Two devices change one CRDT document offline: each shows its own operations at
+/// once; synced, the operations merge (counters add up; a set remove removes only
+/// the element the device saw, not one added concurrently), on the node and then on
+/// both devices. The same holds for `POST .../ops` with a `Chorus-Context` header.
+#[test]
+fn crdt_operations_made_offline_merge_when_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    put(
+        &format!("{}/v1/collections/carts", node.url),
+        r#"{"policy":"crdt"}"#,
+    );
+    let ops_url = format!("{}/v1/docs/carts/c1/ops", node.url);
+    let first = call(
+        "POST",
+        &ops_url,
+        Some(br#"[{"op":"set.add","path":"/items","value":"apple"}]"#),
+        &[],
+    );
+    assert_eq!(first.status, 200, "{}", first.text);
+    let carts = Subscription::collections(["carts"]);
+    let urls = std::slice::from_ref(&node.url);
+    let (d1, d2) = (open_device(&dir, 1), open_device(&dir, 2));
+    for device in [&d1, &d2] {
+        device.sync(urls, &carts, &mut |_| {}).unwrap();
+    }
+    let shown = |device: &Device| device.get("carts", "c1").unwrap().unwrap().value;
+    // Offline: d1 counts two and removes the apple it saw; d2 counts three and adds
+    // an apple and a pear.
+    d1.update(
+        "carts",
+        "c1",
+        &[
+            json!({"op": "counter.add", "path": "/count", "by": 2}),
+            json!({"op": "set.remove", "path": "/items", "value": "apple"}),
+        ],
+    )
+    .unwrap();
+    d2.update(
+        "carts",
+        "c1",
+        &[json!({"op": "counter.add", "path": "/count", "by": 3})],
+    )
+    .unwrap();
+    d2.update(
+        "carts",
+        "c1",
+        &[
+            json!({"op": "set.add", "path": "/items", "value": "apple"}),
+            json!({"op": "set.add", "path": "/items", "value": "pear"}),
+        ],
+    )
+    .unwrap();
+    assert_eq!(shown(&d1), Some(json!({"count": 2, "items": []})));
+    let d1_doc = d1.get("carts", "c1").unwrap().unwrap();
+    assert!(
+        !d1_doc.conflict && d1_doc.pending,
+        "operations merge: {d1_doc:?}"
+    );
+    assert_eq!(
+        shown(&d2),
+        Some(json!({"count": 3, "items": ["apple", "pear"]}))
+    );
+    assert_eq!(
+        d2.pending().unwrap(),
+        1,
+        "operations not sent join one write"
+    );
+    // d2 first: d1's remove then reaches a node that holds d2's apple, which d1
+    // never saw, so that apple stays.
+    for device in [&d2, &d1, &d2] {
+        device.sync(urls, &carts, &mut |_| {}).unwrap();
+    }
+    let merged = json!({"count": 5, "items": ["apple", "pear"]});
+    let read = get(&format!("{}/v1/docs/carts/c1", node.url));
+    assert_eq!(read.body["value"], merged, "{}", read.text);
+    assert_eq!(shown(&d1), Some(merged.clone()));
+    assert_eq!(shown(&d2), Some(merged));
+
+    // Over HTTP: a remove made against the first read leaves the pear, added since.
+    let old = first.body["context"].as_str().unwrap().to_owned();
+    let removed = call(
+        "POST",
+        &ops_url,
+        Some(br#"[{"op":"set.remove","path":"/items","value":"pear"}]"#),
+        &[("Chorus-Context", old.as_str())],
+    );
+    assert_eq!(removed.status, 200, "{}", removed.text);
+    assert_eq!(removed.body["value"]["items"], json!(["apple", "pear"]));
+    let now = removed.body["context"].as_str().unwrap().to_owned();
+    let removed = call(
+        "POST",
+        &ops_url,
+        Some(br#"[{"op":"set.remove","path":"/items","value":"pear"}]"#),
+        &[("Chorus-Context", now.as_str())],
+    );
+    assert_eq!(removed.body["value"]["items"], json!(["apple"]));
+}
+
 /// A node's record of a device goes once the device acknowledged its answers and
 /// the retention passed (here one second); the device's next upload starts a new
 /// one, and nothing it wrote is touched.

@@ -9,7 +9,7 @@
 //!
 //! Invariant: a dot's value never changes; a new value always comes with a new dot.
 
-use crate::{Dot, NodeId, VersionVector};
+use crate::{Dot, VersionVector};
 use std::collections::BTreeMap;
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -43,16 +43,9 @@ impl<V: Clone> DotFun<V> {
         self.entries.insert(dot, value);
     }
 
-    /// Removes every dot `context` covers: what a writer who saw `context` observed.
-    pub(crate) fn remove_covered(&mut self, context: &VersionVector) {
-        self.entries.retain(|dot, _| !context.covers(*dot));
-    }
-
-    /// Removes the dots of `node` that `context` covers (a node replacing its own
-    /// earlier contribution).
-    pub(crate) fn remove_covered_of(&mut self, node: NodeId, context: &VersionVector) {
-        self.entries
-            .retain(|dot, _| dot.node != node || !context.covers(*dot));
+    /// Removes every dot `covered` accepts: what a writer observed.
+    pub(crate) fn remove_covered(&mut self, covered: &dyn Fn(Dot) -> bool) {
+        self.entries.retain(|dot, _| !covered(*dot));
     }
 
     /// Joins `other` into this store; `mine` and `theirs` are the contexts of the

@@ -138,17 +138,17 @@ impl Field {
             .map(|(_, (_, v))| v.as_slice())
     }
 
-    fn remove_covered(&mut self, context: &VersionVector) {
+    fn remove_covered(&mut self, covered: &dyn Fn(Dot) -> bool) {
         match self {
-            Field::Counter(d) => d.remove_covered(context),
-            Field::MvRegister(d) => d.remove_covered(context),
-            Field::LwwRegister(d) => d.remove_covered(context),
-            Field::Flag(d) => d.remove_covered(context),
+            Field::Counter(d) => d.remove_covered(covered),
+            Field::MvRegister(d) => d.remove_covered(covered),
+            Field::LwwRegister(d) => d.remove_covered(covered),
+            Field::Flag(d) => d.remove_covered(covered),
             Field::Set(elements) => elements.retain(|_, dots| {
-                dots.remove_covered(context);
+                dots.remove_covered(covered);
                 !dots.is_empty()
             }),
-            Field::Map(map) => map.remove_covered(context),
+            Field::Map(map) => map.remove_dots(covered),
             Field::Bounded(_) => {}
         }
     }
@@ -184,39 +184,42 @@ impl Field {
         }
     }
 
-    fn apply(&mut self, action: &Action, dot: Dot, hlc: Hlc, context: &VersionVector) {
+    /// Applies `action`, written as `dot`, by a writer that saw what `seen` accepts.
+    fn apply(&mut self, action: &Action, dot: Dot, hlc: Hlc, seen: &dyn Fn(Dot) -> bool) {
         match (self, action) {
+            // A node's total replaces its earlier ones (all earlier: its deltas are
+            // applied in its order), whatever the writer's read.
             (Field::Counter(d), Action::CounterTotal(total)) => {
-                d.remove_covered_of(dot.node, context);
+                d.remove_covered(&|d: Dot| d.node == dot.node);
                 d.insert(dot, *total);
             }
             (Field::Bounded(b), Action::BoundedEntry(rights)) => b.update(dot.node, rights),
             (Field::Set(elements), Action::SetAdd(element)) => {
                 let dots = elements.entry(element.clone()).or_default();
-                dots.remove_covered(context);
+                dots.remove_covered(seen);
                 dots.insert(dot, ());
             }
             (Field::Set(elements), Action::SetRemove(element)) => {
                 if let Some(dots) = elements.get_mut(element) {
-                    dots.remove_covered(context);
+                    dots.remove_covered(seen);
                     if dots.is_empty() {
                         elements.remove(element);
                     }
                 }
             }
             (Field::MvRegister(d), Action::MvSet(value)) => {
-                d.remove_covered(context);
+                d.remove_covered(seen);
                 d.insert(dot, value.clone());
             }
             (Field::LwwRegister(d), Action::LwwSet(value)) => {
-                d.remove_covered(context);
+                d.remove_covered(seen);
                 d.insert(dot, (hlc, value.clone()));
             }
             (Field::Flag(d), Action::FlagEnable) => {
-                d.remove_covered(context);
+                d.remove_covered(seen);
                 d.insert(dot, ());
             }
-            (Field::Flag(d), Action::FlagDisable) => d.remove_covered(context),
+            (Field::Flag(d), Action::FlagDisable) => d.remove_covered(seen),
             (field, action) => unreachable!(
                 "a change is applied to a field of its own kind: {:?} vs {action:?}",
                 field.kind()
@@ -293,8 +296,12 @@ impl Map {
     /// Removes every dot `context` covers, in every field (a plain write or delete
     /// that saw `context` replaces what it saw). Bounded counters stay.
     pub fn remove_covered(&mut self, context: &VersionVector) {
+        self.remove_dots(&|dot| context.covers(dot));
+    }
+
+    fn remove_dots(&mut self, covered: &dyn Fn(Dot) -> bool) {
         self.fields.retain(|_, field| {
-            field.remove_covered(context);
+            field.remove_covered(covered);
             !field.is_empty()
         });
     }
@@ -324,13 +331,16 @@ impl Map {
     }
 
     /// Applies one change of a delta made with `dot` at `hlc`; `context` covers what
-    /// its writer had seen, and `dot` itself.
+    /// its writer had seen before it (the changes of the delta see `dot` too, and
+    /// nothing else of its node that `context` does not cover: a write made against
+    /// an older read keeps what its node added since).
     pub fn apply(&mut self, change: &Change, dot: Dot, hlc: Hlc, context: &VersionVector) {
         let (last, parents) = change
             .path
             .split_last()
             .expect("a change names a field (checked when decoded)");
-        self.apply_at(parents, last, &change.action, dot, hlc, context);
+        let seen = |d: Dot| d == dot || context.covers(d);
+        self.apply_at(parents, last, &change.action, dot, hlc, &seen);
     }
 
     fn apply_at(
@@ -340,7 +350,7 @@ impl Map {
         action: &Action,
         dot: Dot,
         hlc: Hlc,
-        context: &VersionVector,
+        seen: &dyn Fn(Dot) -> bool,
     ) {
         if let Some((name, rest)) = parents.split_first() {
             let key = (name.clone(), Kind::Map);
@@ -351,7 +361,7 @@ impl Map {
             else {
                 unreachable!("keyed by kind")
             };
-            inner.apply_at(rest, last, action, dot, hlc, context);
+            inner.apply_at(rest, last, action, dot, hlc, seen);
             if inner.is_empty() {
                 self.fields.remove(&key);
             }
@@ -361,7 +371,7 @@ impl Map {
             // A remove: every kind under this name loses what its writer saw.
             self.fields.retain(|(name, _), field| {
                 if name == last {
-                    field.remove_covered(context);
+                    field.remove_covered(seen);
                 }
                 !field.is_empty()
             });
@@ -372,7 +382,7 @@ impl Map {
             .fields
             .entry(key.clone())
             .or_insert_with(|| Field::empty(kind));
-        field.apply(action, dot, hlc, context);
+        field.apply(action, dot, hlc, seen);
         if field.is_empty() {
             self.fields.remove(&key);
         }

@@ -95,10 +95,8 @@ mod tests {
             })
             .collect();
         let delta = prepare(doc, context, dot, Hlc(counter), &operations)?;
-        let mut seen = context.clone();
-        seen.add(dot);
         for change in &delta.changes {
-            doc.apply(change, dot, Hlc(counter), &seen);
+            doc.apply(change, dot, Hlc(counter), context);
         }
         context.add(dot);
         Ok(delta)

@@ -181,8 +181,6 @@ pub fn prepare(
     operations: &[Operation],
 ) -> Result<Delta, OpError> {
     let mut work = doc.clone();
-    let mut seen = context.clone();
-    seen.add(dot);
     let mut changes = Vec::with_capacity(operations.len());
     for operation in operations {
         let path = &operation.path;
@@ -196,7 +194,7 @@ pub fn prepare(
             path: path.clone(),
             action,
         };
-        work.apply(&change, dot, hlc, &seen);
+        work.apply(&change, dot, hlc, context);
         changes.push(change);
     }
     Ok(Delta { changes })
