@@ -266,10 +266,11 @@ fn upload(
                 continue;
             }
             let batch = batch.as_slice();
+            // This node too: restored from a backup since, it answers from the record
+            // its former self kept, once that has come back to it.
             let in_doubt_at: BTreeSet<&str> = batch
                 .iter()
                 .flat_map(|(_, w)| w.in_doubt_at.iter().map(String::as_str))
-                .filter(|n| *n != node)
                 .collect();
             let items: Vec<Value> = batch.iter().map(|(key, w)| upload_item(key, w)).collect();
             let acked = answers(local, node, &collection)?.1;
@@ -498,10 +499,12 @@ fn settle(
 }
 
 /// Forgets the taken writes every member has (the node's `stable` covers them), and
-/// queues again those this node took and lost: its feed is not the one it had when
-/// it took them (restored from an older backup, or replaced), no member it has heard
-/// from has them (beyond `seen`), and the members agree on that (`stable` equals
-/// `seen` for the write's origin), so no member can still bring them.
+/// queues again those their node lost: this node took them and its feed is not the
+/// one it had then (restored from an older backup, or replaced), or the node that
+/// took them is no longer a member; no member this node heard from has them (beyond
+/// `seen`), and the members agree on that (`stable` equals `seen` for the write's
+/// origin, and the node has heard from every member), so no member can still bring
+/// them.
 fn check_taken(
     local: &Local,
     node: &str,
@@ -510,6 +513,8 @@ fn check_taken(
     report: &mut SyncReport,
 ) -> Result<(), DeviceError> {
     let counter = |vector: &str, origin: &str| about[vector][origin].as_u64().unwrap_or(0);
+    // Until the node has heard what every member holds, it cannot tell a lost write.
+    let heard = about["heard_from_all"] == true;
     let taken = local.taken()?;
     if taken.is_empty() {
         return Ok(());
@@ -522,9 +527,15 @@ fn check_taken(
         };
         let n: u64 = n.parse().unwrap_or(0);
         let (stable, seen) = (counter("stable", origin), counter("seen", origin));
+        // The node that took it lost it: restored or replaced (its feed changed), or
+        // gone from the cluster (perhaps after a restore).
+        let taker_lost = (t.node == node && t.feed != feed)
+            || about["members"]
+                .as_array()
+                .is_some_and(|m| !m.iter().any(|name| name == t.node.as_str()));
         if n <= stable {
             txn.forget_taken(t.write.seq)?;
-        } else if t.node == node && t.feed != feed && n > seen && stable == seen {
+        } else if taker_lost && heard && n > seen && stable == seen {
             if txn.requeue(&t.collection, &t.key, &t.write)? {
                 report.requeued += 1;
             }

@@ -228,7 +228,7 @@ impl Committer {
         b: &mut Batch<'_>,
         upload: Upload,
     ) -> Result<Vec<UploadOutcome>, StoreError> {
-        let record = devices::record_key(upload.device, self.node_id, &upload.collection);
+        let record = devices::record_key(upload.device, &self.meta.name, &upload.collection);
         let before = Taken::of(&b.key_state(DEVICES_COLLECTION, &record)?);
         let mut outcomes = Vec::with_capacity(upload.writes.len());
         let mut now = Taken {

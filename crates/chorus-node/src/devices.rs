@@ -6,8 +6,9 @@
 //!
 //! A device numbers its writes (`seq`, increasing per device). A node takes an
 //! upload of one collection **in one commit together with its record of the device**:
-//! the document `_devices/{device}/{node}/{collection}` of a reserved collection,
-//! written only by this node, holding the greatest `seq` it answered for (`through`)
+//! the document `_devices/{device}/{node name}/{collection}` of a reserved collection,
+//! written only by the node of that name (and its restored selves, whose versions
+//! are merged: [`Taken::of`]), holding the greatest `seq` it answered for (`through`)
 //! and, for the writes of that last upload, the dots it gave them (`dots`) and why
 //! it refused any (`refused`), so that a device that never got the answer learns it
 //! from a retry. A write is refused on its own (a key or document the node does not
@@ -32,7 +33,7 @@ use crate::document::Context;
 use crate::node::{Node, ReadError};
 use crate::request::{Job, ReplyTo, Request, WriteAck, WriteError};
 use chorus_core::crdt::Operation;
-use chorus_core::{Dot, KeyState, NodeId, Policy, VersionVector};
+use chorus_core::{Dot, KeyState, NodeId, VersionVector};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use tokio::sync::oneshot;
@@ -147,8 +148,9 @@ impl UploadOutcome {
     }
 }
 
-/// The key of `node`'s record of `device` in `collection`.
-pub(crate) fn record_key(device: DeviceId, node: NodeId, collection: &str) -> String {
+/// The key of the record of `device` in `collection` by the node named `node` (every
+/// id the name has had: a node restored from a backup continues its record).
+pub(crate) fn record_key(device: DeviceId, node: &str, collection: &str) -> String {
     format!("{device}/{node}/{collection}")
 }
 
@@ -166,43 +168,46 @@ pub struct Taken {
 }
 
 impl Taken {
-    /// The record a key state of `_devices` holds (its newest version).
+    /// The record a key state of `_devices` holds: its versions merged (a node and
+    /// its restored self may each have written one; what either answered holds).
     pub(crate) fn of(state: &KeyState) -> Taken {
-        let Some(record) = Policy::Lww
-            .winner(state.versions())
-            .and_then(|v| v.value.as_deref())
-            .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
-        else {
-            return Taken::default();
-        };
-        let dots = record["dots"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(seq, dot)| Some((seq.parse().ok()?, Dot::parse(dot.as_str()?)?)))
-            .collect();
-        let refused = record["refused"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(seq, why)| Some((seq.parse().ok()?, why.as_str()?.to_owned())))
-            .collect();
-        Taken {
-            through: record["through"].as_u64().unwrap_or(0),
-            dots,
-            refused,
-            acked: record["acked"].as_u64().unwrap_or(0),
+        let mut merged = Taken::default();
+        for version in state.versions() {
+            let Some(record) = version
+                .value
+                .as_deref()
+                .and_then(|bytes| serde_json::from_slice::<Value>(bytes).ok())
+            else {
+                continue;
+            };
+            let entries = |field: &str| {
+                record[field]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(seq, v)| Some((seq.parse::<u64>().ok()?, v.as_str()?.to_owned())))
+                    .collect::<Vec<_>>()
+            };
+            merged.dots.extend(
+                entries("dots")
+                    .into_iter()
+                    .filter_map(|(seq, dot)| Some((seq, Dot::parse(&dot)?))),
+            );
+            merged.refused.extend(entries("refused"));
+            merged.through = merged.through.max(record["through"].as_u64().unwrap_or(0));
+            merged.acked = merged.acked.max(record["acked"].as_u64().unwrap_or(0));
         }
+        merged
     }
 
     /// Whether the record `state` holds can go: every answer it keeps was
     /// acknowledged, and it was last written before `before_ms` (wall clock).
     pub(crate) fn expired(state: &KeyState, before_ms: u64) -> bool {
-        let Some(newest) = Policy::Lww.winner(state.versions()) else {
+        let Some(newest) = state.versions().iter().map(|v| v.hlc).max() else {
             return false;
         };
         let taken = Taken::of(state);
-        newest.value.is_some() && taken.acked >= taken.through && newest.hlc.wall_ms() < before_ms
+        !state.is_absent() && taken.acked >= taken.through && newest.wall_ms() < before_ms
     }
 
     /// The record's document.
@@ -283,12 +288,15 @@ impl Node {
         self.submit_blocking(request, answer)
     }
 
-    /// Settles what a device says is in doubt at other nodes (`in_doubt_at`, names)
-    /// before this node takes `writes`: a write a named node's record (as this node
-    /// has it) covers is answered from that record; the rest are returned to take,
-    /// unless the named node may still hold them with its record on its way: it is
-    /// a member (`is_member`), or it left but some member is known (`seen`: what the
-    /// members have applied, joined) to have applied writes of it this node has not.
+    /// Settles what a device says is in doubt at nodes (`in_doubt_at`, names) before
+    /// this node takes `writes`: a write the named node's record (as this node has
+    /// it) covers is answered from that record; the rest are returned to take, unless
+    /// the named node may still hold them with its record on its way. That is so
+    /// while it is another member (`is_member`); and, when it left or is this node's
+    /// own former self (before a restore from a backup), while some member is known
+    /// (`seen`: what the members have applied, joined) to have applied writes of it,
+    /// or of an id this node cannot name, that this node has not (`seen` is `None`
+    /// until this node has heard what every member applied: then it waits too).
     pub fn settle_doubt(
         &self,
         device: DeviceId,
@@ -296,17 +304,17 @@ impl Node {
         mut writes: Vec<DeviceWrite>,
         in_doubt_at: &[String],
         is_member: &dyn Fn(&str) -> bool,
-        seen: &VersionVector,
+        seen: Option<&VersionVector>,
     ) -> Result<(Vec<UploadOutcome>, Vec<DeviceWrite>), InDoubt> {
         let mut answered = Vec::new();
-        for taker in in_doubt_at.iter().filter(|n| *n != self.name()) {
+        for taker in in_doubt_at {
             let in_doubt = |seqs, reason: String| InDoubt {
                 taker: taker.clone(),
                 seqs,
                 reason,
             };
             let taken = self
-                .taken_by(device, taker, collection)
+                .device_taken(device, taker, collection)
                 .map_err(|e| in_doubt((0, 0), e.to_string()))?;
             let (before, after): (Vec<_>, Vec<_>) = writes
                 .into_iter()
@@ -314,25 +322,42 @@ impl Node {
             answered.extend(before.iter().filter_map(|w| taken.outcome(w.seq)));
             if let (Some(first), Some(last)) = (after.first(), after.last()) {
                 let seqs = (first.seq, last.seq);
-                if is_member(taker) {
+                let myself = taker == self.name();
+                if !myself && is_member(taker) {
                     let reason = "it has not confirmed them here yet".to_owned();
                     return Err(in_doubt(seqs, reason));
                 }
+                let names: std::collections::HashMap<NodeId, String> =
+                    self.replica().known_names().into_iter().collect();
+                // Its former ids (this node's, before restores; or the departed
+                // node's), and, for a departed node, ids this node cannot name.
+                let its = |id: &NodeId| match names.get(id) {
+                    Some(name) => name == taker && *id != self.node_id(),
+                    None => !myself,
+                };
+                if myself && !names.keys().any(its) {
+                    // Never restored: its own record, which the commit checks, is all.
+                    writes = after;
+                    continue;
+                }
+                let Some(seen) = seen else {
+                    let reason = "this node has not yet heard what every member holds".into();
+                    return Err(in_doubt(seqs, reason));
+                };
                 let applied = self
                     .replica()
                     .position()
                     .map_err(|e| in_doubt(seqs, e.to_string()))?
                     .applied;
-                let behind = self
-                    .replica()
-                    .known_names()
-                    .into_iter()
-                    .any(|(id, name)| name == *taker && seen.get(id) > applied.get(id));
-                if behind {
-                    let reason = "it left the cluster, and members have writes of it that \
-                                  have not arrived here yet"
-                        .to_owned();
-                    return Err(in_doubt(seqs, reason));
+                if seen.iter().any(|(id, n)| its(&id) && n > applied.get(id)) {
+                    let reason = if myself {
+                        "this node was restored from a backup, and writes of its former \
+                         self that members have are not here yet"
+                    } else {
+                        "it left the cluster, and members have writes of it that have \
+                         not arrived here yet"
+                    };
+                    return Err(in_doubt(seqs, reason.to_owned()));
                 }
             }
             writes = after;
@@ -340,32 +365,12 @@ impl Node {
         Ok((answered, writes))
     }
 
-    /// What the node named `taker` took of `device` in `collection`, by its record as
-    /// this node has it (of the ids the name had, the one that answered for most).
-    fn taken_by(
-        &self,
-        device: DeviceId,
-        taker: &str,
-        collection: &str,
-    ) -> Result<Taken, ReadError> {
-        let mut taken = Taken::default();
-        for (id, name) in self.replica().known_names() {
-            if name == taker {
-                let theirs = self.device_taken(device, id, collection)?;
-                if theirs.through > taken.through {
-                    taken = theirs;
-                }
-            }
-        }
-        Ok(taken)
-    }
-
-    /// What the node `taker` took of `device` in `collection`, as far as this node
-    /// knows (records replicate like documents).
+    /// What the node named `taker` took of `device` in `collection`, as far as this
+    /// node knows (records replicate like documents).
     pub fn device_taken(
         &self,
         device: DeviceId,
-        taker: NodeId,
+        taker: &str,
         collection: &str,
     ) -> Result<Taken, ReadError> {
         let key = record_key(device, taker, collection);
@@ -393,14 +398,14 @@ impl Node {
 
     /// The keys of this node's records that can go (the committer checks each again).
     fn expired_device_records(&self, before_ms: u64) -> Result<Vec<String>, ReadError> {
-        let me = self.node_id().to_string();
+        let me = self.name();
         let mut keys = Vec::new();
         for entry in self
             .snapshot()?
             .keys_from(DEVICES_COLLECTION, std::ops::Bound::Unbounded)?
         {
             let (key, state) = entry?;
-            if key.split('/').nth(1) == Some(me.as_str()) && Taken::expired(&state, before_ms) {
+            if key.split('/').nth(1) == Some(me) && Taken::expired(&state, before_ms) {
                 keys.push(key);
             }
         }

@@ -159,6 +159,7 @@ impl Node {
 
     fn start(store: Store, config: NodeConfig) -> Node {
         let meta = store.meta_at_open().clone();
+        let former_ids = store.former_ids().to_vec();
         let node_id = NodeId(meta.node_id);
         let store = Arc::new(store);
         let (queue_tx, queue_rx) = mpsc::channel(WRITE_QUEUE_REQUESTS_MAX);
@@ -201,7 +202,13 @@ impl Node {
                 feed_seq: feed_rx,
                 failed,
                 committer: Some(thread),
-                names: RwLock::new(HashMap::from([(node_id, meta.name.clone())])),
+                // Its former ids (before restores from backups) are its name too.
+                names: RwLock::new(
+                    std::iter::once(node_id)
+                        .chain(former_ids.into_iter().map(NodeId))
+                        .map(|id| (id, meta.name.clone()))
+                        .collect(),
+                ),
                 conflict_counts,
                 handlers: RwLock::new(HashMap::new()),
                 lease_guard: tokio::sync::Mutex::new(()),
@@ -926,6 +933,7 @@ impl Replica<'_> {
             last_seq: meta.next_seq - 1,
             log_start: meta.log_start,
             floor: vector(&meta.floor),
+            incarnation: self.inner.store.incarnation(),
         })
     }
 

@@ -63,13 +63,13 @@ fn a_record_expires_only_once_its_answers_were_acknowledged() {
     // Acknowledged (alone, with no writes): answers are kept, and the record goes
     // once old enough, not before.
     upload(&node, &[], 2);
-    let record = node.device_taken(DEVICE, node.node_id(), "notes").unwrap();
+    let record = node.device_taken(DEVICE, node.name(), "notes").unwrap();
     assert_eq!((record.through, record.acked, record.dots.len()), (2, 2, 2));
     assert_eq!(node.expire_device_records(1).unwrap(), 0, "too recent");
     assert_eq!(node.devices_seen().unwrap(), 1);
     assert_eq!(node.expire_device_records(far_future()).unwrap(), 1);
     assert_eq!(
-        node.device_taken(DEVICE, node.node_id(), "notes").unwrap(),
+        node.device_taken(DEVICE, node.name(), "notes").unwrap(),
         Default::default()
     );
     assert_eq!(
@@ -81,7 +81,7 @@ fn a_record_expires_only_once_its_answers_were_acknowledged() {
     // The device's next writes start a new record; the documents are untouched.
     let later = upload(&node, &[3], 2);
     assert!(matches!(later[0], UploadOutcome::Taken { seq: 3, .. }));
-    let record = node.device_taken(DEVICE, node.node_id(), "notes").unwrap();
+    let record = node.device_taken(DEVICE, node.name(), "notes").unwrap();
     assert_eq!(
         (record.through, record.acked),
         (3, 2),
@@ -97,11 +97,11 @@ fn acknowledgements_are_bounded_by_what_was_taken() {
     let (_dir, node) = temp_node();
     upload(&node, &[], 7);
     assert_eq!(
-        node.device_taken(DEVICE, node.node_id(), "notes").unwrap(),
+        node.device_taken(DEVICE, node.name(), "notes").unwrap(),
         Default::default()
     );
     upload(&node, &[1], 0);
     upload(&node, &[], 9);
-    let record = node.device_taken(DEVICE, node.node_id(), "notes").unwrap();
+    let record = node.device_taken(DEVICE, node.name(), "notes").unwrap();
     assert_eq!((record.through, record.acked), (1, 1));
 }

@@ -38,12 +38,13 @@ use chorus_core::PhysicalClock;
 use chorus_node::{Entry, Node, NodeId, ReadError, RemoteOutcome, ReplicationStep};
 pub use chorus_repl::EngineLimits;
 pub use chorus_repl::LinkStatus;
+pub use chorus_repl::Stability;
 use chorus_repl::frame::{
     FRAME_BYTES_MAX, HELLO_BYTES_MAX, HELLO_NAMES_MAX, NODE_NAME_BYTES_MAX, PIECE_BYTES_MAX,
 };
 use chorus_repl::{
     Command, Engine, Event, Frame, Hello, LinkKeeper, Membership, PROTOCOL_VERSION, PeerName,
-    PeerStatus, Stability,
+    PeerStatus,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;

@@ -260,6 +260,33 @@ pub struct Stability {
     pub stable: VersionVector,
     /// The join of them, this node's own included.
     pub seen: VersionVector,
+    /// Whether this node has heard what every other member applied (not so for a
+    /// while after it starts): until then `seen` may miss what they have.
+    pub heard_from_all: bool,
+}
+
+/// What a node knows of one member's applied vector: of the member's latest
+/// incarnation it has heard of (a member restored from a backup starts a new one, and
+/// what its former self applied is no longer true of it), the join of what it heard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Known {
+    incarnation: u64,
+    applied: VersionVector,
+}
+
+impl Known {
+    /// Takes in what another node says of the member: a later incarnation replaces,
+    /// the same one joins, an earlier one is stale.
+    fn learn(&mut self, incarnation: u64, applied: &VersionVector) {
+        if incarnation > self.incarnation {
+            *self = Known {
+                incarnation,
+                applied: applied.clone(),
+            };
+        } else if incarnation == self.incarnation {
+            self.applied.join(applied);
+        }
+    }
 }
 
 /// Where a node's op log stands.
@@ -271,6 +298,10 @@ pub struct LogPosition {
     pub last_seq: u64,
     /// The first sequence still in the op log.
     pub log_start: u64,
+    /// When this replica was last restored from a backup (wall-clock milliseconds; 0:
+    /// never): what it applied before was not kept, so gossip about it from before
+    /// is stale.
+    pub incarnation: u64,
     /// Everything applied whose entries are not all in the op log: collected
     /// entries, and states adopted from transfers. A peer that lacks any of it can
     /// only catch up by a state transfer.
@@ -435,7 +466,7 @@ pub struct Engine {
     log: LogPosition,
     /// The newest applied vector known for each member (ours included), learned
     /// from `Known` frames; their meet is what every member has applied.
-    known: BTreeMap<PeerName, VersionVector>,
+    known: BTreeMap<PeerName, Known>,
     /// The stable vector last handed to the node for tombstone collection, and when.
     stable_collected: VersionVector,
     last_collection_ms: u64,
@@ -464,7 +495,7 @@ impl Engine {
         let known = membership
             .members
             .iter()
-            .map(|m| (m.clone(), VersionVector::new()))
+            .map(|m| (m.clone(), Known::default()))
             .collect();
         Engine {
             limits,
@@ -485,11 +516,11 @@ impl Engine {
     /// What every member has applied, as far as this node knows (their meet); empty
     /// while any member has not been heard of.
     pub fn stable(&self) -> VersionVector {
-        let mut vectors = self.known.iter().map(|(name, vv)| {
+        let mut vectors = self.known.iter().map(|(name, known)| {
             if *name == self.me {
                 &self.log.applied
             } else {
-                vv
+                &known.applied
             }
         });
         let Some(first) = vectors.next() else {
@@ -502,12 +533,19 @@ impl Engine {
     /// knows (see [`Stability`]).
     pub fn stability(&self) -> Stability {
         let mut seen = self.log.applied.clone();
-        for vv in self.known.values() {
-            seen.join(vv);
+        for (name, known) in &self.known {
+            if *name != self.me {
+                seen.join(&known.applied);
+            }
         }
+        let heard_from_all = self
+            .known
+            .iter()
+            .all(|(name, known)| *name == self.me || !known.applied.is_empty());
         Stability {
             stable: self.stable(),
             seen,
+            heard_from_all,
         }
     }
 
@@ -1066,10 +1104,10 @@ impl Engine {
     }
 
     /// A neighbour's table of what every member has applied: learned, for stability.
-    fn on_known(&mut self, table: Vec<(String, VersionVector)>) {
-        for (name, vv) in table {
+    fn on_known(&mut self, table: Vec<(String, u64, VersionVector)>) {
+        for (name, incarnation, applied) in table {
             if let Some(known) = self.known.get_mut(name.as_str()) {
-                known.join(&vv);
+                known.learn(incarnation, &applied);
             }
         }
     }
@@ -1273,12 +1311,12 @@ impl Engine {
         }
         self.last_gossip_ms = self.now_ms;
         if let Some(mine) = self.known.get_mut(&self.me) {
-            mine.join(&self.log.applied);
+            mine.learn(self.log.incarnation, &self.log.applied);
         }
-        let table: Vec<(String, VersionVector)> = self
+        let table: Vec<(String, u64, VersionVector)> = self
             .known
             .iter()
-            .map(|(n, vv)| (n.to_string(), vv.clone()))
+            .map(|(n, k)| (n.to_string(), k.incarnation, k.applied.clone()))
             .collect();
         let connected: Vec<PeerName> = self
             .peers
@@ -1370,6 +1408,10 @@ mod tests {
             applied: VersionVector::from_entries(applied.iter().map(|&(n, c)| (NodeId(n), c))),
             names: vec![],
         }
+    }
+
+    fn vector(entries: &[(u64, u64)]) -> VersionVector {
+        VersionVector::from_entries(entries.iter().map(|&(i, c)| (NodeId(i), c)))
     }
 
     /// Node "a" with neighbours `peers`; the cluster is "a" and them.
@@ -1779,7 +1821,7 @@ mod tests {
             last_seq: 3,
             log_start: 1,
             applied: VersionVector::from_entries([(NodeId(1), 3)]),
-            floor: VersionVector::new(),
+            ..LogPosition::default()
         };
         let mut e = Engine::new(members(&["b"]), log, 0, EngineLimits::default());
         assert_eq!(
@@ -1837,6 +1879,7 @@ mod tests {
             log_start: 6,
             applied: VersionVector::from_entries([(NodeId(1), 1000)]),
             floor: floor.clone(),
+            ..LogPosition::default()
         };
         let mut e = Engine::new(
             members(&["b"]),
@@ -1939,6 +1982,7 @@ mod tests {
             log_start: 6,
             applied: floor.clone(),
             floor: floor.clone(),
+            ..LogPosition::default()
         };
         let mut e = Engine::new(members(&["b"]), log, 0, EngineLimits::default());
         connect(&mut e, &[], 2);
@@ -2294,12 +2338,7 @@ mod tests {
             frame: Frame::Known {
                 table: table
                     .into_iter()
-                    .map(|(n, vv)| {
-                        (
-                            n.to_string(),
-                            VersionVector::from_entries(vv.iter().map(|&(i, c)| (NodeId(i), c))),
-                        )
-                    })
+                    .map(|(n, vv)| (n.to_string(), 0, vector(vv)))
                     .collect(),
             },
         };
@@ -2322,6 +2361,60 @@ mod tests {
         assert!(
             !collects(&e.handle(Event::Tick { now_ms: 3_000 })),
             "nothing new is stable"
+        );
+    }
+
+    /// A member restored from a backup starts a new incarnation: what others say of
+    /// its former self (writes it no longer holds) gives way to what it says now,
+    /// and older news of it is stale; a node counts itself by what it applied.
+    #[test]
+    fn gossip_of_a_former_incarnation_gives_way() {
+        let log = LogPosition {
+            applied: vector(&[(1, 3)]),
+            ..LogPosition::default()
+        };
+        let mut e = Engine::new(members(&["b", "c"]), log, 0, EngineLimits::default());
+        connect(&mut e, &[], 0);
+        // A member's name, incarnation, and applied vector.
+        type Said<'a> = (&'a str, u64, &'a [(u64, u64)]);
+        let known = |table: Vec<Said>| Event::Received {
+            peer: "b".into(),
+            frame: Frame::Known {
+                table: table
+                    .into_iter()
+                    .map(|(n, i, vv)| (n.to_string(), i, vector(vv)))
+                    .collect(),
+            },
+        };
+        // Before c's restore: c had applied 9 of node 7 (its old id), and a too,
+        // by hearsay.
+        e.handle(known(vec![
+            ("a", 0, &[(7, 50)]),
+            ("b", 0, &[(7, 9)]),
+            ("c", 0, &[(7, 9)]),
+        ]));
+        assert_eq!(e.stability().seen.get(NodeId(7)), 9, "b has 9");
+        assert_eq!(
+            e.stability().seen.get(NodeId(1)),
+            3,
+            "a counts what it applied"
+        );
+        assert_eq!(e.stability().stable.get(NodeId(7)), 0, "a has none of 7");
+        // c, restored at time 100, holds 5 of them; b has 5 too by now.
+        e.handle(known(vec![("c", 100, &[(7, 5)]), ("b", 0, &[(7, 5)])]));
+        // Stale news of c's former self changes nothing.
+        e.handle(known(vec![("c", 0, &[(7, 9)])]));
+        let stability = e.stability();
+        assert_eq!(
+            stability.seen.get(NodeId(7)),
+            9,
+            "b said 9 before: b's own history"
+        );
+        e.handle(known(vec![("b", 1, &[(7, 5)])]));
+        assert_eq!(
+            e.stability().seen.get(NodeId(7)),
+            5,
+            "b restored too: 5 now"
         );
     }
 

@@ -18,8 +18,9 @@ use chorus_core::{ConflictRecord, Entry, KeyState, NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version; a peer speaking another is refused at the handshake.
-/// Version 2 split frames into pieces on the wire.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 2 split frames into pieces on the wire; version 4 tells members' incarnations
+/// in `Known` (a member restored from a backup starts a new one).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest frame a peer may send, in bytes of its encoding. Senders bound their
 /// frames by bytes far below this (a batch of entries, a part of a state transfer),
@@ -113,10 +114,10 @@ pub enum Frame {
         through_seq: u64,
         chunks: u64,
     },
-    /// The newest applied vector the sender knows for each cluster member (gossip
-    /// for causal stability).
+    /// The newest applied vector the sender knows for each cluster member, with the
+    /// member's incarnation it belongs to (gossip for causal stability).
     Known {
-        table: Vec<(String, VersionVector)>,
+        table: Vec<(String, u64, VersionVector)>,
     },
     Ping,
     Pong,
@@ -172,11 +173,14 @@ enum FrameV1 {
         chunks: u64,
     },
     Known {
-        table: Vec<(String, Vec<(u64, u64)>)>,
+        table: Vec<KnownV1>,
     },
     Ping,
     Pong,
 }
+
+/// A member's name, its incarnation, and its applied vector as `(node, counter)`.
+type KnownV1 = (String, u64, Vec<(u64, u64)>);
 
 fn vv_v1(vv: &VersionVector) -> Vec<(u64, u64)> {
     vv.iter().map(|(n, c)| (n.0, c)).collect()
@@ -248,7 +252,10 @@ impl Frame {
                 chunks: *chunks,
             },
             Frame::Known { table } => FrameV1::Known {
-                table: table.iter().map(|(n, vv)| (n.clone(), vv_v1(vv))).collect(),
+                table: table
+                    .iter()
+                    .map(|(n, i, vv)| (n.clone(), *i, vv_v1(vv)))
+                    .collect(),
             },
             Frame::Ping => FrameV1::Ping,
             Frame::Pong => FrameV1::Pong,
@@ -354,7 +361,10 @@ impl Frame {
                 chunks,
             },
             FrameV1::Known { table } => Frame::Known {
-                table: table.into_iter().map(|(n, vv)| (n, vv_from(&vv))).collect(),
+                table: table
+                    .into_iter()
+                    .map(|(n, i, vv)| (n, i, vv_from(&vv)))
+                    .collect(),
             },
             FrameV1::Ping => Frame::Ping,
             FrameV1::Pong => Frame::Pong,
@@ -414,7 +424,7 @@ mod tests {
                 buckets: vec![0, 255],
             },
             Frame::Known {
-                table: vec![("a".into(), VersionVector::from_entries([(NodeId(1), 4)]))],
+                table: vec![("a".into(), 7, VersionVector::from_entries([(NodeId(1), 4)]))],
             },
             Frame::StateAck,
             Frame::StateEnd {

@@ -144,18 +144,18 @@ pub(crate) async fn upload(
             }),
         }
     }
-    let is_member = |name: &str| {
-        cluster.as_ref().is_some_and(|c| {
-            c.cluster
-                .peer_status()
-                .iter()
-                .any(|p| p.name.as_str() == name)
-        })
-    };
-    let seen = cluster
+    let members = cluster
         .as_ref()
-        .map(|c| c.cluster.stability().seen)
+        .map(|c| c.cluster.cluster().names())
         .unwrap_or_default();
+    let is_member = |name: &str| members.iter().any(|m| m == name);
+    // Alone (no cluster) a node has nothing to wait for.
+    let stability = cluster.as_ref().map(|c| c.cluster.stability());
+    let seen = match &stability {
+        Some(s) if !s.heard_from_all => None,
+        Some(s) => Some(s.seen.clone()),
+        None => Some(Default::default()),
+    };
     let (answered, writes) = node
         .settle_doubt(
             device,
@@ -163,7 +163,7 @@ pub(crate) async fn upload(
             writes,
             &request.in_doubt_at,
             &is_member,
-            &seen,
+            seen.as_ref(),
         )
         .map_err(|doubt| {
             ApiError::new(

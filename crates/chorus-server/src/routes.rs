@@ -132,22 +132,26 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
 
 /// `GET /`: what this is, and where to go next; the feed's id (the part before `-`
 /// of its cursors), so that a client holding cursors of several nodes picks this
-/// node's; and how far the members' histories agree (`stable`: on every member,
-/// `seen`: on some), for devices deciding whether a write they gave a node is safe.
+/// node's; the cluster's members, and how far their histories agree (`stable`: on
+/// every member, `seen`: on some; `heard_from_all`: false for a while after the node
+/// starts, when both may miss what members hold), for devices deciding whether a
+/// write they gave a node is safe.
 async fn about(
     State(node): State<Node>,
     Extension(cluster): Extension<ClusterRef>,
 ) -> ApiResult<Json<Value>> {
     let feed = node.feed()?;
-    let (stable, seen) = match &cluster {
-        Some(c) => {
-            let stability = c.cluster.stability();
-            (stability.stable, stability.seen)
-        }
+    let (stability, members) = match &cluster {
+        Some(c) => (c.cluster.stability(), c.cluster.cluster().names()),
         // Alone, this node is every member.
         None => {
             let applied = node.replica().position()?.applied;
-            (applied.clone(), applied)
+            let stability = chorus_peer::replication::Stability {
+                stable: applied.clone(),
+                seen: applied,
+                heard_from_all: true,
+            };
+            (stability, vec![node.name().to_owned()])
         }
     };
     Ok(Json(json!({
@@ -156,8 +160,10 @@ async fn about(
         "node": node.name(),
         "feed": format!("{:016x}", feed.id),
         "feed_last": render::cursor(feed.id, feed.last_seq),
-        "stable": render::vector(&stable),
-        "seen": render::vector(&seen),
+        "stable": render::vector(&stability.stable),
+        "seen": render::vector(&stability.seen),
+        "heard_from_all": stability.heard_from_all,
+        "members": members,
         "api": "/v1 (docs/api.md; docs/openapi.json)",
         "status": "/v1/status",
     })))

@@ -200,9 +200,23 @@ pub fn describe_divergence(sim: &Sim) -> String {
     let replicas = sim.replicas();
     let reference = replicas[0];
     for other in &replicas[1..] {
-        for collection in ["s", "l", "h"] {
-            for key in crate::KEYS {
-                let (a, b) = (reference.get(collection, key), other.get(collection, key));
+        for collection in [
+            "s",
+            "l",
+            "h",
+            "d",
+            chorus_node::devices::DEVICES_COLLECTION,
+            "_collections",
+        ] {
+            // The workload's keys (deleted ones too), and any other either holds.
+            let listed = |node: &Node| node.list(collection, "", None, 10_000).expect("reads work");
+            let mut keys: Vec<String> = crate::KEYS.iter().map(|k| k.to_string()).collect();
+            keys.extend(listed(reference).keys);
+            keys.extend(listed(other).keys);
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                let (a, b) = (reference.get(collection, &key), other.get(collection, &key));
                 let (a, b) = (a.expect("reads work"), b.expect("reads work"));
                 if a.versions != b.versions {
                     return format!(

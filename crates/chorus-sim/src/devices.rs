@@ -29,6 +29,21 @@ pub struct SimDevice {
     read: BTreeMap<String, Context>,
     /// Per node, the greatest seq it answered (the device acknowledges it).
     answered: BTreeMap<String, u64>,
+    /// Writes a node took, kept until every member has them (as `chorus-device`
+    /// does), to go up again if that node is restored without them.
+    taken: Vec<TakenWrite>,
+}
+
+struct TakenWrite {
+    key: String,
+    seq: u64,
+    value: Vec<u8>,
+    context: Option<Context>,
+    /// The node that took it: its name, and its id then (a restored node has a new
+    /// one, as it has a new feed).
+    node: String,
+    node_id: chorus_node::NodeId,
+    dot: Dot,
 }
 
 struct Pending {
@@ -53,6 +68,21 @@ pub struct Devices {
     pub superseding_without_dot: Vec<(String, VersionVector)>,
     /// Values of writes taken again after the node they were in doubt at left.
     pub may_show_twice: BTreeSet<Vec<u8>>,
+    /// Device writes `(device, seq)` a restore lost, and those their device queued
+    /// again (or replaced by a later write of its own).
+    pub lost: BTreeSet<(u128, u64)>,
+    pub requeued: BTreeSet<(u128, u64)>,
+}
+
+impl Devices {
+    /// Notes the device writes among `dots` (writes a restore lost).
+    pub(crate) fn lost_to_restore(&mut self, dots: &[Dot]) {
+        for (write, dot) in &self.taken {
+            if dots.contains(dot) {
+                self.lost.insert(*write);
+            }
+        }
+    }
 }
 
 impl Sim {
@@ -67,6 +97,7 @@ impl Sim {
                 pending: BTreeMap::new(),
                 read: BTreeMap::new(),
                 answered: BTreeMap::new(),
+                taken: Vec::new(),
             })
             .collect();
         self.devices = Some(Devices {
@@ -91,6 +122,13 @@ impl Sim {
             .collect();
         if up.is_empty() {
             return Ok(());
+        }
+        if self.device_rng.chance(3) {
+            self.take_backup();
+            return Ok(());
+        }
+        if self.device_rng.chance(2) {
+            return self.restore_from_backup();
         }
         let i = up[self.device_rng.below(up.len() as u64) as usize];
         if self.device_rng.chance(10) {
@@ -144,6 +182,7 @@ impl Sim {
     ) -> Result<(), String> {
         let name = self.nodes[i].name.clone();
         let members: BTreeSet<String> = self.cluster.members.iter().cloned().collect();
+        self.check_taken(d, i);
         let devices = self.devices.as_mut().expect("devices are on");
         let device = &mut devices.devices[d];
         let mut sent: Vec<(String, DeviceWrite)> = device
@@ -177,14 +216,15 @@ impl Sim {
             .clone();
         let writes: Vec<DeviceWrite> = sent.iter().map(|(_, w)| w.clone()).collect();
         let is_member = |n: &str| members.contains(n);
-        let seen = self.running(i).engine.stability().seen;
+        let stability = self.running(i).engine.stability();
+        let seen = stability.heard_from_all.then_some(stability.seen);
         let (mut outcomes, to_take) = match node.settle_doubt(
             id,
             DEVICE_COLLECTION,
             writes,
             &in_doubt_at,
             &is_member,
-            &seen,
+            seen.as_ref(),
         ) {
             Ok(settled) => settled,
             Err(_) => {
@@ -301,6 +341,17 @@ impl Sim {
             UploadOutcome::Taken { ack, .. } => ack.hlc,
             _ => chorus_core::Hlc(u64::MAX),
         };
+        if let Some(value) = written(write) {
+            devices.devices[d].taken.push(TakenWrite {
+                key: key.clone(),
+                seq,
+                value,
+                context: write.context.clone(),
+                node: self.nodes[i].name.clone(),
+                node_id: self.nodes[i].id,
+                dot,
+            });
+        }
         if devices.taken.insert((id.0, seq), dot).is_none() {
             self.acked.push(Acked {
                 node: self.nodes[i].name.clone(),
@@ -319,14 +370,60 @@ impl Sim {
         Ok(())
     }
 
-    /// Once the cluster healed: every device uploads until nothing is pending (what
-    /// is in doubt settles once the nodes' records have replicated).
+    /// As `chorus-device` does at each sync with node `i`: forgets the taken writes
+    /// every member has (`stable`), and queues again those their node lost (`i` took
+    /// them and has a new id: restored; or their node left), when no member has them
+    /// (`seen`) and the members agree on their origin (`stable` equals `seen`
+    /// there), unless the device wrote the key since.
+    fn check_taken(&mut self, d: usize, i: usize) {
+        let stability = self.running(i).engine.stability();
+        let members = self.cluster.members.clone();
+        let (name, id) = (self.nodes[i].name.clone(), self.nodes[i].id);
+        let devices = self.devices.as_mut().expect("on");
+        let device = &mut devices.devices[d];
+        let mut kept = Vec::new();
+        for t in std::mem::take(&mut device.taken) {
+            let origin = t.dot.node;
+            let taker_lost = (t.node == name && t.node_id != id) || !members.contains(&t.node);
+            let lost_here = taker_lost
+                && stability.heard_from_all
+                && !stability.seen.covers(t.dot)
+                && stability.stable.get(origin) == stability.seen.get(origin);
+            if stability.stable.covers(t.dot) {
+                continue;
+            }
+            if !lost_here {
+                kept.push(t);
+                continue;
+            }
+            devices.requeued.insert((device.id.0, t.seq));
+            if device.pending.contains_key(&t.key) {
+                continue; // Written since: that write replaces it.
+            }
+            let seq = device.next_seq;
+            device.next_seq += 1;
+            device.pending.insert(
+                t.key,
+                Pending {
+                    seq,
+                    value: t.value,
+                    context: t.context,
+                    in_doubt_at: BTreeSet::new(),
+                },
+            );
+        }
+        device.taken = kept;
+    }
+
+    /// Once the cluster healed: every device syncs until nothing is pending (what is
+    /// in doubt settles once the nodes' records have replicated) and it keeps no
+    /// taken write (each is on every member, or went up again).
     pub(crate) fn flush_devices(&mut self) -> Result<(), String> {
         let Some(count) = self.devices.as_ref().map(|d| d.devices.len()) else {
             return Ok(());
         };
         let members = self.members();
-        for _round in 0..20 {
+        for _round in 0..60 {
             for d in 0..count {
                 for &i in &members {
                     self.device_sync(d, i, false)?;
@@ -338,13 +435,27 @@ impl Sim {
                 .expect("on")
                 .devices
                 .iter()
-                .any(|d| !d.pending.is_empty());
+                .any(|d| !d.pending.is_empty() || !d.taken.is_empty());
             if !pending {
                 return Ok(());
             }
             self.advance(1_000);
         }
-        Err("device writes still pending after the cluster healed".into())
+        Err("device writes still pending, or not on every member, after the cluster healed".into())
+    }
+}
+
+/// Every device write a restore lost went up again (or its device wrote the key
+/// since): nothing a device was told was taken is lost.
+pub(crate) fn check_lost_requeued(sim: &Sim) -> Result<(), String> {
+    let Some(devices) = &sim.devices else {
+        return Ok(());
+    };
+    match devices.lost.difference(&devices.requeued).next() {
+        Some((device, seq)) => Err(format!(
+            "device {device:032x} write {seq} was lost by a restore and never went up again"
+        )),
+        None => Ok(()),
     }
 }
 

@@ -35,6 +35,7 @@ mod devices;
 pub mod disk;
 mod membership;
 mod network;
+mod restores;
 pub mod rng;
 
 use chorus_core::crdt::{OpError, Operation, Update};
@@ -91,6 +92,10 @@ pub struct Report {
     pub device_in_doubt_refusals: u64,
     /// With devices: records of devices the nodes expired.
     pub device_records_expired: u64,
+    /// With devices: acknowledged writes lost by restoring their node from a backup
+    /// older than them (device writes among them go up again from their devices).
+    pub writes_lost_to_restores: u64,
+    pub device_writes_requeued: u64,
     pub faults: BTreeMap<&'static str, u64>,
     pub sim_ms: u64,
 }
@@ -113,6 +118,8 @@ impl Report {
         self.device_answers_lost += other.device_answers_lost;
         self.device_in_doubt_refusals += other.device_in_doubt_refusals;
         self.device_records_expired += other.device_records_expired;
+        self.writes_lost_to_restores += other.writes_lost_to_restores;
+        self.device_writes_requeued += other.device_writes_requeued;
         self.sim_ms += other.sim_ms;
         for (kind, n) in &other.faults {
             *self.faults.entry(kind).or_default() += n;
@@ -140,6 +147,8 @@ struct SimNode {
     clock: Arc<NodeClock>,
     /// `None` while crashed, and before joining or after leaving the cluster.
     running: Option<Running>,
+    /// Its latest backup ([`restores`]).
+    backup: Option<SimDisk>,
 }
 
 /// A running node process: the replica, its engine, its link decisions.
@@ -251,6 +260,7 @@ impl Sim {
                     offset_ms: AtomicI64::new(0),
                 }),
                 running: None,
+                backup: None,
             })
             .collect();
         // A short retention bound in half of the runs, so that op logs are collected
@@ -430,9 +440,11 @@ impl Sim {
             self.report.device_writes_taken = devices.taken.len() as u64;
             self.report.device_answers_lost = devices.answers_lost;
             self.report.device_in_doubt_refusals = devices.in_doubt_refusals;
+            self.report.device_writes_requeued = devices.requeued.len() as u64;
         }
         checks::check(&self)?;
         devices::check_no_duplicate(&self)?;
+        devices::check_lost_requeued(&self)?;
         self.report.writes_acked = self.acked.len() as u64;
         self.report.sim_ms = self.now();
         Ok(self.report)

@@ -88,11 +88,14 @@ fn main() -> ExitCode {
     if args.devices {
         println!(
             "devices: {} writes taken, {} upload answers lost, {} uploads refused while in doubt elsewhere, \
-             {} records of devices expired",
+             {} records of devices expired; {} acknowledged writes lost to restores from backups, \
+             {} device writes queued again",
             totals.device_writes_taken,
             totals.device_answers_lost,
             totals.device_in_doubt_refusals,
-            totals.device_records_expired
+            totals.device_records_expired,
+            totals.writes_lost_to_restores,
+            totals.device_writes_requeued
         );
     }
     println!("faults injected:");

@@ -34,6 +34,12 @@ const META_FORMAT: &str = "format";
 const META_NODE: &str = "node";
 /// The feed: its id and the last change sequence given (16 bytes, little endian).
 const META_FEED: &str = "feed";
+/// The node ids this replica had before restores from backups (8 bytes each, little
+/// endian), oldest first.
+const META_FORMER_IDS: &str = "former_ids";
+/// When the replica was last restored from a backup (wall-clock ms, 8 bytes little
+/// endian; absent: never).
+const META_INCARNATION: &str = "incarnation";
 
 /// Where the change feed stands: its id and the last change sequence given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +122,25 @@ fn split_storage_key(bytes: &[u8]) -> Result<(String, String), StoreError> {
 pub struct Store {
     db: Database,
     meta: NodeMeta,
+    former_ids: Vec<u64>,
+    incarnation: u64,
+}
+
+/// The redb database on `backend`; `name` stands for its path in errors.
+fn backend_database(backend: impl StorageBackend, name: &str) -> Result<Database, OpenError> {
+    Database::builder()
+        .create_with_backend(backend)
+        .map_err(|source| OpenError::Database {
+            path: name.to_owned(),
+            source,
+        })
+}
+
+fn decode_ids(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("chunks of 8")))
+        .collect()
 }
 
 /// Copies every row of `table` from `source` into `target`.
@@ -188,13 +213,7 @@ impl Store {
         name: &str,
         init: impl FnOnce() -> NodeMeta,
     ) -> Result<Store, OpenError> {
-        let db = Database::builder()
-            .create_with_backend(backend)
-            .map_err(|source| OpenError::Database {
-                path: name.to_owned(),
-                source,
-            })?;
-        Store::init(db, name.to_owned(), init)
+        Store::init(backend_database(backend, name)?, name.to_owned(), init)
     }
 
     fn init(
@@ -203,8 +222,16 @@ impl Store {
         init: impl FnOnce() -> NodeMeta,
     ) -> Result<Store, OpenError> {
         let txn = db.begin_write().map_err(StoreError::from)?;
+        let mut former_ids = Vec::new();
+        let mut incarnation = 0;
         let meta = {
             let mut meta_table = txn.open_table(META).map_err(StoreError::from)?;
+            if let Some(bytes) = meta_table.get(META_FORMER_IDS).map_err(StoreError::from)? {
+                former_ids = decode_ids(bytes.value());
+            }
+            if let Some(bytes) = meta_table.get(META_INCARNATION).map_err(StoreError::from)? {
+                incarnation = decode_ids(bytes.value()).first().copied().unwrap_or(0);
+            }
             let format = meta_table
                 .get(META_FORMAT)
                 .map_err(StoreError::from)?
@@ -251,7 +278,12 @@ impl Store {
         txn.open_table(PEERS).map_err(StoreError::from)?;
         index_existing_keys(&txn)?;
         txn.commit().map_err(StoreError::from)?;
-        Ok(Store { db, meta })
+        Ok(Store {
+            db,
+            meta,
+            former_ids,
+            incarnation,
+        })
     }
 
     /// Writes a consistent copy of the whole store (one read transaction) to a new
@@ -281,6 +313,39 @@ impl Store {
             path: shown.clone(),
             source,
         })?;
+        let mut feed_id = [0u8; 8];
+        getrandom::fill(&mut feed_id).map_err(|e| {
+            OpenError::Store(StoreError::Corrupted {
+                table: "meta",
+                reason: format!("cannot draw the feed id: {e}"),
+            })
+        })?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        Store::become_new_replica(db, shown, node_id, u64::from_le_bytes(feed_id), now_ms)
+    }
+
+    /// [`Store::restore_as_new_replica`] on any redb backend (the simulator's disks),
+    /// with the new feed id and the time of the restore (`now_ms`) given.
+    pub fn restore_backend_as_new_replica(
+        backend: impl StorageBackend,
+        name: &str,
+        node_id: u64,
+        feed_id: u64,
+        now_ms: u64,
+    ) -> Result<NodeMeta, OpenError> {
+        let db = backend_database(backend, name)?;
+        Store::become_new_replica(db, name.to_owned(), node_id, feed_id, now_ms)
+    }
+
+    fn become_new_replica(
+        db: Database,
+        shown: String,
+        node_id: u64,
+        feed_id: u64,
+        now_ms: u64,
+    ) -> Result<NodeMeta, OpenError> {
         let mut not_a_store = false;
         let store = Store::init(db, shown.clone(), || {
             not_a_store = true;
@@ -301,8 +366,17 @@ impl Store {
             node_id,
             ..store.meta.clone()
         };
+        let mut former_ids = store.former_ids.clone();
+        former_ids.push(store.meta.node_id);
         store.write(|batch| {
             batch.set_meta(&meta)?;
+            let ids: Vec<u8> = former_ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+            batch.meta.insert(META_FORMER_IDS, ids.as_slice())?;
+            // Later than any incarnation before it, whatever the clock says.
+            let incarnation = now_ms.max(store.incarnation + 1);
+            batch
+                .meta
+                .insert(META_INCARNATION, incarnation.to_le_bytes().as_slice())?;
             let cursors: Vec<u64> = batch
                 .peers
                 .iter()?
@@ -311,12 +385,7 @@ impl Store {
             for peer in cursors {
                 batch.peers.remove(peer)?;
             }
-            let mut id = [0u8; 8];
-            getrandom::fill(&mut id).map_err(|e| StoreError::Corrupted {
-                table: "meta",
-                reason: format!("cannot draw the feed id: {e}"),
-            })?;
-            batch.feed.id = u64::from_le_bytes(id);
+            batch.feed.id = feed_id;
             batch.feed_moved = true;
             Ok(())
         })?;
@@ -326,6 +395,17 @@ impl Store {
     /// The node meta as it was when the store was opened.
     pub fn meta_at_open(&self) -> &NodeMeta {
         &self.meta
+    }
+
+    /// The node ids this replica had before it was restored from backups (see
+    /// [`Store::restore_as_new_replica`]), oldest first.
+    pub fn former_ids(&self) -> &[u64] {
+        &self.former_ids
+    }
+
+    /// When this replica was last restored from a backup (wall-clock ms; 0: never).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Runs `f` in one write transaction and commits it durably (fsync) when `f`

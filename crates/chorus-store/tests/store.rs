@@ -210,3 +210,38 @@ fn the_feed_lists_each_key_once_at_its_latest_write() {
     assert_eq!(keys.iter().filter(|k| *k == "b").count(), 1, "{keys:?}");
     assert_eq!(keys.last().unwrap(), "b");
 }
+
+/// A store restored as a new replica gets the new id, remembers its former ids, and
+/// starts a later incarnation than any before it; a plain reopen changes none of it.
+#[test]
+fn a_restored_store_remembers_its_former_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    {
+        let store = Store::open(&path, meta).unwrap();
+        assert_eq!((store.former_ids(), store.incarnation()), (&[][..], 0));
+    }
+    Store::restore_as_new_replica(&path, 8).unwrap();
+    let (first, incarnation) = {
+        let store = Store::open(&path, meta).unwrap();
+        assert_eq!(store.meta_at_open().node_id, 8);
+        assert_eq!(store.former_ids(), [7]);
+        assert!(store.incarnation() > 0);
+        (
+            store.read().unwrap().feed().unwrap().id,
+            store.incarnation(),
+        )
+    };
+    Store::restore_as_new_replica(&path, 9).unwrap();
+    let store = Store::open(&path, meta).unwrap();
+    assert_eq!(store.former_ids(), [7, 8]);
+    assert!(
+        store.incarnation() > incarnation,
+        "later than the one before"
+    );
+    assert_ne!(
+        store.read().unwrap().feed().unwrap().id,
+        first,
+        "a new feed"
+    );
+}

@@ -204,9 +204,17 @@ fn an_upload_retried_anywhere_is_taken_once() {
     assert_eq!(refused.status, 503, "{}", refused.text);
     assert_eq!(refused.body["error"], "in_doubt");
     assert_eq!(digest(&b), digest_before);
+    // A node that is not a member: taken, once n1 has heard what every member holds
+    // (none has writes of it that n1 lacks); until then it could not tell.
     let gone = json!({"device": device, "in_doubt_at": ["gone"], "writes": [
         {"seq": 3, "key": "k3", "value": {"v": 3}}]});
-    assert_eq!(upload(&b, gone).body["results"][0]["key"], "k3");
+    wait_until(
+        "n1 to hear from every member",
+        Duration::from_secs(60),
+        || get(&format!("{b}/")).body["heard_from_all"] == true,
+    );
+    let taken = upload(&b, gone);
+    assert_eq!(taken.body["results"][0]["key"], "k3", "{}", taken.text);
 
     // What is not an upload is refused whole; a write that cannot be read is refused
     // on its own: nothing changes either way.
