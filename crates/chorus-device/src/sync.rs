@@ -75,9 +75,10 @@ impl Access {
         }
     }
 
-    /// A client of the one node at `url`, with these credentials.
-    fn client(&self, url: &str) -> Result<Client, DeviceError> {
-        let mut client = Client::new([url])?;
+    /// A client of the one node at `url`, with these credentials, naming `device`
+    /// (nodes count what devices download apart).
+    fn client(&self, url: &str, device: &str) -> Result<Client, DeviceError> {
+        let mut client = Client::new([url])?.with_header("Chorus-Device", device);
         if let Some(pem) = &self.ca_pem {
             client = client.with_ca(pem)?;
         }
@@ -104,7 +105,7 @@ pub(crate) fn wait_for_changes(
     };
     let mut tried = Vec::new();
     for url in urls {
-        let client = access.client(url)?;
+        let client = access.client(url, &local.id())?;
         let about = match client.call("GET", "/", None, None) {
             Ok(about) => about,
             Err(e) => {
@@ -179,7 +180,7 @@ pub(crate) fn sync(
 ) -> Result<SyncReport, DeviceError> {
     let mut tried = Vec::new();
     for url in urls {
-        let client = access.client(url)?;
+        let client = access.client(url, &local.id())?;
         match sync_with(local, &client, subscription, progress) {
             Ok(report) => return Ok(report),
             // Down, or cut off mid-way: what was sent is remembered; try the next.

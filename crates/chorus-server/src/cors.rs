@@ -23,7 +23,7 @@ impl CorsOrigins {
 }
 
 const ALLOWED_HEADERS: &str =
-    "authorization, content-type, chorus-context, chorus-lock-token, last-event-id";
+    "authorization, content-type, chorus-context, chorus-lock-token, chorus-device, last-event-id";
 const EXPOSED_HEADERS: &str = "chorus-home, retry-after";
 
 pub(crate) async fn cors(

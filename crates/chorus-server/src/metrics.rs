@@ -83,6 +83,24 @@ const METRICS: &[(&str, Kind, bool, &str)] = &[
         "Writes of device uploads this node took or answered as taken before.",
     ),
     (
+        "chorus_device_requests_total",
+        Kind::Counter,
+        true,
+        "Requests of device replicas (Chorus-Device header), by route: uploads, feed pages, range and bulk reads.",
+    ),
+    (
+        "chorus_device_bytes_total",
+        Kind::Counter,
+        true,
+        "Body bytes device replicas sent (up) and were answered (down, before compression).",
+    ),
+    (
+        "chorus_device_records_expired_total",
+        Kind::Counter,
+        false,
+        "Records of devices this node deleted once their answers were received and old.",
+    ),
+    (
         "chorus_devices_seen",
         Kind::Gauge,
         false,
@@ -314,6 +332,17 @@ pub fn record_process() {
 }
 
 /// Counts a request and its time, by the route it matched.
+/// The header a device replica sends with every request (its id).
+pub const DEVICE_HEADER: &str = "chorus-device";
+
+fn body_bytes(headers: &axum::http::HeaderMap) -> u64 {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub(crate) async fn track(
     matched: Option<axum::extract::MatchedPath>,
     request: axum::extract::Request,
@@ -322,7 +351,20 @@ pub(crate) async fn track(
     let route = matched.map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
+    // Device replicas name themselves: their downloads and bytes are counted apart.
+    let device_bytes_up = request
+        .headers()
+        .contains_key(DEVICE_HEADER)
+        .then(|| body_bytes(request.headers()));
     let response = next.run(request).await;
+    if let Some(up) = device_bytes_up {
+        let down = axum::body::HttpBody::size_hint(response.body())
+            .exact()
+            .unwrap_or(0);
+        metrics::counter!("chorus_device_requests_total", "route" => route.clone()).increment(1);
+        metrics::counter!("chorus_device_bytes_total", "direction" => "up").increment(up);
+        metrics::counter!("chorus_device_bytes_total", "direction" => "down").increment(down);
+    }
     let status = response.status().as_u16().to_string();
     metrics::counter!("chorus_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);

@@ -650,24 +650,33 @@ fn devices_whose_links_drop_mid_sync_switch_nodes_and_lose_nothing() {
     for (i, device) in devices.iter().enumerate() {
         for j in 0..3 {
             let key = format!("d{i:02}-{j}");
-            device.put("notes", &key, &json!({"device": i, "n": j})).unwrap();
+            device
+                .put("notes", &key, &json!({"device": i, "n": j}))
+                .unwrap();
         }
         let shared = format!("shared-{}", i % 3);
         device.put("notes", &shared, &json!({"by": i})).unwrap();
     }
     // Syncs cut on every node, and those where an upload's answer was lost.
     let (mut cut, mut uncertain) = (0, 0);
-    wait_until("every device to have nothing pending", Duration::from_secs(120), || {
-        for (i, device) in devices.iter().enumerate() {
-            let urls: Vec<String> = (0..3).map(|k| proxies[(i + k) % 3].clone()).collect();
-            if let Err(e) = device.sync(&urls, &notes, &mut |_| {}) {
-                cut += 1;
-                uncertain += usize::from(e.to_string().contains("may or may not"));
+    wait_until(
+        "every device to have nothing pending",
+        Duration::from_secs(120),
+        || {
+            for (i, device) in devices.iter().enumerate() {
+                let urls: Vec<String> = (0..3).map(|k| proxies[(i + k) % 3].clone()).collect();
+                if let Err(e) = device.sync(&urls, &notes, &mut |_| {}) {
+                    cut += 1;
+                    uncertain += usize::from(e.to_string().contains("may or may not"));
+                }
             }
-        }
-        devices.iter().all(|d| d.pending().unwrap() == 0)
-    });
-    assert!(cut > 0 && uncertain > 0, "{cut} syncs cut, {uncertain} with answers lost");
+            devices.iter().all(|d| d.pending().unwrap() == 0)
+        },
+    );
+    assert!(
+        cut > 0 && uncertain > 0,
+        "{cut} syncs cut, {uncertain} with answers lost"
+    );
     cluster.wait_converged(Duration::from_secs(60));
     let direct: Vec<String> = (0..3).map(|n| cluster.url(n)).collect();
     for device in &devices {
@@ -694,7 +703,11 @@ fn devices_whose_links_drop_mid_sync_switch_nodes_and_lose_nothing() {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            assert_eq!(server_values(&read.body), writers, "node {n}: one version per writer");
+            assert_eq!(
+                server_values(&read.body),
+                writers,
+                "node {n}: one version per writer"
+            );
         }
     }
     let base = cluster.url(0);
@@ -979,6 +992,17 @@ fn a_device_record_expires_once_its_answers_were_received() {
         let read = get(&format!("{}/v1/docs/notes/{key}", node.url));
         assert_eq!(read.body["value"], json!({"v": value}), "{}", read.text);
     }
+    // What devices did, in the node's metrics.
+    let metrics = get(&format!("{}/metrics", node.url)).text;
+    let value = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"))
+    };
+    assert_eq!(value("chorus_device_records_expired_total"), 1.0);
+    assert!(value("chorus_device_bytes_total{direction=\"down\"}") > 0.0);
+    assert!(value("chorus_device_requests_total{route=\"/v1/changes\"}") >= 2.0);
 }
 
 /// `chorus device sync --live` hears of a change on the node as it happens (a long
