@@ -1,0 +1,161 @@
+//! Laws of the sequence CRDT, on random histories: replicas that applied the same
+//! operations, in any causal order and with duplicates, show the same text; runs
+//! typed concurrently at one place, forwards or backwards, never interleave.
+
+use chorus_text::{Op, Text};
+use proptest::prelude::*;
+use std::collections::HashSet;
+
+/// One step of a history.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Replica `replica` inserts `text` at a place chosen by `at` (a fraction).
+    Insert {
+        replica: usize,
+        at: f64,
+        text: String,
+    },
+    /// It deletes up to `len` characters from a place chosen by `at`.
+    Delete { replica: usize, at: f64, len: u64 },
+    /// Replica `to` takes the first `count` operations `from` has seen, in the order
+    /// `from` saw them (a causal order), some of them again.
+    Sync {
+        from: usize,
+        to: usize,
+        count: usize,
+    },
+}
+
+fn step(replicas: usize) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0..replicas, 0.0..=1.0, "[a-cé🎉]{1,3}")
+            .prop_map(|(replica, at, text)| Step::Insert { replica, at, text }),
+        1 => (0..replicas, 0.0..=1.0, 1..4u64)
+            .prop_map(|(replica, at, len)| Step::Delete { replica, at, len }),
+        2 => (0..replicas, 0..replicas, 0..40usize)
+            .prop_map(|(from, to, count)| Step::Sync { from, to, count }),
+    ]
+}
+
+/// A replica and the operations it has seen, in the order it saw them.
+struct Replica {
+    text: Text,
+    log: Vec<usize>,
+    seen: HashSet<usize>,
+}
+
+fn run(replicas: usize, steps: &[Step]) -> Vec<String> {
+    let mut all: Vec<Op> = Vec::new();
+    let mut rs: Vec<Replica> = (0..replicas)
+        .map(|_| Replica {
+            text: Text::new(),
+            log: Vec::new(),
+            seen: HashSet::new(),
+        })
+        .collect();
+    let deliver = |rs: &mut Vec<Replica>, all: &[Op], from: usize, to: usize, count: usize| {
+        let ops: Vec<usize> = rs[from].log.iter().take(count).copied().collect();
+        for id in ops {
+            rs[to].text.apply(&all[id]).expect("causal delivery");
+            if rs[to].seen.insert(id) {
+                rs[to].log.push(id);
+            }
+        }
+    };
+    for step in steps {
+        match step {
+            Step::Insert { replica, at, text } => {
+                let r = &mut rs[*replica];
+                let pos = (r.text.len() as f64 * at) as u64;
+                let op = r.text.insert(*replica as u64 + 1, pos, text);
+                all.push(op);
+                r.seen.insert(all.len() - 1);
+                r.log.push(all.len() - 1);
+            }
+            Step::Delete { replica, at, len } => {
+                let r = &mut rs[*replica];
+                let shown = r.text.len();
+                if shown == 0 {
+                    continue;
+                }
+                let pos = ((shown as f64 * at) as u64).min(shown - 1);
+                for op in r.text.delete(pos, (*len).min(shown - pos)) {
+                    all.push(op);
+                    r.seen.insert(all.len() - 1);
+                    r.log.push(all.len() - 1);
+                }
+            }
+            Step::Sync { from, to, count } => deliver(&mut rs, &all, *from, *to, *count),
+        }
+    }
+    // Everyone takes everything, each from the others in its own order.
+    for to in 0..replicas {
+        for k in 1..=replicas {
+            let from = (to + k) % replicas;
+            deliver(&mut rs, &all, from, to, usize::MAX);
+        }
+    }
+    rs.iter().map(|r| r.text.to_string()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn replicas_that_saw_the_same_operations_show_the_same_text(
+        (replicas, steps) in (3..=5usize).prop_flat_map(|n| (Just(n), prop::collection::vec(step(n), 1..80)))
+    ) {
+        let texts = run(replicas, &steps);
+        for text in &texts[1..] {
+            prop_assert_eq!(text, &texts[0]);
+        }
+    }
+
+    #[test]
+    fn concurrent_runs_at_one_place_never_interleave(
+        base in "[a-z]{0,6}",
+        at in 0.0..=1.0f64,
+        runs in prop::collection::vec(("[A-Z]{1,6}", any::<bool>()), 2..=4),
+    ) {
+        // Every replica holds the base; each types its run at one place, forwards
+        // (each character after the one before) or backwards (each at the place).
+        let mut origin = Text::new();
+        let base_op = (!base.is_empty()).then(|| origin.insert(100, 0, &base));
+        let pos = (base.chars().count() as f64 * at) as u64;
+        let mut replicas: Vec<Text> = Vec::new();
+        let mut ops: Vec<Vec<Op>> = Vec::new();
+        for (r, (run, forwards)) in runs.iter().enumerate() {
+            let mut text = Text::new();
+            if let Some(op) = &base_op {
+                text.apply(op).unwrap();
+            }
+            let chars: Vec<char> = run.chars().collect();
+            let mut made = Vec::new();
+            for i in 0..chars.len() {
+                made.push(if *forwards {
+                    text.insert(r as u64 + 1, pos + i as u64, &chars[i].to_string())
+                } else {
+                    text.insert(r as u64 + 1, pos, &chars[chars.len() - 1 - i].to_string())
+                });
+            }
+            replicas.push(text);
+            ops.push(made);
+        }
+        for (r, text) in replicas.iter_mut().enumerate() {
+            for (o, made) in ops.iter().enumerate() {
+                if o != r {
+                    for op in made {
+                        text.apply(op).unwrap();
+                    }
+                }
+            }
+        }
+        let merged = replicas[0].to_string();
+        for text in &replicas[1..] {
+            prop_assert_eq!(&text.to_string(), &merged);
+        }
+        for (run, _) in &runs {
+            prop_assert!(merged.contains(run.as_str()), "{run} interleaved in {merged}");
+        }
+    }
+}
