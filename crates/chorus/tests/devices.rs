@@ -635,7 +635,7 @@ fn answer_dropping_proxy(target: String) -> String {
 fn devices_whose_links_drop_mid_sync_switch_nodes_and_lose_nothing() {
     let cluster = Cluster::start(3, "topology = \"mesh\"");
     let dir = tempfile::tempdir().unwrap();
-    const DEVICES: usize = 24;
+    const DEVICES: usize = 50;
     let proxies: Vec<String> = (0..3)
         .map(|n| {
             flaky_proxy(cluster.url(n), move |i, _| match (i + n as u64) % 35 {
