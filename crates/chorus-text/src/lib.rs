@@ -176,23 +176,17 @@ impl Text {
     /// Inserts `text` at character `pos` (at most [`Text::len`]) as `agent`; answers
     /// the operation to send to the other replicas.
     pub fn insert(&mut self, agent: u64, pos: u64, text: &str) -> Op {
-        assert!(pos <= self.len(), "insert at {pos} of {}", self.len());
         let len = text.chars().count() as u64;
-        let index = self.index_of_visible(pos);
-        let origin_left = index.checked_sub(1).map(|i| self.id_at(i));
-        let origin_right = (index < self.items()).then(|| self.id_at(index));
+        let at = self.visible_place(pos);
+        let origin_left = self.before(at);
+        let origin_right = self.id_at(at);
         let next = self.next.entry(agent).or_insert(0);
         let id = Id { agent, seq: *next };
         *next += len;
-        let op = Op::Insert {
-            id,
-            origin_left,
-            origin_right,
-            text: text.to_owned(),
-        };
         if len > 0 {
+            let at = self.split_at(at);
             self.put_run(
-                index,
+                at,
                 Run {
                     id,
                     len,
@@ -203,30 +197,23 @@ impl Text {
                 },
             );
         }
-        op
+        Op::Insert {
+            id,
+            origin_left,
+            origin_right,
+            text: text.to_owned(),
+        }
     }
 
     /// Deletes `len` characters from character `pos`; answers the operations to send
     /// (one per run of ids).
     pub fn delete(&mut self, pos: u64, len: u64) -> Vec<Op> {
-        assert!(
-            pos + len <= self.len(),
-            "delete {pos}+{len} of {}",
-            self.len()
-        );
+        let shown = self.len();
+        assert!(pos + len <= shown, "delete {pos}+{len} of {shown}");
         let mut ops: Vec<Op> = Vec::new();
         let mut left = len;
         while left > 0 {
-            let index = self.index_of_visible(pos);
-            let at = self.boundary(index);
-            let run_len = self.chunks[at.chunk].runs[at.run].len;
-            let take = left.min(run_len);
-            if take < run_len {
-                self.boundary(index + take);
-            }
-            let at = self.locate(index);
-            let id = self.chunks[at.chunk].runs[at.run].id;
-            self.mark_deleted(at);
+            let (id, take) = self.delete_from(self.visible_place(pos), left);
             match ops.last_mut() {
                 Some(Op::Delete { id: last, len }) if last.plus(*len) == id => *len += take,
                 _ => ops.push(Op::Delete { id, len: take }),
@@ -251,8 +238,9 @@ impl Text {
                     return Ok(());
                 }
                 let index = self.integrate(*id, *origin_left, *origin_right)?;
+                let at = self.split_at(self.locate(index));
                 self.put_run(
-                    index,
+                    at,
                     Run {
                         id: *id,
                         len,
@@ -271,15 +259,7 @@ impl Text {
                 while done < *len {
                     let part = id.plus(done);
                     let at = self.find(part).ok_or(Missing(part))?;
-                    let index = self.index_at(at);
-                    let at = self.boundary(index);
-                    let run_len = self.chunks[at.chunk].runs[at.run].len;
-                    let take = (*len - done).min(run_len);
-                    if take < run_len {
-                        self.boundary(index + take);
-                    }
-                    self.mark_deleted(self.locate(index));
-                    done += take;
+                    done += self.delete_from(at, *len - done).1;
                 }
                 Ok(())
             }
@@ -343,42 +323,76 @@ impl Text {
         Ok(dest)
     }
 
-    /// Puts `run` at item index `index`, merged into the run before it when it
-    /// continues it.
-    fn put_run(&mut self, index: u64, run: Run) {
-        let at = self.boundary(index);
-        let (chunk, slot) = if at.chunk < self.chunks.len() {
-            (at.chunk, at.run)
-        } else if let Some(last) = self.chunks.len().checked_sub(1) {
-            (last, self.chunks[last].runs.len())
-        } else {
+    /// Puts `run` at `at` (the start of a run, or the end), merged into the run
+    /// before it when it continues it.
+    fn put_run(&mut self, at: At, run: Run) {
+        if self.chunks.is_empty() {
             self.chunks.push(Chunk::default());
-            (0, 0)
-        };
-        // The run before the slot: in this chunk, or at the end of the one before.
-        let before = match (slot, chunk) {
-            (0, 0) => None,
-            (0, c) => Some((c - 1, self.chunks[c - 1].runs.len() - 1)),
-            (s, c) => Some((c, s - 1)),
-        };
-        if let Some((c, r)) = before
-            && self.chunks[c].runs[r].continued_by(&run)
+        }
+        let (chunk, slot) = self.slot(at).expect("a chunk");
+        if let Some(before) = self.run_before(chunk, slot)
+            && self.chunks[before.chunk].runs[before.run].continued_by(&run)
         {
-            let chunk = &mut self.chunks[c];
-            chunk.runs[r].len += run.len;
-            chunk.runs[r].text.push_str(&run.text);
+            let chunk = &mut self.chunks[before.chunk];
+            chunk.runs[before.run].len += run.len;
+            chunk.runs[before.run].text.push_str(&run.text);
             chunk.items += run.len;
             chunk.visible += run.visible();
             return;
         }
-        self.chunks[chunk].runs.insert(slot, run);
-        self.balance(chunk);
+        let chunk_ref = &mut self.chunks[chunk];
+        chunk_ref.items += run.len;
+        chunk_ref.visible += run.visible();
+        chunk_ref.runs.insert(slot, run);
+        let _ = self.balance(chunk);
+    }
+
+    /// The run before slot `slot` of chunk `chunk`: in it, or the last of a chunk
+    /// before it.
+    fn run_before(&self, chunk: usize, slot: usize) -> Option<At> {
+        if slot > 0 {
+            return Some(At {
+                chunk,
+                run: slot - 1,
+                off: 0,
+            });
+        }
+        (0..chunk).rev().find_map(|c| {
+            let runs = self.chunks[c].runs.len();
+            (runs > 0).then(|| At {
+                chunk: c,
+                run: runs - 1,
+                off: 0,
+            })
+        })
+    }
+
+    /// Deletes up to `most` items of the run at `at`, from its offset on; answers
+    /// the first id deleted and how many.
+    fn delete_from(&mut self, at: At, most: u64) -> (Id, u64) {
+        let at = self.split_at(at);
+        let run_len = self.chunks[at.chunk].runs[at.run].len;
+        let take = most.min(run_len);
+        let at = if take < run_len {
+            let rest = self.split_at(At { off: take, ..at });
+            self.run_before(rest.chunk, rest.run)
+                .expect("split: a run before")
+        } else {
+            at
+        };
+        let id = self.chunks[at.chunk].runs[at.run].id;
+        self.mark_deleted(at);
+        (id, take)
     }
 
     /// Marks the run at `at` deleted, and merges it with its neighbours in the chunk
     /// that continue it (a word typed, then deleted, becomes one run again).
     fn mark_deleted(&mut self, at: At) {
-        let runs = &mut self.chunks[at.chunk].runs;
+        let chunk = &mut self.chunks[at.chunk];
+        if !chunk.runs[at.run].deleted {
+            chunk.visible -= chunk.runs[at.run].len;
+        }
+        let runs = &mut chunk.runs;
         runs[at.run].deleted = true;
         let mut run = at.run;
         if run + 1 < runs.len() && runs[run].continued_by(&runs[run + 1]) {
@@ -392,35 +406,47 @@ impl Text {
             runs[run].len += this.len;
             runs[run].text.push_str(&this.text);
         }
-        self.chunks[at.chunk].recount();
     }
 
-    /// Recounts a chunk that changed, and splits it in two when it grew too long.
-    fn balance(&mut self, chunk: usize) {
-        self.chunks[chunk].recount();
-        if self.chunks[chunk].runs.len() > CHUNK_RUNS_MAX {
-            let mut second = Chunk {
-                runs: self.chunks[chunk].runs.split_off(CHUNK_RUNS_MAX / 2),
-                ..Chunk::default()
-            };
-            second.recount();
-            self.chunks[chunk].recount();
-            self.chunks.insert(chunk + 1, second);
+    /// Splits a chunk in two when it grew too long (its counts are up to date);
+    /// answers the number of runs left in it when it split.
+    fn balance(&mut self, chunk: usize) -> Option<usize> {
+        if self.chunks[chunk].runs.len() <= CHUNK_RUNS_MAX {
+            return None;
         }
+        let half = CHUNK_RUNS_MAX / 2;
+        let mut second = Chunk {
+            runs: self.chunks[chunk].runs.split_off(half),
+            ..Chunk::default()
+        };
+        second.recount();
+        self.chunks[chunk].recount();
+        self.chunks.insert(chunk + 1, second);
+        Some(half)
     }
 
-    /// Makes item index `index` the start of a run (splitting the run holding it);
-    /// answers where that run is (`chunks.len()` as chunk when `index` is the end).
-    fn boundary(&mut self, index: u64) -> At {
-        let at = self.locate(index);
+    /// Makes `at` the start of a run (splitting the run holding it); answers where
+    /// that run is now (the end stays the end).
+    fn split_at(&mut self, at: At) -> At {
         if at.off == 0 {
             return at;
         }
         let chunk = &mut self.chunks[at.chunk];
         let rest = chunk.runs[at.run].split(at.off);
         chunk.runs.insert(at.run + 1, rest);
-        self.balance(at.chunk);
-        self.locate(index)
+        let split = self.balance(at.chunk);
+        match split {
+            Some(half) if at.run + 1 >= half => At {
+                chunk: at.chunk + 1,
+                run: at.run + 1 - half,
+                off: 0,
+            },
+            _ => At {
+                chunk: at.chunk,
+                run: at.run + 1,
+                off: 0,
+            },
+        }
     }
 
     /// Where item index `index` is; the end when it is [`Text::items`].
@@ -458,30 +484,60 @@ impl Text {
         chunks + runs + at.off
     }
 
-    /// The item index of the `pos`-th visible character (the one an insert at `pos`
-    /// goes before); [`Text::items`] when `pos` is the length.
-    fn index_of_visible(&self, mut pos: u64) -> u64 {
-        let mut index = 0;
-        for chunk in &self.chunks {
+    /// Where the `pos`-th visible character is (the one an insert at `pos` goes
+    /// before); the end when `pos` is the length.
+    fn visible_place(&self, mut pos: u64) -> At {
+        for (c, chunk) in self.chunks.iter().enumerate() {
             if pos >= chunk.visible {
                 pos -= chunk.visible;
-                index += chunk.items;
                 continue;
             }
-            for run in &chunk.runs {
+            for (r, run) in chunk.runs.iter().enumerate() {
                 if pos < run.visible() {
-                    return index + pos;
+                    return At {
+                        chunk: c,
+                        run: r,
+                        off: pos,
+                    };
                 }
                 pos -= run.visible();
-                index += run.len;
             }
         }
-        index
+        assert_eq!(pos, 0, "a place beyond the end of the text");
+        At {
+            chunk: self.chunks.len(),
+            run: 0,
+            off: 0,
+        }
     }
 
-    fn id_at(&self, index: u64) -> Id {
-        let at = self.locate(index);
-        self.chunks[at.chunk].runs[at.run].id.plus(at.off)
+    /// The id of the item at `at` (`None` at the end).
+    fn id_at(&self, at: At) -> Option<Id> {
+        let run = self.chunks.get(at.chunk)?.runs.get(at.run)?;
+        Some(run.id.plus(at.off))
+    }
+
+    /// The id of the item just before `at`, deleted or not (`None` at the start).
+    fn before(&self, at: At) -> Option<Id> {
+        if at.off > 0 {
+            return self.id_at(At {
+                off: at.off - 1,
+                ..at
+            });
+        }
+        let (chunk, slot) = self.slot(at)?;
+        let before = self.run_before(chunk, slot)?;
+        Some(self.chunks[before.chunk].runs[before.run].last())
+    }
+
+    /// The chunk and the slot among its runs of the run starting at `at` (after the
+    /// last run, for the end); `None` when there is no chunk.
+    fn slot(&self, at: At) -> Option<(usize, usize)> {
+        if at.chunk < self.chunks.len() {
+            return Some((at.chunk, at.run));
+        }
+        let last = self.chunks.len().checked_sub(1)?;
+        Some((last, self.chunks[last].runs.len()))
     }
 
     /// Where the item `id` is, if this replica holds it.
@@ -515,6 +571,48 @@ impl fmt::Display for Text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Text {
+        /// Every chunk's cached counts are its runs' (the counts are kept in place).
+        fn assert_counts(&self) {
+            for chunk in &self.chunks {
+                let mut counted = chunk.clone();
+                counted.recount();
+                assert_eq!(
+                    (chunk.items, chunk.visible),
+                    (counted.items, counted.visible)
+                );
+                assert!(chunk.runs.len() <= CHUNK_RUNS_MAX);
+            }
+        }
+    }
+
+    #[test]
+    fn cached_counts_stay_true_through_many_edits() {
+        let (mut a, mut b) = (Text::new(), Text::new());
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n.max(1)
+        };
+        for _ in 0..2_000 {
+            let ops = if next(3) == 0 && !a.is_empty() {
+                let pos = next(a.len());
+                let len = 1 + next((a.len() - pos).min(5));
+                a.delete(pos, len.min(a.len() - pos))
+            } else {
+                vec![a.insert(1, next(a.len() + 1), "xyz")]
+            };
+            for op in &ops {
+                b.apply(op).unwrap();
+            }
+            a.assert_counts();
+            b.assert_counts();
+        }
+        assert_eq!(a.to_string(), b.to_string());
+    }
 
     #[test]
     fn local_edits_read_back() {

@@ -625,7 +625,7 @@ fn answer_dropping_proxy(target: String) -> String {
     })
 }
 
-/// Devices sync through links that drop: one request in five is cut before it reaches
+/// Devices sync through links that drop: one request in seven is cut before it reaches
 /// its node, one in seven loses its answer, uploads, reads and feed pages alike. A
 /// sync cut mid-way moves on to the device's next node, with writes in doubt where
 /// they went. Once every device has nothing pending, every write is on every node
