@@ -131,7 +131,7 @@ impl Chunk {
 }
 
 /// Runs a chunk holds before it splits in two.
-const CHUNK_RUNS_MAX: usize = 128;
+const CHUNK_RUNS_MAX: usize = 64;
 
 /// Where an item is: its chunk, its run, its offset in the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
