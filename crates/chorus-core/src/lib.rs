@@ -25,7 +25,7 @@ pub mod hlc;
 pub mod key_state;
 pub mod op;
 pub mod policy;
-mod varint;
+pub mod varint;
 pub mod version_vector;
 
 pub use conflict::{ConflictId, ConflictRecord, Outcome};

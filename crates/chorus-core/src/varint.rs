@@ -1,7 +1,7 @@
 //! LEB128 unsigned varints, shared by the byte formats core owns (context tokens and
 //! CRDT states): small numbers (counters, lengths) take one or two bytes.
 
-pub(crate) fn write(out: &mut Vec<u8>, mut value: u64) {
+pub fn write(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -11,7 +11,7 @@ pub(crate) fn write(out: &mut Vec<u8>, mut value: u64) {
 
 /// Reads one varint from the front of `input`; `None` when it is cut short or longer
 /// than 64 bits.
-pub(crate) fn read(input: &mut &[u8]) -> Option<u64> {
+pub fn read(input: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = input.split_first()?;

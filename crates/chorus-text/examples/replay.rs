@@ -48,11 +48,17 @@ fn main() {
         text.to_string(),
         trace["endContent"].as_str().unwrap_or_default()
     );
+    let encoded = text.encode();
+    let text_bytes = text.to_string().len();
     println!(
-        "{path}: {} patches in {:.1} ms (median of 5); {} characters in {} runs",
+        "{path}: {} patches in {:.1} ms (median of 5); {} characters in {} runs; \
+         encoded {} B ({} B of text, {:.2} B of metadata per character)",
         patches.len(),
         times[2].as_secs_f64() * 1e3,
         text.len(),
-        text.runs()
+        text.runs(),
+        encoded.len(),
+        text_bytes,
+        (encoded.len() - text_bytes) as f64 / text.len() as f64
     );
 }

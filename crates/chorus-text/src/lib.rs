@@ -20,6 +20,9 @@
 //! applied insert names is present (operations are applied in causal order: an insert
 //! after its origins, a delete after the inserts it deletes).
 
+mod codec;
+
+pub use codec::Corrupt;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -394,6 +397,8 @@ impl Text {
         }
         let runs = &mut chunk.runs;
         runs[at.run].deleted = true;
+        // Deleted characters order nothing: only their ids and origins stay.
+        runs[at.run].text = String::new();
         let mut run = at.run;
         if run + 1 < runs.len() && runs[run].continued_by(&runs[run + 1]) {
             let next = runs.remove(run + 1);

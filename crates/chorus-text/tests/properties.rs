@@ -45,6 +45,13 @@ struct Replica {
 }
 
 fn run(replicas: usize, steps: &[Step]) -> Vec<String> {
+    run_texts(replicas, steps)
+        .iter()
+        .map(Text::to_string)
+        .collect()
+}
+
+fn run_texts(replicas: usize, steps: &[Step]) -> Vec<Text> {
     let mut all: Vec<Op> = Vec::new();
     let mut rs: Vec<Replica> = (0..replicas)
         .map(|_| Replica {
@@ -95,7 +102,7 @@ fn run(replicas: usize, steps: &[Step]) -> Vec<String> {
             deliver(&mut rs, &all, from, to, usize::MAX);
         }
     }
-    rs.iter().map(|r| r.text.to_string()).collect()
+    rs.into_iter().map(|r| r.text).collect()
 }
 
 proptest! {
@@ -109,6 +116,32 @@ proptest! {
         for text in &texts[1..] {
             prop_assert_eq!(text, &texts[0]);
         }
+    }
+
+    #[test]
+    fn a_text_decodes_to_itself_and_goes_on_alike(
+        steps in prop::collection::vec(step(3), 1..60),
+        more in "[a-z]{1,4}",
+    ) {
+        for mut text in run_texts(3, &steps) {
+            let bytes = text.encode();
+            let mut decoded = Text::decode(&bytes).unwrap();
+            prop_assert_eq!(decoded.to_string(), text.to_string());
+            prop_assert_eq!(decoded.encode(), bytes);
+            // Edited alike from there, both stay alike.
+            let pos = text.len() / 2;
+            let op = text.insert(9, pos, &more);
+            decoded.apply(&op).unwrap();
+            prop_assert_eq!(decoded.to_string(), text.to_string());
+        }
+    }
+
+    #[test]
+    fn any_bytes_decode_or_are_refused_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Text::decode(&bytes);
+        let mut framed = vec![1u8];
+        framed.extend(&bytes);
+        let _ = Text::decode(&framed);
     }
 
     #[test]
