@@ -185,7 +185,7 @@ impl Text {
                 deleted,
                 text: content,
             };
-            let next = text.next.entry(run.id.agent).or_insert(0);
+            let next = text.next_seq(run.id.agent);
             *next = (*next).max(run.id.seq + len);
             before = Some(run.clone());
             chunk.runs.push(run);

@@ -13,8 +13,9 @@
 //!
 //! Items are stored in *runs*: consecutive ids of one agent, typed left to right
 //! (each item's left origin the one before it, all sharing one right origin), with one
-//! deletion state. Runs are kept in chunks with cached counts, so finding a position
-//! costs a scan of the chunks and of one chunk's runs.
+//! deletion state; deleted runs keep no characters. Runs are kept in chunks with their
+//! counts; a place is found from a cursor at the last one (edits cluster), an item by
+//! id from the chunk of the last one found.
 //!
 //! **Invariants:** a run's items are contiguous in the sequence; every origin an
 //! applied insert names is present (operations are applied in causal order: an insert
@@ -23,7 +24,7 @@
 mod codec;
 
 pub use codec::Corrupt;
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::fmt;
 
 /// An item's identity: the agent (a server node) that inserted it, and the number of
@@ -134,10 +135,10 @@ impl Chunk {
 }
 
 /// Runs a chunk holds before it splits in two.
-const CHUNK_RUNS_MAX: usize = 64;
+const CHUNK_RUNS_MAX: usize = 32;
 
 /// Where an item is: its chunk, its run, its offset in the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct At {
     chunk: usize,
     run: usize,
@@ -148,13 +149,38 @@ struct At {
 #[derive(Clone, Debug, Default)]
 pub struct Text {
     chunks: Vec<Chunk>,
-    /// Per agent, the seq of its next item (how many it inserted).
-    next: HashMap<u64, u64>,
+    /// Per agent, the seq of its next item (how many it inserted); few agents write
+    /// one text, so a list.
+    next: Vec<(u64, u64)>,
+    /// The chunk the last place was found in, and the characters before it: edits
+    /// cluster, so the next search starts there. Dropped when a chunk before it
+    /// changes (see [`Text::touched`]).
+    cursor: Cell<Option<Cursor>>,
+    /// The chunk the last item found by id was in (a hint: any chunk is correct).
+    found: Cell<usize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    chunk: usize,
+    visible_before: u64,
 }
 
 impl Text {
     pub fn new() -> Text {
         Text::default()
+    }
+
+    /// The seq of `agent`'s next item.
+    fn next_seq(&mut self, agent: u64) -> &mut u64 {
+        let i = match self.next.iter().position(|(a, _)| *a == agent) {
+            Some(i) => i,
+            None => {
+                self.next.push((agent, 0));
+                self.next.len() - 1
+            }
+        };
+        &mut self.next[i].1
     }
 
     /// Characters shown.
@@ -164,11 +190,6 @@ impl Text {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Items held, deleted ones included.
-    fn items(&self) -> u64 {
-        self.chunks.iter().map(|c| c.items).sum()
     }
 
     /// Runs held (for measures of the encoding).
@@ -183,22 +204,20 @@ impl Text {
         let at = self.visible_place(pos);
         let origin_left = self.before(at);
         let origin_right = self.id_at(at);
-        let next = self.next.entry(agent).or_insert(0);
+        let next = self.next_seq(agent);
         let id = Id { agent, seq: *next };
         *next += len;
         if len > 0 {
             let at = self.split_at(at);
-            self.put_run(
-                at,
-                Run {
-                    id,
-                    len,
-                    origin_left,
-                    origin_right,
-                    deleted: false,
-                    text: text.to_owned(),
-                },
-            );
+            let run = Run {
+                id,
+                len,
+                origin_left,
+                origin_right,
+                deleted: false,
+                text: String::new(),
+            };
+            self.put_run(at, run, text);
         }
         Op::Insert {
             id,
@@ -208,11 +227,9 @@ impl Text {
         }
     }
 
-    /// Deletes `len` characters from character `pos`; answers the operations to send
-    /// (one per run of ids).
+    /// Deletes `len` characters from character `pos` (all within the text: beyond it,
+    /// a panic); answers the operations to send (one per run of ids).
     pub fn delete(&mut self, pos: u64, len: u64) -> Vec<Op> {
-        let shown = self.len();
-        assert!(pos + len <= shown, "delete {pos}+{len} of {shown}");
         let mut ops: Vec<Op> = Vec::new();
         let mut left = len;
         while left > 0 {
@@ -240,20 +257,18 @@ impl Text {
                 if len == 0 || self.find(*id).is_some() {
                     return Ok(());
                 }
-                let index = self.integrate(*id, *origin_left, *origin_right)?;
-                let at = self.split_at(self.locate(index));
-                self.put_run(
-                    at,
-                    Run {
-                        id: *id,
-                        len,
-                        origin_left: *origin_left,
-                        origin_right: *origin_right,
-                        deleted: false,
-                        text: text.clone(),
-                    },
-                );
-                let next = self.next.entry(id.agent).or_insert(0);
+                let at = self.integrate(*id, *origin_left, *origin_right)?;
+                let at = self.split_at(at);
+                let run = Run {
+                    id: *id,
+                    len,
+                    origin_left: *origin_left,
+                    origin_right: *origin_right,
+                    deleted: false,
+                    text: String::new(),
+                };
+                self.put_run(at, run, text);
+                let next = self.next_seq(id.agent);
                 *next = (*next).max(id.seq + len);
                 Ok(())
             }
@@ -269,44 +284,46 @@ impl Text {
         }
     }
 
-    /// Where an item with these origins goes among the items already here (its index
-    /// in the sequence, deleted items counted): right of its left origin, left of its
-    /// right origin, and, among items inserted concurrently between the two, by the
-    /// FugueMax order (YjsMod integration).
+    /// Where an item with these origins goes among the items already here: right of
+    /// its left origin, left of its right origin, and, among items inserted
+    /// concurrently between the two, by the FugueMax order (YjsMod integration).
+    /// Places compare in document order (`None`, the start, before all; the end,
+    /// [`Text::end`], after all).
     fn integrate(
         &self,
         id: Id,
         origin_left: Option<Id>,
         origin_right: Option<Id>,
-    ) -> Result<u64, Missing> {
-        let items = self.items();
-        let index_of = |origin: Option<Id>, none: i64| -> Result<i64, Missing> {
-            match origin {
-                None => Ok(none),
-                Some(o) => Ok(self.index_at(self.find(o).ok_or(Missing(o))?) as i64),
-            }
+    ) -> Result<At, Missing> {
+        let place = |origin: Option<Id>| -> Result<Option<At>, Missing> {
+            origin.map(|o| self.find(o).ok_or(Missing(o))).transpose()
         };
-        let left = index_of(origin_left, -1)?;
-        let right = index_of(origin_right, items as i64)? as u64;
-        let mut dest = (left + 1) as u64;
+        let left = place(origin_left)?;
+        let right = place(origin_right)?.unwrap_or(self.end());
+        let mut i = match left {
+            None => self.first(),
+            Some(at) => self.after(at),
+        };
+        let mut dest = i;
         let mut scanning = false;
-        let mut i = dest;
         loop {
             if !scanning {
                 dest = i;
             }
-            if i >= items || i >= right {
+            if i >= right {
                 break;
             }
-            let at = self.locate(i);
-            let run = &self.chunks[at.chunk].runs[at.run];
+            let run = &self.chunks[i.chunk].runs[i.run];
             // An item inside a run has the one before it as left origin.
-            let other_left = if at.off > 0 {
-                i as i64 - 1
+            let other_left = if i.off > 0 {
+                Some(At {
+                    off: i.off - 1,
+                    ..i
+                })
             } else {
-                index_of(run.origin_left, -1)?
+                place(run.origin_left)?
             };
-            let other_right = index_of(run.origin_right, items as i64)? as u64;
+            let other_right = place(run.origin_right)?.unwrap_or(self.end());
             if other_left < left {
                 break;
             } else if other_left == left {
@@ -321,14 +338,58 @@ impl Text {
             // The rest of this run: each item's left origin is the item before it,
             // right of ours, so each is passed over alike; the next item to judge is
             // the first of the next run (or the right origin).
-            i = (i + run.len - at.off).min(right);
+            i = self.next_run(i).min(right);
         }
         Ok(dest)
     }
 
-    /// Puts `run` at `at` (the start of a run, or the end), merged into the run
-    /// before it when it continues it.
-    fn put_run(&mut self, at: At, run: Run) {
+    /// The place after the last item.
+    fn end(&self) -> At {
+        At {
+            chunk: self.chunks.len(),
+            run: 0,
+            off: 0,
+        }
+    }
+
+    /// The first item's place (the end when there is none).
+    fn first(&self) -> At {
+        self.run_from(0, 0)
+    }
+
+    /// The place of the item after the one at `at`.
+    fn after(&self, at: At) -> At {
+        let run = &self.chunks[at.chunk].runs[at.run];
+        if at.off + 1 < run.len {
+            At {
+                off: at.off + 1,
+                ..at
+            }
+        } else {
+            self.next_run(at)
+        }
+    }
+
+    /// The start of the run after the one holding `at` (the end after the last).
+    fn next_run(&self, at: At) -> At {
+        self.run_from(at.chunk, at.run + 1)
+    }
+
+    /// The start of run `run` of chunk `chunk`, or of the first run after it.
+    fn run_from(&self, mut chunk: usize, mut run: usize) -> At {
+        while chunk < self.chunks.len() {
+            if run < self.chunks[chunk].runs.len() {
+                return At { chunk, run, off: 0 };
+            }
+            chunk += 1;
+            run = 0;
+        }
+        self.end()
+    }
+
+    /// Puts `run`, holding `text`, at `at` (the start of a run, or the end), merged
+    /// into the run before it when it continues it.
+    fn put_run(&mut self, at: At, mut run: Run, text: &str) {
         if self.chunks.is_empty() {
             self.chunks.push(Chunk::default());
         }
@@ -336,13 +397,16 @@ impl Text {
         if let Some(before) = self.run_before(chunk, slot)
             && self.chunks[before.chunk].runs[before.run].continued_by(&run)
         {
+            self.touched(before.chunk);
             let chunk = &mut self.chunks[before.chunk];
             chunk.runs[before.run].len += run.len;
-            chunk.runs[before.run].text.push_str(&run.text);
+            chunk.runs[before.run].text.push_str(text);
             chunk.items += run.len;
             chunk.visible += run.visible();
             return;
         }
+        self.touched(chunk);
+        run.text = text.to_owned();
         let chunk_ref = &mut self.chunks[chunk];
         chunk_ref.items += run.len;
         chunk_ref.visible += run.visible();
@@ -391,6 +455,7 @@ impl Text {
     /// Marks the run at `at` deleted, and merges it with its neighbours in the chunk
     /// that continue it (a word typed, then deleted, becomes one run again).
     fn mark_deleted(&mut self, at: At) {
+        self.touched(at.chunk);
         let chunk = &mut self.chunks[at.chunk];
         if !chunk.runs[at.run].deleted {
             chunk.visible -= chunk.runs[at.run].len;
@@ -419,6 +484,8 @@ impl Text {
         if self.chunks[chunk].runs.len() <= CHUNK_RUNS_MAX {
             return None;
         }
+        // The chunks after it move along.
+        self.touched(chunk);
         let half = CHUNK_RUNS_MAX / 2;
         let mut second = Chunk {
             runs: self.chunks[chunk].runs.split_off(half),
@@ -454,65 +521,48 @@ impl Text {
         }
     }
 
-    /// Where item index `index` is; the end when it is [`Text::items`].
-    fn locate(&self, mut index: u64) -> At {
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            if index >= chunk.items {
-                index -= chunk.items;
-                continue;
-            }
-            for (r, run) in chunk.runs.iter().enumerate() {
-                if index < run.len {
-                    return At {
-                        chunk: c,
-                        run: r,
-                        off: index,
-                    };
-                }
-                index -= run.len;
-            }
-        }
-        At {
-            chunk: self.chunks.len(),
-            run: 0,
-            off: 0,
-        }
-    }
-
-    /// The item index of a place.
-    fn index_at(&self, at: At) -> u64 {
-        let chunks: u64 = self.chunks[..at.chunk].iter().map(|c| c.items).sum();
-        let runs: u64 = self
-            .chunks
-            .get(at.chunk)
-            .map_or(0, |c| c.runs[..at.run].iter().map(|r| r.len).sum());
-        chunks + runs + at.off
-    }
-
     /// Where the `pos`-th visible character is (the one an insert at `pos` goes
     /// before); the end when `pos` is the length.
-    fn visible_place(&self, mut pos: u64) -> At {
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            if pos >= chunk.visible {
-                pos -= chunk.visible;
+    fn visible_place(&self, pos: u64) -> At {
+        let (start, mut before) = match self.cursor.get() {
+            Some(c) if c.chunk < self.chunks.len() && pos >= c.visible_before => {
+                (c.chunk, c.visible_before)
+            }
+            _ => (0, 0),
+        };
+        for (c, chunk) in self.chunks.iter().enumerate().skip(start) {
+            if pos - before >= chunk.visible {
+                before += chunk.visible;
                 continue;
             }
+            self.cursor.set(Some(Cursor {
+                chunk: c,
+                visible_before: before,
+            }));
+            let mut left = pos - before;
             for (r, run) in chunk.runs.iter().enumerate() {
-                if pos < run.visible() {
+                if left < run.visible() {
                     return At {
                         chunk: c,
                         run: r,
-                        off: pos,
+                        off: left,
                     };
                 }
-                pos -= run.visible();
+                left -= run.visible();
             }
         }
-        assert_eq!(pos, 0, "a place beyond the end of the text");
+        assert_eq!(pos, before, "a place beyond the end of the text");
         At {
             chunk: self.chunks.len(),
             run: 0,
             off: 0,
+        }
+    }
+
+    /// Chunk `chunk` changes: the cursor stays true only if it is at or before it.
+    fn touched(&self, chunk: usize) {
+        if self.cursor.get().is_some_and(|c| chunk < c.chunk) {
+            self.cursor.set(None);
         }
     }
 
@@ -547,9 +597,13 @@ impl Text {
 
     /// Where the item `id` is, if this replica holds it.
     fn find(&self, id: Id) -> Option<At> {
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            for (r, run) in chunk.runs.iter().enumerate() {
+        // Operations name items near the last ones found: start there, go round.
+        let start = self.found.get().min(self.chunks.len());
+        let order = (start..self.chunks.len()).chain(0..start);
+        for c in order {
+            for (r, run) in self.chunks[c].runs.iter().enumerate() {
                 if run.holds(id) {
+                    self.found.set(c);
                     return Some(At {
                         chunk: c,
                         run: r,
