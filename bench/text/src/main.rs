@@ -83,7 +83,11 @@ fn load(name: &str) -> Trace {
                     .as_array()
                     .map(|ps| ps.iter().map(|p| p.as_u64().unwrap() as usize).collect())
                     .unwrap_or_default();
-                (t["agent"].as_u64().unwrap_or(0) as usize, parents, patches_of(t))
+                (
+                    t["agent"].as_u64().unwrap_or(0) as usize,
+                    parents,
+                    patches_of(t),
+                )
             })
             .collect(),
     }
@@ -140,9 +144,15 @@ fn replay(library: &str, trace: &Trace) -> Figures {
                 text
             });
             let bytes = text.encode();
-            let (load, _, loaded) = measure(|| chorus_text::Text::decode(&bytes).unwrap().to_string());
+            let (load, _, loaded) =
+                measure(|| chorus_text::Text::decode(&bytes).unwrap().to_string());
             assert_eq!(loaded, trace.end);
-            Figures { took, peak, size: bytes.len(), load }
+            Figures {
+                took,
+                peak,
+                size: bytes.len(),
+                load,
+            }
         }
         "diamond-types" => {
             let (took, peak, doc) = measure(|| {
@@ -167,7 +177,12 @@ fn replay(library: &str, trace: &Trace) -> Figures {
                     .to_string()
             });
             assert_eq!(loaded, trace.end);
-            Figures { took, peak, size: bytes.len(), load }
+            Figures {
+                took,
+                peak,
+                size: bytes.len(),
+                load,
+            }
         }
         "yrs" => {
             use yrs::updates::decoder::Decode;
@@ -202,7 +217,12 @@ fn replay(library: &str, trace: &Trace) -> Figures {
                 text.get_string(&doc.transact())
             });
             assert_eq!(loaded, trace.end);
-            Figures { took, peak, size: bytes.len(), load }
+            Figures {
+                took,
+                peak,
+                size: bytes.len(),
+                load,
+            }
         }
         "automerge" => {
             use automerge::ReadDoc;
@@ -220,10 +240,18 @@ fn replay(library: &str, trace: &Trace) -> Figures {
             let mut doc = doc;
             let bytes = doc.save();
             let (load, _, loaded) = measure(|| {
-                automerge::AutoCommit::load(&bytes).unwrap().text(&text).unwrap()
+                automerge::AutoCommit::load(&bytes)
+                    .unwrap()
+                    .text(&text)
+                    .unwrap()
             });
             assert_eq!(loaded, trace.end);
-            Figures { took, peak, size: bytes.len(), load }
+            Figures {
+                took,
+                peak,
+                size: bytes.len(),
+                load,
+            }
         }
         "loro" => {
             let (took, peak, doc) = measure(|| {
@@ -248,7 +276,12 @@ fn replay(library: &str, trace: &Trace) -> Figures {
                     .to_string()
             });
             assert_eq!(loaded, trace.end);
-            Figures { took, peak, size: bytes.len(), load }
+            Figures {
+                took,
+                peak,
+                size: bytes.len(),
+                load,
+            }
         }
         other => panic!("no library {other}"),
     }
@@ -410,7 +443,10 @@ fn main() {
             continue;
         }
         let trace = load(name);
-        println!("{name}: replay of {} patches as local edits", trace.patches.len());
+        println!(
+            "{name}: replay of {} patches as local edits",
+            trace.patches.len()
+        );
         println!("  library         replay ms   peak heap   encoded B   load ms");
         for library in libraries.iter().filter(|l| wanted(l, 0)) {
             let f = replay(library, &trace);
@@ -426,7 +462,10 @@ fn main() {
     }
     if wanted("friendsforever", 1) {
         let trace = load("friendsforever");
-        println!("friendsforever: {} transactions of two agents merged", trace.txns.len());
+        println!(
+            "friendsforever: {} transactions of two agents merged",
+            trace.txns.len()
+        );
         println!("  library          merge ms   peak heap");
         for library in libraries.iter().filter(|l| wanted(l, 0)) {
             match merge(library, &trace) {
