@@ -43,7 +43,6 @@ static ALLOCATOR: Counting = Counting;
 type Patch = (usize, usize, String);
 
 struct Trace {
-    name: String,
     end: String,
     patches: Vec<Patch>,
     /// For the concurrent trace: per transaction, its agent, parents and patches.
@@ -73,7 +72,6 @@ fn load(name: &str) -> Trace {
     };
     let txns_json = v["txns"].as_array().expect("txns");
     Trace {
-        name: name.to_owned(),
         end: v["endContent"].as_str().expect("endContent").to_owned(),
         patches: txns_json.iter().flat_map(patches_of).collect(),
         txns: txns_json
@@ -458,7 +456,6 @@ fn main() {
                 f.load.as_secs_f64() * 1e3
             );
         }
-        let _ = &trace.name;
     }
     if wanted("friendsforever", 1) {
         let trace = load("friendsforever");
