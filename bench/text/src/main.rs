@@ -141,16 +141,9 @@ fn replay(library: &str, trace: &Trace) -> Figures {
                 }
                 text
             });
-            let bytes = text.encode();
-            let (load, _, loaded) =
-                measure(|| chorus_text::Text::decode(&bytes).unwrap().to_string());
-            assert_eq!(loaded, trace.end);
-            Figures {
-                took,
-                peak,
-                size: bytes.len(),
-                load,
-            }
+            finish(trace, took, peak, &text.encode(), |bytes| {
+                chorus_text::Text::decode(bytes).unwrap().to_string()
+            })
         }
         "diamond-types" => {
             let (took, peak, doc) = measure(|| {
@@ -167,20 +160,13 @@ fn replay(library: &str, trace: &Trace) -> Figures {
                 doc
             });
             let bytes = doc.oplog.encode(diamond_types::list::encoding::ENCODE_FULL);
-            let (load, _, loaded) = measure(|| {
-                diamond_types::list::ListCRDT::load_from(&bytes)
+            finish(trace, took, peak, &bytes, |bytes| {
+                diamond_types::list::ListCRDT::load_from(bytes)
                     .unwrap()
                     .branch
                     .content()
                     .to_string()
-            });
-            assert_eq!(loaded, trace.end);
-            Figures {
-                took,
-                peak,
-                size: bytes.len(),
-                load,
-            }
+            })
         }
         "yrs" => {
             use yrs::updates::decoder::Decode;
@@ -206,21 +192,14 @@ fn replay(library: &str, trace: &Trace) -> Figures {
             let bytes = doc
                 .transact()
                 .encode_state_as_update_v2(&yrs::StateVector::default());
-            let (load, _, loaded) = measure(|| {
+            finish(trace, took, peak, &bytes, |bytes| {
                 let doc = yrs::Doc::with_options(options());
                 let text = doc.get_or_insert_text("t");
                 doc.transact_mut()
-                    .apply_update(yrs::Update::decode_v2(&bytes).unwrap())
+                    .apply_update(yrs::Update::decode_v2(bytes).unwrap())
                     .unwrap();
                 text.get_string(&doc.transact())
-            });
-            assert_eq!(loaded, trace.end);
-            Figures {
-                took,
-                peak,
-                size: bytes.len(),
-                load,
-            }
+            })
         }
         "automerge" => {
             use automerge::ReadDoc;
@@ -237,19 +216,12 @@ fn replay(library: &str, trace: &Trace) -> Figures {
             });
             let mut doc = doc;
             let bytes = doc.save();
-            let (load, _, loaded) = measure(|| {
-                automerge::AutoCommit::load(&bytes)
+            finish(trace, took, peak, &bytes, |bytes| {
+                automerge::AutoCommit::load(bytes)
                     .unwrap()
                     .text(&text)
                     .unwrap()
-            });
-            assert_eq!(loaded, trace.end);
-            Figures {
-                took,
-                peak,
-                size: bytes.len(),
-                load,
-            }
+            })
         }
         "loro" => {
             let (took, peak, doc) = measure(|| {
@@ -267,21 +239,33 @@ fn replay(library: &str, trace: &Trace) -> Figures {
                 doc
             });
             let bytes = doc.export(loro::ExportMode::Snapshot).unwrap();
-            let (load, _, loaded) = measure(|| {
-                loro::LoroDoc::from_snapshot(&bytes)
+            finish(trace, took, peak, &bytes, |bytes| {
+                loro::LoroDoc::from_snapshot(bytes)
                     .unwrap()
                     .get_text("t")
                     .to_string()
-            });
-            assert_eq!(loaded, trace.end);
-            Figures {
-                took,
-                peak,
-                size: bytes.len(),
-                load,
-            }
+            })
         }
         other => panic!("no library {other}"),
+    }
+}
+
+/// The figures of a replay that gave `bytes`: with the median time of loading them
+/// back to the text (checked against the trace's).
+fn finish(
+    trace: &Trace,
+    took: Duration,
+    peak: usize,
+    bytes: &[u8],
+    load: impl Fn(&[u8]) -> String,
+) -> Figures {
+    let (load_took, _, loaded) = measure(|| load(bytes));
+    assert_eq!(loaded, trace.end);
+    Figures {
+        took,
+        peak,
+        size: bytes.len(),
+        load: load_took,
     }
 }
 
@@ -349,17 +333,7 @@ fn merge(library: &str, trace: &Trace) -> Option<(Duration, usize)> {
             for (i, (agent, parents, patches)) in trace.txns.iter().enumerate() {
                 let doc = &docs[*agent];
                 let text = doc.get_or_insert_text("t");
-                let mut missing = Vec::new();
-                let mut stack = parents.clone();
-                while let Some(p) = stack.pop() {
-                    if !applied[*agent][p] {
-                        applied[*agent][p] = true;
-                        missing.push(p);
-                        stack.extend(trace.txns[p].1.iter().copied());
-                    }
-                }
-                missing.sort_unstable();
-                for p in missing {
+                for p in missing(trace, &mut applied[*agent], parents) {
                     doc.transact_mut()
                         .apply_update(yrs::Update::decode_v1(&updates[p]).unwrap())
                         .unwrap();
@@ -394,6 +368,23 @@ fn merge(library: &str, trace: &Trace) -> Option<(Duration, usize)> {
     }
 }
 
+/// The ancestors of a transaction (by its `parents`) that an agent has not applied,
+/// in trace order (a causal order), marked applied. A replica that applied a
+/// transaction applied its ancestors first, so the search stops at applied ones.
+fn missing(trace: &Trace, applied: &mut [bool], parents: &[usize]) -> Vec<usize> {
+    let mut missing = Vec::new();
+    let mut stack = parents.to_vec();
+    while let Some(p) = stack.pop() {
+        if !applied[p] {
+            applied[p] = true;
+            missing.push(p);
+            stack.extend(trace.txns[p].1.iter().copied());
+        }
+    }
+    missing.sort_unstable();
+    missing
+}
+
 /// The concurrent trace played by its agents with Chorus: every operation, in trace
 /// order (a causal order).
 fn chorus_ops(trace: &Trace) -> Vec<chorus_text::Op> {
@@ -401,17 +392,7 @@ fn chorus_ops(trace: &Trace) -> Vec<chorus_text::Op> {
     let mut applied = vec![vec![false; trace.txns.len()]; 2];
     let mut ops: Vec<Vec<chorus_text::Op>> = Vec::new();
     for (i, (agent, parents, patches)) in trace.txns.iter().enumerate() {
-        let mut missing = Vec::new();
-        let mut stack = parents.clone();
-        while let Some(p) = stack.pop() {
-            if !applied[*agent][p] {
-                applied[*agent][p] = true;
-                missing.push(p);
-                stack.extend(trace.txns[p].1.iter().copied());
-            }
-        }
-        missing.sort_unstable();
-        for p in missing {
+        for p in missing(trace, &mut applied[*agent], parents) {
             for op in &ops[p] {
                 replicas[*agent].apply(op).unwrap();
             }
