@@ -133,7 +133,7 @@ fn replay(library: &str, trace: &Trace) -> Figures {
                 let mut text = chorus_text::Text::new();
                 for (pos, del, ins) in ps {
                     if *del > 0 {
-                        text.delete(*pos as u64, *del as u64);
+                        text.delete(1, *pos as u64, *del as u64);
                     }
                     if !ins.is_empty() {
                         text.insert(1, *pos as u64, ins);
@@ -401,7 +401,7 @@ fn chorus_ops(trace: &Trace) -> Vec<chorus_text::Op> {
         let mut made = Vec::new();
         for (pos, del, ins) in patches {
             if *del > 0 {
-                made.extend(text.delete(*pos as u64, *del as u64));
+                made.extend(text.delete(*agent as u64 + 1, *pos as u64, *del as u64));
             }
             if !ins.is_empty() {
                 made.push(text.insert(*agent as u64 + 1, *pos as u64, ins));

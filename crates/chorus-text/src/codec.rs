@@ -11,13 +11,19 @@
 //!         left origin (flag 2 and not 8), right origin (flag 4 and not 16):
 //!             agent index, seq: varints
 //!         text (not deleted): varint byte length, UTF-8 of exactly `len` characters
+//! deletes: varint count, then per run of the delete log: flags (1 backwards,
+//!         2 its delete ids follow the entry before's, 4 its items are of the entry
+//!         before's agent), the first delete id (unless 2: agent index, seq), the
+//!         first item (agent index unless 4; its seq as a zigzag varint from the
+//!         entry before's last item), the count
 //! ```
 //!
 //! Deleted runs keep their ids and origins (they still order concurrent inserts) but
-//! no characters. Decoding refuses anything else (an unknown flag, an agent out of
+//! no characters; the delete log says which delete deleted which item (versions need
+//! it). Decoding refuses anything else (an unknown flag, an agent out of
 //! the table, a short or overlong text, trailing bytes) and never panics.
 
-use crate::{CHUNK_RUNS_MAX, Chunk, Id, Run, Text};
+use crate::{CHUNK_RUNS_MAX, Chunk, Deleted, Id, Run, Text};
 use chorus_core::varint;
 use std::fmt;
 
@@ -27,6 +33,15 @@ const LEFT: u8 = 2;
 const RIGHT: u8 = 4;
 const LEFT_IS_BEFORE: u8 = 8;
 const RIGHT_AS_BEFORE: u8 = 16;
+
+/// A signed number as an unsigned one, small when near zero either way.
+fn zigzag(n: i64) -> u64 {
+    (n.wrapping_shl(1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ (n & 1).wrapping_neg() as i64
+}
 
 /// Bytes that are not a text of this format.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,6 +63,7 @@ impl Text {
             .iter()
             .flat_map(|r| [Some(r.id), r.origin_left, r.origin_right])
             .flatten()
+            .chain(self.deletes.iter().flat_map(|d| [d.by, d.target]))
             .map(|id| id.agent)
             .collect();
         agents.sort_unstable();
@@ -90,6 +106,26 @@ impl Text {
                 out.extend_from_slice(run.text.as_bytes());
             }
             before = Some(run);
+        }
+        varint::write(&mut out, self.deletes.len() as u64);
+        let mut before: Option<&Deleted> = None;
+        for entry in &self.deletes {
+            let follows = before.is_some_and(|b| entry.by == b.by.plus(b.len));
+            let same_agent = before.is_some_and(|b| entry.target.agent == b.target.agent);
+            let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+            out.push(flag(entry.backwards, 1) | flag(follows, 2) | flag(same_agent, 4));
+            if !follows {
+                varint::write(&mut out, index(entry.by.agent));
+                varint::write(&mut out, entry.by.seq);
+            }
+            if !same_agent {
+                varint::write(&mut out, index(entry.target.agent));
+            }
+            let from = before.map_or(0, |b| b.target(b.len - 1).seq);
+            // Wrapping: any two seqs make a delta, and it reads back exactly.
+            varint::write(&mut out, zigzag(entry.target.seq.wrapping_sub(from) as i64));
+            varint::write(&mut out, entry.len);
+            before = Some(entry);
         }
         out
     }
@@ -194,6 +230,59 @@ impl Text {
                 text.chunks.push(std::mem::take(&mut chunk));
             }
         }
+        let entries = varint::read(&mut input).ok_or_else(|| corrupt("count of deletes"))?;
+        if entries > bytes.len() as u64 {
+            return Err(corrupt("count of deletes beyond the input"));
+        }
+        for _ in 0..entries {
+            let (&flags, rest) = input.split_first().ok_or_else(|| corrupt("delete flags"))?;
+            input = rest;
+            if flags > 7 {
+                return Err(corrupt("unknown delete flags"));
+            }
+            let before = text.deletes.last().copied();
+            let by = match (flags & 2 != 0, before) {
+                (true, Some(b)) => b.by.plus(b.len),
+                (true, None) => return Err(corrupt("a delete following none")),
+                (false, _) => id(&mut input)?,
+            };
+            let agent = match (flags & 4 != 0, before) {
+                (true, Some(b)) => b.target.agent,
+                (true, None) => return Err(corrupt("a delete following none")),
+                (false, _) => {
+                    let index = varint::read(&mut input).ok_or_else(|| corrupt("agent index"))?;
+                    *agents
+                        .get(usize::try_from(index).unwrap_or(usize::MAX))
+                        .ok_or_else(|| corrupt("agent index beyond the table"))?
+                }
+            };
+            let delta = unzigzag(varint::read(&mut input).ok_or_else(|| corrupt("delete item"))?);
+            let from = before.map_or(0, |b| b.target(b.len - 1).seq);
+            let target = Id {
+                agent,
+                seq: from.wrapping_add(delta as u64),
+            };
+            let len = varint::read(&mut input).ok_or_else(|| corrupt("delete count"))?;
+            let backwards = flags & 1 != 0;
+            let fits = len > 0
+                && by.seq.checked_add(len).is_some()
+                && if backwards {
+                    target.seq >= len - 1
+                } else {
+                    target.seq.checked_add(len).is_some()
+                };
+            if !fits {
+                return Err(corrupt("delete count"));
+            }
+            let next = text.next_delete(by.agent);
+            *next = (*next).max(by.seq + len);
+            text.deletes.push(Deleted {
+                by,
+                target,
+                len,
+                backwards,
+            });
+        }
         if !input.is_empty() {
             return Err(corrupt("bytes after the last run"));
         }
@@ -212,7 +301,7 @@ mod tests {
     #[test]
     fn a_small_text_decodes_and_bad_bytes_are_named() {
         // One agent (1); one run of two characters with no origins.
-        let two = b"\x01\x01\x01\x01\x00\x00\x00\x02\x02hi";
+        let two = b"\x01\x01\x01\x01\x00\x00\x00\x02\x02hi\x00";
         assert_eq!(Text::decode(two).unwrap().to_string(), "hi");
         let refused = |bytes: &[u8]| Text::decode(bytes).unwrap_err().0;
         assert_eq!(refused(b""), "empty");
@@ -230,7 +319,7 @@ mod tests {
             "text of another length than its run"
         );
         assert_eq!(
-            refused(b"\x01\x01\x01\x01\x00\x00\x00\x02\x02hi!"),
+            refused(b"\x01\x01\x01\x01\x00\x00\x00\x02\x02hi\x00!"),
             "bytes after the last run"
         );
         assert_eq!(

@@ -42,6 +42,13 @@ impl Id {
             seq: self.seq + n,
         }
     }
+
+    fn minus(self, n: u64) -> Id {
+        Id {
+            agent: self.agent,
+            seq: self.seq - n,
+        }
+    }
 }
 
 /// A change, as replicas exchange it.
@@ -55,14 +62,48 @@ pub enum Op {
         origin_right: Option<Id>,
         text: String,
     },
-    /// The items `id .. id + len` (of one agent) deleted.
-    Delete { id: Id, len: u64 },
+    /// The items `id .. id + len` (of one agent) deleted by `by`: the deleting
+    /// agent's delete ids `by .. by + len`, one per item, counted apart from the ids
+    /// of its inserts (so typing keeps consecutive ids whatever is deleted between).
+    Delete { id: Id, len: u64, by: Id },
 }
 
 /// An operation names an item this replica does not hold: it was applied before one
 /// it depends on.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Missing(pub Id);
+
+/// What a replica had applied at some moment: per agent, how many items it had
+/// inserted and deleted. An edit made against a version lands where it was meant
+/// there, whatever was applied since ([`Text::insert_at`], [`Text::delete_at`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Version {
+    inserts: Vec<(u64, u64)>,
+    deletes: Vec<(u64, u64)>,
+}
+
+impl Version {
+    fn count(counters: &[(u64, u64)], agent: u64) -> u64 {
+        counters
+            .iter()
+            .find(|(a, _)| *a == agent)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// How many of the items of the run of ids from `id` the version had.
+    fn inserted(&self, id: Id, len: u64) -> u64 {
+        Version::count(&self.inserts, id.agent)
+            .saturating_sub(id.seq)
+            .min(len)
+    }
+
+    /// How many of the delete ids from `by` (`len` of them) the version had.
+    fn deleted(&self, by: Id, len: u64) -> u64 {
+        Version::count(&self.deletes, by.agent)
+            .saturating_sub(by.seq)
+            .min(len)
+    }
+}
 
 #[derive(Clone, Debug)]
 struct Run {
@@ -137,6 +178,91 @@ impl Chunk {
 /// Runs a chunk holds before it splits in two.
 const CHUNK_RUNS_MAX: usize = 32;
 
+/// A run of the delete log: delete id `by + k` deleted item `target + k` (forwards)
+/// or `target - k` (backwards, as backspace deletes), for `k < len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deleted {
+    by: Id,
+    target: Id,
+    len: u64,
+    backwards: bool,
+}
+
+impl Deleted {
+    /// The item delete id `by + k` deleted.
+    fn target(&self, k: u64) -> Id {
+        Id {
+            agent: self.target.agent,
+            seq: if self.backwards {
+                self.target.seq - k
+            } else {
+                self.target.seq + k
+            },
+        }
+    }
+
+    /// Takes in `next` when it continues this run of the log (the next delete ids, on
+    /// the next items one way); answers whether it did.
+    fn extend(&mut self, next: &Deleted) -> bool {
+        let (last, first) = (self.target(self.len - 1), next.target);
+        let continues = next.by == self.by.plus(self.len) && last.agent == first.agent;
+        let forwards = (!self.backwards || self.len == 1)
+            && (!next.backwards || next.len == 1)
+            && first.seq == last.seq + 1;
+        let backwards = (self.backwards || self.len == 1)
+            && (next.backwards || next.len == 1)
+            && last.seq == first.seq + 1;
+        if !continues || !(forwards || backwards) {
+            return false;
+        }
+        self.backwards = backwards && !forwards;
+        self.len += next.len;
+        true
+    }
+}
+
+/// The items `first .. first + had` (a version had them) in parts `(offset, count,
+/// shown)`: shown unless one of the `deleted` ranges (per agent, sorted) holds it.
+fn shown_parts(first: Id, had: u64, deleted: &[(u64, Vec<(u64, u64)>)]) -> Vec<(u64, u64, bool)> {
+    let ranges: &[(u64, u64)] = deleted
+        .iter()
+        .find(|(a, _)| *a == first.agent)
+        .map_or(&[], |(_, r)| r.as_slice());
+    let (start, end) = (first.seq, first.seq + had);
+    let mut parts = Vec::new();
+    let mut at = start;
+    for &(from, to) in ranges {
+        if to <= at || from >= end {
+            continue;
+        }
+        if from > at {
+            parts.push((at - start, from - at, true));
+            at = from;
+        }
+        let stop = to.min(end);
+        if stop > at {
+            parts.push((at - start, stop - at, false));
+            at = stop;
+        }
+    }
+    if at < end {
+        parts.push((at - start, end - at, true));
+    }
+    parts
+}
+
+/// `agent`'s entry of a list of counters.
+fn counter(counters: &mut Vec<(u64, u64)>, agent: u64) -> &mut u64 {
+    let i = match counters.iter().position(|(a, _)| *a == agent) {
+        Some(i) => i,
+        None => {
+            counters.push((agent, 0));
+            counters.len() - 1
+        }
+    };
+    &mut counters[i].1
+}
+
 /// Where an item is: its chunk, its run, its offset in the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct At {
@@ -152,6 +278,11 @@ pub struct Text {
     /// Per agent, the seq of its next item (how many it inserted); few agents write
     /// one text, so a list.
     next: Vec<(u64, u64)>,
+    /// Per agent, the seq of its next delete id (how many items it deleted).
+    next_deletes: Vec<(u64, u64)>,
+    /// Which delete ids deleted which items, for versions (a run keeps only that it
+    /// is deleted, so that runs stay long).
+    deletes: Vec<Deleted>,
     /// The chunk the last place was found in, and the characters before it: edits
     /// cluster, so the next search starts there. Dropped when a chunk before it
     /// changes (see [`Text::touched`]).
@@ -173,14 +304,23 @@ impl Text {
 
     /// The seq of `agent`'s next item.
     fn next_seq(&mut self, agent: u64) -> &mut u64 {
-        let i = match self.next.iter().position(|(a, _)| *a == agent) {
-            Some(i) => i,
-            None => {
-                self.next.push((agent, 0));
-                self.next.len() - 1
-            }
-        };
-        &mut self.next[i].1
+        counter(&mut self.next, agent)
+    }
+
+    /// The seq of `agent`'s next delete id.
+    fn next_delete(&mut self, agent: u64) -> &mut u64 {
+        counter(&mut self.next_deletes, agent)
+    }
+
+    /// Notes in the delete log that delete ids `by ..` deleted items `target ..`.
+    fn log_delete(&mut self, entry: Deleted) {
+        let extended = self
+            .deletes
+            .last_mut()
+            .is_some_and(|last| last.extend(&entry));
+        if !extended {
+            self.deletes.push(entry);
+        }
     }
 
     /// Characters shown.
@@ -228,19 +368,163 @@ impl Text {
     }
 
     /// Deletes `len` characters from character `pos` (all within the text: beyond it,
-    /// a panic); answers the operations to send (one per run of ids).
-    pub fn delete(&mut self, pos: u64, len: u64) -> Vec<Op> {
+    /// a panic) as `agent`; answers the operations to send (one per run of ids).
+    pub fn delete(&mut self, agent: u64, pos: u64, len: u64) -> Vec<Op> {
         let mut ops: Vec<Op> = Vec::new();
         let mut left = len;
         while left > 0 {
+            let by = Id {
+                agent,
+                seq: *self.next_delete(agent),
+            };
             let (id, take) = self.delete_from(self.visible_place(pos), left);
+            *self.next_delete(agent) += take;
+            self.log_delete(Deleted {
+                by,
+                target: id,
+                len: take,
+                backwards: false,
+            });
             match ops.last_mut() {
-                Some(Op::Delete { id: last, len }) if last.plus(*len) == id => *len += take,
-                _ => ops.push(Op::Delete { id, len: take }),
+                Some(Op::Delete { id: last, len, .. }) if last.plus(*len) == id => *len += take,
+                _ => ops.push(Op::Delete { id, len: take, by }),
             }
             left -= take;
         }
         ops
+    }
+
+    /// What this replica has applied.
+    pub fn version(&self) -> Version {
+        let sorted = |counters: &[(u64, u64)]| {
+            let mut counters = counters.to_vec();
+            counters.sort_unstable();
+            counters
+        };
+        Version {
+            inserts: sorted(&self.next),
+            deletes: sorted(&self.next_deletes),
+        }
+    }
+
+    /// Inserts `text` as `agent` at character `pos` of the text as it was at
+    /// `version` (a version this replica went through): it goes where it would have
+    /// gone then, and is ordered with what was applied since as if made concurrently
+    /// with it. Answers the operation.
+    pub fn insert_at(&mut self, agent: u64, version: &Version, pos: u64, text: &str) -> Op {
+        let (origin_left, origin_right) = self.origins_at(version, pos);
+        let next = self.next_seq(agent);
+        let op = Op::Insert {
+            id: Id { agent, seq: *next },
+            origin_left,
+            origin_right,
+            text: text.to_owned(),
+        };
+        self.apply(&op).expect("its origins are here");
+        op
+    }
+
+    /// Deletes, as `agent`, the `len` characters from `pos` of the text as it was at
+    /// `version` (a version this replica went through), those deleted since too.
+    /// Answers the operations.
+    pub fn delete_at(&mut self, agent: u64, version: &Version, pos: u64, len: u64) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for (id, count) in self.visible_at(version, pos, len) {
+            let next = self.next_delete(agent);
+            let op = Op::Delete {
+                id,
+                len: count,
+                by: Id { agent, seq: *next },
+            };
+            self.apply(&op).expect("the items are here");
+            ops.push(op);
+        }
+        ops
+    }
+
+    /// The origins an insert at `pos` of the text at `version` gets: the item before
+    /// (of those the version had, deleted or not) and the `pos`-th character shown.
+    fn origins_at(&self, version: &Version, pos: u64) -> (Option<Id>, Option<Id>) {
+        let deleted = self.deleted_at(version);
+        let mut left = pos;
+        let mut before = None;
+        for run in self.chunks.iter().flat_map(|c| &c.runs) {
+            let had = version.inserted(run.id, run.len);
+            for (start, count, shown) in shown_parts(run.id, had, &deleted) {
+                if shown {
+                    if left < count {
+                        let right = run.id.plus(start + left);
+                        let before = if left > 0 {
+                            Some(right.minus(1))
+                        } else {
+                            before
+                        };
+                        return (before, Some(right));
+                    }
+                    left -= count;
+                }
+                before = Some(run.id.plus(start + count - 1));
+            }
+        }
+        assert_eq!(
+            left, 0,
+            "a place beyond the end of the text at that version"
+        );
+        (before, None)
+    }
+
+    /// The ids of the `len` characters from `pos` of the text at `version`, as runs
+    /// of ids `(first, count)`.
+    fn visible_at(&self, version: &Version, pos: u64, len: u64) -> Vec<(Id, u64)> {
+        let deleted = self.deleted_at(version);
+        let (mut skip, mut want) = (pos, len);
+        let mut out: Vec<(Id, u64)> = Vec::new();
+        for run in self.chunks.iter().flat_map(|c| &c.runs) {
+            let had = version.inserted(run.id, run.len);
+            for (start, count, shown) in shown_parts(run.id, had, &deleted) {
+                if !shown || want == 0 {
+                    continue;
+                }
+                let from = skip.min(count);
+                skip -= from;
+                let take = (count - from).min(want);
+                if take > 0 {
+                    let first = run.id.plus(start + from);
+                    // Consecutive ids go as one, as local deletes send them.
+                    match out.last_mut() {
+                        Some((last, n)) if last.plus(*n) == first => *n += take,
+                        _ => out.push((first, take)),
+                    }
+                    want -= take;
+                }
+            }
+        }
+        assert_eq!(
+            want, 0,
+            "characters beyond the end of the text at that version"
+        );
+        out
+    }
+
+    /// The items the deletes of `version` deleted: per agent, sorted ranges of seqs.
+    fn deleted_at(&self, version: &Version) -> Vec<(u64, Vec<(u64, u64)>)> {
+        let mut ranges: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
+        for entry in &self.deletes {
+            let had = version.deleted(entry.by, entry.len);
+            if had == 0 {
+                continue;
+            }
+            let (first, last) = (entry.target(0).seq, entry.target(had - 1).seq);
+            let range = (first.min(last), first.max(last) + 1);
+            match ranges.iter_mut().find(|(a, _)| *a == entry.target.agent) {
+                Some((_, list)) => list.push(range),
+                None => ranges.push((entry.target.agent, vec![range])),
+            }
+        }
+        for (_, list) in &mut ranges {
+            list.sort_unstable();
+        }
+        ranges
     }
 
     /// Applies an operation of another replica (or again one of this one: nothing
@@ -272,13 +556,24 @@ impl Text {
                 *next = (*next).max(id.seq + len);
                 Ok(())
             }
-            Op::Delete { id, len } => {
+            Op::Delete { id, len, by } => {
+                let next = self.next_delete(by.agent);
+                if by.seq < *next {
+                    return Ok(()); // Applied: an agent's operations come in its order.
+                }
+                *next = by.seq + len;
                 let mut done = 0;
                 while done < *len {
                     let part = id.plus(done);
                     let at = self.find(part).ok_or(Missing(part))?;
                     done += self.delete_from(at, *len - done).1;
                 }
+                self.log_delete(Deleted {
+                    by: *by,
+                    target: *id,
+                    len: *len,
+                    backwards: false,
+                });
                 Ok(())
             }
         }
@@ -660,7 +955,7 @@ mod tests {
             let ops = if next(3) == 0 && !a.is_empty() {
                 let pos = next(a.len());
                 let len = 1 + next((a.len() - pos).min(5));
-                a.delete(pos, len.min(a.len() - pos))
+                a.delete(1, pos, len.min(a.len() - pos))
             } else {
                 vec![a.insert(1, next(a.len() + 1), "xyz")]
             };
@@ -680,7 +975,7 @@ mod tests {
         t.insert(1, 5, " world");
         t.insert(1, 0, "¡");
         assert_eq!(t.to_string(), "¡hello world");
-        t.delete(1, 5);
+        t.delete(1, 1, 5);
         assert_eq!(t.to_string(), "¡ world");
         t.insert(1, 1, "bye");
         assert_eq!(t.to_string(), "¡bye world");
@@ -701,7 +996,7 @@ mod tests {
         let mut a = Text::new();
         let mut ops = vec![a.insert(1, 0, "abc")];
         ops.push(a.insert(1, 1, "XY"));
-        ops.extend(a.delete(0, 2));
+        ops.extend(a.delete(1, 0, 2));
         let mut b = Text::new();
         for op in ops.iter().chain(&ops) {
             b.apply(op).unwrap();

@@ -52,10 +52,17 @@ fn run(replicas: usize, steps: &[Step]) -> Vec<String> {
 }
 
 fn run_texts(replicas: usize, steps: &[Step]) -> Vec<Text> {
+    run_from((0..replicas).map(|_| Text::new()).collect(), steps)
+}
+
+/// Replicas that hold `start` go through `steps`, then take everything.
+fn run_from(start: Vec<Text>, steps: &[Step]) -> Vec<Text> {
+    let replicas = start.len();
     let mut all: Vec<Op> = Vec::new();
-    let mut rs: Vec<Replica> = (0..replicas)
-        .map(|_| Replica {
-            text: Text::new(),
+    let mut rs: Vec<Replica> = start
+        .into_iter()
+        .map(|text| Replica {
+            text,
             log: Vec::new(),
             seen: HashSet::new(),
         })
@@ -86,7 +93,10 @@ fn run_texts(replicas: usize, steps: &[Step]) -> Vec<Text> {
                     continue;
                 }
                 let pos = ((shown as f64 * at) as u64).min(shown - 1);
-                for op in r.text.delete(pos, (*len).min(shown - pos)) {
+                for op in r
+                    .text
+                    .delete(*replica as u64 + 1, pos, (*len).min(shown - pos))
+                {
                     all.push(op);
                     r.seen.insert(all.len() - 1);
                     r.log.push(all.len() - 1);
@@ -128,12 +138,45 @@ proptest! {
             let mut decoded = Text::decode(&bytes).unwrap();
             prop_assert_eq!(decoded.to_string(), text.to_string());
             prop_assert_eq!(decoded.encode(), bytes);
+            prop_assert_eq!(decoded.version(), text.version());
             // Edited alike from there, both stay alike.
             let pos = text.len() / 2;
             let op = text.insert(9, pos, &more);
             decoded.apply(&op).unwrap();
             prop_assert_eq!(decoded.to_string(), text.to_string());
         }
+    }
+
+    /// A fifth author edits the text as one replica held it at some version; the
+    /// replica, which went on meanwhile, makes the same edit against that version:
+    /// the same operations, the same text as taking the author's.
+    #[test]
+    fn an_edit_made_against_an_old_version_lands_where_it_was_meant(
+        before in prop::collection::vec(step(3), 1..40),
+        after in prop::collection::vec(step(3), 1..40),
+        at in 0.0..=1.0f64,
+        len in 0..4u64,
+        text in "[x-z]{1,3}",
+    ) {
+        let texts = run_texts(3, &before);
+        let old = texts[0].clone();
+        let version = old.version();
+        let now = run_from(texts, &after).swap_remove(0);
+        let pos = (old.len() as f64 * at) as u64;
+        let (mut author, mut theirs, mut ours) = (old.clone(), now.clone(), now.clone());
+        let made = author.insert(99, pos, &text);
+        theirs.apply(&made).unwrap();
+        prop_assert_eq!(&ours.insert_at(99, &version, pos, &text), &made);
+        prop_assert_eq!(ours.to_string(), theirs.to_string());
+        // Then the author deletes, from the text as it holds it now.
+        let version = author.version();
+        let len = len.min(author.len() - pos);
+        let made = author.delete(99, pos, len);
+        for op in &made {
+            theirs.apply(op).unwrap();
+        }
+        prop_assert_eq!(ours.delete_at(99, &version, pos, len), made);
+        prop_assert_eq!(ours.to_string(), theirs.to_string());
     }
 
     #[test]

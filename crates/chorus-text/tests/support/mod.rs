@@ -38,7 +38,7 @@ pub fn patches(txn: &Value) -> impl Iterator<Item = (u64, u64, &str)> {
 pub fn edit(text: &mut Text, agent: u64, (pos, deleted, inserted): (u64, u64, &str)) -> Vec<Op> {
     let mut ops = Vec::new();
     if deleted > 0 {
-        ops.extend(text.delete(pos, deleted));
+        ops.extend(text.delete(agent, pos, deleted));
     }
     if !inserted.is_empty() {
         ops.push(text.insert(agent, pos, inserted));
