@@ -1,4 +1,4 @@
-//! The bytes of a text (format 1), for storage and transfer.
+//! The bytes of a sequence (format 1), for storage and transfer.
 //!
 //! ```text
 //! format: u8 = 1
@@ -10,7 +10,9 @@
 //!         agent index, seq, len: varints
 //!         left origin (flag 2 and not 8), right origin (flag 4 and not 16):
 //!             agent index, seq: varints
-//!         text (not deleted): varint byte length, UTF-8 of exactly `len` characters
+//!         items (not deleted): of a text, varint byte length, then UTF-8 of exactly
+//!             `len` characters; of a list, `len` times varint byte length and the
+//!             element's JSON text
 //! deletes: varint count, then per run of the delete log: flags (1 backwards,
 //!         2 its delete ids follow the entry before's, 4 its items are of the entry
 //!         before's agent), the first delete id (unless 2: agent index, seq), the
@@ -23,7 +25,7 @@
 //! it). Decoding refuses anything else (an unknown flag, an agent out of
 //! the table, a short or overlong text, trailing bytes) and never panics.
 
-use crate::{CHUNK_RUNS_MAX, Chunk, Deleted, Id, Run, Text};
+use crate::{CHUNK_RUNS_MAX, Chunk, Content, Deleted, Id, Run, Sequence};
 use chorus_core::varint;
 use std::fmt;
 
@@ -55,10 +57,10 @@ impl fmt::Display for Corrupt {
 
 impl std::error::Error for Corrupt {}
 
-impl Text {
-    /// The text's bytes (format 1).
+impl<C: Content> Sequence<C> {
+    /// The sequence's bytes (format 1).
     pub fn encode(&self) -> Vec<u8> {
-        let runs: Vec<&Run> = self.chunks.iter().flat_map(|c| &c.runs).collect();
+        let runs: Vec<&Run<C>> = self.chunks.iter().flat_map(|c| &c.runs).collect();
         let mut agents: Vec<u64> = runs
             .iter()
             .flat_map(|r| [Some(r.id), r.origin_left, r.origin_right])
@@ -75,7 +77,7 @@ impl Text {
             varint::write(&mut out, agent);
         }
         varint::write(&mut out, runs.len() as u64);
-        let mut before: Option<&Run> = None;
+        let mut before: Option<&Run<C>> = None;
         for run in runs {
             let left_is_before =
                 run.origin_left.is_some() && run.origin_left == before.map(|b| b.last());
@@ -102,8 +104,7 @@ impl Text {
                 }
             }
             if !run.deleted {
-                varint::write(&mut out, run.text.len() as u64);
-                out.extend_from_slice(run.text.as_bytes());
+                run.content.encode(&mut out);
             }
             before = Some(run);
         }
@@ -130,8 +131,8 @@ impl Text {
         out
     }
 
-    /// A text from its bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Text, Corrupt> {
+    /// A sequence from its bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Sequence<C>, Corrupt> {
         let corrupt = |what: &str| Corrupt(what.to_owned());
         let (&format, mut input) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
         if format != FORMAT {
@@ -158,9 +159,9 @@ impl Text {
         if run_count > bytes.len() as u64 {
             return Err(corrupt("run count beyond the input"));
         }
-        let mut text = Text::new();
+        let mut text = Sequence::new();
         let mut chunk = Chunk::default();
-        let mut before: Option<Run> = None;
+        let mut before: Option<Run<C>> = None;
         for _ in 0..run_count {
             let (&flags, rest) = input.split_first().ok_or_else(|| corrupt("run flags"))?;
             input = rest;
@@ -188,7 +189,7 @@ impl Text {
                 &mut input,
                 LEFT,
                 LEFT_IS_BEFORE,
-                before.as_ref().map(Run::last),
+                before.as_ref().map(Run::<C>::last),
             )?;
             let origin_right = origin(
                 &mut input,
@@ -198,20 +199,9 @@ impl Text {
             )?;
             let deleted = flags & DELETED != 0;
             let content = if deleted {
-                String::new()
+                C::default()
             } else {
-                let bytes_len = varint::read(&mut input).ok_or_else(|| corrupt("text length"))?;
-                let bytes_len = usize::try_from(bytes_len).unwrap_or(usize::MAX);
-                if bytes_len > input.len() {
-                    return Err(corrupt("text beyond the input"));
-                }
-                let (utf8, rest) = input.split_at(bytes_len);
-                input = rest;
-                let content = std::str::from_utf8(utf8).map_err(|_| corrupt("text not UTF-8"))?;
-                if content.chars().count() as u64 != len {
-                    return Err(corrupt("text of another length than its run"));
-                }
-                content.to_owned()
+                C::decode(&mut input, len).map_err(corrupt)?
             };
             let run = Run {
                 id: run_id,
@@ -219,7 +209,7 @@ impl Text {
                 origin_left,
                 origin_right,
                 deleted,
-                text: content,
+                content,
             };
             let next = text.next_seq(run.id.agent);
             *next = (*next).max(run.id.seq + len);
@@ -296,7 +286,7 @@ impl Text {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::{List, Text};
 
     #[test]
     fn a_small_text_decodes_and_bad_bytes_are_named() {
@@ -330,5 +320,17 @@ mod tests {
             refused(b"\x01\x01\x01\x01\x0a\x00\x00\x02\x02hi"),
             "an implicit origin with no run before"
         );
+    }
+
+    #[test]
+    fn a_list_decodes_to_itself() {
+        let mut list = List::new();
+        list.insert(1, 0, vec!["1".to_owned(), r#"{"a":[2]}"#.to_owned()]);
+        list.insert(2, 1, vec![r#""x""#.to_owned()]);
+        list.delete(1, 0, 1);
+        let decoded = List::decode(&list.encode()).unwrap();
+        assert_eq!(decoded.content(), [r#""x""#, r#"{"a":[2]}"#]);
+        assert_eq!(decoded.version(), list.version());
+        assert!(List::decode(b"\x01\x01\x01\x01\x00\x00\x00\x09\x00").is_err());
     }
 }

@@ -22,8 +22,10 @@
 //! after its origins, a delete after the inserts it deletes).
 
 mod codec;
+mod content;
 
 pub use codec::Corrupt;
+pub use content::Content;
 use std::cell::Cell;
 use std::fmt;
 
@@ -53,14 +55,14 @@ impl Id {
 
 /// A change, as replicas exchange it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// `text` inserted as one run: its first character with these origins, each next
+pub enum Op<C = String> {
+    /// `content` inserted as one run: its first item with these origins, each next
     /// one right after the one before.
     Insert {
         id: Id,
         origin_left: Option<Id>,
         origin_right: Option<Id>,
-        text: String,
+        content: C,
     },
     /// The items `id .. id + len` (of one agent) deleted by `by`: the deleting
     /// agent's delete ids `by .. by + len`, one per item, counted apart from the ids
@@ -106,16 +108,16 @@ impl Version {
 }
 
 #[derive(Clone, Debug)]
-struct Run {
+struct Run<C> {
     id: Id,
     len: u64,
     origin_left: Option<Id>,
     origin_right: Option<Id>,
     deleted: bool,
-    text: String,
+    content: C,
 }
 
-impl Run {
+impl<C: Content> Run<C> {
     fn visible(&self) -> u64 {
         if self.deleted { 0 } else { self.len }
     }
@@ -129,15 +131,20 @@ impl Run {
     }
 
     /// Splits off the items from `off` on (`0 < off < len`).
-    fn split(&mut self, off: u64) -> Run {
-        let text = self.text.split_off(byte_offset(&self.text, off));
+    fn split(&mut self, off: u64) -> Run<C> {
+        // Deleted runs keep no items.
+        let content = if self.deleted {
+            C::default()
+        } else {
+            self.content.split_off(off)
+        };
         let rest = Run {
             id: self.id.plus(off),
             len: self.len - off,
             origin_left: Some(self.id.plus(off - 1)),
             origin_right: self.origin_right,
             deleted: self.deleted,
-            text,
+            content,
         };
         self.len = off;
         rest
@@ -145,7 +152,7 @@ impl Run {
 
     /// Whether `next` continues this run: typed right after its last item, and
     /// deleted or not alike.
-    fn continued_by(&self, next: &Run) -> bool {
+    fn continued_by(&self, next: &Run<C>) -> bool {
         self.deleted == next.deleted
             && next.id == self.id.plus(self.len)
             && next.origin_left == Some(self.last())
@@ -153,25 +160,28 @@ impl Run {
     }
 }
 
-/// The byte offset of character `chars` of `text`.
-fn byte_offset(text: &str, chars: u64) -> usize {
-    text.char_indices()
-        .nth(chars as usize)
-        .map_or(text.len(), |(byte, _)| byte)
-}
-
 /// Runs, with their counts.
-#[derive(Clone, Debug, Default)]
-struct Chunk {
-    runs: Vec<Run>,
+#[derive(Clone, Debug)]
+struct Chunk<C> {
+    runs: Vec<Run<C>>,
     items: u64,
     visible: u64,
 }
 
-impl Chunk {
+impl<C> Default for Chunk<C> {
+    fn default() -> Chunk<C> {
+        Chunk {
+            runs: Vec::new(),
+            items: 0,
+            visible: 0,
+        }
+    }
+}
+
+impl<C: Content> Chunk<C> {
     fn recount(&mut self) {
         self.items = self.runs.iter().map(|r| r.len).sum();
-        self.visible = self.runs.iter().map(Run::visible).sum();
+        self.visible = self.runs.iter().map(Run::<C>::visible).sum();
     }
 }
 
@@ -271,10 +281,10 @@ struct At {
     off: u64,
 }
 
-/// A text replica.
-#[derive(Clone, Debug, Default)]
-pub struct Text {
-    chunks: Vec<Chunk>,
+/// A replica of a sequence: characters ([`Text`]) or list elements ([`List`]).
+#[derive(Clone, Debug)]
+pub struct Sequence<C = String> {
+    chunks: Vec<Chunk<C>>,
     /// Per agent, the seq of its next item (how many it inserted); few agents write
     /// one text, so a list.
     next: Vec<(u64, u64)>,
@@ -297,9 +307,27 @@ struct Cursor {
     visible_before: u64,
 }
 
-impl Text {
-    pub fn new() -> Text {
-        Text::default()
+/// A text field's characters.
+pub type Text = Sequence<String>;
+/// A list field's elements, each the JSON text of a value.
+pub type List = Sequence<Vec<String>>;
+
+impl<C> Default for Sequence<C> {
+    fn default() -> Sequence<C> {
+        Sequence {
+            chunks: Vec::new(),
+            next: Vec::new(),
+            next_deletes: Vec::new(),
+            deletes: Vec::new(),
+            cursor: Cell::new(None),
+            found: Cell::new(0),
+        }
+    }
+}
+
+impl<C: Content> Sequence<C> {
+    pub fn new() -> Sequence<C> {
+        Sequence::default()
     }
 
     /// The seq of `agent`'s next item.
@@ -339,8 +367,9 @@ impl Text {
 
     /// Inserts `text` at character `pos` (at most [`Text::len`]) as `agent`; answers
     /// the operation to send to the other replicas.
-    pub fn insert(&mut self, agent: u64, pos: u64, text: &str) -> Op {
-        let len = text.chars().count() as u64;
+    pub fn insert(&mut self, agent: u64, pos: u64, content: impl Into<C>) -> Op<C> {
+        let content: C = content.into();
+        let len = content.count();
         let at = self.visible_place(pos);
         let origin_left = self.before(at);
         let origin_right = self.id_at(at);
@@ -355,22 +384,22 @@ impl Text {
                 origin_left,
                 origin_right,
                 deleted: false,
-                text: String::new(),
+                content: C::default(),
             };
-            self.put_run(at, run, text);
+            self.put_run(at, run, &content);
         }
         Op::Insert {
             id,
             origin_left,
             origin_right,
-            text: text.to_owned(),
+            content,
         }
     }
 
     /// Deletes `len` characters from character `pos` (all within the text: beyond it,
     /// a panic) as `agent`; answers the operations to send (one per run of ids).
-    pub fn delete(&mut self, agent: u64, pos: u64, len: u64) -> Vec<Op> {
-        let mut ops: Vec<Op> = Vec::new();
+    pub fn delete(&mut self, agent: u64, pos: u64, len: u64) -> Vec<Op<C>> {
+        let mut ops: Vec<Op<C>> = Vec::new();
         let mut left = len;
         while left > 0 {
             let by = Id {
@@ -411,14 +440,20 @@ impl Text {
     /// `version` (a version this replica went through): it goes where it would have
     /// gone then, and is ordered with what was applied since as if made concurrently
     /// with it. Answers the operation.
-    pub fn insert_at(&mut self, agent: u64, version: &Version, pos: u64, text: &str) -> Op {
+    pub fn insert_at(
+        &mut self,
+        agent: u64,
+        version: &Version,
+        pos: u64,
+        content: impl Into<C>,
+    ) -> Op<C> {
         let (origin_left, origin_right) = self.origins_at(version, pos);
         let next = self.next_seq(agent);
         let op = Op::Insert {
             id: Id { agent, seq: *next },
             origin_left,
             origin_right,
-            text: text.to_owned(),
+            content: content.into(),
         };
         self.apply(&op).expect("its origins are here");
         op
@@ -427,7 +462,7 @@ impl Text {
     /// Deletes, as `agent`, the `len` characters from `pos` of the text as it was at
     /// `version` (a version this replica went through), those deleted since too.
     /// Answers the operations.
-    pub fn delete_at(&mut self, agent: u64, version: &Version, pos: u64, len: u64) -> Vec<Op> {
+    pub fn delete_at(&mut self, agent: u64, version: &Version, pos: u64, len: u64) -> Vec<Op<C>> {
         let mut ops = Vec::new();
         for (id, count) in self.visible_at(version, pos, len) {
             let next = self.next_delete(agent);
@@ -529,15 +564,15 @@ impl Text {
 
     /// Applies an operation of another replica (or again one of this one: nothing
     /// changes).
-    pub fn apply(&mut self, op: &Op) -> Result<(), Missing> {
+    pub fn apply(&mut self, op: &Op<C>) -> Result<(), Missing> {
         match op {
             Op::Insert {
                 id,
                 origin_left,
                 origin_right,
-                text,
+                content,
             } => {
-                let len = text.chars().count() as u64;
+                let len = content.count();
                 if len == 0 || self.find(*id).is_some() {
                     return Ok(());
                 }
@@ -549,9 +584,9 @@ impl Text {
                     origin_left: *origin_left,
                     origin_right: *origin_right,
                     deleted: false,
-                    text: String::new(),
+                    content: C::default(),
                 };
-                self.put_run(at, run, text);
+                self.put_run(at, run, content);
                 let next = self.next_seq(id.agent);
                 *next = (*next).max(id.seq + len);
                 Ok(())
@@ -684,7 +719,7 @@ impl Text {
 
     /// Puts `run`, holding `text`, at `at` (the start of a run, or the end), merged
     /// into the run before it when it continues it.
-    fn put_run(&mut self, at: At, mut run: Run, text: &str) {
+    fn put_run(&mut self, at: At, mut run: Run<C>, content: &C) {
         if self.chunks.is_empty() {
             self.chunks.push(Chunk::default());
         }
@@ -695,13 +730,13 @@ impl Text {
             self.touched(before.chunk);
             let chunk = &mut self.chunks[before.chunk];
             chunk.runs[before.run].len += run.len;
-            chunk.runs[before.run].text.push_str(text);
+            chunk.runs[before.run].content.append(content);
             chunk.items += run.len;
             chunk.visible += run.visible();
             return;
         }
         self.touched(chunk);
-        run.text = text.to_owned();
+        run.content = content.clone();
         let chunk_ref = &mut self.chunks[chunk];
         chunk_ref.items += run.len;
         chunk_ref.visible += run.visible();
@@ -758,18 +793,20 @@ impl Text {
         let runs = &mut chunk.runs;
         runs[at.run].deleted = true;
         // Deleted characters order nothing: only their ids and origins stay.
-        runs[at.run].text = String::new();
+        runs[at.run].content = C::default();
         let mut run = at.run;
         if run + 1 < runs.len() && runs[run].continued_by(&runs[run + 1]) {
             let next = runs.remove(run + 1);
             runs[run].len += next.len;
-            runs[run].text.push_str(&next.text);
+            let next_content = next.content;
+            runs[run].content.append(&next_content);
         }
         if run > 0 && runs[run - 1].continued_by(&runs[run]) {
             let this = runs.remove(run);
             run -= 1;
             runs[run].len += this.len;
-            runs[run].text.push_str(&this.text);
+            let this_content = this.content;
+            runs[run].content.append(&this_content);
         }
     }
 
@@ -911,11 +948,24 @@ impl Text {
     }
 }
 
+impl<C: Content> Sequence<C> {
+    /// The items shown, in order.
+    pub fn content(&self) -> C {
+        let mut all = C::default();
+        for run in self.chunks.iter().flat_map(|c| &c.runs) {
+            if !run.deleted {
+                all.append(&run.content);
+            }
+        }
+        all
+    }
+}
+
 impl fmt::Display for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for run in self.chunks.iter().flat_map(|c| &c.runs) {
             if !run.deleted {
-                f.write_str(&run.text)?;
+                f.write_str(&run.content)?;
             }
         }
         Ok(())
@@ -983,10 +1033,26 @@ mod tests {
     }
 
     #[test]
+    fn a_list_merges_like_a_text() {
+        let element = |v: &str| vec![v.to_owned()];
+        let (mut a, mut b) = (List::new(), List::new());
+        let base = a.insert(1, 0, vec!["1".to_owned(), "2".to_owned()]);
+        b.apply(&base).unwrap();
+        let from_a = a.insert(1, 1, element(r#""a""#));
+        let from_b = b.delete(2, 0, 1);
+        let from_b2 = b.insert(2, 1, element("true"));
+        a.apply(&from_b[0]).unwrap();
+        a.apply(&from_b2).unwrap();
+        b.apply(&from_a).unwrap();
+        assert_eq!(a.content(), b.content());
+        assert_eq!(a.content(), [r#""a""#, "2", "true"]);
+    }
+
+    #[test]
     fn typing_makes_one_run() {
         let mut t = Text::new();
         for (i, c) in "a sentence typed key by key".chars().enumerate() {
-            t.insert(1, i as u64, &c.to_string());
+            t.insert(1, i as u64, c.to_string());
         }
         assert_eq!(t.runs(), 1);
     }
@@ -1014,8 +1080,8 @@ mod tests {
         let mut from_a = Vec::new();
         let mut from_b = Vec::new();
         for (i, (x, y)) in "abc".chars().zip("xyz".chars()).enumerate() {
-            from_a.push(a.insert(2, 1 + i as u64, &x.to_string()));
-            from_b.push(b.insert(3, 1 + i as u64, &y.to_string()));
+            from_a.push(a.insert(2, 1 + i as u64, x.to_string()));
+            from_b.push(b.insert(3, 1 + i as u64, y.to_string()));
         }
         for op in &from_b {
             a.apply(op).unwrap();

@@ -209,9 +209,9 @@ proptest! {
             let mut made = Vec::new();
             for i in 0..chars.len() {
                 made.push(if *forwards {
-                    text.insert(r as u64 + 1, pos + i as u64, &chars[i].to_string())
+                    text.insert(r as u64 + 1, pos + i as u64, chars[i].to_string())
                 } else {
-                    text.insert(r as u64 + 1, pos, &chars[chars.len() - 1 - i].to_string())
+                    text.insert(r as u64 + 1, pos, chars[chars.len() - 1 - i].to_string())
                 });
             }
             replicas.push(text);
