@@ -27,6 +27,7 @@ mod content;
 pub use codec::Corrupt;
 pub use content::Content;
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fmt;
 
 /// An item's identity: the agent (a server node) that inserted it, and the number of
@@ -560,6 +561,81 @@ impl<C: Content> Sequence<C> {
             list.sort_unstable();
         }
         ranges
+    }
+
+    /// Takes in what `other` holds and this replica lacks (a state transfer): its
+    /// inserts, each agent's in its order and each after its origins, then its
+    /// deletes. Both must hold whole histories (every operation before one they
+    /// applied); then merging in any order, any number of times, gives one sequence.
+    pub fn merge(&mut self, other: &Sequence<C>) -> Result<(), Missing> {
+        // Per agent, the parts of runs this replica lacks, in id order.
+        let mut queues: Vec<(u64, VecDeque<Run<C>>)> = Vec::new();
+        for run in other.chunks.iter().flat_map(|c| &c.runs) {
+            let have = Version::count(&self.next, run.id.agent);
+            if have >= run.id.seq + run.len {
+                continue;
+            }
+            let mut part = run.clone();
+            if have > run.id.seq {
+                part = part.split(have - run.id.seq);
+            }
+            match queues.iter_mut().find(|(a, _)| *a == run.id.agent) {
+                Some((_, queue)) => queue.push_back(part),
+                None => queues.push((run.id.agent, VecDeque::from([part]))),
+            }
+        }
+        for (_, queue) in &mut queues {
+            queue.make_contiguous().sort_by_key(|r| r.id.seq);
+        }
+        // Each pass takes every part whose origins are here; a whole history always
+        // lets one through.
+        while queues.iter().any(|(_, q)| !q.is_empty()) {
+            let mut progressed = false;
+            for (_, queue) in &mut queues {
+                while let Some(part) = queue.front() {
+                    let here = |origin: Option<Id>| origin.is_none_or(|o| self.find(o).is_some());
+                    if !(here(part.origin_left) && here(part.origin_right)) {
+                        break;
+                    }
+                    let part = queue.pop_front().expect("a front");
+                    let at = self.integrate(part.id, part.origin_left, part.origin_right)?;
+                    let at = self.split_at(at);
+                    let next = self.next_seq(part.id.agent);
+                    *next = (*next).max(part.id.seq + part.len);
+                    // A part deleted there comes deleted (it has no items to show); its
+                    // deletes, in the log, come next.
+                    let content = part.content.clone();
+                    let run = Run {
+                        content: C::default(),
+                        ..part
+                    };
+                    self.put_run(at, run, &content);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                let waiting = queues.iter().find_map(|(_, q)| q.front()).expect("waiting");
+                return Err(Missing(
+                    waiting
+                        .origin_left
+                        .or(waiting.origin_right)
+                        .unwrap_or(waiting.id),
+                ));
+            }
+        }
+        // Its deletes this replica lacks (an agent's delete ids come in its order).
+        for entry in &other.deletes {
+            let have = Version::count(&self.next_deletes, entry.by.agent);
+            for k in have.saturating_sub(entry.by.seq)..entry.len {
+                let op = Op::Delete {
+                    id: entry.target(k),
+                    len: 1,
+                    by: entry.by.plus(k),
+                };
+                self.apply(&op)?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies an operation of another replica (or again one of this one: nothing

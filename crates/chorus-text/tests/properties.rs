@@ -57,6 +57,12 @@ fn run_texts(replicas: usize, steps: &[Step]) -> Vec<Text> {
 
 /// Replicas that hold `start` go through `steps`, then take everything.
 fn run_from(start: Vec<Text>, steps: &[Step]) -> Vec<Text> {
+    history(start, steps, true)
+}
+
+/// Replicas that hold `start` go through `steps`; with `settle`, they then take
+/// everything.
+fn history(start: Vec<Text>, steps: &[Step], settle: bool) -> Vec<Text> {
     let replicas = start.len();
     let mut all: Vec<Op> = Vec::new();
     let mut rs: Vec<Replica> = start
@@ -106,7 +112,7 @@ fn run_from(start: Vec<Text>, steps: &[Step]) -> Vec<Text> {
         }
     }
     // Everyone takes everything, each from the others in its own order.
-    for to in 0..replicas {
+    for to in (0..replicas).filter(|_| settle) {
         for k in 1..=replicas {
             let from = (to + k) % replicas;
             deliver(&mut rs, &all, from, to, usize::MAX);
@@ -177,6 +183,30 @@ proptest! {
         }
         prop_assert_eq!(ours.delete_at(99, &version, pos, len), made);
         prop_assert_eq!(ours.to_string(), theirs.to_string());
+    }
+
+    /// Replicas merged by their states (as a state transfer would), in any order and
+    /// again, hold what taking every operation gives.
+    #[test]
+    fn merging_states_gives_what_the_operations_give(
+        steps in prop::collection::vec(step(3), 1..60),
+    ) {
+        let apart = history((0..3).map(|_| Text::new()).collect(), &steps, false);
+        let together = run_texts(3, &steps)[0].to_string();
+        let mut forwards = apart[0].clone();
+        forwards.merge(&apart[1]).unwrap();
+        forwards.merge(&apart[2]).unwrap();
+        let mut backwards = apart[2].clone();
+        backwards.merge(&apart[1]).unwrap();
+        backwards.merge(&apart[0]).unwrap();
+        prop_assert_eq!(forwards.to_string(), together.clone());
+        prop_assert_eq!(backwards.to_string(), together);
+        prop_assert_eq!(forwards.version(), backwards.version());
+        let again = forwards.clone();
+        forwards.merge(&again).unwrap();
+        forwards.merge(&apart[1]).unwrap();
+        prop_assert_eq!(forwards.to_string(), again.to_string());
+        prop_assert_eq!(forwards.encode(), again.encode());
     }
 
     #[test]
