@@ -232,6 +232,9 @@ fn an_upload_retried_anywhere_is_taken_once() {
         json!({"seq": 10, "key": "x"}),
         json!({"seq": 10, "key": "x", "value": {}, "covers": ["nonsense"]}),
         json!({"seq": 10, "key": "x", "value": {}, "context": "garbage"}),
+        json!({"seq": 10, "key": "x", "ops": "not operations"}),
+        json!({"seq": 10, "key": "x", "ops": [{"op": "teleport", "path": "/n"}]}),
+        json!({"seq": 10, "key": "x", "value": {}, "ops": [{"op": "counter.add", "path": "/n", "by": 1}]}),
     ] {
         let reply = upload(&a, json!({"device": device, "writes": [bad]}));
         assert_eq!(reply.status, 200, "{}", reply.text);
@@ -940,6 +943,21 @@ fn crdt_operations_made_offline_merge_when_synced() {
     for device in [&d2, &d1, &d2] {
         device.sync(urls, &carts, &mut |_| {}).unwrap();
     }
+    // Operations on a collection that is not `crdt` are refused, and set aside.
+    d1.update(
+        "plain",
+        "p",
+        &[json!({"op": "counter.add", "path": "/n", "by": 1})],
+    )
+    .unwrap();
+    let report = d1
+        .sync(urls, &Subscription::collections(["plain"]), &mut |_| {})
+        .unwrap();
+    assert_eq!(report.rejected, 1, "{report:?}");
+    let rejected = d1.rejected().unwrap();
+    assert!(rejected[0].message.contains("policy crdt"), "{rejected:?}");
+    assert_eq!(get(&format!("{}/v1/docs/plain/p", node.url)).status, 404);
+
     let merged = json!({"count": 5, "items": ["apple", "pear"]});
     let read = get(&format!("{}/v1/docs/carts/c1", node.url));
     assert_eq!(read.body["value"], merged, "{}", read.text);
