@@ -18,6 +18,9 @@
 //!         before's agent), the first delete id (unless 2: agent index, seq), the
 //!         first item (agent index unless 4; its seq as a zigzag varint from the
 //!         entry before's last item), the count
+//! stamps: varint count of agents, then per agent its index, a varint count, and
+//!         per write noted: the increases of its counter, of the items it had
+//!         inserted and of those it had deleted, varints
 //! ```
 //!
 //! Deleted runs keep their ids and origins (they still order concurrent inserts) but
@@ -25,7 +28,7 @@
 //! it). Decoding refuses anything else (an unknown flag, an agent out of
 //! the table, a short or overlong text, trailing bytes) and never panics.
 
-use crate::{CHUNK_RUNS_MAX, Chunk, Content, Deleted, Id, Run, Sequence};
+use crate::{CHUNK_RUNS_MAX, Chunk, Content, Deleted, Id, Run, Sequence, Stamp};
 use chorus_core::varint;
 use std::fmt;
 
@@ -67,6 +70,7 @@ impl<C: Content> Sequence<C> {
             .flatten()
             .chain(self.deletes.iter().flat_map(|d| [d.by, d.target]))
             .map(|id| id.agent)
+            .chain(self.stamps.iter().map(|(agent, _)| *agent))
             .collect();
         agents.sort_unstable();
         agents.dedup();
@@ -127,6 +131,18 @@ impl<C: Content> Sequence<C> {
             varint::write(&mut out, zigzag(entry.target.seq.wrapping_sub(from) as i64));
             varint::write(&mut out, entry.len);
             before = Some(entry);
+        }
+        varint::write(&mut out, self.stamps.len() as u64);
+        for (agent, list) in &self.stamps {
+            varint::write(&mut out, index(*agent));
+            varint::write(&mut out, list.len() as u64);
+            let mut last = Stamp::default();
+            for stamp in list {
+                varint::write(&mut out, stamp.counter - last.counter);
+                varint::write(&mut out, stamp.inserts - last.inserts);
+                varint::write(&mut out, stamp.deletes - last.deletes);
+                last = *stamp;
+            }
         }
         out
     }
@@ -273,6 +289,43 @@ impl<C: Content> Sequence<C> {
                 backwards,
             });
         }
+        let stamped = varint::read(&mut input).ok_or_else(|| corrupt("count of stamped agents"))?;
+        if stamped > bytes.len() as u64 {
+            return Err(corrupt("count of stamped agents beyond the input"));
+        }
+        for _ in 0..stamped {
+            let index = varint::read(&mut input).ok_or_else(|| corrupt("agent index"))?;
+            let agent = *agents
+                .get(usize::try_from(index).unwrap_or(usize::MAX))
+                .ok_or_else(|| corrupt("agent index beyond the table"))?;
+            let count = varint::read(&mut input).ok_or_else(|| corrupt("count of stamps"))?;
+            if count > bytes.len() as u64 {
+                return Err(corrupt("count of stamps beyond the input"));
+            }
+            let mut last = Stamp::default();
+            let mut list = Vec::new();
+            for _ in 0..count {
+                let mut step = || varint::read(&mut input).ok_or_else(|| corrupt("stamp"));
+                let (c, i, d) = (step()?, step()?, step()?);
+                let stamp = Stamp {
+                    counter: last
+                        .counter
+                        .checked_add(c)
+                        .ok_or_else(|| corrupt("stamp"))?,
+                    inserts: last
+                        .inserts
+                        .checked_add(i)
+                        .ok_or_else(|| corrupt("stamp"))?,
+                    deletes: last
+                        .deletes
+                        .checked_add(d)
+                        .ok_or_else(|| corrupt("stamp"))?,
+                };
+                list.push(stamp);
+                last = stamp;
+            }
+            text.stamps.push((agent, list));
+        }
         if !input.is_empty() {
             return Err(corrupt("bytes after the last run"));
         }
@@ -291,7 +344,7 @@ mod tests {
     #[test]
     fn a_small_text_decodes_and_bad_bytes_are_named() {
         // One agent (1); one run of two characters with no origins.
-        let two = b"\x01\x01\x01\x01\x00\x00\x00\x02\x02hi\x00";
+        let two = b"\x01\x01\x01\x01\x00\x00\x00\x02\x02hi\x00\x00";
         assert_eq!(Text::decode(two).unwrap().to_string(), "hi");
         let refused = |bytes: &[u8]| Text::decode(bytes).unwrap_err().0;
         assert_eq!(refused(b""), "empty");
@@ -309,7 +362,7 @@ mod tests {
             "text of another length than its run"
         );
         assert_eq!(
-            refused(b"\x01\x01\x01\x01\x00\x00\x00\x02\x02hi\x00!"),
+            refused(b"\x01\x01\x01\x01\x00\x00\x00\x02\x02hi\x00\x00!"),
             "bytes after the last run"
         );
         assert_eq!(

@@ -262,6 +262,15 @@ fn shown_parts(first: Id, had: u64, deleted: &[(u64, Vec<(u64, u64)>)]) -> Vec<(
     parts
 }
 
+/// After an agent's write numbered `counter`, it had inserted `inserts` items into
+/// the sequence and deleted `deletes`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp {
+    counter: u64,
+    inserts: u64,
+    deletes: u64,
+}
+
 /// `agent`'s entry of a list of counters.
 fn counter(counters: &mut Vec<(u64, u64)>, agent: u64) -> &mut u64 {
     let i = match counters.iter().position(|(a, _)| *a == agent) {
@@ -294,6 +303,9 @@ pub struct Sequence<C = String> {
     /// Which delete ids deleted which items, for versions (a run keeps only that it
     /// is deleted, so that runs stay long).
     deletes: Vec<Deleted>,
+    /// Per agent, how far its writes had gone, by the numbers of its writes (the
+    /// counters of their dots): contexts of reads turn into versions through them.
+    stamps: Vec<(u64, Vec<Stamp>)>,
     /// The chunk the last place was found in, and the characters before it: edits
     /// cluster, so the next search starts there. Dropped when a chunk before it
     /// changes (see [`Text::touched`]).
@@ -320,6 +332,7 @@ impl<C> Default for Sequence<C> {
             next: Vec::new(),
             next_deletes: Vec::new(),
             deletes: Vec::new(),
+            stamps: Vec::new(),
             cursor: Cell::new(None),
             found: Cell::new(0),
         }
@@ -427,7 +440,8 @@ impl<C: Content> Sequence<C> {
     /// What this replica has applied.
     pub fn version(&self) -> Version {
         let sorted = |counters: &[(u64, u64)]| {
-            let mut counters = counters.to_vec();
+            let mut counters: Vec<(u64, u64)> =
+                counters.iter().copied().filter(|(_, n)| *n > 0).collect();
             counters.sort_unstable();
             counters
         };
@@ -563,6 +577,52 @@ impl<C: Content> Sequence<C> {
         ranges
     }
 
+    /// Notes that `agent`'s write numbered `counter` (its dot's counter) has been
+    /// applied here, with every operation it made in this sequence: a context that
+    /// covers it then covers them ([`Sequence::version_at`]). Writes are noted in
+    /// each agent's order; a write that made nothing here needs no note.
+    pub fn stamp(&mut self, agent: u64, counter: u64) {
+        let stamp = Stamp {
+            counter,
+            inserts: Version::count(&self.next, agent),
+            deletes: Version::count(&self.next_deletes, agent),
+        };
+        let i = match self.stamps.iter().position(|(a, _)| *a == agent) {
+            Some(i) => i,
+            None => {
+                self.stamps.push((agent, Vec::new()));
+                self.stamps.len() - 1
+            }
+        };
+        let list = &mut self.stamps[i].1;
+        match list.last() {
+            Some(last) if last.counter >= counter => {}
+            Some(last) if (last.inserts, last.deletes) == (stamp.inserts, stamp.deletes) => {}
+            _ => list.push(stamp),
+        }
+    }
+
+    /// The version a context names: per agent, what its writes numbered up to
+    /// `covers(agent)` had made here.
+    pub fn version_at(&self, covers: impl Fn(u64) -> u64) -> Version {
+        let mut version = Version::default();
+        for (agent, list) in &self.stamps {
+            let upto = covers(*agent);
+            let reached = list.partition_point(|s| s.counter <= upto);
+            if let Some(stamp) = reached.checked_sub(1).map(|i| list[i]) {
+                if stamp.inserts > 0 {
+                    version.inserts.push((*agent, stamp.inserts));
+                }
+                if stamp.deletes > 0 {
+                    version.deletes.push((*agent, stamp.deletes));
+                }
+            }
+        }
+        version.inserts.sort_unstable();
+        version.deletes.sort_unstable();
+        version
+    }
+
     /// Takes in what `other` holds and this replica lacks (a state transfer): its
     /// inserts, each agent's in its order and each after its origins, then its
     /// deletes. Both must hold whole histories (every operation before one they
@@ -634,6 +694,20 @@ impl<C: Content> Sequence<C> {
                 };
                 self.apply(&op)?;
             }
+        }
+        // And how far each agent's writes went, noted there.
+        for (agent, theirs) in &other.stamps {
+            let i = match self.stamps.iter().position(|(a, _)| a == agent) {
+                Some(i) => i,
+                None => {
+                    self.stamps.push((*agent, Vec::new()));
+                    self.stamps.len() - 1
+                }
+            };
+            let list = &mut self.stamps[i].1;
+            list.extend_from_slice(theirs);
+            list.sort_unstable();
+            list.dedup_by_key(|s| s.counter);
         }
         Ok(())
     }

@@ -57,12 +57,22 @@ fn run_texts(replicas: usize, steps: &[Step]) -> Vec<Text> {
 
 /// Replicas that hold `start` go through `steps`, then take everything.
 fn run_from(start: Vec<Text>, steps: &[Step]) -> Vec<Text> {
-    history(start, steps, true)
+    history(start, steps, true, 0).0
+}
+
+/// The agent that made an operation.
+fn agent_of(op: &Op) -> u64 {
+    match op {
+        Op::Insert { id, .. } => id.agent,
+        Op::Delete { by, .. } => by.agent,
+    }
 }
 
 /// Replicas that hold `start` go through `steps`; with `settle`, they then take
-/// everything.
-fn history(start: Vec<Text>, steps: &[Step], settle: bool) -> Vec<Text> {
+/// everything. Operation `i` is its agent's write numbered `first_write + i` (its
+/// dot's counter), and replicas note it when they apply it ([`Text::stamp`]). Answers
+/// the replicas, and how many operations were made.
+fn history(start: Vec<Text>, steps: &[Step], settle: bool, first_write: u64) -> (Vec<Text>, u64) {
     let replicas = start.len();
     let mut all: Vec<Op> = Vec::new();
     let mut rs: Vec<Replica> = start
@@ -77,6 +87,9 @@ fn history(start: Vec<Text>, steps: &[Step], settle: bool) -> Vec<Text> {
         let ops: Vec<usize> = rs[from].log.iter().take(count).copied().collect();
         for id in ops {
             rs[to].text.apply(&all[id]).expect("causal delivery");
+            rs[to]
+                .text
+                .stamp(agent_of(&all[id]), first_write + id as u64);
             if rs[to].seen.insert(id) {
                 rs[to].log.push(id);
             }
@@ -89,6 +102,8 @@ fn history(start: Vec<Text>, steps: &[Step], settle: bool) -> Vec<Text> {
                 let pos = (r.text.len() as f64 * at) as u64;
                 let op = r.text.insert(*replica as u64 + 1, pos, text);
                 all.push(op);
+                r.text
+                    .stamp(*replica as u64 + 1, first_write + all.len() as u64 - 1);
                 r.seen.insert(all.len() - 1);
                 r.log.push(all.len() - 1);
             }
@@ -104,6 +119,8 @@ fn history(start: Vec<Text>, steps: &[Step], settle: bool) -> Vec<Text> {
                     .delete(*replica as u64 + 1, pos, (*len).min(shown - pos))
                 {
                     all.push(op);
+                    r.text
+                        .stamp(*replica as u64 + 1, first_write + all.len() as u64 - 1);
                     r.seen.insert(all.len() - 1);
                     r.log.push(all.len() - 1);
                 }
@@ -118,7 +135,8 @@ fn history(start: Vec<Text>, steps: &[Step], settle: bool) -> Vec<Text> {
             deliver(&mut rs, &all, from, to, usize::MAX);
         }
     }
-    rs.into_iter().map(|r| r.text).collect()
+    let made = all.len() as u64;
+    (rs.into_iter().map(|r| r.text).collect(), made)
 }
 
 proptest! {
@@ -191,7 +209,7 @@ proptest! {
     fn merging_states_gives_what_the_operations_give(
         steps in prop::collection::vec(step(3), 1..60),
     ) {
-        let apart = history((0..3).map(|_| Text::new()).collect(), &steps, false);
+        let apart = history((0..3).map(|_| Text::new()).collect(), &steps, false, 0).0;
         let together = run_texts(3, &steps)[0].to_string();
         let mut forwards = apart[0].clone();
         forwards.merge(&apart[1]).unwrap();
@@ -207,6 +225,27 @@ proptest! {
         forwards.merge(&apart[1]).unwrap();
         prop_assert_eq!(forwards.to_string(), again.to_string());
         prop_assert_eq!(forwards.encode(), again.encode());
+    }
+
+    /// A context names a version through the writes noted: the version a replica
+    /// was at is the one its context then names, however far it went since (and in
+    /// a copy made by merging, or decoded).
+    #[test]
+    fn a_context_names_the_version_it_was_read_at(
+        before in prop::collection::vec(step(3), 1..40),
+        after in prop::collection::vec(step(3), 1..40),
+    ) {
+        // Writes are numbered from 1, as dots' counters are.
+        let (texts, writes) = history((0..3).map(|_| Text::new()).collect(), &before, true, 1);
+        let old = texts[0].version();
+        let now = history(texts, &after, true, writes + 1).0.swap_remove(0);
+        // Read after the last write of `before`, numbered `writes`.
+        let read_at = |_agent: u64| writes;
+        prop_assert_eq!(now.version_at(read_at), old.clone());
+        let mut merged = Text::new();
+        merged.merge(&now).unwrap();
+        prop_assert_eq!(merged.version_at(read_at), old.clone());
+        prop_assert_eq!(Text::decode(&now.encode()).unwrap().version_at(read_at), old);
     }
 
     #[test]
