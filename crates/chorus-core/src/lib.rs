@@ -25,7 +25,7 @@ pub mod hlc;
 pub mod key_state;
 pub mod op;
 pub mod policy;
-pub mod varint;
+pub use chorus_text::varint;
 pub mod version_vector;
 
 pub use conflict::{ConflictId, ConflictRecord, Outcome};

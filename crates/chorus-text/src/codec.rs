@@ -28,8 +28,8 @@
 //! it). Decoding refuses anything else (an unknown flag, an agent out of
 //! the table, a short or overlong text, trailing bytes) and never panics.
 
+use crate::varint;
 use crate::{CHUNK_RUNS_MAX, Chunk, Content, Deleted, Id, Run, Sequence, Stamp};
-use chorus_core::varint;
 use std::fmt;
 
 const FORMAT: u8 = 1;

@@ -1,7 +1,7 @@
 //! What a sequence holds: the characters of a text field, or the elements of a list
 //! field (each the JSON text of a value: what a value is, is the document's business).
 
-use chorus_core::varint;
+use crate::varint;
 use std::fmt;
 
 /// The items of a run of a sequence.

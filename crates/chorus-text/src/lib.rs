@@ -23,6 +23,7 @@
 
 mod codec;
 mod content;
+pub mod varint;
 
 pub use codec::Corrupt;
 pub use content::Content;

@@ -1,5 +1,6 @@
-//! LEB128 unsigned varints, shared by the byte formats core owns (context tokens and
-//! CRDT states): small numbers (counters, lengths) take one or two bytes.
+//! LEB128 unsigned varints, shared by Chorus's byte formats (sequences here; context
+//! tokens and CRDT states in `chorus-core`): small numbers (counters, lengths) take
+//! one or two bytes.
 
 pub fn write(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
