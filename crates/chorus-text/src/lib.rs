@@ -1,25 +1,28 @@
-//! The sequence CRDT of text (and, later, list) fields: every replica that applies
-//! the same operations, in any causal order, holds the same sequence, and runs typed
+//! The sequence CRDT of text and list fields: every replica that applies the same
+//! operations, in any causal order, holds the same sequence, and runs typed
 //! concurrently at one place never interleave (`docs/design/text.md`).
 //!
-//! Each character is an *item* with an [`Id`] (the agent that inserted it, and how
-//! many items that agent had inserted before), the ids of its neighbours when it was
-//! inserted (its left and right *origins*), and a deleted mark. Concurrent inserts
-//! are ordered by the FugueMax rule (Weidner and Kleppmann, "The Art of the Fugue",
-//! 2023), in the form of the YjsMod integration: among items with the same left
-//! origin, one whose right origin lies further left goes first ... see
-//! [`Text::integrate`]. Deletes only mark items, so they commute and repeat
-//! harmlessly.
+//! Each item (a character of a [`Text`], an element of a [`List`]) has an [`Id`] (the
+//! agent that inserted it, and how many items that agent had inserted before), the
+//! ids of its neighbours when it was inserted (its left and right *origins*), and a
+//! deleted mark. Concurrent inserts are ordered by the FugueMax rule (Weidner and
+//! Kleppmann, "The Art of the Fugue", 2023), in the form of the YjsMod integration:
+//! among items with the same left origin, one whose right origin lies further left
+//! goes first, then the lower agent (see `Sequence::integrate`). Deletes only mark
+//! items, so they commute and repeat harmlessly; they have ids of their own, and a
+//! delete log says which delete removed which item, so that a [`Version`] tells what
+//! the sequence was, and an edit made against it lands where it was meant.
 //!
 //! Items are stored in *runs*: consecutive ids of one agent, typed left to right
 //! (each item's left origin the one before it, all sharing one right origin), with one
-//! deletion state; deleted runs keep no characters. Runs are kept in chunks with their
+//! deletion state; deleted runs keep no items. Runs are kept in chunks with their
 //! counts; a place is found from a cursor at the last one (edits cluster), an item by
 //! id from the chunk of the last one found.
 //!
 //! **Invariants:** a run's items are contiguous in the sequence; every origin an
 //! applied insert names is present (operations are applied in causal order: an insert
-//! after its origins, a delete after the inserts it deletes).
+//! after its origins, a delete after the inserts it deletes); an agent's operations
+//! are applied in its order (its ids and delete ids then tell what was applied).
 
 mod codec;
 mod content;
@@ -892,7 +895,7 @@ impl<C: Content> Sequence<C> {
         chunk_ref.items += run.len;
         chunk_ref.visible += run.visible();
         chunk_ref.runs.insert(slot, run);
-        let _ = self.balance(chunk);
+        self.balance(chunk);
     }
 
     /// The run before slot `slot` of chunk `chunk`: in it, or the last of a chunk
