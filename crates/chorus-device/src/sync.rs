@@ -322,11 +322,16 @@ fn upload(
     Ok(answered)
 }
 
+/// Where the device keeps what `node` answered in `collection` (meta `answers`).
+fn answers_key(node: &str, collection: &str) -> String {
+    format!("{node}/{collection}")
+}
+
 /// The greatest seq `node` answered in `collection` (0: none), and the greatest it
 /// was told the device received.
 fn answers(local: &Local, node: &str, collection: &str) -> Result<(u64, u64), DeviceError> {
     let answers = local.meta("answers")?.unwrap_or_else(|| json!({}));
-    let entry = &answers[format!("{node}/{collection}")];
+    let entry = &answers[answers_key(node, collection)];
     Ok((
         entry["answered"].as_u64().unwrap_or(0),
         entry["acked"].as_u64().unwrap_or(0),
@@ -445,7 +450,7 @@ fn settle(
     let txn = local.begin()?;
     if let Some(&last) = results.keys().next_back() {
         let mut answers = txn.meta("answers")?.unwrap_or_else(|| json!({}));
-        let entry = &mut answers[format!("{node}/{collection}")];
+        let entry = &mut answers[answers_key(node, collection)];
         if entry["answered"].as_u64().unwrap_or(0) < last {
             entry["answered"] = json!(last);
             txn.set_meta("answers", &answers)?;

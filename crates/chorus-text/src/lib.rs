@@ -275,16 +275,17 @@ struct Stamp {
     deletes: u64,
 }
 
-/// `agent`'s entry of a list of counters.
-fn counter(counters: &mut Vec<(u64, u64)>, agent: u64) -> &mut u64 {
-    let i = match counters.iter().position(|(a, _)| *a == agent) {
+/// `agent`'s entry of a per-agent list (few agents write one sequence), made empty
+/// when it has none.
+fn entry<T: Default>(list: &mut Vec<(u64, T)>, agent: u64) -> &mut T {
+    let i = match list.iter().position(|(a, _)| *a == agent) {
         Some(i) => i,
         None => {
-            counters.push((agent, 0));
-            counters.len() - 1
+            list.push((agent, T::default()));
+            list.len() - 1
         }
     };
-    &mut counters[i].1
+    &mut list[i].1
 }
 
 /// Where an item is: its chunk, its run, its offset in the run.
@@ -350,12 +351,12 @@ impl<C: Content> Sequence<C> {
 
     /// The seq of `agent`'s next item.
     fn next_seq(&mut self, agent: u64) -> &mut u64 {
-        counter(&mut self.next, agent)
+        entry(&mut self.next, agent)
     }
 
     /// The seq of `agent`'s next delete id.
     fn next_delete(&mut self, agent: u64) -> &mut u64 {
-        counter(&mut self.next_deletes, agent)
+        entry(&mut self.next_deletes, agent)
     }
 
     /// Notes in the delete log that delete ids `by ..` deleted items `target ..`.
@@ -591,14 +592,7 @@ impl<C: Content> Sequence<C> {
             inserts: Version::count(&self.next, agent),
             deletes: Version::count(&self.next_deletes, agent),
         };
-        let i = match self.stamps.iter().position(|(a, _)| *a == agent) {
-            Some(i) => i,
-            None => {
-                self.stamps.push((agent, Vec::new()));
-                self.stamps.len() - 1
-            }
-        };
-        let list = &mut self.stamps[i].1;
+        let list = entry(&mut self.stamps, agent);
         match list.last() {
             Some(last) if last.counter >= counter => {}
             Some(last) if (last.inserts, last.deletes) == (stamp.inserts, stamp.deletes) => {}
@@ -701,14 +695,7 @@ impl<C: Content> Sequence<C> {
         }
         // And how far each agent's writes went, noted there.
         for (agent, theirs) in &other.stamps {
-            let i = match self.stamps.iter().position(|(a, _)| a == agent) {
-                Some(i) => i,
-                None => {
-                    self.stamps.push((*agent, Vec::new()));
-                    self.stamps.len() - 1
-                }
-            };
-            let list = &mut self.stamps[i].1;
+            let list = entry(&mut self.stamps, *agent);
             list.extend_from_slice(theirs);
             list.sort_unstable();
             list.dedup_by_key(|s| s.counter);
