@@ -34,8 +34,10 @@ pub fn value_bytes(versions: &[Version]) -> usize {
 }
 
 impl Version {
+    /// True for a deletion: no document, or a CRDT state that shows nothing (it
+    /// keeps only removed texts and lists, for concurrent edits to find their places).
     pub fn is_tombstone(&self) -> bool {
-        self.value.is_none()
+        self.value.as_deref().is_none_or(crdt::is_hidden)
     }
 
     /// True for the version holding the key's CRDT document (see [`crate::crdt`]).
@@ -135,7 +137,7 @@ impl KeyState {
                     map: crdt::Map::default(),
                 });
                 for change in &delta.changes {
-                    doc.map.apply(change, op.dot, op.hlc, &op.context);
+                    doc.map.apply(change, op.dot, op.hlc, &op.context)?;
                 }
                 doc.dot = doc.dot.max(op.dot);
                 doc.hlc = doc.hlc.max(op.hlc);
@@ -143,7 +145,7 @@ impl KeyState {
             }
             None => {
                 if let Some(mut doc) = doc {
-                    doc.map.remove_covered(&op.context);
+                    doc.map.remove_covered(&op.context, op.dot)?;
                     self.put_crdt(doc);
                 }
                 self.insert(Version {
@@ -206,7 +208,7 @@ impl KeyState {
             (Some(mut m), t) => {
                 let empty = crdt::Map::default();
                 let tmap = t.as_ref().map_or(&empty, |t| &t.map);
-                m.map.join(tmap, seen, &other.context);
+                m.map.join(tmap, seen, &other.context)?;
                 if let Some(t) = &t {
                     m.dot = m.dot.max(t.dot);
                     m.hlc = m.hlc.max(t.hlc);
@@ -215,7 +217,7 @@ impl KeyState {
             }
             (None, Some(mut t)) => {
                 let mut map = crdt::Map::default();
-                map.join(&t.map, seen, &other.context);
+                map.join(&t.map, seen, &other.context)?;
                 t.map = map;
                 Some(t)
             }

@@ -5,8 +5,9 @@
 //! nothing, state joins are commutative, associative and idempotent and agree with
 //! delivery, and the document means what a boring reference model of each type says:
 //! counters sum every increment, sets and flags are add-wins (an add survives unless
-//! a remove saw it), registers keep the writes no later write saw, and a bounded
-//! counter is never below zero anywhere, at any time.
+//! a remove saw it), registers keep the writes no later write saw, a bounded
+//! counter is never below zero anywhere, at any time, and a text or list holds
+//! every item inserted that no delete took and no remove of the field saw.
 
 use chorus_core::crdt::{self, Field, Kind, OpError, Operation, Update};
 use chorus_core::{Dot, Hlc, KeyState, NodeId, Op};
@@ -31,6 +32,16 @@ enum Act {
     Delete,
     /// `counter.add` on the set's path: a type mismatch once the set exists.
     Mistyped,
+    /// Inserts characters (each unique in the history) into the text `/t`, at this
+    /// fraction (of 255) of its length.
+    TextInsert(u8, usize),
+    /// Deletes up to this many characters of `/t` from this fraction.
+    TextDelete(u8, u64),
+    /// `map.remove` of `/t`.
+    RemoveText,
+    /// Inserts this element into the list `/m/q` (in the map `RemoveMap` removes).
+    ListInsert(u8, u8),
+    ListDelete(u8, u64),
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +71,11 @@ fn act(deletes: bool) -> impl Strategy<Value = Act> {
         Just(Act::Disable),
         Just(Act::RemoveMap),
         Just(Act::Mistyped),
+        (any::<u8>(), 1usize..4).prop_map(|(at, n)| Act::TextInsert(at, n)),
+        (any::<u8>(), 1u64..4).prop_map(|(at, n)| Act::TextDelete(at, n)),
+        Just(Act::RemoveText),
+        (any::<u8>(), any::<u8>()).prop_map(|(at, x)| Act::ListInsert(at, x)),
+        (any::<u8>(), 1u64..3).prop_map(|(at, n)| Act::ListDelete(at, n)),
         (0u8..if deletes { 4 } else { 1 }).prop_map(move |n| if deletes && n == 0 {
             Act::Delete
         } else {
@@ -92,6 +108,9 @@ struct Written {
     op: Op,
     act: Act,
     deps: BTreeSet<usize>,
+    /// The characters it inserted into `/t`, and those it deleted there.
+    inserted: String,
+    deleted: BTreeSet<char>,
 }
 
 struct Replica {
@@ -120,8 +139,57 @@ fn assert_bounded_nonnegative(state: &KeyState) {
     }
 }
 
-fn operation(act: &Act) -> Operation {
+/// The text `/t` as `doc` shows it (empty when absent or removed).
+fn text(doc: &crdt::Map) -> String {
+    match doc.get(&path(&["t"]), Kind::Text) {
+        Some(Field::Text(t)) if t.is_shown() => t.items().content(),
+        _ => String::new(),
+    }
+}
+
+/// The list `/m/q`'s elements as `doc` shows them.
+fn list(doc: &crdt::Map) -> Vec<String> {
+    match doc.get(&path(&["m", "q"]), Kind::List) {
+        Some(Field::List(l)) if l.is_shown() => l.items().content(),
+        _ => Vec::new(),
+    }
+}
+
+/// The place `at` (a fraction of 255) of `len` items, with up to `most` after it.
+fn span(at: u8, most: u64, len: usize) -> (u64, u64) {
+    let pos = len as u64 * u64::from(at) / 255;
+    (pos, most.min(len as u64 - pos))
+}
+
+/// The operation of `act` by a writer that shows `doc`; `unique` makes the
+/// characters of an insert unique in the history.
+fn operation(act: &Act, doc: &crdt::Map, unique: usize) -> Operation {
     let (p, update) = match act {
+        Act::TextInsert(at, n) => (
+            path(&["t"]),
+            Update::TextInsert {
+                pos: span(*at, 0, text(doc).chars().count()).0,
+                text: (0..*n)
+                    .map(|k| char::from_u32(0x4E00 + (unique * 4 + k) as u32).unwrap())
+                    .collect(),
+            },
+        ),
+        Act::TextDelete(at, most) => {
+            let (pos, len) = span(*at, *most, text(doc).chars().count());
+            (path(&["t"]), Update::TextDelete { pos, len })
+        }
+        Act::RemoveText => (path(&["t"]), Update::Remove),
+        Act::ListInsert(at, x) => (
+            path(&["m", "q"]),
+            Update::ListInsert {
+                pos: span(*at, 0, list(doc).len()).0,
+                value: x.to_string().into_bytes(),
+            },
+        ),
+        Act::ListDelete(at, most) => {
+            let (pos, len) = span(*at, *most, list(doc).len());
+            (path(&["m", "q"]), Update::ListDelete { pos, len })
+        }
         Act::Count(by) => (path(&["n"]), Update::CounterAdd(*by)),
         Act::Bound(by) => (path(&["b"]), Update::BoundedAdd(*by)),
         Act::Transfer(to, by) => (
@@ -162,12 +230,13 @@ fn run(steps: &[Step]) -> (Vec<Written>, Vec<Replica>) {
                 // Skewed clocks: the HLC need not follow causality for LWW.
                 let hlc = Hlc::from_parts(((tick * 7919) % 101) as u64, *at as u16);
                 let context = r.state.context().clone();
+                let before = doc(&r.state);
                 let value = match act {
                     Act::Delete => None,
                     act => {
-                        let before = doc(&r.state);
                         let set_exists = before.get(&path(&["s"]), Kind::Set).is_some();
-                        match crdt::prepare(&before, &context, dot, hlc, &[operation(act)]) {
+                        let operation = operation(act, &before, ops.len());
+                        match crdt::prepare(&before, &context, dot, hlc, &[operation]) {
                             Ok(_) if matches!(act, Act::Mistyped) => {
                                 // Accepted only where no set exists yet; not applied,
                                 // so the set stays a set.
@@ -201,10 +270,27 @@ fn run(steps: &[Step]) -> (Vec<Written>, Vec<Replica>) {
                 let deps = r.applied.clone();
                 let i = ops.len();
                 r.apply(i, &op);
+                let after = doc(&r.state);
+                let (shown_before, shown_after) = (text(&before), text(&after));
+                let kept: BTreeSet<char> = shown_after.chars().collect();
                 ops.push(Written {
                     op,
                     act: act.clone(),
                     deps,
+                    inserted: match act {
+                        Act::TextInsert(..) => shown_after
+                            .chars()
+                            .filter(|c| !shown_before.contains(*c))
+                            .collect(),
+                        _ => String::new(),
+                    },
+                    deleted: match act {
+                        Act::TextDelete(..) => shown_before
+                            .chars()
+                            .filter(|c| !kept.contains(c))
+                            .collect(),
+                        _ => BTreeSet::new(),
+                    },
                 });
             }
             Step::Deliver {
@@ -406,5 +492,33 @@ fn check_model(ops: &[Written], doc: &crdt::Map, deletes: bool) -> Result<(), Te
         _ => None,
     };
     prop_assert_eq!(actual, lww, "lww register");
+    // Text: every character inserted that no delete took and no remove of the text
+    // (or delete of the document) saw; shown while a write to it is unseen by those.
+    let removes = |a: &Act| matches!(a, Act::RemoveText | Act::Delete);
+    let expected: BTreeSet<char> = ops
+        .iter()
+        .filter(|w| !ops.iter().any(|r| removes(&r.act) && r.op.context.covers(w.op.dot)))
+        .flat_map(|w| w.inserted.chars())
+        .filter(|c| !ops.iter().any(|w| w.deleted.contains(c)))
+        .collect();
+    let actual = text(doc);
+    prop_assert_eq!(actual.chars().collect::<BTreeSet<char>>(), expected, "text");
+    prop_assert_eq!(actual.chars().count(), actual.chars().collect::<BTreeSet<_>>().len());
+    let shown = !survivors(
+        ops,
+        |a| matches!(a, Act::TextInsert(..) | Act::TextDelete(..)),
+        removes,
+    )
+    .is_empty();
+    let field = doc.get(&path(&["t"]), Kind::Text);
+    prop_assert_eq!(field.is_some_and(Field::is_shown), shown, "text shown");
+    // List: the same, as a count (elements repeat).
+    let list_removes = |a: &Act| matches!(a, Act::RemoveMap | Act::Delete);
+    let inserted = ops
+        .iter()
+        .filter(|w| matches!(w.act, Act::ListInsert(..)))
+        .filter(|w| !ops.iter().any(|r| list_removes(&r.act) && r.op.context.covers(w.op.dot)))
+        .count();
+    prop_assert!(list(doc).len() <= inserted, "list");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! CRDT operations as a device shows them before any node took them: applied to
 //! the document's JSON as a read renders it (counters as numbers, sets as arrays,
-//! registers as values, flags as booleans, maps as objects).
+//! registers as values, flags as booleans, texts as strings, lists as arrays, maps as
+//! objects).
 //!
 //! This is the device's preview: the node that takes the operations applies them to
 //! the typed document, against the read the device made them on, and the device
@@ -62,9 +63,59 @@ pub(crate) fn apply(doc: &mut Value, op: &Value) -> Result<(), String> {
         "map.remove" => {
             map.remove(field);
         }
+        "text.insert" | "text.delete" => {
+            let text = map
+                .entry(field.clone())
+                .or_insert_with(|| Value::String(String::new()));
+            let mut chars: Vec<char> = text
+                .as_str()
+                .ok_or_else(|| format!("the field {field:?} is not a text"))?
+                .chars()
+                .collect();
+            let pos = position(op, chars.len())?;
+            match name {
+                "text.insert" => {
+                    let inserted = op["text"].as_str().ok_or("\"text\" is a string")?;
+                    chars.splice(pos..pos, inserted.chars());
+                }
+                _ => {
+                    chars.drain(pos..span(op, pos, chars.len())?);
+                }
+            }
+            *text = Value::String(chars.into_iter().collect());
+        }
+        "list.insert" | "list.delete" => {
+            let list = array(map, field)?;
+            let pos = position(op, list.len())?;
+            match name {
+                "list.insert" => list.insert(pos, value()?),
+                _ => {
+                    list.drain(pos..span(op, pos, list.len())?);
+                }
+            }
+        }
         other => return Err(format!("unknown operation {other:?}")),
     }
     Ok(())
+}
+
+/// The operation's `pos`, within `len` items.
+fn position(op: &Value, len: usize) -> Result<usize, String> {
+    op["pos"]
+        .as_u64()
+        .and_then(|pos| usize::try_from(pos).ok())
+        .filter(|pos| *pos <= len)
+        .ok_or_else(|| format!("\"pos\" is a position from 0 to {len}"))
+}
+
+/// The end of the operation's `len` items from `pos`, within `len` items.
+fn span(op: &Value, pos: usize, len: usize) -> Result<usize, String> {
+    op["len"]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .and_then(|n| pos.checked_add(n))
+        .filter(|end| *end <= len)
+        .ok_or_else(|| format!("\"len\" is a count of at most {} items", len - pos))
 }
 
 /// The names of a JSON pointer (`/a/b`, with `~1` for `/` and `~0` for `~`).
@@ -91,7 +142,7 @@ fn array<'a>(map: &'a mut Map<String, Value>, field: &str) -> Result<&'a mut Vec
     map.entry(field.to_owned())
         .or_insert_with(|| Value::Array(Vec::new()))
         .as_array_mut()
-        .ok_or_else(|| format!("the field {field:?} is not a set"))
+        .ok_or_else(|| format!("the field {field:?} is not a set or list"))
 }
 
 #[cfg(test)]

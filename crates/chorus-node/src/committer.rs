@@ -410,7 +410,10 @@ impl Committer {
                 // removes it once stable there, so all end the same whatever
                 // arrived in between (a write concurrent with the delete stands
                 // alone everywhere in the end). The node's vector still covers it.
-                let collectable = |v: &Version| v.is_tombstone() && stable.covers(v.dot);
+                // A hidden CRDT state is not collected: concurrent edits may still name the
+                // items it keeps (collecting removed text is future work).
+                let collectable =
+                    |v: &Version| v.is_tombstone() && !v.is_crdt() && stable.covers(v.dot);
                 let collected = b.rewrite_key_states(
                     |_, _, _| true,
                     |_, _, state| {
@@ -637,6 +640,9 @@ impl Committer {
         let dot = self.next_dot();
         let delta = match crdt::prepare(&doc, &context, dot, hlc, operations) {
             Ok(delta) => delta,
+            Err(crdt::OpError::Corrupted(e)) => {
+                return Ok(Err(WriteError::Corrupted(e.to_string())));
+            }
             Err(refused) => {
                 metrics::counter!("chorus_crdt_refused_total", "reason" => refused.reason())
                     .increment(1);

@@ -5,7 +5,9 @@
 //! Rendering: a counter or bounded counter is a number, a set an array of its
 //! elements (in byte order of their JSON text), an LWW register its value, a
 //! multi-value register an array of its concurrent values (usually one), an enabled
-//! flag `true` (a disabled flag is absent), a map an object. When leaders
+//! flag `true` (a disabled flag is absent), a text a string, a list an array of its
+//! elements, a map an object (a removed text or list that still holds items for
+//! concurrent edits shows nothing, nor does a map of only such). When leaders
 //! concurrently created one name with different types, the name shows
 //! `{"$types": {"counter": 3, "set": ["x"]}}`, each kind's data kept.
 //!
@@ -16,6 +18,7 @@
 use crate::limits::WRITE_OPERATIONS_MAX;
 use chorus_core::NodeId;
 use chorus_core::crdt::{self, Action, Field, Operation, Update};
+use chorus_text::{Content, Id, Op as SequenceOp};
 use serde_json::{Map as JsonMap, Value, json};
 
 /// The JSON a read shows of a stored CRDT state. Stored states were checked when
@@ -32,7 +35,7 @@ pub fn render_state(value: &[u8]) -> Value {
 
 pub fn render(doc: &crdt::Map) -> Value {
     let mut object = JsonMap::new();
-    let mut fields = doc.fields().peekable();
+    let mut fields = doc.fields().filter(|(_, _, f)| f.is_shown()).peekable();
     while let Some((name, kind, field)) = fields.next() {
         let mut kinds = vec![(kind, render_field(field))];
         while let Some((_, kind, field)) = fields.next_if(|(next, _, _)| *next == name) {
@@ -75,6 +78,8 @@ fn render_field(field: &Field) -> Value {
         Field::LwwRegister(d) => Field::lww_value(d).map_or(Value::Null, element),
         Field::Flag(_) => Value::Bool(true),
         Field::Map(map) => render(map),
+        Field::Text(t) => Value::String(t.items().content()),
+        Field::List(l) => l.items().content().iter().map(|e| element(e.as_bytes())).collect(),
     }
 }
 
@@ -104,8 +109,39 @@ pub fn render_delta(value: &[u8]) -> Value {
                 Action::FlagEnable => ("flag.enable", Value::Null),
                 Action::FlagDisable => ("flag.disable", Value::Null),
                 Action::Remove => ("map.remove", Value::Null),
+                Action::Text(ops) => ("text.ops", sequence_ops(ops, |text| json!(text))),
+                Action::List(ops) => (
+                    "list.ops",
+                    sequence_ops(ops, |elements| {
+                        elements.iter().map(|e| element(e.as_bytes())).collect()
+                    }),
+                ),
             };
             json!({"path": crdt::path_text(&change.path), "action": action, "value": value})
+        })
+        .collect()
+}
+
+/// Text and list operations as the feed and live subscriptions show them: an insert
+/// `{"insert": CONTENT, "id", "left", "right"}` (a string of characters, or an array
+/// of elements, the first item's id and its neighbours' when inserted, `null` at an
+/// end), a delete `{"delete": COUNT, "id", "by"}`. Ids are `"NODE:SEQ"`, the node
+/// in hexadecimal as everywhere.
+pub fn sequence_ops<C: Content>(ops: &[SequenceOp<C>], items: impl Fn(&C) -> Value) -> Value {
+    let id = |id: Id| json!(format!("{}:{}", NodeId(id.agent), id.seq));
+    let origin = |origin: Option<Id>| origin.map_or(Value::Null, id);
+    ops.iter()
+        .map(|op| match op {
+            SequenceOp::Insert {
+                id: first,
+                origin_left,
+                origin_right,
+                content,
+            } => json!({"insert": items(content), "id": id(*first),
+                        "left": origin(*origin_left), "right": origin(*origin_right)}),
+            SequenceOp::Delete { id: first, len, by } => {
+                json!({"delete": len, "id": id(*first), "by": id(*by)})
+            }
         })
         .collect()
 }
@@ -135,14 +171,15 @@ pub fn parse_operations(
 }
 
 const NAMES: &str = "counter.add, bounded.add, bounded.transfer, set.add, set.remove, \
-                     mvreg.set, lwwreg.set, flag.enable, flag.disable, map.remove";
+                     mvreg.set, lwwreg.set, flag.enable, flag.disable, map.remove, \
+                     text.insert, text.delete, list.insert, list.delete";
 
 fn parse_operation(
     op: &Value,
     node_named: &impl Fn(&str) -> Option<NodeId>,
 ) -> Result<Operation, String> {
     let object = op.as_object().ok_or("each operation is a JSON object")?;
-    let known = ["op", "path", "by", "value", "to"];
+    let known = ["op", "path", "by", "value", "to", "pos", "len", "text"];
     if let Some(unknown) = object.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(format!(
             "unknown member {unknown:?} (known: {})",
@@ -162,6 +199,15 @@ fn parse_operation(
             .get("by")
             .and_then(Value::as_i64)
             .ok_or(format!("{name} needs \"by\", an integer"))
+    };
+    let count = |member: &str| {
+        object
+            .get(member)
+            .and_then(Value::as_u64)
+            .ok_or(format!(
+                "{name} needs \"{member}\", a count of {} from 0",
+                if name.starts_with("text") { "characters (Unicode code points)" } else { "elements" }
+            ))
     };
     let value = || {
         object
@@ -190,6 +236,27 @@ fn parse_operation(
         "flag.enable" => Update::FlagEnable,
         "flag.disable" => Update::FlagDisable,
         "map.remove" => Update::Remove,
+        "text.insert" => Update::TextInsert {
+            pos: count("pos")?,
+            text: object
+                .get("text")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .ok_or("text.insert needs \"text\", a non-empty string")?
+                .to_owned(),
+        },
+        "text.delete" => Update::TextDelete {
+            pos: count("pos")?,
+            len: count("len")?,
+        },
+        "list.insert" => Update::ListInsert {
+            pos: count("pos")?,
+            value: value()?,
+        },
+        "list.delete" => Update::ListDelete {
+            pos: count("pos")?,
+            len: count("len")?,
+        },
         other => return Err(format!("unknown op {other:?}: one of {NAMES}")),
     };
     Ok(Operation { path, update })
@@ -351,7 +418,7 @@ mod tests {
             let mut applied = writer_context.clone();
             applied.add(dot);
             for change in &delta.changes {
-                doc.apply(change, dot, Hlc(node), &applied);
+                doc.apply(change, dot, Hlc(node), &applied).unwrap();
             }
             context.add(dot);
         }

@@ -108,7 +108,11 @@ impl Document {
         let versions: Vec<DocVersion> = shown
             .into_iter()
             .map(|v| DocVersion {
-                value: v.value.as_deref().map(|b| document_bytes(b).into_owned()),
+                value: v
+                    .value
+                    .as_deref()
+                    .filter(|_| !v.is_tombstone())
+                    .map(|b| document_bytes(b).into_owned()),
                 origin: v.dot.node,
                 hlc: v.hlc,
                 dot: v.dot,

@@ -66,7 +66,10 @@ impl From<WriteError> for ApiError {
             WriteError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             WriteError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             WriteError::Refused(refused) => match refused {
-                OpError::InsufficientRights { .. } => (StatusCode::CONFLICT, refused.reason()),
+                OpError::InsufficientRights { .. } | OpError::Beyond { .. } => {
+                    (StatusCode::CONFLICT, refused.reason())
+                }
+                OpError::Corrupted(_) => (StatusCode::INTERNAL_SERVER_ERROR, refused.reason()),
                 _ => (StatusCode::BAD_REQUEST, refused.reason()),
             },
         };

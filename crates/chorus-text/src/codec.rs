@@ -29,7 +29,7 @@
 //! the table, a short or overlong text, trailing bytes) and never panics.
 
 use crate::varint;
-use crate::{CHUNK_RUNS_MAX, Chunk, Content, Deleted, Id, Run, Sequence, Stamp};
+use crate::{CHUNK_RUNS_MAX, Chunk, Content, Deleted, Id, Op, Run, Sequence, Stamp};
 use std::fmt;
 
 const FORMAT: u8 = 1;
@@ -337,8 +337,105 @@ impl<C: Content> Sequence<C> {
     }
 }
 
+/// Writes operations (as a CRDT delta carries them): a count, then per operation
+/// `1 agent seq flags [left: agent seq] [right: agent seq] count items` for an insert
+/// (flags: 1 has a left origin, 2 has a right origin; items as in a run) or `2 agent
+/// seq len by_agent by_seq` for a delete, all varints.
+pub fn encode_ops<C: Content>(ops: &[Op<C>], out: &mut Vec<u8>) {
+    let id = |out: &mut Vec<u8>, id: Id| {
+        varint::write(out, id.agent);
+        varint::write(out, id.seq);
+    };
+    varint::write(out, ops.len() as u64);
+    for op in ops {
+        match op {
+            Op::Insert {
+                id: first,
+                origin_left,
+                origin_right,
+                content,
+            } => {
+                out.push(1);
+                id(out, *first);
+                out.push(u8::from(origin_left.is_some()) | u8::from(origin_right.is_some()) << 1);
+                for origin in [origin_left, origin_right].into_iter().flatten() {
+                    id(out, *origin);
+                }
+                varint::write(out, content.count());
+                content.encode(out);
+            }
+            Op::Delete { id: first, len, by } => {
+                out.push(2);
+                id(out, *first);
+                varint::write(out, *len);
+                id(out, *by);
+            }
+        }
+    }
+}
+
+/// Reads operations [`encode_ops`] wrote, from the front of `input`.
+pub fn decode_ops<C: Content>(input: &mut &[u8]) -> Result<Vec<Op<C>>, Corrupt> {
+    let corrupt = |what: &str| Corrupt(what.to_owned());
+    let number = |input: &mut &[u8], what: &str| varint::read(input).ok_or_else(|| corrupt(what));
+    let id = |input: &mut &[u8]| -> Result<Id, Corrupt> {
+        Ok(Id {
+            agent: number(input, "agent")?,
+            seq: number(input, "seq")?,
+        })
+    };
+    let count = number(input, "count of operations")?;
+    // Each operation takes bytes: a count beyond the input is a lie.
+    if count > input.len() as u64 {
+        return Err(corrupt("count of operations beyond the input"));
+    }
+    let mut ops = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (&tag, rest) = input.split_first().ok_or_else(|| corrupt("operation"))?;
+        *input = rest;
+        let op = match tag {
+            1 => {
+                let first = id(input)?;
+                let (&flags, rest) = input.split_first().ok_or_else(|| corrupt("origins"))?;
+                *input = rest;
+                if flags > 3 {
+                    return Err(corrupt("unknown origin flags"));
+                }
+                let origin_left = (flags & 1 != 0).then(|| id(input)).transpose()?;
+                let origin_right = (flags & 2 != 0).then(|| id(input)).transpose()?;
+                let len = number(input, "item count")?;
+                if len == 0 || first.seq.checked_add(len).is_none() {
+                    return Err(corrupt("item count"));
+                }
+                Op::Insert {
+                    id: first,
+                    origin_left,
+                    origin_right,
+                    content: C::decode(input, len).map_err(corrupt)?,
+                }
+            }
+            2 => {
+                let first = id(input)?;
+                let len = number(input, "delete count")?;
+                let by = id(input)?;
+                if len == 0
+                    || first.seq.checked_add(len).is_none()
+                    || by.seq.checked_add(len).is_none()
+                {
+                    return Err(corrupt("delete count"));
+                }
+                Op::Delete { id: first, len, by }
+            }
+            _ => return Err(corrupt("unknown operation")),
+        };
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::{decode_ops, encode_ops};
     use crate::{List, Text};
 
     #[test]
@@ -385,5 +482,22 @@ mod tests {
         assert_eq!(decoded.content(), [r#""x""#, r#"{"a":[2]}"#]);
         assert_eq!(decoded.version(), list.version());
         assert!(List::decode(b"\x01\x01\x01\x01\x00\x00\x00\x09\x00").is_err());
+    }
+
+    /// Operations round-trip; every cut and unknown tag is refused.
+    #[test]
+    fn operations_round_trip_and_bad_bytes_are_refused() {
+        let mut text = Text::new();
+        let mut ops = vec![text.insert(7, 0, "héllo"), text.insert(1 << 40, 2, "x")];
+        ops.extend(text.delete(7, 1, 3));
+        let mut bytes = Vec::new();
+        encode_ops(&ops, &mut bytes);
+        let mut input = bytes.as_slice();
+        assert_eq!(decode_ops::<String>(&mut input).unwrap(), ops);
+        assert!(input.is_empty());
+        for cut in 0..bytes.len() {
+            assert!(decode_ops::<String>(&mut &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_ops::<String>(&mut &b"\x01\x03"[..]).is_err());
     }
 }

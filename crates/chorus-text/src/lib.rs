@@ -28,7 +28,7 @@ mod codec;
 mod content;
 pub mod varint;
 
-pub use codec::Corrupt;
+pub use codec::{Corrupt, decode_ops, encode_ops};
 pub use content::Content;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -80,36 +80,87 @@ pub enum Op<C = String> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Missing(pub Id);
 
-/// What a replica had applied at some moment: per agent, how many items it had
-/// inserted and deleted. An edit made against a version lands where it was meant
-/// there, whatever was applied since ([`Text::insert_at`], [`Text::delete_at`]).
+/// An edit names a place beyond the end of the sequence at the version it was made
+/// against, which had `len` items shown.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Beyond {
+    pub len: u64,
+}
+
+/// What a replica had applied at some moment: per agent, the seqs of the items it
+/// had inserted and of its delete ids, as ranges. Usually one range from 0 per agent
+/// (everything up to some write); a write made against an old read has its own
+/// operations too, past what the read had ([`Sequence::version_at`]). An edit made
+/// against a version lands where it was meant there, whatever was applied since
+/// ([`Sequence::insert_at`], [`Sequence::delete_at`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Version {
-    inserts: Vec<(u64, u64)>,
-    deletes: Vec<(u64, u64)>,
+    /// Per agent (sorted), its items' seqs: sorted, disjoint, apart, non-empty
+    /// ranges `from..to`.
+    inserts: Vec<(u64, Vec<(u64, u64)>)>,
+    /// Per agent (sorted), its delete ids, likewise.
+    deletes: Vec<(u64, Vec<(u64, u64)>)>,
 }
 
 impl Version {
-    fn count(counters: &[(u64, u64)], agent: u64) -> u64 {
-        counters
-            .iter()
+    fn ranges(list: &[(u64, Vec<(u64, u64)>)], agent: u64) -> &[(u64, u64)] {
+        list.iter()
             .find(|(a, _)| *a == agent)
-            .map_or(0, |(_, n)| *n)
+            .map_or(&[], |(_, ranges)| ranges.as_slice())
     }
 
-    /// How many of the items of the run of ids from `id` the version had.
-    fn inserted(&self, id: Id, len: u64) -> u64 {
-        Version::count(&self.inserts, id.agent)
-            .saturating_sub(id.seq)
-            .min(len)
+    /// Adds the seqs `from..to` of `agent` to `list`.
+    fn add(list: &mut Vec<(u64, Vec<(u64, u64)>)>, agent: u64, from: u64, to: u64) {
+        if from >= to {
+            return;
+        }
+        let i = match list.binary_search_by_key(&agent, |(a, _)| *a) {
+            Ok(i) => i,
+            Err(i) => {
+                list.insert(i, (agent, Vec::new()));
+                i
+            }
+        };
+        let ranges = &mut list[i].1;
+        ranges.push((from, to));
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(f, t) in ranges.iter() {
+            match merged.last_mut() {
+                Some(last) if f <= last.1 => last.1 = last.1.max(t),
+                _ => merged.push((f, t)),
+            }
+        }
+        *ranges = merged;
     }
 
-    /// How many of the delete ids from `by` (`len` of them) the version had.
-    fn deleted(&self, by: Id, len: u64) -> u64 {
-        Version::count(&self.deletes, by.agent)
-            .saturating_sub(by.seq)
-            .min(len)
+    /// The parts of the ids `first .. first + len` the version had, as `(offset,
+    /// count)` from `first`.
+    fn had(ranges: &[(u64, u64)], first: Id, len: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let (start, end) = (first.seq, first.seq + len);
+        ranges.iter().filter_map(move |&(from, to)| {
+            let (from, to) = (from.max(start), to.min(end));
+            (from < to).then(|| (from - start, to - from))
+        })
     }
+
+    /// The parts of the run of items from `id` the version had.
+    fn inserted(&self, id: Id, len: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        Version::had(Version::ranges(&self.inserts, id.agent), id, len)
+    }
+
+    /// The parts of the delete ids from `by` (`len` of them) the version had.
+    fn deleted(&self, by: Id, len: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        Version::had(Version::ranges(&self.deletes, by.agent), by, len)
+    }
+}
+
+/// How many items (or delete ids) `agent` has made, by a per-agent list of counts.
+fn count(counters: &[(u64, u64)], agent: u64) -> u64 {
+    counters
+        .iter()
+        .find(|(a, _)| *a == agent)
+        .map_or(0, |(_, n)| *n)
 }
 
 #[derive(Clone, Debug)]
@@ -236,14 +287,19 @@ impl Deleted {
     }
 }
 
-/// The items `first .. first + had` (a version had them) in parts `(offset, count,
-/// shown)`: shown unless one of the `deleted` ranges (per agent, sorted) holds it.
-fn shown_parts(first: Id, had: u64, deleted: &[(u64, Vec<(u64, u64)>)]) -> Vec<(u64, u64, bool)> {
+/// The items `first + offset ..` (`count` of them, a version had them) in parts
+/// `(offset, count, shown)` from `first`: shown unless one of the `deleted` ranges
+/// (per agent, sorted) holds it.
+fn shown_parts(
+    first: Id,
+    (offset, count): (u64, u64),
+    deleted: &[(u64, Vec<(u64, u64)>)],
+) -> Vec<(u64, u64, bool)> {
     let ranges: &[(u64, u64)] = deleted
         .iter()
         .find(|(a, _)| *a == first.agent)
         .map_or(&[], |(_, r)| r.as_slice());
-    let (start, end) = (first.seq, first.seq + had);
+    let (start, end) = (first.seq + offset, first.seq + offset + count);
     let mut parts = Vec::new();
     let mut at = start;
     for &(from, to) in ranges {
@@ -251,17 +307,17 @@ fn shown_parts(first: Id, had: u64, deleted: &[(u64, Vec<(u64, u64)>)]) -> Vec<(
             continue;
         }
         if from > at {
-            parts.push((at - start, from - at, true));
+            parts.push((at - first.seq, from - at, true));
             at = from;
         }
         let stop = to.min(end);
         if stop > at {
-            parts.push((at - start, stop - at, false));
+            parts.push((at - first.seq, stop - at, false));
             at = stop;
         }
     }
     if at < end {
-        parts.push((at - start, end - at, true));
+        parts.push((at - first.seq, end - at, true));
     }
     parts
 }
@@ -444,30 +500,31 @@ impl<C: Content> Sequence<C> {
 
     /// What this replica has applied.
     pub fn version(&self) -> Version {
-        let sorted = |counters: &[(u64, u64)]| {
-            let mut counters: Vec<(u64, u64)> =
-                counters.iter().copied().filter(|(_, n)| *n > 0).collect();
-            counters.sort_unstable();
-            counters
-        };
-        Version {
-            inserts: sorted(&self.next),
-            deletes: sorted(&self.next_deletes),
+        let mut version = Version::default();
+        for &(agent, n) in &self.next {
+            Version::add(&mut version.inserts, agent, 0, n);
         }
+        for &(agent, n) in &self.next_deletes {
+            Version::add(&mut version.deletes, agent, 0, n);
+        }
+        version
     }
 
     /// Inserts `text` as `agent` at character `pos` of the text as it was at
     /// `version` (a version this replica went through): it goes where it would have
     /// gone then, and is ordered with what was applied since as if made concurrently
-    /// with it. Answers the operation.
+    /// with it. Answers the operation, or how long the text was when `pos` is past
+    /// its end.
     pub fn insert_at(
         &mut self,
         agent: u64,
         version: &Version,
         pos: u64,
         content: impl Into<C>,
-    ) -> Op<C> {
-        let (origin_left, origin_right) = self.origins_at(version, pos);
+    ) -> Result<Op<C>, Beyond> {
+        let (origin_left, origin_right) = self.origins_at(version, pos).ok_or_else(|| Beyond {
+            len: self.len_at(version),
+        })?;
         let next = self.next_seq(agent);
         let op = Op::Insert {
             id: Id { agent, seq: *next },
@@ -476,104 +533,147 @@ impl<C: Content> Sequence<C> {
             content: content.into(),
         };
         self.apply(&op).expect("its origins are here");
-        op
+        Ok(op)
     }
 
     /// Deletes, as `agent`, the `len` characters from `pos` of the text as it was at
     /// `version` (a version this replica went through), those deleted since too.
-    /// Answers the operations.
-    pub fn delete_at(&mut self, agent: u64, version: &Version, pos: u64, len: u64) -> Vec<Op<C>> {
+    /// Answers the operations, or how long the text was when they go past its end.
+    pub fn delete_at(
+        &mut self,
+        agent: u64,
+        version: &Version,
+        pos: u64,
+        len: u64,
+    ) -> Result<Vec<Op<C>>, Beyond> {
+        let runs = self.visible_at(version, pos, len).ok_or_else(|| Beyond {
+            len: self.len_at(version),
+        })?;
+        Ok(runs
+            .into_iter()
+            .map(|(id, count)| self.delete_as(agent, id, count).expect("the items are here"))
+            .collect())
+    }
+
+    /// Deletes, as `agent`, every item `version` had (shown or not, so that every
+    /// replica deletes the same whatever deletes it applied concurrently): how a
+    /// field is removed against what its remover saw. Answers the operations.
+    pub fn delete_seen(&mut self, agent: u64, version: &Version) -> Result<Vec<Op<C>>, Missing> {
         let mut ops = Vec::new();
-        for (id, count) in self.visible_at(version, pos, len) {
-            let next = self.next_delete(agent);
-            let op = Op::Delete {
-                id,
-                len: count,
-                by: Id { agent, seq: *next },
-            };
-            self.apply(&op).expect("the items are here");
-            ops.push(op);
+        for (target, ranges) in &version.inserts {
+            for &(from, to) in ranges {
+                let id = Id {
+                    agent: *target,
+                    seq: from,
+                };
+                ops.push(self.delete_as(agent, id, to - from)?);
+            }
         }
-        ops
+        Ok(ops)
+    }
+
+    /// Deletes the items `id .. id + len` as `agent`'s next delete ids.
+    fn delete_as(&mut self, agent: u64, id: Id, len: u64) -> Result<Op<C>, Missing> {
+        let next = self.next_delete(agent);
+        let op = Op::Delete {
+            id,
+            len,
+            by: Id { agent, seq: *next },
+        };
+        self.apply(&op)?;
+        Ok(op)
+    }
+
+    /// Characters shown at `version`.
+    pub fn len_at(&self, version: &Version) -> u64 {
+        let deleted = self.deleted_at(version);
+        self.chunks
+            .iter()
+            .flat_map(|c| &c.runs)
+            .flat_map(|run| {
+                version
+                    .inserted(run.id, run.len)
+                    .flat_map(|part| shown_parts(run.id, part, &deleted))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|(_, _, shown)| *shown)
+            .map(|(_, count, _)| count)
+            .sum()
     }
 
     /// The origins an insert at `pos` of the text at `version` gets: the item before
-    /// (of those the version had, deleted or not) and the `pos`-th character shown.
-    fn origins_at(&self, version: &Version, pos: u64) -> (Option<Id>, Option<Id>) {
+    /// (of those the version had, deleted or not) and the `pos`-th character shown;
+    /// `None` past the end.
+    fn origins_at(&self, version: &Version, pos: u64) -> Option<(Option<Id>, Option<Id>)> {
         let deleted = self.deleted_at(version);
         let mut left = pos;
         let mut before = None;
         for run in self.chunks.iter().flat_map(|c| &c.runs) {
-            let had = version.inserted(run.id, run.len);
-            for (start, count, shown) in shown_parts(run.id, had, &deleted) {
-                if shown {
-                    if left < count {
-                        let right = run.id.plus(start + left);
-                        let before = if left > 0 {
-                            Some(right.minus(1))
-                        } else {
-                            before
-                        };
-                        return (before, Some(right));
+            for part in version.inserted(run.id, run.len) {
+                for (start, count, shown) in shown_parts(run.id, part, &deleted) {
+                    if shown {
+                        if left < count {
+                            let right = run.id.plus(start + left);
+                            let before = if left > 0 {
+                                Some(right.minus(1))
+                            } else {
+                                before
+                            };
+                            return Some((before, Some(right)));
+                        }
+                        left -= count;
                     }
-                    left -= count;
+                    before = Some(run.id.plus(start + count - 1));
                 }
-                before = Some(run.id.plus(start + count - 1));
             }
         }
-        assert_eq!(
-            left, 0,
-            "a place beyond the end of the text at that version"
-        );
-        (before, None)
+        (left == 0).then_some((before, None))
     }
 
     /// The ids of the `len` characters from `pos` of the text at `version`, as runs
-    /// of ids `(first, count)`.
-    fn visible_at(&self, version: &Version, pos: u64, len: u64) -> Vec<(Id, u64)> {
+    /// of ids `(first, count)`; `None` when they go past the end.
+    fn visible_at(&self, version: &Version, pos: u64, len: u64) -> Option<Vec<(Id, u64)>> {
         let deleted = self.deleted_at(version);
         let (mut skip, mut want) = (pos, len);
         let mut out: Vec<(Id, u64)> = Vec::new();
         for run in self.chunks.iter().flat_map(|c| &c.runs) {
-            let had = version.inserted(run.id, run.len);
-            for (start, count, shown) in shown_parts(run.id, had, &deleted) {
-                if !shown || want == 0 {
-                    continue;
-                }
-                let from = skip.min(count);
-                skip -= from;
-                let take = (count - from).min(want);
-                if take > 0 {
-                    let first = run.id.plus(start + from);
-                    // Consecutive ids go as one, as local deletes send them.
-                    match out.last_mut() {
-                        Some((last, n)) if last.plus(*n) == first => *n += take,
-                        _ => out.push((first, take)),
+            for part in version.inserted(run.id, run.len) {
+                for (start, count, shown) in shown_parts(run.id, part, &deleted) {
+                    if want == 0 && skip == 0 {
+                        return Some(out);
                     }
-                    want -= take;
+                    if !shown {
+                        continue;
+                    }
+                    let from = skip.min(count);
+                    skip -= from;
+                    let take = (count - from).min(want);
+                    if take > 0 {
+                        let first = run.id.plus(start + from);
+                        // Consecutive ids go as one, as local deletes send them.
+                        match out.last_mut() {
+                            Some((last, n)) if last.plus(*n) == first => *n += take,
+                            _ => out.push((first, take)),
+                        }
+                        want -= take;
+                    }
                 }
             }
         }
-        assert_eq!(
-            want, 0,
-            "characters beyond the end of the text at that version"
-        );
-        out
+        (want == 0 && skip == 0).then_some(out)
     }
 
     /// The items the deletes of `version` deleted: per agent, sorted ranges of seqs.
     fn deleted_at(&self, version: &Version) -> Vec<(u64, Vec<(u64, u64)>)> {
         let mut ranges: Vec<(u64, Vec<(u64, u64)>)> = Vec::new();
         for entry in &self.deletes {
-            let had = version.deleted(entry.by, entry.len);
-            if had == 0 {
-                continue;
-            }
-            let (first, last) = (entry.target(0).seq, entry.target(had - 1).seq);
-            let range = (first.min(last), first.max(last) + 1);
-            match ranges.iter_mut().find(|(a, _)| *a == entry.target.agent) {
-                Some((_, list)) => list.push(range),
-                None => ranges.push((entry.target.agent, vec![range])),
+            for (k, had) in version.deleted(entry.by, entry.len) {
+                let (first, last) = (entry.target(k).seq, entry.target(k + had - 1).seq);
+                let range = (first.min(last), first.max(last) + 1);
+                match ranges.iter_mut().find(|(a, _)| *a == entry.target.agent) {
+                    Some((_, list)) => list.push(range),
+                    None => ranges.push((entry.target.agent, vec![range])),
+                }
             }
         }
         for (_, list) in &mut ranges {
@@ -583,41 +683,52 @@ impl<C: Content> Sequence<C> {
     }
 
     /// Notes that `agent`'s write numbered `counter` (its dot's counter) has been
-    /// applied here, with every operation it made in this sequence: a context that
-    /// covers it then covers them ([`Sequence::version_at`]). Writes are noted in
-    /// each agent's order; a write that made nothing here needs no note.
+    /// applied here, with every operation it made in this sequence so far: a context
+    /// that covers it then covers them ([`Sequence::version_at`]). Writes are noted in
+    /// each agent's order (a write noted again updates its note); a write that made
+    /// nothing here needs no note.
     pub fn stamp(&mut self, agent: u64, counter: u64) {
         let stamp = Stamp {
             counter,
-            inserts: Version::count(&self.next, agent),
-            deletes: Version::count(&self.next_deletes, agent),
+            inserts: count(&self.next, agent),
+            deletes: count(&self.next_deletes, agent),
         };
         let list = entry(&mut self.stamps, agent);
-        match list.last() {
-            Some(last) if last.counter >= counter => {}
-            Some(last) if (last.inserts, last.deletes) == (stamp.inserts, stamp.deletes) => {}
+        let before = list
+            .iter()
+            .rev()
+            .find(|s| s.counter < counter)
+            .map_or((0, 0), |s| (s.inserts, s.deletes));
+        match list.last_mut() {
+            Some(last) if last.counter == counter => *last = stamp,
+            Some(last) if last.counter > counter => {}
+            _ if before == (stamp.inserts, stamp.deletes) => {}
             _ => list.push(stamp),
         }
     }
 
     /// The version a context names: per agent, what its writes numbered up to
-    /// `covers(agent)` had made here.
-    pub fn version_at(&self, covers: impl Fn(u64) -> u64) -> Version {
+    /// `covers(agent)` had made here; with `writing`, an agent's write being made
+    /// (`(agent, counter)`), its operations so far too.
+    pub fn version_at(&self, covers: impl Fn(u64) -> u64, writing: Option<(u64, u64)>) -> Version {
         let mut version = Version::default();
         for (agent, list) in &self.stamps {
             let upto = covers(*agent);
             let reached = list.partition_point(|s| s.counter <= upto);
             if let Some(stamp) = reached.checked_sub(1).map(|i| list[i]) {
-                if stamp.inserts > 0 {
-                    version.inserts.push((*agent, stamp.inserts));
-                }
-                if stamp.deletes > 0 {
-                    version.deletes.push((*agent, stamp.deletes));
-                }
+                Version::add(&mut version.inserts, *agent, 0, stamp.inserts);
+                Version::add(&mut version.deletes, *agent, 0, stamp.deletes);
+            }
+            let Some((_, counter)) = writing.filter(|(a, _)| a == agent) else {
+                continue;
+            };
+            if let Ok(i) = list.binary_search_by_key(&counter, |s| s.counter) {
+                let before = i.checked_sub(1).map(|i| list[i]).unwrap_or_default();
+                let now = list[i];
+                Version::add(&mut version.inserts, *agent, before.inserts, now.inserts);
+                Version::add(&mut version.deletes, *agent, before.deletes, now.deletes);
             }
         }
-        version.inserts.sort_unstable();
-        version.deletes.sort_unstable();
         version
     }
 
@@ -629,7 +740,7 @@ impl<C: Content> Sequence<C> {
         // Per agent, the parts of runs this replica lacks, in id order.
         let mut queues: Vec<(u64, VecDeque<Run<C>>)> = Vec::new();
         for run in other.chunks.iter().flat_map(|c| &c.runs) {
-            let have = Version::count(&self.next, run.id.agent);
+            let have = count(&self.next, run.id.agent);
             if have >= run.id.seq + run.len {
                 continue;
             }
@@ -683,7 +794,7 @@ impl<C: Content> Sequence<C> {
         }
         // Its deletes this replica lacks (an agent's delete ids come in its order).
         for entry in &other.deletes {
-            let have = Version::count(&self.next_deletes, entry.by.agent);
+            let have = count(&self.next_deletes, entry.by.agent);
             for k in have.saturating_sub(entry.by.seq)..entry.len {
                 let op = Op::Delete {
                     id: entry.target(k),
@@ -1101,6 +1212,17 @@ impl<C: Content> Sequence<C> {
         all
     }
 }
+
+/// Two replicas are equal when they applied the same operations (their versions)
+/// and show the same items: what the CRDT promises of replicas that applied the same
+/// operations, whatever their order (how runs are split in memory may differ).
+impl<C: Content> PartialEq for Sequence<C> {
+    fn eq(&self, other: &Sequence<C>) -> bool {
+        self.version() == other.version() && self.content() == other.content()
+    }
+}
+
+impl<C: Content> Eq for Sequence<C> {}
 
 impl fmt::Display for Text {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -2,7 +2,7 @@
 //! operations, in any causal order and with duplicates, show the same text; runs
 //! typed concurrently at one place, forwards or backwards, never interleave.
 
-use chorus_text::{Op, Text};
+use chorus_text::{Beyond, Op, Text};
 use proptest::prelude::*;
 use std::collections::HashSet;
 
@@ -190,7 +190,10 @@ proptest! {
         let (mut author, mut theirs, mut ours) = (old.clone(), now.clone(), now.clone());
         let made = author.insert(99, pos, &text);
         theirs.apply(&made).unwrap();
-        prop_assert_eq!(&ours.insert_at(99, &version, pos, &text), &made);
+        let past = old.len() + 1;
+        prop_assert_eq!(ours.insert_at(99, &version, past, "x"), Err(Beyond { len: old.len() }));
+        prop_assert_eq!(ours.delete_at(99, &version, pos, past), Err(Beyond { len: old.len() }));
+        prop_assert_eq!(ours.insert_at(99, &version, pos, &text), Ok(made));
         prop_assert_eq!(ours.to_string(), theirs.to_string());
         // Then the author deletes, from the text as it holds it now.
         let version = author.version();
@@ -199,7 +202,7 @@ proptest! {
         for op in &made {
             theirs.apply(op).unwrap();
         }
-        prop_assert_eq!(ours.delete_at(99, &version, pos, len), made);
+        prop_assert_eq!(ours.delete_at(99, &version, pos, len), Ok(made));
         prop_assert_eq!(ours.to_string(), theirs.to_string());
     }
 
@@ -241,11 +244,11 @@ proptest! {
         let now = history(texts, &after, true, writes + 1).0.swap_remove(0);
         // Read after the last write of `before`, numbered `writes`.
         let read_at = |_agent: u64| writes;
-        prop_assert_eq!(now.version_at(read_at), old.clone());
+        prop_assert_eq!(now.version_at(read_at, None), old.clone());
         let mut merged = Text::new();
         merged.merge(&now).unwrap();
-        prop_assert_eq!(merged.version_at(read_at), old.clone());
-        prop_assert_eq!(Text::decode(&now.encode()).unwrap().version_at(read_at), old);
+        prop_assert_eq!(merged.version_at(read_at, None), old.clone());
+        prop_assert_eq!(Text::decode(&now.encode()).unwrap().version_at(read_at, None), old);
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! (carried by an op's value). Core owns it because the key state applies deltas.
 //!
 //! ```text
-//! state  = 0x01 format:u8 nodes map
+//! state  = marker:u8 format:u8 nodes map      marker 0x01, or 0x03 when nothing shows
 //! delta  = 0x02 format:u8 n:varint n × change
 //! nodes  = n:varint n × node:u64le                           increasing
 //! map    = n:varint n × (name:bytes kind:u8 field)          sorted, no repeats
 //! field  = counter: n × (dot total:zigzag) | bounded: n × (node rights)
 //!        | set: n × (element:bytes dots) | mvreg: n × (dot value:bytes)
 //!        | lwwreg: n × (dot hlc:varint value:bytes) | flag: dots | map: map
+//!        | text, list: dots (the writes that made it present) sequence:bytes
 //! dots   = n:varint n × dot          dot = node counter:varint
 //! rights = added:varint spent:varint n × (to:node amount:varint)
 //! change = depth:varint depth × name:bytes action:u8 payload
@@ -17,20 +18,29 @@
 //! ```
 //!
 //! A state names each node once, in its `nodes` table, and its dots by index: a
-//! dot then takes two or three bytes instead of ten. Kinds are 1..=7 in
-//! [`Kind::ALL`] order; actions 1..=9 in [`Action`] order.
+//! dot then takes two or three bytes instead of ten. Kinds are 1..=9 in
+//! [`Kind::ALL`] order; actions 1..=11 in [`Action`] order. A sequence is in
+//! `chorus_text`'s format (its own table of nodes), and a text or list action
+//! carries its operations in `chorus_text::encode_ops`'s.
 //! Decoding refuses anything out of order, repeated, empty, nested deeper than
 //! [`PATH_DEPTH_MAX`] or followed by trailing bytes: those are [`Corrupted`].
 
 use super::bounded::{Bounded, Rights};
 use super::dots::DotFun;
 use super::map::{Action, Change, Delta, Field, Kind, Map};
-use super::{Corrupted, DELTA_MARKER, FORMAT, PATH_DEPTH_MAX, STATE_MARKER};
+use super::{
+    Corrupted, DELTA_MARKER, FORMAT, HIDDEN_STATE_MARKER, PATH_DEPTH_MAX, STATE_MARKER, Sequenced,
+};
 use crate::{Dot, Hlc, NodeId, varint};
+use chorus_text::{Content, Sequence, decode_ops, encode_ops};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub fn encode_state(doc: &Map) -> Vec<u8> {
-    let mut out = vec![STATE_MARKER, FORMAT];
+    let marker = match doc.is_shown() {
+        true => STATE_MARKER,
+        false => HIDDEN_STATE_MARKER,
+    };
+    let mut out = vec![marker, FORMAT];
     let mut nodes = BTreeSet::new();
     collect_nodes(doc, &mut nodes);
     varint::write(&mut out, nodes.len() as u64);
@@ -43,7 +53,11 @@ pub fn encode_state(doc: &Map) -> Vec<u8> {
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<Map, Corrupted> {
-    let mut r = Reader::after_header(bytes, STATE_MARKER)?;
+    let marker = match bytes.first() {
+        Some(&HIDDEN_STATE_MARKER) => HIDDEN_STATE_MARKER,
+        _ => STATE_MARKER,
+    };
+    let mut r = Reader::after_header(bytes, marker)?;
     let mut nodes = Vec::new();
     for _ in 0..r.count()? {
         let node = r.node()?;
@@ -55,6 +69,9 @@ pub fn decode_state(bytes: &[u8]) -> Result<Map, Corrupted> {
     r.nodes = Some(nodes);
     let map = r.map(0)?;
     r.finish()?;
+    if map.is_shown() != (marker == STATE_MARKER) {
+        return Err(Corrupted("the state's marker says otherwise of what it shows".into()));
+    }
     Ok(map)
 }
 
@@ -92,6 +109,8 @@ fn collect_nodes(map: &Map, nodes: &mut BTreeSet<NodeId>) {
                 }
             }
             Field::Map(inner) => collect_nodes(inner, nodes),
+            Field::Text(t) => dots(&t.present, nodes),
+            Field::List(l) => dots(&l.present, nodes),
         }
     }
 }
@@ -125,6 +144,14 @@ pub fn encode_delta(delta: &Delta) -> Vec<u8> {
             Action::FlagEnable => out.push(7),
             Action::FlagDisable => out.push(8),
             Action::Remove => out.push(9),
+            Action::Text(ops) => {
+                out.push(10);
+                encode_ops(ops, &mut out);
+            }
+            Action::List(ops) => {
+                out.push(11);
+                encode_ops(ops, &mut out);
+            }
         }
     }
     out
@@ -152,6 +179,8 @@ pub fn decode_delta(bytes: &[u8]) -> Result<Delta, Corrupted> {
             7 => Action::FlagEnable,
             8 => Action::FlagDisable,
             9 => Action::Remove,
+            10 => Action::Text(r.sequence_ops()?),
+            11 => Action::List(r.sequence_ops()?),
             _ => return Err(r.corrupt("unknown action")),
         };
         changes.push(Change { path, action });
@@ -229,8 +258,15 @@ fn write_map(out: &mut Vec<u8>, map: &Map, table: &Table) {
             }),
             Field::Flag(d) => write_dots(out, d, table, |_, _| {}),
             Field::Map(inner) => write_map(out, inner, table),
+            Field::Text(t) => write_sequenced(out, t, table),
+            Field::List(l) => write_sequenced(out, l, table),
         }
     }
+}
+
+fn write_sequenced<C: Content>(out: &mut Vec<u8>, field: &Sequenced<C>, table: &Table) {
+    write_dots(out, &field.present, table, |_, _| {});
+    write_bytes(out, &field.items.encode());
 }
 
 struct Reader<'a> {
@@ -347,6 +383,16 @@ impl<'a> Reader<'a> {
         Ok(dots)
     }
 
+    fn sequenced<C: Content>(&mut self) -> Result<Sequenced<C>, Corrupted> {
+        let present = self.dots(|_| Ok(()))?;
+        let items = Sequence::decode(&self.bytes()?).map_err(|e| self.corrupt(&e.to_string()))?;
+        Ok(Sequenced { present, items })
+    }
+
+    fn sequence_ops<C: Content>(&mut self) -> Result<Vec<chorus_text::Op<C>>, Corrupted> {
+        decode_ops(&mut self.rest).map_err(|e| self.corrupt(&e.to_string()))
+    }
+
     fn rights(&mut self) -> Result<Rights, Corrupted> {
         let added = self.varint()?;
         let spent = self.varint()?;
@@ -407,6 +453,8 @@ impl<'a> Reader<'a> {
                 }
                 Kind::Flag => Field::Flag(self.dots(|_| Ok(()))?),
                 Kind::Map => Field::Map(self.map(depth + 1)?),
+                Kind::Text => Field::Text(self.sequenced()?),
+                Kind::List => Field::List(self.sequenced()?),
             };
             if field.is_empty() {
                 return Err(self.corrupt("empty field"));

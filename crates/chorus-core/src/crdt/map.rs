@@ -9,11 +9,16 @@
 //! writer's key context plus the write's own dot) and adds the write's dot. A remove
 //! only removes seen dots, so whatever was written concurrently survives
 //! (add-wins). Fields and map entries left without dots disappear: there are no
-//! tombstones, the key's context remembers what was removed.
+//! tombstones, the key's context remembers what was removed. Texts and lists are
+//! the exception: their items order concurrent inserts, so a removed one stays,
+//! hidden, while it holds any (`super::sequenced`).
 
 use super::bounded::{Bounded, Rights};
 use super::dots::DotFun;
+use super::sequenced::{Seen, Sequenced};
+use super::Corrupted;
 use crate::{Dot, Hlc, VersionVector};
+use chorus_text::{Missing, Op as SequenceOp};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The type of a field.
@@ -26,10 +31,12 @@ pub enum Kind {
     LwwRegister,
     Flag,
     Map,
+    Text,
+    List,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Counter,
         Kind::Bounded,
         Kind::Set,
@@ -37,6 +44,8 @@ impl Kind {
         Kind::LwwRegister,
         Kind::Flag,
         Kind::Map,
+        Kind::Text,
+        Kind::List,
     ];
 
     /// The name used in operations (`counter.add`) and in reads.
@@ -49,6 +58,8 @@ impl Kind {
             Kind::LwwRegister => "lwwreg",
             Kind::Flag => "flag",
             Kind::Map => "map",
+            Kind::Text => "text",
+            Kind::List => "list",
         }
     }
 
@@ -62,6 +73,8 @@ impl Kind {
             Kind::LwwRegister => "LWW register",
             Kind::Flag => "flag",
             Kind::Map => "map",
+            Kind::Text => "text",
+            Kind::List => "list",
         }
     }
 }
@@ -82,6 +95,10 @@ pub enum Field {
     /// Enable-wins flag: enabled while any enabling dot is live.
     Flag(DotFun<()>),
     Map(Map),
+    /// Characters, in order.
+    Text(Sequenced<String>),
+    /// Elements (each the JSON text of a value), in order.
+    List(Sequenced<Vec<String>>),
 }
 
 impl Field {
@@ -94,6 +111,8 @@ impl Field {
             Kind::LwwRegister => Field::LwwRegister(DotFun::default()),
             Kind::Flag => Field::Flag(DotFun::default()),
             Kind::Map => Field::Map(Map::default()),
+            Kind::Text => Field::Text(Sequenced::default()),
+            Kind::List => Field::List(Sequenced::default()),
         }
     }
 
@@ -106,6 +125,19 @@ impl Field {
             Field::LwwRegister(_) => Kind::LwwRegister,
             Field::Flag(_) => Kind::Flag,
             Field::Map(_) => Kind::Map,
+            Field::Text(_) => Kind::Text,
+            Field::List(_) => Kind::List,
+        }
+    }
+
+    /// True when reads show the field: a stored field is, unless it is a text or
+    /// list that was removed but still holds items (or a map of only such).
+    pub fn is_shown(&self) -> bool {
+        match self {
+            Field::Text(t) => t.is_shown(),
+            Field::List(l) => l.is_shown(),
+            Field::Map(map) => map.is_shown(),
+            _ => true,
         }
     }
 
@@ -120,6 +152,8 @@ impl Field {
             Field::Set(elements) => elements.is_empty(),
             Field::Map(map) => map.is_empty(),
             Field::Bounded(b) => b.entries().is_empty(),
+            Field::Text(t) => t.is_empty(),
+            Field::List(l) => l.is_empty(),
         }
     }
 
@@ -138,7 +172,9 @@ impl Field {
             .map(|(_, (_, v))| v.as_slice())
     }
 
-    fn remove_covered(&mut self, covered: &dyn Fn(Dot) -> bool) {
+    /// Removes what `seen` covers, as the write `remover`.
+    fn remove_covered(&mut self, seen: &Seen, remover: Dot) -> Result<(), Missing> {
+        let covered = &|d| seen.covers(d);
         match self {
             Field::Counter(d) => d.remove_covered(covered),
             Field::MvRegister(d) => d.remove_covered(covered),
@@ -148,9 +184,12 @@ impl Field {
                 dots.remove_covered(covered);
                 !dots.is_empty()
             }),
-            Field::Map(map) => map.remove_dots(covered),
+            Field::Map(map) => map.remove_seen(seen, remover)?,
+            Field::Text(t) => t.remove(seen, remover)?,
+            Field::List(l) => l.remove(seen, remover)?,
             Field::Bounded(_) => {}
         }
+        Ok(())
     }
 
     fn holds_bounded(&self) -> bool {
@@ -161,14 +200,21 @@ impl Field {
         }
     }
 
-    fn join(&mut self, other: &Field, mine: &VersionVector, theirs: &VersionVector) {
+    fn join(
+        &mut self,
+        other: &Field,
+        mine: &VersionVector,
+        theirs: &VersionVector,
+    ) -> Result<(), Missing> {
         match (self, other) {
             (Field::Counter(a), Field::Counter(b)) => a.join(b, mine, theirs),
             (Field::MvRegister(a), Field::MvRegister(b)) => a.join(b, mine, theirs),
             (Field::LwwRegister(a), Field::LwwRegister(b)) => a.join(b, mine, theirs),
             (Field::Flag(a), Field::Flag(b)) => a.join(b, mine, theirs),
             (Field::Bounded(a), Field::Bounded(b)) => a.join(b),
-            (Field::Map(a), Field::Map(b)) => a.join(b, mine, theirs),
+            (Field::Map(a), Field::Map(b)) => a.join_fields(b, mine, theirs)?,
+            (Field::Text(a), Field::Text(b)) => a.join(b, mine, theirs)?,
+            (Field::List(a), Field::List(b)) => a.join(b, mine, theirs)?,
             (Field::Set(a), Field::Set(b)) => {
                 let empty = DotFun::default();
                 let names: BTreeSet<Vec<u8>> = a.keys().chain(b.keys()).cloned().collect();
@@ -182,10 +228,12 @@ impl Field {
             }
             (a, b) => unreachable!("fields are keyed by kind: {:?} vs {:?}", a.kind(), b.kind()),
         }
+        Ok(())
     }
 
-    /// Applies `action`, written as `dot`, by a writer that saw what `seen` accepts.
-    fn apply(&mut self, action: &Action, dot: Dot, hlc: Hlc, seen: &dyn Fn(Dot) -> bool) {
+    /// Applies `action`, written as `dot`, by a writer that saw `seen`.
+    fn apply(&mut self, action: &Action, dot: Dot, hlc: Hlc, seen: &Seen) -> Result<(), Missing> {
+        let seen_dot = &|d| seen.covers(d);
         match (self, action) {
             // A node's total replaces its earlier ones (all earlier: its deltas are
             // applied in its order), whatever the writer's read.
@@ -196,35 +244,38 @@ impl Field {
             (Field::Bounded(b), Action::BoundedEntry(rights)) => b.update(dot.node, rights),
             (Field::Set(elements), Action::SetAdd(element)) => {
                 let dots = elements.entry(element.clone()).or_default();
-                dots.remove_covered(seen);
+                dots.remove_covered(seen_dot);
                 dots.insert(dot, ());
             }
             (Field::Set(elements), Action::SetRemove(element)) => {
                 if let Some(dots) = elements.get_mut(element) {
-                    dots.remove_covered(seen);
+                    dots.remove_covered(seen_dot);
                     if dots.is_empty() {
                         elements.remove(element);
                     }
                 }
             }
             (Field::MvRegister(d), Action::MvSet(value)) => {
-                d.remove_covered(seen);
+                d.remove_covered(seen_dot);
                 d.insert(dot, value.clone());
             }
             (Field::LwwRegister(d), Action::LwwSet(value)) => {
-                d.remove_covered(seen);
+                d.remove_covered(seen_dot);
                 d.insert(dot, (hlc, value.clone()));
             }
             (Field::Flag(d), Action::FlagEnable) => {
-                d.remove_covered(seen);
+                d.remove_covered(seen_dot);
                 d.insert(dot, ());
             }
-            (Field::Flag(d), Action::FlagDisable) => d.remove_covered(seen),
+            (Field::Flag(d), Action::FlagDisable) => d.remove_covered(seen_dot),
+            (Field::Text(t), Action::Text(ops)) => t.apply(ops, dot, seen)?,
+            (Field::List(l), Action::List(ops)) => l.apply(ops, dot, seen)?,
             (field, action) => unreachable!(
                 "a change is applied to a field of its own kind: {:?} vs {action:?}",
                 field.kind()
             ),
         }
+        Ok(())
     }
 }
 
@@ -250,11 +301,15 @@ impl Map {
         self.fields.get(&(name.to_owned(), kind))
     }
 
-    /// The kinds of the fields named `name`.
+    /// The kinds of the fields named `name` that reads show.
     pub fn kinds(&self, name: &str) -> Vec<Kind> {
         Kind::ALL
             .into_iter()
-            .filter(|k| self.fields.contains_key(&(name.to_owned(), *k)))
+            .filter(|k| {
+                self.fields
+                    .get(&(name.to_owned(), *k))
+                    .is_some_and(Field::is_shown)
+            })
             .collect()
     }
 
@@ -293,22 +348,44 @@ impl Map {
             .map(|(_, f)| f)
     }
 
-    /// Removes every dot `context` covers, in every field (a plain write or delete
-    /// that saw `context` replaces what it saw). Bounded counters stay.
-    pub fn remove_covered(&mut self, context: &VersionVector) {
-        self.remove_dots(&|dot| context.covers(dot));
+    /// True when reads show some field.
+    pub fn is_shown(&self) -> bool {
+        self.fields.values().any(Field::is_shown)
     }
 
-    fn remove_dots(&mut self, covered: &dyn Fn(Dot) -> bool) {
-        self.fields.retain(|_, field| {
-            field.remove_covered(covered);
-            !field.is_empty()
-        });
+    /// Removes what `context` covers, in every field, as the write `remover` (a
+    /// plain write or delete that saw `context` replaces what it saw). Bounded
+    /// counters stay.
+    pub fn remove_covered(&mut self, context: &VersionVector, remover: Dot) -> Result<(), Corrupted> {
+        let seen = Seen { context, dot: None };
+        self.remove_seen(&seen, remover).map_err(missing)
+    }
+
+    fn remove_seen(&mut self, seen: &Seen, remover: Dot) -> Result<(), Missing> {
+        for field in self.fields.values_mut() {
+            field.remove_covered(seen, remover)?;
+        }
+        self.fields.retain(|_, field| !field.is_empty());
+        Ok(())
     }
 
     /// Joins another replica's state of the same document; `mine` and `theirs` are
     /// the causal contexts of the two sides.
-    pub fn join(&mut self, other: &Map, mine: &VersionVector, theirs: &VersionVector) {
+    pub fn join(
+        &mut self,
+        other: &Map,
+        mine: &VersionVector,
+        theirs: &VersionVector,
+    ) -> Result<(), Corrupted> {
+        self.join_fields(other, mine, theirs).map_err(missing)
+    }
+
+    fn join_fields(
+        &mut self,
+        other: &Map,
+        mine: &VersionVector,
+        theirs: &VersionVector,
+    ) -> Result<(), Missing> {
         let keys: BTreeSet<(String, Kind)> = self
             .fields
             .keys()
@@ -321,26 +398,39 @@ impl Map {
                 .entry(key.clone())
                 .or_insert_with(|| Field::empty(key.1));
             match other.fields.get(&key) {
-                Some(theirs_field) => field.join(theirs_field, mine, theirs),
-                None => field.join(&Field::empty(key.1), mine, theirs),
+                Some(theirs_field) => field.join(theirs_field, mine, theirs)?,
+                None => field.join(&Field::empty(key.1), mine, theirs)?,
             }
             if field.is_empty() {
                 self.fields.remove(&key);
             }
         }
+        Ok(())
     }
 
     /// Applies one change of a delta made with `dot` at `hlc`; `context` covers what
     /// its writer had seen before it (the changes of the delta see `dot` too, and
     /// nothing else of its node that `context` does not cover: a write made against
-    /// an older read keeps what its node added since).
-    pub fn apply(&mut self, change: &Change, dot: Dot, hlc: Hlc, context: &VersionVector) {
+    /// an older read keeps what its node added since). Fails only when a text or
+    /// list operation names an item the document lacks: it was not applied in
+    /// causal order, or the document is damaged.
+    pub fn apply(
+        &mut self,
+        change: &Change,
+        dot: Dot,
+        hlc: Hlc,
+        context: &VersionVector,
+    ) -> Result<(), Corrupted> {
         let (last, parents) = change
             .path
             .split_last()
             .expect("a change names a field (checked when decoded)");
-        let seen = |d: Dot| d == dot || context.covers(d);
-        self.apply_at(parents, last, &change.action, dot, hlc, &seen);
+        let seen = Seen {
+            context,
+            dot: Some(dot),
+        };
+        self.apply_at(parents, last, &change.action, dot, hlc, &seen)
+            .map_err(missing)
     }
 
     fn apply_at(
@@ -350,8 +440,8 @@ impl Map {
         action: &Action,
         dot: Dot,
         hlc: Hlc,
-        seen: &dyn Fn(Dot) -> bool,
-    ) {
+        seen: &Seen,
+    ) -> Result<(), Missing> {
         if let Some((name, rest)) = parents.split_first() {
             let key = (name.clone(), Kind::Map);
             let Field::Map(inner) = self
@@ -361,32 +451,58 @@ impl Map {
             else {
                 unreachable!("keyed by kind")
             };
-            inner.apply_at(rest, last, action, dot, hlc, seen);
+            let applied = inner.apply_at(rest, last, action, dot, hlc, seen);
             if inner.is_empty() {
                 self.fields.remove(&key);
             }
-            return;
+            return applied;
         }
         let Some(kind) = action.kind() else {
             // A remove: every kind under this name loses what its writer saw.
-            self.fields.retain(|(name, _), field| {
+            for ((name, _), field) in self.fields.iter_mut() {
                 if name == last {
-                    field.remove_covered(seen);
+                    field.remove_covered(seen, dot)?;
                 }
-                !field.is_empty()
-            });
-            return;
+            }
+            self.fields.retain(|_, field| !field.is_empty());
+            return Ok(());
         };
         let key = (last.to_owned(), kind);
-        let field = self
-            .fields
-            .entry(key.clone())
-            .or_insert_with(|| Field::empty(kind));
-        field.apply(action, dot, hlc, seen);
+        let field = self.field_mut(key.clone());
+        let applied = field.apply(action, dot, hlc, seen);
         if field.is_empty() {
             self.fields.remove(&key);
         }
+        applied
     }
+
+    /// The field `name` of `kind`, made empty if absent.
+    pub(crate) fn field_mut(&mut self, key: (String, Kind)) -> &mut Field {
+        let kind = key.1;
+        self.fields
+            .entry(key)
+            .or_insert_with(|| Field::empty(kind))
+    }
+
+    /// The nested map at `path`, made (empty) where absent.
+    pub(crate) fn map_mut(&mut self, path: &[String]) -> &mut Map {
+        let mut map = self;
+        for name in path {
+            match map.field_mut((name.clone(), Kind::Map)) {
+                Field::Map(inner) => map = inner,
+                _ => unreachable!("keyed by kind"),
+            }
+        }
+        map
+    }
+}
+
+/// A text or list operation that names an item the document lacks.
+fn missing(Missing(id): Missing) -> Corrupted {
+    Corrupted(format!(
+        "a text or list operation names item {}:{} which the document lacks",
+        id.agent, id.seq
+    ))
 }
 
 /// What one write does to a CRDT document, in order. The write's dot, HLC and
@@ -417,6 +533,10 @@ pub enum Action {
     FlagDisable,
     /// Removes what the writer saw of every field with this name.
     Remove,
+    /// Inserts and deletes in a text, made by the writing node.
+    Text(Vec<SequenceOp<String>>),
+    /// Inserts and deletes in a list.
+    List(Vec<SequenceOp<Vec<String>>>),
 }
 
 impl Action {
@@ -429,6 +549,8 @@ impl Action {
             Action::MvSet(_) => Kind::MvRegister,
             Action::LwwSet(_) => Kind::LwwRegister,
             Action::FlagEnable | Action::FlagDisable => Kind::Flag,
+            Action::Text(_) => Kind::Text,
+            Action::List(_) => Kind::List,
             Action::Remove => return None,
         })
     }

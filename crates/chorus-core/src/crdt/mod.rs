@@ -1,5 +1,5 @@
 //! Replicated data types: documents whose fields are counters, bounded counters,
-//! sets, registers, flags and nested maps, which merge by themselves.
+//! sets, registers, flags, texts, lists and nested maps, which merge by themselves.
 //!
 //! They share the node's causality instead of bringing their own: every write to a
 //! CRDT document is an ordinary op with the node's dot, HLC and the key's context,
@@ -26,7 +26,10 @@
 //! element or register keeps at most one dot per node that wrote it concurrently,
 //! a counter one total per node, and removed things leave nothing behind (the key's
 //! context, a version vector, remembers them). So there is nothing left to collect
-//! once removes are stable: they are collected when applied.
+//! once removes are stable: they are collected when applied. Texts and lists are
+//! the exception: their deleted items stay, in runs, to order concurrent inserts
+//! (`sequenced`); a document left with only removed ones is stored as a *hidden*
+//! state, which reads treat as deleted.
 //!
 //! Invariants: a stored state has no empty field (empties are dropped as soon as
 //! they appear); a dot's value never changes; a bounded counter's entry for a node
@@ -37,15 +40,20 @@ mod codec;
 mod dots;
 mod map;
 mod ops;
+mod sequenced;
 
 pub use bounded::{Bounded, Rights};
 pub use codec::{decode_delta, decode_state, encode_delta, encode_state};
 pub use dots::DotFun;
 pub use map::{Action, Change, Delta, Field, Kind, Map};
 pub use ops::{OpError, Operation, Update, path_text, prepare};
+pub use sequenced::Sequenced;
 
 /// First byte of a version value that holds a CRDT document's state.
 pub const STATE_MARKER: u8 = 0x01;
+/// First byte of a state that reads show nothing of (only removed texts and lists
+/// are left in it): the version stands for a deletion.
+pub const HIDDEN_STATE_MARKER: u8 = 0x03;
 /// First byte of an op value that holds a CRDT delta.
 pub const DELTA_MARKER: u8 = 0x02;
 /// Byte format of states and deltas (the second byte of each).
@@ -53,9 +61,15 @@ pub const FORMAT: u8 = 1;
 /// How deep maps may nest; bounds recursion on corrupt input too.
 pub const PATH_DEPTH_MAX: usize = 32;
 
-/// True when `value` is a CRDT document's state (JSON text never starts with 0x01).
+/// True when `value` is a CRDT document's state (JSON text never starts with 0x01
+/// or 0x03).
 pub fn is_state(value: &[u8]) -> bool {
-    value.first() == Some(&STATE_MARKER)
+    matches!(value.first(), Some(&(STATE_MARKER | HIDDEN_STATE_MARKER)))
+}
+
+/// True when `value` is a CRDT state that reads show nothing of.
+pub fn is_hidden(value: &[u8]) -> bool {
+    value.first() == Some(&HIDDEN_STATE_MARKER)
 }
 
 /// True when `value` is a CRDT delta.
@@ -96,7 +110,7 @@ mod tests {
             .collect();
         let delta = prepare(doc, context, dot, Hlc(counter), &operations)?;
         for change in &delta.changes {
-            doc.apply(change, dot, Hlc(counter), context);
+            doc.apply(change, dot, Hlc(counter), context).unwrap();
         }
         context.add(dot);
         Ok(delta)
@@ -117,6 +131,21 @@ mod tests {
                     ("/m/r", Update::MvSet(b"1".to_vec())),
                     ("/m/l", Update::LwwSet(b"2".to_vec())),
                     ("/m/f", Update::FlagEnable),
+                    (
+                        "/t",
+                        Update::TextInsert {
+                            pos: 0,
+                            text: "héllo".into(),
+                        },
+                    ),
+                    (
+                        "/m/q",
+                        Update::ListInsert {
+                            pos: 0,
+                            value: b"[1]".to_vec(),
+                        },
+                    ),
+                    ("/t", Update::TextDelete { pos: 1, len: 2 }),
                 ],
             )
             .unwrap(),
@@ -262,6 +291,95 @@ mod tests {
         assert!(matches!(mismatch, Err(OpError::TypeMismatch { .. })));
     }
 
+    fn text_of(doc: &Map) -> Option<String> {
+        match doc.get(&path("/t"), Kind::Text) {
+            Some(Field::Text(t)) if t.is_shown() => Some(t.items().content()),
+            _ => None,
+        }
+    }
+
+    fn insert(pos: u64, text: &str) -> Update {
+        Update::TextInsert {
+            pos,
+            text: text.into(),
+        }
+    }
+
+    /// A write made against an old read (a device's, offline) whose node took other
+    /// writes since: each of its edits counts positions in the read plus the edits
+    /// before it in the same write, not in what the node holds now.
+    #[test]
+    fn edits_of_one_write_against_an_old_read_land_where_meant() {
+        let (mut doc, mut context) = (Map::default(), VersionVector::new());
+        write(&mut doc, &mut context, 1, 1, &[("/t", insert(0, "world"))]).unwrap();
+        let read = context.clone();
+        // Node 1 takes another client's write at the start...
+        write(&mut doc, &mut context, 1, 2, &[("/t", insert(0, ">> "))]).unwrap();
+        // ...then the device's, made against its read of "world".
+        let mut old = read.clone();
+        let delta = write(
+            &mut doc,
+            &mut old,
+            1,
+            3,
+            &[
+                ("/t", insert(0, "hello")),
+                ("/t", insert(5, ", ")),
+                ("/t", Update::TextDelete { pos: 7, len: 1 }),
+                ("/t", insert(7, "W")),
+            ],
+        )
+        .unwrap();
+        context.add(Dot::new(NodeId(1), 3));
+        // Both inserts at the start are concurrent: they go side by side, whole.
+        assert_eq!(text_of(&doc).unwrap(), ">> hello, World");
+        // Past the end of the read (5 characters), though not of the text now.
+        let mut stale = read.clone();
+        let refused = write(&mut doc, &mut stale, 1, 4, &[("/t", insert(7, "!"))]);
+        assert!(
+            matches!(refused, Err(OpError::Beyond { shown: 5, .. })),
+            "{refused:?}"
+        );
+        // Another replica applying the same writes in order agrees.
+        let mut other = Map::default();
+        let mut seen = VersionVector::new();
+        write(&mut other, &mut seen, 1, 1, &[("/t", insert(0, "world"))]).unwrap();
+        let mut then = seen.clone();
+        write(&mut other, &mut then, 1, 2, &[("/t", insert(0, ">> "))]).unwrap();
+        for change in &delta.changes {
+            other.apply(change, Dot::new(NodeId(1), 3), Hlc(3), &read).unwrap();
+        }
+        assert_eq!(text_of(&other), text_of(&doc));
+    }
+
+    /// Removing a text deletes what its remover saw and keeps what was typed
+    /// concurrently; a document left with only removed texts is stored hidden (a
+    /// deletion), and still places a concurrent edit.
+    #[test]
+    fn a_removed_text_keeps_concurrent_typing_and_hides_the_document() {
+        let (mut doc, mut context) = (Map::default(), VersionVector::new());
+        write(&mut doc, &mut context, 1, 1, &[("/t", insert(0, "abc"))]).unwrap();
+        let seen_by_both = context.clone();
+        let mut concurrent = doc.clone();
+        let remove = write(&mut doc, &mut context, 1, 2, &[("/t", Update::Remove)]).unwrap();
+        assert_eq!(text_of(&doc), None);
+        assert!(!doc.is_empty() && !doc.is_shown());
+        assert!(is_hidden(&encode_state(&doc)));
+        assert_eq!(decode_state(&encode_state(&doc)).unwrap(), doc);
+        // Node 2, which saw "abc" but not the remove, types between b and c.
+        let mut theirs = seen_by_both.clone();
+        let typed = write(&mut concurrent, &mut theirs, 2, 1, &[("/t", insert(2, "XY"))]).unwrap();
+        for change in &typed.changes {
+            doc.apply(change, Dot::new(NodeId(2), 1), Hlc(1), &seen_by_both).unwrap();
+        }
+        for change in &remove.changes {
+            concurrent.apply(change, Dot::new(NodeId(1), 2), Hlc(2), &seen_by_both).unwrap();
+        }
+        assert_eq!(text_of(&doc).as_deref(), Some("XY"));
+        assert_eq!(doc, concurrent);
+        assert!(!is_hidden(&encode_state(&doc)));
+    }
+
     /// A counter keeps one total per writing node, however many increments: its
     /// metadata is bounded by the number of writers.
     #[test]
@@ -307,7 +425,7 @@ mod tests {
         }
         let (mut other, mut other_context) = (Map::default(), VersionVector::new());
         write(&mut other, &mut other_context, 2, 1, &add(i64::MAX)).unwrap();
-        doc.join(&other, &context, &other_context);
+        doc.join(&other, &context, &other_context).unwrap();
         context.join(&other_context);
         let (Some(Field::Counter(n)), Some(Field::Bounded(b))) = (
             doc.get(&path("/n"), Kind::Counter).cloned(),

@@ -5,9 +5,11 @@
 //! (types, paths, a bounded counter's rights) see exactly the state the write is
 //! applied to. A refused operation refuses the whole write: nothing changes.
 
-use super::PATH_DEPTH_MAX;
 use super::map::{Action, Change, Delta, Field, Kind, Map};
+use super::sequenced::Seen;
+use super::{Corrupted, PATH_DEPTH_MAX};
 use crate::{Dot, Hlc, NodeId, VersionVector};
+use chorus_text::Beyond;
 
 /// One operation on one field.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -23,13 +25,16 @@ impl Operation {
         self.path.iter().map(String::len).sum::<usize>() + self.value_bytes()
     }
 
-    /// Bytes of the set element or register value it carries (0 for counters,
-    /// flags and removes).
+    /// Bytes of the set element, register value, text or list element it carries
+    /// (0 for counters, flags, deletes and removes).
     pub fn value_bytes(&self) -> usize {
         match &self.update {
-            Update::SetAdd(v) | Update::SetRemove(v) | Update::MvSet(v) | Update::LwwSet(v) => {
-                v.len()
-            }
+            Update::SetAdd(v)
+            | Update::SetRemove(v)
+            | Update::MvSet(v)
+            | Update::LwwSet(v)
+            | Update::ListInsert { value: v, .. } => v.len(),
+            Update::TextInsert { text, .. } => text.len(),
             _ => 0,
         }
     }
@@ -55,6 +60,27 @@ pub enum Update {
     FlagDisable,
     /// Removes the field (every kind of it) or nested map at the path.
     Remove,
+    /// Inserts `text` before the character at `pos` (Unicode code points, in the
+    /// version the write's context names; the text's length puts it at the end).
+    TextInsert {
+        pos: u64,
+        text: String,
+    },
+    /// Deletes `len` characters from `pos`.
+    TextDelete {
+        pos: u64,
+        len: u64,
+    },
+    /// Inserts `value` (JSON text) before the element at `pos`.
+    ListInsert {
+        pos: u64,
+        value: Vec<u8>,
+    },
+    /// Deletes `len` elements from `pos`.
+    ListDelete {
+        pos: u64,
+        len: u64,
+    },
 }
 
 impl Update {
@@ -71,6 +97,10 @@ impl Update {
             Update::FlagEnable => "flag.enable",
             Update::FlagDisable => "flag.disable",
             Update::Remove => "map.remove",
+            Update::TextInsert { .. } => "text.insert",
+            Update::TextDelete { .. } => "text.delete",
+            Update::ListInsert { .. } => "list.insert",
+            Update::ListDelete { .. } => "list.delete",
         }
     }
 
@@ -82,6 +112,8 @@ impl Update {
             Update::MvSet(_) => Kind::MvRegister,
             Update::LwwSet(_) => Kind::LwwRegister,
             Update::FlagEnable | Update::FlagDisable => Kind::Flag,
+            Update::TextInsert { .. } | Update::TextDelete { .. } => Kind::Text,
+            Update::ListInsert { .. } | Update::ListDelete { .. } => Kind::List,
             Update::Remove => return None,
         })
     }
@@ -118,6 +150,22 @@ pub enum OpError {
     BoundedNotRemovable { path: String },
     #[error("counter {path} would overflow")]
     Overflow { path: String },
+    #[error(
+        "{path}: {op} at {pos} (of {len}) goes past the end of the {noun}, which had {shown} \
+         items in the version the write was made against; read the document again and \
+         edit against its context",
+        noun = kind.noun()
+    )]
+    Beyond {
+        path: String,
+        op: &'static str,
+        kind: Kind,
+        pos: u64,
+        len: u64,
+        shown: u64,
+    },
+    #[error("{0}")]
+    Corrupted(#[from] Corrupted),
 }
 
 impl OpError {
@@ -130,6 +178,8 @@ impl OpError {
             OpError::SelfTransfer { .. } => "self_transfer",
             OpError::BoundedNotRemovable { .. } => "bounded_not_removable",
             OpError::Overflow { .. } => "overflow",
+            OpError::Beyond { .. } => "beyond_end",
+            OpError::Corrupted(_) => "corrupted",
         }
     }
 
@@ -189,12 +239,21 @@ pub fn prepare(
             return Err(OpError::BadPath { path: text });
         }
         check_kinds(&work, operation)?;
-        let action = action(&work, operation, dot.node, &text)?;
+        let action = match operation.update.kind() {
+            Some(kind @ (Kind::Text | Kind::List)) => {
+                let seen = Seen {
+                    context,
+                    dot: Some(dot),
+                };
+                edit(&mut work, operation, kind, dot.node, &seen, &text)?
+            }
+            _ => action(&work, operation, dot.node, &text)?,
+        };
         let change = Change {
             path: path.clone(),
             action,
         };
-        work.apply(&change, dot, hlc, context);
+        work.apply(&change, dot, hlc, context)?;
         changes.push(change);
     }
     Ok(Delta { changes })
@@ -229,6 +288,57 @@ fn check_kinds(doc: &Map, operation: &Operation) -> Result<(), OpError> {
         }
     }
     Ok(())
+}
+
+/// The operations of a text or list edit, made (and applied) in `work` as `node`:
+/// its positions count the items shown in the version `seen` names.
+fn edit(
+    work: &mut Map,
+    operation: &Operation,
+    kind: Kind,
+    node: NodeId,
+    seen: &Seen,
+    path: &str,
+) -> Result<Action, OpError> {
+    let (last, parents) = operation.path.split_last().expect("checked");
+    let field = work.map_mut(parents).field_mut((last.clone(), kind));
+    let beyond = |pos: u64, len: u64| {
+        move |Beyond { len: shown }| OpError::Beyond {
+            path: path.to_owned(),
+            op: operation.update.name(),
+            kind,
+            pos,
+            len,
+            shown,
+        }
+    };
+    Ok(match (field, &operation.update) {
+        (Field::Text(t), Update::TextInsert { pos, text }) => Action::Text(match text.is_empty() {
+            true => Vec::new(),
+            false => vec![
+                t.insert(node, seen, *pos, text.clone())
+                    .map_err(beyond(*pos, 0))?,
+            ],
+        }),
+        (Field::Text(t), Update::TextDelete { pos, len }) => {
+            Action::Text(t.delete(node, seen, *pos, *len).map_err(beyond(*pos, *len))?)
+        }
+        (Field::List(l), Update::ListInsert { pos, value }) => {
+            let element = String::from_utf8_lossy(value).into_owned();
+            Action::List(vec![
+                l.insert(node, seen, *pos, vec![element])
+                    .map_err(beyond(*pos, 0))?,
+            ])
+        }
+        (Field::List(l), Update::ListDelete { pos, len }) => {
+            Action::List(l.delete(node, seen, *pos, *len).map_err(beyond(*pos, *len))?)
+        }
+        (field, update) => unreachable!(
+            "an edit of a {} goes to a field of its kind, not {:?}",
+            update.name(),
+            field.kind()
+        ),
+    })
 }
 
 fn action(doc: &Map, operation: &Operation, node: NodeId, path: &str) -> Result<Action, OpError> {
@@ -300,6 +410,10 @@ fn action(doc: &Map, operation: &Operation, node: NodeId, path: &str) -> Result<
         Update::LwwSet(value) => Action::LwwSet(value.clone()),
         Update::FlagEnable => Action::FlagEnable,
         Update::FlagDisable => Action::FlagDisable,
+        Update::TextInsert { .. }
+        | Update::TextDelete { .. }
+        | Update::ListInsert { .. }
+        | Update::ListDelete { .. } => unreachable!("edits are made by `edit`"),
         Update::Remove => {
             if doc.holds_bounded(&operation.path) {
                 return Err(OpError::BoundedNotRemovable {
