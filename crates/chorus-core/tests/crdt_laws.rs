@@ -285,10 +285,9 @@ fn run(steps: &[Step]) -> (Vec<Written>, Vec<Replica>) {
                         _ => String::new(),
                     },
                     deleted: match act {
-                        Act::TextDelete(..) => shown_before
-                            .chars()
-                            .filter(|c| !kept.contains(c))
-                            .collect(),
+                        Act::TextDelete(..) => {
+                            shown_before.chars().filter(|c| !kept.contains(c)).collect()
+                        }
                         _ => BTreeSet::new(),
                     },
                 });
@@ -497,13 +496,19 @@ fn check_model(ops: &[Written], doc: &crdt::Map, deletes: bool) -> Result<(), Te
     let removes = |a: &Act| matches!(a, Act::RemoveText | Act::Delete);
     let expected: BTreeSet<char> = ops
         .iter()
-        .filter(|w| !ops.iter().any(|r| removes(&r.act) && r.op.context.covers(w.op.dot)))
+        .filter(|w| {
+            !ops.iter()
+                .any(|r| removes(&r.act) && r.op.context.covers(w.op.dot))
+        })
         .flat_map(|w| w.inserted.chars())
         .filter(|c| !ops.iter().any(|w| w.deleted.contains(c)))
         .collect();
     let actual = text(doc);
     prop_assert_eq!(actual.chars().collect::<BTreeSet<char>>(), expected, "text");
-    prop_assert_eq!(actual.chars().count(), actual.chars().collect::<BTreeSet<_>>().len());
+    prop_assert_eq!(
+        actual.chars().count(),
+        actual.chars().collect::<BTreeSet<_>>().len()
+    );
     let shown = !survivors(
         ops,
         |a| matches!(a, Act::TextInsert(..) | Act::TextDelete(..)),
@@ -517,7 +522,10 @@ fn check_model(ops: &[Written], doc: &crdt::Map, deletes: bool) -> Result<(), Te
     let inserted = ops
         .iter()
         .filter(|w| matches!(w.act, Act::ListInsert(..)))
-        .filter(|w| !ops.iter().any(|r| list_removes(&r.act) && r.op.context.covers(w.op.dot)))
+        .filter(|w| {
+            !ops.iter()
+                .any(|r| list_removes(&r.act) && r.op.context.covers(w.op.dot))
+        })
         .count();
     prop_assert!(list(doc).len() <= inserted, "list");
     Ok(())

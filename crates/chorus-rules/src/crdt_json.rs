@@ -79,7 +79,12 @@ fn render_field(field: &Field) -> Value {
         Field::Flag(_) => Value::Bool(true),
         Field::Map(map) => render(map),
         Field::Text(t) => Value::String(t.items().content()),
-        Field::List(l) => l.items().content().iter().map(|e| element(e.as_bytes())).collect(),
+        Field::List(l) => l
+            .items()
+            .content()
+            .iter()
+            .map(|e| element(e.as_bytes()))
+            .collect(),
     }
 }
 
@@ -201,13 +206,14 @@ fn parse_operation(
             .ok_or(format!("{name} needs \"by\", an integer"))
     };
     let count = |member: &str| {
-        object
-            .get(member)
-            .and_then(Value::as_u64)
-            .ok_or(format!(
-                "{name} needs \"{member}\", a count of {} from 0",
-                if name.starts_with("text") { "characters (Unicode code points)" } else { "elements" }
-            ))
+        object.get(member).and_then(Value::as_u64).ok_or(format!(
+            "{name} needs \"{member}\", a count of {} from 0",
+            if name.starts_with("text") {
+                "characters (Unicode code points)"
+            } else {
+                "elements"
+            }
+        ))
     };
     let value = || {
         object

@@ -496,7 +496,10 @@ mod tests {
         assert_eq!(decode_ops::<String>(&mut input).unwrap(), ops);
         assert!(input.is_empty());
         for cut in 0..bytes.len() {
-            assert!(decode_ops::<String>(&mut &bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                decode_ops::<String>(&mut &bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         assert!(decode_ops::<String>(&mut &b"\x01\x03"[..]).is_err());
     }

@@ -551,7 +551,10 @@ impl<C: Content> Sequence<C> {
         })?;
         Ok(runs
             .into_iter()
-            .map(|(id, count)| self.delete_as(agent, id, count).expect("the items are here"))
+            .map(|(id, count)| {
+                self.delete_as(agent, id, count)
+                    .expect("the items are here")
+            })
             .collect())
     }
 

@@ -982,6 +982,75 @@ fn crdt_operations_made_offline_merge_when_synced() {
     assert_eq!(removed["value"]["items"], json!(["apple"]));
 }
 
+/// Two devices edit one text offline, typing at the same place and elsewhere, one
+/// of them in several edits before syncing (joined into one write whose positions
+/// count in its read plus its own edits before): each shows its text at once, and
+/// once synced the node and both devices show one text with each device's words
+/// whole.
+#[test]
+fn text_typed_offline_on_two_devices_merges_without_interleaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("data"), &[]);
+    put(
+        &format!("{}/v1/collections/notes", node.url),
+        r#"{"policy":"crdt"}"#,
+    );
+    let first = call(
+        "POST",
+        &format!("{}/v1/docs/notes/n1/ops", node.url),
+        Some(br#"[{"op":"text.insert","path":"/text","pos":0,"text":"The fox."}]"#),
+        &[],
+    );
+    assert_eq!(first.status, 200, "{}", first.text);
+    let notes = Subscription::collections(["notes"]);
+    let urls = std::slice::from_ref(&node.url);
+    let (d1, d2) = (open_device(&dir, 1), open_device(&dir, 2));
+    for device in [&d1, &d2] {
+        device.sync(urls, &notes, &mut |_| {}).unwrap();
+    }
+    let text = |device: &Device| {
+        device.get("notes", "n1").unwrap().unwrap().value.unwrap()["text"].clone()
+    };
+    let insert = |pos: u64, text: &str| json!({"op": "text.insert", "path": "/text", "pos": pos, "text": text});
+    // d1: " quick" after "The", typed in three edits, then "fox" becomes "cat".
+    for (pos, typed) in [(3, " q"), (5, "ui"), (7, "ck")] {
+        d1.update("notes", "n1", &[insert(pos, typed)]).unwrap();
+    }
+    d1.update(
+        "notes",
+        "n1",
+        &[
+            json!({"op": "text.delete", "path": "/text", "pos": 10, "len": 3}),
+            insert(10, "cat"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(text(&d1), json!("The quick cat."));
+    // d2: " brown" at the same place, " It ran." at the end.
+    d2.update(
+        "notes",
+        "n1",
+        &[insert(3, " brown"), insert(14, " It ran.")],
+    )
+    .unwrap();
+    assert_eq!(text(&d2), json!("The brown fox. It ran."));
+    for device in [&d2, &d1, &d2] {
+        device.sync(urls, &notes, &mut |_| {}).unwrap();
+    }
+    let read = get(&format!("{}/v1/docs/notes/n1", node.url));
+    let merged = read.body["value"]["text"].as_str().unwrap().to_owned();
+    assert!(
+        [
+            "The quick brown cat. It ran.",
+            "The brown quick cat. It ran."
+        ]
+        .contains(&merged.as_str()),
+        "{merged:?}"
+    );
+    assert_eq!(text(&d1), json!(merged));
+    assert_eq!(text(&d2), json!(merged));
+}
+
 /// A node's record of a device goes once the device acknowledged its answers and
 /// the retention passed (here one second); the device's next upload starts a new
 /// one, and nothing it wrote is touched.

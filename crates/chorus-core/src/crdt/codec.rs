@@ -70,7 +70,9 @@ pub fn decode_state(bytes: &[u8]) -> Result<Map, Corrupted> {
     let map = r.map(0)?;
     r.finish()?;
     if map.is_shown() != (marker == STATE_MARKER) {
-        return Err(Corrupted("the state's marker says otherwise of what it shows".into()));
+        return Err(Corrupted(
+            "the state's marker says otherwise of what it shows".into(),
+        ));
     }
     Ok(map)
 }

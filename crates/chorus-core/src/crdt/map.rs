@@ -13,10 +13,10 @@
 //! the exception: their items order concurrent inserts, so a removed one stays,
 //! hidden, while it holds any (`super::sequenced`).
 
+use super::Corrupted;
 use super::bounded::{Bounded, Rights};
 use super::dots::DotFun;
 use super::sequenced::{Seen, Sequenced};
-use super::Corrupted;
 use crate::{Dot, Hlc, VersionVector};
 use chorus_text::{Missing, Op as SequenceOp};
 use std::collections::{BTreeMap, BTreeSet};
@@ -356,7 +356,11 @@ impl Map {
     /// Removes what `context` covers, in every field, as the write `remover` (a
     /// plain write or delete that saw `context` replaces what it saw). Bounded
     /// counters stay.
-    pub fn remove_covered(&mut self, context: &VersionVector, remover: Dot) -> Result<(), Corrupted> {
+    pub fn remove_covered(
+        &mut self,
+        context: &VersionVector,
+        remover: Dot,
+    ) -> Result<(), Corrupted> {
         let seen = Seen { context, dot: None };
         self.remove_seen(&seen, remover).map_err(missing)
     }
@@ -479,9 +483,7 @@ impl Map {
     /// The field `name` of `kind`, made empty if absent.
     pub(crate) fn field_mut(&mut self, key: (String, Kind)) -> &mut Field {
         let kind = key.1;
-        self.fields
-            .entry(key)
-            .or_insert_with(|| Field::empty(kind))
+        self.fields.entry(key).or_insert_with(|| Field::empty(kind))
     }
 
     /// The nested map at `path`, made (empty) where absent.

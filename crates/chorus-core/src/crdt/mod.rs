@@ -347,7 +347,9 @@ mod tests {
         let mut then = seen.clone();
         write(&mut other, &mut then, 1, 2, &[("/t", insert(0, ">> "))]).unwrap();
         for change in &delta.changes {
-            other.apply(change, Dot::new(NodeId(1), 3), Hlc(3), &read).unwrap();
+            other
+                .apply(change, Dot::new(NodeId(1), 3), Hlc(3), &read)
+                .unwrap();
         }
         assert_eq!(text_of(&other), text_of(&doc));
     }
@@ -368,12 +370,22 @@ mod tests {
         assert_eq!(decode_state(&encode_state(&doc)).unwrap(), doc);
         // Node 2, which saw "abc" but not the remove, types between b and c.
         let mut theirs = seen_by_both.clone();
-        let typed = write(&mut concurrent, &mut theirs, 2, 1, &[("/t", insert(2, "XY"))]).unwrap();
+        let typed = write(
+            &mut concurrent,
+            &mut theirs,
+            2,
+            1,
+            &[("/t", insert(2, "XY"))],
+        )
+        .unwrap();
         for change in &typed.changes {
-            doc.apply(change, Dot::new(NodeId(2), 1), Hlc(1), &seen_by_both).unwrap();
+            doc.apply(change, Dot::new(NodeId(2), 1), Hlc(1), &seen_by_both)
+                .unwrap();
         }
         for change in &remove.changes {
-            concurrent.apply(change, Dot::new(NodeId(1), 2), Hlc(2), &seen_by_both).unwrap();
+            concurrent
+                .apply(change, Dot::new(NodeId(1), 2), Hlc(2), &seen_by_both)
+                .unwrap();
         }
         assert_eq!(text_of(&doc).as_deref(), Some("XY"));
         assert_eq!(doc, concurrent);

@@ -320,9 +320,10 @@ fn edit(
                     .map_err(beyond(*pos, 0))?,
             ],
         }),
-        (Field::Text(t), Update::TextDelete { pos, len }) => {
-            Action::Text(t.delete(node, seen, *pos, *len).map_err(beyond(*pos, *len))?)
-        }
+        (Field::Text(t), Update::TextDelete { pos, len }) => Action::Text(
+            t.delete(node, seen, *pos, *len)
+                .map_err(beyond(*pos, *len))?,
+        ),
         (Field::List(l), Update::ListInsert { pos, value }) => {
             let element = String::from_utf8_lossy(value).into_owned();
             Action::List(vec![
@@ -330,9 +331,10 @@ fn edit(
                     .map_err(beyond(*pos, 0))?,
             ])
         }
-        (Field::List(l), Update::ListDelete { pos, len }) => {
-            Action::List(l.delete(node, seen, *pos, *len).map_err(beyond(*pos, *len))?)
-        }
+        (Field::List(l), Update::ListDelete { pos, len }) => Action::List(
+            l.delete(node, seen, *pos, *len)
+                .map_err(beyond(*pos, *len))?,
+        ),
         (field, update) => unreachable!(
             "an edit of a {} goes to a field of its kind, not {:?}",
             update.name(),
