@@ -23,6 +23,17 @@ use crate::collections::{CollectionConfig, SETTINGS_COLLECTION};
 /// however skewed the clocks (pruning each log by its own node's clock made them
 /// differ). The node whose clock runs furthest ahead prunes for all.
 pub const RETENTION_COLLECTION: &str = "_cluster";
+
+/// A document changed, committed: by an op (written here or applied from a peer, in
+/// causal order), or by a state transfer (`op` is `None`: read the document again).
+/// `context` is the document's context after it.
+#[derive(Clone, Debug)]
+pub struct DocumentChange {
+    pub collection: String,
+    pub key: String,
+    pub op: Option<Op>,
+    pub context: VersionVector,
+}
 pub const RETENTION_KEY: &str = "conflict_retention";
 
 /// The watermark the versions of its document hold: the greatest `before_wall_ms`
@@ -62,7 +73,7 @@ use chorus_store::{Batch, NodeMeta, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// What a job produced inside a batch; sent only once the batch is durable.
 enum Produced {
@@ -92,6 +103,10 @@ pub(crate) struct Committer {
     pub committed_seq: watch::Sender<u64>,
     /// The change feed's last sequence, published after each commit.
     pub feed_seq: watch::Sender<u64>,
+    /// Every change to a document, published after its commit (when anyone listens).
+    pub changes: broadcast::Sender<Arc<DocumentChange>>,
+    /// The changes of the batch being applied, published once it commits.
+    pub announced: Vec<DocumentChange>,
     pub failed: Arc<StoreHealth>,
     /// Conflicts recorded since the node started, per collection and policy.
     pub conflict_counts: Arc<ConflictCounts>,
@@ -157,6 +172,9 @@ impl Committer {
                 metrics::counter!("chorus_fsyncs_total").increment(1);
                 self.committed_seq.send_replace(self.meta.next_seq - 1);
                 self.feed_seq.send_replace(feed_last);
+                for change in self.announced.drain(..) {
+                    let _ = self.changes.send(Arc::new(change));
+                }
                 for (reply, outcome) in replies.into_iter().zip(produced) {
                     match (reply, outcome) {
                         (ReplyTo::Local(reply), Produced::Local(result)) => {
@@ -187,6 +205,7 @@ impl Committer {
                 tracing::error!(%error, "commit failed; refusing writes until the node is reopened");
                 (self.meta, self.applied, self.floor, self.clock) = before;
                 self.configs.clear();
+                self.announced.clear();
                 self.failed.fail(&error);
                 let failure = self.failed.failure().expect("just failed");
                 replies.into_iter().for_each(|reply| refuse(reply, failure));
@@ -452,6 +471,7 @@ impl Committer {
         if state == before {
             return Ok(());
         }
+        self.announce(collection, key, None, &state);
         let policy = self.policy(b, collection)?;
         if collection == SETTINGS_COLLECTION {
             self.configs.remove(key);
@@ -706,6 +726,7 @@ impl Committer {
         conflicts: Vec<ConflictRecord>,
     ) -> Result<WriteAck, StoreError> {
         b.put_key_state(&op.collection, &op.key, state)?;
+        self.announce(&op.collection, &op.key, Some(&op), state);
         let deps = self.applied.clone();
         let (key, dot, hlc) = (op.key.clone(), op.dot, op.hlc);
         self.log(
@@ -782,6 +803,7 @@ impl Committer {
                 if applied {
                     conflicts = self.settle(b, op, &state)?;
                     b.put_key_state(&op.collection, &op.key, &state)?;
+                    self.announce(&op.collection, &op.key, Some(op), &state);
                     if is_retention_key(&op.collection, &op.key) {
                         self.enforce_retention(b)?;
                     }
@@ -877,6 +899,18 @@ impl Committer {
             return Ok(false);
         }
         b.put_conflict(record)
+    }
+
+    /// Notes a change to a document for the listeners of [`Committer::changes`].
+    fn announce(&mut self, collection: &str, key: &str, op: Option<&Op>, state: &KeyState) {
+        if self.changes.receiver_count() > 0 {
+            self.announced.push(DocumentChange {
+                collection: collection.to_owned(),
+                key: key.to_owned(),
+                op: op.cloned(),
+                context: state.context().clone(),
+            });
+        }
     }
 
     fn next_dot(&self) -> Dot {

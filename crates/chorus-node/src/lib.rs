@@ -40,6 +40,7 @@ pub use chorus_core::{
 pub use chorus_repl::{LogPosition, PeerStatus, StateCursor};
 pub use chorus_store::{Feed, OpenError};
 pub use collections::{CollectionConfig, Home, check_collection_name};
+pub use committer::DocumentChange;
 pub use document::{
     Change, ChangesPage, ConflictsPage, Context, DocVersion, Document, DocumentsPage, KeysPage,
     document_bytes,

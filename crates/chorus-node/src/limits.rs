@@ -47,3 +47,7 @@ pub const LIST_SCAN_KEYS_MAX: usize = 10_000;
 
 /// How far ahead of the local clock a remote HLC may be before it is refused.
 pub const CLOCK_DRIFT_MS_MAX: u64 = 60_000;
+
+/// Document changes kept for a subscriber that has not read them yet; one that falls
+/// further behind is told it lagged (and reads the document again).
+pub const DOCUMENT_CHANGES_BUFFERED: usize = 4096;

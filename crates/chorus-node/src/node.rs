@@ -1,14 +1,14 @@
 //! [`Node`]: open a store, write through the committer, read from snapshots.
 
 use crate::collections::{CollectionConfig, SETTINGS_COLLECTION, check_collection_name};
-use crate::committer::Committer;
+use crate::committer::{Committer, DocumentChange};
 use crate::custom::{MergeHandler, Script};
 use crate::document::{
     Change, ChangesPage, ConflictsPage, Context, Document, DocumentsPage, KeysPage,
 };
 use crate::limits::{
-    CLOCK_DRIFT_MS_MAX, CRDT_VALUE_BYTES_MAX, DOCUMENT_BYTES_MAX, KEY_BYTES_MAX,
-    KEY_STATE_BYTES_MAX, LIST_SCAN_KEYS_MAX, PAGE_ITEMS_MAX, WRITE_OPERATIONS_MAX,
+    CLOCK_DRIFT_MS_MAX, CRDT_VALUE_BYTES_MAX, DOCUMENT_BYTES_MAX, DOCUMENT_CHANGES_BUFFERED,
+    KEY_BYTES_MAX, KEY_STATE_BYTES_MAX, LIST_SCAN_KEYS_MAX, PAGE_ITEMS_MAX, WRITE_OPERATIONS_MAX,
     WRITE_QUEUE_REQUESTS_MAX,
 };
 use crate::request::{ConflictCounts, Job, ReplyTo, Request, StoreHealth};
@@ -29,7 +29,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// How to open a node.
 #[derive(Clone)]
@@ -121,6 +121,7 @@ struct Inner {
     committed_seq: watch::Receiver<u64>,
     /// The last change sequence of the feed, as committed.
     feed_seq: watch::Receiver<u64>,
+    changes: broadcast::Sender<Arc<DocumentChange>>,
     failed: Arc<StoreHealth>,
     committer: Option<JoinHandle<()>>,
     /// Names of replicas this node has heard of (from handshakes), for display.
@@ -171,6 +172,7 @@ impl Node {
         let (feed_tx, feed_rx) = watch::channel(feed_last);
         let failed = Arc::new(StoreHealth::default());
         let conflict_counts = Arc::new(ConflictCounts::default());
+        let (changes, _) = broadcast::channel(DOCUMENT_CHANGES_BUFFERED);
         let committer = Committer {
             store: Arc::clone(&store),
             node_id,
@@ -184,6 +186,8 @@ impl Node {
             pruned_before_ms: None,
             committed_seq: seq_tx,
             feed_seq: feed_tx,
+            changes: changes.clone(),
+            announced: Vec::new(),
             failed: Arc::clone(&failed),
             conflict_counts: Arc::clone(&conflict_counts),
         };
@@ -200,6 +204,7 @@ impl Node {
                 queue: Some(queue_tx),
                 committed_seq: seq_rx,
                 feed_seq: feed_rx,
+                changes,
                 failed,
                 committer: Some(thread),
                 // Its former ids (before restores from backups) are its name too.
@@ -658,6 +663,14 @@ impl Node {
             .failed
             .refusal()
             .unwrap_or(WriteError::ShuttingDown)
+    }
+
+    /// Every change to a document from now on, committed (local writes, ops from
+    /// peers, state transfers), in the order applied. A receiver that falls more
+    /// than `DOCUMENT_CHANGES_BUFFERED` behind is told it lagged, and should read
+    /// the documents it follows again.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<DocumentChange>> {
+        self.inner.changes.subscribe()
     }
 
     /// Waits until the change feed has a change after `after`.

@@ -35,6 +35,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// The rights of the token a request came with, when tokens are required (absent
+/// when they are not: everything is allowed). For handlers that do more than their
+/// route's right, such as a live subscription (a read) taking writes.
+#[derive(Clone)]
+pub(crate) struct Caller {
+    pub rights: chorus_node::rights::Rights,
+}
+
+impl Caller {
+    /// Whether the request's caller may use `right` on `collection`.
+    pub fn allows(caller: Option<&Caller>, right: Right, collection: &str) -> bool {
+        caller.is_none_or(|c| c.rights.allow(right, Some(collection)))
+    }
+}
+
 /// What the middleware needs: the node (tokens), whether tokens are required, and
 /// the per-token rate limit.
 #[derive(Clone)]
@@ -257,6 +272,10 @@ pub(crate) async fn authorize(State(gate): State<Gate>, request: Request, next: 
             .insert(header::RETRY_AFTER, HeaderValue::from(wait_s.max(1)));
         return response;
     }
+    let mut request = request;
+    request.extensions_mut().insert(Caller {
+        rights: token.rights.clone(),
+    });
     next.run(request).await
 }
 

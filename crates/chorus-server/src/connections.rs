@@ -27,14 +27,14 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 /// How long a client may take by default to send a request head (on a new
 /// connection, or on an idle kept-alive one) before the node closes the connection.
@@ -242,8 +242,10 @@ pub(crate) async fn serve(
 ) -> std::io::Result<()> {
     let connections_max = usable_connections(connections_max);
     let connections = Arc::new(Semaphore::new(connections_max));
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
+    // Raised when the node starts closing: each connection finishes the request in
+    // flight and closes (upgraded ones, live subscriptions, end with the process).
+    let (closing, _) = watch::channel(false);
+    let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
     tokio::pin!(shutdown);
@@ -275,18 +277,18 @@ pub(crate) async fn serve(
                 request
             },
         ));
-        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
+        let (http, closed, tls) = (http.clone(), closing.subscribe(), tls.clone());
         tokio::spawn(async move {
             let ended = match tls {
                 None => {
                     let stream = TokioIo::new(ParseErrorsAsJson::new(stream));
-                    watcher.watch(http.serve_connection(stream, service)).await
+                    serve_until_closed(http.serve_connection(stream, service), closed).await
                 }
                 Some(tls) => {
                     match tokio::time::timeout(header_read_timeout, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let stream = TokioIo::new(ParseErrorsAsJson::new(stream));
-                            watcher.watch(http.serve_connection(stream, service)).await
+                            serve_until_closed(http.serve_connection(stream, service), closed).await
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%from, %error, "TLS handshake failed");
@@ -306,8 +308,33 @@ pub(crate) async fn serve(
         });
     }
     drop(listener);
-    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+    closing.send_replace(true);
+    // Every connection holds a permit until it ends.
+    let every = u32::try_from(connections_max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(grace, connections.acquire_many(every)).await;
     Ok(())
+}
+
+/// Serves one connection (which may be upgraded, to a WebSocket) until it ends or
+/// `closed` is raised; then lets it finish the request in flight and close.
+async fn serve_until_closed<I, S, B>(
+    connection: http1::Connection<I, S>,
+    mut closed: watch::Receiver<bool>,
+) -> hyper::Result<()>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = connection.with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = closed.wait_for(|closing| *closing) => connection.as_mut().graceful_shutdown(),
+    }
+    connection.await
 }
 
 /// A connection whose canned parse-error answers (hyper's empty `4xx` with

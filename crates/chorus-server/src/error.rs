@@ -36,6 +36,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error's body, as a live subscription sends it: `{"type": "error",
+    /// "error", "message", "status"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut body = self.extra.clone().unwrap_or_default();
+        body.insert("type".into(), json!("error"));
+        body.insert("error".into(), json!(self.code));
+        body.insert("message".into(), json!(self.message));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        serde_json::Value::Object(body)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = self.extra.unwrap_or_default();

@@ -20,6 +20,7 @@ mod devices;
 mod error;
 mod extract;
 pub mod home;
+mod live;
 mod metrics;
 mod render;
 mod routes;

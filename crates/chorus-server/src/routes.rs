@@ -19,9 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chorus_node::leases::{Lease, LeaseError, LeaseToken};
-use chorus_node::{
-    CollectionConfig, ConflictId, Dot, Home, Node, Resolution, ResolveError, Write, WriteError,
-};
+use chorus_node::{CollectionConfig, ConflictId, Dot, Home, Node, Resolution, ResolveError, Write};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -64,6 +62,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
             get(get_doc).put(put_doc).delete(delete_doc),
         )
         .route("/v1/docs/{collection}/{key}/ops", post(apply_ops))
+        .route("/v1/docs/{collection}/{key}/live", get(crate::live::live))
         .route("/v1/bulk/{collection}", post(crate::bulk::bulk_write))
         .route("/v1/bulk/{collection}/get", post(crate::bulk::bulk_get))
         .route(
@@ -582,17 +581,7 @@ async fn apply_ops(
     }
     check_fencing(&node, &headers, &collection, &key)?;
     let read = crate::extract::context(&headers, &collection, &key)?;
-    let ack = match node.update_async(&collection, &key, operations, read).await {
-        Ok(ack) => ack,
-        Err(WriteError::Refused(refused)) => {
-            // Name the nodes holding a bounded counter's rights, not their ids.
-            let message = refused.describe(|id| node.origin_name(id));
-            let mut error = ApiError::from(WriteError::Refused(refused));
-            error.message = message;
-            return Err(error);
-        }
-        Err(other) => return Err(other.into()),
-    };
+    let ack = crate::live::update(&node, &collection, &key, operations, read).await?;
     let doc = node.get(&collection, &key)?;
     let mut out = json!({
         "key": ack.key,

@@ -138,7 +138,8 @@ fn converged_text(cluster: &Cluster) -> String {
 /// (one write per word, and keystroke by keystroke) at the same place, then at two
 /// places; the link is cut mid-way (the leaders cannot exchange anything) and
 /// restored; both leaders end with the same text, which holds each writer's words
-/// whole and once, the text they started from around them.
+/// whole and once, the text they started from around them; a live subscriber on one
+/// leader, applying what it is sent, ends with that text too.
 #[test]
 fn two_writers_on_two_leaders_type_through_a_cut_link() {
     let mut cluster = Cluster::start(2, MESH);
@@ -148,6 +149,8 @@ fn two_writers_on_two_leaders_type_through_a_cut_link() {
     wait_until("n1 to have the text", DEADLINE, || {
         read_text(&cluster.url(1), "doc").0 == "Hello, world."
     });
+    // A live subscriber on n1 follows everything, from both leaders.
+    let mut follower = LiveClient::connect(&cluster.url(1), "doc");
 
     // Linked, at the same place (after "Hello,").
     let same = type_together(&cluster, ["Hello,", "Hello,"], 0..4);
@@ -196,6 +199,7 @@ fn two_writers_on_two_leaders_type_through_a_cut_link() {
         .fold(text.clone(), |t, typed| t.replacen(typed.as_str(), "", 1));
     assert_eq!(rest, "Hello, world.");
     cluster.wait_converged(DEADLINE);
+    follower.follow_until(&text);
 }
 
 /// Positions count in the read named by `Chorus-Context`: an edit made against an
@@ -278,4 +282,201 @@ fn edits_land_in_the_read_they_name_and_bad_ones_change_nothing() {
     );
     assert_eq!(deleted.status, 200, "{}", deleted.text);
     assert_eq!(get(&doc_url(&url, "doc")).status, 404);
+}
+
+/// A client's replica of one text, fed by a live subscription.
+struct LiveClient {
+    socket: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+    text: chorus_text::Text,
+    context: String,
+}
+
+impl LiveClient {
+    /// Subscribes to `key` and seeds the replica from the snapshot.
+    fn connect(url: &str, key: &str) -> LiveClient {
+        let ws = format!("{}/live", doc_url(url, key)).replace("http://", "ws://");
+        let (socket, _) = tungstenite::connect(ws).unwrap();
+        let mut client = LiveClient {
+            socket,
+            text: chorus_text::Text::new(),
+            context: String::new(),
+        };
+        let snapshot = client.receive();
+        client.seed(&snapshot);
+        client
+    }
+
+    /// Takes a snapshot's text as the replica.
+    fn seed(&mut self, snapshot: &Value) {
+        assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+        use base64::Engine;
+        let encoded = snapshot["sequences"]["/text"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded)
+            .unwrap();
+        self.text = chorus_text::Text::decode(&bytes).unwrap();
+        assert_eq!(self.text.to_string(), snapshot["doc"]["value"]["text"]);
+        self.context = snapshot["context"].as_str().unwrap().to_owned();
+    }
+
+    /// Applies what it is sent (changes, or snapshots after a state transfer) until
+    /// its text is `wanted`.
+    fn follow_until(&mut self, wanted: &str) {
+        let tungstenite::stream::MaybeTlsStream::Plain(tcp) = self.socket.get_ref() else {
+            unreachable!("plain ws://")
+        };
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        while self.text.to_string() != wanted {
+            let message = self.receive();
+            match message["type"].as_str() {
+                Some("snapshot") => self.seed(&message),
+                _ => {
+                    self.apply(&message);
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self) -> Value {
+        loop {
+            match self.socket.read().unwrap() {
+                tungstenite::Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                _ => continue,
+            }
+        }
+    }
+
+    fn send(&mut self, message: &Value) {
+        let text = tungstenite::Message::text(message.to_string());
+        self.socket.send(text).unwrap();
+    }
+
+    /// Applies a `change` to the replica; returns its dot.
+    fn apply(&mut self, change: &Value) -> String {
+        assert_eq!(change["type"], "change", "{change}");
+        for c in change["changes"].as_array().unwrap() {
+            assert_eq!(c["action"], "text.ops", "{change}");
+            for op in c["value"].as_array().unwrap() {
+                self.text.apply(&text_op(op)).unwrap();
+            }
+        }
+        self.context = change["context"].as_str().unwrap().to_owned();
+        change["dot"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A text operation as the feed and live subscriptions show it.
+fn text_op(op: &Value) -> chorus_text::Op {
+    let id = |v: &Value| -> Option<chorus_text::Id> {
+        let (node, seq) = v.as_str()?.split_once(':')?;
+        Some(chorus_text::Id {
+            agent: u64::from_str_radix(node, 16).ok()?,
+            seq: seq.parse().ok()?,
+        })
+    };
+    match op.get("insert") {
+        Some(content) => chorus_text::Op::Insert {
+            id: id(&op["id"]).unwrap(),
+            origin_left: id(&op["left"]),
+            origin_right: id(&op["right"]),
+            content: content.as_str().unwrap().to_owned(),
+        },
+        None => chorus_text::Op::Delete {
+            id: id(&op["id"]).unwrap(),
+            len: op["delete"].as_u64().unwrap(),
+            by: id(&op["by"]).unwrap(),
+        },
+    }
+}
+
+/// Goal: a live subscriber keeps its own replica of a text in step with the node
+/// from the operations it is sent, never re-reading the document, and writes on the
+/// same connection. Method: a WebSocket client seeds a replica from the snapshot;
+/// edits posted over HTTP, and its own sent on the socket (acknowledged with their
+/// dot), arrive as changes that it applies: its text is the node's each time. A bad
+/// message gets an error naming its id, and changes nothing. A stream without the
+/// upgrade (SSE) starts with the same snapshot.
+#[test]
+fn a_live_subscriber_follows_and_edits_a_text() {
+    let cluster = Cluster::start(1, MESH);
+    let url = cluster.url(0);
+    set_policy(&url, "notes", "crdt");
+    let hello = json!([{"op": "text.insert", "path": "/text", "pos": 0, "text": "Hello"}]);
+    assert_eq!(edit(&url, "doc", None, &hello).status, 200);
+    let mut client = LiveClient::connect(&url, "doc");
+    assert_eq!(client.text.to_string(), "Hello");
+
+    for (pos, typed) in [(5, " world"), (0, "Oh, ")] {
+        let ops = json!([{"op": "text.insert", "path": "/text", "pos": pos, "text": typed}]);
+        assert_eq!(edit(&url, "doc", None, &ops).status, 200);
+        let change = client.receive();
+        client.apply(&change);
+        assert_eq!(client.text.to_string(), read_text(&url, "doc").0);
+    }
+    let delete = json!([{"op": "text.delete", "path": "/text", "pos": 0, "len": 4}]);
+    assert_eq!(edit(&url, "doc", None, &delete).status, 200);
+    let change = client.receive();
+    client.apply(&change);
+    assert_eq!(client.text.to_string(), "Hello world");
+
+    // Its own edit, against the context of the last change it applied.
+    let context = client.context.clone();
+    client.send(&json!({"id": 7, "context": context,
+                        "ops": [{"op": "text.insert", "path": "/text", "pos": 11, "text": "!"}]}));
+    let (mut acked, mut applied) = (None, None);
+    while acked.is_none() || applied.is_none() {
+        let message = client.receive();
+        match message["type"].as_str() {
+            Some("ack") => {
+                assert_eq!(message["id"], 7, "{message}");
+                acked = Some(message["dot"].as_str().unwrap().to_owned());
+            }
+            _ => applied = Some(client.apply(&message)),
+        }
+    }
+    assert_eq!(acked, applied, "the change with the ack's dot is the edit");
+    assert_eq!(client.text.to_string(), "Hello world!");
+    assert_eq!(read_text(&url, "doc").0, "Hello world!");
+
+    for (bad, code) in [
+        (
+            json!({"id": "x", "ops": [{"op": "text.insert", "path": "/text", "pos": 99, "text": "?"}]}),
+            "beyond_end",
+        ),
+        (json!({"id": "y", "ops": "none"}), "bad_request"),
+        (
+            json!({"id": "z", "ops": [], "context": "garbage"}),
+            "bad_request",
+        ),
+    ] {
+        client.send(&bad);
+        let answer = client.receive();
+        assert_eq!(
+            (&answer["type"], &answer["id"]),
+            (&json!("error"), &bad["id"]),
+            "{answer}"
+        );
+        assert_eq!(answer["error"], code, "{answer}");
+    }
+    assert_eq!(read_text(&url, "doc").0, "Hello world!");
+
+    // Server-sent events: the same snapshot first.
+    use std::io::{BufRead, BufReader, Write};
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /v1/docs/notes/doc/live HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let data = BufReader::new(stream)
+        .lines()
+        .map(Result::unwrap)
+        .find_map(|line| line.strip_prefix("data:").map(str::to_owned))
+        .unwrap();
+    let snapshot: Value = serde_json::from_str(data.trim()).unwrap();
+    assert_eq!(
+        snapshot["doc"]["value"]["text"], "Hello world!",
+        "{snapshot}"
+    );
 }
