@@ -30,6 +30,7 @@
 
 use crate::varint;
 use crate::{CHUNK_RUNS_MAX, Chunk, Content, Deleted, Id, Op, Run, Sequence, Stamp};
+
 use std::fmt;
 
 const FORMAT: u8 = 1;
@@ -64,277 +65,331 @@ impl<C: Content> Sequence<C> {
     /// The sequence's bytes (format 1).
     pub fn encode(&self) -> Vec<u8> {
         let runs: Vec<&Run<C>> = self.chunks.iter().flat_map(|c| &c.runs).collect();
-        let mut agents: Vec<u64> = runs
-            .iter()
-            .flat_map(|r| [Some(r.id), r.origin_left, r.origin_right])
-            .flatten()
-            .chain(self.deletes.iter().flat_map(|d| [d.by, d.target]))
-            .map(|id| id.agent)
-            .chain(self.stamps.iter().map(|(agent, _)| *agent))
-            .collect();
-        agents.sort_unstable();
-        agents.dedup();
-        let index = |agent: u64| agents.binary_search(&agent).expect("listed") as u64;
+        let agents = Agents::of(
+            runs.iter()
+                .flat_map(|r| r.ids())
+                .chain(self.deletes.iter().flat_map(|d| [d.by, d.target]))
+                .map(|id| id.agent)
+                .chain(self.stamps.iter().map(|(agent, _)| *agent)),
+        );
         let mut out = vec![FORMAT];
-        varint::write(&mut out, agents.len() as u64);
-        for &agent in &agents {
-            varint::write(&mut out, agent);
-        }
-        varint::write(&mut out, runs.len() as u64);
-        let mut before: Option<&Run<C>> = None;
-        for run in runs {
-            let left_is_before =
-                run.origin_left.is_some() && run.origin_left == before.map(|b| b.last());
-            let right_as_before = run.origin_right.is_some()
-                && run.origin_right == before.and_then(|b| b.origin_right);
-            let flag = |on: bool, bit: u8| if on { bit } else { 0 };
-            let flags = flag(run.deleted, DELETED)
-                | flag(run.origin_left.is_some(), LEFT)
-                | flag(run.origin_right.is_some(), RIGHT)
-                | flag(left_is_before, LEFT_IS_BEFORE)
-                | flag(right_as_before, RIGHT_AS_BEFORE);
-            out.push(flags);
-            for n in [index(run.id.agent), run.id.seq, run.len] {
-                varint::write(&mut out, n);
-            }
-            let origins = [
-                (run.origin_left, left_is_before),
-                (run.origin_right, right_as_before),
-            ];
-            for (origin, implicit) in origins {
-                if let (Some(id), false) = (origin, implicit) {
-                    varint::write(&mut out, index(id.agent));
-                    varint::write(&mut out, id.seq);
-                }
-            }
-            if !run.deleted {
-                run.content.encode(&mut out);
-            }
-            before = Some(run);
-        }
-        varint::write(&mut out, self.deletes.len() as u64);
-        let mut before: Option<&Deleted> = None;
-        for entry in &self.deletes {
-            let follows = before.is_some_and(|b| entry.by == b.by.plus(b.len));
-            let same_agent = before.is_some_and(|b| entry.target.agent == b.target.agent);
-            let flag = |on: bool, bit: u8| if on { bit } else { 0 };
-            out.push(flag(entry.backwards, 1) | flag(follows, 2) | flag(same_agent, 4));
-            if !follows {
-                varint::write(&mut out, index(entry.by.agent));
-                varint::write(&mut out, entry.by.seq);
-            }
-            if !same_agent {
-                varint::write(&mut out, index(entry.target.agent));
-            }
-            let from = before.map_or(0, |b| b.target(b.len - 1).seq);
-            // Wrapping: any two seqs make a delta, and it reads back exactly.
-            varint::write(&mut out, zigzag(entry.target.seq.wrapping_sub(from) as i64));
-            varint::write(&mut out, entry.len);
-            before = Some(entry);
-        }
+        agents.write(&mut out);
+        write_runs(&mut out, &agents, &runs);
+        write_deletes(&mut out, &agents, &self.deletes);
         varint::write(&mut out, self.stamps.len() as u64);
         for (agent, list) in &self.stamps {
-            varint::write(&mut out, index(*agent));
-            varint::write(&mut out, list.len() as u64);
-            let mut last = Stamp::default();
-            for stamp in list {
-                varint::write(&mut out, stamp.counter - last.counter);
-                varint::write(&mut out, stamp.inserts - last.inserts);
-                varint::write(&mut out, stamp.deletes - last.deletes);
-                last = *stamp;
-            }
+            varint::write(&mut out, agents.index(*agent));
+            write_stamps(&mut out, list);
         }
         out
     }
 
     /// A sequence from its bytes.
     pub fn decode(bytes: &[u8]) -> Result<Sequence<C>, Corrupt> {
-        let corrupt = |what: &str| Corrupt(what.to_owned());
         let (&format, mut input) = bytes.split_first().ok_or_else(|| corrupt("empty"))?;
         if format != FORMAT {
             return Err(Corrupt(format!("unknown format {format}")));
         }
-        let mut number = |what: &str| varint::read(&mut input).ok_or_else(|| corrupt(what));
-        let agent_count = number("agent count")?;
-        // Each agent takes a byte at least: a count beyond the input is a lie.
-        if agent_count > bytes.len() as u64 {
-            return Err(corrupt("agent count beyond the input"));
-        }
-        let agents = (0..agent_count)
-            .map(|_| number("agent"))
-            .collect::<Result<Vec<u64>, _>>()?;
-        let id = |input: &mut &[u8]| -> Result<Id, Corrupt> {
-            let agent = varint::read(input).ok_or_else(|| corrupt("agent index"))?;
-            let seq = varint::read(input).ok_or_else(|| corrupt("seq"))?;
-            let agent = *agents
-                .get(usize::try_from(agent).unwrap_or(usize::MAX))
-                .ok_or_else(|| corrupt("agent index beyond the table"))?;
-            Ok(Id { agent, seq })
-        };
-        let run_count = varint::read(&mut input).ok_or_else(|| corrupt("run count"))?;
-        if run_count > bytes.len() as u64 {
-            return Err(corrupt("run count beyond the input"));
-        }
+        let agents = Agents::read(&mut input)?;
+        let runs = read_runs(&mut input, &agents)?;
         let mut text = Sequence::new();
-        let mut chunk = Chunk::default();
-        let mut before: Option<Run<C>> = None;
-        for _ in 0..run_count {
-            let (&flags, rest) = input.split_first().ok_or_else(|| corrupt("run flags"))?;
-            input = rest;
-            if flags & !(DELETED | LEFT | RIGHT | LEFT_IS_BEFORE | RIGHT_AS_BEFORE) != 0 {
-                return Err(corrupt("unknown run flags"));
-            }
-            let run_id = id(&mut input)?;
-            let len = varint::read(&mut input).ok_or_else(|| corrupt("run length"))?;
-            if len == 0 || run_id.seq.checked_add(len).is_none() {
-                return Err(corrupt("run length"));
-            }
-            let origin =
-                |input: &mut &[u8], present: u8, implicit: u8, from_before: Option<Id>| match (
-                    flags & present != 0,
-                    flags & implicit != 0,
-                ) {
-                    (false, false) => Ok(None),
-                    (false, true) => Err(corrupt("an implicit origin that is absent")),
-                    (true, false) => id(input).map(Some),
-                    (true, true) => from_before
-                        .map(Some)
-                        .ok_or_else(|| corrupt("an implicit origin with no run before")),
-                };
-            let origin_left = origin(
-                &mut input,
-                LEFT,
-                LEFT_IS_BEFORE,
-                before.as_ref().map(Run::<C>::last),
-            )?;
-            let origin_right = origin(
-                &mut input,
-                RIGHT,
-                RIGHT_AS_BEFORE,
-                before.as_ref().and_then(|b| b.origin_right),
-            )?;
-            let deleted = flags & DELETED != 0;
-            let content = if deleted {
-                C::default()
-            } else {
-                C::decode(&mut input, len).map_err(corrupt)?
-            };
-            let run = Run {
-                id: run_id,
-                len,
-                origin_left,
-                origin_right,
-                deleted,
-                content,
-            };
-            let next = text.next_seq(run.id.agent);
-            *next = (*next).max(run.id.seq + len);
-            before = Some(run.clone());
-            chunk.runs.push(run);
-            if chunk.runs.len() == CHUNK_RUNS_MAX / 2 {
-                chunk.recount();
-                text.chunks.push(std::mem::take(&mut chunk));
-            }
+        for part in runs.chunks(CHUNK_RUNS_MAX / 2) {
+            text.push_chunk(part.to_vec(), 0);
         }
-        let entries = varint::read(&mut input).ok_or_else(|| corrupt("count of deletes"))?;
-        if entries > bytes.len() as u64 {
-            return Err(corrupt("count of deletes beyond the input"));
+        for entry in read_deletes(&mut input, &agents)? {
+            text.push_deleted(entry);
         }
-        for _ in 0..entries {
-            let (&flags, rest) = input.split_first().ok_or_else(|| corrupt("delete flags"))?;
-            input = rest;
-            if flags > 7 {
-                return Err(corrupt("unknown delete flags"));
-            }
-            let before = text.deletes.last().copied();
-            let by = match (flags & 2 != 0, before) {
-                (true, Some(b)) => b.by.plus(b.len),
-                (true, None) => return Err(corrupt("a delete following none")),
-                (false, _) => id(&mut input)?,
-            };
-            let agent = match (flags & 4 != 0, before) {
-                (true, Some(b)) => b.target.agent,
-                (true, None) => return Err(corrupt("a delete following none")),
-                (false, _) => {
-                    let index = varint::read(&mut input).ok_or_else(|| corrupt("agent index"))?;
-                    *agents
-                        .get(usize::try_from(index).unwrap_or(usize::MAX))
-                        .ok_or_else(|| corrupt("agent index beyond the table"))?
-                }
-            };
-            let delta = unzigzag(varint::read(&mut input).ok_or_else(|| corrupt("delete item"))?);
-            let from = before.map_or(0, |b| b.target(b.len - 1).seq);
-            let target = Id {
-                agent,
-                seq: from.wrapping_add(delta as u64),
-            };
-            let len = varint::read(&mut input).ok_or_else(|| corrupt("delete count"))?;
-            let backwards = flags & 1 != 0;
-            let fits = len > 0
-                && by.seq.checked_add(len).is_some()
-                && if backwards {
-                    target.seq >= len - 1
-                } else {
-                    target.seq.checked_add(len).is_some()
-                };
-            if !fits {
-                return Err(corrupt("delete count"));
-            }
-            let next = text.next_delete(by.agent);
-            *next = (*next).max(by.seq + len);
-            text.deletes.push(Deleted {
-                by,
-                target,
-                len,
-                backwards,
-            });
-        }
-        let stamped = varint::read(&mut input).ok_or_else(|| corrupt("count of stamped agents"))?;
-        if stamped > bytes.len() as u64 {
-            return Err(corrupt("count of stamped agents beyond the input"));
-        }
-        for _ in 0..stamped {
-            let index = varint::read(&mut input).ok_or_else(|| corrupt("agent index"))?;
-            let agent = *agents
-                .get(usize::try_from(index).unwrap_or(usize::MAX))
-                .ok_or_else(|| corrupt("agent index beyond the table"))?;
-            let count = varint::read(&mut input).ok_or_else(|| corrupt("count of stamps"))?;
-            if count > bytes.len() as u64 {
-                return Err(corrupt("count of stamps beyond the input"));
-            }
-            let mut last = Stamp::default();
-            let mut list = Vec::new();
-            for _ in 0..count {
-                let mut step = || varint::read(&mut input).ok_or_else(|| corrupt("stamp"));
-                let (c, i, d) = (step()?, step()?, step()?);
-                let stamp = Stamp {
-                    counter: last
-                        .counter
-                        .checked_add(c)
-                        .ok_or_else(|| corrupt("stamp"))?,
-                    inserts: last
-                        .inserts
-                        .checked_add(i)
-                        .ok_or_else(|| corrupt("stamp"))?,
-                    deletes: last
-                        .deletes
-                        .checked_add(d)
-                        .ok_or_else(|| corrupt("stamp"))?,
-                };
-                list.push(stamp);
-                last = stamp;
-            }
+        for _ in 0..count(&mut input, "count of stamped agents")? {
+            let agent = agents.agent(number(&mut input, "agent index")?)?;
+            let list = read_stamps(&mut input)?;
             text.stamps.push((agent, list));
         }
         if !input.is_empty() {
             return Err(corrupt("bytes after the last run"));
         }
-        if !chunk.runs.is_empty() {
-            chunk.recount();
-            text.chunks.push(chunk);
-        }
         Ok(text)
     }
+
+    /// Adds `runs` as the last chunk (from a decoder), noting their ids.
+    pub(crate) fn push_chunk(&mut self, runs: Vec<Run<C>>, page: u64) {
+        for run in &runs {
+            let next = self.next_seq(run.id.agent);
+            *next = (*next).max(run.id.seq + run.len);
+        }
+        let mut chunk = Chunk {
+            runs,
+            page,
+            ..Chunk::default()
+        };
+        chunk.recount();
+        self.chunks.push(chunk);
+    }
+
+    /// Adds an entry to the delete log (from a decoder), noting its delete ids.
+    pub(crate) fn push_deleted(&mut self, entry: Deleted) {
+        let next = self.next_delete(entry.by.agent);
+        *next = (*next).max(entry.by.seq + entry.len);
+        self.deletes.push(entry);
+    }
+}
+
+pub(crate) fn corrupt(what: &str) -> Corrupt {
+    Corrupt(what.to_owned())
+}
+
+pub(crate) fn number(input: &mut &[u8], what: &str) -> Result<u64, Corrupt> {
+    varint::read(input).ok_or_else(|| corrupt(what))
+}
+
+/// A count of things that each take a byte at least: beyond the input, a lie.
+pub(crate) fn count(input: &mut &[u8], what: &str) -> Result<u64, Corrupt> {
+    let n = number(input, what)?;
+    if n > input.len() as u64 {
+        return Err(Corrupt(format!("{what} beyond the input")));
+    }
+    Ok(n)
+}
+
+fn byte(input: &mut &[u8], what: &str) -> Result<u8, Corrupt> {
+    let (&b, rest) = input.split_first().ok_or_else(|| corrupt(what))?;
+    *input = rest;
+    Ok(b)
+}
+
+/// The agents an encoding names, ascending; ids name them by index.
+pub(crate) struct Agents(Vec<u64>);
+
+impl Agents {
+    pub(crate) fn of(agents: impl Iterator<Item = u64>) -> Agents {
+        let mut agents: Vec<u64> = agents.collect();
+        agents.sort_unstable();
+        agents.dedup();
+        Agents(agents)
+    }
+
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        varint::write(out, self.0.len() as u64);
+        for &agent in &self.0 {
+            varint::write(out, agent);
+        }
+    }
+
+    pub(crate) fn read(input: &mut &[u8]) -> Result<Agents, Corrupt> {
+        let n = count(input, "agent count")?;
+        (0..n)
+            .map(|_| number(input, "agent"))
+            .collect::<Result<Vec<u64>, _>>()
+            .map(Agents)
+    }
+
+    fn index(&self, agent: u64) -> u64 {
+        self.0.binary_search(&agent).expect("listed") as u64
+    }
+
+    fn agent(&self, index: u64) -> Result<u64, Corrupt> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.0.get(i).copied())
+            .ok_or_else(|| corrupt("agent index beyond the table"))
+    }
+
+    fn id(&self, input: &mut &[u8]) -> Result<Id, Corrupt> {
+        let agent = self.agent(number(input, "agent index")?)?;
+        let seq = number(input, "seq")?;
+        Ok(Id { agent, seq })
+    }
+}
+
+/// Runs, in order: a count, then per run its flags, id, length, origins (implied by
+/// the run before when they can be) and items.
+pub(crate) fn write_runs<C: Content>(out: &mut Vec<u8>, agents: &Agents, runs: &[&Run<C>]) {
+    varint::write(out, runs.len() as u64);
+    let mut before: Option<&Run<C>> = None;
+    for run in runs {
+        let left_is_before =
+            run.origin_left.is_some() && run.origin_left == before.map(|b| b.last());
+        let right_as_before =
+            run.origin_right.is_some() && run.origin_right == before.and_then(|b| b.origin_right);
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        let flags = flag(run.deleted, DELETED)
+            | flag(run.origin_left.is_some(), LEFT)
+            | flag(run.origin_right.is_some(), RIGHT)
+            | flag(left_is_before, LEFT_IS_BEFORE)
+            | flag(right_as_before, RIGHT_AS_BEFORE);
+        out.push(flags);
+        for n in [agents.index(run.id.agent), run.id.seq, run.len] {
+            varint::write(out, n);
+        }
+        let origins = [
+            (run.origin_left, left_is_before),
+            (run.origin_right, right_as_before),
+        ];
+        for (origin, implicit) in origins {
+            if let (Some(id), false) = (origin, implicit) {
+                varint::write(out, agents.index(id.agent));
+                varint::write(out, id.seq);
+            }
+        }
+        if !run.deleted {
+            run.content.encode(out);
+        }
+        before = Some(run);
+    }
+}
+
+pub(crate) fn read_runs<C: Content>(
+    input: &mut &[u8],
+    agents: &Agents,
+) -> Result<Vec<Run<C>>, Corrupt> {
+    let n = count(input, "run count")?;
+    let mut runs: Vec<Run<C>> = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let flags = byte(input, "run flags")?;
+        if flags & !(DELETED | LEFT | RIGHT | LEFT_IS_BEFORE | RIGHT_AS_BEFORE) != 0 {
+            return Err(corrupt("unknown run flags"));
+        }
+        let id = agents.id(input)?;
+        let len = number(input, "run length")?;
+        if len == 0 || id.seq.checked_add(len).is_none() {
+            return Err(corrupt("run length"));
+        }
+        let before = runs.last();
+        let mut origin = |present: u8, implicit: u8, from_before: Option<Id>| match (
+            flags & present != 0,
+            flags & implicit != 0,
+        ) {
+            (false, false) => Ok(None),
+            (false, true) => Err(corrupt("an implicit origin that is absent")),
+            (true, false) => agents.id(input).map(Some),
+            (true, true) => from_before
+                .map(Some)
+                .ok_or_else(|| corrupt("an implicit origin with no run before")),
+        };
+        let origin_left = origin(LEFT, LEFT_IS_BEFORE, before.map(Run::<C>::last))?;
+        let origin_right = origin(RIGHT, RIGHT_AS_BEFORE, before.and_then(|b| b.origin_right))?;
+        let deleted = flags & DELETED != 0;
+        let content = if deleted {
+            C::default()
+        } else {
+            C::decode(input, len).map_err(corrupt)?
+        };
+        runs.push(Run {
+            id,
+            len,
+            origin_left,
+            origin_right,
+            deleted,
+            content,
+        });
+    }
+    Ok(runs)
+}
+
+/// Entries of the delete log: a count, then per entry its flags (1 backwards, 2 its
+/// delete ids follow the entry before's, 4 its items are of the entry before's
+/// agent), the first delete id (unless 2), the first item (its agent unless 4; its
+/// seq as a zigzag delta from the entry before's last item) and the count.
+pub(crate) fn write_deletes(out: &mut Vec<u8>, agents: &Agents, entries: &[Deleted]) {
+    varint::write(out, entries.len() as u64);
+    let mut before: Option<&Deleted> = None;
+    for entry in entries {
+        let follows = before.is_some_and(|b| entry.by == b.by.plus(b.len));
+        let same_agent = before.is_some_and(|b| entry.target.agent == b.target.agent);
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        out.push(flag(entry.backwards, 1) | flag(follows, 2) | flag(same_agent, 4));
+        if !follows {
+            varint::write(out, agents.index(entry.by.agent));
+            varint::write(out, entry.by.seq);
+        }
+        if !same_agent {
+            varint::write(out, agents.index(entry.target.agent));
+        }
+        let from = before.map_or(0, |b| b.target(b.len - 1).seq);
+        // Wrapping: any two seqs make a delta, and it reads back exactly.
+        varint::write(out, zigzag(entry.target.seq.wrapping_sub(from) as i64));
+        varint::write(out, entry.len);
+        before = Some(entry);
+    }
+}
+
+pub(crate) fn read_deletes(input: &mut &[u8], agents: &Agents) -> Result<Vec<Deleted>, Corrupt> {
+    let n = count(input, "count of deletes")?;
+    let mut entries: Vec<Deleted> = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let flags = byte(input, "delete flags")?;
+        if flags > 7 {
+            return Err(corrupt("unknown delete flags"));
+        }
+        let before = entries.last().copied();
+        let by = match (flags & 2 != 0, before) {
+            (true, Some(b)) => b.by.plus(b.len),
+            (true, None) => return Err(corrupt("a delete following none")),
+            (false, _) => agents.id(input)?,
+        };
+        let agent = match (flags & 4 != 0, before) {
+            (true, Some(b)) => b.target.agent,
+            (true, None) => return Err(corrupt("a delete following none")),
+            (false, _) => agents.agent(number(input, "agent index")?)?,
+        };
+        let delta = unzigzag(number(input, "delete item")?);
+        let from = before.map_or(0, |b| b.target(b.len - 1).seq);
+        let target = Id {
+            agent,
+            seq: from.wrapping_add(delta as u64),
+        };
+        let len = number(input, "delete count")?;
+        let backwards = flags & 1 != 0;
+        let fits = len > 0
+            && by.seq.checked_add(len).is_some()
+            && if backwards {
+                target.seq >= len - 1
+            } else {
+                target.seq.checked_add(len).is_some()
+            };
+        if !fits {
+            return Err(corrupt("delete count"));
+        }
+        entries.push(Deleted {
+            by,
+            target,
+            len,
+            backwards,
+        });
+    }
+    Ok(entries)
+}
+
+/// One agent's stamps: a count, then per stamp the increases of its counter, of the
+/// items inserted and of those deleted.
+pub(crate) fn write_stamps(out: &mut Vec<u8>, stamps: &[Stamp]) {
+    varint::write(out, stamps.len() as u64);
+    let mut last = Stamp::default();
+    for stamp in stamps {
+        varint::write(out, stamp.counter - last.counter);
+        varint::write(out, stamp.inserts - last.inserts);
+        varint::write(out, stamp.deletes - last.deletes);
+        last = *stamp;
+    }
+}
+
+pub(crate) fn read_stamps(input: &mut &[u8]) -> Result<Vec<Stamp>, Corrupt> {
+    let n = count(input, "count of stamps")?;
+    let mut last = Stamp::default();
+    let mut list = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let mut step = |from: u64| {
+            from.checked_add(number(input, "stamp")?)
+                .ok_or_else(|| corrupt("stamp"))
+        };
+        let stamp = Stamp {
+            counter: step(last.counter)?,
+            inserts: step(last.inserts)?,
+            deletes: step(last.deletes)?,
+        };
+        list.push(stamp);
+        last = stamp;
+    }
+    Ok(list)
 }
 
 /// Writes operations (as a CRDT delta carries them): a count, then per operation

@@ -26,10 +26,12 @@
 
 mod codec;
 mod content;
+mod pages;
 pub mod varint;
 
 pub use codec::{Corrupt, decode_ops, encode_ops};
 pub use content::Content;
+pub use pages::Saved;
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -182,6 +184,13 @@ impl<C: Content> Run<C> {
         id.agent == self.id.agent && id.seq >= self.id.seq && id.seq < self.id.seq + self.len
     }
 
+    /// The ids it names: its first item's and its origins.
+    fn ids(&self) -> impl Iterator<Item = Id> {
+        [Some(self.id), self.origin_left, self.origin_right]
+            .into_iter()
+            .flatten()
+    }
+
     fn last(&self) -> Id {
         self.id.plus(self.len - 1)
     }
@@ -216,12 +225,16 @@ impl<C: Content> Run<C> {
     }
 }
 
-/// Runs, with their counts.
+/// Runs, with their counts; stored as one page (`pages`).
 #[derive(Clone, Debug)]
 struct Chunk<C> {
     runs: Vec<Run<C>>,
     items: u64,
     visible: u64,
+    /// The page it is stored as (0: none yet).
+    page: u64,
+    /// Changed since it was last saved.
+    dirty: bool,
 }
 
 impl<C> Default for Chunk<C> {
@@ -230,6 +243,8 @@ impl<C> Default for Chunk<C> {
             runs: Vec::new(),
             items: 0,
             visible: 0,
+            page: 0,
+            dirty: true,
         }
     }
 }
@@ -334,14 +349,19 @@ struct Stamp {
 /// `agent`'s entry of a per-agent list (few agents write one sequence), made empty
 /// when it has none.
 fn entry<T: Default>(list: &mut Vec<(u64, T)>, agent: u64) -> &mut T {
-    let i = match list.iter().position(|(a, _)| *a == agent) {
+    let i = position(list, agent);
+    &mut list[i].1
+}
+
+/// Where `agent`'s entry is in a per-agent list, made empty when it has none.
+fn position<T: Default>(list: &mut Vec<(u64, T)>, agent: u64) -> usize {
+    match list.iter().position(|(a, _)| *a == agent) {
         Some(i) => i,
         None => {
             list.push((agent, T::default()));
             list.len() - 1
         }
-    };
-    &mut list[i].1
+    }
 }
 
 /// Where an item is: its chunk, its run, its offset in the run.
@@ -373,6 +393,8 @@ pub struct Sequence<C = String> {
     cursor: Cell<Option<Cursor>>,
     /// The chunk the last item found by id was in (a hint: any chunk is correct).
     found: Cell<usize>,
+    /// What the last save wrote, so that the next writes only what changed.
+    saving: pages::Saving,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -396,6 +418,7 @@ impl<C> Default for Sequence<C> {
             stamps: Vec::new(),
             cursor: Cell::new(None),
             found: Cell::new(0),
+            saving: pages::Saving::default(),
         }
     }
 }
@@ -421,7 +444,9 @@ impl<C: Content> Sequence<C> {
             .deletes
             .last_mut()
             .is_some_and(|last| last.extend(&entry));
-        if !extended {
+        if extended {
+            self.saving.changed_delete(self.deletes.len() - 1);
+        } else {
             self.deletes.push(entry);
         }
     }
@@ -696,14 +721,18 @@ impl<C: Content> Sequence<C> {
             inserts: count(&self.next, agent),
             deletes: count(&self.next_deletes, agent),
         };
-        let list = entry(&mut self.stamps, agent);
+        let at = position(&mut self.stamps, agent);
+        let list = &mut self.stamps[at].1;
         let before = list
             .iter()
             .rev()
             .find(|s| s.counter < counter)
             .map_or((0, 0), |s| (s.inserts, s.deletes));
         match list.last_mut() {
-            Some(last) if last.counter == counter => *last = stamp,
+            Some(last) if last.counter == counter => {
+                *last = stamp;
+                self.saving.changed_stamp(at, list.len() - 1);
+            }
             Some(last) if last.counter > counter => {}
             _ if before == (stamp.inserts, stamp.deletes) => {}
             _ => list.push(stamp),
@@ -809,10 +838,12 @@ impl<C: Content> Sequence<C> {
         }
         // And how far each agent's writes went, noted there.
         for (agent, theirs) in &other.stamps {
-            let list = entry(&mut self.stamps, *agent);
+            let at = position(&mut self.stamps, *agent);
+            let list = &mut self.stamps[at].1;
             list.extend_from_slice(theirs);
             list.sort_unstable();
             list.dedup_by_key(|s| s.counter);
+            self.saving.changed_stamp(at, 0);
         }
         Ok(())
     }
@@ -984,6 +1015,7 @@ impl<C: Content> Sequence<C> {
         {
             self.touched(before.chunk);
             let chunk = &mut self.chunks[before.chunk];
+            chunk.dirty = true;
             chunk.runs[before.run].len += run.len;
             chunk.runs[before.run].content.append(content);
             chunk.items += run.len;
@@ -993,6 +1025,7 @@ impl<C: Content> Sequence<C> {
         self.touched(chunk);
         run.content = content.clone();
         let chunk_ref = &mut self.chunks[chunk];
+        chunk_ref.dirty = true;
         chunk_ref.items += run.len;
         chunk_ref.visible += run.visible();
         chunk_ref.runs.insert(slot, run);
@@ -1042,6 +1075,7 @@ impl<C: Content> Sequence<C> {
     fn mark_deleted(&mut self, at: At) {
         self.touched(at.chunk);
         let chunk = &mut self.chunks[at.chunk];
+        chunk.dirty = true;
         if !chunk.runs[at.run].deleted {
             chunk.visible -= chunk.runs[at.run].len;
         }
@@ -1080,6 +1114,7 @@ impl<C: Content> Sequence<C> {
         };
         second.recount();
         self.chunks[chunk].recount();
+        self.chunks[chunk].dirty = true;
         self.chunks.insert(chunk + 1, second);
         Some(half)
     }
@@ -1091,6 +1126,7 @@ impl<C: Content> Sequence<C> {
             return at;
         }
         let chunk = &mut self.chunks[at.chunk];
+        chunk.dirty = true;
         let rest = chunk.runs[at.run].split(at.off);
         chunk.runs.insert(at.run + 1, rest);
         let split = self.balance(at.chunk);
