@@ -233,7 +233,7 @@ fn metadata(args: &CrdtArgs) {
             let d = (next() % args.docs) as usize;
             let replica = &mut replicas[r];
             let state = &mut replica.docs[d];
-            let doc = state.crdt_document().expect("valid").unwrap_or_default();
+            let mut doc = state.crdt_document().cloned().unwrap_or_default();
             let roll = next() % 4;
             let update = match roll {
                 0 | 1 => Update::SetAdd(format!("\"e{}\"", next() % 400).into_bytes()),
@@ -258,7 +258,7 @@ fn metadata(args: &CrdtArgs) {
             let dot = Dot::new(replica.id, replica.counter);
             let hlc = Hlc(made + 1);
             let delta = crdt::prepare(
-                &doc,
+                &mut doc,
                 state.context(),
                 dot,
                 hlc,
@@ -298,11 +298,11 @@ fn metadata(args: &CrdtArgs) {
     );
     let (mut stored, mut payload, mut elements, mut dots) = (0usize, 0usize, 0usize, 0usize);
     for state in &first.docs {
-        let Some(doc) = state.crdt_document().expect("valid") else {
+        let Some(doc) = state.crdt_document() else {
             continue;
         };
         // The key's causal context as the store writes it: one (node, counter) each.
-        stored += crdt::encode_state(&doc).len() + state.context().len() * 16;
+        stored += crdt::encode_state(doc).len() + state.context().len() * 16;
         for (name, _, field) in doc.fields() {
             payload += name.len();
             match field {

@@ -5,9 +5,10 @@
 //! keep a decoder for the older one.
 
 use crate::Corrupted;
+use chorus_core::crdt::{self, Saved};
 use chorus_core::{
-    ConflictId, ConflictRecord, Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, Outcome, Policy,
-    Version, VersionVector,
+    ConflictId, ConflictRecord, CrdtVersion, Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op,
+    Outcome, Policy, Version, VersionVector,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -161,8 +162,62 @@ pub fn decode_meta(bytes: &[u8]) -> Result<NodeMeta, Corrupted> {
 pub fn encode_key_state(state: &KeyState) -> Vec<u8> {
     encode(&KeyStateV1 {
         context: vv_v1(state.context()),
-        versions: versions_v1(state.versions()),
+        versions: versions_v1(&state.versions()),
     })
+}
+
+/// A key state as the store keeps it: its CRDT document's texts and lists as the
+/// headers of their pages, the pages changed since the last save handed to `pages`
+/// with their field's path (see `chorus_core::crdt::save_state`).
+pub fn encode_key_state_paged(
+    state: &mut KeyState,
+    pages: &mut dyn FnMut(&[String], Saved),
+) -> Vec<u8> {
+    let mut versions = versions_v1(state.plain_versions());
+    if let Some(c) = state.crdt_mut() {
+        let version = VersionV1 {
+            dot: dot_v1(c.dot),
+            hlc: c.hlc.0,
+            value: Some(crdt::save_state(&mut c.map, pages)),
+        };
+        let at = versions.partition_point(|v| (v.dot.0, v.dot.1) < (version.dot.0, version.dot.1));
+        versions.insert(at, version);
+    }
+    encode(&KeyStateV1 {
+        context: vv_v1(state.context()),
+        versions,
+    })
+}
+
+/// A key state [`encode_key_state_paged`] wrote, its pages read by `page(path, id)`.
+pub fn decode_key_state_paged(
+    bytes: &[u8],
+    page: &mut dyn FnMut(&[String], u64) -> Option<Vec<u8>>,
+) -> Result<KeyState, Corrupted> {
+    let raw: KeyStateV1 = decode("keys", bytes)?;
+    let corrupted = |reason: String| Corrupted {
+        table: "keys",
+        reason,
+    };
+    let (mut plain, mut crdt_version) = (Vec::new(), None);
+    for version in versions_from("keys", raw.versions)? {
+        if !version.is_crdt() {
+            plain.push(version);
+            continue;
+        }
+        if crdt_version.is_some() {
+            return Err(corrupted("two CRDT versions".into()));
+        }
+        let value = version.value.as_deref().expect("is_crdt");
+        let map = crdt::load_state(value, page).map_err(|e| corrupted(e.to_string()))?;
+        crdt_version = Some(CrdtVersion {
+            dot: version.dot,
+            hlc: version.hlc,
+            map,
+        });
+    }
+    KeyState::from_decoded(vv_from(&raw.context), plain, crdt_version)
+        .map_err(|e| corrupted(e.to_string()))
 }
 
 pub fn decode_key_state(bytes: &[u8]) -> Result<KeyState, Corrupted> {

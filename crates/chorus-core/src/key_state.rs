@@ -16,6 +16,7 @@
 //! its dot. Both are commutative, associative and idempotent (see the property tests).
 
 use crate::{Dot, Hlc, Op, VersionVector, crdt};
+use std::borrow::Cow;
 
 /// One live version of a key. `value == None` is a tombstone (a delete).
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -46,19 +47,37 @@ impl Version {
     }
 }
 
-/// The CRDT version of a key, decoded. Its dot and HLC are the greatest of the
-/// deltas folded into it (they differ between replicas that collected it at
-/// different times, so reads and digests use its document, never its dot).
-struct CrdtVersion {
-    dot: Dot,
-    hlc: Hlc,
-    map: crdt::Map,
+/// The CRDT version of a key, decoded: the document deltas fold into. Its dot and
+/// HLC are the greatest of the deltas folded into it (they differ between replicas
+/// that collected it at different times, so reads and digests use its document,
+/// never its dot).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct CrdtVersion {
+    pub dot: Dot,
+    pub hlc: Hlc,
+    pub map: crdt::Map,
 }
 
+impl CrdtVersion {
+    /// As a version: its state encoded (a whole document: reads, transfers).
+    pub fn to_version(&self) -> Version {
+        Version {
+            dot: self.dot,
+            hlc: self.hlc,
+            value: Some(crdt::encode_state(&self.map)),
+        }
+    }
+}
+
+/// A key's versions and context. The CRDT version, if any, is kept decoded, so that
+/// an operation changes it in place (what it costs grows with what it changes, not
+/// with the document); plain versions hold their bytes.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct KeyState {
     context: VersionVector,
+    /// Plain versions (documents and tombstones), sorted by dot.
     versions: Vec<Version>,
+    crdt: Option<CrdtVersion>,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +88,8 @@ pub enum InvalidKeyState {
     VersionsUnsorted,
     #[error("more than one version holds a CRDT document")]
     CrdtVersionRepeated,
+    #[error("{0}")]
+    Crdt(#[from] crdt::Corrupted),
 }
 
 impl KeyState {
@@ -77,40 +98,112 @@ impl KeyState {
     }
 
     /// Rebuilds a state from stored parts, refusing parts that break the invariants.
+    /// A version holding a CRDT state is decoded (see [`KeyState::from_decoded`]).
     pub fn from_parts(
         context: VersionVector,
-        versions: Vec<Version>,
+        mut versions: Vec<Version>,
     ) -> Result<KeyState, InvalidKeyState> {
-        if versions.windows(2).any(|w| w[0].dot >= w[1].dot) {
-            return Err(InvalidKeyState::VersionsUnsorted);
-        }
-        if let Some(v) = versions.iter().find(|v| !context.covers(v.dot)) {
-            return Err(InvalidKeyState::VersionOutsideContext(v.dot));
-        }
+        let mut crdt = None;
         if versions.iter().filter(|v| v.is_crdt()).count() > 1 {
             return Err(InvalidKeyState::CrdtVersionRepeated);
         }
-        Ok(KeyState { context, versions })
+        if let Some(at) = versions.iter().position(Version::is_crdt) {
+            let version = versions.remove(at);
+            let value = version.value.as_deref().expect("is_crdt");
+            crdt = Some(CrdtVersion {
+                dot: version.dot,
+                hlc: version.hlc,
+                map: crdt::decode_state(value)?,
+            });
+        }
+        KeyState::from_decoded(context, versions, crdt)
+    }
+
+    /// Rebuilds a state from its plain versions and its decoded CRDT version,
+    /// refusing parts that break the invariants.
+    pub fn from_decoded(
+        context: VersionVector,
+        versions: Vec<Version>,
+        crdt: Option<CrdtVersion>,
+    ) -> Result<KeyState, InvalidKeyState> {
+        if versions.iter().any(Version::is_crdt) {
+            return Err(InvalidKeyState::CrdtVersionRepeated);
+        }
+        let mut dots: Vec<Dot> = versions.iter().map(|v| v.dot).collect();
+        if dots.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(InvalidKeyState::VersionsUnsorted);
+        }
+        dots.extend(crdt.as_ref().map(|c| c.dot));
+        if let Some(dot) = dots.into_iter().find(|d| !context.covers(*d)) {
+            return Err(InvalidKeyState::VersionOutsideContext(dot));
+        }
+        if let Some(c) = &crdt
+            && (c.map.is_empty() || versions.iter().any(|v| v.dot == c.dot))
+        {
+            return Err(InvalidKeyState::VersionsUnsorted);
+        }
+        Ok(KeyState {
+            context,
+            versions,
+            crdt,
+        })
     }
 
     pub fn context(&self) -> &VersionVector {
         &self.context
     }
 
-    /// Live versions, sorted by dot.
-    pub fn versions(&self) -> &[Version] {
+    /// Live versions, sorted by dot, the CRDT version's state encoded (which costs
+    /// as much as its document: the hot paths use [`KeyState::plain_versions`] and
+    /// [`KeyState::crdt`]).
+    pub fn versions(&self) -> Cow<'_, [Version]> {
+        let Some(crdt) = &self.crdt else {
+            return Cow::Borrowed(&self.versions);
+        };
+        let mut all = self.versions.clone();
+        let at = all.partition_point(|v| v.dot < crdt.dot);
+        all.insert(at, crdt.to_version());
+        Cow::Owned(all)
+    }
+
+    /// The live versions other than the CRDT version, sorted by dot.
+    pub fn plain_versions(&self) -> &[Version] {
         &self.versions
     }
 
+    /// The CRDT version, decoded.
+    pub fn crdt(&self) -> Option<&CrdtVersion> {
+        self.crdt.as_ref()
+    }
+
+    /// The CRDT version, to be saved (its texts and lists keep what they wrote).
+    pub fn crdt_mut(&mut self) -> Option<&mut CrdtVersion> {
+        self.crdt.as_mut()
+    }
+
+    /// The dots of its live versions, the CRDT version's among them.
+    pub fn dots(&self) -> impl Iterator<Item = Dot> + '_ {
+        self.versions
+            .iter()
+            .map(|v| v.dot)
+            .chain(self.crdt.as_ref().map(|c| c.dot))
+    }
+
     /// Bytes of the documents its versions hold: what dominates its size in memory,
-    /// on disk and in a frame.
+    /// on disk and in a frame. A CRDT version counts its document's encoding, which
+    /// takes encoding it.
     pub fn value_bytes(&self) -> usize {
         value_bytes(&self.versions)
+            + self
+                .crdt
+                .as_ref()
+                .map_or(0, |c| crdt::encode_state(&c.map).len())
     }
 
     /// True when no live version holds a document (never written, or deleted).
     pub fn is_absent(&self) -> bool {
         self.versions.iter().all(Version::is_tombstone)
+            && self.crdt.as_ref().is_none_or(|c| !c.map.is_shown())
     }
 
     /// Applies one op. Returns false, changing nothing, when the key's context already
@@ -119,6 +212,8 @@ impl KeyState {
     /// A CRDT delta is folded into the key's CRDT version (made if absent); a plain
     /// write removes from that version what its context covers (it replaces what its
     /// writer saw). Either way the plain versions the context covers are superseded.
+    /// On an error (a delta that does not decode or apply) the state is left part
+    /// changed: drop it.
     pub fn apply(&mut self, op: &Op) -> Result<bool, crdt::Corrupted> {
         if self.context.covers(op.dot) {
             return Ok(false);
@@ -127,26 +222,21 @@ impl KeyState {
             Some(value) if crdt::is_delta(value) => Some(crdt::decode_delta(value)?),
             _ => None,
         };
-        let doc = self.take_crdt()?;
         self.versions.retain(|v| !op.context.covers(v.dot));
         match delta {
             Some(delta) => {
-                let mut doc = doc.unwrap_or_else(|| CrdtVersion {
-                    dot: op.dot,
-                    hlc: op.hlc,
-                    map: crdt::Map::default(),
-                });
+                let doc = self.crdt_for(op);
                 for change in &delta.changes {
                     doc.map.apply(change, op.dot, op.hlc, &op.context)?;
                 }
-                doc.dot = doc.dot.max(op.dot);
-                doc.hlc = doc.hlc.max(op.hlc);
-                self.put_crdt(doc);
+                self.settle_crdt(op);
             }
             None => {
-                if let Some(mut doc) = doc {
+                if let Some(doc) = &mut self.crdt {
                     doc.map.remove_covered(&op.context, op.dot)?;
-                    self.put_crdt(doc);
+                    if doc.map.is_empty() {
+                        self.crdt = None;
+                    }
                 }
                 self.insert(Version {
                     dot: op.dot,
@@ -159,6 +249,52 @@ impl KeyState {
         self.context.add(op.dot);
         self.assert_invariants();
         Ok(true)
+    }
+
+    /// The CRDT document a write `dot` with `hlc` prepares its delta in (made empty
+    /// if there is none): [`crdt::prepare`] applies the changes as it makes them,
+    /// then [`KeyState::apply_prepared`] records the write.
+    pub fn crdt_to_prepare(&mut self, dot: Dot, hlc: Hlc) -> &mut crdt::Map {
+        &mut self
+            .crdt
+            .get_or_insert_with(|| CrdtVersion {
+                dot,
+                hlc,
+                map: crdt::Map::default(),
+            })
+            .map
+    }
+
+    /// Records a CRDT write whose delta [`crdt::prepare`] made, and applied, in this
+    /// state's document ([`KeyState::crdt_to_prepare`]): what [`KeyState::apply`]
+    /// does but for applying the changes again (a remove would delete again).
+    pub fn apply_prepared(&mut self, op: &Op) {
+        assert!(!self.context.covers(op.dot), "a new write");
+        self.versions.retain(|v| !op.context.covers(v.dot));
+        self.crdt_for(op);
+        self.settle_crdt(op);
+        self.context.join(&op.context);
+        self.context.add(op.dot);
+        self.assert_invariants();
+    }
+
+    fn crdt_for(&mut self, op: &Op) -> &mut CrdtVersion {
+        self.crdt.get_or_insert_with(|| CrdtVersion {
+            dot: op.dot,
+            hlc: op.hlc,
+            map: crdt::Map::default(),
+        })
+    }
+
+    /// After a CRDT write: its dot and HLC count; an empty document goes.
+    fn settle_crdt(&mut self, op: &Op) {
+        if let Some(doc) = &mut self.crdt {
+            doc.dot = doc.dot.max(op.dot);
+            doc.hlc = doc.hlc.max(op.hlc);
+            if doc.map.is_empty() {
+                self.crdt = None;
+            }
+        }
     }
 
     /// Joins another replica's state of the same key into this one.
@@ -179,13 +315,10 @@ impl KeyState {
         let mut seen = applied.clone();
         seen.join(&self.context);
         let seen = &seen;
-        let mine = self.take_crdt()?;
-        let theirs = other.crdt()?;
-        let plain = |v: &&Version| !v.is_crdt();
         let mut merged = Vec::with_capacity(self.versions.len() + other.versions.len());
         let (mut a, mut b) = (
-            self.versions.iter().filter(plain).peekable(),
-            other.versions.iter().filter(plain).peekable(),
+            self.versions.iter().peekable(),
+            other.versions.iter().peekable(),
         );
         loop {
             let next = match (a.peek(), b.peek()) {
@@ -203,27 +336,29 @@ impl KeyState {
             merged.extend(next.cloned());
         }
         self.versions = merged;
-        let joined = match (mine, theirs) {
-            (None, None) => None,
-            (Some(mut m), t) => {
-                let empty = crdt::Map::default();
-                let tmap = t.as_ref().map_or(&empty, |t| &t.map);
-                m.map.join(tmap, seen, &other.context)?;
-                if let Some(t) = &t {
-                    m.dot = m.dot.max(t.dot);
-                    m.hlc = m.hlc.max(t.hlc);
+        let empty = crdt::Map::default();
+        match (&mut self.crdt, &other.crdt) {
+            (None, None) => {}
+            (Some(mine), theirs) => {
+                let tmap = theirs.as_ref().map_or(&empty, |t| &t.map);
+                mine.map.join(tmap, seen, &other.context)?;
+                if let Some(t) = theirs {
+                    mine.dot = mine.dot.max(t.dot);
+                    mine.hlc = mine.hlc.max(t.hlc);
                 }
-                Some(m)
             }
-            (None, Some(mut t)) => {
+            (None, Some(theirs)) => {
                 let mut map = crdt::Map::default();
-                map.join(&t.map, seen, &other.context)?;
-                t.map = map;
-                Some(t)
+                map.join(&theirs.map, seen, &other.context)?;
+                self.crdt = Some(CrdtVersion {
+                    dot: theirs.dot,
+                    hlc: theirs.hlc,
+                    map,
+                });
             }
-        };
-        if let Some(doc) = joined {
-            self.put_crdt(doc);
+        }
+        if self.crdt.as_ref().is_some_and(|c| c.map.is_empty()) {
+            self.crdt = None;
         }
         self.context.join(&other.context);
         self.assert_invariants();
@@ -231,39 +366,8 @@ impl KeyState {
     }
 
     /// The key's CRDT document, if it has one.
-    pub fn crdt_document(&self) -> Result<Option<crdt::Map>, crdt::Corrupted> {
-        Ok(self.crdt()?.map(|doc| doc.map))
-    }
-
-    fn crdt(&self) -> Result<Option<CrdtVersion>, crdt::Corrupted> {
-        self.versions
-            .iter()
-            .find(|v| v.is_crdt())
-            .map(|v| {
-                Ok(CrdtVersion {
-                    dot: v.dot,
-                    hlc: v.hlc,
-                    map: crdt::decode_state(v.value.as_deref().expect("is_crdt"))?,
-                })
-            })
-            .transpose()
-    }
-
-    fn take_crdt(&mut self) -> Result<Option<CrdtVersion>, crdt::Corrupted> {
-        let doc = self.crdt()?;
-        self.versions.retain(|v| !v.is_crdt());
-        Ok(doc)
-    }
-
-    /// Stores the CRDT version, unless its document is empty (all removed).
-    fn put_crdt(&mut self, doc: CrdtVersion) {
-        if !doc.map.is_empty() {
-            self.insert(Version {
-                dot: doc.dot,
-                hlc: doc.hlc,
-                value: Some(crdt::encode_state(&doc.map)),
-            });
-        }
+    pub fn crdt_document(&self) -> Option<&crdt::Map> {
+        self.crdt.as_ref().map(|c| &c.map)
     }
 
     fn insert(&mut self, version: Version) {
@@ -271,20 +375,26 @@ impl KeyState {
         self.versions.insert(at, version);
     }
 
-    /// This state without the versions `drop` selects; the context still covers
-    /// them, so a late copy of one is recognised as old.
-    pub fn without_versions(&self, drop: impl Fn(&Version) -> bool) -> KeyState {
-        let versions = self.versions.iter().filter(|v| !drop(v)).cloned().collect();
+    /// This state without the plain versions `drop` selects, and without its CRDT
+    /// version if `drop_crdt` selects it; the context still covers them, so a late
+    /// copy of one is recognised as old.
+    pub fn without_versions(
+        &self,
+        drop: impl Fn(&Version) -> bool,
+        drop_crdt: impl Fn(&CrdtVersion) -> bool,
+    ) -> KeyState {
         KeyState {
             context: self.context.clone(),
-            versions,
+            versions: self.versions.iter().filter(|v| !drop(v)).cloned().collect(),
+            crdt: self.crdt.clone().filter(|c| !drop_crdt(c)),
         }
     }
 
     fn assert_invariants(&self) {
         debug_assert!(self.versions.windows(2).all(|w| w[0].dot < w[1].dot));
-        debug_assert!(self.versions.iter().all(|v| self.context.covers(v.dot)));
-        debug_assert!(self.versions.iter().filter(|v| v.is_crdt()).count() <= 1);
+        debug_assert!(self.dots().all(|dot| self.context.covers(dot)));
+        debug_assert!(!self.versions.iter().any(Version::is_crdt));
+        debug_assert!(self.crdt.as_ref().is_none_or(|c| !c.map.is_empty()));
     }
 }
 

@@ -32,7 +32,7 @@ pub use conflict::{ConflictId, ConflictRecord, Outcome};
 pub use context_token::{ContextToken, TokenError};
 pub use dot::{Dot, NodeId};
 pub use hlc::{Hlc, HlcClock, PhysicalClock, SystemClock};
-pub use key_state::{KeyState, Version};
+pub use key_state::{CrdtVersion, KeyState, Version};
 pub use op::{Entry, EntryBody, Op};
 pub use policy::Policy;
 pub use version_vector::VersionVector;

@@ -88,12 +88,7 @@ impl Policy {
         // A CRDT version's dot differs between replicas (it is the greatest of the
         // deltas folded in there), so it stays out of records, whose ids derive
         // from dots; it is never in conflict, only beside plain versions.
-        let versions: Vec<Version> = state
-            .versions()
-            .iter()
-            .filter(|v| !v.is_crdt())
-            .cloned()
-            .collect();
+        let versions: Vec<Version> = state.plain_versions().to_vec();
         if versions.len() < 2 || versions.iter().all(Version::is_tombstone) {
             return None;
         }
@@ -143,7 +138,8 @@ mod tests {
         write(&mut s, 2, 1, 100, "early");
         let record = Policy::Lww.conflict("c", "k", &s).unwrap();
         assert_eq!(s.versions().len(), 2);
-        let winner = Policy::Lww.winner(s.versions()).unwrap();
+        let versions = s.versions();
+        let winner = Policy::Lww.winner(&versions).unwrap();
         assert_eq!(winner.value.as_deref(), Some(&b"late"[..]));
         assert_eq!(record.outcome, Outcome::Winner(Dot::new(NodeId(1), 1)));
         assert_eq!(record.versions.len(), 2);
@@ -156,7 +152,7 @@ mod tests {
         write(&mut s, 1, 1, 100, "one");
         write(&mut s, 2, 1, 100, "two");
         assert_eq!(
-            Policy::Lww.winner(s.versions()).unwrap().dot.node,
+            Policy::Lww.winner(&s.versions()).unwrap().dot.node,
             NodeId(2)
         );
     }
@@ -174,7 +170,7 @@ mod tests {
             update: Update::CounterAdd(1),
         };
         let delta = prepare(
-            &Default::default(),
+            &mut Default::default(),
             &VersionVector::new(),
             dot,
             Hlc(900),
@@ -194,7 +190,8 @@ mod tests {
         for policy in [Policy::Lww, Policy::Siblings, Policy::Crdt] {
             assert_eq!(policy.conflict("c", "k", &s), None, "{policy:?}");
         }
-        let winner = Policy::Lww.winner(s.versions()).unwrap();
+        let versions = s.versions();
+        let winner = Policy::Lww.winner(&versions).unwrap();
         assert_eq!(winner.value.as_deref(), Some(&b"plain"[..]));
     }
 
@@ -209,6 +206,6 @@ mod tests {
         let record = Policy::Siblings.conflict("c", "k", &s).unwrap();
         assert_eq!(record.outcome, Outcome::Siblings);
         assert_eq!(record.versions.len(), 2);
-        assert_eq!(Policy::Siblings.winner(s.versions()), None);
+        assert_eq!(Policy::Siblings.winner(&s.versions()), None);
     }
 }

@@ -186,7 +186,8 @@ proptest! {
         let (state_a, _) = apply_in_causal_order(&ops, policy, &order_a);
         let (state_b, _) = apply_in_causal_order(&ops, policy, &order_b);
         prop_assert_eq!(&state_a, &state_b);
-        prop_assert_eq!(policy.winner(state_a.versions()), policy.winner(state_b.versions()));
+        let (versions_a, versions_b) = (state_a.versions(), state_b.versions());
+        prop_assert_eq!(policy.winner(&versions_a), policy.winner(&versions_b));
         let mut all = KeyState::new();
         for r in &replicas {
             all = merged(&all, &r.state);

@@ -56,7 +56,9 @@ fn is_retention_key(collection: &str, key: &str) -> bool {
 
 use crate::devices::{self, Change, DEVICES_COLLECTION, Taken, Upload, UploadOutcome};
 use crate::document::Context;
-use crate::limits::{BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, KEY_VERSIONS_WARN};
+use crate::limits::{
+    BATCH_WRITES_MAX, DOCUMENT_BYTES_MAX, DOCUMENTS_CACHED_MAX, KEY_VERSIONS_WARN,
+};
 use crate::merge;
 use crate::node::{check_update, check_write};
 use crate::request::{
@@ -107,6 +109,13 @@ pub(crate) struct Committer {
     pub changes: broadcast::Sender<Arc<DocumentChange>>,
     /// The changes of the batch being applied, published once it commits.
     pub announced: Vec<DocumentChange>,
+    /// Key states of CRDT documents holding texts or lists, as this committer last
+    /// wrote them: an operation changes one in place and writes the pages it
+    /// changed, instead of reading and decoding the whole document (`take_state`,
+    /// `put_state`). Invariant: an entry is its key's state as last written here;
+    /// the cache is emptied when a batch fails and when a step rewrites states
+    /// behind it.
+    pub cached: HashMap<(String, String), KeyState>,
     pub failed: Arc<StoreHealth>,
     /// Conflicts recorded since the node started, per collection and policy.
     pub conflict_counts: Arc<ConflictCounts>,
@@ -206,6 +215,7 @@ impl Committer {
                 (self.meta, self.applied, self.floor, self.clock) = before;
                 self.configs.clear();
                 self.announced.clear();
+                self.cached.clear();
                 self.failed.fail(&error);
                 let failure = self.failed.failure().expect("just failed");
                 replies.into_iter().for_each(|reply| refuse(reply, failure));
@@ -371,6 +381,8 @@ impl Committer {
                 buckets,
                 unchanged_since,
             } => {
+                // It rewrites states behind the cache.
+                self.cached.clear();
                 // The sender sent every key of `buckets` it holds, and the merge wrote
                 // each one here. A key there left unwritten since we compared is one
                 // the sender no longer holds: its versions the sender covers were
@@ -385,11 +397,13 @@ impl Committer {
                                 && asked.contains(&crate::node::bucket_of(collection, key))
                         },
                         |_, _, state| {
-                            if !state.versions().iter().any(seen_there) {
+                            if !state.dots().any(|dot| applied.covers(dot)) {
                                 return None;
                             }
-                            let rest = state.without_versions(seen_there);
-                            Some((!rest.versions().is_empty()).then_some(rest))
+                            let rest =
+                                state.without_versions(seen_there, |c| applied.covers(c.dot));
+                            let kept = rest.dots().next().is_some();
+                            Some(kept.then_some(rest))
                         },
                     )?;
                 }
@@ -425,22 +439,24 @@ impl Committer {
                 self.enforce_retention(b)
             }
             ReplicationStep::CollectTombstones { stable } => {
+                // It rewrites states behind the cache.
+                self.cached.clear();
                 // Every stable tombstone goes, also beside live versions: each node
                 // removes it once stable there, so all end the same whatever
                 // arrived in between (a write concurrent with the delete stands
                 // alone everywhere in the end). The node's vector still covers it.
                 // A hidden CRDT state is not collected: concurrent edits may still name the
                 // items it keeps (collecting removed text is future work).
-                let collectable =
-                    |v: &Version| v.is_tombstone() && !v.is_crdt() && stable.covers(v.dot);
+                let collectable = |v: &Version| v.is_tombstone() && stable.covers(v.dot);
                 let collected = b.rewrite_key_states(
                     |_, _, _| true,
                     |_, _, state| {
-                        if !state.versions().iter().any(collectable) {
+                        if !state.plain_versions().iter().any(collectable) {
                             return None;
                         }
-                        let rest = state.without_versions(collectable);
-                        Some((!rest.versions().is_empty()).then_some(rest))
+                        let rest = state.without_versions(collectable, |_| false);
+                        let kept = rest.dots().next().is_some();
+                        Some(kept.then_some(rest))
                     },
                 )?;
                 metrics::counter!("chorus_tombstones_collected_total").increment(collected);
@@ -460,26 +476,33 @@ impl Committer {
         key: &str,
         incoming: &KeyState,
     ) -> Result<(), StoreError> {
-        let mut state = b.key_state(collection, key)?;
+        let mut state = self.take_state(b, collection, key)?;
         let before = state.clone();
         state
             .merge_seen(incoming, &self.applied)
             .map_err(|e| corrupted_crdt(collection, key, e))?;
+        let unchanged = state == before;
+        let conflict = match unchanged {
+            true => None,
+            false => {
+                self.announce(collection, key, None, &state);
+                self.policy(b, collection)?
+                    .conflict(collection, key, &state)
+            }
+        };
         // Written even when unchanged: its new change sequence marks it as part of
         // this transfer (see `AdoptState`).
-        b.put_key_state(collection, key, &state)?;
-        if state == before {
+        self.put_state(b, collection, key, state)?;
+        if unchanged {
             return Ok(());
         }
-        self.announce(collection, key, None, &state);
-        let policy = self.policy(b, collection)?;
         if collection == SETTINGS_COLLECTION {
             self.configs.remove(key);
         }
         if is_retention_key(collection, key) {
             self.enforce_retention(b)?;
         }
-        if let Some(record) = policy.conflict(collection, key, &state) {
+        if let Some(record) = conflict {
             self.note_conflict(b, record)?;
         }
         Ok(())
@@ -507,7 +530,7 @@ impl Committer {
             // Unique across leaders (the node id) and, per node, increasing (the HLC).
             None => format!("{:016x}{}", hlc.0, self.node_id),
         };
-        let mut state = match local_key_state(b, &write.collection, &key)? {
+        let mut state = match self.local_key_state(b, &write.collection, &key)? {
             Ok(state) => state,
             Err(refused) => return Ok(Err(refused)),
         };
@@ -543,7 +566,7 @@ impl Committer {
             (Policy::Merge | Policy::Custom, Some(doc)) => {
                 // What the write changed is what differs from the read it is based on.
                 let rules = &self.config(b, &write.collection)?.merge;
-                let base = merge::base_for(state.versions(), &context, rules);
+                let base = merge::base_for(&state.versions(), &context, rules);
                 match merge::stamp_write(doc, &base, dot, hlc, &context) {
                     Ok(stamped) => Some(stamped),
                     Err(reason) => return Ok(Err(WriteError::Invalid(reason))),
@@ -615,7 +638,7 @@ impl Committer {
                 outcome,
             ));
         }
-        self.commit_local(b, op, &state, conflicts).map(Ok)
+        self.commit_local(b, op, state, conflicts).map(Ok)
     }
 
     /// Applies CRDT operations made here: checked against the document as this node
@@ -635,13 +658,9 @@ impl Committer {
                 policy: policy.name().to_owned(),
             }));
         }
-        let mut state = match local_key_state(b, &collection, &key)? {
+        let mut state = match self.local_key_state(b, &collection, &key)? {
             Ok(state) => state,
             Err(refused) => return Ok(Err(refused)),
-        };
-        let doc = match state.crdt_document() {
-            Ok(doc) => doc.unwrap_or_default(),
-            Err(e) => return Ok(Err(WriteError::Corrupted(e.to_string()))),
         };
         let Some(context) = self.update_context(&state, operations) else {
             return Ok(Err(WriteError::Busy(
@@ -652,13 +671,32 @@ impl Committer {
         };
         // Made against an older read: what it removes or replaces is what that read
         // saw (a bounded counter's rights are this node's whatever the read).
-        let context = match read {
+        let context = match &read {
             Some(read) => context.meet(read.vector()),
             None => context,
         };
+        // Text and list positions count in the read (without one, in what this node
+        // shows): the write's context must name all of it, or they would count in
+        // less. It cannot while this node has not applied all the read saw (a read
+        // from another node), nor while a state transfer is being merged.
+        let edits = operations
+            .iter()
+            .any(|o| matches!(o.update.kind(), Some(crdt::Kind::Text | crdt::Kind::List)));
+        let read_saw = read.as_ref().map_or(state.context(), |r| r.vector());
+        if edits && !context.dominates(read_saw) {
+            return Ok(Err(WriteError::Busy(
+                "this node has not applied all that the read this edit was made against saw \
+                 (a read from another node, or a state transfer being merged), and positions \
+                 count in that read; retry shortly, or send the edit to the node that gave the \
+                 read"
+                    .into(),
+            )));
+        }
         let hlc = self.clock.tick(self.physical.now_ms());
         let dot = self.next_dot();
-        let delta = match crdt::prepare(&doc, &context, dot, hlc, operations) {
+        // Prepared in the document itself (a refusal drops this copy of the state).
+        let doc = state.crdt_to_prepare(dot, hlc);
+        let delta = match crdt::prepare(doc, &context, dot, hlc, operations) {
             Ok(delta) => delta,
             Err(crdt::OpError::Corrupted(e)) => {
                 return Ok(Err(WriteError::Corrupted(e.to_string())));
@@ -679,20 +717,16 @@ impl Committer {
             context,
             value: Some(crdt::encode_delta(&delta)),
         };
-        if let Err(corrupted) = apply_own(&mut state, &op) {
-            return Ok(Err(corrupted));
-        }
-        if let Some(stored) = state.versions().iter().find(|v| v.is_crdt()) {
-            let bytes = stored.value.as_ref().map_or(0, Vec::len);
-            if bytes > DOCUMENT_BYTES_MAX {
-                return Ok(Err(WriteError::TooLarge {
-                    bytes,
-                    max: DOCUMENT_BYTES_MAX,
-                }));
-            }
+        state.apply_prepared(&op);
+        let bytes = state.crdt_document().map_or(0, crdt::Map::approx_bytes);
+        if bytes > DOCUMENT_BYTES_MAX {
+            return Ok(Err(WriteError::TooLarge {
+                bytes,
+                max: DOCUMENT_BYTES_MAX,
+            }));
         }
         let conflicts = self.settle(b, &op, &state)?;
-        self.commit_local(b, op, &state, conflicts).map(Ok)
+        self.commit_local(b, op, state, conflicts).map(Ok)
     }
 
     /// The context of a CRDT write to a key in `state`: what this node has seen of
@@ -722,11 +756,12 @@ impl Committer {
         &mut self,
         b: &mut Batch<'_>,
         op: Op,
-        state: &KeyState,
+        state: KeyState,
         conflicts: Vec<ConflictRecord>,
     ) -> Result<WriteAck, StoreError> {
-        b.put_key_state(&op.collection, &op.key, state)?;
-        self.announce(&op.collection, &op.key, Some(&op), state);
+        self.announce(&op.collection, &op.key, Some(&op), &state);
+        let context = Context::new(state.context().clone());
+        self.put_state(b, &op.collection, &op.key, state)?;
         let deps = self.applied.clone();
         let (key, dot, hlc) = (op.key.clone(), op.dot, op.hlc);
         self.log(
@@ -743,7 +778,7 @@ impl Committer {
         }
         Ok(WriteAck {
             key,
-            context: Context::new(state.context().clone()),
+            context,
             dot,
             hlc,
             seq,
@@ -796,17 +831,19 @@ impl Committer {
         let mut conflicts = Vec::new();
         match &entry.body {
             EntryBody::Write(op) => {
-                let mut state = b.key_state(&op.collection, &op.key)?;
+                let mut state = self.take_state(b, &op.collection, &op.key)?;
                 let applied = state
                     .apply(op)
                     .map_err(|e| corrupted_crdt(&op.collection, &op.key, e))?;
                 if applied {
                     conflicts = self.settle(b, op, &state)?;
-                    b.put_key_state(&op.collection, &op.key, &state)?;
                     self.announce(&op.collection, &op.key, Some(op), &state);
+                    self.put_state(b, &op.collection, &op.key, state)?;
                     if is_retention_key(&op.collection, &op.key) {
                         self.enforce_retention(b)?;
                     }
+                } else {
+                    self.keep_state(&op.collection, &op.key, state);
                 }
             }
             EntryBody::Conflict { record, .. } => {
@@ -913,6 +950,75 @@ impl Committer {
         }
     }
 
+    /// The key state a local write starts from; a corrupt one refuses the write (and
+    /// only it), any other storage error fails the batch.
+    fn local_key_state(
+        &mut self,
+        b: &Batch<'_>,
+        collection: &str,
+        key: &str,
+    ) -> Result<Result<KeyState, WriteError>, StoreError> {
+        match self.take_state(b, collection, key) {
+            Ok(state) => Ok(Ok(state)),
+            Err(StoreError::Corrupted { table, reason }) => {
+                Ok(Err(WriteError::Corrupted(format!("{table}: {reason}"))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A key's state, to change and write with [`Committer::put_state`] (or keep
+    /// with [`Committer::keep_state`] if unchanged; a copy dropped is read again).
+    fn take_state(
+        &mut self,
+        b: &Batch<'_>,
+        collection: &str,
+        key: &str,
+    ) -> Result<KeyState, StoreError> {
+        match self.cached.remove(&(collection.to_owned(), key.to_owned())) {
+            Some(state) => Ok(state),
+            None => b.key_state(collection, key),
+        }
+    }
+
+    /// Writes a key's state (its texts and lists write the pages they changed) and
+    /// keeps it for the next write if it holds any.
+    fn put_state(
+        &mut self,
+        b: &mut Batch<'_>,
+        collection: &str,
+        key: &str,
+        mut state: KeyState,
+    ) -> Result<(), StoreError> {
+        b.put_key_state(collection, key, &mut state)?;
+        let name = (collection.to_owned(), key.to_owned());
+        self.cached.remove(&name);
+        if !state
+            .crdt_document()
+            .is_some_and(crdt::Map::holds_sequences)
+        {
+            return Ok(());
+        }
+        if self.cached.len() >= DOCUMENTS_CACHED_MAX {
+            let evicted = self.cached.keys().next().cloned().expect("full");
+            self.cached.remove(&evicted);
+        }
+        self.cached.insert(name, state);
+        Ok(())
+    }
+
+    /// Keeps an unchanged state taken with [`Committer::take_state`].
+    fn keep_state(&mut self, collection: &str, key: &str, state: KeyState) {
+        if state
+            .crdt_document()
+            .is_some_and(crdt::Map::holds_sequences)
+            && self.cached.len() < DOCUMENTS_CACHED_MAX
+        {
+            self.cached
+                .insert((collection.to_owned(), key.to_owned()), state);
+        }
+    }
+
     fn next_dot(&self) -> Dot {
         Dot::new(self.node_id, self.applied.get(self.node_id) + 1)
     }
@@ -947,22 +1053,6 @@ impl Committer {
     }
 }
 
-/// The key state a local write starts from; a corrupt one refuses the write (and
-/// only it), any other storage error fails the batch.
-fn local_key_state(
-    b: &Batch<'_>,
-    collection: &str,
-    key: &str,
-) -> Result<Result<KeyState, WriteError>, StoreError> {
-    match b.key_state(collection, key) {
-        Ok(state) => Ok(Ok(state)),
-        Err(StoreError::Corrupted { table, reason }) => {
-            Ok(Err(WriteError::Corrupted(format!("{table}: {reason}"))))
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// The dot a write's `context` names of this key's history that this node has
 /// applied but the key no longer holds, when the key holds no version at all: the
 /// document was deleted and its tombstone collected after the writer read it (the
@@ -972,7 +1062,7 @@ fn collected_deletion(
     state: &KeyState,
     applied: &VersionVector,
 ) -> Option<Dot> {
-    if !state.versions().is_empty() {
+    if state.dots().next().is_some() {
         return None;
     }
     context
@@ -1008,13 +1098,12 @@ fn crdt_plain_write_refused(write: &Write, key: &str, state: &KeyState) -> Optio
         });
     }
     match state.crdt_document() {
-        Ok(Some(doc)) if doc.holds_bounded(&[]) => {
+        Some(doc) if doc.holds_bounded(&[]) => {
             Some(WriteError::Refused(crdt::OpError::BoundedNotRemovable {
                 path: format!("{collection}/{key}"),
             }))
         }
-        Ok(_) => None,
-        Err(e) => Some(WriteError::Corrupted(e.to_string())),
+        _ => None,
     }
 }
 

@@ -172,7 +172,7 @@ impl Taken {
     /// its restored self may each have written one; what either answered holds).
     pub(crate) fn of(state: &KeyState) -> Taken {
         let mut merged = Taken::default();
-        for version in state.versions() {
+        for version in state.versions().iter() {
             let Some(record) = version
                 .value
                 .as_deref()

@@ -123,7 +123,7 @@ impl Node {
             .snapshot()?
             .key_state(LOCKS_COLLECTION, &lease_key(collection, key))?;
         let Some(value) = Policy::Lww
-            .winner(state.versions())
+            .winner(state.plain_versions())
             .and_then(|v| v.value.as_deref())
         else {
             return Ok(None);

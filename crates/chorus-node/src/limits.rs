@@ -51,3 +51,7 @@ pub const CLOCK_DRIFT_MS_MAX: u64 = 60_000;
 /// Document changes kept for a subscriber that has not read them yet; one that falls
 /// further behind is told it lagged (and reads the document again).
 pub const DOCUMENT_CHANGES_BUFFERED: usize = 4096;
+
+/// CRDT documents holding texts or lists the committer keeps decoded between
+/// writes (so that an operation costs what it changes; see `Committer::cached`).
+pub const DOCUMENTS_CACHED_MAX: usize = 32;

@@ -188,6 +188,7 @@ impl Node {
             feed_seq: feed_tx,
             changes: changes.clone(),
             announced: Vec::new(),
+            cached: HashMap::new(),
             failed: Arc::clone(&failed),
             conflict_counts: Arc::clone(&conflict_counts),
         };
@@ -324,12 +325,7 @@ impl Node {
         key: &str,
     ) -> Result<Option<crdt::Map>, ReadError> {
         let state = self.snapshot()?.key_state(collection, key)?;
-        state.crdt_document().map_err(|e| {
-            ReadError(StoreError::Corrupted {
-                table: "keys",
-                reason: e.to_string(),
-            })
-        })
+        Ok(state.crdt_document().cloned())
     }
 
     /// Puts a JSON document. Blocking.
@@ -1186,7 +1182,7 @@ fn hash_key_state(hasher: &mut Sha256, state: &KeyState) {
         hasher.update(counter.to_le_bytes());
     }
     hasher.update((state.versions().len() as u64).to_le_bytes());
-    for version in state.versions() {
+    for version in state.versions().iter() {
         let stamp = (!version.is_crdt()).then_some((version.dot, version.hlc));
         hash_version(hasher, stamp, version.value.as_deref());
     }

@@ -61,7 +61,10 @@ fn check_name(name: &str) -> Result<(), TokenError> {
 
 /// The token a key state of `_tokens` holds: its newest version, unless deleted.
 fn token_of(name: &str, state: &chorus_core::KeyState) -> Option<Token> {
-    let value = Policy::Lww.winner(state.versions())?.value.as_deref()?;
+    let value = Policy::Lww
+        .winner(state.plain_versions())?
+        .value
+        .as_deref()?;
     let value: Value = serde_json::from_slice(value).ok()?;
     let rights = Rights::parse(value["rights"].as_str()?).ok()?;
     Some(Token {

@@ -333,11 +333,8 @@ impl Frame {
                 keys: keys
                     .into_iter()
                     .map(|(c, k, Blob(bytes))| {
+                        // A CRDT document is decoded with it, before it is merged.
                         let state = codec::decode_key_state(&bytes)
-                            .map_err(|e| FrameError::Corrupt(e.to_string()))?;
-                        // A CRDT document must decode before it is merged.
-                        state
-                            .crdt_document()
                             .map_err(|e| FrameError::Corrupt(e.to_string()))?;
                         Ok((c, k, state))
                     })

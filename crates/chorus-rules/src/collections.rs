@@ -146,7 +146,7 @@ impl CollectionConfig {
     /// The settings a stored `_collections` key state stands for.
     pub fn from_state(state: &KeyState) -> CollectionConfig {
         Policy::Lww
-            .winner(state.versions())
+            .winner(state.plain_versions())
             .and_then(|v| v.value.as_deref())
             // Settings were validated before they were written; a value that no longer
             // parses (written by a newer version) falls back to the defaults.

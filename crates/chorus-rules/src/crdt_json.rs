@@ -409,7 +409,7 @@ mod tests {
         ];
         for (node, body) in writes {
             let dot = Dot::new(NodeId(node), 1);
-            let seen = if node == 1 {
+            let mut seen = if node == 1 {
                 doc.clone()
             } else {
                 crdt::Map::default()
@@ -419,8 +419,14 @@ mod tests {
             } else {
                 VersionVector::new()
             };
-            let delta =
-                crdt::prepare(&seen, &writer_context, dot, Hlc(node), &ops(body).unwrap()).unwrap();
+            let delta = crdt::prepare(
+                &mut seen,
+                &writer_context,
+                dot,
+                Hlc(node),
+                &ops(body).unwrap(),
+            )
+            .unwrap();
             let mut applied = writer_context.clone();
             applied.add(dot);
             for change in &delta.changes {

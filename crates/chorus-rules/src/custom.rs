@@ -356,8 +356,8 @@ mod tests {
                 other.apply(queues[pick].pop_front().expect("not empty")).unwrap();
             }
             other.apply(&ops[0]).unwrap();
-            let a = resolve(&*script, forward.versions());
-            let b = resolve(&*script, other.versions());
+            let a = resolve(&*script, &forward.versions());
+            let b = resolve(&*script, &other.versions());
             prop_assert_eq!(a.value, b.value);
             prop_assert_eq!(a.error, b.error);
         }

@@ -95,15 +95,12 @@ impl Document {
         handler: Option<&dyn MergeHandler>,
     ) -> Document {
         let policy = config.policy;
+        let all = state.versions();
         let shown: Vec<_> = match policy {
-            Policy::Siblings | Policy::Merge | Policy::Custom => state.versions().iter().collect(),
-            Policy::Lww => policy.winner(state.versions()).into_iter().collect(),
+            Policy::Siblings | Policy::Merge | Policy::Custom => all.iter().collect(),
+            Policy::Lww => policy.winner(&all).into_iter().collect(),
             // A delete beside the CRDT version removed what it saw; it shows nothing.
-            Policy::Crdt => state
-                .versions()
-                .iter()
-                .filter(|v| !v.is_tombstone())
-                .collect(),
+            Policy::Crdt => all.iter().filter(|v| !v.is_tombstone()).collect(),
         };
         let versions: Vec<DocVersion> = shown
             .into_iter()
@@ -122,12 +119,12 @@ impl Document {
         let mut merge_error = None;
         let (value, conflict) = match (policy, versions.as_slice()) {
             (Policy::Merge, [_, _, ..]) => {
-                let merged = merge::merge(state.versions(), &config.merge);
+                let merged = merge::merge(&all, &config.merge);
                 (merged.value, merged.conflict)
             }
             (Policy::Custom, [_, _, ..]) => {
                 let resolved = match handler {
-                    Some(handler) => custom::resolve(handler, state.versions()),
+                    Some(handler) => custom::resolve(handler, &all),
                     None => custom::Resolved {
                         value: None,
                         error: Some("no merge handler for this collection on this node".into()),

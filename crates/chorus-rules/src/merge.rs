@@ -510,7 +510,7 @@ mod tests {
             self.wall_ms += 10;
             let dot = Dot::new(NodeId(self.node), self.counter);
             let hlc = Hlc::from_parts(self.wall_ms, 0);
-            let base = base_for(state.versions(), context, rules);
+            let base = base_for(&state.versions(), context, rules);
             let bytes = serde_json::to_vec(&doc).unwrap();
             let value = stamp_write(&bytes, &base, dot, hlc, context).unwrap();
             Op {
@@ -525,7 +525,7 @@ mod tests {
     }
 
     fn read_doc(state: &KeyState, rules: &MergeRules) -> Value {
-        serde_json::from_slice(&merge(state.versions(), rules).value.expect("a value")).unwrap()
+        serde_json::from_slice(&merge(&state.versions(), rules).value.expect("a value")).unwrap()
     }
 
     /// Concurrent writes that change different fields both survive; a field changed
@@ -626,7 +626,7 @@ mod tests {
             .unwrap();
         s.apply(&b.write(&start, json!({"f": 3, "g": 2}), &r))
             .unwrap();
-        let merged = merge(s.versions(), &r);
+        let merged = merge(&s.versions(), &r);
         assert!(merged.conflict);
         assert_eq!(merged.value, None);
     }
@@ -688,7 +688,7 @@ mod tests {
                     // This writer first receives everything written so far.
                     for op in &ops { views[who].apply(op).unwrap(); }
                 }
-                let mut doc = match merge(views[who].versions(), &r).value {
+                let mut doc = match merge(&views[who].versions(), &r).value {
                     Some(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap(),
                     None => json!({}),
                 };
@@ -708,7 +708,7 @@ mod tests {
             }
             let mut other = KeyState::new();
             for op in shuffled.iter().chain(ops.iter().take(2)) { other.apply(op).unwrap(); }
-            prop_assert_eq!(merge(forward.versions(), &r), merge(other.versions(), &r));
+            prop_assert_eq!(merge(&forward.versions(), &r), merge(&other.versions(), &r));
         }
     }
 }

@@ -55,7 +55,8 @@ pub fn check(sim: &Sim) -> Result<(), String> {
 }
 
 /// Every replica's counters hold exactly the sums of the acknowledged operations,
-/// and no bounded counter anywhere has spent more than was added.
+/// no bounded counter anywhere has spent more than was added, and every text holds
+/// the acknowledged words not deleted, whole and once.
 fn check_crdt_totals(sim: &Sim) -> Result<(), String> {
     let Some(totals) = &sim.crdt_totals else {
         return Ok(());
@@ -80,6 +81,20 @@ fn check_crdt_totals(sim: &Sim) -> Result<(), String> {
                 return Err(format!(
                     "node {i}: counter c/{key}/n is {counter}, acknowledged increments sum to {}",
                     expected.counter
+                ));
+            }
+            let text = match field("t", Kind::Text) {
+                Some(Field::Text(t)) if t.is_shown() => t.items().content(),
+                _ => String::new(),
+            };
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let shown: std::collections::BTreeSet<String> =
+                words.iter().map(|w| w.to_string()).collect();
+            if shown != expected.words || shown.len() != words.len() {
+                return Err(format!(
+                    "node {i}: text c/{key}/t is {text:?}; the acknowledged words less those \
+                     deleted are {:?}, each once",
+                    expected.words
                 ));
             }
             if added - spent != expected.bounded || added < spent {

@@ -38,7 +38,7 @@ mod network;
 mod restores;
 pub mod rng;
 
-use chorus_core::crdt::{OpError, Operation, Update};
+use chorus_core::crdt::{Field, Kind, OpError, Operation, Update};
 use chorus_core::{Dot, EntryBody, PhysicalClock, VersionVector};
 use chorus_node::{
     CollectionConfig, Context, Home, Node, NodeConfig, NodeId, Policy, ReplicationStep, Write,
@@ -210,6 +210,8 @@ pub struct Sim {
     /// With a CRDT workload ([`Sim::with_crdt`]): per key of collection `c`, what
     /// every replica's counters must show in the end.
     pub crdt_totals: Option<BTreeMap<String, CrdtTotals>>,
+    /// Words typed into texts so far (each one's name is its number).
+    words_typed: u64,
     pub report: Report,
     /// Print every event and command (`CHORUS_SIM_TRACE=1`), to study a failing seed.
     trace: bool,
@@ -217,12 +219,21 @@ pub struct Sim {
 }
 
 /// The sums of the acknowledged CRDT operations on one document.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct CrdtTotals {
     /// `counter.add` to `/n`.
     pub counter: i64,
     /// `bounded.add` to `/stock`, increments less spends.
     pub bounded: i64,
+    /// The words of the text `/t`: inserted (each unique, whole, with its space,
+    /// between words), less those deleted.
+    pub words: BTreeSet<String>,
+}
+
+/// A word edit of the text `/t`, once acknowledged.
+enum WordEdit {
+    Inserted(String),
+    Deleted(String),
 }
 
 #[derive(Clone, Copy)]
@@ -324,6 +335,7 @@ impl Sim {
             contexts: BTreeMap::new(),
             acked: Vec::new(),
             crdt_totals: None,
+            words_typed: 0,
             report,
             trace: std::env::var_os("CHORUS_SIM_TRACE").is_some(),
             limits,
@@ -615,6 +627,7 @@ impl Sim {
             path: vec![path.to_owned()],
             update,
         };
+        let mut word = None;
         let (operations, counted) = match self.rng.below(10) {
             0..=6 => {
                 let by = 1 + self.rng.below(5) as i64;
@@ -624,27 +637,32 @@ impl Sim {
                 } else {
                     Update::SetRemove(element)
                 };
-                let ops = vec![op("n", Update::CounterAdd(by)), op("s", edit)];
+                let mut ops = vec![op("n", Update::CounterAdd(by)), op("s", edit)];
+                if self.rng.chance(50) {
+                    let (update, edit) = self.word_edit(i, &key);
+                    ops.push(op("t", update));
+                    word = Some(edit);
+                }
                 (
                     ops,
                     CrdtTotals {
                         counter: by,
-                        bounded: 0,
+                        ..CrdtTotals::default()
                     },
                 )
             }
             7 => (
                 vec![op("stock", Update::BoundedAdd(3))],
                 CrdtTotals {
-                    counter: 0,
                     bounded: 3,
+                    ..CrdtTotals::default()
                 },
             ),
             8 => (
                 vec![op("stock", Update::BoundedAdd(-1))],
                 CrdtTotals {
-                    counter: 0,
                     bounded: -1,
+                    ..CrdtTotals::default()
                 },
             ),
             _ => {
@@ -662,6 +680,11 @@ impl Sim {
                 let expected = totals.entry(key).or_default();
                 expected.counter += counted.counter;
                 expected.bounded += counted.bounded;
+                match word {
+                    Some(WordEdit::Inserted(w)) => expected.words.insert(w),
+                    Some(WordEdit::Deleted(w)) => expected.words.remove(&w),
+                    None => false,
+                };
                 let event = self.committed(i);
                 self.handle(i, event);
             }
@@ -674,6 +697,40 @@ impl Sim {
             ) => {}
             Err(e) => panic!("CRDT write failed: {e}"),
         }
+    }
+
+    /// An edit of the text `/t` of `key` as node `i` shows it: a new word inserted
+    /// between two words (or at an end), or a word it shows deleted, whole.
+    fn word_edit(&mut self, i: usize, key: &str) -> (Update, WordEdit) {
+        let doc = self.node(i).crdt_document("c", key).expect("reads work");
+        let text = match doc.as_ref().and_then(|d| d.get(&["t".into()], Kind::Text)) {
+            Some(Field::Text(t)) if t.is_shown() => t.items().content(),
+            _ => String::new(),
+        };
+        // Where words start, in characters (every word ends with its space).
+        let mut starts = vec![0u64];
+        for (at, c) in text.chars().enumerate() {
+            if c == ' ' {
+                starts.push(at as u64 + 1);
+            }
+        }
+        let words: Vec<&str> = text.split_inclusive(' ').collect();
+        if !words.is_empty() && self.rng.chance(30) {
+            let w = self.rng.below(words.len() as u64) as usize;
+            let update = Update::TextDelete {
+                pos: starts[w],
+                len: words[w].chars().count() as u64,
+            };
+            return (update, WordEdit::Deleted(words[w].trim_end().to_owned()));
+        }
+        self.words_typed += 1;
+        let word = format!("w{}", self.words_typed);
+        let pos = starts[self.rng.below(starts.len() as u64) as usize];
+        let update = Update::TextInsert {
+            pos,
+            text: format!("{word} "),
+        };
+        (update, WordEdit::Inserted(word))
     }
 
     fn client_op(&mut self) {

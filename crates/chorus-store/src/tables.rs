@@ -29,6 +29,9 @@ const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts
 const PEERS: TableDefinition<u64, u64> = TableDefinition::new("peers");
 /// Change sequence → storage key of the document whose latest change it is.
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+/// Pages of the texts and lists of CRDT documents (see [`page_key`]): a document's
+/// `keys` value holds their headers, so an operation writes the pages it changed.
+const PAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pages");
 
 const META_FORMAT: &str = "format";
 const META_NODE: &str = "node";
@@ -84,10 +87,35 @@ fn storage_key(collection: &str, key: &str) -> Vec<u8> {
     out
 }
 
+/// Where the pages of a document's field at `path` go: its storage key, 0xff (no
+/// UTF-8 byte), the path as a JSON pointer, 0xff, then the page id (big endian, so
+/// a field's pages are in order). Without a page: the prefix of the field's pages;
+/// with an empty path too, of all the document's.
+fn page_key(storage: &[u8], path: &[String], page: Option<u64>) -> Vec<u8> {
+    let mut out = storage.to_vec();
+    out.push(0xff);
+    if !path.is_empty() {
+        out.extend_from_slice(chorus_core::crdt::path_text(path).as_bytes());
+        out.push(0xff);
+    }
+    if let Some(page) = page {
+        out.extend_from_slice(&page.to_be_bytes());
+    }
+    out
+}
+
+/// The first key after every key starting with `prefix` (which ends with 0xff).
+fn after_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix[..prefix.len() - 1].to_vec();
+    end.push(0xff);
+    end.push(0xff);
+    end
+}
+
 /// A `keys` value: the key's latest change sequence, then its state.
-fn stored(seq: u64, state: &KeyState) -> Vec<u8> {
+fn stored(seq: u64, state_bytes: &[u8]) -> Vec<u8> {
     let mut out = seq.to_le_bytes().to_vec();
-    out.extend(codec::encode_key_state(state));
+    out.extend_from_slice(state_bytes);
     out
 }
 
@@ -100,10 +128,30 @@ fn split_stored(bytes: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     Ok((u64::from_le_bytes(seq.try_into().expect("8 bytes")), state))
 }
 
-/// The change sequence and the state of a `keys` value.
-fn unstored(bytes: &[u8]) -> Result<(u64, KeyState), StoreError> {
+/// The change sequence and the state of the `keys` value of `storage`, its texts'
+/// and lists' pages read from `pages`.
+fn unstored(
+    storage: &[u8],
+    bytes: &[u8],
+    pages: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Result<(u64, KeyState), StoreError> {
     let (seq, state) = split_stored(bytes)?;
-    Ok((seq, codec::decode_key_state(state)?))
+    let mut failed = None;
+    let mut page = |path: &[String], id: u64| {
+        let key = page_key(storage, path, Some(id));
+        match pages.get(key.as_slice()) {
+            Ok(found) => found.map(|v| v.value().to_vec()),
+            Err(e) => {
+                failed = Some(e);
+                None
+            }
+        }
+    };
+    let state = codec::decode_key_state_paged(state, &mut page);
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    Ok((seq, state?))
 }
 
 fn split_storage_key(bytes: &[u8]) -> Result<(String, String), StoreError> {
@@ -271,7 +319,7 @@ impl Store {
                 }
             }
         };
-        for table in [KEYS, CONFLICTS] {
+        for table in [KEYS, CONFLICTS, PAGES] {
             txn.open_table(table).map_err(StoreError::from)?;
         }
         txn.open_table(OPLOG).map_err(StoreError::from)?;
@@ -298,6 +346,7 @@ impl Store {
         copy_table(&source, &target, CONFLICTS)?;
         copy_table(&source, &target, PEERS)?;
         copy_table(&source, &target, CHANGES)?;
+        copy_table(&source, &target, PAGES)?;
         target.commit()?;
         Ok(())
     }
@@ -432,6 +481,7 @@ impl Store {
                 conflicts: txn.open_table(CONFLICTS)?,
                 peers: txn.open_table(PEERS)?,
                 changes: txn.open_table(CHANGES)?,
+                pages: txn.open_table(PAGES)?,
                 feed,
                 feed_moved: false,
             };
@@ -456,6 +506,7 @@ impl Store {
             conflicts: txn.open_table(CONFLICTS)?,
             peers: txn.open_table(PEERS)?,
             changes: txn.open_table(CHANGES)?,
+            pages: txn.open_table(PAGES)?,
         })
     }
 }
@@ -468,6 +519,7 @@ pub struct Batch<'txn> {
     conflicts: Table<'txn, &'static [u8], &'static [u8]>,
     peers: Table<'txn, u64, u64>,
     changes: Table<'txn, u64, &'static [u8]>,
+    pages: Table<'txn, &'static [u8], &'static [u8]>,
     feed: Feed,
     feed_moved: bool,
 }
@@ -478,29 +530,47 @@ impl Batch<'_> {
         self.feed
     }
     pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
-        match self.keys.get(storage_key(collection, key).as_slice())? {
-            Some(bytes) => Ok(unstored(bytes.value())?.1),
+        let storage = storage_key(collection, key);
+        match self.keys.get(storage.as_slice())? {
+            Some(bytes) => Ok(unstored(&storage, bytes.value(), &self.pages)?.1),
             None => Ok(KeyState::new()),
         }
     }
 
+    /// Writes a key state; its texts and lists write the pages they changed since
+    /// they were loaded or last written. Keep one copy of a state and write that one:
+    /// two copies written in turn would each miss what the other wrote.
     pub fn put_key_state(
         &mut self,
         collection: &str,
         key: &str,
-        state: &KeyState,
+        state: &mut KeyState,
     ) -> Result<(), StoreError> {
         self.store_state(&storage_key(collection, key), state)
     }
 
     /// Writes a key state; the key's latest change moves to the end of the feed.
-    fn store_state(&mut self, storage: &[u8], state: &KeyState) -> Result<(), StoreError> {
+    fn store_state(&mut self, storage: &[u8], state: &mut KeyState) -> Result<(), StoreError> {
+        let mut saved = Vec::new();
+        let bytes = codec::encode_key_state_paged(state, &mut |path, pages| {
+            saved.push((path.to_vec(), pages));
+        });
+        for (path, pages) in saved {
+            if pages.fresh {
+                // Pages another copy of the field may have left (a state replaced).
+                self.remove_pages(&page_key(storage, &path, None))?;
+            }
+            for (id, page) in pages.pages {
+                let key = page_key(storage, &path, Some(id));
+                self.pages.insert(key.as_slice(), page.as_slice())?;
+            }
+        }
         self.feed.last_seq += 1;
         self.feed_moved = true;
         let seq = self.feed.last_seq;
         let previous = self
             .keys
-            .insert(storage, stored(seq, state).as_slice())?
+            .insert(storage, stored(seq, &bytes).as_slice())?
             .map(|old| split_stored(old.value()).map(|(seq, _)| seq));
         if let Some(previous) = previous {
             self.changes.remove(previous?)?;
@@ -573,31 +643,47 @@ impl Batch<'_> {
         for entry in self.keys.iter()? {
             let (key, bytes) = entry?;
             let (collection, name) = split_storage_key(key.value())?;
-            let Ok((seq, state_bytes)) = split_stored(bytes.value()) else {
+            let Ok((seq, _)) = split_stored(bytes.value()) else {
                 continue;
             };
             if !examine(&collection, &name, seq) {
                 continue;
             }
-            let Ok(state) = codec::decode_key_state(state_bytes) else {
+            let Ok((_, state)) = unstored(key.value(), bytes.value(), &self.pages) else {
                 continue;
             };
             if let Some(new) = change(&collection, &name, &state) {
                 changes.push((key.value().to_vec(), new));
             }
         }
-        for (key, new) in &changes {
+        let changed = changes.len() as u64;
+        for (key, new) in changes {
             match new {
-                None => self.remove_state(key)?,
-                Some(state) => self.store_state(key, state)?,
+                None => self.remove_state(&key)?,
+                Some(mut state) => self.store_state(&key, &mut state)?,
             }
         }
-        Ok(changes.len() as u64)
+        Ok(changed)
+    }
+
+    /// Removes the pages whose keys start with `prefix` (one ending with 0xff).
+    fn remove_pages(&mut self, prefix: &[u8]) -> Result<(), StoreError> {
+        let end = after_prefix(prefix);
+        let doomed: Vec<Vec<u8>> = self
+            .pages
+            .range(prefix..end.as_slice())?
+            .map(|entry| entry.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        for key in doomed {
+            self.pages.remove(key.as_slice())?;
+        }
+        Ok(())
     }
 
     /// Removes a key state; the key's entry moves to the end of the feed, where it
     /// reads as deleted.
     fn remove_state(&mut self, storage: &[u8]) -> Result<(), StoreError> {
+        self.remove_pages(&page_key(storage, &[], None))?;
         let previous = self
             .keys
             .remove(storage)?
@@ -642,6 +728,7 @@ pub struct Snapshot {
     conflicts: ReadOnlyTable<&'static [u8], &'static [u8]>,
     peers: ReadOnlyTable<u64, u64>,
     changes: ReadOnlyTable<u64, &'static [u8]>,
+    pages: ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
 
 impl Snapshot {
@@ -689,8 +776,9 @@ impl Snapshot {
     }
 
     pub fn key_state(&self, collection: &str, key: &str) -> Result<KeyState, StoreError> {
-        match self.keys.get(storage_key(collection, key).as_slice())? {
-            Some(bytes) => Ok(unstored(bytes.value())?.1),
+        let storage = storage_key(collection, key);
+        match self.keys.get(storage.as_slice())? {
+            Some(bytes) => Ok(unstored(&storage, bytes.value(), &self.pages)?.1),
             None => Ok(KeyState::new()),
         }
     }
@@ -717,7 +805,7 @@ impl Snapshot {
         Ok(range.map(|entry| {
             let (k, v) = entry?;
             let (_, key) = split_storage_key(k.value())?;
-            Ok((key, unstored(v.value())?.1))
+            Ok((key, unstored(k.value(), v.value(), &self.pages)?.1))
         }))
     }
 
@@ -765,7 +853,11 @@ impl Snapshot {
         Ok(range.map(|entry| {
             let (k, v) = entry?;
             let (collection, key) = split_storage_key(k.value())?;
-            Ok((collection, key, unstored(v.value())?.1))
+            Ok((
+                collection,
+                key,
+                unstored(k.value(), v.value(), &self.pages)?.1,
+            ))
         }))
     }
 

@@ -48,7 +48,7 @@ fn committed_batch_survives_reopen() {
                 let op = op(1, "k", "{}");
                 let mut state = batch.key_state("docs", "k")?;
                 state.apply(&op).unwrap();
-                batch.put_key_state("docs", "k", &state)?;
+                batch.put_key_state("docs", "k", &mut state.clone())?;
                 batch.append_entry(1, &entry(op.clone()))?;
                 batch.set_peer_cursor(9, 1)?;
                 batch.set_meta(&NodeMeta {
@@ -135,8 +135,8 @@ proptest! {
             for (i, key) in keys.iter().enumerate() {
                 let mut state = KeyState::new();
                 state.apply(&op(i as u64 + 1, key, "{}")).unwrap();
-                batch.put_key_state("docs", key, &state)?;
-                batch.put_key_state("docs2", key, &state)?;
+                batch.put_key_state("docs", key, &mut state.clone())?;
+                batch.put_key_state("docs2", key, &mut state.clone())?;
                 reference.insert(key.clone(), ());
             }
             Ok(())
@@ -169,7 +169,7 @@ fn the_feed_lists_each_key_once_at_its_latest_write() {
                     state
                         .apply(&op(1, key, &format!("{{\"{key}\":1}}")))
                         .unwrap();
-                    batch.put_key_state("docs", key, &state)?;
+                    batch.put_key_state("docs", key, &mut state.clone())?;
                 }
                 Ok(())
             })

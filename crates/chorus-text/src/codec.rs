@@ -62,22 +62,46 @@ impl fmt::Display for Corrupt {
 impl std::error::Error for Corrupt {}
 
 impl<C: Content> Sequence<C> {
-    /// The sequence's bytes (format 1).
+    /// The sequence's bytes (format 1). They are canonical: replicas that applied
+    /// the same operations, in whatever order, encode alike (runs are written as
+    /// long as they go, whatever chunks they are in; the delete log in the order of
+    /// delete ids; agents' stamps in the order of agents), so digests compare them.
     pub fn encode(&self) -> Vec<u8> {
-        let runs: Vec<&Run<C>> = self.chunks.iter().flat_map(|c| &c.runs).collect();
+        let mut runs: Vec<Run<C>> = Vec::new();
+        for run in self.chunks.iter().flat_map(|c| &c.runs) {
+            match runs.last_mut() {
+                Some(last) if last.continued_by(run) => {
+                    last.len += run.len;
+                    last.content.append(&run.content);
+                }
+                _ => runs.push(run.clone()),
+            }
+        }
+        let runs: Vec<&Run<C>> = runs.iter().collect();
+        let mut sorted = self.deletes.clone();
+        sorted.sort_by_key(|d| d.by);
+        let mut deletes: Vec<Deleted> = Vec::with_capacity(sorted.len());
+        for entry in sorted {
+            if !deletes.last_mut().is_some_and(|last| last.extend(&entry)) {
+                deletes.push(entry);
+            }
+        }
+        let mut stamps: Vec<&(u64, Vec<Stamp>)> =
+            self.stamps.iter().filter(|(_, l)| !l.is_empty()).collect();
+        stamps.sort_by_key(|(agent, _)| *agent);
         let agents = Agents::of(
             runs.iter()
                 .flat_map(|r| r.ids())
-                .chain(self.deletes.iter().flat_map(|d| [d.by, d.target]))
+                .chain(deletes.iter().flat_map(|d| [d.by, d.target]))
                 .map(|id| id.agent)
-                .chain(self.stamps.iter().map(|(agent, _)| *agent)),
+                .chain(stamps.iter().map(|(agent, _)| *agent)),
         );
         let mut out = vec![FORMAT];
         agents.write(&mut out);
         write_runs(&mut out, &agents, &runs);
-        write_deletes(&mut out, &agents, &self.deletes);
-        varint::write(&mut out, self.stamps.len() as u64);
-        for (agent, list) in &self.stamps {
+        write_deletes(&mut out, &agents, &deletes);
+        varint::write(&mut out, stamps.len() as u64);
+        for (agent, list) in stamps {
             varint::write(&mut out, agents.index(*agent));
             write_stamps(&mut out, list);
         }

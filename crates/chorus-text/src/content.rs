@@ -8,6 +8,8 @@ use std::fmt;
 pub trait Content: Clone + Default + fmt::Debug + PartialEq {
     /// Items held.
     fn count(&self) -> u64;
+    /// Bytes they take (for size limits).
+    fn bytes(&self) -> u64;
     /// Splits off the items from `at` on (`at` at most [`Content::count`]).
     fn split_off(&mut self, at: u64) -> Self;
     /// Appends `other`'s items.
@@ -22,6 +24,10 @@ pub trait Content: Clone + Default + fmt::Debug + PartialEq {
 impl Content for String {
     fn count(&self) -> u64 {
         self.chars().count() as u64
+    }
+
+    fn bytes(&self) -> u64 {
+        self.len() as u64
     }
 
     fn split_off(&mut self, at: u64) -> String {
@@ -55,6 +61,10 @@ impl Content for String {
 impl Content for Vec<String> {
     fn count(&self) -> u64 {
         self.len() as u64
+    }
+
+    fn bytes(&self) -> u64 {
+        self.iter().map(|e| e.len() as u64 + 1).sum()
     }
 
     fn split_off(&mut self, at: u64) -> Vec<String> {

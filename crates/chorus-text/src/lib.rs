@@ -32,9 +32,9 @@ pub mod varint;
 pub use codec::{Corrupt, decode_ops, encode_ops};
 pub use content::Content;
 pub use pages::Saved;
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An item's identity: the agent (a server node) that inserted it, and the number of
 /// items that agent had inserted into this text before it.
@@ -231,6 +231,8 @@ struct Chunk<C> {
     runs: Vec<Run<C>>,
     items: u64,
     visible: u64,
+    /// Bytes of the items shown.
+    bytes: u64,
     /// The page it is stored as (0: none yet).
     page: u64,
     /// Changed since it was last saved.
@@ -243,6 +245,7 @@ impl<C> Default for Chunk<C> {
             runs: Vec::new(),
             items: 0,
             visible: 0,
+            bytes: 0,
             page: 0,
             dirty: true,
         }
@@ -253,6 +256,7 @@ impl<C: Content> Chunk<C> {
     fn recount(&mut self) {
         self.items = self.runs.iter().map(|r| r.len).sum();
         self.visible = self.runs.iter().map(Run::<C>::visible).sum();
+        self.bytes = self.runs.iter().map(|r| r.content.bytes()).sum();
     }
 }
 
@@ -390,9 +394,9 @@ pub struct Sequence<C = String> {
     /// The chunk the last place was found in, and the characters before it: edits
     /// cluster, so the next search starts there. Dropped when a chunk before it
     /// changes (see [`Text::touched`]).
-    cursor: Cell<Option<Cursor>>,
+    cursor: Hint,
     /// The chunk the last item found by id was in (a hint: any chunk is correct).
-    found: Cell<usize>,
+    found: Hint,
     /// What the last save wrote, so that the next writes only what changed.
     saving: pages::Saving,
 }
@@ -401,6 +405,53 @@ pub struct Sequence<C = String> {
 struct Cursor {
     chunk: usize,
     visible_before: u64,
+}
+
+impl Cursor {
+    /// Bits of a packed cursor that hold `visible_before`; the chunk, plus one (0
+    /// is no cursor), is above them.
+    const BEFORE_BITS: u32 = 40;
+
+    /// The cursor in one word (0, no cursor, when it does not fit).
+    fn pack(self) -> u64 {
+        let chunk = self.chunk as u64 + 1;
+        let fits = self.visible_before < 1 << Cursor::BEFORE_BITS
+            && chunk < 1 << (64 - Cursor::BEFORE_BITS);
+        if fits {
+            chunk << Cursor::BEFORE_BITS | self.visible_before
+        } else {
+            0
+        }
+    }
+
+    fn unpack(word: u64) -> Option<Cursor> {
+        let chunk = (word >> Cursor::BEFORE_BITS).checked_sub(1)?;
+        Some(Cursor {
+            chunk: chunk as usize,
+            visible_before: word & ((1 << Cursor::BEFORE_BITS) - 1),
+        })
+    }
+}
+
+/// A remembered position, only ever a hint to start a search from, in one atomic
+/// word so that readers on several threads may share a sequence.
+#[derive(Debug, Default)]
+struct Hint(AtomicU64);
+
+impl Hint {
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+}
+
+impl Clone for Hint {
+    fn clone(&self) -> Hint {
+        Hint(AtomicU64::new(self.get()))
+    }
 }
 
 /// A text field's characters.
@@ -416,8 +467,8 @@ impl<C> Default for Sequence<C> {
             next_deletes: Vec::new(),
             deletes: Vec::new(),
             stamps: Vec::new(),
-            cursor: Cell::new(None),
-            found: Cell::new(0),
+            cursor: Hint::default(),
+            found: Hint::default(),
             saving: pages::Saving::default(),
         }
     }
@@ -463,6 +514,14 @@ impl<C: Content> Sequence<C> {
     /// Runs held (for measures of the encoding).
     pub fn runs(&self) -> usize {
         self.chunks.iter().map(|c| c.runs.len()).sum()
+    }
+
+    /// About the bytes of its encoding, without encoding it (for size limits): the
+    /// items shown, and a few bytes per run, delete and stamp.
+    pub fn approx_bytes(&self) -> u64 {
+        let items: u64 = self.chunks.iter().map(|c| c.bytes).sum();
+        let stamps: usize = self.stamps.iter().map(|(_, l)| l.len()).sum();
+        items + 8 * self.runs() as u64 + 6 * self.deletes.len() as u64 + 4 * stamps as u64
     }
 
     /// Inserts `text` at character `pos` (at most [`Text::len`]) as `agent`; answers
@@ -721,7 +780,13 @@ impl<C: Content> Sequence<C> {
             inserts: count(&self.next, agent),
             deletes: count(&self.next_deletes, agent),
         };
-        let at = position(&mut self.stamps, agent);
+        let Some(at) = self.stamps.iter().position(|(a, _)| *a == agent) else {
+            // Its first write here; one that made nothing needs no note.
+            if (stamp.inserts, stamp.deletes) != (0, 0) {
+                self.stamps.push((agent, vec![stamp]));
+            }
+            return;
+        };
         let list = &mut self.stamps[at].1;
         let before = list
             .iter()
@@ -1018,6 +1083,7 @@ impl<C: Content> Sequence<C> {
             chunk.dirty = true;
             chunk.runs[before.run].len += run.len;
             chunk.runs[before.run].content.append(content);
+            chunk.bytes += content.bytes();
             chunk.items += run.len;
             chunk.visible += run.visible();
             return;
@@ -1026,6 +1092,7 @@ impl<C: Content> Sequence<C> {
         run.content = content.clone();
         let chunk_ref = &mut self.chunks[chunk];
         chunk_ref.dirty = true;
+        chunk_ref.bytes += content.bytes();
         chunk_ref.items += run.len;
         chunk_ref.visible += run.visible();
         chunk_ref.runs.insert(slot, run);
@@ -1079,6 +1146,7 @@ impl<C: Content> Sequence<C> {
         if !chunk.runs[at.run].deleted {
             chunk.visible -= chunk.runs[at.run].len;
         }
+        chunk.bytes -= chunk.runs[at.run].content.bytes();
         let runs = &mut chunk.runs;
         runs[at.run].deleted = true;
         // Deleted characters order nothing: only their ids and origins stay.
@@ -1147,7 +1215,7 @@ impl<C: Content> Sequence<C> {
     /// Where the `pos`-th visible character is (the one an insert at `pos` goes
     /// before); the end when `pos` is the length.
     fn visible_place(&self, pos: u64) -> At {
-        let (start, mut before) = match self.cursor.get() {
+        let (start, mut before) = match Cursor::unpack(self.cursor.get()) {
             Some(c) if c.chunk < self.chunks.len() && pos >= c.visible_before => {
                 (c.chunk, c.visible_before)
             }
@@ -1158,7 +1226,7 @@ impl<C: Content> Sequence<C> {
                 before += chunk.visible;
                 continue;
             }
-            self.cursor.set(Some(Cursor {
+            self.cursor.set(Cursor::pack(Cursor {
                 chunk: c,
                 visible_before: before,
             }));
@@ -1184,8 +1252,8 @@ impl<C: Content> Sequence<C> {
 
     /// Chunk `chunk` changes: the cursor stays true only if it is at or before it.
     fn touched(&self, chunk: usize) {
-        if self.cursor.get().is_some_and(|c| chunk < c.chunk) {
-            self.cursor.set(None);
+        if Cursor::unpack(self.cursor.get()).is_some_and(|c| chunk < c.chunk) {
+            self.cursor.set(0);
         }
     }
 
@@ -1221,12 +1289,12 @@ impl<C: Content> Sequence<C> {
     /// Where the item `id` is, if this replica holds it.
     fn find(&self, id: Id) -> Option<At> {
         // Operations name items near the last ones found: start there, go round.
-        let start = self.found.get().min(self.chunks.len());
+        let start = (self.found.get() as usize).min(self.chunks.len());
         let order = (start..self.chunks.len()).chain(0..start);
         for c in order {
             for (r, run) in self.chunks[c].runs.iter().enumerate() {
                 if run.holds(id) {
-                    self.found.set(c);
+                    self.found.set(c as u64);
                     return Some(At {
                         chunk: c,
                         run: r,

@@ -29,18 +29,74 @@ use super::bounded::{Bounded, Rights};
 use super::dots::DotFun;
 use super::map::{Action, Change, Delta, Field, Kind, Map};
 use super::{
-    Corrupted, DELTA_MARKER, FORMAT, HIDDEN_STATE_MARKER, PATH_DEPTH_MAX, STATE_MARKER, Sequenced,
+    Corrupted, DELTA_MARKER, FORMAT, HIDDEN_STATE_MARKER, PAGED_FORMAT, PATH_DEPTH_MAX,
+    STATE_MARKER, Sequenced,
 };
 use crate::{Dot, Hlc, NodeId, varint};
-use chorus_text::{Content, Sequence, decode_ops, encode_ops};
+use chorus_text::{Content, Saved, Sequence, decode_ops, encode_ops};
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub fn encode_state(doc: &Map) -> Vec<u8> {
+    write_state(doc, FORMAT, &Sequences::Whole)
+}
+
+/// A state as the store keeps it (format 2): each text and list as the header of
+/// its pages, saved (`Sequence::save`) with what changed since the last save handed
+/// to `pages` with the field's path. What an operation writes then grows with what
+/// it changed, not with the document.
+pub fn save_state(doc: &mut Map, pages: &mut dyn FnMut(&[String], Saved)) -> Vec<u8> {
+    let mut headers = HashMap::new();
+    save_sequences(doc, &mut Vec::new(), &mut headers, pages);
+    write_state(doc, PAGED_FORMAT, &Sequences::Headers(&headers))
+}
+
+/// A state [`save_state`] wrote, its pages read by `page(path, id)`.
+pub fn load_state<'a>(
+    bytes: &'a [u8],
+    page: &'a mut dyn FnMut(&[String], u64) -> Option<Vec<u8>>,
+) -> Result<Map, Corrupted> {
+    read_state(bytes, PAGED_FORMAT, Some(page))
+}
+
+/// Saves every text and list under `map` (at `path`), noting their headers.
+fn save_sequences(
+    map: &mut Map,
+    path: &mut Vec<String>,
+    headers: &mut HashMap<Vec<String>, Vec<u8>>,
+    pages: &mut dyn FnMut(&[String], Saved),
+) {
+    for ((name, _), field) in map.fields.iter_mut() {
+        path.push(name.clone());
+        let saved = match field {
+            Field::Text(t) => Some(t.items.save()),
+            Field::List(l) => Some(l.items.save()),
+            Field::Map(inner) => {
+                save_sequences(inner, path, headers, pages);
+                None
+            }
+            _ => None,
+        };
+        if let Some(mut saved) = saved {
+            headers.insert(path.clone(), std::mem::take(&mut saved.header));
+            pages(path, saved);
+        }
+        path.pop();
+    }
+}
+
+/// How a state writes its texts and lists: whole, or as the headers of their pages.
+enum Sequences<'a> {
+    Whole,
+    Headers(&'a HashMap<Vec<String>, Vec<u8>>),
+}
+
+fn write_state(doc: &Map, format: u8, sequences: &Sequences) -> Vec<u8> {
     let marker = match doc.is_shown() {
         true => STATE_MARKER,
         false => HIDDEN_STATE_MARKER,
     };
-    let mut out = vec![marker, FORMAT];
+    let mut out = vec![marker, format];
     let mut nodes = BTreeSet::new();
     collect_nodes(doc, &mut nodes);
     varint::write(&mut out, nodes.len() as u64);
@@ -48,16 +104,25 @@ pub fn encode_state(doc: &Map) -> Vec<u8> {
         out.extend_from_slice(&node.0.to_le_bytes());
     }
     let table = Table::Indexed(nodes.into_iter().zip(0..).collect());
-    write_map(&mut out, doc, &table);
+    write_map(&mut out, doc, &table, sequences, &mut Vec::new());
     out
 }
 
 pub fn decode_state(bytes: &[u8]) -> Result<Map, Corrupted> {
+    read_state(bytes, FORMAT, None)
+}
+
+fn read_state<'a>(
+    bytes: &'a [u8],
+    format: u8,
+    pages: Option<&'a mut dyn FnMut(&[String], u64) -> Option<Vec<u8>>>,
+) -> Result<Map, Corrupted> {
     let marker = match bytes.first() {
         Some(&HIDDEN_STATE_MARKER) => HIDDEN_STATE_MARKER,
         _ => STATE_MARKER,
     };
-    let mut r = Reader::after_header(bytes, marker)?;
+    let mut r = Reader::after_header(bytes, marker, format)?;
+    r.pages = pages;
     let mut nodes = Vec::new();
     for _ in 0..r.count()? {
         let node = r.node()?;
@@ -160,7 +225,7 @@ pub fn encode_delta(delta: &Delta) -> Vec<u8> {
 }
 
 pub fn decode_delta(bytes: &[u8]) -> Result<Delta, Corrupted> {
-    let mut r = Reader::after_header(bytes, DELTA_MARKER)?;
+    let mut r = Reader::after_header(bytes, DELTA_MARKER, FORMAT)?;
     let count = r.count()?;
     let mut changes = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
@@ -232,11 +297,18 @@ fn write_rights(out: &mut Vec<u8>, rights: &Rights, table: &Table) {
     }
 }
 
-fn write_map(out: &mut Vec<u8>, map: &Map, table: &Table) {
+fn write_map(
+    out: &mut Vec<u8>,
+    map: &Map,
+    table: &Table,
+    sequences: &Sequences,
+    path: &mut Vec<String>,
+) {
     varint::write(out, map.fields.len() as u64);
     for ((name, kind), field) in &map.fields {
         write_bytes(out, name.as_bytes());
         out.push(kind_tag(*kind));
+        path.push(name.clone());
         match field {
             Field::Counter(d) => write_dots(out, d, table, |out, v| varint::write(out, zigzag(*v))),
             Field::Bounded(b) => {
@@ -259,30 +331,49 @@ fn write_map(out: &mut Vec<u8>, map: &Map, table: &Table) {
                 write_bytes(out, v);
             }),
             Field::Flag(d) => write_dots(out, d, table, |_, _| {}),
-            Field::Map(inner) => write_map(out, inner, table),
-            Field::Text(t) => write_sequenced(out, t, table),
-            Field::List(l) => write_sequenced(out, l, table),
+            Field::Map(inner) => write_map(out, inner, table, sequences, path),
+            Field::Text(t) => write_sequenced(out, t, table, sequences, path),
+            Field::List(l) => write_sequenced(out, l, table, sequences, path),
         }
+        path.pop();
     }
 }
 
-fn write_sequenced<C: Content>(out: &mut Vec<u8>, field: &Sequenced<C>, table: &Table) {
+fn write_sequenced<C: Content>(
+    out: &mut Vec<u8>,
+    field: &Sequenced<C>,
+    table: &Table,
+    sequences: &Sequences,
+    path: &[String],
+) {
     write_dots(out, &field.present, table, |_, _| {});
-    write_bytes(out, &field.items.encode());
+    match sequences {
+        Sequences::Whole => write_bytes(out, &field.items.encode()),
+        Sequences::Headers(headers) => write_bytes(out, &headers[path]),
+    }
 }
 
 struct Reader<'a> {
     rest: &'a [u8],
     /// A state's node table, once read; nodes are then written by index.
     nodes: Option<Vec<NodeId>>,
+    /// Where a stored state's sequences' pages are (format 2).
+    pages: Option<&'a mut dyn FnMut(&[String], u64) -> Option<Vec<u8>>>,
+    /// The path of the map being read.
+    path: Vec<String>,
 }
 
 impl<'a> Reader<'a> {
-    fn after_header(bytes: &'a [u8], marker: u8) -> Result<Reader<'a>, Corrupted> {
+    fn after_header(bytes: &'a [u8], marker: u8, format: u8) -> Result<Reader<'a>, Corrupted> {
         match bytes {
-            [m, FORMAT, rest @ ..] if *m == marker => Ok(Reader { rest, nodes: None }),
-            [m, format, ..] if *m == marker => Err(Corrupted(format!(
-                "CRDT format {format} is not known to this version (it knows {FORMAT})"
+            [m, f, rest @ ..] if *m == marker && *f == format => Ok(Reader {
+                rest,
+                nodes: None,
+                pages: None,
+                path: Vec::new(),
+            }),
+            [m, other, ..] if *m == marker => Err(Corrupted(format!(
+                "CRDT format {other} is not known here (this reads {format})"
             ))),
             _ => Err(Corrupted("not a CRDT value".into())),
         }
@@ -387,7 +478,12 @@ impl<'a> Reader<'a> {
 
     fn sequenced<C: Content>(&mut self) -> Result<Sequenced<C>, Corrupted> {
         let present = self.dots(|_| Ok(()))?;
-        let items = Sequence::decode(&self.bytes()?).map_err(|e| self.corrupt(&e.to_string()))?;
+        let bytes = self.bytes()?;
+        let items = match &mut self.pages {
+            None => Sequence::decode(&bytes),
+            Some(pages) => Sequence::load(&bytes, |id| pages(&self.path, id)),
+        }
+        .map_err(|e| self.corrupt(&e.to_string()))?;
         Ok(Sequenced { present, items })
     }
 
@@ -420,6 +516,7 @@ impl<'a> Reader<'a> {
             let kind = *Kind::ALL
                 .get((tag as usize).wrapping_sub(1))
                 .ok_or_else(|| self.corrupt("unknown kind"))?;
+            self.path.push(name.clone());
             let field = match kind {
                 Kind::Counter => Field::Counter(self.dots(|r| Ok(unzigzag(r.varint()?)))?),
                 Kind::Bounded => {
@@ -458,6 +555,7 @@ impl<'a> Reader<'a> {
                 Kind::Text => Field::Text(self.sequenced()?),
                 Kind::List => Field::List(self.sequenced()?),
             };
+            self.path.pop();
             if field.is_empty() {
                 return Err(self.corrupt("empty field"));
             }

@@ -348,6 +348,44 @@ impl Map {
             .map(|(_, f)| f)
     }
 
+    /// About the bytes of its encoding, without encoding it (for size limits):
+    /// names, values and a dot's few bytes each, a sequence's own estimate.
+    pub fn approx_bytes(&self) -> usize {
+        fn dots<V: Clone>(d: &DotFun<V>, value: impl Fn(&V) -> usize) -> usize {
+            d.iter().map(|(_, v)| 4 + value(v)).sum()
+        }
+        self.fields
+            .iter()
+            .map(|((name, _), field)| {
+                name.len()
+                    + 2
+                    + match field {
+                        Field::Counter(d) => dots(d, |_| 8),
+                        Field::Bounded(b) => 32 * (1 + b.entries().len()),
+                        Field::Set(elements) => elements
+                            .iter()
+                            .map(|(e, d)| e.len() + 1 + dots(d, |_| 0))
+                            .sum(),
+                        Field::MvRegister(d) => dots(d, |v| v.len() + 1),
+                        Field::LwwRegister(d) => dots(d, |(_, v)| v.len() + 9),
+                        Field::Flag(d) => dots(d, |_| 0),
+                        Field::Map(map) => map.approx_bytes(),
+                        Field::Text(t) => t.items().approx_bytes() as usize,
+                        Field::List(l) => l.items().approx_bytes() as usize,
+                    }
+            })
+            .sum()
+    }
+
+    /// True when a text or list lives in it (at any depth).
+    pub fn holds_sequences(&self) -> bool {
+        self.fields.values().any(|field| match field {
+            Field::Text(_) | Field::List(_) => true,
+            Field::Map(inner) => inner.holds_sequences(),
+            _ => false,
+        })
+    }
+
     /// True when reads show some field.
     pub fn is_shown(&self) -> bool {
         self.fields.values().any(Field::is_shown)

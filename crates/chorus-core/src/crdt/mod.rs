@@ -43,7 +43,8 @@ mod ops;
 mod sequenced;
 
 pub use bounded::{Bounded, Rights};
-pub use codec::{decode_delta, decode_state, encode_delta, encode_state};
+pub use chorus_text::Saved;
+pub use codec::{decode_delta, decode_state, encode_delta, encode_state, load_state, save_state};
 pub use dots::DotFun;
 pub use map::{Action, Change, Delta, Field, Kind, Map};
 pub use ops::{OpError, Operation, Update, path_text, prepare};
@@ -58,6 +59,8 @@ pub const HIDDEN_STATE_MARKER: u8 = 0x03;
 pub const DELTA_MARKER: u8 = 0x02;
 /// Byte format of states and deltas (the second byte of each).
 pub const FORMAT: u8 = 1;
+/// Byte format of states as the store keeps them: texts and lists in pages.
+pub const PAGED_FORMAT: u8 = 2;
 /// How deep maps may nest; bounds recursion on corrupt input too.
 pub const PATH_DEPTH_MAX: usize = 32;
 
@@ -92,7 +95,7 @@ mod tests {
     }
 
     /// Writes `operations` as node `node`'s write number `counter` on `doc` (seen
-    /// with `context`), applies it, and returns its delta.
+    /// with `context`), applied there, and returns its delta.
     fn write(
         doc: &mut Map,
         context: &mut VersionVector,
@@ -108,10 +111,10 @@ mod tests {
                 update: update.clone(),
             })
             .collect();
-        let delta = prepare(doc, context, dot, Hlc(counter), &operations)?;
-        for change in &delta.changes {
-            doc.apply(change, dot, Hlc(counter), context).unwrap();
-        }
+        // Prepared in a copy: a refused write leaves `doc` as it was.
+        let mut work = doc.clone();
+        let delta = prepare(&mut work, context, dot, Hlc(counter), &operations)?;
+        *doc = work;
         context.add(dot);
         Ok(delta)
     }

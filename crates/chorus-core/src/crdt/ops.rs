@@ -221,16 +221,19 @@ pub fn path_text(path: &[String]) -> String {
         .collect()
 }
 
-/// Checks `operations` in order against `doc` (as seen by the writer, whose key
-/// context is `context`) and returns the delta of a write with `dot` and `hlc`.
+/// Checks `operations` in order against `doc` (as the writer's node holds it; the
+/// writer had seen `context`), applies them to it as the write `dot` at `hlc`, and
+/// returns the delta that replicates them. A refused operation leaves `doc` part
+/// changed: the caller drops it (and the write changes nothing). Preparing in place
+/// costs what the write changes, not a copy of the document.
 pub fn prepare(
-    doc: &Map,
+    doc: &mut Map,
     context: &VersionVector,
     dot: Dot,
     hlc: Hlc,
     operations: &[Operation],
 ) -> Result<Delta, OpError> {
-    let mut work = doc.clone();
+    let work = doc;
     let mut changes = Vec::with_capacity(operations.len());
     for operation in operations {
         let path = &operation.path;
@@ -238,16 +241,16 @@ pub fn prepare(
         if path.is_empty() || path.len() > PATH_DEPTH_MAX || path.iter().any(String::is_empty) {
             return Err(OpError::BadPath { path: text });
         }
-        check_kinds(&work, operation)?;
+        check_kinds(work, operation)?;
         let action = match operation.update.kind() {
             Some(kind @ (Kind::Text | Kind::List)) => {
                 let seen = Seen {
                     context,
                     dot: Some(dot),
                 };
-                edit(&mut work, operation, kind, dot.node, &seen, &text)?
+                edit(work, operation, kind, dot.node, &seen, &text)?
             }
-            _ => action(&work, operation, dot.node, &text)?,
+            _ => action(work, operation, dot.node, &text)?,
         };
         let change = Change {
             path: path.clone(),
