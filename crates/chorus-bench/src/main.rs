@@ -9,6 +9,7 @@
 //! cargo run --release -p chorus-bench -- crdt [--seconds 5] [--ops 1000000]
 //! cargo run --release -p chorus-bench -- bulk [--docs 100000] [--batch 1000]
 //! cargo run --release -p chorus-bench -- devices [--docs 100000] [--devices 10000]
+//! cargo run --release -p chorus-bench -- text [--sizes 10000,100000,1000000]
 //! ```
 //!
 //! `writes`:
@@ -24,7 +25,8 @@
 //!   pgbench with the same client count, over loopback TCP (skipped with a note when
 //!   PostgreSQL is not installed).
 //!
-//! `replication`, `retention`, `geo`, `crdt`, `bulk`, `devices`: see their modules.
+//! `replication`, `retention`, `geo`, `crdt`, `bulk`, `devices`, `text`: see their
+//! modules.
 
 mod bulk;
 mod crdt;
@@ -35,6 +37,7 @@ mod postgres;
 mod redb_direct;
 mod replication;
 mod retention;
+mod text;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -60,6 +63,8 @@ enum Bench {
     Bulk(bulk::BulkArgs),
     /// Device replicas: initial sync, catch-up, metadata with many devices.
     Devices(devices::DevicesArgs),
+    /// A keystroke into a long text against rewriting the document.
+    Text(text::TextArgs),
 }
 
 #[derive(clap::Args)]
@@ -98,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Crdt(args) => crdt::run(&args),
         Bench::Bulk(args) => bulk::run(&args),
         Bench::Devices(args) => devices::run(&args),
+        Bench::Text(args) => text::run(&args),
     }
 }
 

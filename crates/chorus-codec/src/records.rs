@@ -192,7 +192,7 @@ pub fn encode_key_state_paged(
 /// A key state [`encode_key_state_paged`] wrote, its pages read by `page(path, id)`.
 pub fn decode_key_state_paged(
     bytes: &[u8],
-    page: &mut dyn FnMut(&[String], u64) -> Option<Vec<u8>>,
+    page: &mut crdt::PageReader<'_>,
 ) -> Result<KeyState, Corrupted> {
     let raw: KeyStateV1 = decode("keys", bytes)?;
     let corrupted = |reason: String| Corrupted {

@@ -40,7 +40,7 @@ pub const RETENTION_KEY: &str = "conflict_retention";
 /// (concurrent moves are siblings; the greatest counts), 0 before any.
 pub(crate) fn retention_watermark(state: &KeyState) -> u64 {
     state
-        .versions()
+        .plain_versions()
         .iter()
         .filter_map(|v| {
             let doc: serde_json::Value = serde_json::from_slice(v.value.as_deref()?).ok()?;
@@ -868,12 +868,13 @@ impl Committer {
     ) -> Result<Vec<ConflictRecord>, StoreError> {
         let policy = self.policy(b, &op.collection)?;
         let conflict = policy.conflict(&op.collection, &op.key, state);
-        if state.versions().len() > KEY_VERSIONS_WARN {
+        let live = state.dots().count();
+        if live > KEY_VERSIONS_WARN {
             metrics::counter!("chorus_sibling_warnings_total").increment(1);
             tracing::warn!(
                 collection = op.collection,
                 key = op.key,
-                siblings = state.versions().len(),
+                siblings = live,
                 "many siblings: write with the context of a read to resolve them"
             );
         }

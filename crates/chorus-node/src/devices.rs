@@ -172,7 +172,7 @@ impl Taken {
     /// its restored self may each have written one; what either answered holds).
     pub(crate) fn of(state: &KeyState) -> Taken {
         let mut merged = Taken::default();
-        for version in state.versions().iter() {
+        for version in state.plain_versions() {
             let Some(record) = version
                 .value
                 .as_deref()
@@ -203,7 +203,7 @@ impl Taken {
     /// Whether the record `state` holds can go: every answer it keeps was
     /// acknowledged, and it was last written before `before_ms` (wall clock).
     pub(crate) fn expired(state: &KeyState, before_ms: u64) -> bool {
-        let Some(newest) = state.versions().iter().map(|v| v.hlc).max() else {
+        let Some(newest) = state.plain_versions().iter().map(|v| v.hlc).max() else {
             return false;
         };
         let taken = Taken::of(state);

@@ -745,7 +745,7 @@ impl Node {
         let state = self
             .snapshot()?
             .key_state(&record.collection, &record.key)?;
-        let live: Vec<Dot> = state.versions().iter().map(|v| v.dot).collect();
+        let live: Vec<Dot> = state.dots().collect();
         Ok(!record.versions.iter().any(|v| live.contains(&v.dot)))
     }
 

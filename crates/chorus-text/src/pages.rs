@@ -27,9 +27,14 @@ use crate::codec::{
     Agents, corrupt, count, number, read_deletes, read_runs, read_stamps, write_deletes,
     write_runs, write_stamps,
 };
-use crate::{Content, Corrupt, Run, Sequence, varint};
+use crate::{CHUNK_RUNS_MAX, Chunk, Content, Corrupt, Run, Sequence, varint};
 
 const PAGED_FORMAT: u8 = 2;
+/// Bytes of items a chunk holds, about, before a save splits it (a page stays a few
+/// KiB whatever was pasted at once).
+const PAGE_BYTES_MAX: u64 = 4096;
+/// Items of a run shown, at most, once saved (a long paste is split into runs).
+const RUN_ITEMS_MAX: u64 = 1024;
 const DELETES_PER_PAGE: usize = 256;
 const STAMPS_PER_PAGE: usize = 256;
 const DELETE_PAGES: u64 = 1 << 62;
@@ -88,6 +93,7 @@ impl<C: Content> Sequence<C> {
     /// Saves the sequence: the header, and the pages changed since the last save
     /// (all of them the first time).
     pub fn save(&mut self) -> Saved {
+        self.pace();
         let fresh = !self.saving.saved;
         let mut pages = Vec::new();
         for chunk in &mut self.chunks {
@@ -153,6 +159,49 @@ impl<C: Content> Sequence<C> {
             header,
             pages,
             fresh,
+        }
+    }
+
+    /// Splits long runs shown and big chunks among those changed since the last
+    /// save, so that each page stays small: an edit then rewrites a few KiB, however
+    /// the text came (a paste of a megabyte is one run until then). The items and
+    /// their order stay; only how they are held in runs and chunks changes.
+    fn pace(&mut self) {
+        let mut c = 0;
+        let mut moved = false;
+        while c < self.chunks.len() {
+            let chunk = &mut self.chunks[c];
+            if !chunk.dirty {
+                c += 1;
+                continue;
+            }
+            let mut r = 0;
+            while r < chunk.runs.len() {
+                if !chunk.runs[r].deleted && chunk.runs[r].len > RUN_ITEMS_MAX {
+                    let rest = chunk.runs[r].split(RUN_ITEMS_MAX);
+                    chunk.runs.insert(r + 1, rest);
+                }
+                r += 1;
+            }
+            let big = chunk.bytes > PAGE_BYTES_MAX || chunk.runs.len() > CHUNK_RUNS_MAX;
+            if big && chunk.runs.len() > 1 {
+                let half = chunk.runs.len() / 2;
+                let mut second = Chunk {
+                    runs: chunk.runs.split_off(half),
+                    ..Chunk::default()
+                };
+                second.recount();
+                chunk.recount();
+                self.chunks.insert(c + 1, second);
+                moved = true;
+                continue; // The first half may still be big.
+            }
+            c += 1;
+        }
+        if moved {
+            // Chunks moved along: the hints of where to start a search start over.
+            self.touched(0);
+            self.found.set(0);
         }
     }
 
@@ -322,6 +371,23 @@ mod tests {
         store.save(&mut text);
         let again = store.save(&mut text);
         assert_eq!(again, store.header.len(), "no edit: only the header");
+    }
+
+    /// A long paste (one run until saved) is saved in small pages, and an edit in
+    /// its middle rewrites one or two of them.
+    #[test]
+    fn a_long_paste_is_saved_in_small_pages() {
+        let mut text = Text::new();
+        text.insert(1, 0, "0123456789".repeat(100_000));
+        text.stamp(1, 1);
+        let mut store = Store::default();
+        let whole = store.save(&mut text);
+        assert!(store.pages.values().all(|p| p.len() < 6_000), "small pages");
+        text.insert(2, 500_000, "x");
+        text.stamp(2, 1);
+        let written = store.save(&mut text);
+        assert!(written < 20_000, "an edit wrote {written} of {whole} bytes");
+        assert_eq!(store.load().to_string(), text.to_string());
     }
 
     /// A header whose pages are missing, or any damaged page, is refused, never

@@ -52,10 +52,7 @@ pub fn save_state(doc: &mut Map, pages: &mut dyn FnMut(&[String], Saved)) -> Vec
 }
 
 /// A state [`save_state`] wrote, its pages read by `page(path, id)`.
-pub fn load_state<'a>(
-    bytes: &'a [u8],
-    page: &'a mut dyn FnMut(&[String], u64) -> Option<Vec<u8>>,
-) -> Result<Map, Corrupted> {
+pub fn load_state<'a>(bytes: &'a [u8], page: &'a mut PageReader<'a>) -> Result<Map, Corrupted> {
     read_state(bytes, PAGED_FORMAT, Some(page))
 }
 
@@ -84,6 +81,9 @@ fn save_sequences(
         path.pop();
     }
 }
+
+/// Reads page `id` of the text or list at a path (`None`: it is missing).
+pub type PageReader<'a> = dyn FnMut(&[String], u64) -> Option<Vec<u8>> + 'a;
 
 /// How a state writes its texts and lists: whole, or as the headers of their pages.
 enum Sequences<'a> {
@@ -115,7 +115,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<Map, Corrupted> {
 fn read_state<'a>(
     bytes: &'a [u8],
     format: u8,
-    pages: Option<&'a mut dyn FnMut(&[String], u64) -> Option<Vec<u8>>>,
+    pages: Option<&'a mut PageReader<'a>>,
 ) -> Result<Map, Corrupted> {
     let marker = match bytes.first() {
         Some(&HIDDEN_STATE_MARKER) => HIDDEN_STATE_MARKER,
@@ -358,7 +358,7 @@ struct Reader<'a> {
     /// A state's node table, once read; nodes are then written by index.
     nodes: Option<Vec<NodeId>>,
     /// Where a stored state's sequences' pages are (format 2).
-    pages: Option<&'a mut dyn FnMut(&[String], u64) -> Option<Vec<u8>>>,
+    pages: Option<&'a mut PageReader<'a>>,
     /// The path of the map being read.
     path: Vec<String>,
 }

@@ -44,7 +44,9 @@ mod sequenced;
 
 pub use bounded::{Bounded, Rights};
 pub use chorus_text::Saved;
-pub use codec::{decode_delta, decode_state, encode_delta, encode_state, load_state, save_state};
+pub use codec::{
+    PageReader, decode_delta, decode_state, encode_delta, encode_state, load_state, save_state,
+};
 pub use dots::DotFun;
 pub use map::{Action, Change, Delta, Field, Kind, Map};
 pub use ops::{OpError, Operation, Update, path_text, prepare};
