@@ -26,8 +26,9 @@ pub use chorus_codec::NodeMeta;
 pub use redb::{StorageBackend, backends};
 pub use tables::{Batch, Feed, Snapshot, Store};
 
-/// The store format this build writes and reads.
-pub const STORE_FORMAT: u32 = 1;
+/// The store format this build writes and reads (it reads format 1 too, and
+/// upgrades the mark: format 2 keeps texts and lists of CRDT documents in pages).
+pub const STORE_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -299,6 +299,13 @@ impl Store {
                             supported: STORE_FORMAT,
                         });
                     }
+                    if found < STORE_FORMAT {
+                        // This build reads the older format and writes its own
+                        // (format 1 had no pages), which older builds must refuse.
+                        meta_table
+                            .insert(META_FORMAT, STORE_FORMAT.to_le_bytes().as_slice())
+                            .map_err(StoreError::from)?;
+                    }
                     let node = meta_table.get(META_NODE).map_err(StoreError::from)?.ok_or(
                         StoreError::Corrupted {
                             table: "meta",

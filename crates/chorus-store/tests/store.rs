@@ -1,9 +1,10 @@
 //! Black-box tests of the store: durability across reopen, atomic batches, format
 //! checks, and agreement with a `BTreeMap` reference model.
 
-use chorus_core::{Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, VersionVector};
+use chorus_core::{Dot, Entry, EntryBody, Hlc, KeyState, NodeId, Op, VersionVector, crdt};
 use chorus_store::{NodeMeta, OpenError, Store, StoreError};
 use proptest::prelude::*;
+use redb::{ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;
 
 fn meta() -> NodeMeta {
@@ -113,11 +114,155 @@ fn newer_format_is_refused() {
         err,
         OpenError::NewerFormat {
             found: 99,
-            supported: 1,
+            supported: chorus_store::STORE_FORMAT,
             ..
         }
     ));
     assert!(err.to_string().contains("newer chorus"), "{err}");
+}
+
+/// A CRDT write to `docs/t`: `text` inserted at `pos` of `/text`, made against
+/// `state` (as node 7's write number `counter`).
+fn text_write(state: &KeyState, counter: u64, pos: u64, text: &str) -> Op {
+    let dot = Dot::new(NodeId(7), counter);
+    let mut doc = state.crdt_document().cloned().unwrap_or_default();
+    let update = crdt::Update::TextInsert {
+        pos,
+        text: text.into(),
+    };
+    let operation = crdt::Operation {
+        path: vec!["text".into()],
+        update,
+    };
+    let delta = crdt::prepare(&mut doc, state.context(), dot, Hlc(counter), &[operation]).unwrap();
+    Op {
+        dot,
+        hlc: Hlc(counter),
+        collection: "docs".into(),
+        key: "t".into(),
+        context: state.context().clone(),
+        value: Some(crdt::encode_delta(&delta)),
+    }
+}
+
+fn text_of(state: &KeyState) -> String {
+    match state
+        .crdt_document()
+        .and_then(|d| d.get(&["text".into()], crdt::Kind::Text))
+    {
+        Some(crdt::Field::Text(t)) => t.items().content(),
+        _ => String::new(),
+    }
+}
+
+/// Bytes of every row of the `pages` table.
+fn page_bytes(path: &std::path::Path) -> usize {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let pages = txn
+        .open_table(redb::TableDefinition::<&[u8], &[u8]>::new("pages"))
+        .unwrap();
+    pages
+        .iter()
+        .unwrap()
+        .map(|row| row.unwrap().1.value().len())
+        .sum()
+}
+
+/// A long text is stored in pages: an edit in its middle writes a few of them, the
+/// state read back (also after reopening) is the one written, and removing the key
+/// removes its pages.
+#[test]
+fn texts_are_stored_in_pages_and_go_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let mut state = KeyState::new();
+    {
+        let store = Store::open(&path, meta).unwrap();
+        for (counter, piece) in (1..=20u64).zip(std::iter::repeat("lorem ipsum ".repeat(1000))) {
+            let op = text_write(
+                &state,
+                counter,
+                text_of(&state).chars().count() as u64,
+                &piece,
+            );
+            state.apply(&op).unwrap();
+            store
+                .write(|b| b.put_key_state("docs", "t", &mut state))
+                .unwrap();
+        }
+        let op = text_write(&state, 21, 100_000, "!");
+        state.apply(&op).unwrap();
+        store
+            .write(|b| b.put_key_state("docs", "t", &mut state))
+            .unwrap();
+        let read = store.read().unwrap().key_state("docs", "t").unwrap();
+        assert_eq!(read, state);
+    }
+    let stored = page_bytes(&path);
+    assert!(stored > 240_000, "the text is in pages: {stored} bytes");
+    let store = Store::open(&path, meta).unwrap();
+    assert_eq!(store.read().unwrap().key_state("docs", "t").unwrap(), state);
+    store
+        .write(|b| {
+            b.rewrite_key_states(|_, key, _| key == "t", |_, _, _| Some(None))
+                .map(|_| ())
+        })
+        .unwrap();
+    drop(store);
+    assert_eq!(page_bytes(&path), 0, "the key's pages go with it");
+}
+
+/// A store of format 1 (CRDT documents whole in `keys`) opens: its documents read
+/// as they were, the next write keeps the text in pages, and the store is marked
+/// format 2 (which an older build refuses).
+#[test]
+fn a_format_1_store_reads_and_moves_to_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    drop(Store::open(&path, meta).unwrap());
+    let mut state = KeyState::new();
+    state.apply(&text_write(&state, 1, 0, "old text")).unwrap();
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta_table = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            meta_table
+                .insert("format", 1u32.to_le_bytes().as_slice())
+                .unwrap();
+            let mut keys = txn
+                .open_table(redb::TableDefinition::<&[u8], &[u8]>::new("keys"))
+                .unwrap();
+            let mut row = 1u64.to_le_bytes().to_vec();
+            row.extend(chorus_codec::encode_key_state(&state));
+            keys.insert(b"docs\0t".as_slice(), row.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, meta).unwrap();
+    let mut read = store.read().unwrap().key_state("docs", "t").unwrap();
+    assert_eq!(text_of(&read), "old text");
+    let op = text_write(&read, 2, 3, ",");
+    read.apply(&op).unwrap();
+    store
+        .write(|b| b.put_key_state("docs", "t", &mut read))
+        .unwrap();
+    assert_eq!(
+        text_of(&store.read().unwrap().key_state("docs", "t").unwrap()),
+        "old, text"
+    );
+    drop(store);
+    assert!(page_bytes(&path) > 0);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta_table = txn
+        .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+        .unwrap();
+    let format = meta_table.get("format").unwrap().unwrap().value().to_vec();
+    assert_eq!(format, chorus_store::STORE_FORMAT.to_le_bytes());
 }
 
 proptest! {

@@ -53,6 +53,10 @@ pub fn save_state(doc: &mut Map, pages: &mut dyn FnMut(&[String], Saved)) -> Vec
 
 /// A state [`save_state`] wrote, its pages read by `page(path, id)`.
 pub fn load_state<'a>(bytes: &'a [u8], page: &'a mut PageReader<'a>) -> Result<Map, Corrupted> {
+    // States written before the store kept pages hold their sequences whole.
+    if bytes.get(1) == Some(&FORMAT) {
+        return decode_state(bytes);
+    }
     read_state(bytes, PAGED_FORMAT, Some(page))
 }
 
