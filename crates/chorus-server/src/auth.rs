@@ -101,6 +101,8 @@ impl RateLimiter {
 /// What a request needs.
 #[derive(Debug, PartialEq, Eq)]
 enum Needed {
+    /// Nothing: the pages' static files (the API calls they make are checked).
+    Nothing,
     /// Any live token.
     Token,
     /// A right, on one collection or (`None`) on all.
@@ -171,6 +173,7 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
         ["v1", "conflicts", ..] => Needed::Right(Right::Admin, None),
         ["v1", "changes"] => Needed::Right(Right::Read, query_param(query, "collection")),
         ["v1", "status"] | ["v1", "digest"] | ["metrics"] | [""] => Needed::Token,
+        ["ui", ..] => Needed::Nothing,
         // A route not classified here (a new one) is for admins until it is.
         _ => Needed::Right(Right::Admin, None),
     }
@@ -215,11 +218,20 @@ pub(crate) async fn authorize(State(gate): State<Gate>, request: Request, next: 
         request.uri().path(),
         request.uri().query(),
     );
+    if needed == Needed::Nothing {
+        return next.run(request).await;
+    }
+    // Browsers cannot send a header with a WebSocket or an EventSource: a token may
+    // come as `access_token` in the query instead.
+    let from_query = query_param(request.uri().query(), "access_token");
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .or(from_query);
+    let presented = presented.as_deref();
     let Some(presented) = presented else {
         if bootstrapping(&node, &request, &needed) {
             tracing::warn!(target: "audit", "the first token is created from loopback (no token existed)");
@@ -240,7 +252,7 @@ pub(crate) async fn authorize(State(gate): State<Gate>, request: Request, next: 
         Err(error) => return ApiError::from(error).into_response(),
     };
     let allowed = match &needed {
-        Needed::Token => true,
+        Needed::Nothing | Needed::Token => true,
         Needed::Right(right, collection) => token.rights.allow(*right, collection.as_deref()),
     };
     if !allowed {

@@ -24,6 +24,7 @@ mod live;
 mod metrics;
 mod render;
 mod routes;
+mod ui;
 
 pub use connections::{
     BODY_READ_TIMEOUT_DEFAULT, CONNECTIONS_MAX_DEFAULT, HEADER_READ_TIMEOUT_DEFAULT,

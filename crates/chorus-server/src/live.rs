@@ -5,7 +5,7 @@
 //! a WebSocket the client sends its own operations too.
 //!
 //! ```text
-//! node → client  {"type": "snapshot", "context", "doc": READ | null, "sequences": {PATH: B64}}
+//! node → client  {"type": "snapshot", "node", "context", "doc": READ | null, "sequences": {PATH: B64}}
 //!                {"type": "change", "context", "dot", "origin", "changes": [CHANGE]}
 //!                {"type": "ack", "id", "context", "dot"}
 //!                {"type": "error", "id"?, "error", "message"}
@@ -326,6 +326,9 @@ fn snapshot(node: &Node, collection: &str, key: &str, doc: &Document, crdt: Opti
     }
     json!({
         "type": "snapshot",
+        // The node the subscription writes through (a page's tentative items take
+        // the id just below it: see crates/chorus-wasm).
+        "node": node.node_id().to_string(),
         "context": render::token(&doc.context, collection, key),
         "doc": if doc.is_absent() { Value::Null } else { render::document(node, doc) },
         "sequences": sequences,

@@ -85,6 +85,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/metrics", get(prometheus))
+        .merge(crate::ui::router())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(|| async {

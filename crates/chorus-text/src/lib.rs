@@ -105,6 +105,31 @@ pub struct Version {
 }
 
 impl Version {
+    /// This version with only the first `inserts` items and `deletes` delete ids of
+    /// `agent` (a client's replica leaving out its later edits).
+    pub fn upto(&self, agent: u64, inserts: u64, deletes: u64) -> Version {
+        let cut = |list: &[(u64, Vec<(u64, u64)>)], upto: u64| -> Vec<(u64, Vec<(u64, u64)>)> {
+            list.iter()
+                .map(|(a, ranges)| {
+                    let ranges = match *a == agent {
+                        false => ranges.clone(),
+                        true => ranges
+                            .iter()
+                            .filter(|(from, _)| *from < upto)
+                            .map(|&(from, to)| (from, to.min(upto)))
+                            .collect(),
+                    };
+                    (*a, ranges)
+                })
+                .filter(|(_, ranges)| !ranges.is_empty())
+                .collect()
+        };
+        Version {
+            inserts: cut(&self.inserts, inserts),
+            deletes: cut(&self.deletes, deletes),
+        }
+    }
+
     fn ranges(list: &[(u64, Vec<(u64, u64)>)], agent: u64) -> &[(u64, u64)] {
         list.iter()
             .find(|(a, _)| *a == agent)
@@ -669,6 +694,77 @@ impl<C: Content> Sequence<C> {
         };
         self.apply(&op)?;
         Ok(op)
+    }
+
+    /// Where the items `first .. first + len` (one agent's) are among the items
+    /// shown at `version`: runs `(position, count)` of those shown there, in order,
+    /// or, when none is, the position they would take (`count` 0). What a client
+    /// sends of an edit it made on its own replica, in the version the node knows.
+    pub fn positions_at(&self, version: &Version, first: Id, len: u64) -> Vec<(u64, u64)> {
+        let deleted = self.deleted_at(version);
+        let end = first.seq + len;
+        let (mut shown, mut out) = (0u64, Vec::<(u64, u64)>::new());
+        for run in self.chunks.iter().flat_map(|c| &c.runs) {
+            let overlaps =
+                run.id.agent == first.agent && run.id.seq < end && first.seq < run.id.seq + run.len;
+            for part in version.inserted(run.id, run.len) {
+                for (start, count, visible) in shown_parts(run.id, part, &deleted) {
+                    if !visible {
+                        continue;
+                    }
+                    let from = run.id.seq + start;
+                    let (a, b) = (from.max(first.seq), (from + count).min(end));
+                    if overlaps && a < b {
+                        let at = shown + (a - from);
+                        match out.last_mut() {
+                            Some((p, n)) if *p + *n == at => *n += b - a,
+                            _ => out.push((at, b - a)),
+                        }
+                    }
+                    shown += count;
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push((self.shown_before(version, first), 0));
+        }
+        out
+    }
+
+    /// The id of the item shown at `pos` (`None` past the end): an anchor that stays
+    /// on its item whatever is inserted or deleted around it ([`Sequence::positions_at`]
+    /// finds it again).
+    pub fn id_shown_at(&self, pos: u64) -> Option<Id> {
+        (pos < self.len())
+            .then(|| self.id_at(self.visible_place(pos)))
+            .flatten()
+    }
+
+    /// Items shown at `version` before item `id` (which may be shown or not).
+    fn shown_before(&self, version: &Version, id: Id) -> u64 {
+        let deleted = self.deleted_at(version);
+        let mut shown = 0;
+        for run in self.chunks.iter().flat_map(|c| &c.runs) {
+            let holds =
+                run.id.agent == id.agent && run.id.seq <= id.seq && id.seq < run.id.seq + run.len;
+            for part in version.inserted(run.id, run.len) {
+                for (start, count, visible) in shown_parts(run.id, part, &deleted) {
+                    if !visible {
+                        continue;
+                    }
+                    if holds {
+                        let from = run.id.seq + start;
+                        shown += id.seq.saturating_sub(from).min(count);
+                    } else {
+                        shown += count;
+                    }
+                }
+            }
+            if holds {
+                return shown;
+            }
+        }
+        shown
     }
 
     /// Characters shown at `version`.

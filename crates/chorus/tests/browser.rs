@@ -1,0 +1,50 @@
+//! The pages in a real browser: Debian's chromium driven by playwright-core (the
+//! scenarios are `tests/browser/*.mjs`; `npm ci --prefix tests/browser` installs
+//! playwright-core, `.ci/run` installs chromium) against real `chorus` processes.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use support::*;
+
+const MESH: &str = "topology = \"mesh\"\n";
+
+/// Runs scenario `script` with `env`; fails with what it printed unless it succeeds.
+fn scenario(script: &str, env: &[(&str, String)]) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "the browser tests need playwright-core: run `npm ci --prefix tests/browser`, and \
+         install Debian's chromium (`apt-get install chromium`)"
+    );
+    let output = Command::new("node")
+        .arg(dir.join(script))
+        .envs(env.iter().map(|(k, v)| (k, v.as_str())))
+        .output()
+        .expect("node runs (install Node.js)");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{script} failed:\n{printed}");
+    println!("{printed}");
+    printed
+}
+
+/// Goal: two people on two leaders edit one text in the browser and end with the
+/// same text, nothing typed lost, no word interleaved. Method: `editor.mjs` types on
+/// both pages at one place, then at two, then with one page offline (Playwright's
+/// `setOffline`) while both type, and back; both pages and the node show one text
+/// with every word whole; presence names the other page.
+#[test]
+fn two_pages_on_two_leaders_edit_one_text() {
+    let cluster = Cluster::start(2, MESH);
+    let urls = format!("{},{}", cluster.url(0), cluster.url(1));
+    let printed = scenario(
+        "editor.mjs",
+        &[("CHORUS_URLS", urls), ("CHORUS_KEYSTROKES", "20".into())],
+    );
+    assert!(printed.contains("editor: ok"), "{printed}");
+}
