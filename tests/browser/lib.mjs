@@ -18,6 +18,9 @@ export async function browser() {
       "--disable-sync",
       "--no-first-run",
       "--disable-quic",
+      // Measures collect garbage before reading the heap.
+      "--js-flags=--expose-gc",
+      "--enable-precise-memory-info",
     ],
   });
 }

@@ -107,6 +107,7 @@ async function browse() {
 $("#browse").addEventListener("click", browse);
 
 async function showConflicts() {
+  if (document.activeElement?.dataset?.valueFor) return; // Someone is writing a resolution.
   const { conflicts } = await db.conflicts({ limit: 50 });
   const open = conflicts.filter((c) => !c.resolved);
   $("#conflict-list").innerHTML = open.length
@@ -119,18 +120,23 @@ async function showConflicts() {
                 <pre>${esc(JSON.stringify(v.value, null, 2))}</pre>
                 <button data-id="${c.id}" data-pick="${esc(v.dot)}">keep this one</button></div>`,
             )
-            .join("")}</div></div>`,
+            .join("")}<div class="version"><h3>or a new document</h3>
+              <textarea data-value-for="${c.id}" rows="4" style="width:100%">${esc(
+                JSON.stringify(c.versions[0]?.value ?? {}, null, 2),
+              )}</textarea>
+              <button data-id="${c.id}" data-resolve="value">resolve with this</button></div></div></div>`,
         )
         .join("")
     : "none";
 }
 
 $("#conflicts").addEventListener("click", async (event) => {
-  const { id, pick } = event.target.dataset;
-  if (!id) return;
+  const { id, pick, resolve } = event.target.dataset;
+  if (!id || !(pick || resolve)) return;
   event.target.disabled = true;
   try {
-    await db.resolve(id, { pick });
+    if (pick) await db.resolve(id, { pick });
+    else await db.resolve(id, { value: JSON.parse($(`[data-value-for="${id}"]`).value) });
   } catch (error) {
     alert(error.message);
   }

@@ -61,6 +61,7 @@ function update(change) {
   area.value = text;
   editor.shown = text;
   if (focused) area.setSelectionRange(utf16(text, newStart), utf16(text, newEnd));
+  editor.onShow?.();
 }
 
 /** Code points in the first `units` UTF-16 units of `text`. */

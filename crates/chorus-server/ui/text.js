@@ -15,6 +15,11 @@ export async function loadWasm(url = "/ui/assets/chorus_wasm.wasm") {
   wasm = instance.exports;
 }
 
+/** Bytes of the module's memory (its replicas). */
+export function memoryBytes() {
+  return wasm ? wasm.memory.buffer.byteLength : 0;
+}
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 

@@ -58,7 +58,11 @@ fn the_dashboard_shows_the_cluster_and_resolves_conflicts() {
     let heal_ms = 2000;
     let cluster = Cluster::start(3, &format!("{MESH}heal_after_ms = {heal_ms}\n"));
     let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
-    let pids: Vec<String> = cluster.nodes.iter().map(|n| n.child.id().to_string()).collect();
+    let pids: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.child.id().to_string())
+        .collect();
     let printed = scenario(
         "dashboard.mjs",
         &[
@@ -68,4 +72,35 @@ fn the_dashboard_shows_the_cluster_and_resolves_conflicts() {
         ],
     );
     assert!(printed.contains("dashboard: ok"), "{printed}");
+}
+
+/// Goal: the JavaScript client works in Node.js as documented. Method: `client.mjs`
+/// against a node, with a dead URL first: failover, contexts, a conflict, a bad
+/// document refused, text against an old read, the change feed, a live subscription.
+#[test]
+fn the_javascript_client_works_in_node() {
+    let cluster = Cluster::start(1, MESH);
+    let printed = scenario("client.mjs", &[("CHORUS_URLS", cluster.url(0))]);
+    assert!(printed.contains("client: ok"), "{printed}");
+}
+
+/// Measures of the pages, and the screenshots in `docs/screenshots/` (not part of
+/// the suite: `cargo test -p chorus --test browser measure -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measure, run on demand"]
+fn measure_the_pages_and_take_screenshots() {
+    let wan_ms = 40;
+    let near = Cluster::start(2, MESH);
+    let far = Cluster::start(
+        2,
+        &format!("{MESH}[[emulate]]\nlink = [\"n0\", \"n1\"]\ndelay_ms = {wan_ms}\n"),
+    );
+    scenario(
+        "measure.mjs",
+        &[
+            ("CHORUS_URLS", format!("{},{}", near.url(0), near.url(1))),
+            ("CHORUS_WAN_URLS", format!("{},{}", far.url(0), far.url(1))),
+            ("CHORUS_WAN_MS", wan_ms.to_string()),
+        ],
+    );
 }
