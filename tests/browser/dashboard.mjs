@@ -1,4 +1,5 @@
-// The dashboard against a three-leader cluster: it shows the cluster, a conflict
+// The dashboard against a three-leader cluster: it shows the cluster (every link,
+// those between the other nodes too), a conflict
 // resolved from the page (keeping one version) leaves every node's open conflicts,
 // and a node killed with SIGKILL shows as unreachable within the cluster's heal
 // time. Node URLs in CHORUS_URLS, their process ids in CHORUS_PIDS, the heal time
@@ -16,10 +17,11 @@ try {
   const page = await (await chrome.newContext()).newPage();
   page.on("pageerror", (error) => console.error(`page error: ${error.message}`));
   await page.goto(`${a}/ui/`);
-  await waitFor("every member drawn, the links up", async () => {
+  await waitFor("every member drawn, every link up, those between other nodes too", async () => {
     const drawn = await page.$$eval("[data-node]", (gs) => gs.length);
-    const up = await page.$$eval("#peers .link-state", (cells) => cells.filter((c) => c.textContent === "connected").length);
-    return drawn === nodes.length && up === nodes.length - 1;
+    const up = await page.$$eval("line.link", (lines) => lines.filter((l) => l.getAttribute("class") === "link").length);
+    const between = await page.$$eval('line[data-link="n1 n2"]', (lines) => lines.map((l) => l.getAttribute("class")));
+    return drawn === nodes.length && up === (nodes.length * (nodes.length - 1)) / 2 && between[0] === "link";
   });
 
   // A conflict: the same key written on two leaders at once (blind writes).
@@ -58,6 +60,10 @@ try {
     healMs + 10_000,
   );
   console.log(`killed node shown unreachable after ${Date.now() - killedAt} ms (heal time ${healMs} ms)`);
+  await waitFor(`${dead}'s links drawn down`, async () =>
+    (await page.$$eval(`line[data-link~="${dead}"]`, (lines) => lines.map((l) => l.getAttribute("class")))).every(
+      (c) => c === "link down",
+    ));
   console.log("dashboard: ok");
 } finally {
   await chrome.close();

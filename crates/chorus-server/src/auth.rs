@@ -9,7 +9,7 @@
 //! With tokens required (`chorus serve --auth`), every route needs a live token:
 //! reading a collection needs `read` on it, writing needs `write`, and changing the
 //! cluster (collection settings, conflict resolution, reload, tokens) needs `admin`;
-//! the status, digest and metrics need any live token. Cross-collection reads (the
+//! the status (the node's and the cluster's), digest and metrics need any live token. Cross-collection reads (the
 //! change feed, the whole conflict log) need `read:*`. A route missing from
 //! `needed` needs `admin`, so a new route is closed until it is classified.
 //!
@@ -163,6 +163,7 @@ fn needed(method: &Method, path: &str, query: Option<&str>) -> Needed {
         }
         ["v1", "collections", collection] if reading => on(Right::Read, collection),
         ["v1", "collections"] if reading => Needed::Right(Right::Read, None),
+        ["v1", "cluster", "status"] if reading => Needed::Token,
         ["v1", "collections", ..]
         | ["v1", "cluster", ..]
         | ["v1", "tokens", ..]

@@ -44,6 +44,7 @@ pub fn router(node: Node, config: ServerConfig) -> Router {
     Router::new()
         .route("/", get(about))
         .route("/v1/status", get(status))
+        .route("/v1/cluster/status", get(cluster_status))
         .layer(Extension(Security {
             peer_tls: config.peer_tls,
             http_tls: config.tls.is_some(),
@@ -183,6 +184,74 @@ async fn status(
     Extension(cluster): Extension<ClusterRef>,
     Extension(security): Extension<Security>,
 ) -> ApiResult<Json<Value>> {
+    status_json(&node, cluster.as_ref(), &security).map(Json)
+}
+
+/// How long `GET /v1/cluster/status` waits for a member's status.
+const MEMBER_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /v1/cluster/status`: every member's status, as each answers `GET
+/// /v1/status` (asked by this node, with the caller's token), or why it did not
+/// answer within two seconds: the whole cluster in one read, for the dashboard.
+async fn cluster_status(
+    State(node): State<Node>,
+    Extension(cluster): Extension<ClusterRef>,
+    Extension(security): Extension<Security>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let own = status_json(&node, cluster.as_ref(), &security)?;
+    let Some(forwarding) = cluster else {
+        let name = own["node"].clone();
+        return Ok(Json(json!({"nodes": [{"name": name, "status": own}]})));
+    };
+    let config = forwarding.cluster.cluster();
+    let me = forwarding.cluster.me().to_owned();
+    let scheme = if forwarding.https { "https" } else { "http" };
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let asked = config.nodes.iter().map(|member| {
+        let (name, http) = (member.name.clone(), member.http.clone());
+        let own = (name == me).then(|| own.clone());
+        let (ca, authorization) = (forwarding.https_ca.clone(), authorization.clone());
+        let url = format!("{scheme}://{http}");
+        async move {
+            let answer = match own {
+                Some(own) => Ok(own),
+                None => {
+                    let ask = tokio::task::spawn_blocking(move || {
+                        let mut client = chorus_client::Client::new([url])?;
+                        if let Some(ca) = &ca {
+                            client = client.with_ca(ca)?;
+                        }
+                        if let Some(authorization) = &authorization {
+                            client = client.with_header("authorization", authorization);
+                        }
+                        client.status()
+                    });
+                    match tokio::time::timeout(MEMBER_STATUS_WAIT, ask).await {
+                        Ok(Ok(answer)) => answer.map_err(|e| e.to_string()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("no answer within 2 s".to_owned()),
+                    }
+                }
+            };
+            match answer {
+                Ok(status) => json!({"name": name, "http": http, "status": status}),
+                Err(error) => json!({"name": name, "http": http, "error": error}),
+            }
+        }
+    });
+    let nodes = futures_util::future::join_all(asked).await;
+    Ok(Json(json!({"nodes": nodes})))
+}
+
+fn status_json(
+    node: &Node,
+    cluster: Option<&Arc<crate::home::Forwarding>>,
+    security: &Security,
+) -> ApiResult<Value> {
     let status = node.status()?;
     // Peers and links belong to the replication runtime, when the node has one.
     let peers = cluster
@@ -191,7 +260,7 @@ async fn status(
         .unwrap_or_default();
     let links = cluster.as_ref().map(|c| c.cluster.link_status());
     let devices_seen = node.devices_seen()?;
-    Ok(Json(json!({
+    Ok(json!({
         "node": status.name,
         "node_id": status.node_id.to_string(),
         "peers": peers.iter().map(|p| json!({
@@ -231,7 +300,7 @@ async fn status(
             "tokens_required": security.auth,
             "insecure": security.insecure,
         },
-    })))
+    }))
 }
 
 fn conflict_id(extracted: Result<Path<String>, PathRejection>) -> ApiResult<ConflictId> {

@@ -1,5 +1,5 @@
-// The dashboard: the cluster as this node sees it (members, its planned and actual
-// links, unreachable nodes, each peer's lag), collections and their policies
+// The dashboard: the cluster (members, planned and actual links, unreachable nodes,
+// each link's lag, as every member reports them), collections and their policies
 // (changeable), a document browser, and the conflict log, with each open
 // conflict's versions side by side and buttons to resolve it with one of them.
 // It reads only the public HTTP API (through the JavaScript client), every second.
@@ -22,12 +22,16 @@ function setState(ok, text) {
   $("#state").textContent = text;
 }
 
-/** The members on a circle; this node's links, planned (dashed) and actual. */
-function drawCluster(members, status) {
+/** The cluster on a circle: every member (as `GET /v1/cluster/status` gathers them;
+ * this node alone without it), every planned link (dashed) and those up (green, with
+ * the larger lag either side reports), members that did not answer or that this
+ * node finds unreachable (red). Below, this node's peers. */
+function drawCluster(members, status, views) {
   const svg = $("#picture");
   const self = status.node;
+  const answered = new Map((views ?? [{ name: self, status }]).filter((v) => v.status).map((v) => [v.name, v.status]));
   const unreachable = new Set(status.links?.unreachable ?? []);
-  const peers = new Map((status.peers ?? []).map((p) => [p.name, p]));
+  for (const view of views ?? []) if (view.error) unreachable.add(view.name);
   const [cx, cy, r] = [320, 130, 95];
   const place = new Map(
     members.map((name, i) => {
@@ -35,19 +39,29 @@ function drawCluster(members, status) {
       return [name, [cx + r * Math.cos(angle), cy + r * Math.sin(angle)]];
     }),
   );
-  const [sx, sy] = place.get(self) ?? [cx, cy];
-  const actual = new Set(status.links?.actual ?? []);
-  const lines = (status.links?.planned ?? [])
-    .filter((name) => place.has(name))
-    .map((name) => {
-      const [x, y] = place.get(name);
-      const peer = peers.get(name);
-      const up = actual.has(name) && peer?.connected;
-      const kind = up ? "link" : unreachable.has(name) ? "link down" : "link planned";
-      const lag = peer ? `${peer.lag_ops} · ${peer.lag_ms} ms` : "";
-      return `<line class="${kind}" data-peer="${esc(name)}" x1="${sx}" y1="${sy}" x2="${x}" y2="${y}"/>
-        <text x="${(sx + x) / 2 + 6}" y="${(sy + y) / 2 - 6}" class="muted">${esc(lag)}</text>`;
-    });
+  // Each link once, from what either end reports.
+  const links = new Map();
+  for (const [name, view] of answered) {
+    const peers = new Map((view.peers ?? []).map((p) => [p.name, p]));
+    const actual = new Set(view.links?.actual ?? []);
+    for (const other of view.links?.planned ?? []) {
+      if (!place.has(other)) continue;
+      const pair = [name, other].sort().join(" ");
+      const link = links.get(pair) ?? { ends: [name, other].sort(), up: false, lag: null };
+      const peer = peers.get(other);
+      if (actual.has(other) && peer?.connected) link.up = true;
+      if (peer && (!link.lag || peer.lag_ops > link.lag.lag_ops)) link.lag = peer;
+      links.set(pair, link);
+    }
+  }
+  const lines = [...links.values()].map(({ ends: [p, q], up, lag }) => {
+    const [[x1, y1], [x2, y2]] = [place.get(p), place.get(q)];
+    const down = unreachable.has(p) || unreachable.has(q);
+    const kind = up && !down ? "link" : down ? "link down" : "link planned";
+    const label = up && lag ? `${lag.lag_ops} · ${lag.lag_ms} ms` : "";
+    return `<line class="${kind}" data-link="${esc(p)} ${esc(q)}" x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}"/>
+      <text x="${(x1 + x2) / 2 + 6}" y="${(y1 + y2) / 2 - 6}" class="muted">${esc(label)}</text>`;
+  });
   const nodes = members.map((name) => {
     const [x, y] = place.get(name);
     const kind = ["node", name === self ? "self" : "", unreachable.has(name) ? "unreachable" : ""].join(" ");
@@ -145,9 +159,13 @@ $("#conflicts").addEventListener("click", async (event) => {
 
 async function refresh() {
   try {
-    const [info, status] = await Promise.all([about(), db.status()]);
+    const [info, status, views] = await Promise.all([
+      about(),
+      db.status(),
+      db.request("GET", "/v1/cluster/status").then((r) => r.body.nodes, () => null),
+    ]);
     $("#node").textContent = `node ${info.node}`;
-    drawCluster(info.members ?? [status.node], status);
+    drawCluster(info.members ?? [status.node], status, views);
     setState(true, "live");
     await Promise.all([showConflicts(), $("#collection").options.length ? null : showCollections()]);
   } catch (error) {
