@@ -115,18 +115,32 @@ function flush() {
   if (!ops) return;
   editor.batches += 1;
   const number = editor.batches;
-  ops.push(presenceOp(number));
+  ops.push(...presenceOps(number));
   const id = number;
   editor.inflight = { id, number, dot: null };
   editor.socket.send(JSON.stringify({ id, context: editor.context, ops }));
 }
 
-/** This page's entry in `/_editors`: its name, its last batch, when, its cursor. */
-function presenceOp(batch) {
+/** Entries of pages gone for this long are removed by the pages still there. */
+const EDITOR_GONE_MS = 10 * 60 * 1000;
+
+/** This page's entry in `/_editors` (its name, its last batch, when, its cursor),
+ * and the removal of entries of pages long gone (a page removes its own when it
+ * closes, if it can; one that crashed leaves it). */
+function presenceOps(batch) {
   const cursor = codePoints(area.value, area.selectionStart ?? 0);
   const value = { name, batch, at: Date.now(), cursor };
-  return { op: "lwwreg.set", path: `/_editors/${session}`, value };
+  const gone = Object.entries(editor.editors)
+    .filter(([id, e]) => id !== session && Date.now() - e.at > EDITOR_GONE_MS)
+    .map(([id]) => ({ op: "map.remove", path: `/_editors/${id}` }));
+  return [{ op: "lwwreg.set", path: `/_editors/${session}`, value }, ...gone];
 }
+
+window.addEventListener("pagehide", () => {
+  if (editor.online) {
+    editor.socket.send(JSON.stringify({ id: 0, context: editor.context, ops: [{ op: "map.remove", path: `/_editors/${session}` }] }));
+  }
+});
 
 function showEditors(doc) {
   const entries = Object.entries(doc?.value?._editors ?? {});
@@ -252,7 +266,7 @@ setInterval(() => {
   editor.batches += 1;
   const number = editor.batches;
   editor.inflight = { id: number, number, dot: null };
-  editor.socket.send(JSON.stringify({ id: number, context: editor.context, ops: [presenceOp(number)] }));
+  editor.socket.send(JSON.stringify({ id: number, context: editor.context, ops: presenceOps(number) }));
 }, 5000);
 
 window.addEventListener("offline", () => editor.socket?.close());
