@@ -29,24 +29,13 @@ impl Node {
     /// writes) as its next write; answers the operations the page receives.
     fn take(&mut self, batch: &str, seen: u64) -> Vec<u8> {
         self.writes += 1;
-        let write = self.writes;
-        let mut ops = Vec::new();
-        for op in serde_json::from_str::<Vec<Value>>(batch).unwrap() {
-            let version = self.text.version_at(|_| seen, Some((NODE, write)));
-            let pos = op["pos"].as_u64().unwrap();
-            match op["op"].as_str().unwrap() {
-                "text.insert" => {
-                    let text = op["text"].as_str().unwrap();
-                    ops.push(self.text.insert_at(NODE, &version, pos, text).unwrap());
-                }
-                _ => {
-                    let len = op["len"].as_u64().unwrap();
-                    ops.extend(self.text.delete_at(NODE, &version, pos, len).unwrap());
-                }
-            }
-            self.text.stamp(NODE, write);
-        }
-        encoded(&ops)
+        encoded(&take_batch(
+            &mut self.text,
+            batch,
+            |_| seen,
+            NODE,
+            self.writes,
+        ))
     }
 
     /// Another client's insert, as the node's next write.
@@ -56,6 +45,34 @@ impl Node {
         self.text.stamp(NODE, self.writes);
         encoded(&[op])
     }
+}
+
+/// A leader takes a page's batch (JSON operations) as `agent`'s write `counter`, made
+/// against the context `seen` names (as `Node::update` does); its operations.
+fn take_batch(
+    text: &mut Text,
+    batch: &str,
+    seen: impl Fn(u64) -> u64,
+    agent: u64,
+    counter: u64,
+) -> Vec<chorus_text::Op> {
+    let mut ops = Vec::new();
+    for op in serde_json::from_str::<Vec<Value>>(batch).unwrap() {
+        let version = text.version_at(&seen, Some((agent, counter)));
+        let pos = op["pos"].as_u64().unwrap();
+        match op["op"].as_str().unwrap() {
+            "text.insert" => {
+                let inserted = op["text"].as_str().unwrap();
+                ops.push(text.insert_at(agent, &version, pos, inserted).unwrap());
+            }
+            _ => {
+                let len = op["len"].as_u64().unwrap();
+                ops.extend(text.delete_at(agent, &version, pos, len).unwrap());
+            }
+        }
+        text.stamp(agent, counter);
+    }
+    ops
 }
 
 fn encoded(ops: &[chorus_text::Op]) -> Vec<u8> {
@@ -206,24 +223,13 @@ impl Cluster {
         }
         let leader = &mut self.leaders[node];
         let counter = leader.seen[node] + 1;
-        let mut ops = Vec::new();
-        for op in serde_json::from_str::<Vec<Value>>(&batch).unwrap() {
-            let version = leader
-                .text
-                .version_at(|a| context[node_of(a)], Some((agent, counter)));
-            let pos = op["pos"].as_u64().unwrap();
-            match op["op"].as_str().unwrap() {
-                "text.insert" => {
-                    let text = op["text"].as_str().unwrap();
-                    ops.push(leader.text.insert_at(agent, &version, pos, text).unwrap());
-                }
-                _ => {
-                    let len = op["len"].as_u64().unwrap();
-                    ops.extend(leader.text.delete_at(agent, &version, pos, len).unwrap());
-                }
-            }
-            leader.text.stamp(agent, counter);
-        }
+        let ops = take_batch(
+            &mut leader.text,
+            &batch,
+            |a| context[node_of(a)],
+            agent,
+            counter,
+        );
         leader.seen[node] = counter;
         let write = Write { node, counter, ops };
         self.links[node].push(write.clone());
