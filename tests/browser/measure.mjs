@@ -1,6 +1,6 @@
-// Measures of the pages (not part of the test suite; `cargo test -p chorus --test
-// browser measure -- --ignored --nocapture` runs it, and takes the screenshots in
-// docs/screenshots/): keystroke to visible on the other leader's page, without and
+// Measures of the pages (not part of the test suite: `cargo run --release -p
+// chorus-bench -- pages` starts the clusters and runs it; it takes the screenshots
+// in docs/screenshots/ again): keystroke to visible on the other leader's page, without and
 // with WAN delay between the leaders (CHORUS_URLS and CHORUS_WAN_URLS: two clusters);
 // the page's memory after the automerge-paper trace is typed into its replica; the
 // size of the pages' assets.

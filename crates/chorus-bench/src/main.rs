@@ -10,6 +10,7 @@
 //! cargo run --release -p chorus-bench -- bulk [--docs 100000] [--batch 1000]
 //! cargo run --release -p chorus-bench -- devices [--docs 100000] [--devices 10000]
 //! cargo run --release -p chorus-bench -- text [--sizes 10000,100000,1000000]
+//! cargo run --release -p chorus-bench -- pages [--keystrokes 300] [--wan-ms 40]
 //! ```
 //!
 //! `writes`:
@@ -25,14 +26,15 @@
 //!   pgbench with the same client count, over loopback TCP (skipped with a note when
 //!   PostgreSQL is not installed).
 //!
-//! `replication`, `retention`, `geo`, `crdt`, `bulk`, `devices`, `text`: see their
-//! modules.
+//! `replication`, `retention`, `geo`, `crdt`, `bulk`, `devices`, `text`, `pages`: see
+//! their modules.
 
 mod bulk;
 mod crdt;
 mod devices;
 mod geo;
 mod load;
+mod pages;
 mod postgres;
 mod redb_direct;
 mod replication;
@@ -65,6 +67,9 @@ enum Bench {
     Devices(devices::DevicesArgs),
     /// A keystroke into a long text against rewriting the document.
     Text(text::TextArgs),
+    /// The pages in chromium: keystroke to visible on another leader's page, memory,
+    /// assets; takes the screenshots in docs/screenshots again.
+    Pages(pages::PagesArgs),
 }
 
 #[derive(clap::Args)]
@@ -104,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Bulk(args) => bulk::run(&args),
         Bench::Devices(args) => devices::run(&args),
         Bench::Text(args) => text::run(&args),
+        Bench::Pages(args) => pages::run(&args),
     }
 }
 

@@ -83,24 +83,3 @@ fn the_javascript_client_works_in_node() {
     let printed = scenario("client.mjs", &[("CHORUS_URLS", cluster.url(0))]);
     assert!(printed.contains("client: ok"), "{printed}");
 }
-
-/// Measures of the pages, and the screenshots in `docs/screenshots/` (not part of
-/// the suite: `cargo test -p chorus --test browser measure -- --ignored --nocapture`).
-#[test]
-#[ignore = "a measure, run on demand"]
-fn measure_the_pages_and_take_screenshots() {
-    let wan_ms = 40;
-    let near = Cluster::start(2, MESH);
-    let far = Cluster::start(
-        2,
-        &format!("{MESH}[[emulate]]\nlink = [\"n0\", \"n1\"]\ndelay_ms = {wan_ms}\n"),
-    );
-    scenario(
-        "measure.mjs",
-        &[
-            ("CHORUS_URLS", format!("{},{}", near.url(0), near.url(1))),
-            ("CHORUS_WAN_URLS", format!("{},{}", far.url(0), far.url(1))),
-            ("CHORUS_WAN_MS", wan_ms.to_string()),
-        ],
-    );
-}
