@@ -456,6 +456,21 @@ impl Node {
         self.document(&snapshot, collection, key)
     }
 
+    /// A document and its CRDT document (typed), read from one snapshot: what a live
+    /// subscription starts from (the CRDT document's texts hold exactly the writes
+    /// the read's context names).
+    pub fn get_with_crdt(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<(Document, Option<crdt::Map>), ReadError> {
+        metrics::counter!("chorus_reads_total").increment(1);
+        let snapshot = self.snapshot()?;
+        let document = self.document(&snapshot, collection, key)?;
+        let state = snapshot.key_state(collection, key)?;
+        Ok((document, state.crdt_document().cloned()))
+    }
+
     /// Reads many documents of `collection` from one snapshot (a consistent view).
     pub fn get_many(&self, collection: &str, keys: &[String]) -> Result<Vec<Document>, ReadError> {
         metrics::counter!("chorus_reads_total").increment(keys.len() as u64);

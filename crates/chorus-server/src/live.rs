@@ -160,9 +160,9 @@ impl Follower {
 
     /// A snapshot of the document as the node holds it now.
     fn read(&mut self) -> Result<Value, ApiError> {
-        let doc = self.node.get(&self.collection, &self.key)?;
+        // One snapshot: the sequences hold exactly what the context names.
+        let (doc, crdt) = self.node.get_with_crdt(&self.collection, &self.key)?;
         self.sent = doc.context.vector().clone();
-        let crdt = self.node.crdt_document(&self.collection, &self.key)?;
         Ok(snapshot(
             &self.node,
             &self.collection,
