@@ -24,6 +24,10 @@
 //! `context` names; each is answered by `ack` (with its write's dot: the `change`
 //! with that dot is the node's version of the edit) or `error`.
 //!
+//! Operations sent on a socket are applied at this node (not routed to a home
+//! leader: CRDT operations merge anywhere) and are not counted by the per-token rate
+//! limit, which counts requests; a token that may only read gets `forbidden`.
+//!
 //! **Invariant:** a subscriber subscribes to the node's changes *before* it reads
 //! the snapshot, and skips changes the snapshot's context covers, so it misses
 //! nothing and sees nothing twice; changes come in the order the node applied them,
