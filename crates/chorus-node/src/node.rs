@@ -1254,13 +1254,18 @@ pub(crate) fn check_update(
             operations.len()
         )));
     }
+    // Text is kept in pages (an insert of any size costs later edits nothing); other
+    // values are kept whole in the document.
+    let whole = |o: &&Operation| !matches!(o.update, crdt::Update::TextInsert { .. });
     if let Some(large) = operations
         .iter()
+        .filter(whole)
         .find(|o| o.value_bytes() > CRDT_VALUE_BYTES_MAX)
     {
         return Err(WriteError::Invalid(format!(
-            "a set element or register value of {} bytes is over the {CRDT_VALUE_BYTES_MAX} \
-                 a CRDT document takes; keep large content in a plain document and name it",
+            "a set element, register value or list element of {} bytes is over the \
+             {CRDT_VALUE_BYTES_MAX} a CRDT document takes; keep large content in a plain \
+             document and name it",
             large.value_bytes()
         )));
     }

@@ -503,7 +503,10 @@ fn leases_fence_writes() {
             &[("Chorus-Lock-Token", token)],
         )
     };
-    let alice = lock(0, json!({"owner": "alice", "ttl_ms": 1500}));
+    // Long enough to outlast the checks below on a loaded machine (a 1.5 s lease
+    // once ran out before them in CI); the test then waits for it to run out.
+    let alice_ttl_ms = 5000;
+    let alice = lock(0, json!({"owner": "alice", "ttl_ms": alice_ttl_ms}));
     assert_eq!(alice.status, 200, "{}", alice.text);
     let first = alice.body["token"].as_str().unwrap().to_owned();
     let bob = lock(1, json!({"owner": "bob"}));
@@ -517,7 +520,7 @@ fn leases_fence_writes() {
     let before = digest(&urls[0]);
     // Everything bob was told, as a token: the fencing number the expiry and the
     // default length give, with any secret.
-    let fencing = bob.body["expires_ms"].as_u64().unwrap() - 1500;
+    let fencing = bob.body["expires_ms"].as_u64().unwrap() - alice_ttl_ms;
     for guess in [fencing, shown["fencing"].as_u64().unwrap()] {
         let forged = write(1, &format!("{guess}.{}", "0".repeat(32)));
         assert_eq!(forged.status, 409, "{}", forged.text);

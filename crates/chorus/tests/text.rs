@@ -233,6 +233,13 @@ fn edits_land_in_the_read_they_name_and_bad_ones_change_nothing() {
         json!({"text": "The quick brown fox jumps", "tags": ["x"]})
     );
 
+    // A long paste (over the 64 KiB a set element may take) is one insert.
+    let paste = "x".repeat(100_000);
+    let pasted = json!([{"op": "text.insert", "path": "/pasted", "pos": 0, "text": paste}]);
+    assert_eq!(edit(&url, "doc", None, &pasted).status, 200);
+    let too_big = json!([{"op": "list.insert", "path": "/tags", "pos": 0, "value": paste}]);
+    assert_eq!(edit(&url, "doc", None, &too_big).status, 400);
+
     let before = get(&doc_url(&url, "doc")).body;
     for (ops, status, code) in [
         (
