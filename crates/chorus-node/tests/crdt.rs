@@ -391,3 +391,36 @@ fn operations_against_an_older_read_keep_what_it_did_not_see() {
         .unwrap();
     assert_eq!(json_of(&node, "c1"), Value::Null, "nothing left");
 }
+
+/// A text grows in inserts of any size up to what a document may hold: past
+/// `DOCUMENT_BYTES_MAX` the write is refused (413) and the text is as it was; just
+/// under, it is taken. (An 8 MiB insert once took 24 GB to save: a long run was split
+/// into pages a piece at a time, each piece keeping the whole run's capacity.)
+#[test]
+fn a_text_is_bounded_by_what_a_document_may_hold() {
+    use chorus_node::limits::DOCUMENT_BYTES_MAX;
+    let (_dir, node) = temp_node();
+    let insert = |pos: u64, len: usize| {
+        let text = "x".repeat(len);
+        update(&node, &[("/t", Update::TextInsert { pos, text })])
+    };
+    // Half of the bound each: the second goes over (with the runs' metadata).
+    let half = DOCUMENT_BYTES_MAX / 2;
+    insert(0, half).unwrap();
+    let before = json_of(&node, "c1");
+    let refused = insert(0, half + 1024);
+    assert!(
+        matches!(refused, Err(WriteError::TooLarge { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        json_of(&node, "c1"),
+        before,
+        "a refused insert changes nothing"
+    );
+    // Under the bound, with room for the runs' metadata (a few bytes per run of
+    // 1,024 characters): taken.
+    insert(0, half - 256 * 1024).unwrap();
+    let len = json_of(&node, "c1")["t"].as_str().unwrap().len();
+    assert_eq!(len, 2 * half - 256 * 1024);
+}

@@ -12,6 +12,8 @@ pub trait Content: Clone + Default + fmt::Debug + PartialEq {
     fn bytes(&self) -> u64;
     /// Splits off the items from `at` on (`at` at most [`Content::count`]).
     fn split_off(&mut self, at: u64) -> Self;
+    /// The items in consecutive pieces of at most `max` (at least 1), in one pass.
+    fn pieces(self, max: u64) -> Vec<Self>;
     /// Appends `other`'s items.
     fn append(&mut self, other: &Self);
     /// Writes the items.
@@ -36,6 +38,22 @@ impl Content for String {
             .nth(at as usize)
             .map_or(self.len(), |(byte, _)| byte);
         String::split_off(self, byte)
+    }
+
+    fn pieces(self, max: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut piece = String::new();
+        let mut count = 0;
+        for c in self.chars() {
+            if count == max {
+                out.push(std::mem::take(&mut piece));
+                count = 0;
+            }
+            piece.push(c);
+            count += 1;
+        }
+        out.push(piece);
+        out
     }
 
     fn append(&mut self, other: &String) {
@@ -69,6 +87,11 @@ impl Content for Vec<String> {
 
     fn split_off(&mut self, at: u64) -> Vec<String> {
         Vec::split_off(self, at as usize)
+    }
+
+    fn pieces(self, max: u64) -> Vec<Vec<String>> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+        self.chunks(max).map(<[String]>::to_vec).collect()
     }
 
     fn append(&mut self, other: &Vec<String>) {

@@ -221,6 +221,33 @@ impl<C: Content> Run<C> {
     }
 
     /// Splits off the items from `off` on (`0 < off < len`).
+    /// This live run in runs of at most `max` items (each next one typed right after
+    /// the one before, as [`Run::split`] makes them), in one pass over its items.
+    fn pieces(self, max: u64) -> Vec<Run<C>> {
+        let (id, origin_left, origin_right) = (self.id, self.origin_left, self.origin_right);
+        let mut first = 0;
+        self.content
+            .pieces(max)
+            .into_iter()
+            .map(|content| {
+                let len = content.count();
+                let run = Run {
+                    id: id.plus(first),
+                    len,
+                    origin_left: match first {
+                        0 => origin_left,
+                        _ => Some(id.plus(first - 1)),
+                    },
+                    origin_right,
+                    deleted: false,
+                    content,
+                };
+                first += len;
+                run
+            })
+            .collect()
+    }
+
     fn split(&mut self, off: u64) -> Run<C> {
         // Deleted runs keep no items.
         let content = if self.deleted {

@@ -175,13 +175,19 @@ impl<C: Content> Sequence<C> {
                 c += 1;
                 continue;
             }
-            let mut r = 0;
-            while r < chunk.runs.len() {
-                if !chunk.runs[r].deleted && chunk.runs[r].len > RUN_ITEMS_MAX {
-                    let rest = chunk.runs[r].split(RUN_ITEMS_MAX);
-                    chunk.runs.insert(r + 1, rest);
-                }
-                r += 1;
+            if chunk
+                .runs
+                .iter()
+                .any(|r| !r.deleted && r.len > RUN_ITEMS_MAX)
+            {
+                let runs = std::mem::take(&mut chunk.runs);
+                chunk.runs = runs
+                    .into_iter()
+                    .flat_map(|run| match !run.deleted && run.len > RUN_ITEMS_MAX {
+                        true => run.pieces(RUN_ITEMS_MAX),
+                        false => vec![run],
+                    })
+                    .collect();
             }
             let big = chunk.bytes > PAGE_BYTES_MAX || chunk.runs.len() > CHUNK_RUNS_MAX;
             if big && chunk.runs.len() > 1 {

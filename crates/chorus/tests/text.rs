@@ -401,8 +401,9 @@ fn text_op(op: &Value) -> chorus_text::Op {
 /// same connection. Method: a WebSocket client seeds a replica from the snapshot;
 /// edits posted over HTTP, and its own sent on the socket (acknowledged with their
 /// dot), arrive as changes that it applies: its text is the node's each time. A bad
-/// message gets an error naming its id, and changes nothing. A stream without the
-/// upgrade (SSE) starts with the same snapshot.
+/// message gets an error naming its id, and changes nothing; one over 1 MiB closes
+/// the socket and changes nothing. A stream without the upgrade (SSE) starts with the
+/// same snapshot.
 #[test]
 fn a_live_subscriber_follows_and_edits_a_text() {
     let cluster = Cluster::start(1, MESH);
@@ -465,6 +466,27 @@ fn a_live_subscriber_follows_and_edits_a_text() {
         );
         assert_eq!(answer["error"], code, "{answer}");
     }
+    assert_eq!(read_text(&url, "doc").0, "Hello world!");
+
+    // A message up to 1 MiB is read (and answered); a longer one closes the socket,
+    // having changed nothing.
+    let near = "x".repeat(1_000_000);
+    client.send(&json!({"id": "near", "ops": near}));
+    let answer = client.receive();
+    assert_eq!(
+        (&answer["id"], &answer["error"]),
+        (&json!("near"), &json!("bad_request"))
+    );
+    let over = "x".repeat(1_100_000);
+    client.send(&json!({"id": "over", "ops": [{"op": "text.insert", "path": "/text", "pos": 0, "text": over}]}));
+    let closed = loop {
+        match client.socket.read() {
+            Ok(tungstenite::Message::Close(_)) | Err(_) => break true,
+            Ok(tungstenite::Message::Text(text)) => panic!("answered: {text}"),
+            Ok(_) => continue,
+        }
+    };
+    assert!(closed);
     assert_eq!(read_text(&url, "doc").0, "Hello world!");
 
     // Server-sent events: the same snapshot first.
